@@ -1,0 +1,171 @@
+"""The `wrapalert` command. Exit codes: 0 ok, 1 problem found or failed, 2 usage."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from wrapalert import config, hostsdeny, notify
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", type=Path, default=None, metavar="FILE",
+        help=f"configuration file (default {config.DEFAULT_PATH}; built-in defaults if absent)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wrapalert",
+        description="Turn TCP wrappers' refused connections into quiet, reliable digests.",
+    )
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    _config_arg(run)
+    run.add_argument("--log-format", choices=("kv", "json"), default="kv")
+    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+    sub.add_parser(
+        "notify", help="the per-connection client (KEY=VALUE..., see DESIGN.md); always exits 0",
+    )
+
+    line = sub.add_parser("hosts-deny-line", help="print the hosts.deny entry for this installation")
+    _config_arg(line)
+    line.add_argument("--daemons", default="ALL", metavar="LIST",
+                      help="daemon list for the rule, e.g. sshd,vsftpd (default ALL)")
+    line.add_argument("--ident", action="store_true",
+                      help="also report %%u; makes libwrap query identd, delaying the service up to 10 s")
+    line.add_argument("--python", default=sys.executable, metavar="PATH",
+                      help="interpreter the hook runs (default: this one)")
+
+    check = sub.add_parser("check-config", help="validate the configuration and print a summary")
+    _config_arg(check)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="refuse connections through real libwrap with this installation's hosts.deny line",
+    )
+    _config_arg(sim)
+    sim.add_argument("--count", type=int, default=3, help="connections per daemon and address")
+    sim.add_argument("--daemons", default="sshd,in.ftpd", metavar="LIST")
+    sim.add_argument("--from", dest="addrs", default="203.0.113.7,2001:db8::66", metavar="ADDRS")
+
+    demo = sub.add_parser("demo", help="run the daemon on a demo config under DIR (no root, no MTA)")
+    demo.add_argument("--dir", type=Path, default=Path("demo"))
+    demo.add_argument("--no-simulate", action="store_true",
+                      help="do not send a first burst of simulated refusals")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["notify"]:
+        # No option parsing for the client: an expansion may begin with "-".
+        notify.main(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    handler = {
+        "run": cmd_run,
+        "hosts-deny-line": cmd_hosts_deny_line,
+        "check-config": cmd_check_config,
+        "simulate": cmd_simulate,
+        "demo": cmd_demo,
+    }[args.verb]
+    try:
+        return handler(args)
+    except config.ConfigError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except KeyboardInterrupt:
+        return EXIT_PROBLEM
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from wrapalert import logs
+    from wrapalert.daemon.server import Server
+
+    cfg = config.load(args.config)
+    logs.configure(args.log_format, args.log_level)
+    try:
+        asyncio.run(Server(cfg).run())
+    except OSError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    return EXIT_OK
+
+
+def cmd_hosts_deny_line(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    try:
+        line = hosts_deny_line(cfg, args.python, daemons=args.daemons, ident=args.ident)
+    except ValueError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(line)
+    return EXIT_OK
+
+
+def hosts_deny_line(
+    cfg: config.Config, python: str, *, daemons: str = "ALL", ident: bool = False
+) -> str:
+    return hostsdeny.spawn_line(
+        python,
+        Path(notify.__file__).resolve(),
+        daemons=daemons,
+        ident=ident,
+        socket=cfg.daemon.socket,
+        spool=cfg.daemon.spool_dir,
+    )
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    d = cfg.digest
+    print(f"ok: {cfg.source}")
+    print(f"  socket {cfg.daemon.socket}, spool {cfg.daemon.spool_dir}, "
+          f"trusted uids {list(cfg.daemon.trusted_uids)}")
+    print(f"  group by {', '.join(d.group_by)}; wait {d.group_wait:g}s, "
+          f"interval {d.group_interval:g}s, repeat {d.repeat_interval:g}s")
+    print(f"  at most {cfg.limits.mails_per_hour} mails per hour per sink, "
+          f"{cfg.limits.max_groups} groups")
+    for sink in cfg.sinks:
+        print(f"  sink {sink.name}: {describe_sink(sink)}")
+    return EXIT_OK
+
+
+def describe_sink(sink: config.SinkConfig) -> str:
+    if isinstance(sink, config.SmtpSinkConfig):
+        return f"smtp {sink.host}:{sink.port} tls={sink.tls} to {', '.join(sink.to)}"
+    return f"maildir {sink.path}"
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from wrapalert.simulate import simulate
+
+    cfg = config.load(args.config)
+    daemons = [d for d in args.daemons.split(",") if d]
+    addrs = [a for a in args.addrs.split(",") if a]
+    if args.count < 1 or not daemons or not addrs:
+        print("wrapalert: simulate needs --count >= 1, a daemon and an address", file=sys.stderr)
+        return EXIT_USAGE
+    line = hosts_deny_line(cfg, sys.executable)
+    return simulate(line, daemons, addrs, args.count)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from wrapalert.demo import run_demo
+
+    try:
+        return run_demo(args.dir.resolve(), simulate_first=not args.no_simulate)
+    except OSError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""Configuration: TOML in, frozen dataclasses out, validated once at the edge.
+
+A missing file means built-in defaults. A bad file raises `ConfigError` whose
+message names the file, the line and the key, e.g.
+``/etc/wrapalert/wrapalert.toml:12: [digest] group_wait: bad duration "ten"``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/wrapalert/wrapalert.toml")
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
+GROUP_FIELDS = frozenset(
+    {"daemon", "client_addr", "client_name", "user", "server", "host", "verdict"}
+)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    socket: Path = Path("/run/wrapalert/notify.sock")
+    state_dir: Path = Path("/var/lib/wrapalert")
+    spool_dir: Path = Path("/var/spool/wrapalert")
+    control_socket: Path = Path("/run/wrapalert/control.sock")
+    trusted_uids: tuple[int, ...] = (0,)
+    socket_mode: int = 0o666
+    shutdown_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class DigestConfig:
+    group_by: tuple[str, ...] = ("daemon", "client_addr")
+    group_wait: float = 10.0
+    group_interval: float = 300.0
+    repeat_interval: float = 4 * 3600.0
+    # Groups that fall due within this window of each other share one digest.
+    batch_window: float = 1.0
+    template_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    mails_per_hour: int = 12
+    max_groups: int = 10000
+
+
+@dataclass(frozen=True)
+class SmtpSinkConfig:
+    name: str = "smtp"
+    host: str = "localhost"
+    port: int = 25
+    tls: str = "none"
+    from_addr: str = "wrapalert@localhost"
+    to: tuple[str, ...] = ("root",)
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class MaildirSinkConfig:
+    name: str = "maildir"
+    path: Path = Path("/var/mail/wrapalert/Maildir")
+    from_addr: str = "wrapalert@localhost"
+    to: tuple[str, ...] = ("root",)
+
+
+SinkConfig = SmtpSinkConfig | MaildirSinkConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    digest: DigestConfig = field(default_factory=DigestConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    sinks: tuple[SinkConfig, ...] = (SmtpSinkConfig(),)
+    source: str = "built-in defaults"
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from "500ms", "10s", "5m", "4h", "1d", "1h30m" or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad duration {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value and _DURATION.sub("", value) == "":
+        seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(value))
+    else:
+        raise ValueError(f'bad duration {value!r} (use "500ms", "10s", "5m", "4h" or seconds)')
+    if not 0 <= seconds < 10 * 365 * 86400:
+        raise ValueError(f"duration out of range: {value!r}")
+    return seconds
+
+
+def load(path: Path | None = None) -> Config:
+    """Read and validate a config file; a missing file gives the built-in defaults."""
+    target = path or DEFAULT_PATH
+    try:
+        text = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if path is not None:
+            raise ConfigError(f"{target}: no such file") from None
+        return Config()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{target}: cannot read: {exc}") from None
+    return loads(text, str(target))
+
+
+def loads(text: str, source: str = "<config>") -> Config:
+    """Validate TOML text; errors name `source`, the line and the key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return _Parser(text, source).config(data)
+
+
+class _Parser:
+    """Walks the parsed TOML, table by table, remembering where each key was written."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.lines = text.splitlines()
+        self.source = source
+
+    def error(self, table: str, index: int | None, key: str, problem: str) -> ConfigError:
+        line = self.locate(table, index, key)
+        where = f"{self.source}:{line}" if line else self.source
+        label = f"[[{table}]] #{index + 1}" if index is not None else f"[{table}]"
+        return ConfigError(f"{where}: {label} {key}: {problem}")
+
+    def locate(self, table: str, index: int | None, key: str) -> int | None:
+        """Line number of `key` in `[table]` (or the index-th `[[table]]`), else of the header."""
+        current, count, header = "", -1, None
+        key_re = re.compile(rf"""\s*(?:{re.escape(key)}|"{re.escape(key)}")\s*=""")
+        for number, raw in enumerate(self.lines, 1):
+            line = raw.strip()
+            if line.startswith("["):
+                is_array = line.startswith("[[")
+                current = line.strip("[]").split("#")[0].strip().strip("[] ")
+                if current == table:
+                    count += 1 if is_array else 0
+                    if index is None or count == index:
+                        header = number
+                continue
+            here = current == table and (index is None or count == index)
+            if here and key_re.match(line):
+                return number
+        return header
+
+    def config(self, data: dict[str, Any]) -> Config:
+        known = {"daemon", "digest", "limits", "sink"}
+        for name in data:
+            if name not in known:
+                raise ConfigError(f"{self.source}: unknown table or key {name!r}")
+        daemon = self._section(data, "daemon", DaemonConfig, self._daemon)
+        digest = self._section(data, "digest", DigestConfig, self._digest)
+        limits = self._section(data, "limits", LimitsConfig, self._limits)
+        sinks_raw = data.get("sink", [])
+        if not isinstance(sinks_raw, list):
+            raise ConfigError(f"{self.source}: sink: use [[sink]] tables")
+        sinks = tuple(self._sink(raw, i) for i, raw in enumerate(sinks_raw)) or Config().sinks
+        names = [s.name for s in sinks]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise self.error("sink", i, "name", f"duplicate sink name {name!r}")
+        return Config(daemon, digest, limits, sinks, self.source)
+
+    def _section(self, data: dict[str, Any], name: str, default: Any, build: Any) -> Any:
+        raw = data.get(name)
+        if raw is None:
+            return default()
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{self.source}: {name} must be a table")
+        return build(_Table(self, name, None, raw))
+
+    def _daemon(self, t: _Table) -> DaemonConfig:
+        d = DaemonConfig()
+        sock = t.path("socket", d.socket)
+        if len(bytes(sock)) > MAX_SOCKET_PATH:
+            raise t.error("socket", f"{len(bytes(sock))} bytes; AF_UNIX paths hold at most 107")
+        cfg = DaemonConfig(
+            socket=sock,
+            state_dir=t.path("state_dir", d.state_dir),
+            spool_dir=t.path("spool_dir", d.spool_dir),
+            control_socket=t.path("control_socket", d.control_socket),
+            trusted_uids=tuple(t.int_list("trusted_uids", d.trusted_uids)),
+            socket_mode=t.mode("socket_mode", d.socket_mode),
+            shutdown_grace=t.duration("shutdown_grace", d.shutdown_grace),
+        )
+        t.done()
+        return cfg
+
+    def _digest(self, t: _Table) -> DigestConfig:
+        d = DigestConfig()
+        group_by = tuple(t.str_list("group_by", d.group_by))
+        for name in group_by:
+            if name not in GROUP_FIELDS:
+                raise t.error("group_by", f"unknown field {name!r}; use {sorted(GROUP_FIELDS)}")
+        if not group_by:
+            raise t.error("group_by", "needs at least one field")
+        template_dir = t.get("template_dir", None, str)
+        cfg = DigestConfig(
+            group_by=group_by,
+            group_wait=t.duration("group_wait", d.group_wait),
+            group_interval=t.duration("group_interval", d.group_interval),
+            repeat_interval=t.duration("repeat_interval", d.repeat_interval),
+            batch_window=t.duration("batch_window", d.batch_window),
+            template_dir=Path(template_dir) if template_dir else None,
+        )
+        t.done()
+        return cfg
+
+    def _limits(self, t: _Table) -> LimitsConfig:
+        d = LimitsConfig()
+        cfg = LimitsConfig(
+            mails_per_hour=t.count("mails_per_hour", d.mails_per_hour),
+            max_groups=t.count("max_groups", d.max_groups, minimum=1),
+        )
+        t.done()
+        return cfg
+
+    def _sink(self, raw: object, index: int) -> SinkConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{self.source}: [[sink]] #{index + 1} must be a table")
+        t = _Table(self, "sink", index, raw)
+        kind = t.get("type", None, str)
+        cfg: SinkConfig
+        if kind == "smtp":
+            d = SmtpSinkConfig()
+            tls = t.get("tls", d.tls, str)
+            if tls not in ("none", "starttls", "tls"):
+                raise t.error("tls", f'{tls!r}: use "none", "starttls" or "tls"')
+            cfg = SmtpSinkConfig(
+                name=t.get("name", "smtp", str),
+                host=t.get("host", d.host, str),
+                port=t.count("port", d.port, minimum=1, maximum=65535),
+                tls=tls,
+                from_addr=t.address("from", d.from_addr),
+                to=t.addresses("to", d.to),
+                username=t.get("username", None, str),
+                password=t.get("password", None, str),
+                timeout=t.duration("timeout", d.timeout),
+            )
+        elif kind == "maildir":
+            m = MaildirSinkConfig()
+            cfg = MaildirSinkConfig(
+                name=t.get("name", "maildir", str),
+                path=t.path("path", m.path),
+                from_addr=t.address("from", m.from_addr),
+                to=t.addresses("to", m.to),
+            )
+        elif kind is None:
+            raise t.error("type", 'missing; use "smtp" or "maildir"')
+        else:
+            raise t.error("type", f'unknown sink type {kind!r}; use "smtp" or "maildir"')
+        t.consumed.add("type")
+        t.done()
+        return cfg
+
+
+_MISSING = object()
+_TOML_NAMES = {str: "string", int: "integer", float: "float", bool: "boolean", list: "array",
+               dict: "table"}
+_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+(@[A-Za-z0-9.-]+)?")
+
+
+class _Table:
+    """One TOML table: typed getters that record what was read, so leftovers are errors."""
+
+    def __init__(self, parser: _Parser, name: str, index: int | None, raw: dict[str, Any]):
+        self.parser, self.name, self.index, self.raw = parser, name, index, raw
+        self.consumed: set[str] = set()
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return self.parser.error(self.name, self.index, key, problem)
+
+    def get(self, key: str, default: Any, kind: type | tuple[type, ...]) -> Any:
+        self.consumed.add(key)
+        value = self.raw.get(key, _MISSING)
+        if value is _MISSING:
+            return default
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # TOML booleans are ints to Python; never accept one where a number is meant.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            wanted = " or ".join(_TOML_NAMES.get(k, k.__name__) for k in kinds)
+            got = _TOML_NAMES.get(type(value), type(value).__name__)
+            raise self.error(key, f"expected {wanted}, got {got}")
+        return value
+
+    def path(self, key: str, default: Path) -> Path:
+        value = self.get(key, str(default), str)
+        if not value.startswith("/"):
+            raise self.error(key, f"{value!r} must be an absolute path")
+        return Path(value)
+
+    def count(self, key: str, default: int, minimum: int = 0, maximum: int = 1 << 31) -> int:
+        value: int = self.get(key, default, int)
+        if not minimum <= value <= maximum:
+            raise self.error(key, f"{value} is out of range {minimum}..{maximum}")
+        return value
+
+    def mode(self, key: str, default: int) -> int:
+        value = self.get(key, default, (int, str))
+        if isinstance(value, str):
+            try:
+                value = int(value, 8)
+            except ValueError:
+                raise self.error(key, f'{value!r}: use an octal string such as "0666"') from None
+        if not 0 <= value <= 0o777:
+            raise self.error(key, f"{value:o} is not a file mode")
+        return int(value)
+
+    def duration(self, key: str, default: float) -> float:
+        value = self.get(key, default, (int, float, str))
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+    def str_list(self, key: str, default: tuple[str, ...]) -> list[str]:
+        value = self.get(key, list(default), list)
+        if not all(isinstance(v, str) for v in value):
+            raise self.error(key, "expected a list of strings")
+        return list(value)
+
+    def int_list(self, key: str, default: tuple[int, ...]) -> list[int]:
+        value = self.get(key, list(default), list)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+            raise self.error(key, "expected a list of non-negative integers")
+        return list(value)
+
+    def address(self, key: str, default: str) -> str:
+        value: str = self.get(key, default, str)
+        if not _ADDRESS.fullmatch(value):
+            raise self.error(key, f"{value!r} is not a mail address")
+        return value
+
+    def addresses(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        values = self.str_list(key, default)
+        if not values:
+            raise self.error(key, "needs at least one recipient")
+        for value in values:
+            if not _ADDRESS.fullmatch(value):
+                raise self.error(key, f"{value!r} is not a mail address")
+        return tuple(values)
+
+    def done(self) -> None:
+        for key in self.raw:
+            if key not in self.consumed:
+                raise self.error(key, "unknown key")

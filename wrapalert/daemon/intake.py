@@ -1,0 +1,199 @@
+"""Intake: the notify socket and the spool, into validated events.
+
+Reads with `recvmsg` until EAGAIN from `loop.add_reader`, at most `BATCH`
+datagrams per wake-up so timers and deliveries keep running under a flood
+(the rest waits in the kernel queue, whose overflow the client spools).
+Credentials come from SO_PASSCRED: pid 0 means none were attached.
+Bad input is counted by reason and logged at a bounded rate; it never
+stops intake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from wrapalert import wire
+from wrapalert.daemon.stats import Stats
+from wrapalert.model import Event
+
+log = structlog.get_logger()
+
+BATCH = 1024
+_CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
+_ANC_SIZE = socket.CMSG_SPACE(_CREDS.size)
+
+
+class LogLimit:
+    """Allows `per_minute` log lines per key; suppressed lines are counted and reported."""
+
+    def __init__(self, per_minute: int = 10, now: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.now = now
+        self.window: dict[str, tuple[float, int]] = {}
+
+    def allow(self, key: str) -> tuple[bool, int]:
+        """(may log now, lines suppressed since the last one logged)."""
+        now = self.now()
+        start, count = self.window.get(key, (now, 0))
+        if now - start >= 60:
+            start, suppressed = now, max(0, count - self.per_minute)
+            self.window[key] = (start, 1)
+            return True, suppressed
+        self.window[key] = (start, count + 1)
+        return count < self.per_minute, 0
+
+
+def open_socket(path: Path, mode: int) -> socket.socket:
+    """Bind the notify socket ourselves; refuse to steal one a live daemon holds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink()  # stale: nobody reads it
+        else:
+            raise OSError(f"{path} is in use by a running daemon")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        # Before bind: a datagram queued before SO_PASSCRED carries no credentials.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        sock.bind(str(path))
+        # The spawning services run as many users; trust comes from the credentials.
+        path.chmod(mode)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class Intake:
+    """Turns datagrams and spool files into events for `accept`."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        trusted_uids: tuple[int, ...],
+        stats: Stats,
+        accept: Callable[[Event], None],
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.sock = sock
+        self.trusted = frozenset(trusted_uids)
+        self.stats = stats
+        self.accept = accept
+        self.now = now
+        self.log_limit = LogLimit()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+    def drain(self, limit: int | None = BATCH) -> int:
+        """Read until EAGAIN or `limit` datagrams; returns how many were read."""
+        n = 0
+        recvmsg = self.sock.recvmsg
+        while limit is None or n < limit:
+            try:
+                data, ancdata, flags, _ = recvmsg(wire.MAX_DATAGRAM + 1, _ANC_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.error("recv_failed", error=str(exc))
+                break
+            n += 1
+            if flags & socket.MSG_TRUNC:
+                self.reject("too_large", None)
+                continue
+            pid, uid = _credentials(ancdata)
+            self.handle(data, uid=uid, pid=pid, origin="socket")
+        return n
+
+    def handle(self, data: bytes, *, uid: int | None, pid: int | None, origin: str) -> bool:
+        """Validate one datagram's bytes and pass the event on; False if rejected."""
+        try:
+            fields = wire.parse(data)
+        except wire.WireError as exc:
+            self.reject(exc.reason, uid)
+            return False
+        trusted = uid is not None and uid in self.trusted
+        self.stats.received += 1
+        if not trusted:
+            self.stats.untrusted += 1
+        self.accept(Event(fields, self.now(), uid=uid, pid=pid, trusted=trusted, origin=origin))
+        return True
+
+    def reject(self, reason: str, uid: int | None) -> None:
+        self.stats.rejected[reason] += 1
+        allowed, suppressed = self.log_limit.allow(reason)
+        if allowed:
+            log.warning("event_rejected", reason=reason, uid=uid, suppressed=suppressed)
+
+    def ingest_spool(self, directory: Path) -> int:
+        """Events the client spooled while we were down; each file is removed once read."""
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            log.error("spool_unreadable", path=str(directory), error=str(exc))
+            return 0
+        count = 0
+        for name in names:
+            if name.startswith("."):
+                continue  # being written by a client right now
+            path = directory / name
+            data, uid = _read_spool_file(path)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            if data is None:
+                self.reject("bad_spool_file", uid)
+                continue
+            if self.handle(data, uid=uid, pid=None, origin="spool"):
+                self.stats.spooled += 1
+                count += 1
+        if count:
+            log.info("spool_ingested", events=count, path=str(directory))
+        return count
+
+
+def _credentials(ancdata: list[tuple[int, int, bytes]]) -> tuple[int | None, int | None]:
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            if len(payload) < _CREDS.size:
+                break
+            pid, uid, _gid = _CREDS.unpack_from(payload)
+            if pid == 0:
+                break  # queued before SO_PASSCRED, or sent without credentials
+            return pid, uid
+    return None, None
+
+
+def _read_spool_file(path: Path) -> tuple[bytes | None, int | None]:
+    """A spool file's bytes and owner; None for links, non-files and oversized files."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None, None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > wire.MAX_DATAGRAM:
+            return None, st.st_uid
+        # The file's owner is kernel-verified like a sender's credentials.
+        return f.read(wire.MAX_DATAGRAM + 1), st.st_uid

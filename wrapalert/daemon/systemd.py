@@ -1,0 +1,48 @@
+"""The two systemd protocols we speak: socket activation and sd_notify."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import structlog
+
+log = structlog.get_logger()
+SD_LISTEN_FDS_START = 3
+
+
+def adopt_socket() -> socket.socket | None:
+    """The datagram socket systemd passed us (LISTEN_FDS), or None if there is none."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        count = 0
+    # Unset so nothing we start believes the sockets are its own.
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    if count < 1:
+        return None
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_DGRAM:
+        sock.detach()
+        raise OSError("the socket systemd passed is not an AF_UNIX datagram socket")
+    sock.setblocking(False)
+    return sock
+
+
+def notify(state: str) -> bool:
+    """Send one sd_notify message if NOTIFY_SOCKET is set; never block, never raise."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(state.encode(), socket.MSG_DONTWAIT, path)
+    except OSError as exc:
+        log.warning("sd_notify_failed", state=state.split("=")[0], error=str(exc))
+        return False
+    return True

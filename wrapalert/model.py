@@ -1,0 +1,132 @@
+"""The values that flow between intake, the pipeline and the sinks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+# Bounded detail per group: beyond this many distinct values only counts grow.
+MAX_DETAIL = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One refused connection, validated; `fields` uses the long names of wire.FIELDS."""
+
+    fields: dict[str, str]
+    received: float
+    uid: int | None = None  # kernel-verified sender (None: no credentials attached)
+    pid: int | None = None
+    trusted: bool = True
+    origin: str = "socket"  # or "spool"
+
+    def get(self, name: str) -> str:
+        return self.fields.get(name, "unknown")
+
+
+class Tally:
+    """Counts per value, keeping at most `limit` distinct values; the rest go to `other`."""
+
+    __slots__ = ("counts", "limit", "other")
+
+    def __init__(self, limit: int = MAX_DETAIL) -> None:
+        self.counts: Counter[str] = Counter()
+        self.limit = limit
+        self.other = 0
+
+    def add(self, value: str, n: int = 1) -> None:
+        if value in self.counts or len(self.counts) < self.limit:
+            self.counts[value] += n
+        else:
+            self.other += n
+
+    def merge(self, other: Tally) -> None:
+        for value, n in other.counts.items():
+            self.add(value, n)
+        self.other += other.other
+
+    def top(self) -> tuple[tuple[str, int], ...]:
+        return tuple(self.counts.most_common())
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    """What one group did since its last notification."""
+
+    key: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...]  # group_by field -> value
+    reason: str  # "new group" | "new activity" | "shutdown flush"
+    events: int  # new since the last notification
+    total: int  # since the group was created
+    first_seen: float  # of the new events
+    last_seen: float
+    group_first_seen: float
+    trusted: bool
+    uid: int | None
+    daemons: tuple[tuple[str, int], ...]
+    addrs: tuple[tuple[str, int], ...]
+    names: tuple[tuple[str, int], ...]
+    users: tuple[tuple[str, int], ...]
+    more_addrs: int = 0  # events from addresses beyond the detail bound
+
+    def label(self, name: str) -> str | None:
+        return dict(self.labels).get(name)
+
+
+@dataclass(frozen=True)
+class Digest:
+    """One notification: the reports of the groups that fell due together."""
+
+    host: str
+    created: float
+    groups: tuple[GroupReport, ...]
+    held: int = 0  # events in this digest that waited for the rate limit
+    merged: int = 1  # how many digests were merged into this one
+    id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", digest_id(self))
+
+    @property
+    def events(self) -> int:
+        return sum(g.events for g in self.groups)
+
+    @property
+    def sources(self) -> int:
+        """Distinct client addresses named in this digest."""
+        return len({addr for g in self.groups for addr, _ in g.addrs})
+
+    @property
+    def untrusted(self) -> tuple[GroupReport, ...]:
+        return tuple(g for g in self.groups if not g.trusted)
+
+    @property
+    def window(self) -> tuple[float, float]:
+        if not self.groups:
+            return (self.created, self.created)
+        return (min(g.first_seen for g in self.groups), max(g.last_seen for g in self.groups))
+
+
+def digest_id(digest: Digest) -> str:
+    """Stable id: the same digest always renders with the same Message-ID."""
+    h = hashlib.sha256(digest.host.encode())
+    h.update(repr(digest.created).encode())
+    for g in digest.groups:
+        h.update(repr((g.key, g.events, g.first_seen, g.last_seen)).encode())
+    return h.hexdigest()[:32]
+
+
+def merge_digests(digests: list[Digest], created: float) -> Digest:
+    """One digest carrying everything in `digests` (used when a rate limit held them back)."""
+    if len(digests) == 1:
+        return digests[0]
+    return replace(
+        digests[-1],
+        created=created,
+        groups=tuple(g for d in digests for g in d.groups),
+        held=sum(d.held for d in digests),
+        merged=sum(d.merged for d in digests),
+        id="",
+    )

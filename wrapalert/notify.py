@@ -1,0 +1,208 @@
+"""wrapalert-notify: hand one refused connection to the wrapalert daemon.
+
+Run by libwrap's `spawn` once per refused connection, as whatever user the
+wrapped daemon runs as, so this file is the hot path and the attack surface:
+
+* stdlib C modules only (``posix``, ``time``, ``_signal`` are loaded by the
+  interpreter anyway; ``_socket`` is the one import we add), so that
+  ``python3 -I -S notify.py`` starts as fast as a bare interpreter;
+* ``KEY=VALUE`` arguments only, split at the first ``=``, keys from a fixed set:
+  an expansion may start with ``-`` and ``%u`` may contain ``=``;
+* one non-blocking datagram; spool file when the daemon is down or its queue
+  stays full; one syslog line when spooling fails too. Never silent;
+* never reads stdin, never writes stdout/stderr, always exits 0, and an
+  interval timer ends it after 250 ms whatever happens.
+
+The wire format is DESIGN.md's ``WA1``: a tag line, then ``key=value`` lines.
+"""
+
+import posix
+import sys
+import time
+
+import _signal
+
+# Short wire keys the client forwards (DESIGN.md, "Wire keys").
+FIELDS = frozenset("dpucanhsArv")
+SOCKET = "/run/wrapalert/notify.sock"
+SPOOL = "/var/spool/wrapalert"
+SYSLOG = "/dev/log"
+TAG = b"WA1"
+MAX_VALUE = 255  # bytes; libwrap itself cuts at 127 (names) and 255 (%c, %s)
+MAX_PATH = 1024
+SPOOL_CAP = 10000  # files; past it the spool is full and we fall back to syslog
+BUDGET = 0.25  # seconds, the whole run
+EAGAIN_WAIT = 0.1  # seconds of retrying a full queue before spooling
+LOG_AUTHPRIV_WARNING = 10 * 8 + 4
+
+# Control bytes (C0, DEL, C1) become "_", as libwrap does with unsafe bytes.
+_CLEAN = {c: "_" for c in (*range(32), *range(127, 160))}
+
+
+class _Timeout(BaseException):
+    """Raised by the interval timer: the run is over, whatever it was doing."""
+
+
+def _on_alarm(_signum: int, _frame: object) -> None:
+    raise _Timeout
+
+
+def clean(value: str, limit: int = MAX_VALUE) -> str:
+    """Make one argument value safe to send: valid UTF-8, no control bytes, capped."""
+    raw = value.encode("utf-8", "surrogateescape")[:limit]
+    # A cut in the middle of a character, or bytes that were never UTF-8, become U+FFFD.
+    text = raw.decode("utf-8", "replace").translate(_CLEAN)
+    # U+FFFD takes 3 bytes where the bad byte took 1: cut again, at a character boundary.
+    return text.encode()[:limit].decode("utf-8", "ignore")
+
+
+def parse_args(args: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Split KEY=VALUE arguments into wire fields and client settings; ignore the rest."""
+    fields: dict[str, str] = {}
+    settings: dict[str, str] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            continue
+        if key in FIELDS:
+            fields[key] = clean(value)
+        elif key in ("socket", "spool", "syslog"):
+            settings[key] = clean(value, MAX_PATH)
+    return fields, settings
+
+
+def encode(fields: dict[str, str], now: float, host: str) -> bytes:
+    """The WA1 datagram: tag line, then one key=value line per field."""
+    lines = [TAG]
+    lines.extend(f"{key}={value}".encode() for key, value in fields.items())
+    lines.append(b"t=%.6f" % now)
+    lines.append(b"H=" + clean(host).encode())
+    return b"\n".join(lines) + b"\n"
+
+
+def send(payload: bytes, path: str, deadline: float) -> bool:
+    """Send one datagram without blocking; retry a full queue until the deadline."""
+    import _socket
+
+    sock = _socket.socket(
+        _socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC
+    )
+    try:
+        pause = 0.002
+        while True:
+            try:
+                sock.sendto(payload, path)
+            except BlockingIOError:
+                # The daemon is alive but behind: its queue drains in microseconds.
+                if time.monotonic() + pause > deadline:
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 2, 0.02)
+            except OSError:
+                return False  # no socket, no listener, not a socket, no permission
+            else:
+                return True
+    finally:
+        sock.close()
+
+
+def spool(payload: bytes, directory: str, now: float) -> bool:
+    """Write the datagram as one file in the spool dir: atomic, 0600, no symlinks, bounded."""
+    flags = posix.O_RDONLY | posix.O_DIRECTORY | posix.O_NOFOLLOW | posix.O_CLOEXEC
+    try:
+        dir_fd = posix.open(directory, flags)
+    except OSError:
+        return False
+    try:
+        count = 0
+        with posix.scandir(dir_fd) as entries:
+            for _entry in entries:
+                count += 1
+                if count >= SPOOL_CAP:
+                    return False
+        name = "%d.%d.wa1" % (int(now * 1e6), posix.getpid())  # noqa: UP031
+        temp = "." + name
+        fd = posix.open(
+            temp,
+            posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC
+            | posix.O_NONBLOCK,
+            0o600,
+            dir_fd=dir_fd,
+        )
+        try:
+            written = posix.write(fd, payload)
+        finally:
+            posix.close(fd)
+        if written != len(payload):
+            posix.unlink(temp, dir_fd=dir_fd)
+            return False
+        # The daemon ignores dot files, so it only ever sees complete events.
+        posix.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
+        return False
+    else:
+        return True
+    finally:
+        posix.close(dir_fd)
+
+
+def syslog(payload: bytes, path: str) -> None:
+    """Last resort: one RFC 3164 line to the local syslog socket, without blocking."""
+    import _socket
+
+    body = payload.replace(b"\n", b" ").strip()
+    line = b"<%d>wrapalert-notify[%d]: undelivered event: %s" % (
+        LOG_AUTHPRIV_WARNING,
+        posix.getpid(),
+        body,
+    )
+    sock = _socket.socket(
+        _socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC
+    )
+    try:
+        sock.sendto(line, path)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def run(args: list[str]) -> str:
+    """Deliver one event; return how: "sent", "spooled", "syslog" (for tests and logs)."""
+    start = time.monotonic()
+    now = time.time()
+    fields, settings = parse_args(args)
+    import _socket
+
+    payload = encode(fields, now, _socket.gethostname())
+    if send(payload, settings.get("socket", SOCKET), start + EAGAIN_WAIT):
+        return "sent"
+    if spool(payload, settings.get("spool", SPOOL), now):
+        return "spooled"
+    syslog(payload, settings.get("syslog", SYSLOG))
+    return "syslog"
+
+
+def main(args: list[str]) -> None:
+    """Entry point for the spawn hook: close inherited fds, bound the run, exit 0."""
+    try:
+        # A libwrap-linked daemon may hand us the refused connection's socket.
+        posix.closerange(3, 1 << 20)
+        _signal.signal(_signal.SIGALRM, _on_alarm)
+        _signal.setitimer(_signal.ITIMER_REAL, BUDGET)
+        try:
+            run(args)
+        finally:
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
+    except BaseException:
+        pass
+    posix._exit(0)
+
+
+def entry() -> None:
+    """Console script `wrapalert-notify`."""
+    main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

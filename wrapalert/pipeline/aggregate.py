@@ -1,0 +1,165 @@
+"""Grouping with Alertmanager's timing model, in bounded memory.
+
+A group (key = the `group_by` field values, plus the sender's trust) waits
+`group_wait` after its first event before its first notification, then
+reports new activity at most every `group_interval`. A group with no new
+activity for `repeat_interval` is forgotten (repeats of unchanged activity
+are not sent yet). Groups falling due within `batch_window` of each other
+are reported together, so a burst becomes one digest, not one per source.
+
+Overload: at most `max_groups` groups; events of new keys beyond that go to
+one overflow group. Counts are never lost, only less detailed.
+
+Time is injected: `add` and `collect` take `now`, so tests run on a fake clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from wrapalert.config import DigestConfig
+from wrapalert.model import MAX_DETAIL, Event, GroupReport, Tally
+
+OVERFLOW = "(overflow)"
+
+
+@dataclass(slots=True)
+class _Group:
+    key: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...]
+    trusted: bool
+    uid: int | None
+    created: float
+    due: float
+    total: int = 0
+    new: int = 0
+    first_new: float = 0.0
+    last_seen: float = 0.0
+    notified: bool = False
+    daemons: Tally = field(default_factory=Tally)
+    addrs: Tally = field(default_factory=lambda: Tally(MAX_DETAIL * 4))
+    names: Tally = field(default_factory=Tally)
+    users: Tally = field(default_factory=Tally)
+
+
+class Aggregator:
+    """Owns every group; the only place where events become reports."""
+
+    def __init__(self, cfg: DigestConfig, max_groups: int) -> None:
+        self.cfg = cfg
+        self.max_groups = max_groups
+        self.groups: dict[tuple[str, ...], _Group] = {}
+        # (due, seq, key): lazily invalidated; a popped entry counts only if it matches.
+        self._heap: list[tuple[float, int, tuple[str, ...]]] = []
+        self._seq = 0
+
+    @property
+    def pending_events(self) -> int:
+        return sum(g.new for g in self.groups.values())
+
+    def add(self, event: Event, now: float) -> bool:
+        """Count one event; True when this made a group due earlier than before."""
+        key, labels = self._key(event)
+        group = self.groups.get(key)
+        if group is None:
+            if len(self.groups) >= self.max_groups:
+                # Trust stays part of the key even here: see _key.
+                key = (OVERFLOW,) if event.trusted else (OVERFLOW, "untrusted")
+                labels = (("group", OVERFLOW),)
+                group = self.groups.get(key)
+            if group is None:
+                group = _Group(key, labels, event.trusted, event.uid, now, now + self.cfg.group_wait)
+                self.groups[key] = group
+        woke = False
+        if group.new == 0:
+            group.first_new = now
+            if group.notified:
+                group.due = max(group.due, now)
+            self._schedule(group)
+            woke = True
+        group.new += 1
+        group.total += 1
+        group.last_seen = now
+        group.daemons.add(event.get("daemon"))
+        group.addrs.add(event.get("client_addr"))
+        group.names.add(event.get("client_name"))
+        group.users.add(event.get("user"))
+        return woke
+
+    def next_due(self) -> float | None:
+        """When the earliest group with new activity falls due, if any."""
+        while self._heap:
+            due, _, key = self._heap[0]
+            group = self.groups.get(key)
+            if group is not None and group.new and group.due == due:
+                return due
+            heapq.heappop(self._heap)
+        return None
+
+    def collect(self, now: float, *, force: bool = False) -> list[GroupReport]:
+        """Reports of every group due by `now` (+ batch window); all with news if `force`."""
+        horizon = now + self.cfg.batch_window
+        reports = []
+        if force:
+            due_groups = [g for g in self.groups.values() if g.new]
+            self._heap.clear()
+        else:
+            due_groups = []
+            while self._heap and self._heap[0][0] <= horizon:
+                due, _, key = heapq.heappop(self._heap)
+                group = self.groups.get(key)
+                if group is not None and group.new and group.due == due:
+                    due_groups.append(group)
+        for group in due_groups:
+            reports.append(self._report(group, now, force=force))
+        self._forget_idle(now)
+        return reports
+
+    def _report(self, group: _Group, now: float, *, force: bool) -> GroupReport:
+        if force:
+            reason = "shutdown flush"
+        else:
+            reason = "new activity" if group.notified else "new group"
+        report = GroupReport(
+            key=group.key,
+            labels=group.labels,
+            reason=reason,
+            events=group.new,
+            total=group.total,
+            first_seen=group.first_new,
+            last_seen=group.last_seen,
+            group_first_seen=group.created,
+            trusted=group.trusted,
+            uid=group.uid,
+            daemons=group.daemons.top(),
+            addrs=group.addrs.top(),
+            names=group.names.top(),
+            users=group.users.top(),
+            more_addrs=group.addrs.other,
+        )
+        group.new = 0
+        group.notified = True
+        group.due = now + self.cfg.group_interval
+        group.daemons, group.addrs = Tally(), Tally(MAX_DETAIL * 4)
+        group.names, group.users = Tally(), Tally()
+        return report
+
+    def _schedule(self, group: _Group) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (group.due, self._seq, group.key))
+
+    def _forget_idle(self, now: float) -> None:
+        limit = now - self.cfg.repeat_interval
+        idle = [k for k, g in self.groups.items() if not g.new and g.last_seen < limit]
+        for key in idle:
+            del self.groups[key]
+
+    def _key(self, event: Event) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        labels = tuple((name, event.get(name)) for name in self.cfg.group_by)
+        values = tuple(v for _, v in labels)
+        if event.trusted:
+            return values, labels
+        # Untrusted reports never share a group (or its look) with real alerts.
+        uid = "none" if event.uid is None else str(event.uid)
+        return (*values, f"untrusted uid {uid}"), labels

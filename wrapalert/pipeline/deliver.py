@@ -1,0 +1,157 @@
+"""Per-sink delivery: rate limit, merge, retry, report.
+
+Each sink gets one `SinkWorker`, so a slow or failing sink never holds up
+another. Overload behaviour, written down:
+
+* the queue holds at most `queue_max` digests; past that, everything queued
+  is merged into one digest (counts kept, detail merged), so memory is
+  bounded and nothing is dropped;
+* at most `per_hour` sends in any sliding hour (0: no cap). A digest that
+  must wait absorbs every digest queued meanwhile and is marked `held`;
+* a transient failure is retried with capped, jittered exponential backoff;
+  a permanent one is recorded and the digest given up (until issue #4's
+  durable outbox, that is a loss, reported through `on_result`).
+
+Time is injected (`now`, `sleep`) so tests run on a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+import structlog
+
+from wrapalert.model import Digest, merge_digests
+from wrapalert.sinks.base import PermanentSinkError, Sink, TransientSinkError
+
+log = structlog.get_logger()
+
+ResultHook = Callable[[str, Digest, Exception | None], None]
+HOUR = 3600.0
+
+
+class RateLimit:
+    """At most `per_hour` events in any sliding hour; memory is `per_hour` timestamps."""
+
+    def __init__(self, per_hour: int) -> None:
+        self.per_hour = per_hour
+        self.sent: deque[float] = deque(maxlen=per_hour or None)
+
+    def wait(self, now: float) -> float:
+        """Seconds until a send is allowed (0: now)."""
+        if not self.per_hour or len(self.sent) < self.per_hour:
+            return 0.0
+        return max(0.0, self.sent[0] + HOUR - now)
+
+    def record(self, now: float) -> None:
+        if self.per_hour:
+            self.sent.append(now)
+
+
+class SinkWorker:
+    """Owns one sink's queue; `run` is its task."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        per_hour: int,
+        on_result: ResultHook,
+        now: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        queue_max: int = 100,
+        backoff: tuple[float, float] = (1.0, 300.0),
+    ) -> None:
+        self.sink = sink
+        self.limit = RateLimit(per_hour)
+        self.on_result = on_result
+        self.now = now
+        self.sleep = sleep
+        self.queue_max = queue_max
+        self.backoff = backoff
+        self.queue: deque[Digest] = deque()
+        self._ready = asyncio.Event()
+        self._closed = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.sink.name
+
+    @property
+    def depth(self) -> int:
+        return len(self.queue)
+
+    def submit(self, digest: Digest) -> None:
+        """Queue a digest; never blocks, never drops (merges when full)."""
+        self.queue.append(digest)
+        if len(self.queue) > self.queue_max:
+            merged = merge_digests(list(self.queue), self.now())
+            self.queue.clear()
+            self.queue.append(merged)
+        self._ready.set()
+
+    def close(self) -> None:
+        """Deliver what is queued, past the rate limit once, then let `run` return."""
+        self._closed.set()
+        self._ready.set()
+
+    async def run(self) -> None:
+        while True:
+            if not self.queue:
+                if self._closed.is_set():
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            held = False
+            while (wait := self.limit.wait(self.now())) > 0 and not self._closed.is_set():
+                held = True
+                await self._pause(wait)
+            digest = merge_digests(list(self.queue), self.now())
+            self.queue.clear()
+            if held:
+                digest = replace(digest, held=digest.events, id="")
+            await self._deliver(digest)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep on the injected clock; close() ends the pause early."""
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({sleeper, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            closed.cancel()
+
+    async def _deliver(self, digest: Digest) -> None:
+        delay, cap = self.backoff
+        while True:
+            try:
+                await self.sink.send(digest)
+            except TransientSinkError as exc:
+                if self._closed.is_set():
+                    log.error("delivery_abandoned_at_shutdown", sink=self.name, digest=digest.id,
+                              events=digest.events, error=str(exc))
+                    self.on_result(self.name, digest, exc)
+                    return
+                log.warning("delivery_retry", sink=self.name, digest=digest.id, error=str(exc),
+                            retry_in=round(delay, 3))
+                await self._pause(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter only
+                delay = min(delay * 2, cap)
+            except PermanentSinkError as exc:
+                log.error("delivery_failed", sink=self.name, digest=digest.id, error=str(exc))
+                self.on_result(self.name, digest, exc)
+                return
+            except Exception as exc:  # a sink bug must not take the daemon down
+                log.exception("delivery_crashed", sink=self.name, digest=digest.id)
+                self.on_result(self.name, digest, exc)
+                return
+            else:
+                self.limit.record(self.now())  # failed attempts sent no mail: they cost nothing
+                log.info("delivered", sink=self.name, digest=digest.id, events=digest.events)
+                self.on_result(self.name, digest, None)
+                return
