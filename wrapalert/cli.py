@@ -14,7 +14,11 @@ EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-c", "--config", type=Path, default=None, metavar="FILE",
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
         help=f"configuration file (default {config.DEFAULT_PATH}; built-in defaults if absent)",
     )
 
@@ -32,17 +36,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
     sub.add_parser(
-        "notify", help="the per-connection client (KEY=VALUE..., see DESIGN.md); always exits 0",
+        "notify",
+        help="the per-connection client (KEY=VALUE..., see DESIGN.md); always exits 0",
     )
 
-    line = sub.add_parser("hosts-deny-line", help="print the hosts.deny entry for this installation")
+    line = sub.add_parser(
+        "hosts-deny-line", help="print the hosts.deny entry for this installation"
+    )
     _config_arg(line)
-    line.add_argument("--daemons", default="ALL", metavar="LIST",
-                      help="daemon list for the rule, e.g. sshd,vsftpd (default ALL)")
-    line.add_argument("--ident", action="store_true",
-                      help="also report %%u; makes libwrap query identd, delaying the service up to 10 s")
-    line.add_argument("--python", default=sys.executable, metavar="PATH",
-                      help="interpreter the hook runs (default: this one)")
+    line.add_argument(
+        "--daemons",
+        default="ALL",
+        metavar="LIST",
+        help="daemon list for the rule, e.g. sshd,vsftpd (default ALL)",
+    )
+    line.add_argument(
+        "--ident",
+        action="store_true",
+        help="also report %%u; makes libwrap query identd, delaying the service up to 10 s",
+    )
+    line.add_argument(
+        "--python",
+        default=sys.executable,
+        metavar="PATH",
+        help="interpreter the hook runs (default: this one)",
+    )
 
     check = sub.add_parser("check-config", help="validate the configuration and print a summary")
     _config_arg(check)
@@ -56,10 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--daemons", default="sshd,in.ftpd", metavar="LIST")
     sim.add_argument("--from", dest="addrs", default="203.0.113.7,2001:db8::66", metavar="ADDRS")
 
-    demo = sub.add_parser("demo", help="run the daemon on a demo config under DIR (no root, no MTA)")
+    demo = sub.add_parser(
+        "demo", help="run the daemon on a demo config under DIR (no root, no MTA)"
+    )
     demo.add_argument("--dir", type=Path, default=Path("demo"))
-    demo.add_argument("--no-simulate", action="store_true",
-                      help="do not send a first burst of simulated refusals")
+    demo.add_argument(
+        "--no-simulate", action="store_true", help="do not send a first burst of simulated refusals"
+    )
     return parser
 
 
@@ -127,12 +148,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     d = cfg.digest
     print(f"ok: {cfg.source}")
-    print(f"  socket {cfg.daemon.socket}, spool {cfg.daemon.spool_dir}, "
-          f"trusted uids {list(cfg.daemon.trusted_uids)}")
-    print(f"  group by {', '.join(d.group_by)}; wait {d.group_wait:g}s, "
-          f"interval {d.group_interval:g}s, repeat {d.repeat_interval:g}s")
-    print(f"  at most {cfg.limits.mails_per_hour} mails per hour per sink, "
-          f"{cfg.limits.max_groups} groups")
+    print(
+        f"  socket {cfg.daemon.socket}, spool {cfg.daemon.spool_dir}, "
+        f"trusted uids {list(cfg.daemon.trusted_uids)}"
+    )
+    print(
+        f"  group by {', '.join(d.group_by)}; wait {d.group_wait:g}s, "
+        f"interval {d.group_interval:g}s, repeat {d.repeat_interval:g}s"
+    )
+    print(
+        f"  at most {cfg.limits.mails_per_hour} mails per hour per sink, "
+        f"{cfg.limits.max_groups} groups"
+    )
     for sink in cfg.sinks:
         print(f"  sink {sink.name}: {describe_sink(sink)}")
     return EXIT_OK

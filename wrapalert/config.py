@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 DEFAULT_PATH = Path("/etc/wrapalert/wrapalert.toml")
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 GROUP_FIELDS = frozenset(
     {"daemon", "client_addr", "client_name", "user", "server", "host", "verdict"}
 )
+_T = TypeVar("_T")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -35,6 +37,8 @@ class DaemonConfig:
     trusted_uids: tuple[int, ...] = (0,)
     socket_mode: int = 0o666
     shutdown_grace: float = 10.0
+    # Clients spool when our queue is full, not only when we are down: look again this often.
+    spool_scan_interval: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class Config:
 def parse_duration(value: object) -> float:
     """Seconds from "500ms", "10s", "5m", "4h", "1d", "1h30m" or a plain number of seconds."""
     if isinstance(value, bool):
-        raise ValueError(f"bad duration {value!r}")
+        raise TypeError(f"bad duration {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and value and _DURATION.sub("", value) == "":
@@ -175,7 +179,13 @@ class _Parser:
                 raise self.error("sink", i, "name", f"duplicate sink name {name!r}")
         return Config(daemon, digest, limits, sinks, self.source)
 
-    def _section(self, data: dict[str, Any], name: str, default: Any, build: Any) -> Any:
+    def _section(
+        self,
+        data: dict[str, Any],
+        name: str,
+        default: Callable[[], _T],
+        build: Callable[[_Table], _T],
+    ) -> _T:
         raw = data.get(name)
         if raw is None:
             return default()
@@ -196,6 +206,7 @@ class _Parser:
             trusted_uids=tuple(t.int_list("trusted_uids", d.trusted_uids)),
             socket_mode=t.mode("socket_mode", d.socket_mode),
             shutdown_grace=t.duration("shutdown_grace", d.shutdown_grace),
+            spool_scan_interval=t.duration("spool_scan_interval", d.spool_scan_interval),
         )
         t.done()
         return cfg
@@ -269,22 +280,28 @@ class _Parser:
 
 
 _MISSING = object()
-_TOML_NAMES = {str: "string", int: "integer", float: "float", bool: "boolean", list: "array",
-               dict: "table"}
+_TOML_NAMES = {
+    str: "string",
+    int: "integer",
+    float: "float",
+    bool: "boolean",
+    list: "array",
+    dict: "table",
+}
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+(@[A-Za-z0-9.-]+)?")
 
 
 class _Table:
     """One TOML table: typed getters that record what was read, so leftovers are errors."""
 
-    def __init__(self, parser: _Parser, name: str, index: int | None, raw: dict[str, Any]):
+    def __init__(self, parser: _Parser, name: str, index: int | None, raw: dict[str, Any]) -> None:
         self.parser, self.name, self.index, self.raw = parser, name, index, raw
         self.consumed: set[str] = set()
 
     def error(self, key: str, problem: str) -> ConfigError:
         return self.parser.error(self.name, self.index, key, problem)
 
-    def get(self, key: str, default: Any, kind: type | tuple[type, ...]) -> Any:
+    def get(self, key: str, default: Any, kind: type | tuple[type, ...]) -> Any:  # noqa: ANN401 - TOML values are dynamic until checked here
         self.consumed.add(key)
         value = self.raw.get(key, _MISSING)
         if value is _MISSING:
@@ -324,7 +341,7 @@ class _Table:
         value = self.get(key, default, (int, float, str))
         try:
             return parse_duration(value)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise self.error(key, str(exc)) from None
 
     def str_list(self, key: str, default: tuple[str, ...]) -> list[str]:

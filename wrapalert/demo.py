@@ -53,7 +53,8 @@ def run_demo(directory: Path, *, simulate_first: bool = True) -> int:
     line = hosts_deny_line(cfg, sys.executable)
     wrapalert = shlex.quote(str(Path(sys.executable).with_name("wrapalert")))
     simulate = f"{wrapalert} simulate -c {shlex.quote(str(cfg_path))}"
-    print(f"""\
+    print(
+        f"""\
 wrapalert demo: config {cfg_path}, digests go to {directory / "Maildir"}
 
 The hosts.deny line for this configuration (add it to /etc/hosts.deny to use it for real):
@@ -65,7 +66,9 @@ To refuse more connections through real libwrap with that line, run in another t
   {simulate}
 
 Digests appear here {cfg.digest.group_wait:g} s after the first refusal. Ctrl-C stops.
-""", flush=True)
+""",
+        flush=True,
+    )
     renderer = Renderer("wrapalert@localhost", ("you",), cfg.digest.template_dir)
 
     def show(sink: str, digest: Digest, error: Exception | None) -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import socket
 import time
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
-from datetime import UTC, datetime
 from pathlib import Path
 
 import jinja2
@@ -23,7 +23,7 @@ from wrapalert.model import Digest
 SUBJECT_MAX = 120
 _PACKAGE_TEMPLATES = Path(__file__).with_name("templates")
 _SOURCE_TEMPLATES = Path(__file__).parent.parent / "templates"
-_CONTROL = {c: " " for c in (*range(32), *range(127, 160))}
+_CONTROL = dict.fromkeys((*range(32), *range(127, 160)), " ")
 
 
 def template_dirs(extra: Path | None = None) -> list[str]:
@@ -55,17 +55,26 @@ def short_time(seconds: float) -> str:
 class Renderer:
     """Turns a Digest into an EmailMessage; one per sink (sender and recipients differ)."""
 
-    def __init__(self, from_addr: str, to: tuple[str, ...], template_dir: Path | None = None):
+    def __init__(
+        self, from_addr: str, to: tuple[str, ...], template_dir: Path | None = None
+    ) -> None:
         self.host = socket.gethostname()
         self.from_addr = qualify(from_addr, self.host)
         self.to = tuple(qualify(a, self.host) for a in to)
         loader = jinja2.FileSystemLoader(template_dirs(template_dir))
         self.text_env = SandboxedEnvironment(
-            loader=loader, autoescape=False, trim_blocks=True, lstrip_blocks=True,
-            undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+            loader=loader,
+            autoescape=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
         )
         self.html_env = SandboxedEnvironment(
-            loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True,
+            loader=loader,
+            autoescape=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
             undefined=jinja2.StrictUndefined,
         )
         for env in (self.text_env, self.html_env):

@@ -16,11 +16,10 @@ wrapped daemon runs as, so this file is the hot path and the attack surface:
 The wire format is DESIGN.md's ``WA1``: a tag line, then ``key=value`` lines.
 """
 
+import _signal  # type: ignore[import-not-found]  # no stubs; `signal` would import enum (ms)
 import posix
 import sys
 import time
-
-import _signal
 
 # Short wire keys the client forwards (DESIGN.md, "Wire keys").
 FIELDS = frozenset("dpucanhsArv")
@@ -36,7 +35,7 @@ EAGAIN_WAIT = 0.1  # seconds of retrying a full queue before spooling
 LOG_AUTHPRIV_WARNING = 10 * 8 + 4
 
 # Control bytes (C0, DEL, C1) become "_", as libwrap does with unsafe bytes.
-_CLEAN = {c: "_" for c in (*range(32), *range(127, 160))}
+_CLEAN = dict.fromkeys((*range(32), *range(127, 160)), "_")
 
 
 class _Timeout(BaseException):
@@ -124,7 +123,11 @@ def spool(payload: bytes, directory: str, now: float) -> bool:
         temp = "." + name
         fd = posix.open(
             temp,
-            posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC
+            posix.O_WRONLY
+            | posix.O_CREAT
+            | posix.O_EXCL
+            | posix.O_NOFOLLOW
+            | posix.O_CLOEXEC
             | posix.O_NONBLOCK,
             0o600,
             dir_fd=dir_fd,

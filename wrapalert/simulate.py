@@ -34,8 +34,10 @@ def simulate(line: str, daemons: list[str], addrs: list[str], count: int) -> int
                 for _ in range(count):
                     allowed += wrap.allowed(daemon, addr)
     refused = total - allowed
-    print(f"libwrap refused {refused} of {total} connections "
-          f"({', '.join(daemons)} from {', '.join(addrs)}); each ran the spawn hook.")
+    print(
+        f"libwrap refused {refused} of {total} connections "
+        f"({', '.join(daemons)} from {', '.join(addrs)}); each ran the spawn hook."
+    )
     return 0 if allowed == 0 else 1
 
 
@@ -45,8 +47,17 @@ def _direct(daemons: list[str], addrs: list[str], count: int, line: str) -> int:
     for daemon in daemons:
         for addr in addrs:
             for _ in range(count):
-                argv = [sys.executable, "-I", "-S", client, f"d={daemon}", f"a={addr}",
-                        f"c={addr}", "n=unknown", *settings]
+                argv = [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    client,
+                    f"d={daemon}",
+                    f"a={addr}",
+                    f"c={addr}",
+                    "n=unknown",
+                    *settings,
+                ]
                 subprocess.run(argv, check=False, stdin=subprocess.DEVNULL)
     print(f"sent {count * len(daemons) * len(addrs)} events with the client.")
     return 0

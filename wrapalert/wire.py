@@ -61,8 +61,13 @@ def parse(data: bytes) -> dict[str, str]:
         raise WireError("bad_tag")
     if lines[-1] == "":
         lines.pop()
+    return normalise(_fields(lines[1:]))
+
+
+def _fields(lines: list[str]) -> dict[str, str]:
+    """The known `key=value` lines, checked one by one; unknown keys are skipped."""
     fields: dict[str, str] = {}
-    for line in lines[1:]:
+    for line in lines:
         key, sep, value = line.partition("=")
         if not sep:
             raise WireError("bad_line")
@@ -76,7 +81,7 @@ def parse(data: bytes) -> dict[str, str]:
         if not _CONTROL.isdisjoint(value):
             raise WireError("control_char")
         fields[name] = value
-    return normalise(fields)
+    return fields
 
 
 def normalise(fields: dict[str, str]) -> dict[str, str]:

@@ -28,6 +28,7 @@ from wrapalert.model import Event
 log = structlog.get_logger()
 
 BATCH = 1024
+SPOOL_BATCH = 1000
 _CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 _ANC_SIZE = socket.CMSG_SPACE(_CREDS.size)
 
@@ -145,19 +146,22 @@ class Intake:
         if allowed:
             log.warning("event_rejected", reason=reason, uid=uid, suppressed=suppressed)
 
-    def ingest_spool(self, directory: Path) -> int:
-        """Events the client spooled while we were down; each file is removed once read."""
+    def ingest_spool(self, directory: Path, limit: int = SPOOL_BATCH) -> int:
+        """Up to `limit` events the client spooled; each file is removed once read.
+
+        The bound keeps one scan from stalling the event loop; the next scan
+        takes the rest.
+        """
         try:
-            names = sorted(os.listdir(directory))
+            names = sorted(p.name for p in directory.iterdir())
         except FileNotFoundError:
             return 0
         except OSError as exc:
             log.error("spool_unreadable", path=str(directory), error=str(exc))
             return 0
         count = 0
+        names = [n for n in names if not n.startswith(".")][:limit]  # dot: still being written
         for name in names:
-            if name.startswith("."):
-                continue  # being written by a client right now
             path = directory / name
             data, uid = _read_spool_file(path)
             with contextlib.suppress(FileNotFoundError):

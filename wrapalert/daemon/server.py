@@ -1,7 +1,8 @@
 """The daemon's lifecycle: startup, main loop, shutdown, in that fixed order.
 
 Startup: take the systemd socket or bind one, ingest the spool, start one
-worker per sink and the scheduler. Main loop: intake feeds the aggregator;
+worker per sink, the scheduler and the spool scanner (clients also spool
+when the socket queue is full, so the spool is read every few seconds). Main loop: intake feeds the aggregator;
 the scheduler sleeps until the next group falls due (woken early when a new
 group is due sooner) and hands digests to every sink worker. Shutdown
 (SIGTERM/SIGINT): stop intake, read what is already queued in the socket,
@@ -52,9 +53,11 @@ class Server:
         self.stats = Stats()
         self.aggregator = Aggregator(cfg.digest, cfg.limits.max_groups)
         self.on_delivery = on_delivery
-        built = sinks if sinks is not None else [
-            sink_registry.build(s, cfg.digest.template_dir) for s in cfg.sinks
-        ]
+        built = (
+            sinks
+            if sinks is not None
+            else [sink_registry.build(s, cfg.digest.template_dir) for s in cfg.sinks]
+        )
         self.workers = [
             SinkWorker(s, per_hour=cfg.limits.mails_per_hour, on_result=self._result, now=now)
             for s in built
@@ -87,6 +90,7 @@ class Server:
             async with asyncio.TaskGroup() as tg:
                 workers = [tg.create_task(w.run(), name=f"sink:{w.name}") for w in self.workers]
                 scheduler = tg.create_task(self._schedule(), name="scheduler")
+                scanner = tg.create_task(self._scan_spool(), name="spool")
                 loop.add_reader(intake.sock.fileno(), intake.drain)
                 if handle_signals:
                     self._install_signals(loop)
@@ -100,6 +104,8 @@ class Server:
                 loop.remove_reader(intake.sock.fileno())
                 intake.drain(limit=None)  # what the kernel already queued is ours
                 scheduler.cancel()
+                scanner.cancel()
+                intake.ingest_spool(self.cfg.daemon.spool_dir)
                 self._dispatch(self.aggregator.collect(self.now(), force=True))
                 for worker in self.workers:
                     worker.close()
@@ -149,6 +155,14 @@ class Server:
     def _accept(self, event: Event) -> None:
         if self.aggregator.add(event, self.now()):
             self._wake.set()
+
+    async def _scan_spool(self) -> None:
+        """Clients spool when the socket queue stays full; pick those events up."""
+        assert self.intake is not None  # noqa: S101 - set by _startup
+        interval = max(self.cfg.daemon.spool_scan_interval, 0.1)
+        while True:
+            await asyncio.sleep(interval)
+            self.intake.ingest_spool(self.cfg.daemon.spool_dir)
 
     async def _schedule(self) -> None:
         """Sleep until the next group is due, or until a new group may be due sooner."""

@@ -20,8 +20,9 @@ class Stats:
     events_delivered: Counter[str] = field(default_factory=Counter)
     events_failed: Counter[str] = field(default_factory=Counter)
 
-    def as_dict(self, *, groups: int, pending_events: int, outbox: int,
-                sinks: list[str]) -> dict[str, object]:
+    def as_dict(
+        self, *, groups: int, pending_events: int, outbox: int, sinks: list[str]
+    ) -> dict[str, object]:
         return {
             "received": self.received,
             "rejected": dict(self.rejected),

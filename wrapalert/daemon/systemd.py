@@ -43,6 +43,6 @@ def notify(state: str) -> bool:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.sendto(state.encode(), socket.MSG_DONTWAIT, path)
     except OSError as exc:
-        log.warning("sd_notify_failed", state=state.split("=")[0], error=str(exc))
+        log.warning("sd_notify_failed", state=state.split("=", maxsplit=1)[0], error=str(exc))
         return False
     return True

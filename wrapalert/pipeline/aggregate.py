@@ -69,7 +69,9 @@ class Aggregator:
                 labels = (("group", OVERFLOW),)
                 group = self.groups.get(key)
             if group is None:
-                group = _Group(key, labels, event.trusted, event.uid, now, now + self.cfg.group_wait)
+                group = _Group(
+                    key, labels, event.trusted, event.uid, now, now + self.cfg.group_wait
+                )
                 self.groups[key] = group
         woke = False
         if group.new == 0:
@@ -100,7 +102,6 @@ class Aggregator:
     def collect(self, now: float, *, force: bool = False) -> list[GroupReport]:
         """Reports of every group due by `now` (+ batch window); all with news if `force`."""
         horizon = now + self.cfg.batch_window
-        reports = []
         if force:
             due_groups = [g for g in self.groups.values() if g.new]
             self._heap.clear()
@@ -111,16 +112,14 @@ class Aggregator:
                 group = self.groups.get(key)
                 if group is not None and group.new and group.due == due:
                     due_groups.append(group)
-        for group in due_groups:
-            reports.append(self._report(group, now, force=force))
+        reports = [self._report(group, now, force=force) for group in due_groups]
         self._forget_idle(now)
         return reports
 
     def _report(self, group: _Group, now: float, *, force: bool) -> GroupReport:
+        reason = "new activity" if group.notified else "new group"
         if force:
             reason = "shutdown flush"
-        else:
-            reason = "new activity" if group.notified else "new group"
         report = GroupReport(
             key=group.key,
             labels=group.labels,

@@ -134,12 +134,22 @@ class SinkWorker:
                 await self.sink.send(digest)
             except TransientSinkError as exc:
                 if self._closed.is_set():
-                    log.error("delivery_abandoned_at_shutdown", sink=self.name, digest=digest.id,
-                              events=digest.events, error=str(exc))
+                    log.error(
+                        "delivery_abandoned_at_shutdown",
+                        sink=self.name,
+                        digest=digest.id,
+                        events=digest.events,
+                        error=str(exc),
+                    )
                     self.on_result(self.name, digest, exc)
                     return
-                log.warning("delivery_retry", sink=self.name, digest=digest.id, error=str(exc),
-                            retry_in=round(delay, 3))
+                log.warning(
+                    "delivery_retry",
+                    sink=self.name,
+                    digest=digest.id,
+                    error=str(exc),
+                    retry_in=round(delay, 3),
+                )
                 await self._pause(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter only
                 delay = min(delay * 2, cap)
             except PermanentSinkError as exc:

@@ -50,7 +50,7 @@ class MaildirSink:
                 out.flush()
                 os.fsync(out.fileno())
             final = self.path / "new" / name
-            os.rename(tmp, final)
+            tmp.rename(final)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise TransientSinkError(f"maildir {self.path}: {exc}") from exc

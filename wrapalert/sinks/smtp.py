@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import aiosmtplib
 
 from wrapalert.config import SmtpSinkConfig
@@ -45,7 +43,7 @@ class SmtpSink:
             raise _classify(min(codes), f"recipients refused: {codes}") from exc
         except aiosmtplib.SMTPResponseException as exc:
             raise _classify(exc.code, f"{exc.code} {exc.message}") from exc
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise TransientSinkError(f"{type(exc).__name__}: {exc}") from exc
 
 

@@ -1,0 +1,153 @@
+"""Shared test helpers: short socket dirs, system-package gates, a real SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from wrapalert import config
+
+# The interpreter the hook runs: a real one, never a pyenv shim (which is a shell script).
+PYTHON = sys.executable
+REQUIRE_SYSTEM = os.environ.get("WRAPALERT_REQUIRE_SYSTEM") == "1"
+
+
+def require(available: bool, reason: str) -> None:  # noqa: FBT001 - reads as a sentence
+    """Skip when a system package is missing; under WRAPALERT_REQUIRE_SYSTEM=1, fail."""
+    if available:
+        return
+    if REQUIRE_SYSTEM:
+        pytest.fail(f"WRAPALERT_REQUIRE_SYSTEM=1 but {reason}")
+    pytest.skip(reason)
+
+
+def libwrap_available() -> bool:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libwrap.so.0")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short directory for AF_UNIX paths (at most 107 bytes; pytest's tmp_path can be longer)."""
+    path = Path(tempfile.mkdtemp(prefix="wa-", dir="/tmp"))
+    path.chmod(0o755)  # other uids (setpriv tests) must reach the socket
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_config(base: Path, *sinks: config.SinkConfig, **digest: float) -> config.Config:
+    """A config with every path under `base` and short timers for tests."""
+    timings = {"group_wait": 0.5, "group_interval": 2.0, "batch_window": 0.5} | digest
+    return config.Config(
+        daemon=replace(
+            config.DaemonConfig(),
+            socket=base / "notify.sock",
+            state_dir=base / "state",
+            spool_dir=base / "spool",
+            control_socket=base / "control.sock",
+            trusted_uids=(os.getuid(),),
+            shutdown_grace=5.0,
+            spool_scan_interval=0.2,
+        ),
+        digest=replace(config.DigestConfig(), **timings),
+        sinks=sinks or (config.MaildirSinkConfig(path=base / "Maildir"),),
+    )
+
+
+class Handler:
+    """aiosmtpd handler that keeps what it receives; faults are injected here."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.envelopes: list[Envelope] = []
+        self.reply = "250 OK"  # set to "451 ..." or "554 ..." to inject a fault
+        self.arrived = asyncio.Event()
+
+    async def handle_DATA(self, _server: SMTP, _session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        if not self.reply.startswith("250"):
+            return self.reply
+        raw = envelope.original_content or b""
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        self.messages.append(msg)
+        self.envelopes.append(envelope)
+        self.arrived.set()
+        return "250 OK"
+
+    async def wait(self, count: int, timeout: float = 20.0) -> list[EmailMessage]:
+        """Wait (signalled, not polled) until `count` messages arrived."""
+        async with asyncio.timeout(timeout):
+            while len(self.messages) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.messages
+
+
+class SmtpServer:
+    """A real SMTP server (aiosmtpd) on a free loopback port, in the test's event loop."""
+
+    def __init__(self) -> None:
+        self.handler = Handler()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> SmtpServer:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: SMTP(self.handler, hostname="test-mx", enable_SMTPUTF8=True),
+            "127.0.0.1",
+            0,
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    def sink(self, **kw: object) -> config.SmtpSinkConfig:
+        return replace(
+            config.SmtpSinkConfig(host="127.0.0.1", port=self.port, timeout=5.0), **kw
+        )
+
+
+def body(msg: EmailMessage, kind: str = "plain") -> str:
+    """The text of one MIME part, with SMTP's CRLF line ends as plain newlines."""
+    part = msg.get_body((kind,))
+    assert part is not None, f"no {kind} part"
+    content: str = part.get_content()
+    return content.replace("\r\n", "\n")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def receiver(path: Path) -> socket.socket:
+    """A datagram socket bound at `path` with SO_PASSCRED, as the daemon binds it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sock.bind(str(path))
+    path.chmod(0o666)
+    return sock
