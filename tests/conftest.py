@@ -151,3 +151,110 @@ def receiver(path: Path) -> socket.socket:
     sock.bind(str(path))
     path.chmod(0o666)
     return sock
+
+
+WRAPALERT = str(Path(sys.executable).with_name("wrapalert"))
+NOTIFY = str(Path(__file__).resolve().parent.parent / "wrapalert" / "notify.py")
+
+
+def write_config(base: Path, *, group_wait: str = "500ms", extra: str = "") -> Path:
+    """A TOML config under `base` (paths, short timers, a Maildir sink) for `wrapalert run`."""
+    path = base / "wrapalert.toml"
+    path.write_text(f"""\
+[daemon]
+socket = "{base}/notify.sock"
+control_socket = "{base}/control.sock"
+state_dir = "{base}/state"
+spool_dir = "{base}/spool"
+trusted_uids = [{os.getuid()}]
+spool_scan_interval = "200ms"
+
+[digest]
+group_wait = "{group_wait}"
+group_interval = "2s"
+batch_window = "500ms"
+
+[[sink]]
+type = "maildir"
+path = "{base}/Maildir"
+{extra}""")
+    return path
+
+
+def maildir_messages(maildir: Path) -> list[EmailMessage]:
+    """Every message delivered into `maildir`/new, oldest first."""
+    new = maildir / "new"
+    if not new.is_dir():
+        return []
+    out = []
+    for path in sorted(new.iterdir()):
+        msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        out.append(msg)
+    return out
+
+
+def client(*args: str, user: int | None = None) -> None:
+    """Run the notify client as libwrap would (optionally as another uid, via setpriv)."""
+    import subprocess
+
+    argv = [PYTHON, "-I", "-S", NOTIFY, *args]
+    if user is not None:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, timeout=10)
+
+
+class Running:
+    """`async with Running(server)`: the daemon runs in this event loop until the block ends."""
+
+    def __init__(self, server: object) -> None:
+        from wrapalert.daemon.server import Server
+
+        assert isinstance(server, Server)
+        self.server = server
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Running:
+        self.task = asyncio.create_task(self.server.run(handle_signals=False))
+        ready = asyncio.create_task(self.server.ready.wait())
+        await asyncio.wait({self.task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if not self.server.ready.is_set():
+            ready.cancel()
+            await self.task  # start-up failed: raise its error here
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self.task is not None
+        self.server.stop()
+        await self.task
+
+
+class Deliveries:
+    """An on_delivery hook that records digests and lets a test wait for N events."""
+
+    def __init__(self) -> None:
+        from wrapalert.model import Digest
+
+        self.digests: list[Digest] = []
+        self.errors: list[Exception] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, _sink: str, digest: object, error: Exception | None) -> None:
+        from wrapalert.model import Digest
+
+        assert isinstance(digest, Digest)
+        if error is None:
+            self.digests.append(digest)
+        else:
+            self.errors.append(error)
+        self.changed.set()
+
+    @property
+    def events(self) -> int:
+        return sum(d.events for d in self.digests)
+
+    async def wait_events(self, count: int, timeout: float = 15.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.events < count:
+                self.changed.clear()
+                await self.changed.wait()
