@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint check bench clean
+.PHONY: run test test-bookworm lint check bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -34,9 +34,19 @@ lint: $(STAMP)
 
 check: lint test
 
+## test-bookworm: the suite on Debian 12's interpreter and library versions (what the .deb runs on)
+BOOKWORM := .venv-bookworm
+$(BOOKWORM)/.installed: pyproject.toml
+	/usr/bin/python3 -m venv $(BOOKWORM)
+	$(BOOKWORM)/bin/pip install -q -e '.[test]' aiosmtplib==2.0.0 jinja2==3.1.2 structlog==22.3.0
+	@touch $@
+
+test-bookworm: $(BOOKWORM)/.installed
+	$(BOOKWORM)/bin/pytest $(PYTEST_ARGS)
+
 ## bench: measurements, written to bench/results/
 bench: $(STAMP)
 	$(BIN)/python bench/client_startup.py
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BOOKWORM) demo .pytest_cache .mypy_cache .ruff_cache

@@ -2,9 +2,10 @@
 
 Startup: take the systemd socket or bind one, ingest the spool, start one
 worker per sink, the scheduler and the spool scanner (clients also spool
-when the socket queue is full, so the spool is read every few seconds). Main loop: intake feeds the aggregator;
-the scheduler sleeps until the next group falls due (woken early when a new
-group is due sooner) and hands digests to every sink worker. Shutdown
+when the socket queue is full, so the spool is read every few seconds).
+Main loop: intake feeds the aggregator; the scheduler sleeps until the next
+group falls due (woken early when a new group is due sooner) and hands
+digests to every sink worker. Shutdown
 (SIGTERM/SIGINT): stop intake, read what is already queued in the socket,
 flush every group with news, give the sinks `shutdown_grace` seconds.
 """

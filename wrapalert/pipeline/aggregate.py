@@ -100,11 +100,18 @@ class Aggregator:
         return None
 
     def collect(self, now: float, *, force: bool = False) -> list[GroupReport]:
-        """Reports of every group due by `now` (+ batch window); all with news if `force`."""
+        """Reports of the groups due by `now`, with those due within the batch window after it.
+
+        With `force`, every group with news (shutdown). Nothing is sent early
+        on its own: the window only lets near-due groups join a digest that
+        goes out anyway.
+        """
         horizon = now + self.cfg.batch_window
         if force:
             due_groups = [g for g in self.groups.values() if g.new]
             self._heap.clear()
+        elif (first := self.next_due()) is None or first > now:
+            due_groups = []  # nothing is due: the window only gathers groups to go along
         else:
             due_groups = []
             while self._heap and self._heap[0][0] <= horizon:

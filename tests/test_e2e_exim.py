@@ -1,0 +1,106 @@
+"""End to end into a real mailbox: libwrap -> client -> daemon -> exim4 -> /var/mail."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, Deliveries, Running, free_port, libwrap_available, make_config, require
+
+from wrapalert.cli import hosts_deny_line
+from wrapalert.config import SmtpSinkConfig
+from wrapalert.daemon.server import Server
+from wrapalert.libwrap import LibWrap
+
+MAIL_SPOOL = Path("/var/mail")
+
+
+@pytest.fixture
+def exim(tmp_path: Path) -> Iterator[int]:
+    """exim4 (Debian's default config) listening on a free loopback port; yields the port."""
+    binary = shutil.which("exim4") or "/usr/sbin/exim4"
+    require(Path(binary).exists(), "exim4 is not installed (apt-get install exim4-daemon-light)")
+    require(os.geteuid() == 0, "running exim4 as a daemon needs root")
+    run_dir = Path("/run/exim4")
+    run_dir.mkdir(exist_ok=True)
+    shutil.chown(run_dir, "Debian-exim")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "-bdf", "-q30m", "-oX", str(port), "-oP", str(tmp_path / "exim.pid")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, f"exim4 exited: {proc.stderr.read() if proc.stderr else ''}"
+                assert time.monotonic() < deadline, "exim4 did not start listening"
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def find_in_mailboxes(message_id: str, timeout: float = 20.0) -> tuple[Path, EmailMessage]:
+    """The mailbox file under /var/mail holding `message_id`, once exim has delivered it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for box in MAIL_SPOOL.iterdir():
+            raw = box.read_bytes()
+            if message_id.encode() not in raw:
+                continue
+            # mbox: the last message in the file with our id.
+            chunk = raw[raw.rfind(b"\nFrom ", 0, raw.find(message_id.encode())) + 1:]
+            chunk = chunk.split(b"\n", 1)[1]
+            next_from = chunk.find(b"\nFrom ")
+            if next_from != -1:
+                chunk = chunk[: next_from + 1]
+            msg = email.message_from_bytes(chunk, policy=email.policy.default)
+            assert isinstance(msg, EmailMessage)
+            return box, msg
+        time.sleep(0.2)  # exim delivers in its own process: nothing to wait on but the file
+    raise AssertionError(f"{message_id} not delivered into {MAIL_SPOOL} within {timeout} s")
+
+
+def test_digest_reaches_roots_mailbox_through_exim(exim: int, sockdir: Path) -> None:
+    """A refusal through libwrap ends as a digest in a local mailbox, delivered by exim4."""
+    require(libwrap_available(), "libwrap0 is not installed (apt-get install libwrap0)")
+
+    async def scenario() -> Deliveries:
+        seen = Deliveries()
+        sink = SmtpSinkConfig(host="127.0.0.1", port=exim, to=("root",), timeout=10)
+        cfg = make_config(sockdir, sink)
+        async with Running(Server(cfg, on_delivery=seen)):
+            (sockdir / "hosts.allow").write_text("")
+            (sockdir / "hosts.deny").write_text(hosts_deny_line(cfg, PYTHON) + "\n")
+            wrap = LibWrap(sockdir / "hosts.allow", sockdir / "hosts.deny")
+            for addr in ("192.0.2.77", "192.0.2.77", "198.51.100.78"):
+                assert not await asyncio.to_thread(wrap.allowed, "sshd", addr)
+            await seen.wait_events(3)
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen.errors == []
+    (digest,) = seen.digests
+    box, msg = find_in_mailboxes(f"<{digest.id}@")
+    assert box.parent == MAIL_SPOOL
+    assert msg["X-Wrapalert-Events"] == "3"
+    assert msg["X-Wrapalert-Sources"] == "2"
+    assert msg["Subject"].startswith(f"[wrapalert] {socket.gethostname()}: 3 refused")
+    text = msg.get_body(("plain",)).get_content()
+    assert "client_addr=192.0.2.77" in text
+    assert "client_addr=198.51.100.78" in text
