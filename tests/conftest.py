@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import email
 import email.policy
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any, Self
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from wrapalert import config
+from wrapalert.daemon.server import Server
+from wrapalert.model import Digest
 
 # The interpreter the hook runs: a real one, never a pyenv shim (which is a shell script).
 PYTHON = sys.executable
@@ -36,8 +41,6 @@ def require(available: bool, reason: str) -> None:  # noqa: FBT001 - reads as a 
 
 def libwrap_available() -> bool:
     try:
-        import ctypes
-
         ctypes.CDLL("libwrap.so.0")
     except OSError:
         return False
@@ -53,9 +56,14 @@ def sockdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def make_config(base: Path, *sinks: config.SinkConfig, **digest: float) -> config.Config:
+def make_config(
+    base: Path,
+    *sinks: config.SinkConfig,
+    group_wait: float = 0.5,
+    group_interval: float = 2.0,
+    batch_window: float = 0.5,
+) -> config.Config:
     """A config with every path under `base` and short timers for tests."""
-    timings = {"group_wait": 0.5, "group_interval": 2.0, "batch_window": 0.5} | digest
     return config.Config(
         daemon=replace(
             config.DaemonConfig(),
@@ -67,7 +75,12 @@ def make_config(base: Path, *sinks: config.SinkConfig, **digest: float) -> confi
             shutdown_grace=5.0,
             spool_scan_interval=0.2,
         ),
-        digest=replace(config.DigestConfig(), **timings),
+        digest=replace(
+            config.DigestConfig(),
+            group_wait=group_wait,
+            group_interval=group_interval,
+            batch_window=batch_window,
+        ),
         sinks=sinks or (config.MaildirSinkConfig(path=base / "Maildir"),),
     )
 
@@ -109,7 +122,7 @@ class SmtpServer:
         self.server: asyncio.Server | None = None
         self.port = 0
 
-    async def __aenter__(self) -> SmtpServer:
+    async def __aenter__(self) -> Self:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: SMTP(self.handler, hostname="test-mx", enable_SMTPUTF8=True),
@@ -123,10 +136,8 @@ class SmtpServer:
         assert self.server is not None
         self.server.close()
 
-    def sink(self, **kw: object) -> config.SmtpSinkConfig:
-        return replace(
-            config.SmtpSinkConfig(host="127.0.0.1", port=self.port, timeout=5.0), **kw
-        )
+    def sink(self, **kw: Any) -> config.SmtpSinkConfig:
+        return replace(config.SmtpSinkConfig(host="127.0.0.1", port=self.port, timeout=5.0), **kw)
 
 
 def body(msg: EmailMessage, kind: str = "plain") -> str:
@@ -196,8 +207,6 @@ def maildir_messages(maildir: Path) -> list[EmailMessage]:
 
 def client(*args: str, user: int | None = None) -> None:
     """Run the notify client as libwrap would (optionally as another uid, via setpriv)."""
-    import subprocess
-
     argv = [PYTHON, "-I", "-S", NOTIFY, *args]
     if user is not None:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
@@ -207,14 +216,11 @@ def client(*args: str, user: int | None = None) -> None:
 class Running:
     """`async with Running(server)`: the daemon runs in this event loop until the block ends."""
 
-    def __init__(self, server: object) -> None:
-        from wrapalert.daemon.server import Server
-
-        assert isinstance(server, Server)
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Running:
+    async def __aenter__(self) -> Self:
         self.task = asyncio.create_task(self.server.run(handle_signals=False))
         ready = asyncio.create_task(self.server.ready.wait())
         await asyncio.wait({self.task, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -233,16 +239,11 @@ class Deliveries:
     """An on_delivery hook that records digests and lets a test wait for N events."""
 
     def __init__(self) -> None:
-        from wrapalert.model import Digest
-
         self.digests: list[Digest] = []
         self.errors: list[Exception] = []
         self.changed = asyncio.Event()
 
-    def __call__(self, _sink: str, digest: object, error: Exception | None) -> None:
-        from wrapalert.model import Digest
-
-        assert isinstance(digest, Digest)
+    def __call__(self, _sink: str, digest: Digest, error: Exception | None) -> None:
         if error is None:
             self.digests.append(digest)
         else:

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import Deliveries, Running, client, make_config, maildir_messages, require
+from conftest import Deliveries, Running, body, client, maildir_messages, make_config, require
 
 from wrapalert.daemon.server import Server
 from wrapalert.wire import encode
@@ -68,7 +68,7 @@ def test_events_from_other_uids_are_marked_untrusted_and_kept_apart(sockdir: Pat
     assert sorted((g.trusted, g.uid) for g in groups) == [(False, 65534), (True, os.getuid())]
     maildir = sockdir / "Maildir"
     (msg,) = maildir_messages(maildir)
-    text = msg.get_body(("plain",)).get_content()
+    text = body(msg)
     assert "reported by uid 65534, untrusted" in text
 
 
@@ -102,9 +102,13 @@ def test_spool_written_while_running_is_picked_up(sockdir: Path) -> None:
         seen = Deliveries()
         async with Running(Server(cfg, on_delivery=seen)):
             # A socket path nobody listens on makes the client spool, as a full queue would.
-            await asyncio.to_thread(client, "d=sshd", "a=192.0.2.3",
-                                    f"socket={sockdir}/elsewhere.sock",
-                                    f"spool={cfg.daemon.spool_dir}")
+            await asyncio.to_thread(
+                client,
+                "d=sshd",
+                "a=192.0.2.3",
+                f"socket={sockdir}/elsewhere.sock",
+                f"spool={cfg.daemon.spool_dir}",
+            )
             await seen.wait_events(1)
         return seen
 

@@ -15,7 +15,16 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, Deliveries, Running, free_port, libwrap_available, make_config, require
+from conftest import (
+    PYTHON,
+    Deliveries,
+    Running,
+    body,
+    free_port,
+    libwrap_available,
+    make_config,
+    require,
+)
 
 from wrapalert.cli import hosts_deny_line
 from wrapalert.config import SmtpSinkConfig
@@ -37,7 +46,9 @@ def exim(tmp_path: Path) -> Iterator[int]:
     port = free_port()
     proc = subprocess.Popen(
         [binary, "-bdf", "-q30m", "-oX", str(port), "-oP", str(tmp_path / "exim.pid")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 15
@@ -46,7 +57,9 @@ def exim(tmp_path: Path) -> Iterator[int]:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                assert proc.poll() is None, f"exim4 exited: {proc.stderr.read() if proc.stderr else ''}"
+                assert proc.poll() is None, (
+                    f"exim4 exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+                )
                 assert time.monotonic() < deadline, "exim4 did not start listening"
                 time.sleep(0.05)
         yield port
@@ -64,7 +77,7 @@ def find_in_mailboxes(message_id: str, timeout: float = 20.0) -> tuple[Path, Ema
             if message_id.encode() not in raw:
                 continue
             # mbox: the last message in the file with our id.
-            chunk = raw[raw.rfind(b"\nFrom ", 0, raw.find(message_id.encode())) + 1:]
+            chunk = raw[raw.rfind(b"\nFrom ", 0, raw.find(message_id.encode())) + 1 :]
             chunk = chunk.split(b"\n", 1)[1]
             next_from = chunk.find(b"\nFrom ")
             if next_from != -1:
@@ -101,6 +114,6 @@ def test_digest_reaches_roots_mailbox_through_exim(exim: int, sockdir: Path) -> 
     assert msg["X-Wrapalert-Events"] == "3"
     assert msg["X-Wrapalert-Sources"] == "2"
     assert msg["Subject"].startswith(f"[wrapalert] {socket.gethostname()}: 3 refused")
-    text = msg.get_body(("plain",)).get_content()
+    text = body(msg)
     assert "client_addr=192.0.2.77" in text
     assert "client_addr=198.51.100.78" in text

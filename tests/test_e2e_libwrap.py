@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import struct
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -42,18 +43,22 @@ async def refuse(wrap: LibWrap, plan: dict[tuple[str, str], int]) -> None:
 
 
 def test_refusals_become_one_digest_with_exact_counts(sockdir: Path) -> None:
-    """Refusals from two addresses to two daemons arrive as one digest naming each with its count."""
-    plan = {("sshd", ADDRS[0]): 3, ("sshd", ADDRS[1]): 1, ("in.ftpd", ADDRS[0]): 2,
-            ("in.ftpd", ADDRS[1]): 4}
+    """Refusals from two addresses to two daemons make one digest naming each with its count."""
+    plan = {
+        ("sshd", ADDRS[0]): 3,
+        ("sshd", ADDRS[1]): 1,
+        ("in.ftpd", ADDRS[0]): 2,
+        ("in.ftpd", ADDRS[1]): 4,
+    }
 
-    async def scenario() -> tuple[list[object], Server]:
+    async def scenario() -> tuple[list[EmailMessage], Server]:
         async with SmtpServer() as smtp:
             cfg = make_config(sockdir, smtp.sink(to=("root",)), group_wait=1.5)
             server = Server(cfg)
             task = asyncio.create_task(server.run(handle_signals=False))
             await server.ready.wait()
             await refuse(tables(sockdir, hosts_deny_line(cfg, PYTHON)), plan)
-            messages = await smtp.handler.wait(1)
+            await smtp.handler.wait(1)
             await asyncio.sleep(1.0)  # a second digest would be a failure: give it a chance
             server.stop()
             await task
@@ -103,7 +108,7 @@ def test_hook_carries_what_libwrap_expands(sockdir: Path) -> None:
 
 
 def test_every_refusal_of_a_burst_is_counted(sockdir: Path) -> None:
-    """A burst of 60 refusals through libwrap is reported in full, however it is split into mails."""
+    """A burst of 60 refusals through libwrap is reported in full, however it is split."""
     plan = {(d, a): 15 for d in DAEMONS for a in ADDRS}
     expected = sum(plan.values())
 

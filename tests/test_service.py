@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import WRAPALERT, client, maildir_messages, require, write_config
+from conftest import WRAPALERT, body, client, maildir_messages, require, write_config
 
 
 @contextmanager
@@ -60,7 +60,7 @@ def test_sigterm_flushes_pending_events_and_exits_zero(sockdir: Path) -> None:
     (msg,) = maildir_messages(sockdir / "Maildir")
     assert msg["X-Wrapalert-Events"] == "3"
     assert msg["X-Wrapalert-Sources"] == "2"
-    assert "shutdown flush" in msg.get_body(("plain",)).get_content()
+    assert "shutdown flush" in body(msg)
     assert not (sockdir / "notify.sock").exists()  # ours: removed on exit
 
 
@@ -74,8 +74,18 @@ def test_adopts_a_socket_passed_the_systemd_way(sockdir: Path) -> None:
     with notify_socket(sockdir / "systemd.sock") as sd:
         proc = start(
             # It passes on only the variables named with -E.
-            [activate, "--datagram", "-l", str(sock), "-E", f"NOTIFY_SOCKET={sockdir}/systemd.sock",
-             WRAPALERT, "run", "-c", str(cfg)],
+            [
+                activate,
+                "--datagram",
+                "-l",
+                str(sock),
+                "-E",
+                f"NOTIFY_SOCKET={sockdir}/systemd.sock",
+                WRAPALERT,
+                "run",
+                "-c",
+                str(cfg),
+            ],
             sockdir / "systemd.sock",
         )
         try:
@@ -93,7 +103,7 @@ def test_adopts_a_socket_passed_the_systemd_way(sockdir: Path) -> None:
             proc.wait()
     (msg,) = maildir_messages(sockdir / "Maildir")
     assert msg["X-Wrapalert-Events"] == "2"
-    text = msg.get_body(("plain",)).get_content()
+    text = body(msg)
     # systemd-socket-activate does not set SO_PASSCRED (PassCredentials=yes does): the
     # activating datagram arrives without credentials, so it is untrusted. The daemon turns
     # SO_PASSCRED on when it adopts the socket, so the second one is trusted.
@@ -105,8 +115,9 @@ def test_adopts_a_socket_passed_the_systemd_way(sockdir: Path) -> None:
 def test_bad_config_is_refused_with_file_line_and_key(sockdir: Path) -> None:
     """`wrapalert run` with a bad config exits 1 and names the file, line and key."""
     cfg = write_config(sockdir, group_wait="ten seconds")
-    result = subprocess.run([WRAPALERT, "run", "-c", str(cfg)], capture_output=True, text=True,
-                            check=False, timeout=30)
+    result = subprocess.run(
+        [WRAPALERT, "run", "-c", str(cfg)], capture_output=True, text=True, check=False, timeout=30
+    )
     assert result.returncode == 1
     line = cfg.read_text().splitlines().index('group_wait = "ten seconds"') + 1
     assert f"{cfg}:{line}: [digest] group_wait: bad duration" in result.stderr

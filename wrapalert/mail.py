@@ -44,6 +44,11 @@ def qualify(address: str, host: str) -> str:
     return address if "@" in address else f"{address}@{host}"
 
 
+def known(pairs: tuple[tuple[str, int], ...]) -> list[str]:
+    """The values of (value, count) pairs, less libwrap's "unknown"."""
+    return [value for value, _ in pairs if value not in ("unknown", "")]
+
+
 def local_time(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(seconds))
 
@@ -81,6 +86,7 @@ class Renderer:
             env.filters["when"] = local_time
             env.filters["hms"] = short_time
             env.filters["thousands"] = "{:,}".format
+            env.filters["known"] = known
 
     def context(self, digest: Digest) -> dict[str, object]:
         groups = sorted(digest.groups, key=lambda g: (-g.events, g.key))

@@ -1,0 +1,142 @@
+"""Grouping and timing on a fake clock: group_wait, group_interval, batching, bounds."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from wrapalert.config import DigestConfig
+from wrapalert.model import Event
+from wrapalert.pipeline.aggregate import OVERFLOW, Aggregator
+
+CFG = replace(
+    DigestConfig(), group_wait=10.0, group_interval=300.0, repeat_interval=3600.0, batch_window=1.0
+)
+
+
+def ev(
+    daemon: str = "sshd", addr: str = "192.0.2.1", *, trusted: bool = True, uid: int | None = 0
+) -> Event:
+    return Event({"daemon": daemon, "client_addr": addr}, 0.0, uid=uid, trusted=trusted)
+
+
+def test_new_group_waits_group_wait() -> None:
+    """A new group's first report comes group_wait after its first event, not before."""
+    agg = Aggregator(CFG, 100)
+    agg.add(ev(), now=1000.0)
+    assert agg.next_due() == 1010.0
+    assert agg.collect(1009.9) == []
+    (report,) = agg.collect(1010.0)
+    assert (report.events, report.reason) == (1, "new group")
+
+
+def test_events_during_group_wait_join_the_first_report() -> None:
+    """Everything that arrives while a group waits is in its first report."""
+    agg = Aggregator(CFG, 100)
+    for t in range(5):
+        agg.add(ev(), now=1000.0 + t)
+    (report,) = agg.collect(1010.0)
+    assert report.events == 5
+    assert (report.first_seen, report.last_seen) == (1000.0, 1004.0)
+
+
+def test_new_activity_waits_group_interval() -> None:
+    """After a report, new activity in the group is reported group_interval later."""
+    agg = Aggregator(CFG, 100)
+    agg.add(ev(), now=1000.0)
+    agg.collect(1010.0)
+    agg.add(ev(), now=1020.0)
+    assert agg.next_due() == 1310.0
+    assert agg.collect(1300.0) == []
+    (report,) = agg.collect(1310.0)
+    assert (report.events, report.total, report.reason) == (1, 2, "new activity")
+
+
+def test_late_activity_is_reported_at_once_when_interval_has_passed() -> None:
+    """Activity after a long quiet spell is due immediately: the interval already passed."""
+    agg = Aggregator(CFG, 100)
+    agg.add(ev(), now=1000.0)
+    agg.collect(1010.0)
+    agg.add(ev(), now=2000.0)
+    assert agg.next_due() == 2000.0
+
+
+def test_quiet_group_produces_nothing() -> None:
+    """A group with no new events is not reported again (no repeats yet)."""
+    agg = Aggregator(CFG, 100)
+    agg.add(ev(), now=1000.0)
+    agg.collect(1010.0)
+    assert agg.next_due() is None
+    assert agg.collect(5000.0) == []
+
+
+def test_near_due_groups_join_a_due_one() -> None:
+    """Groups due within batch_window of a due group go in the same batch."""
+    agg = Aggregator(CFG, 100)
+    agg.add(ev(addr="192.0.2.1"), now=1000.0)
+    agg.add(ev(addr="192.0.2.2"), now=1000.8)
+    agg.add(ev(addr="192.0.2.3"), now=1002.0)
+    reports = agg.collect(1010.0)
+    assert sorted(r.label("client_addr") or "" for r in reports) == ["192.0.2.1", "192.0.2.2"]
+
+
+def test_batch_window_never_sends_early_on_its_own() -> None:
+    """A group due within the window is not sent while no group is actually due."""
+    agg = Aggregator(replace(CFG, group_wait=0.5, batch_window=1.0), 100)
+    agg.add(ev(), now=1000.0)
+    assert agg.collect(1000.0) == []
+    assert len(agg.collect(1000.5)) == 1
+
+
+def test_untrusted_events_never_share_a_group_with_trusted_ones() -> None:
+    """The same daemon and address from an untrusted uid is a separate, marked group."""
+    agg = Aggregator(CFG, 100)
+    agg.add(ev(), now=1000.0)
+    agg.add(ev(trusted=False, uid=1000), now=1000.0)
+    reports = agg.collect(1010.0)
+    assert sorted((r.trusted, r.uid) for r in reports) == [(False, 1000), (True, 0)]
+
+
+def test_past_max_groups_new_keys_overflow_without_losing_counts() -> None:
+    """Beyond max_groups, new keys go to one overflow group; no event is lost."""
+    agg = Aggregator(CFG, 3)
+    for i in range(10):
+        agg.add(ev(addr=f"192.0.2.{i}"), now=1000.0)
+    assert len(agg.groups) == 4  # 3 + the overflow group
+    reports = agg.collect(1010.0)
+    assert sum(r.events for r in reports) == 10
+    (overflow,) = [r for r in reports if r.key == (OVERFLOW,)]
+    assert overflow.events == 7
+    assert {a for a, _ in overflow.addrs} == {f"192.0.2.{i}" for i in range(3, 10)}
+
+
+def test_detail_is_bounded_but_counts_are_exact() -> None:
+    """A group keeps a bounded list of addresses; the rest are counted, not listed."""
+    agg = Aggregator(replace(CFG, group_by=("daemon",)), 100)
+    for i in range(1000):
+        agg.add(ev(addr=f"10.0.{i // 256}.{i % 256}"), now=1000.0)
+    (report,) = agg.collect(1010.0)
+    assert report.events == 1000
+    assert sum(n for _, n in report.addrs) + report.more_addrs == 1000
+    assert len(report.addrs) < 100
+
+
+def test_force_collects_everything_with_news() -> None:
+    """At shutdown every group with news is reported, whatever its timer says."""
+    agg = Aggregator(CFG, 100)
+    agg.add(ev(addr="192.0.2.1"), now=1000.0)
+    agg.collect(1010.0)
+    agg.add(ev(addr="192.0.2.1"), now=1011.0)
+    agg.add(ev(addr="192.0.2.2"), now=1011.0)
+    reports = agg.collect(1012.0, force=True)
+    assert sum(r.events for r in reports) == 2
+    assert {r.reason for r in reports} == {"shutdown flush"}
+    assert agg.pending_events == 0
+
+
+def test_idle_groups_are_forgotten_after_repeat_interval() -> None:
+    """A group quiet for repeat_interval is dropped, so memory follows activity."""
+    agg = Aggregator(CFG, 100)
+    agg.add(ev(), now=1000.0)
+    agg.collect(1010.0)
+    agg.collect(1000.0 + 3600.0 + 1)
+    assert agg.groups == {}

@@ -1,0 +1,150 @@
+"""The `wrapalert` command: hosts-deny-line, check-config, notify, exit codes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, WRAPALERT, libwrap_available, receiver, require, write_config
+
+from wrapalert import hostsdeny, notify, wire
+from wrapalert.libwrap import LibWrap
+
+
+def wrapalert(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [WRAPALERT, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_default_line_is_exact() -> None:
+    """With default paths the line names interpreter, client and expansions, and ends in '&'."""
+    line = hostsdeny.spawn_line("/usr/bin/python3", Path("/usr/lib/wa/notify.py"))
+    assert line == (
+        "ALL : ALL : spawn (/usr/bin/python3 -I -S /usr/lib/wa/notify.py "
+        "d=%d p=%p c=%c a=%a n=%n s=%s) &"
+    )
+
+
+def test_ident_is_opt_in() -> None:
+    """%u (an IDENT lookup that can stall the service 10 s) appears only with ident=True."""
+    plain = hostsdeny.spawn_line("/usr/bin/python3", Path("/n.py"))
+    assert "%u" not in plain
+    assert " u=%u)" in hostsdeny.spawn_line("/usr/bin/python3", Path("/n.py"), ident=True)
+
+
+def test_non_default_paths_are_written_into_the_line() -> None:
+    """A socket or spool other than the client's defaults is passed on; defaults are not."""
+    default = hostsdeny.spawn_line(
+        "/p", Path("/n.py"), socket=Path(notify.SOCKET), spool=Path(notify.SPOOL)
+    )
+    assert "socket=" not in default
+    assert "spool=" not in default
+    custom = hostsdeny.spawn_line(
+        "/p", Path("/n.py"), socket=Path("/srv/wa.sock"), spool=Path("/srv/spool")
+    )
+    assert "socket=/srv/wa.sock spool=/srv/spool)" in custom
+
+
+def test_colons_percents_and_spaces_in_paths_are_escaped() -> None:
+    """':' becomes '\\:' and '%' becomes '%%' for libwrap; spaces are shell-quoted."""
+    line = hostsdeny.spawn_line("/opt/py 3.11/python", Path("/a:b/100%/notify.py"))
+    assert "spawn ('/opt/py 3.11/python' -I -S /a\\:b/100%%/notify.py d=%d" in line
+
+
+def test_bad_daemon_list_is_refused() -> None:
+    """A daemon list that would change the rule's meaning (':' or spaces) is refused."""
+    with pytest.raises(ValueError, match="bad daemon list"):
+        hostsdeny.spawn_line("/p", Path("/n.py"), daemons="sshd : ALL")
+    assert hostsdeny.spawn_line("/p", Path("/n.py"), daemons="sshd,vsftpd").startswith(
+        "sshd,vsftpd : ALL : spawn"
+    )
+
+
+def test_escaped_line_works_in_real_libwrap(sockdir: Path, tmp_path: Path) -> None:
+    """A client path with ':', '%' and a space still runs when libwrap spawns the line."""
+    require(libwrap_available(), "libwrap0 is not installed (apt-get install libwrap0)")
+    odd = tmp_path / "we:ird 100%"
+    odd.mkdir()
+    shutil.copy(notify.__file__, odd / "notify.py")
+    path = sockdir / "notify.sock"
+    line = hostsdeny.spawn_line(PYTHON, odd / "notify.py", socket=path)
+    (tmp_path / "hosts.allow").write_text("")
+    (tmp_path / "hosts.deny").write_text(line + "\n")
+    wrap = LibWrap(tmp_path / "hosts.allow", tmp_path / "hosts.deny")
+    with receiver(path) as sock:
+        sock.settimeout(10)
+        assert not wrap.allowed("sshd", "192.0.2.5")
+        data = sock.recv(8192)
+    assert wire.parse(data)["client_addr"] == "192.0.2.5"
+
+
+def test_hosts_deny_line_command_uses_the_config(sockdir: Path) -> None:
+    """`wrapalert hosts-deny-line -c FILE` writes that config's socket and spool into the line."""
+    cfg = write_config(sockdir)
+    result = wrapalert("hosts-deny-line", "-c", str(cfg), "--daemons", "sshd")
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip()
+    assert line.startswith("sshd : ALL : spawn (")
+    assert f"socket={sockdir}/notify.sock spool={sockdir}/spool) &" in line
+    assert str(Path(notify.__file__).resolve()) in line
+
+
+def test_check_config_reports_ok_and_summary(sockdir: Path) -> None:
+    """check-config on a good file exits 0 and summarises what it will do."""
+    result = wrapalert("check-config", "-c", str(write_config(sockdir)))
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"ok: {sockdir}/wrapalert.toml")
+    assert f"sink maildir: maildir {sockdir}/Maildir" in result.stdout
+
+
+def test_check_config_names_the_problem(sockdir: Path) -> None:
+    """check-config on a bad file exits 1 with file, line and key on stderr."""
+    cfg = write_config(sockdir, extra="bogus = 1\n")
+    result = wrapalert("check-config", "-c", str(cfg))
+    assert result.returncode == 1
+    assert f"{cfg}:" in result.stderr
+    assert "[[sink]] #1 bogus: unknown key" in result.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    """An unknown verb or option is a usage error: exit 2."""
+    assert wrapalert("frobnicate").returncode == 2
+    assert wrapalert("check-config", "--frob").returncode == 2
+
+
+def test_notify_verb_takes_no_options(sockdir: Path) -> None:
+    """`wrapalert notify` treats '--help' and '-x' as data, sends, prints nothing, exits 0."""
+    path = sockdir / "notify.sock"
+    with receiver(path) as sock:
+        sock.settimeout(10)
+        result = wrapalert("notify", "--help", "-x", "d=sshd", "u=--version", f"socket={path}")
+        data = sock.recv(8192)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert wire.parse(data)["user"] == "--version"
+
+
+def test_simulate_without_a_daemon_spools(sockdir: Path) -> None:
+    """`wrapalert simulate` runs the real hook: with no daemon, the events land in the spool."""
+    require(libwrap_available(), "libwrap0 is not installed (apt-get install libwrap0)")
+    cfg = write_config(sockdir)
+    (sockdir / "spool").mkdir()
+    result = wrapalert(
+        "simulate", "-c", str(cfg), "--count", "2", "--daemons", "sshd", "--from", "192.0.2.1"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "libwrap refused 2 of 2 connections" in result.stdout
+    deadline = time.monotonic() + 10
+    # The spawned clients run in the background ('&'): wait for their files, bounded.
+    while len(files := list((sockdir / "spool").iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(files) == 2
+    assert all(wire.parse(f.read_bytes())["daemon"] == "sshd" for f in files)

@@ -1,0 +1,228 @@
+"""Per-sink delivery on a fake clock: rate cap, merging, retries, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from wrapalert.model import Digest, GroupReport
+from wrapalert.pipeline.deliver import RateLimit, SinkWorker
+from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+
+
+class Clock:
+    """Fake time: `sleep` advances it instead of waiting."""
+
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+        await asyncio.sleep(0)
+
+
+class Sink:
+    """A sink that records what it is given; `failures` are raised first, in order."""
+
+    def __init__(self, name: str = "test", failures: list[Exception] | None = None) -> None:
+        self.name = name
+        self.failures = failures or []
+        self.sent: list[Digest] = []
+        self.attempts = 0
+
+    async def send(self, digest: Digest) -> None:
+        self.attempts += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(digest)
+
+
+def digest(events: int, addr: str = "192.0.2.1", created: float = 0.0) -> Digest:
+    report = GroupReport(
+        key=("sshd", addr),
+        labels=(("daemon", "sshd"), ("client_addr", addr)),
+        reason="new group",
+        events=events,
+        total=events,
+        first_seen=created,
+        last_seen=created,
+        group_first_seen=created,
+        trusted=True,
+        uid=0,
+        daemons=(("sshd", events),),
+        addrs=((addr, events),),
+        names=(),
+        users=(),
+    )
+    return Digest(host="h", created=created, groups=(report,))
+
+
+class Results:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, int, Exception | None]] = []
+
+    def __call__(self, sink: str, d: Digest, error: Exception | None) -> None:
+        self.items.append((sink, d.events, error))
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the workers until `condition()` holds (bounded: a hang is a failure)."""
+    async with asyncio.timeout(5):
+        while not condition():  # noqa: ASYNC110 - fake time: each pass lets the workers step
+            await asyncio.sleep(0)
+
+
+async def run_until(worker: SinkWorker, condition: object, limit: int = 10_000) -> None:
+    """Let the worker run (on fake time) until `condition()` holds."""
+    assert callable(condition)
+    task = asyncio.create_task(worker.run())
+    for _ in range(limit):
+        if condition():
+            break
+        await asyncio.sleep(0)
+    else:
+        raise AssertionError("condition never held")
+    worker.close()
+    await asyncio.wait_for(task, 1)
+
+
+def test_rate_limit_is_a_sliding_hour() -> None:
+    """RateLimit allows per_hour sends in any hour and says how long to wait for the next."""
+    limit = RateLimit(2)
+    limit.record(0.0)
+    limit.record(100.0)
+    assert limit.wait(200.0) == 3400.0
+    assert limit.wait(3600.0) == 0.0
+    assert RateLimit(0).wait(0.0) == 0.0  # 0: no cap
+
+
+def test_digests_queued_together_go_out_as_one_mail() -> None:
+    """Digests waiting in the queue when the worker looks are merged into one mail, not held."""
+    clock, sink, results = Clock(), Sink(), Results()
+    worker = SinkWorker(sink, per_hour=2, on_result=results, now=clock.now, sleep=clock.sleep)
+    for i in range(5):
+        worker.submit(digest(i + 1, addr=f"192.0.2.{i}"))
+
+    asyncio.run(run_until(worker, lambda: len(sink.sent) == 1))
+    assert [d.events for d in sink.sent] == [15]
+    assert sink.sent[0].held == 0
+
+
+def test_cap_holds_later_digests_until_the_hour_allows() -> None:
+    """With the cap used up, the next mail waits for the window and carries all held events."""
+    clock, sink, results = Clock(), Sink(), Results()
+    worker = SinkWorker(sink, per_hour=1, on_result=results, now=clock.now, sleep=clock.sleep)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(worker.run())
+        worker.submit(digest(1))
+        await until(lambda: len(sink.sent) == 1)
+        start = clock.t
+        worker.submit(digest(2, addr="192.0.2.2"))
+        worker.submit(digest(3, addr="192.0.2.3"))
+        await until(lambda: len(sink.sent) == 2)
+        assert clock.t - start >= 3600.0 - 1e-6
+        worker.close()
+        await task
+
+    asyncio.run(scenario())
+    assert [d.events for d in sink.sent] == [1, 5]
+    assert sink.sent[1].held == 5
+    assert sink.sent[1].merged == 2
+
+
+def test_transient_failures_are_retried_with_growing_backoff() -> None:
+    """A transient failure is retried, each wait longer, until delivery succeeds."""
+    clock, results = Clock(), Results()
+    sink = Sink(failures=[TransientSinkError("421")] * 4)
+    worker = SinkWorker(
+        sink, per_hour=0, on_result=results, now=clock.now, sleep=clock.sleep, backoff=(1.0, 4.0)
+    )
+    worker.submit(digest(3))
+    asyncio.run(run_until(worker, lambda: sink.sent))
+    assert sink.attempts == 5
+    assert [e for _, _, e in results.items] == [None]
+    # Jittered between half and all of 1, 2, 4, 4 (capped).
+    for slept, base in zip(clock.sleeps, [1.0, 2.0, 4.0, 4.0], strict=True):
+        assert base / 2 <= slept <= base
+
+
+def test_permanent_failure_is_recorded_and_not_retried() -> None:
+    """A permanent failure ends the attempt at once and is reported with its error."""
+    clock, results = Clock(), Results()
+    sink = Sink(failures=[PermanentSinkError("554 no")])
+    worker = SinkWorker(sink, per_hour=0, on_result=results, now=clock.now, sleep=clock.sleep)
+    worker.submit(digest(2))
+    asyncio.run(run_until(worker, lambda: results.items))
+    assert sink.attempts == 1
+    ((name, events, error),) = results.items
+    assert (name, events) == ("test", 2)
+    assert isinstance(error, PermanentSinkError)
+
+
+def test_a_full_queue_merges_instead_of_dropping() -> None:
+    """Past queue_max the queue collapses into one digest with every event kept."""
+    clock, results = Clock(), Results()
+    worker = SinkWorker(
+        Sink(), per_hour=0, on_result=results, now=clock.now, sleep=clock.sleep, queue_max=3
+    )
+    for i in range(10):
+        worker.submit(digest(1, addr=f"192.0.2.{i}"))
+    assert worker.depth <= 3
+    assert sum(d.events for d in worker.queue) == 10
+
+
+def test_a_stuck_sink_does_not_hold_up_another() -> None:
+    """One sink that never answers does not delay delivery through another."""
+    clock, results = Clock(), Results()
+
+    class Stuck(Sink):
+        async def send(self, _digest: Digest) -> None:
+            await asyncio.Event().wait()
+
+    good = Sink("good")
+    workers = [
+        SinkWorker(s, per_hour=0, on_result=results, now=clock.now, sleep=clock.sleep)
+        for s in (Stuck("stuck"), good)
+    ]
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        for w in workers:
+            w.submit(digest(1))
+        await until(lambda: bool(good.sent))
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert len(good.sent) == 1
+
+
+def test_close_delivers_held_digests_past_the_cap() -> None:
+    """At shutdown, what waits for the rate limit is delivered once rather than lost."""
+    clock, sink, results = Clock(), Sink(), Results()
+
+    async def forever(_seconds: float) -> None:
+        await asyncio.Event().wait()  # the hour never passes
+
+    worker = SinkWorker(sink, per_hour=1, on_result=results, now=clock.now, sleep=forever)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(worker.run())
+        worker.submit(digest(1))
+        await until(lambda: bool(sink.sent))
+        worker.submit(digest(2, addr="192.0.2.9"))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert len(sink.sent) == 1  # held by the cap
+        worker.close()
+        await asyncio.wait_for(task, 1)
+
+    asyncio.run(scenario())
+    assert [d.events for d in sink.sent] == [1, 2]

@@ -1,0 +1,145 @@
+"""The WA1 parser on plain bytes: what it accepts, how it normalises, why it rejects."""
+
+from __future__ import annotations
+
+import pytest
+
+from wrapalert import notify, wire
+
+
+def test_short_keys_become_long_names() -> None:
+    """Every wire key maps to its long name inside the daemon."""
+    data = wire.encode(
+        {
+            "d": "sshd",
+            "p": "42",
+            "u": "bob",
+            "c": "bob@h",
+            "a": "192.0.2.1",
+            "n": "h",
+            "h": "h",
+            "s": "sshd@srv",
+            "A": "192.0.2.254",
+            "r": "2222",
+            "v": "deny",
+            "t": "1700000000.5",
+            "H": "web1",
+        }
+    )
+    fields = wire.parse(data)
+    assert fields == {
+        "daemon": "sshd",
+        "daemon_pid": "42",
+        "user": "bob",
+        "client": "bob@h",
+        "client_addr": "192.0.2.1",
+        "client_name": "h",
+        "client_host": "h",
+        "server": "sshd@srv",
+        "server_addr": "192.0.2.254",
+        "client_port": "2222",
+        "verdict": "deny",
+        "time": "1700000000.5",
+        "host": "web1",
+    }
+
+
+def test_client_output_parses() -> None:
+    """What notify.py encodes is what wire.py accepts (the two share no code)."""
+    fields, _ = notify.parse_args(["d=sshd", "a=::ffff:192.0.2.1", "n=Host.Example"])
+    data = notify.encode(fields, 1700000000.25, "web1")
+    parsed = wire.parse(data)
+    assert parsed["client_addr"] == "192.0.2.1"
+    assert parsed["client_name"] == "host.example"
+    assert parsed["time"] == "1700000000.250000"
+    assert parsed["host"] == "web1"
+
+
+@pytest.mark.parametrize(
+    ("addr", "canonical"),
+    [
+        ("::ffff:127.0.0.1", "127.0.0.1"),
+        ("2001:DB8::1", "2001:db8::1"),
+        ("fe80::1%eth0", "fe80::1%eth0"),
+        ("unknown", "unknown"),
+        ("paranoid", "unknown"),
+        ("", "unknown"),
+    ],
+)
+def test_addresses_are_canonical(addr: str, canonical: str) -> None:
+    """Mapped IPv4 loses its prefix, IPv6 is compressed, libwrap's 'unknown' stays a fact."""
+    assert wire.normalise_addr(addr) == canonical
+
+
+def test_missing_address_means_unknown() -> None:
+    """An event without `a=` is still an event, from an unknown address."""
+    assert wire.parse(b"WA1\nd=sshd\n")["client_addr"] == "unknown"
+
+
+def test_unknown_keys_are_ignored() -> None:
+    """Keys a newer client may send do not make the datagram invalid."""
+    assert wire.parse(b"WA1\nd=sshd\nZ=future\nzz=1\n") == {
+        "daemon": "sshd",
+        "client_addr": "unknown",
+        "verdict": "deny",
+    }
+
+
+def test_values_may_hold_equals_and_percent() -> None:
+    """A value is split at the first '=' only and '%' is data (never a format string)."""
+    fields = wire.parse(b"WA1\nd=sshd\nu=a=b%s%n\n")
+    assert fields["user"] == "a=b%s%n"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"WA1\nd=" + b"x" * 4100, "too_large"),
+        (b"WA1\nd=\xc3\n", "not_utf8"),
+        (b"WA1\nd=a\x00b\n", "nul_byte"),
+        (b"WA2\nd=sshd\n", "bad_tag"),
+        (b"", "bad_tag"),
+        (b"d=sshd\n", "bad_tag"),
+        (b"WA1\nd=sshd\nno-equals-sign\n", "bad_line"),
+        (b"WA1\nd=sshd\nd=other\n", "duplicate_key"),
+        (b"WA1\nd=sshd\nu=" + b"x" * 256 + b"\n", "value_too_long"),
+        (b"WA1\nd=sshd\nu=a\rb\n", "control_char"),
+        ("WA1\nd=sshd\nu=a\x85b\n".encode(), "control_char"),  # C1 control, valid UTF-8
+        (b"WA1\na=192.0.2.1\n", "missing_daemon"),
+        (b"WA1\nd=\n", "missing_daemon"),
+        (b"WA1\nd=sshd\na=999.1.1.1\n", "bad_addr"),
+        (b"WA1\nd=sshd\na=192.0.2.1/24\n", "bad_addr"),
+        (b"WA1\nd=sshd\nv=maybe\n", "bad_verdict"),
+        (b"WA1\nd=sshd\np=-1\n", "bad_number"),
+        (b"WA1\nd=sshd\nr=\xd9\xa3\n", "bad_number"),
+        (b"WA1\nd=sshd\nt=nan\n", "bad_time"),
+        (b"WA1\nd=sshd\nt=1e300\n", "bad_time"),
+        (b"WA1\nd=sshd\nt=soon\n", "bad_time"),
+    ],
+)
+def test_rejections_name_their_reason(data: bytes, reason: str) -> None:
+    """Each kind of bad datagram is rejected with its own counter name."""
+    with pytest.raises(wire.WireError) as info:
+        wire.parse(data)
+    assert info.value.reason == reason
+
+
+def test_largest_valid_datagram_is_accepted() -> None:
+    """Every field at its cap still fits the 4096-byte limit and parses."""
+    fields = dict.fromkeys("dpucanhsArv", "")
+    fields |= {
+        "d": "x" * 255,
+        "u": "y" * 255,
+        "c": "z" * 255,
+        "n": "n" * 255,
+        "h": "h" * 255,
+        "s": "s" * 255,
+        "a": "2001:db8::1",
+        "A": "2001:db8::2",
+        "p": "9" * 9,
+        "r": "65535",
+        "v": "allow",
+    }
+    data = wire.encode(fields)
+    assert len(data) <= wire.MAX_DATAGRAM
+    assert wire.parse(data)["verdict"] == "allow"
