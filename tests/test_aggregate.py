@@ -140,3 +140,23 @@ def test_idle_groups_are_forgotten_after_repeat_interval() -> None:
     agg.collect(1010.0)
     agg.collect(1000.0 + 3600.0 + 1)
     assert agg.groups == {}
+
+
+def test_timeline_counts_new_events_per_minute() -> None:
+    """Each report carries its new events per minute bucket; the bars add up to the count."""
+    agg = Aggregator(CFG, 100)
+    for t in (1000.0, 1001.0, 1075.0, 1150.0, 1151.0, 1152.0):
+        agg.add(ev(), now=t)
+    (report,) = agg.collect(1200.0, force=True)
+    assert report.timeline == ((960.0, 2), (1020.0, 1), (1140.0, 3))
+    assert sum(n for _, n in report.timeline) == report.events
+
+
+def test_timeline_is_bounded_without_losing_counts() -> None:
+    """A group active for longer than the timeline holds folds old bars, keeping the sum."""
+    agg = Aggregator(replace(CFG, group_wait=1e6), 100)
+    for minute in range(300):
+        agg.add(ev(), now=1000.0 + 60 * minute)
+    (report,) = agg.collect(1e6, force=True)
+    assert len(report.timeline) == 240
+    assert sum(n for _, n in report.timeline) == 300

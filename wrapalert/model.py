@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, replace
 
 # Bounded detail per group: beyond this many distinct values only counts grow.
 MAX_DETAIL = 16
+TIMELINE_BUCKET = 60.0  # seconds per timeline bar
+TIMELINE_MAX = 240  # buckets kept per group (4 h at 1 min); older bars fold into the first
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,8 @@ class GroupReport:
     names: tuple[tuple[str, int], ...]
     users: tuple[tuple[str, int], ...]
     more_addrs: int = 0  # events from addresses beyond the detail bound
+    # New events per TIMELINE_BUCKET seconds: (bucket start, count), oldest first, bounded.
+    timeline: tuple[tuple[float, int], ...] = ()
 
     def label(self, name: str) -> str | None:
         return dict(self.labels).get(name)
@@ -82,6 +86,7 @@ class Digest:
     created: float
     groups: tuple[GroupReport, ...]
     held: int = 0  # events in this digest that waited for the rate limit
+    silenced: int = 0  # events matched by a silence since the previous digest (not reported)
     merged: int = 1  # how many digests were merged into this one
     id: str = field(default="")
 

@@ -19,7 +19,7 @@ import heapq
 from dataclasses import dataclass, field
 
 from wrapalert.config import DigestConfig
-from wrapalert.model import MAX_DETAIL, Event, GroupReport, Tally
+from wrapalert.model import MAX_DETAIL, TIMELINE_BUCKET, TIMELINE_MAX, Event, GroupReport, Tally
 
 OVERFLOW = "(overflow)"
 
@@ -41,6 +41,7 @@ class _Group:
     addrs: Tally = field(default_factory=lambda: Tally(MAX_DETAIL * 4))
     names: Tally = field(default_factory=Tally)
     users: Tally = field(default_factory=Tally)
+    timeline: dict[float, int] = field(default_factory=dict)
 
 
 class Aggregator:
@@ -87,6 +88,7 @@ class Aggregator:
         group.addrs.add(event.get("client_addr"))
         group.names.add(event.get("client_name"))
         group.users.add(event.get("user"))
+        _count_in_timeline(group.timeline, now)
         return woke
 
     def next_due(self) -> float | None:
@@ -143,12 +145,14 @@ class Aggregator:
             names=group.names.top(),
             users=group.users.top(),
             more_addrs=group.addrs.other,
+            timeline=tuple(sorted(group.timeline.items())),
         )
         group.new = 0
         group.notified = True
         group.due = now + self.cfg.group_interval
         group.daemons, group.addrs = Tally(), Tally(MAX_DETAIL * 4)
         group.names, group.users = Tally(), Tally()
+        group.timeline = {}
         return report
 
     def _schedule(self, group: _Group) -> None:
@@ -169,3 +173,12 @@ class Aggregator:
         # Untrusted reports never share a group (or its look) with real alerts.
         uid = "none" if event.uid is None else str(event.uid)
         return (*values, f"untrusted uid {uid}"), labels
+
+
+def _count_in_timeline(timeline: dict[float, int], now: float) -> None:
+    """One event in its bucket; past TIMELINE_MAX buckets the oldest two fold together."""
+    bucket = now - now % TIMELINE_BUCKET
+    timeline[bucket] = timeline.get(bucket, 0) + 1
+    if len(timeline) > TIMELINE_MAX:
+        first, second = sorted(timeline)[:2]
+        timeline[second] += timeline.pop(first)
