@@ -160,3 +160,31 @@ def test_timeline_is_bounded_without_losing_counts() -> None:
     (report,) = agg.collect(1e6, force=True)
     assert len(report.timeline) == 240
     assert sum(n for _, n in report.timeline) == 300
+
+
+def test_exported_groups_restore_with_their_timers_and_counts() -> None:
+    """A group saved mid-wait comes back with its counts, detail and due time."""
+    agg = Aggregator(CFG, 100)
+    agg.add(ev(addr="192.0.2.1"), now=1000.0)
+    agg.add(ev(addr="192.0.2.1"), now=1001.0)
+    agg.add(ev("ftpd", "2001:db8::1", trusted=False, uid=1000), now=1002.0)
+    saved = [agg.export(key) for key in agg.dirty]
+    again = Aggregator(CFG, 100)
+    again.restore([s for s in saved if s is not None])
+    assert again.next_due() == 1010.0
+    reports = {r.key: r for r in again.collect(1012.0)}
+    assert reports == {r.key: r for r in agg.collect(1012.0)}
+    assert reports[("sshd", "192.0.2.1")].events == 2
+
+
+def test_changes_are_tracked_for_saving() -> None:
+    """Adding, reporting and forgetting groups mark them dirty or dropped."""
+    agg = Aggregator(CFG, 100)
+    agg.add(ev(), now=1000.0)
+    assert agg.dirty == {("sshd", "192.0.2.1")}
+    agg.dirty.clear()
+    agg.collect(1010.0)
+    assert agg.dirty == {("sshd", "192.0.2.1")}
+    agg.dirty.clear()
+    agg.collect(1000.0 + 3600.0 + 1)
+    assert (agg.dirty, agg.dropped) == (set(), {("sshd", "192.0.2.1")})

@@ -109,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from wrapalert import logs
     from wrapalert.daemon.server import Server
+    from wrapalert.daemon.store import StateError
 
     cfg = config.load(args.config)
     logs.configure(args.log_format, args.log_level)
     try:
-        asyncio.run(Server(cfg).run())
-    except OSError as exc:
+        asyncio.run(Server(cfg, config_path=args.config).run())
+    except (OSError, StateError) as exc:
         print(f"wrapalert: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
     return EXIT_OK

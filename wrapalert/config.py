@@ -37,6 +37,8 @@ class DaemonConfig:
     trusted_uids: tuple[int, ...] = (0,)
     socket_mode: int = 0o666
     shutdown_grace: float = 10.0
+    # Group commit: state is written at least this often (and at once for digests).
+    commit_interval: float = 0.1
     # Clients spool when our queue is full, not only when we are down: look again this often.
     spool_scan_interval: float = 2.0
 
@@ -56,6 +58,9 @@ class DigestConfig:
 class LimitsConfig:
     mails_per_hour: int = 12
     max_groups: int = 10000
+    # Backoff between delivery attempts after a transient failure: doubles, jittered, capped.
+    retry_min: float = 1.0
+    retry_max: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,7 @@ class _Parser:
             trusted_uids=tuple(t.int_list("trusted_uids", d.trusted_uids)),
             socket_mode=t.mode("socket_mode", d.socket_mode),
             shutdown_grace=t.duration("shutdown_grace", d.shutdown_grace),
+            commit_interval=t.duration("commit_interval", d.commit_interval),
             spool_scan_interval=t.duration("spool_scan_interval", d.spool_scan_interval),
         )
         t.done()
@@ -236,7 +242,11 @@ class _Parser:
         cfg = LimitsConfig(
             mails_per_hour=t.count("mails_per_hour", d.mails_per_hour),
             max_groups=t.count("max_groups", d.max_groups, minimum=1),
+            retry_min=t.duration("retry_min", d.retry_min),
+            retry_max=t.duration("retry_max", d.retry_max),
         )
+        if cfg.retry_min <= 0 or cfg.retry_max < cfg.retry_min:
+            raise t.error("retry_max", "needs 0 < retry_min <= retry_max")
         t.done()
         return cfg
 

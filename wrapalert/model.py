@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 # Bounded detail per group: beyond this many distinct values only counts grow.
 MAX_DETAIL = 16
@@ -50,6 +52,16 @@ class Tally:
 
     def top(self) -> tuple[tuple[str, int], ...]:
         return tuple(self.counts.most_common())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "limit": self.limit, "other": self.other}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Tally:
+        tally = cls(int(data["limit"]))
+        tally.counts.update({str(k): int(v) for k, v in data["counts"].items()})
+        tally.other = int(data["other"])
+        return tally
 
 
 @dataclass(frozen=True)
@@ -135,3 +147,26 @@ def merge_digests(digests: list[Digest], created: float) -> Digest:
         merged=sum(d.merged for d in digests),
         id="",
     )
+
+
+def digest_to_json(digest: Digest) -> str:
+    """The digest as JSON, for the outbox: it must come back with the same id."""
+    return json.dumps(asdict(digest), separators=(",", ":"))
+
+
+def digest_from_json(text: str) -> Digest:
+    data = json.loads(text)
+    groups = tuple(_report_from_dict(g) for g in data.pop("groups"))
+    return Digest(groups=groups, **data)
+
+
+def _pairs(items: list[list[Any]]) -> tuple[tuple[Any, Any], ...]:
+    return tuple((a, b) for a, b in items)
+
+
+def _report_from_dict(data: dict[str, Any]) -> GroupReport:
+    data = dict(data)
+    data["key"] = tuple(data["key"])
+    for name in ("labels", "daemons", "addrs", "names", "users", "timeline"):
+        data[name] = _pairs(data[name])
+    return GroupReport(**data)

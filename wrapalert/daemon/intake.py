@@ -10,7 +10,6 @@ stops intake.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import stat
@@ -146,35 +145,34 @@ class Intake:
         if allowed:
             log.warning("event_rejected", reason=reason, uid=uid, suppressed=suppressed)
 
-    def ingest_spool(self, directory: Path, limit: int = SPOOL_BATCH) -> int:
-        """Up to `limit` events the client spooled; each file is removed once read.
+    def ingest_spool(self, directory: Path, skip: set[str], limit: int = SPOOL_BATCH) -> list[str]:
+        """Read up to `limit` spool files not in `skip`; return the names read.
 
-        The bound keeps one scan from stalling the event loop; the next scan
-        takes the rest.
+        Files are NOT removed here: the owner removes them once the events
+        they held are committed, so a crash in between loses nothing and,
+        as the names are committed too, counts nothing twice. The bound
+        keeps one scan from stalling the event loop; the next takes the rest.
         """
         try:
             names = sorted(p.name for p in directory.iterdir())
         except FileNotFoundError:
-            return 0
+            return []
         except OSError as exc:
             log.error("spool_unreadable", path=str(directory), error=str(exc))
-            return 0
+            return []
+        # A leading dot: a client is still writing it.
+        names = [n for n in names if not n.startswith(".") and n not in skip][:limit]
         count = 0
-        names = [n for n in names if not n.startswith(".")][:limit]  # dot: still being written
         for name in names:
-            path = directory / name
-            data, uid = _read_spool_file(path)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            data, uid = _read_spool_file(directory / name)
             if data is None:
                 self.reject("bad_spool_file", uid)
-                continue
-            if self.handle(data, uid=uid, pid=None, origin="spool"):
+            elif self.handle(data, uid=uid, pid=None, origin="spool"):
                 self.stats.spooled += 1
                 count += 1
         if count:
             log.info("spool_ingested", events=count, path=str(directory))
-        return count
+        return names
 
 
 def _credentials(ancdata: list[tuple[int, int, bytes]]) -> tuple[int | None, int | None]:

@@ -1,40 +1,56 @@
 """The daemon's lifecycle: startup, main loop, shutdown, in that fixed order.
 
-Startup: take the systemd socket or bind one, ingest the spool, start one
-worker per sink, the scheduler and the spool scanner (clients also spool
-when the socket queue is full, so the spool is read every few seconds).
-Main loop: intake feeds the aggregator; the scheduler sleeps until the next
-group falls due (woken early when a new group is due sooner) and hands
-digests to every sink worker. Shutdown
-(SIGTERM/SIGINT): stop intake, read what is already queued in the socket,
-flush every group with news, give the sinks `shutdown_grace` seconds.
+Startup: open the state database and restore groups, counters and the
+outbox; take the systemd socket or bind one; ingest the spool; start one
+worker per sink, the scheduler, the committer, the spool scanner, the
+heartbeat and the control socket.
+
+Main loop: intake feeds the aggregator; the committer writes changed state
+every `commit_interval` (group commit); the scheduler sleeps until the next
+group falls due (woken early when a new group is due sooner), then makes a
+digest and commits it to the outbox together with the groups' reset before
+any sink sees it. Clients also spool when the socket queue is full, so the
+spool is read every `spool_scan_interval`; its files are removed only once
+their events are committed.
+
+Shutdown (SIGTERM/SIGINT): stop intake, read what the kernel already queued
+and what is in the spool, flush every group with news, give the sinks
+`shutdown_grace` seconds, commit. What is still undelivered stays in the
+outbox for the next start. SIGHUP reloads the configuration; a bad one is
+refused and the old one kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
+from wrapalert import config as config_mod
 from wrapalert import sinks as sink_registry
 from wrapalert.config import Config
-from wrapalert.daemon import systemd
+from wrapalert.daemon import control, systemd
 from wrapalert.daemon.intake import Intake, open_socket
 from wrapalert.daemon.stats import Stats
+from wrapalert.daemon.store import Store
 from wrapalert.model import Digest, Event, GroupReport
 from wrapalert.pipeline.aggregate import Aggregator
-from wrapalert.pipeline.deliver import SinkWorker
-from wrapalert.sinks.base import Sink
+from wrapalert.pipeline.deliver import RateLimit, SinkWorker
+from wrapalert.sinks.base import Sink, TransientSinkError
 
 log = structlog.get_logger()
 
 DeliveryHook = Callable[[str, Digest, Exception | None], None]
+COMMIT_EVERY = 10_000  # events: commit early when a flood fills the window faster
+HEARTBEAT = 5.0  # seconds between STATUS= updates when systemd listens
 
 
 class Server:
@@ -47,81 +63,142 @@ class Server:
         sinks: list[Sink] | None = None,
         on_delivery: DeliveryHook | None = None,
         now: Callable[[], float] = time.time,
+        config_path: Path | None = None,
     ) -> None:
+        # None: the default path, where a missing file means the built-in defaults.
         self.cfg = cfg
+        self.config_path = config_path
         self.now = now
         self.host = socket.gethostname()
         self.stats = Stats()
         self.aggregator = Aggregator(cfg.digest, cfg.limits.max_groups)
+        self.store = Store(cfg.daemon.state_dir, now)
         self.on_delivery = on_delivery
-        built = (
-            sinks
-            if sinks is not None
-            else [sink_registry.build(s, cfg.digest.template_dir) for s in cfg.sinks]
-        )
-        self.workers = [
-            SinkWorker(s, per_hour=cfg.limits.mails_per_hour, on_result=self._result, now=now)
-            for s in built
-        ]
+        built = sinks if sinks is not None else self._build_sinks(cfg)
+        self.workers = {s.name: self._worker(s, cfg) for s in built}
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._sock: socket.socket | None = None
         self._bound: Path | None = None
         self.intake: Intake | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._since_commit = 0
+        self._saved_counters = ""
+        self._spool_taken: set[str] = set()
+
+    # -- public ----------------------------------------------------------
 
     def stop(self) -> None:
         """Ask for a clean shutdown (what SIGTERM does)."""
         self._stop.set()
 
     def status(self) -> dict[str, object]:
+        sinks: dict[str, dict[str, object]] = {
+            name: {"queued": w.depth, "held_failed": len(w.failed), "last_error": w.last_error}
+            for name, w in self.workers.items()
+        }
+        state: dict[str, object] = {
+            "path": str(self.store.path),
+            "ok": self.store.error is None,
+            "error": self.store.error,
+            "moved_aside": str(self.store.moved_aside) if self.store.moved_aside else None,
+        }
         return self.stats.as_dict(
             groups=len(self.aggregator.groups),
             pending_events=self.aggregator.pending_events,
-            outbox=sum(w.depth for w in self.workers),
-            sinks=[w.name for w in self.workers],
+            outbox=sum(w.depth + len(w.failed) for w in self.workers.values()),
+            sinks=sinks,
+            state=state,
         )
+
+    def flush(self) -> Digest | None:
+        """Report every group with news now, whatever its timer says."""
+        return self._dispatch(self.aggregator.collect(self.now(), force=True), "flush")
+
+    def reload(self) -> bool:
+        """Re-read the config file; apply it, or keep the old one if it is bad."""
+        systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = config_mod.load(self.config_path)
+        except config_mod.ConfigError as exc:
+            log.error("reload_refused", error=str(exc), keeping=self.cfg.source)
+            systemd.notify("READY=1\nSTATUS=reload refused: config error, old config kept")
+            return False
+        self._apply(new)
+        systemd.notify("READY=1")
+        log.info("reloaded", config=new.source)
+        return True
 
     async def run(self, *, handle_signals: bool = True) -> None:
         loop = asyncio.get_running_loop()
         self._startup()
         assert self.intake is not None  # noqa: S101 - set by _startup
         intake = self.intake
+        ctl: asyncio.Server | None = None
         try:
             async with asyncio.TaskGroup() as tg:
-                workers = [tg.create_task(w.run(), name=f"sink:{w.name}") for w in self.workers]
-                scheduler = tg.create_task(self._schedule(), name="scheduler")
-                scanner = tg.create_task(self._scan_spool(), name="spool")
-                loop.add_reader(intake.sock.fileno(), intake.drain)
+                self._tg = tg
+                for name, worker in self.workers.items():
+                    self._tasks[f"sink:{name}"] = tg.create_task(worker.run())
+                for name, job in (
+                    ("scheduler", self._schedule),
+                    ("committer", self._commit_loop),
+                    ("spool", self._scan_spool),
+                    ("heartbeat", self._heartbeat),
+                ):
+                    self._tasks[name] = tg.create_task(job(), name=name)
+                ctl = await self._serve_control()
+                loop.add_reader(intake.sock.fileno(), self._drain)
                 if handle_signals:
                     self._install_signals(loop)
                 self.ready.set()
                 systemd.notify("READY=1\nSTATUS=listening")
-                log.info("ready", socket=str(self.cfg.daemon.socket), sinks=len(self.workers))
+                log.info(
+                    "ready",
+                    socket=str(self.cfg.daemon.socket),
+                    sinks=len(self.workers),
+                    state=str(self.store.path),
+                    restored_groups=len(self.aggregator.groups),
+                )
                 await self._stop.wait()
-
-                systemd.notify("STOPPING=1")
-                log.info("stopping")
-                loop.remove_reader(intake.sock.fileno())
-                intake.drain(limit=None)  # what the kernel already queued is ours
-                scheduler.cancel()
-                scanner.cancel()
-                intake.ingest_spool(self.cfg.daemon.spool_dir)
-                self._dispatch(self.aggregator.collect(self.now(), force=True))
-                for worker in self.workers:
-                    worker.close()
-                _, late = await asyncio.wait(workers, timeout=self.cfg.daemon.shutdown_grace)
-                for task in late:
-                    log.error("sink_shutdown_timeout", task=task.get_name())
-                    task.cancel()
+                await self._shutdown(loop, intake, ctl)
         finally:
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
+            if ctl is not None:
+                ctl.close()
+                with contextlib.suppress(FileNotFoundError):
+                    self.cfg.daemon.control_socket.unlink()
+            self._commit()
+            self.store.close()
             self._close_socket()
             log.info("stopped", **self.status())
 
+    # -- lifecycle -------------------------------------------------------
+
     def _startup(self) -> None:
+        self.store.open()  # StateError (a newer schema) propagates: do not start
+        snap = self.store.load()
+        self.stats = Stats.from_dict(snap.counters)
+        self._saved_counters = json.dumps(self.stats.to_dict(), sort_keys=True)
+        self.aggregator.restore(snap.groups)
+        for row in snap.outbox:
+            worker = self.workers.get(row.sink)
+            if worker is None:
+                log.warning(
+                    "outbox_orphaned",
+                    sink=row.sink,
+                    digest=row.digest.id,
+                    hint="that sink is no longer configured; it stays in the outbox",
+                )
+            elif row.failed_error is None:
+                worker.queue.append(row.digest)
+            else:
+                worker.failed.append(row.digest)
+                worker.last_error = row.failed_error
         sock = systemd.adopt_socket()
         if sock is None:
             sock = open_socket(self.cfg.daemon.socket, self.cfg.daemon.socket_mode)
@@ -135,16 +212,41 @@ class Server:
             now=self.now,
         )
         _ensure_spool(self.cfg.daemon.spool_dir)
-        self.intake.ingest_spool(self.cfg.daemon.spool_dir)
+        # Files counted by the last run but not yet removed: remove, never count twice.
+        self._spool_taken = set(snap.spool_seen)
+        self._ingest_spool()
+
+    async def _shutdown(
+        self, loop: asyncio.AbstractEventLoop, intake: Intake, ctl: asyncio.Server | None
+    ) -> None:
+        systemd.notify("STOPPING=1")
+        log.info("stopping")
+        if ctl is not None:
+            ctl.close()
+        loop.remove_reader(intake.sock.fileno())
+        intake.drain(limit=None)  # what the kernel already queued is ours
+        for name in ("scheduler", "spool", "heartbeat"):
+            self._tasks[name].cancel()
+        self._ingest_spool()
+        self._dispatch(self.aggregator.collect(self.now(), force=True), "shutdown")
+        workers = [self._tasks[f"sink:{name}"] for name in self.workers]
+        for worker in self.workers.values():
+            worker.close()
+        if workers:
+            _, late = await asyncio.wait(workers, timeout=self.cfg.daemon.shutdown_grace)
+            for task in late:
+                log.warning(
+                    "sink_shutdown_timeout",
+                    task=task.get_name(),
+                    hint="its digests stay in the outbox for the next start",
+                )
+                task.cancel()
+        self._tasks["committer"].cancel()
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
-        # Reloading arrives with the durable state (issue #4); until then a HUP
-        # must not kill the daemon, as its default action would.
-        loop.add_signal_handler(
-            signal.SIGHUP, lambda: log.warning("reload_unsupported", hint="restart to apply")
-        )
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     def _close_socket(self) -> None:
         if self._sock is not None:
@@ -153,17 +255,67 @@ class Server:
             with contextlib.suppress(FileNotFoundError):
                 self._bound.unlink()
 
+    # -- intake and state --------------------------------------------------
+
+    def _drain(self) -> None:
+        assert self.intake is not None  # noqa: S101 - the reader exists only after startup
+        self.intake.drain()
+        if self._since_commit >= COMMIT_EVERY:
+            self._commit()
+
     def _accept(self, event: Event) -> None:
+        self._since_commit += 1
         if self.aggregator.add(event, self.now()):
             self._wake.set()
 
-    async def _scan_spool(self) -> None:
-        """Clients spool when the socket queue stays full; pick those events up."""
+    def _commit(self) -> bool:
+        """Stage what changed since the last commit and write it in one transaction."""
+        agg, store = self.aggregator, self.store
+        for key in agg.dirty:
+            store.stage_group(key, agg.export(key))
+        for key in agg.dropped:
+            store.stage_group(key, None)
+        agg.dirty.clear()
+        agg.dropped.clear()
+        counters = json.dumps(self.stats.to_dict(), sort_keys=True)
+        if counters != self._saved_counters:
+            store.stage_counters(self.stats.to_dict())
+            self._saved_counters = counters
+        self._since_commit = 0
+        return store.commit()
+
+    async def _commit_loop(self) -> None:
+        interval = self.cfg.daemon.commit_interval
+        pruned = self.now()
+        while True:
+            await asyncio.sleep(interval)
+            self._commit()
+            if self.now() - pruned > 3600:
+                self.store.prune()
+                pruned = self.now()
+
+    def _ingest_spool(self) -> None:
+        """Count new spool files; remove them (and forget their names) once committed."""
         assert self.intake is not None  # noqa: S101 - set by _startup
+        taken = self.intake.ingest_spool(self.cfg.daemon.spool_dir, skip=self._spool_taken)
+        self.store.stage_spool_seen(taken)
+        self._spool_taken.update(taken)
+        if not self._spool_taken or not self._commit():
+            return  # without a commit the files are the only durable copy: keep them
+        gone = sorted(self._spool_taken)
+        for name in gone:
+            with contextlib.suppress(FileNotFoundError):
+                (self.cfg.daemon.spool_dir / name).unlink()
+        self.store.stage_spool_gone(gone)
+        self._spool_taken.clear()
+
+    async def _scan_spool(self) -> None:
         interval = max(self.cfg.daemon.spool_scan_interval, 0.1)
         while True:
             await asyncio.sleep(interval)
-            self.intake.ingest_spool(self.cfg.daemon.spool_dir)
+            self._ingest_spool()
+
+    # -- digests -------------------------------------------------------------
 
     async def _schedule(self) -> None:
         """Sleep until the next group is due, or until a new group may be due sooner."""
@@ -174,26 +326,125 @@ class Server:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
-            self._dispatch(self.aggregator.collect(self.now()))
+            self._dispatch(self.aggregator.collect(self.now()), "due")
 
-    def _dispatch(self, reports: list[GroupReport]) -> None:
+    def _dispatch(self, reports: list[GroupReport], why: str) -> Digest | None:
+        """Make a digest, commit it to every sink's outbox with the groups' reset, queue it."""
         if not reports:
-            return
+            return None
         digest = Digest(host=self.host, created=self.now(), groups=tuple(reports))
         self.stats.digests += 1
-        log.info("digest", digest=digest.id, events=digest.events, groups=len(digest.groups))
-        for worker in self.workers:
+        for name in self.workers:
+            self.store.stage_enqueue(name, digest)
+        self._commit()
+        log.info(
+            "digest", digest=digest.id, events=digest.events, groups=len(digest.groups), why=why
+        )
+        for worker in self.workers.values():
             worker.submit(digest)
+        return digest
+
+    def _merged(self, sink: str, parts: list[Digest], merged: Digest) -> None:
+        self.store.stage_replace(sink, [d.id for d in parts], merged)
+        self._commit()
 
     def _result(self, sink: str, digest: Digest, error: Exception | None) -> None:
         if error is None:
             self.stats.delivered[sink] += 1
             self.stats.events_delivered[sink] += digest.events
+            self.store.stage_delivered(sink, digest)
+        elif isinstance(error, TransientSinkError):
+            pass  # only at shutdown: it stays in the outbox for the next start
         else:
             self.stats.failed[sink] += 1
             self.stats.events_failed[sink] += digest.events
+            self.store.stage_failed(sink, digest, str(error))
+        self._commit()
         if self.on_delivery is not None:
             self.on_delivery(sink, digest, error)
+
+    # -- sinks and config ----------------------------------------------------
+
+    @staticmethod
+    def _build_sinks(cfg: Config) -> list[Sink]:
+        return [sink_registry.build(s, cfg.digest.template_dir) for s in cfg.sinks]
+
+    def _worker(self, sink: Sink, cfg: Config) -> SinkWorker:
+        return SinkWorker(
+            sink,
+            per_hour=cfg.limits.mails_per_hour,
+            on_result=self._result,
+            on_merge=self._merged,
+            now=self.now,
+            backoff=(cfg.limits.retry_min, cfg.limits.retry_max),
+        )
+
+    def _apply(self, new: Config) -> None:
+        """Take a validated config; what only a restart can change is reported, not applied."""
+        old = self.cfg
+        for key in ("socket", "state_dir", "spool_dir", "control_socket", "socket_mode"):
+            if getattr(old.daemon, key) != getattr(new.daemon, key):
+                log.warning("reload_needs_restart", key=f"daemon.{key}")
+        self.aggregator.cfg = new.digest
+        self.aggregator.max_groups = new.limits.max_groups
+        if self.intake is not None:
+            self.intake.trusted = frozenset(new.daemon.trusted_uids)
+        fresh = {s.name: s for s in self._build_sinks(new)}
+        for name, worker in list(self.workers.items()):
+            if name not in fresh:
+                worker.close()  # delivers what it holds, then ends
+                continue
+            worker.sink = fresh.pop(name)
+            worker.limit = RateLimit(new.limits.mails_per_hour, worker.limit.sent)
+            worker.backoff = (new.limits.retry_min, new.limits.retry_max)
+        for name, sink in fresh.items():
+            worker = self._worker(sink, new)
+            self.workers[name] = worker
+            if self._tg is not None:
+                self._tasks[f"sink:{name}"] = self._tg.create_task(worker.run())
+        retried = sum(w.retry_failed() for w in self.workers.values())
+        if retried:
+            self.store.stage_retry_failed()
+            log.info("retrying_failed_digests", count=retried)
+        self.cfg = new
+        self._commit()
+
+    # -- control and systemd -------------------------------------------------
+
+    async def _serve_control(self) -> asyncio.Server | None:
+        async def status(_req: dict[str, Any]) -> dict[str, Any]:
+            return {"status": self.status()}
+
+        async def flush(_req: dict[str, Any]) -> dict[str, Any]:
+            digest = self.flush()
+            return {"digests": int(digest is not None), "events": digest.events if digest else 0}
+
+        try:
+            return await control.serve(
+                self.cfg.daemon.control_socket, {"status": status, "flush": flush}
+            )
+        except OSError as exc:
+            log.error(
+                "control_socket_unavailable",
+                path=str(self.cfg.daemon.control_socket),
+                error=str(exc),
+            )
+            return None
+
+    async def _heartbeat(self) -> None:
+        """WATCHDOG=1 at half systemd's interval (proof the loop runs) and STATUS= lines."""
+        watchdog = systemd.watchdog_interval()
+        interval = min(HEARTBEAT, watchdog / 2) if watchdog else HEARTBEAT
+        while True:
+            status = self.status()
+            line = (
+                f"STATUS=received {status['received']}, pending {status['pending_events']},"
+                f" outbox {status['outbox']}"
+            )
+            if self.store.error:
+                line += ", state in memory only"
+            systemd.notify(f"WATCHDOG=1\n{line}" if watchdog else line)
+            await asyncio.sleep(interval)
 
 
 def _ensure_spool(path: Path) -> None:

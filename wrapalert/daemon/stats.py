@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 
 @dataclass
 class Stats:
-    """Monotonic counters since start. `received` counts accepted events only."""
+    """Counters since the state database was created (persisted with it).
+
+    `received` counts accepted events only; rejected ones are in `rejected`.
+    """
 
     received: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -20,9 +24,33 @@ class Stats:
     events_delivered: Counter[str] = field(default_factory=Counter)
     events_failed: Counter[str] = field(default_factory=Counter)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Stats:
+        """Counters saved by `to_dict`; unknown or malformed entries are ignored."""
+        stats = cls()
+        for f in fields(stats):
+            value = data.get(f.name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(stats, f.name, value)
+            elif isinstance(value, dict):
+                getattr(stats, f.name).update(
+                    {str(k): v for k, v in value.items() if isinstance(v, int)}
+                )
+        return stats
+
     def as_dict(
-        self, *, groups: int, pending_events: int, outbox: int, sinks: list[str]
+        self,
+        *,
+        groups: int,
+        pending_events: int,
+        outbox: int,
+        sinks: dict[str, dict[str, object]],
+        state: dict[str, object],
     ) -> dict[str, object]:
+        """The `wrapalert status --json` object (DESIGN.md names its keys)."""
         return {
             "received": self.received,
             "rejected": dict(self.rejected),
@@ -38,7 +66,9 @@ class Stats:
                     "failed": self.failed[name],
                     "events_delivered": self.events_delivered[name],
                     "events_failed": self.events_failed[name],
+                    **extra,
                 }
-                for name in sinks
+                for name, extra in sinks.items()
             },
+            "state": state,
         }

@@ -46,3 +46,15 @@ def notify(state: str) -> bool:
         log.warning("sd_notify_failed", state=state.split("=", maxsplit=1)[0], error=str(exc))
         return False
     return True
+
+
+def watchdog_interval() -> float | None:
+    """Seconds systemd allows between WATCHDOG=1 pings, if it asked for them."""
+    pid = os.environ.get("WATCHDOG_PID")
+    if pid is not None and pid != str(os.getpid()):
+        return None
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0"))
+    except ValueError:
+        return None
+    return usec / 1e6 if usec > 0 else None

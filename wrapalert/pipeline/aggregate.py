@@ -11,17 +11,24 @@ Overload: at most `max_groups` groups; events of new keys beyond that go to
 one overflow group. Counts are never lost, only less detailed.
 
 Time is injected: `add` and `collect` take `now`, so tests run on a fake clock.
+
+Persistence: every changed group's key lands in `dirty` (and forgotten ones
+in `dropped`); the owner saves `export(key)` for each and clears the sets.
+`restore` brings saved groups back, timers included.
 """
 
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from typing import Any
 
 from wrapalert.config import DigestConfig
 from wrapalert.model import MAX_DETAIL, TIMELINE_BUCKET, TIMELINE_MAX, Event, GroupReport, Tally
 
 OVERFLOW = "(overflow)"
+_PLAIN = ("trusted", "uid", "created", "due", "total", "new", "first_new", "last_seen", "notified")
+_TALLIES = ("daemons", "addrs", "names", "users")
 
 
 @dataclass(slots=True)
@@ -54,6 +61,8 @@ class Aggregator:
         # (due, seq, key): lazily invalidated; a popped entry counts only if it matches.
         self._heap: list[tuple[float, int, tuple[str, ...]]] = []
         self._seq = 0
+        self.dirty: set[tuple[str, ...]] = set()
+        self.dropped: set[tuple[str, ...]] = set()
 
     @property
     def pending_events(self) -> int:
@@ -74,6 +83,7 @@ class Aggregator:
                     key, labels, event.trusted, event.uid, now, now + self.cfg.group_wait
                 )
                 self.groups[key] = group
+        self.dirty.add(key)
         woke = False
         if group.new == 0:
             group.first_new = now
@@ -147,6 +157,7 @@ class Aggregator:
             more_addrs=group.addrs.other,
             timeline=tuple(sorted(group.timeline.items())),
         )
+        self.dirty.add(group.key)
         group.new = 0
         group.notified = True
         group.due = now + self.cfg.group_interval
@@ -154,6 +165,33 @@ class Aggregator:
         group.names, group.users = Tally(), Tally()
         group.timeline = {}
         return report
+
+    def export(self, key: tuple[str, ...]) -> dict[str, Any] | None:
+        """One group's whole state as plain data (None if it no longer exists)."""
+        group = self.groups.get(key)
+        if group is None:
+            return None
+        state = {name: getattr(group, name) for name in _PLAIN}
+        state["key"], state["labels"] = list(group.key), [list(p) for p in group.labels]
+        for name in _TALLIES:
+            state[name] = getattr(group, name).to_dict()
+        state["timeline"] = [[t, n] for t, n in group.timeline.items()]
+        return state
+
+    def restore(self, states: list[dict[str, Any]]) -> None:
+        """Bring saved groups back; a group whose timer passed while we were down is due now."""
+        for state in states:
+            group = _Group(
+                key=tuple(state["key"]),
+                labels=tuple((a, b) for a, b in state["labels"]),
+                **{name: state[name] for name in _PLAIN},
+            )
+            for name in _TALLIES:
+                setattr(group, name, Tally.from_dict(state[name]))
+            group.timeline = {float(t): int(n) for t, n in state["timeline"]}
+            self.groups[group.key] = group
+            if group.new:
+                self._schedule(group)
 
     def _schedule(self, group: _Group) -> None:
         self._seq += 1
@@ -164,6 +202,8 @@ class Aggregator:
         idle = [k for k, g in self.groups.items() if not g.new and g.last_seen < limit]
         for key in idle:
             del self.groups[key]
+            self.dirty.discard(key)
+            self.dropped.add(key)
 
     def _key(self, event: Event) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
         labels = tuple((name, event.get(name)) for name in self.cfg.group_by)

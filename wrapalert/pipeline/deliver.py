@@ -9,8 +9,12 @@ another. Overload behaviour, written down:
 * at most `per_hour` sends in any sliding hour (0: no cap). A digest that
   must wait absorbs every digest queued meanwhile and is marked `held`;
 * a transient failure is retried with capped, jittered exponential backoff;
-  a permanent one is recorded and the digest given up (until issue #4's
-  durable outbox, that is a loss, reported through `on_result`).
+  a permanent one is reported through `on_result` and the digest set aside
+  in `failed` until `retry_failed` (a reload) puts it back in the queue.
+
+The owner keeps a durable copy of the queue (the outbox): `on_merge` tells
+it before a merged digest is sent, so a crash can never re-send the parts
+under other Message-IDs than the whole.
 
 Time is injected (`now`, `sleep`) so tests run on a fake clock.
 """
@@ -20,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
 import structlog
@@ -31,15 +35,17 @@ from wrapalert.sinks.base import PermanentSinkError, Sink, TransientSinkError
 log = structlog.get_logger()
 
 ResultHook = Callable[[str, Digest, Exception | None], None]
+MergeHook = Callable[[str, list[Digest], Digest], None]
 HOUR = 3600.0
 
 
 class RateLimit:
     """At most `per_hour` events in any sliding hour; memory is `per_hour` timestamps."""
 
-    def __init__(self, per_hour: int) -> None:
+    def __init__(self, per_hour: int, sent: Iterable[float] = ()) -> None:
         self.per_hour = per_hour
-        self.sent: deque[float] = deque(maxlen=per_hour or None)
+        # Kept across a reload, so a new cap counts the mails already sent this hour.
+        self.sent: deque[float] = deque(sent, maxlen=per_hour or None)
 
     def wait(self, now: float) -> float:
         """Seconds until a send is allowed (0: now)."""
@@ -65,6 +71,7 @@ class SinkWorker:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         queue_max: int = 100,
         backoff: tuple[float, float] = (1.0, 300.0),
+        on_merge: MergeHook | None = None,
     ) -> None:
         self.sink = sink
         self.limit = RateLimit(per_hour)
@@ -73,7 +80,10 @@ class SinkWorker:
         self.sleep = sleep
         self.queue_max = queue_max
         self.backoff = backoff
+        self.on_merge = on_merge
         self.queue: deque[Digest] = deque()
+        self.failed: list[Digest] = []
+        self.last_error: str | None = None
         self._ready = asyncio.Event()
         self._closed = asyncio.Event()
 
@@ -89,10 +99,29 @@ class SinkWorker:
         """Queue a digest; never blocks, never drops (merges when full)."""
         self.queue.append(digest)
         if len(self.queue) > self.queue_max:
-            merged = merge_digests(list(self.queue), self.now())
-            self.queue.clear()
-            self.queue.append(merged)
+            self._merge_queue(held=False)
         self._ready.set()
+
+    def retry_failed(self) -> int:
+        """Put permanently failed digests back in the queue (after a reload); how many."""
+        count = len(self.failed)
+        self.queue.extendleft(reversed(self.failed))
+        self.failed.clear()
+        if count:
+            self._ready.set()
+        return count
+
+    def _merge_queue(self, *, held: bool) -> Digest:
+        """Replace the whole queue by one digest, telling the outbox first."""
+        parts = list(self.queue)
+        digest = merge_digests(parts, self.now())
+        if held:
+            digest = replace(digest, held=digest.events, id="")
+        if digest is not parts[0] and self.on_merge is not None:
+            self.on_merge(self.name, parts, digest)
+        self.queue.clear()
+        self.queue.append(digest)
+        return digest
 
     def close(self) -> None:
         """Deliver what is queued, past the rate limit once, then let `run` return."""
@@ -111,11 +140,10 @@ class SinkWorker:
             while (wait := self.limit.wait(self.now())) > 0 and not self._closed.is_set():
                 held = True
                 await self._pause(wait)
-            digest = merge_digests(list(self.queue), self.now())
-            self.queue.clear()
-            if held:
-                digest = replace(digest, held=digest.events, id="")
+            digest = self._merge_queue(held=held)
             await self._deliver(digest)
+            if self.queue and self.queue[0] is digest:
+                self.queue.popleft()
 
     async def _pause(self, seconds: float) -> None:
         """Sleep on the injected clock; close() ends the pause early."""
@@ -133,9 +161,11 @@ class SinkWorker:
             try:
                 await self.sink.send(digest)
             except TransientSinkError as exc:
+                self.last_error = str(exc)
                 if self._closed.is_set():
-                    log.error(
-                        "delivery_abandoned_at_shutdown",
+                    # It stays in the outbox: the next start sends it.
+                    log.warning(
+                        "delivery_deferred_at_shutdown",
                         sink=self.name,
                         digest=digest.id,
                         events=digest.events,
@@ -154,14 +184,20 @@ class SinkWorker:
                 delay = min(delay * 2, cap)
             except PermanentSinkError as exc:
                 log.error("delivery_failed", sink=self.name, digest=digest.id, error=str(exc))
-                self.on_result(self.name, digest, exc)
+                self._set_aside(digest, exc)
                 return
             except Exception as exc:  # a sink bug must not take the daemon down
                 log.exception("delivery_crashed", sink=self.name, digest=digest.id)
-                self.on_result(self.name, digest, exc)
+                self._set_aside(digest, exc)
                 return
             else:
+                self.last_error = None
                 self.limit.record(self.now())  # failed attempts sent no mail: they cost nothing
                 log.info("delivered", sink=self.name, digest=digest.id, events=digest.events)
                 self.on_result(self.name, digest, None)
                 return
+
+    def _set_aside(self, digest: Digest, exc: Exception) -> None:
+        self.last_error = str(exc)
+        self.failed.append(digest)
+        self.on_result(self.name, digest, exc)

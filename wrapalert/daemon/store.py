@@ -1,0 +1,298 @@
+"""Durable state in SQLite (WAL) under `state_dir`: what a restart must not lose.
+
+Tables: the groups (counts, detail, timers), the outbox of digests per sink,
+the notification log, the spool files already counted, silences, and the
+daemon's counters. Changes are staged in memory and written by `commit` in
+one transaction, so a group's reset and the digest that reported it land
+together or not at all (group commit: the daemon commits every 100 ms, and
+at once when a digest is made or delivered).
+
+Failure behaviour, written down:
+* a database that cannot be read as SQLite is moved aside (never emptied in
+  place) with an error naming both paths, and a new one is started;
+* a database from a newer wrapalert is refused (`StateError`): moving it
+  aside would lose what that version wrote;
+* a state_dir that cannot be written (missing, read-only, full) leaves the
+  daemon running in memory: `error` says why, every commit retries, and the
+  staged changes (bounded by the number of groups and digests) are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from wrapalert.model import Digest, digest_from_json, digest_to_json
+
+log = structlog.get_logger()
+
+DB_NAME = "state.db"
+SCHEMA_VERSION = 1
+
+# Index i holds the statements that take a database from version i to i + 1.
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE groups (key TEXT PRIMARY KEY, state TEXT NOT NULL)",
+        """CREATE TABLE outbox (
+            sink TEXT NOT NULL, digest_id TEXT NOT NULL, digest TEXT NOT NULL,
+            created REAL NOT NULL, failed_error TEXT,
+            PRIMARY KEY (sink, digest_id))""",
+        """CREATE TABLE notification_log (
+            sink TEXT NOT NULL, digest_id TEXT NOT NULL, delivered REAL NOT NULL,
+            events INTEGER NOT NULL, PRIMARY KEY (sink, digest_id))""",
+        "CREATE TABLE spool_seen (name TEXT PRIMARY KEY)",
+        """CREATE TABLE silences (
+            id INTEGER PRIMARY KEY, matchers TEXT NOT NULL, created REAL NOT NULL,
+            expires REAL NOT NULL, comment TEXT NOT NULL DEFAULT '')""",
+    ],
+]
+NOTIFICATION_LOG_KEEP = 10000  # rows; older ones are pruned (they only explain the past)
+
+
+class StateError(Exception):
+    """The state cannot be used and must not be replaced: the daemon should not start."""
+
+
+@dataclass
+class OutboxRow:
+    sink: str
+    digest: Digest
+    failed_error: str | None
+
+
+@dataclass
+class Snapshot:
+    """Everything `load` found: the daemon's starting point."""
+
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[OutboxRow] = field(default_factory=list)
+    counters: dict[str, Any] = field(default_factory=dict)
+    spool_seen: set[str] = field(default_factory=set)
+
+
+class Store:
+    """The one owner of state.db. Not thread-safe: used from the event loop only."""
+
+    def __init__(self, state_dir: Path, now: Callable[[], float] = time.time) -> None:
+        self.path = state_dir / DB_NAME
+        self.now = now
+        self.db: sqlite3.Connection | None = None
+        self.error: str | None = None
+        self.moved_aside: Path | None = None
+        self._groups: dict[str, str | None] = {}
+        self._ops: list[tuple[str, tuple[Any, ...]]] = []
+        self._counters: str | None = None
+        self.commits = 0
+
+    # -- opening ---------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (or create) the database; on failure stay in memory and say why."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.db = self._connect()
+        except (OSError, sqlite3.OperationalError) as exc:
+            self._fail(exc)  # cannot open, read-only, full, I/O: not the file's fault
+            return
+        except sqlite3.DatabaseError as exc:
+            # "file is not a database", "malformed", quick_check: the content is damaged.
+            self._move_aside(exc)
+            try:
+                self.db = self._connect()
+            except (OSError, sqlite3.Error) as again:
+                self._fail(again)
+                return
+        self._recovered()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._prepare(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL under WAL: a crash of the process loses nothing committed.
+        db.execute("PRAGMA synchronous=NORMAL")
+        if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            raise sqlite3.DatabaseError("quick_check failed")
+        self._migrate(db)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path} has schema version {version}, newer than this wrapalert's "
+                f"{SCHEMA_VERSION}: run the newer version, or move the file away to start afresh"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            db.execute("BEGIN IMMEDIATE")
+            for statement in MIGRATIONS[step]:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {step + 1}")
+            db.execute("COMMIT")
+            log.info("state_migrated", path=str(self.path), version=step + 1)
+
+    def _move_aside(self, exc: Exception) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{DB_NAME}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                source.rename(Path(f"{target}{suffix}"))
+        self.moved_aside = target
+        log.error(
+            "state_corrupt_moved_aside", path=str(self.path), moved_to=str(target), error=str(exc)
+        )
+
+    def _fail(self, exc: BaseException) -> None:
+        message = f"{self.path}: {exc}"
+        if self.error != message:
+            log.error("state_unavailable", error=message, running="in memory")
+        self.error = message
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+            self.db = None
+
+    def _recovered(self) -> None:
+        if self.error is not None:
+            log.info("state_recovered", path=str(self.path))
+        self.error = None
+
+    # -- reading ---------------------------------------------------------
+
+    def load(self) -> Snapshot:
+        """What the last run left: groups, outbox, counters, spool files already counted."""
+        snap = Snapshot()
+        if self.db is None:
+            return snap
+        db = self.db
+        snap.groups = [json.loads(s) for (s,) in db.execute("SELECT state FROM groups")]
+        for sink, text, error in db.execute(
+            "SELECT sink, digest, failed_error FROM outbox ORDER BY created, digest_id"
+        ):
+            snap.outbox.append(OutboxRow(sink, digest_from_json(text), error))
+        row = db.execute("SELECT value FROM meta WHERE key = 'counters'").fetchone()
+        snap.counters = json.loads(row[0]) if row else {}
+        snap.spool_seen = {name for (name,) in db.execute("SELECT name FROM spool_seen")}
+        return snap
+
+    # -- staging ---------------------------------------------------------
+
+    def stage_group(self, key: tuple[str, ...], state: dict[str, Any] | None) -> None:
+        """Save (or with None, delete) one group at the next commit."""
+        self._groups[json.dumps(key)] = None if state is None else json.dumps(state)
+
+    def stage_counters(self, counters: dict[str, Any]) -> None:
+        self._counters = json.dumps(counters, sort_keys=True)
+
+    def stage_enqueue(self, sink: str, digest: Digest) -> None:
+        self._ops.append(
+            (
+                "INSERT OR REPLACE INTO outbox (sink, digest_id, digest, created) VALUES (?,?,?,?)",
+                (sink, digest.id, digest_to_json(digest), self.now()),
+            )
+        )
+
+    def stage_replace(self, sink: str, old: list[str], digest: Digest) -> None:
+        """Digests merged into one: the merged one replaces them, atomically."""
+        for digest_id in old:
+            self._ops.append(
+                ("DELETE FROM outbox WHERE sink = ? AND digest_id = ?", (sink, digest_id))
+            )
+        self.stage_enqueue(sink, digest)
+
+    def stage_delivered(self, sink: str, digest: Digest) -> None:
+        self._ops.append(("DELETE FROM outbox WHERE sink = ? AND digest_id = ?", (sink, digest.id)))
+        self._ops.append(
+            (
+                "INSERT OR REPLACE INTO notification_log VALUES (?,?,?,?)",
+                (sink, digest.id, self.now(), digest.events),
+            )
+        )
+
+    def stage_failed(self, sink: str, digest: Digest, error: str) -> None:
+        self._ops.append(
+            (
+                "UPDATE outbox SET failed_error = ? WHERE sink = ? AND digest_id = ?",
+                (error, sink, digest.id),
+            )
+        )
+
+    def stage_retry_failed(self) -> None:
+        self._ops.append(("UPDATE outbox SET failed_error = NULL", ()))
+
+    def stage_spool_seen(self, names: list[str]) -> None:
+        self._ops.extend(("INSERT OR IGNORE INTO spool_seen VALUES (?)", (n,)) for n in names)
+
+    def stage_spool_gone(self, names: list[str]) -> None:
+        self._ops.extend(("DELETE FROM spool_seen WHERE name = ?", (n,)) for n in names)
+
+    @property
+    def staged(self) -> bool:
+        return bool(self._groups or self._ops or self._counters)
+
+    # -- writing ---------------------------------------------------------
+
+    def commit(self) -> bool:
+        """Write everything staged in one transaction; False (and kept staged) on failure."""
+        if not self.staged:
+            return self.db is not None
+        if self.db is None:
+            self.open()
+            if self.db is None:
+                return False
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for key, state in self._groups.items():
+                if state is None:
+                    db.execute("DELETE FROM groups WHERE key = ?", (key,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO groups VALUES (?, ?)", (key, state))
+            for sql, args in self._ops:
+                db.execute(sql, args)
+            if self._counters is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('counters', ?)", (self._counters,))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._fail(exc)
+            return False
+        self._groups.clear()
+        self._ops.clear()
+        self._counters = None
+        self.commits += 1
+        self._recovered()
+        return True
+
+    def prune(self) -> None:
+        """Keep the notification log bounded (it explains the past; the outbox is the promise)."""
+        if self.db is None:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute(
+                "DELETE FROM notification_log WHERE rowid NOT IN "
+                "(SELECT rowid FROM notification_log ORDER BY delivered DESC LIMIT ?)",
+                (NOTIFICATION_LOG_KEEP,),
+            )
+
+    def close(self) -> None:
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+            self.db = None
