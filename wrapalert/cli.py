@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from wrapalert import config, hostsdeny, notify
 
@@ -62,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="interpreter the hook runs (default: this one)",
     )
 
+    status = sub.add_parser("status", help="ask the running daemon for its counters")
+    _config_arg(status)
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+
+    flush = sub.add_parser("flush", help="have the running daemon report every pending group now")
+    _config_arg(flush)
+
     check = sub.add_parser("check-config", help="validate the configuration and print a summary")
     _config_arg(check)
 
@@ -96,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         "check-config": cmd_check_config,
         "simulate": cmd_simulate,
         "demo": cmd_demo,
+        "status": cmd_status,
+        "flush": cmd_flush,
     }[args.verb]
     try:
         return handler(args)
@@ -193,6 +204,75 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"wrapalert: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from wrapalert.daemon import control
+
+    cfg = config.load(args.config)
+    try:
+        status = control.request(cfg.daemon.control_socket, "status")["status"]
+    except control.ControlError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(format_status(status))
+    state = status.get("state", {})
+    failing = any(s.get("held_failed") for s in status.get("sinks", {}).values())
+    return EXIT_PROBLEM if failing or not state.get("ok", True) else EXIT_OK
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The status object as a few aligned lines for a terminal."""
+    rejected = status["rejected"]
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) or "none"
+    lines = [
+        (
+            f"received        {status['received']:>10,}   (untrusted {status['untrusted']:,}, "
+            f"from spool {status['spooled']:,})"
+        ),
+        f"rejected        {sum(rejected.values()):>10,}   ({reasons})",
+        f"groups          {status['groups']:>10,}",
+        f"pending events  {status['pending_events']:>10,}",
+        f"outbox          {status['outbox']:>10,}",
+        f"digests         {status['digests']:>10,}",
+    ]
+    for name, sink in sorted(status["sinks"].items()):
+        line = (
+            f"sink {name}: delivered {sink['delivered']:,} ({sink['events_delivered']:,} "
+            f"events), failed {sink['failed']:,}, queued {sink['queued']:,}"
+        )
+        if sink.get("held_failed"):
+            line += f", {sink['held_failed']} set aside until reload"
+        if sink.get("last_error"):
+            line += f"; last error: {sink['last_error']}"
+        lines.append(line)
+    state = status["state"]
+    if state.get("ok"):
+        lines.append(f"state           {state['path']}")
+    else:
+        lines.append(f"state           IN MEMORY ONLY: {state['error']}")
+    if state.get("moved_aside"):
+        lines.append(f"                a damaged database was moved to {state['moved_aside']}")
+    return "\n".join(lines)
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    from wrapalert.daemon import control
+
+    cfg = config.load(args.config)
+    try:
+        reply = control.request(cfg.daemon.control_socket, "flush")
+    except control.ControlError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if reply["digests"]:
+        print(f"flushed: one digest with {reply['events']:,} events queued to every sink")
+    else:
+        print("nothing pending")
+    return EXIT_OK
 
 
 if __name__ == "__main__":
