@@ -12,7 +12,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from wrapalert import config
+from wrapalert.daemon import control
 from wrapalert.daemon.server import Server
 from wrapalert.model import Digest
 
@@ -91,12 +93,25 @@ class Handler:
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
         self.envelopes: list[Envelope] = []
-        self.reply = "250 OK"  # set to "451 ..." or "554 ..." to inject a fault
+        # Faults, injected here and never in the client under test: a reply such as
+        # "451 ..." or "554 ...", "drop" (cut the connection mid-DATA) or "stall" (answer
+        # nothing). `faults` replies are used first, one per attempt, then `reply`.
+        self.reply = "250 OK"
+        self.faults: list[str] = []
+        self.attempts = 0
         self.arrived = asyncio.Event()
 
-    async def handle_DATA(self, _server: SMTP, _session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
-        if not self.reply.startswith("250"):
-            return self.reply
+    async def handle_DATA(self, server: SMTP, _session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        self.attempts += 1
+        reply = self.faults.pop(0) if self.faults else self.reply
+        if reply == "drop":
+            assert isinstance(server.transport, asyncio.WriteTransport)
+            server.transport.abort()
+            return "451 never seen"
+        if reply == "stall":
+            await asyncio.sleep(3600)
+        if not reply.startswith("250"):
+            return reply
         raw = envelope.original_content or b""
         msg = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(msg, EmailMessage)
@@ -117,17 +132,18 @@ class Handler:
 class SmtpServer:
     """A real SMTP server (aiosmtpd) on a free loopback port, in the test's event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.handler = Handler()
         self.server: asyncio.Server | None = None
-        self.port = 0
+        self.port = port
 
     async def __aenter__(self) -> Self:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: SMTP(self.handler, hostname="test-mx", enable_SMTPUTF8=True),
             "127.0.0.1",
-            0,
+            self.port,
+            reuse_address=True,
         )
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -168,8 +184,14 @@ WRAPALERT = str(Path(sys.executable).with_name("wrapalert"))
 NOTIFY = str(Path(__file__).resolve().parent.parent / "wrapalert" / "notify.py")
 
 
-def write_config(base: Path, *, group_wait: str = "500ms", extra: str = "") -> Path:
-    """A TOML config under `base` (paths, short timers, a Maildir sink) for `wrapalert run`."""
+def write_config(
+    base: Path, *, group_wait: str = "500ms", extra: str = "", sinks: str | None = None
+) -> Path:
+    """A TOML config under `base` (paths, short timers, a Maildir sink unless `sinks` says
+    otherwise) for `wrapalert run` or `Server(config_path=...)`."""
+    if sinks is None:
+        sinks = f'[[sink]]\ntype = "maildir"\npath = "{base}/Maildir"\n'
+
     path = base / "wrapalert.toml"
     path.write_text(f"""\
 [daemon]
@@ -185,9 +207,7 @@ group_wait = "{group_wait}"
 group_interval = "2s"
 batch_window = "500ms"
 
-[[sink]]
-type = "maildir"
-path = "{base}/Maildir"
+{sinks}
 {extra}""")
     return path
 
@@ -259,3 +279,97 @@ class Deliveries:
             while self.events < count:
                 self.changed.clear()
                 await self.changed.wait()
+
+
+class DaemonProcess:
+    """`wrapalert run` as a child process fed by a socket we hold, as systemd would hold it.
+
+    The socket survives the daemon's death, so SIGKILL tests lose only what the
+    daemon itself had in memory, never what waits in the kernel queue.
+    """
+
+    SHIM = (
+        "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
+        "os.execv(sys.argv[2], sys.argv[2:])"
+    )
+
+    def __init__(self, base: Path, config_path: Path) -> None:
+        self.base = base
+        self.config_path = config_path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind(str(base / "notify.sock"))
+        self.notify_path = base / "systemd.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notify.settimeout(30)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr = base / "daemon.log"
+
+    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
+        env = os.environ | {"NOTIFY_SOCKET": str(self.notify_path)} | (env or {})
+        with self.stderr.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    PYTHON,
+                    "-c",
+                    self.SHIM,
+                    str(self.sock.fileno()),
+                    WRAPALERT,
+                    "run",
+                    "-c",
+                    str(self.config_path),
+                ],
+                pass_fds=(self.sock.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stderr=log,
+            )
+        if wait:
+            self.wait_for("READY=1")
+
+    def wait_for(self, word: str) -> str:
+        """The next sd_notify message holding `word`."""
+        while True:
+            message = self.notify.recv(4096).decode()
+            if word in message:
+                return message
+
+    def status(self) -> dict[str, Any]:
+        path = self.base / "control.sock"
+        reply = control.request(path, "status")
+        status: dict[str, Any] = reply["status"]
+        return status
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout=30)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.sock.close()
+        self.notify.close()
+
+    def log(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    """Poll another process's observable state (its files, its status), bounded."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
+        time.sleep(0.05)

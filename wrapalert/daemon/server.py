@@ -104,6 +104,7 @@ class Server:
             "ok": self.store.error is None,
             "error": self.store.error,
             "moved_aside": str(self.store.moved_aside) if self.store.moved_aside else None,
+            "commits": self.store.commits,
         }
         return self.stats.as_dict(
             groups=len(self.aggregator.groups),
