@@ -307,11 +307,19 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr = base / "daemon.log"
 
-    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
+    def start(
+        self,
+        *,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        """Start it; `prefix` runs before the daemon's own argv (e.g. prlimit ...)."""
         env = os.environ | {"NOTIFY_SOCKET": str(self.notify_path)} | (env or {})
         with self.stderr.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
+                    *prefix,
                     PYTHON,
                     "-c",
                     self.SHIM,

@@ -10,16 +10,19 @@ import socket
 import sqlite3
 import subprocess
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from conftest import (
     WRAPALERT,
     DaemonProcess,
     Deliveries,
+    Handler,
     Running,
     SmtpServer,
     client,
@@ -433,3 +436,61 @@ async def wait_for_status(
     async with asyncio.timeout(timeout):
         while not condition(server.status()):  # noqa: ASYNC110 - status has no change signal
             await asyncio.sleep(0.02)
+
+
+def test_a_full_disk_leaves_the_daemon_running_in_memory(
+    daemon: DaemonProcess, sockdir: Path
+) -> None:
+    """When the state database can no longer grow (file size limit, as on a full disk), the
+    daemon keeps reporting events from memory and status says why."""
+    daemon.start(prefix=("prlimit", f"--fsize={64 * 1024}", "--"))
+    sent = 0
+    for wave in range(40):
+        for i in range(5):
+            client("d=sshd", f"a=10.{wave}.{i}.1", f"socket={sockdir}/notify.sock")
+            sent += 1
+        if not daemon.status()["state"]["ok"]:
+            break
+    status = daemon.status()
+    assert status["state"]["ok"] is False, "the limit was never hit: raise the waves"
+    assert "full" in status["state"]["error"] or "disk" in status["state"]["error"]
+    assert daemon.stop() == 0  # SIGTERM still flushes from memory
+    delivered = sum(int(m["X-Wrapalert-Events"]) for m in maildir_messages(sockdir / "Maildir"))
+    assert delivered == sent
+
+
+def test_a_stuck_sink_does_not_stop_shutdown_and_is_delivered_next_start(
+    daemon: DaemonProcess, sockdir: Path
+) -> None:
+    """SIGTERM ends within the grace period though the MTA hangs; the digest stays in the
+    outbox and the next start delivers it with the same Message-ID."""
+    hole = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    port = hole.getsockname()[1]
+    daemon.config_path.write_text(
+        daemon.config_path.read_text()
+        .replace(
+            f'[[sink]]\ntype = "maildir"\npath = "{sockdir}/Maildir"\n',
+            smtp_sink(port).replace('timeout = "500ms"', 'timeout = "1h"'),
+        )
+        .replace(
+            'spool_scan_interval = "200ms"', 'spool_scan_interval = "200ms"\nshutdown_grace = "1s"'
+        )
+    )
+    daemon.start()
+    client("d=sshd", "a=192.0.2.1", f"socket={sockdir}/notify.sock")
+    wait_until(lambda: "event='digest'" in daemon.log(), what="a digest")
+    digest_id = daemon.log().split("event='digest' digest='")[1].split("'")[0]
+    start = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - start < 5
+    hole.close()
+    handler = Handler()
+    mx = Controller(handler, hostname="127.0.0.1", port=port)
+    mx.start()
+    try:
+        daemon.start()
+        wait_until(lambda: bool(handler.messages), what="the held digest")
+    finally:
+        mx.stop()
+    (msg,) = handler.messages
+    assert msg["Message-ID"].startswith(f"<{digest_id}@")
