@@ -188,3 +188,29 @@ def test_changes_are_tracked_for_saving() -> None:
     agg.dirty.clear()
     agg.collect(1000.0 + 3600.0 + 1)
     assert (agg.dirty, agg.dropped) == (set(), {("sshd", "192.0.2.1")})
+
+
+def test_an_untrusted_uid_gets_one_group_whatever_it_sends() -> None:
+    """Reports from one untrusted uid all land in one group, however varied their fields."""
+    agg = Aggregator(CFG, 100)
+    for i in range(50):
+        agg.add(ev(f"daemon{i}", f"192.0.2.{i}", trusted=False, uid=1000), now=1000.0)
+    agg.add(ev(trusted=False, uid=1001), now=1000.0)
+    assert len(agg.groups) == 2
+    reports = {r.uid: r for r in agg.collect(1010.0)}
+    assert reports[1000].events == 50
+    assert reports[1000].labels == (("reported_by_uid", "1000"),)
+    assert not reports[1000].trusted
+
+
+def test_an_untrusted_group_reports_at_most_once_per_untrusted_interval() -> None:
+    """After its first report, an untrusted group waits untrusted_interval, not group_interval."""
+    agg = Aggregator(CFG, 100, untrusted_interval=3600.0)
+    agg.add(ev(trusted=False, uid=1000), now=1000.0)
+    agg.add(ev(), now=1000.0)
+    assert len(agg.collect(1010.0)) == 2
+    agg.add(ev(trusted=False, uid=1000), now=1020.0)
+    agg.add(ev(), now=1020.0)
+    assert [r.trusted for r in agg.collect(1310.0)] == [True]  # group_interval later
+    (late,) = agg.collect(1010.0 + 3600.0)
+    assert (late.trusted, late.events) == (False, 1)

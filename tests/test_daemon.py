@@ -72,6 +72,36 @@ def test_events_from_other_uids_are_marked_untrusted_and_kept_apart(sockdir: Pat
     assert "reported by uid 65534, untrusted" in text
 
 
+def test_an_untrusted_uid_cannot_exceed_its_budget(sockdir: Path) -> None:
+    """Thirty varied reports from uid 65534 make one group; after its report, more from that
+    uid wait for untrusted_interval while a trusted group reports again within seconds."""
+    require(os.geteuid() == 0, "sending as another uid needs root (setpriv)")
+
+    async def scenario() -> tuple[Deliveries, dict[str, object]]:
+        seen = Deliveries()
+        server = Server(make_config(sockdir, group_wait=60, group_interval=0.3), on_delivery=seen)
+        sock = f"socket={server.cfg.daemon.socket}"
+        async with Running(server):
+            for i in range(30):
+                await asyncio.to_thread(client, f"d=d{i % 7}", f"a=192.0.2.{i}", sock, user=65534)
+            await asyncio.to_thread(client, "d=sshd", "a=192.0.2.200", sock)
+            server.flush()
+            await seen.wait_events(31)
+            await asyncio.to_thread(client, "d=sshd", "a=192.0.2.99", sock, user=65534)
+            await asyncio.to_thread(client, "d=sshd", "a=192.0.2.200", sock)
+            await seen.wait_events(32)  # the trusted group's next report
+            status = server.status()
+        return seen, status
+
+    seen, status = asyncio.run(scenario())
+    first = {g.trusted: g for g in seen.digests[0].groups}
+    assert (first[False].uid, first[False].events) == (65534, 30)
+    assert first[True].events == 1
+    assert [g.trusted for g in seen.digests[1].groups] == [True]
+    assert status["pending_events"] == 1  # the untrusted report, waiting for its budget
+    assert status["untrusted"] == 31
+
+
 def test_spooled_events_are_ingested_at_start_and_removed(sockdir: Path) -> None:
     """Events the client spooled while the daemon was down are reported once it starts."""
     cfg = make_config(sockdir)

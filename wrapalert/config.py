@@ -61,6 +61,8 @@ class LimitsConfig:
     # Backoff between delivery attempts after a transient failure: doubles, jittered, capped.
     retry_min: float = 1.0
     retry_max: float = 300.0
+    # An untrusted uid's single group is reported at most this often after its first report.
+    untrusted_interval: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,7 @@ class _Parser:
             max_groups=t.count("max_groups", d.max_groups, minimum=1),
             retry_min=t.duration("retry_min", d.retry_min),
             retry_max=t.duration("retry_max", d.retry_max),
+            untrusted_interval=t.duration("untrusted_interval", d.untrusted_interval),
         )
         if cfg.retry_min <= 0 or cfg.retry_max < cfg.retry_min:
             raise t.error("retry_max", "needs 0 < retry_min <= retry_max")

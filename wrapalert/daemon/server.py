@@ -71,7 +71,9 @@ class Server:
         self.now = now
         self.host = socket.gethostname()
         self.stats = Stats()
-        self.aggregator = Aggregator(cfg.digest, cfg.limits.max_groups)
+        self.aggregator = Aggregator(
+            cfg.digest, cfg.limits.max_groups, cfg.limits.untrusted_interval
+        )
         self.store = Store(cfg.daemon.state_dir, now)
         self.on_delivery = on_delivery
         built = sinks if sinks is not None else self._build_sinks(cfg)
@@ -388,6 +390,7 @@ class Server:
                 log.warning("reload_needs_restart", key=f"daemon.{key}")
         self.aggregator.cfg = new.digest
         self.aggregator.max_groups = new.limits.max_groups
+        self.aggregator.untrusted_interval = new.limits.untrusted_interval
         if self.intake is not None:
             self.intake.trusted = frozenset(new.daemon.trusted_uids)
         fresh = {s.name: s for s in self._build_sinks(new)}

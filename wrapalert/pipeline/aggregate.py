@@ -10,6 +10,11 @@ are reported together, so a burst becomes one digest, not one per source.
 Overload: at most `max_groups` groups; events of new keys beyond that go to
 one overflow group. Counts are never lost, only less detailed.
 
+Untrusted senders (uids outside trusted_uids: anyone on the machine) have a
+fixed budget: one group per uid, whatever fields they send, reported at
+most once per `untrusted_interval` after its first report. A local user can
+neither spread over many groups nor make mail faster than that.
+
 Time is injected: `add` and `collect` take `now`, so tests run on a fake clock.
 
 Persistence: every changed group's key lands in `dirty` (and forgotten ones
@@ -54,9 +59,12 @@ class _Group:
 class Aggregator:
     """Owns every group; the only place where events become reports."""
 
-    def __init__(self, cfg: DigestConfig, max_groups: int) -> None:
+    def __init__(
+        self, cfg: DigestConfig, max_groups: int, untrusted_interval: float = 3600.0
+    ) -> None:
         self.cfg = cfg
         self.max_groups = max_groups
+        self.untrusted_interval = untrusted_interval
         self.groups: dict[tuple[str, ...], _Group] = {}
         # (due, seq, key): lazily invalidated; a popped entry counts only if it matches.
         self._heap: list[tuple[float, int, tuple[str, ...]]] = []
@@ -160,7 +168,10 @@ class Aggregator:
         self.dirty.add(group.key)
         group.new = 0
         group.notified = True
-        group.due = now + self.cfg.group_interval
+        interval = self.cfg.group_interval
+        if not group.trusted:
+            interval = max(interval, self.untrusted_interval)
+        group.due = now + interval
         group.daemons, group.addrs = Tally(), Tally(MAX_DETAIL * 4)
         group.names, group.users = Tally(), Tally()
         group.timeline = {}
@@ -206,13 +217,13 @@ class Aggregator:
             self.dropped.add(key)
 
     def _key(self, event: Event) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        if not event.trusted:
+            # One group per untrusted uid: never sharing a group (or its look) with real
+            # alerts, and never more than one, whatever fields the sender makes up.
+            uid = "unknown" if event.uid is None else str(event.uid)
+            return ("untrusted", uid), (("reported_by_uid", uid),)
         labels = tuple((name, event.get(name)) for name in self.cfg.group_by)
-        values = tuple(v for _, v in labels)
-        if event.trusted:
-            return values, labels
-        # Untrusted reports never share a group (or its look) with real alerts.
-        uid = "none" if event.uid is None else str(event.uid)
-        return (*values, f"untrusted uid {uid}"), labels
+        return tuple(v for _, v in labels), labels
 
 
 def _count_in_timeline(timeline: dict[float, int], now: float) -> None:
