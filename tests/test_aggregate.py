@@ -60,15 +60,6 @@ def test_late_activity_is_reported_at_once_when_interval_has_passed() -> None:
     assert agg.next_due() == 2000.0
 
 
-def test_quiet_group_produces_nothing() -> None:
-    """A group with no new events is not reported again (no repeats yet)."""
-    agg = Aggregator(CFG, 100)
-    agg.add(ev(), now=1000.0)
-    agg.collect(1010.0)
-    assert agg.next_due() is None
-    assert agg.collect(5000.0) == []
-
-
 def test_near_due_groups_join_a_due_one() -> None:
     """Groups due within batch_window of a due group go in the same batch."""
     agg = Aggregator(CFG, 100)
@@ -96,19 +87,6 @@ def test_untrusted_events_never_share_a_group_with_trusted_ones() -> None:
     assert sorted((r.trusted, r.uid) for r in reports) == [(False, 1000), (True, 0)]
 
 
-def test_past_max_groups_new_keys_overflow_without_losing_counts() -> None:
-    """Beyond max_groups, new keys go to one overflow group; no event is lost."""
-    agg = Aggregator(CFG, 3)
-    for i in range(10):
-        agg.add(ev(addr=f"192.0.2.{i}"), now=1000.0)
-    assert len(agg.groups) == 4  # 3 + the overflow group
-    reports = agg.collect(1010.0)
-    assert sum(r.events for r in reports) == 10
-    (overflow,) = [r for r in reports if r.key == (OVERFLOW,)]
-    assert overflow.events == 7
-    assert {a for a, _ in overflow.addrs} == {f"192.0.2.{i}" for i in range(3, 10)}
-
-
 def test_detail_is_bounded_but_counts_are_exact() -> None:
     """A group keeps a bounded list of addresses; the rest are counted, not listed."""
     agg = Aggregator(replace(CFG, group_by=("daemon",)), 100)
@@ -131,15 +109,6 @@ def test_force_collects_everything_with_news() -> None:
     assert sum(r.events for r in reports) == 2
     assert {r.reason for r in reports} == {"shutdown flush"}
     assert agg.pending_events == 0
-
-
-def test_idle_groups_are_forgotten_after_repeat_interval() -> None:
-    """A group quiet for repeat_interval is dropped, so memory follows activity."""
-    agg = Aggregator(CFG, 100)
-    agg.add(ev(), now=1000.0)
-    agg.collect(1010.0)
-    agg.collect(1000.0 + 3600.0 + 1)
-    assert agg.groups == {}
 
 
 def test_timeline_counts_new_events_per_minute() -> None:
@@ -186,7 +155,7 @@ def test_changes_are_tracked_for_saving() -> None:
     agg.collect(1010.0)
     assert agg.dirty == {("sshd", "192.0.2.1")}
     agg.dirty.clear()
-    agg.collect(1000.0 + 3600.0 + 1)
+    agg.collect(1010.0 + 3600.0)
     assert (agg.dirty, agg.dropped) == (set(), {("sshd", "192.0.2.1")})
 
 
@@ -214,3 +183,93 @@ def test_an_untrusted_group_reports_at_most_once_per_untrusted_interval() -> Non
     assert [r.trusted for r in agg.collect(1310.0)] == [True]  # group_interval later
     (late,) = agg.collect(1010.0 + 3600.0)
     assert (late.trusted, late.events) == (False, 1)
+
+
+def test_quiet_group_gets_one_repeat_then_is_forgotten() -> None:
+    """repeat_interval after its last report, a quiet group is reported once more (0 new)
+    and then forgotten, so memory follows activity."""
+    agg = Aggregator(CFG, 100)
+    for t in (1000.0, 1001.0):
+        agg.add(ev(), now=t)
+    agg.collect(1010.0)
+    assert agg.next_due() == 1010.0 + 3600.0
+    assert agg.collect(1010.0 + 3599.0) == []
+    (repeat,) = agg.collect(1010.0 + 3600.0)
+    assert (repeat.reason, repeat.events, repeat.total, repeat.last_seen) == (
+        "repeat",
+        0,
+        2,
+        1001.0,
+    )
+    assert agg.groups == {}
+    assert agg.next_due() is None
+
+
+def test_new_activity_postpones_the_repeat() -> None:
+    """A group that keeps getting events is reported for them, never as a quiet repeat."""
+    agg = Aggregator(CFG, 100)
+    agg.add(ev(), now=1000.0)
+    agg.collect(1010.0)
+    agg.add(ev(), now=4000.0)
+    (report,) = agg.collect(4000.0)
+    assert report.reason == "new activity"
+    assert agg.next_due() == 4000.0 + 3600.0
+
+
+def test_a_repeat_is_never_sent_early_by_the_batch_window() -> None:
+    """A repeat due just after a news report waits for its own time."""
+    agg = Aggregator(replace(CFG, batch_window=100.0), 100)
+    agg.add(ev(addr="192.0.2.1"), now=0.0)
+    agg.collect(10.0)  # the repeat of .1 is due at 3610
+    agg.add(ev(addr="192.0.2.2"), now=3595.0)  # due at 3605, with 3610 inside its window
+    assert [r.reason for r in agg.collect(3605.0)] == ["new group"]
+    assert [r.reason for r in agg.collect(3610.0)] == ["repeat"]
+
+
+def test_past_max_groups_sources_roll_up_by_network() -> None:
+    """Beyond max_groups, new IPv4 sources join their /24 and IPv6 sources their /64."""
+    agg = Aggregator(CFG, 3)
+    for i in range(3):
+        agg.add(ev(addr=f"198.51.100.{i}"), now=1000.0)
+    for i in range(50):
+        agg.add(ev(addr=f"192.0.2.{i}"), now=1000.0)
+        agg.add(ev(addr=f"2001:db8:0:1::{i:x}"), now=1000.0)
+    assert len(agg.groups) == 5
+    reports = {r.label("client_addr"): r for r in agg.collect(1010.0)}
+    net4, net6 = reports["192.0.2.0/24"], reports["2001:db8:0:1::/64"]
+    assert (net4.events, net4.sources, net4.level) == (50, 50, "network")
+    assert (net6.events, net6.sources, net6.level) == (50, 50, "network")
+    assert reports["198.51.100.0"].level == "exact"
+
+
+def test_roll_up_widens_then_overflows_and_keeps_every_count() -> None:
+    """When the network groups fill their reserve too, /16 groups and then one overflow
+    group take the rest; no event is lost and memory stays bounded."""
+    agg = Aggregator(CFG, 4)  # reserve 16: at most 4 + 16 + 16 groups + overflow
+    sent = 0
+    for a in range(40):
+        for b in range(3):
+            agg.add(ev(addr=f"10.{a}.{b}.1"), now=1000.0)
+            sent += 1
+    assert len(agg.groups) <= 4 + 2 * agg.reserve + 1
+    reports = agg.collect(1010.0)
+    assert sum(r.events for r in reports) == sent
+    levels = {r.level for r in reports}
+    assert levels == {"exact", "network", "wide network", "overflow"}
+    (overflow,) = [r for r in reports if r.key == (OVERFLOW,)]
+    assert overflow.events > 0
+
+
+def test_distinct_sources_are_exact_while_small_and_estimated_beyond() -> None:
+    """A group counts its distinct sources exactly up to 256, then estimates within 10 %."""
+    agg = Aggregator(replace(CFG, group_by=("daemon",)), 100)
+    for i in range(200):
+        agg.add(ev(addr=f"10.0.0.{i}"), now=1000.0)
+        agg.add(ev(addr=f"10.0.0.{i}"), now=1000.0)
+    (small,) = agg.collect(1010.0)
+    assert (small.sources, small.sources_exact) == (200, True)
+    for i in range(20_000):
+        agg.add(ev(addr=f"2001:db8::{i:x}"), now=2000.0)
+    (big,) = agg.collect(2000.0 + 300.0)
+    assert not big.sources_exact
+    assert abs(big.sources - 20_000) < 2_000

@@ -85,6 +85,9 @@ class GroupReport:
     more_addrs: int = 0  # events from addresses beyond the detail bound
     # New events per TIMELINE_BUCKET seconds: (bucket start, count), oldest first, bounded.
     timeline: tuple[tuple[float, int], ...] = ()
+    sources: int = 0  # distinct client addresses among the new events
+    sources_exact: bool = True  # False: a HyperLogLog estimate (about 3 % error)
+    level: str = "exact"  # "exact", "network" (/24, /64), "wide network" (/16, /48), "overflow"
 
     def label(self, name: str) -> str | None:
         return dict(self.labels).get(name)
@@ -112,8 +115,10 @@ class Digest:
 
     @property
     def sources(self) -> int:
-        """Distinct client addresses named in this digest."""
-        return len({addr for g in self.groups for addr, _ in g.addrs})
+        """Distinct client addresses in this digest: those listed, plus each group's
+        unlisted ones (counted, or estimated, by the group)."""
+        listed = {addr for g in self.groups for addr, _ in g.addrs}
+        return len(listed) + sum(max(0, g.sources - len(g.addrs)) for g in self.groups)
 
     @property
     def untrusted(self) -> tuple[GroupReport, ...]:

@@ -1,19 +1,23 @@
 """Grouping with Alertmanager's timing model, in bounded memory.
 
-A group (key = the `group_by` field values, plus the sender's trust) waits
-`group_wait` after its first event before its first notification, then
-reports new activity at most every `group_interval`. A group with no new
-activity for `repeat_interval` is forgotten (repeats of unchanged activity
-are not sent yet). Groups falling due within `batch_window` of each other
-are reported together, so a burst becomes one digest, not one per source.
+A group (key = the `group_by` field values) waits `group_wait` after its
+first event before its first report, then reports new activity at most
+every `group_interval`. A group with nothing new for `repeat_interval` after
+its last report gets one last "repeat" report (0 new events: "still quiet
+since ...") and is then forgotten. Groups falling due within `batch_window`
+of a due group are reported with it, so a burst becomes one digest.
 
-Overload: at most `max_groups` groups; events of new keys beyond that go to
-one overflow group. Counts are never lost, only less detailed.
+Overload, written down: up to `max_groups` exact groups. Past that, a new
+source joins (or starts) its network's group, IPv4 /24 or IPv6 /64, within
+a reserve of max_groups // 8 (at least 16) more groups; past that, /16 or
+/48 within one more reserve; past that, one overflow group. So memory is at
+most max_groups + 2 reserves + 2 groups. Every level keeps exact event
+counts, first and last seen, and a distinct-source count (exact up to 256,
+a HyperLogLog estimate beyond); only detail is lost, never a count.
 
 Untrusted senders (uids outside trusted_uids: anyone on the machine) have a
 fixed budget: one group per uid, whatever fields they send, reported at
-most once per `untrusted_interval` after its first report. A local user can
-neither spread over many groups nor make mail faster than that.
+most once per `untrusted_interval` after its first report.
 
 Time is injected: `add` and `collect` take `now`, so tests run on a fake clock.
 
@@ -25,34 +29,56 @@ in `dropped`); the owner saves `export(key)` for each and clears the sets.
 from __future__ import annotations
 
 import heapq
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
 from wrapalert.config import DigestConfig
 from wrapalert.model import MAX_DETAIL, TIMELINE_BUCKET, TIMELINE_MAX, Event, GroupReport, Tally
+from wrapalert.pipeline.sketch import Distinct
 
 OVERFLOW = "(overflow)"
-_PLAIN = ("trusted", "uid", "created", "due", "total", "new", "first_new", "last_seen", "notified")
+LEVELS = ("exact", "network", "wide network", "overflow")
+_PREFIXES = {4: (24, 16), 6: (64, 48)}  # roll-up prefix per IP version, for levels 1 and 2
+_PLAIN = (
+    "trusted",
+    "uid",
+    "created",
+    "due",
+    "repeat_due",
+    "total",
+    "new",
+    "first_new",
+    "last_seen",
+    "notified",
+    "level",
+)
 _TALLIES = ("daemons", "addrs", "names", "users")
+
+Key = tuple[str, ...]
+Labels = tuple[tuple[str, str], ...]
 
 
 @dataclass(slots=True)
 class _Group:
-    key: tuple[str, ...]
-    labels: tuple[tuple[str, str], ...]
+    key: Key
+    labels: Labels
     trusted: bool
     uid: int | None
     created: float
     due: float
+    repeat_due: float = 0.0
     total: int = 0
     new: int = 0
     first_new: float = 0.0
     last_seen: float = 0.0
     notified: bool = False
+    level: int = 0
     daemons: Tally = field(default_factory=Tally)
     addrs: Tally = field(default_factory=lambda: Tally(MAX_DETAIL * 4))
     names: Tally = field(default_factory=Tally)
     users: Tally = field(default_factory=Tally)
+    sources: Distinct = field(default_factory=Distinct)
     timeline: dict[float, int] = field(default_factory=dict)
 
 
@@ -65,56 +91,53 @@ class Aggregator:
         self.cfg = cfg
         self.max_groups = max_groups
         self.untrusted_interval = untrusted_interval
-        self.groups: dict[tuple[str, ...], _Group] = {}
-        # (due, seq, key): lazily invalidated; a popped entry counts only if it matches.
-        self._heap: list[tuple[float, int, tuple[str, ...]]] = []
+        self.groups: dict[Key, _Group] = {}
+        # (due, seq, key): lazily invalidated; an entry counts only while it matches the
+        # group's news timer (`due`, with news) or its repeat timer (`repeat_due`, without).
+        self._heap: list[tuple[float, int, Key]] = []
         self._seq = 0
-        self.dirty: set[tuple[str, ...]] = set()
-        self.dropped: set[tuple[str, ...]] = set()
+        self.dirty: set[Key] = set()
+        self.dropped: set[Key] = set()
 
     @property
     def pending_events(self) -> int:
         return sum(g.new for g in self.groups.values())
 
+    @property
+    def reserve(self) -> int:
+        return max(16, self.max_groups // 8)
+
     def add(self, event: Event, now: float) -> bool:
-        """Count one event; True when this made a group due earlier than before."""
+        """Count one event; True when this scheduled a timer (the caller may re-plan)."""
         key, labels = self._key(event)
         group = self.groups.get(key)
         if group is None:
-            if len(self.groups) >= self.max_groups:
-                # Trust stays part of the key even here: see _key.
-                key = (OVERFLOW,) if event.trusted else (OVERFLOW, "untrusted")
-                labels = (("group", OVERFLOW),)
-                group = self.groups.get(key)
-            if group is None:
-                group = _Group(
-                    key, labels, event.trusted, event.uid, now, now + self.cfg.group_wait
-                )
-                self.groups[key] = group
-        self.dirty.add(key)
+            group = self._place(event, key, labels, now)
+        self.dirty.add(group.key)
         woke = False
         if group.new == 0:
             group.first_new = now
             if group.notified:
                 group.due = max(group.due, now)
-            self._schedule(group)
+            self._schedule(group, group.due)
             woke = True
         group.new += 1
         group.total += 1
         group.last_seen = now
+        addr = event.get("client_addr")
         group.daemons.add(event.get("daemon"))
-        group.addrs.add(event.get("client_addr"))
+        group.addrs.add(addr)
         group.names.add(event.get("client_name"))
         group.users.add(event.get("user"))
+        group.sources.add(addr)
         _count_in_timeline(group.timeline, now)
         return woke
 
     def next_due(self) -> float | None:
-        """When the earliest group with new activity falls due, if any."""
+        """When the earliest timer (news or repeat) falls due, if any."""
         while self._heap:
             due, _, key = self._heap[0]
-            group = self.groups.get(key)
-            if group is not None and group.new and group.due == due:
+            if self._valid(key, due):
                 return due
             heapq.heappop(self._heap)
         return None
@@ -122,38 +145,77 @@ class Aggregator:
     def collect(self, now: float, *, force: bool = False) -> list[GroupReport]:
         """Reports of the groups due by `now`, with those due within the batch window after it.
 
-        With `force`, every group with news (shutdown). Nothing is sent early
-        on its own: the window only lets near-due groups join a digest that
-        goes out anyway.
+        With `force`, every group with news (shutdown, flush). Nothing is sent
+        early on its own: the window only lets near-due groups join a digest
+        that goes out anyway.
         """
-        horizon = now + self.cfg.batch_window
         if force:
-            due_groups = [g for g in self.groups.values() if g.new]
-            self._heap.clear()
-        elif (first := self.next_due()) is None or first > now:
-            due_groups = []  # nothing is due: the window only gathers groups to go along
-        else:
-            due_groups = []
-            while self._heap and self._heap[0][0] <= horizon:
-                due, _, key = heapq.heappop(self._heap)
-                group = self.groups.get(key)
-                if group is not None and group.new and group.due == due:
-                    due_groups.append(group)
-        reports = [self._report(group, now, force=force) for group in due_groups]
-        self._forget_idle(now)
+            return [
+                self._report(g, now, "shutdown flush") for g in list(self.groups.values()) if g.new
+            ]
+        first = self.next_due()
+        if first is None or first > now:
+            return []  # nothing is due: the window only gathers groups to go along
+        horizon = now + self.cfg.batch_window
+        reports, later = [], []
+        while self._heap and self._heap[0][0] <= horizon:
+            entry = heapq.heappop(self._heap)
+            due, _, key = entry
+            if not self._valid(key, due):
+                continue
+            group = self.groups[key]
+            if group.new:
+                reason = "new activity" if group.notified else "new group"
+                reports.append(self._report(group, now, reason))
+            elif due <= now:
+                reports.append(self._repeat(group))
+            else:
+                later.append(entry)  # a repeat never goes early: "quiet" would be untrue
+        for entry in later:
+            heapq.heappush(self._heap, entry)
         return reports
 
-    def _report(self, group: _Group, now: float, *, force: bool) -> GroupReport:
-        reason = "new activity" if group.notified else "new group"
-        if force:
-            reason = "shutdown flush"
-        report = GroupReport(
+    def _valid(self, key: Key, due: float) -> bool:
+        group = self.groups.get(key)
+        if group is None:
+            return False
+        if group.new:
+            return group.due == due
+        return group.notified and group.repeat_due == due
+
+    def _report(self, group: _Group, now: float, reason: str) -> GroupReport:
+        report = self._snapshot(group, reason, group.new, group.first_new)
+        self.dirty.add(group.key)
+        group.new = 0
+        group.notified = True
+        interval = self.cfg.group_interval
+        if not group.trusted:
+            interval = max(interval, self.untrusted_interval)
+        group.due = now + interval
+        group.repeat_due = now + self.cfg.repeat_interval
+        self._schedule(group, group.repeat_due)
+        group.daemons, group.addrs = Tally(), Tally(MAX_DETAIL * 4)
+        group.names, group.users = Tally(), Tally()
+        group.sources = Distinct()
+        group.timeline = {}
+        return report
+
+    def _repeat(self, group: _Group) -> GroupReport:
+        """The last word on a quiet group: nothing new since its last report. Then forget it."""
+        report = self._snapshot(group, "repeat", 0, group.last_seen)
+        del self.groups[group.key]
+        self.dirty.discard(group.key)
+        self.dropped.add(group.key)
+        return report
+
+    def _snapshot(self, group: _Group, reason: str, events: int, first: float) -> GroupReport:
+        return GroupReport(
             key=group.key,
             labels=group.labels,
             reason=reason,
-            events=group.new,
+            events=events,
             total=group.total,
-            first_seen=group.first_new,
+            first_seen=first,
             last_seen=group.last_seen,
             group_first_seen=group.created,
             trusted=group.trusted,
@@ -164,20 +226,45 @@ class Aggregator:
             users=group.users.top(),
             more_addrs=group.addrs.other,
             timeline=tuple(sorted(group.timeline.items())),
+            sources=group.sources.count(),
+            sources_exact=group.sources.is_exact,
+            level=LEVELS[group.level],
         )
-        self.dirty.add(group.key)
-        group.new = 0
-        group.notified = True
-        interval = self.cfg.group_interval
-        if not group.trusted:
-            interval = max(interval, self.untrusted_interval)
-        group.due = now + interval
-        group.daemons, group.addrs = Tally(), Tally(MAX_DETAIL * 4)
-        group.names, group.users = Tally(), Tally()
-        group.timeline = {}
-        return report
 
-    def export(self, key: tuple[str, ...]) -> dict[str, Any] | None:
+    def _place(self, event: Event, key: Key, labels: Labels, now: float) -> _Group:
+        """A group for an event of a new key, rolled up as far as the bounds require."""
+        level = 0
+        limit = self.max_groups
+        while len(self.groups) >= limit and level < 3:
+            level += 1
+            limit += self.reserve if level < 3 else 1 << 62
+            key, labels = self._rolled(event, key, labels, level)
+            if key in self.groups:
+                return self.groups[key]
+        group = _Group(
+            key, labels, event.trusted, event.uid, now, now + self.cfg.group_wait, level=level
+        )
+        self.groups[key] = group
+        return group
+
+    def _rolled(self, event: Event, key: Key, labels: Labels, level: int) -> tuple[Key, Labels]:
+        """The key one level up: the client's network, or the overflow group."""
+        if level < 3 and "client_addr" in self.cfg.group_by and event.trusted:
+            try:
+                ip = ipaddress.ip_address(event.get("client_addr").split("%")[0])
+            except ValueError:
+                pass
+            else:
+                prefix = _PREFIXES[ip.version][level - 1]
+                net = str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+                labels = tuple((n, net if n == "client_addr" else v) for n, v in labels)
+                return tuple(v for _, v in labels), labels
+        if level < 3:
+            return key, labels  # nothing to roll up by: the next level decides
+        overflow = (OVERFLOW,) if event.trusted else (OVERFLOW, "untrusted")
+        return overflow, (("group", OVERFLOW),)
+
+    def export(self, key: Key) -> dict[str, Any] | None:
         """One group's whole state as plain data (None if it no longer exists)."""
         group = self.groups.get(key)
         if group is None:
@@ -186,6 +273,7 @@ class Aggregator:
         state["key"], state["labels"] = list(group.key), [list(p) for p in group.labels]
         for name in _TALLIES:
             state[name] = getattr(group, name).to_dict()
+        state["sources"] = group.sources.to_dict()
         state["timeline"] = [[t, n] for t, n in group.timeline.items()]
         return state
 
@@ -199,24 +287,19 @@ class Aggregator:
             )
             for name in _TALLIES:
                 setattr(group, name, Tally.from_dict(state[name]))
+            group.sources = Distinct.from_dict(state["sources"])
             group.timeline = {float(t): int(n) for t, n in state["timeline"]}
             self.groups[group.key] = group
             if group.new:
-                self._schedule(group)
+                self._schedule(group, group.due)
+            elif group.notified:
+                self._schedule(group, group.repeat_due)
 
-    def _schedule(self, group: _Group) -> None:
+    def _schedule(self, group: _Group, due: float) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (group.due, self._seq, group.key))
+        heapq.heappush(self._heap, (due, self._seq, group.key))
 
-    def _forget_idle(self, now: float) -> None:
-        limit = now - self.cfg.repeat_interval
-        idle = [k for k, g in self.groups.items() if not g.new and g.last_seen < limit]
-        for key in idle:
-            del self.groups[key]
-            self.dirty.discard(key)
-            self.dropped.add(key)
-
-    def _key(self, event: Event) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    def _key(self, event: Event) -> tuple[Key, Labels]:
         if not event.trusted:
             # One group per untrusted uid: never sharing a group (or its look) with real
             # alerts, and never more than one, whatever fields the sender makes up.
