@@ -7,6 +7,7 @@ message names the file, the line and the key, e.g.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable
@@ -90,12 +91,21 @@ SinkConfig = SmtpSinkConfig | MaildirSinkConfig
 
 
 @dataclass(frozen=True)
+class IgnoreConfig:
+    """Events never notified (but counted): client networks and daemon names."""
+
+    networks: tuple[str, ...] = ()
+    daemons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     digest: DigestConfig = field(default_factory=DigestConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     sinks: tuple[SinkConfig, ...] = (SmtpSinkConfig(),)
     source: str = "built-in defaults"
+    ignore: IgnoreConfig = field(default_factory=IgnoreConfig)
 
 
 def parse_duration(value: object) -> float:
@@ -169,7 +179,7 @@ class _Parser:
         return header
 
     def config(self, data: dict[str, Any]) -> Config:
-        known = {"daemon", "digest", "limits", "sink"}
+        known = {"daemon", "digest", "limits", "sink", "ignore"}
         for name in data:
             if name not in known:
                 raise ConfigError(f"{self.source}: unknown table or key {name!r}")
@@ -184,7 +194,8 @@ class _Parser:
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise self.error("sink", i, "name", f"duplicate sink name {name!r}")
-        return Config(daemon, digest, limits, sinks, self.source)
+        ignore = self._section(data, "ignore", IgnoreConfig, self._ignore)
+        return Config(daemon, digest, limits, sinks, self.source, ignore)
 
     def _section(
         self,
@@ -250,6 +261,17 @@ class _Parser:
         )
         if cfg.retry_min <= 0 or cfg.retry_max < cfg.retry_min:
             raise t.error("retry_max", "needs 0 < retry_min <= retry_max")
+        t.done()
+        return cfg
+
+    def _ignore(self, t: _Table) -> IgnoreConfig:
+        networks = t.str_list("networks", ())
+        for net in networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise t.error("networks", f"{net!r} is not a network (CIDR)") from None
+        cfg = IgnoreConfig(tuple(networks), tuple(t.str_list("daemons", ())))
         t.done()
         return cfg
 

@@ -44,6 +44,7 @@ from wrapalert.daemon.store import Store
 from wrapalert.model import Digest, Event, GroupReport
 from wrapalert.pipeline.aggregate import Aggregator
 from wrapalert.pipeline.deliver import RateLimit, SinkWorker
+from wrapalert.pipeline.mute import Matcher, MatcherError, Mute, Silence
 from wrapalert.sinks.base import Sink, TransientSinkError
 
 log = structlog.get_logger()
@@ -75,6 +76,9 @@ class Server:
             cfg.digest, cfg.limits.max_groups, cfg.limits.untrusted_interval
         )
         self.store = Store(cfg.daemon.state_dir, now)
+        self.mute = Mute(cfg.ignore.networks, cfg.ignore.daemons)
+        self._silenced_since_digest = 0
+        self._memory_silence_ids = 0
         self.on_delivery = on_delivery
         built = sinks if sinks is not None else self._build_sinks(cfg)
         self.workers = {s.name: self._worker(s, cfg) for s in built}
@@ -188,6 +192,10 @@ class Server:
         self.stats = Stats.from_dict(snap.counters)
         self._saved_counters = json.dumps(self.stats.to_dict(), sort_keys=True)
         self.aggregator.restore(snap.groups)
+        self.mute.silences = [
+            Silence(i, tuple(Matcher.parse(m) for m in ms), c, e, t)
+            for i, ms, c, e, t in self.store.silences(self.now())
+        ]
         for row in snap.outbox:
             worker = self.workers.get(row.sink)
             if worker is None:
@@ -268,7 +276,14 @@ class Server:
 
     def _accept(self, event: Event) -> None:
         self._since_commit += 1
-        if self.aggregator.add(event, self.now()):
+        now = self.now()
+        verdict = self.mute.classify(event, now)
+        if verdict == "ignored":
+            self.stats.ignored += 1
+        elif verdict == "silenced":
+            self.stats.silenced += 1
+            self._silenced_since_digest += 1
+        elif self.aggregator.add(event, now):
             self._wake.set()
 
     def _commit(self) -> bool:
@@ -335,7 +350,13 @@ class Server:
         """Make a digest, commit it to every sink's outbox with the groups' reset, queue it."""
         if not reports:
             return None
-        digest = Digest(host=self.host, created=self.now(), groups=tuple(reports))
+        digest = Digest(
+            host=self.host,
+            created=self.now(),
+            groups=tuple(reports),
+            silenced=self._silenced_since_digest,
+        )
+        self._silenced_since_digest = 0
         self.stats.digests += 1
         for name in self.workers:
             self.store.stage_enqueue(name, digest)
@@ -391,6 +412,9 @@ class Server:
         self.aggregator.cfg = new.digest
         self.aggregator.max_groups = new.limits.max_groups
         self.aggregator.untrusted_interval = new.limits.untrusted_interval
+        silences = self.mute.silences
+        self.mute = Mute(new.ignore.networks, new.ignore.daemons)
+        self.mute.silences = silences
         if self.intake is not None:
             self.intake.trusted = frozenset(new.daemon.trusted_uids)
         fresh = {s.name: s for s in self._build_sinks(new)}
@@ -423,10 +447,15 @@ class Server:
             digest = self.flush()
             return {"digests": int(digest is not None), "events": digest.events if digest else 0}
 
+        handlers: dict[str, control.Handler] = {
+            "status": status,
+            "flush": flush,
+            "silence_add": self._silence_add,
+            "silence_list": self._silence_list,
+            "silence_expire": self._silence_expire,
+        }
         try:
-            return await control.serve(
-                self.cfg.daemon.control_socket, {"status": status, "flush": flush}
-            )
+            return await control.serve(self.cfg.daemon.control_socket, handlers)
         except OSError as exc:
             log.error(
                 "control_socket_unavailable",
@@ -434,6 +463,62 @@ class Server:
                 error=str(exc),
             )
             return None
+
+    async def _silence_add(self, req: dict[str, Any]) -> dict[str, Any]:
+        texts, seconds = req.get("matchers"), req.get("seconds")
+        comment = str(req.get("comment", ""))[:500]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise control.ControlError("a silence needs at least one field=value matcher")
+        if not isinstance(seconds, int | float) or not 0 < seconds <= 366 * 86400:
+            raise control.ControlError("a silence needs a duration of up to a year")
+        try:
+            matchers = tuple(Matcher.parse(t) for t in texts)
+        except MatcherError as exc:
+            raise control.ControlError(str(exc)) from None
+        now = self.now()
+        canonical = [str(m) for m in matchers]
+        silence_id = self.store.add_silence(canonical, now, now + seconds, comment)
+        durable = silence_id is not None
+        if silence_id is None:  # state unavailable: the silence lives until restart
+            self._memory_silence_ids -= 1
+            silence_id = self._memory_silence_ids
+        self.mute.silences.append(Silence(silence_id, matchers, now, now + seconds, comment))
+        log.info(
+            "silence_added", id=silence_id, matchers=canonical, seconds=seconds, durable=durable
+        )
+        return {
+            "id": silence_id,
+            "matchers": canonical,
+            "expires": now + seconds,
+            "durable": durable,
+        }
+
+    async def _silence_list(self, _req: dict[str, Any]) -> dict[str, Any]:
+        now = self.now()
+        return {
+            "silences": [
+                {
+                    "id": s.id,
+                    "matchers": [str(m) for m in s.matchers],
+                    "created": s.created,
+                    "expires": s.expires,
+                    "comment": s.comment,
+                }
+                for s in self.mute.silences
+                if s.active(now)
+            ]
+        }
+
+    async def _silence_expire(self, req: dict[str, Any]) -> dict[str, Any]:
+        silence_id = req.get("id")
+        now = self.now()
+        found = [s for s in self.mute.silences if s.id == silence_id and s.active(now)]
+        if not isinstance(silence_id, int) or not found:
+            raise control.ControlError(f"no active silence with id {silence_id!r}")
+        self.store.expire_silence(silence_id, now)
+        self.mute.silences = [s for s in self.mute.silences if s.id != silence_id]
+        log.info("silence_expired", id=silence_id)
+        return {"id": silence_id}
 
     async def _heartbeat(self) -> None:
         """WATCHDOG=1 at half systemd's interval (proof the loop runs) and STATUS= lines."""

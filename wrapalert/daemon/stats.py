@@ -18,6 +18,8 @@ class Stats:
     rejected: Counter[str] = field(default_factory=Counter)
     untrusted: int = 0
     spooled: int = 0
+    ignored: int = 0  # matched [ignore]: counted, never notified
+    silenced: int = 0  # matched an active silence: counted, never notified
     digests: int = 0
     delivered: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
@@ -56,6 +58,8 @@ class Stats:
             "rejected": dict(self.rejected),
             "untrusted": self.untrusted,
             "spooled": self.spooled,
+            "ignored": self.ignored,
+            "silenced": self.silenced,
             "groups": groups,
             "pending_events": pending_events,
             "outbox": outbox,

@@ -291,6 +291,48 @@ class Store:
                 (NOTIFICATION_LOG_KEEP,),
             )
 
+    # -- silences: written at once, each is an operator's explicit request -------------
+
+    def add_silence(
+        self, matchers: list[str], created: float, expires: float, comment: str
+    ) -> int | None:
+        """Store a silence; its id, or None when the state is unavailable."""
+        if self.db is None:
+            return None
+        try:
+            cur = self.db.execute(
+                "INSERT INTO silences (matchers, created, expires, comment) VALUES (?,?,?,?)",
+                (json.dumps(matchers), created, expires, comment),
+            )
+        except sqlite3.Error as exc:
+            self._fail(exc)
+            return None
+        return cur.lastrowid
+
+    def silences(self, since: float) -> list[tuple[int, list[str], float, float, str]]:
+        """Silences that expire after `since`, oldest first."""
+        if self.db is None:
+            return []
+        rows = self.db.execute(
+            "SELECT id, matchers, created, expires, comment FROM silences WHERE expires > ? "
+            "ORDER BY id",
+            (since,),
+        )
+        return [(i, json.loads(m), c, e, t) for i, m, c, e, t in rows]
+
+    def expire_silence(self, silence_id: int, now: float) -> bool:
+        if self.db is None:
+            return False
+        try:
+            cur = self.db.execute(
+                "UPDATE silences SET expires = ? WHERE id = ? AND expires > ?",
+                (now, silence_id, now),
+            )
+        except sqlite3.Error as exc:
+            self._fail(exc)
+            return False
+        return cur.rowcount > 0
+
     def close(self) -> None:
         if self.db is not None:
             with contextlib.suppress(sqlite3.Error):

@@ -251,7 +251,7 @@ class Aggregator:
         """The key one level up: the client's network, or the overflow group."""
         if level < 3 and "client_addr" in self.cfg.group_by and event.trusted:
             try:
-                ip = ipaddress.ip_address(event.get("client_addr").split("%")[0])
+                ip = ipaddress.ip_address(event.get("client_addr").partition("%")[0])
             except ValueError:
                 pass
             else:
