@@ -29,7 +29,7 @@ in `dropped`); the owner saves `export(key)` for each and clears the sets.
 from __future__ import annotations
 
 import heapq
-import ipaddress
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,13 +250,8 @@ class Aggregator:
     def _rolled(self, event: Event, key: Key, labels: Labels, level: int) -> tuple[Key, Labels]:
         """The key one level up: the client's network, or the overflow group."""
         if level < 3 and "client_addr" in self.cfg.group_by and event.trusted:
-            try:
-                ip = ipaddress.ip_address(event.get("client_addr").partition("%")[0])
-            except ValueError:
-                pass
-            else:
-                prefix = _PREFIXES[ip.version][level - 1]
-                net = str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+            net = network_of(event.get("client_addr"), level)
+            if net is not None:
                 labels = tuple((n, net if n == "client_addr" else v) for n, v in labels)
                 return tuple(v for _, v in labels), labels
         if level < 3:
@@ -307,6 +302,19 @@ class Aggregator:
             return ("untrusted", uid), (("reported_by_uid", uid),)
         labels = tuple((name, event.get(name)) for name in self.cfg.group_by)
         return tuple(v for _, v in labels), labels
+
+
+def network_of(addr: str, level: int) -> str | None:
+    """The /24 or /64 (level 1), /16 or /48 (level 2) holding `addr`; None if not an IP."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        packed = socket.inet_pton(family, addr.partition("%")[0])
+    except OSError:
+        return None
+    prefix = _PREFIXES[6 if family == socket.AF_INET6 else 4][level - 1]
+    keep = prefix // 8  # every roll-up prefix is whole bytes
+    masked = packed[:keep] + bytes(len(packed) - keep)
+    return f"{socket.inet_ntop(family, masked)}/{prefix}"
 
 
 def _count_in_timeline(timeline: dict[float, int], now: float) -> None:
