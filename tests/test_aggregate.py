@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from wrapalert.config import DigestConfig
-from wrapalert.model import Event
+from wrapalert.model import MAX_DIGEST_GROUPS, Event, fold_reports
 from wrapalert.pipeline.aggregate import OVERFLOW, Aggregator
 
 CFG = replace(
@@ -273,3 +273,21 @@ def test_distinct_sources_are_exact_while_small_and_estimated_beyond() -> None:
     (big,) = agg.collect(2000.0 + 300.0)
     assert not big.sources_exact
     assert abs(big.sources - 20_000) < 2_000
+
+
+def test_a_huge_batch_is_folded_into_a_bounded_digest() -> None:
+    """A digest lists at most MAX_DIGEST_GROUPS groups; the rest are folded into one
+    report whose counts are their sums, so the mail stays readable and nothing is lost."""
+    agg = Aggregator(CFG, 10_000)
+    for i in range(1000):
+        for _ in range(1 + i % 3):
+            agg.add(ev(addr=f"10.0.{i // 256}.{i % 256}"), now=1000.0)
+    agg.add(ev(trusted=False, uid=1000), now=1000.0)
+    reports = agg.collect(1010.0)
+    folded = fold_reports(reports)
+    assert len(folded) == MAX_DIGEST_GROUPS
+    assert sum(r.events for r in folded) == sum(r.events for r in reports)
+    assert any(not r.trusted for r in folded)
+    (rest,) = [r for r in folded if r.level == "folded"]
+    assert rest.labels == (("group", "902 more groups"),)
+    assert sum(n for _, n in rest.timeline) == rest.events

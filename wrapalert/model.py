@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 # Bounded detail per group: beyond this many distinct values only counts grow.
@@ -147,7 +147,7 @@ def merge_digests(digests: list[Digest], created: float) -> Digest:
     return replace(
         digests[-1],
         created=created,
-        groups=tuple(g for d in digests for g in d.groups),
+        groups=tuple(fold_reports([g for d in digests for g in d.groups])),
         held=sum(d.held for d in digests),
         merged=sum(d.merged for d in digests),
         id="",
@@ -156,7 +156,67 @@ def merge_digests(digests: list[Digest], created: float) -> Digest:
 
 def digest_to_json(digest: Digest) -> str:
     """The digest as JSON, for the outbox: it must come back with the same id."""
-    return json.dumps(asdict(digest), separators=(",", ":"))
+    # Shallow on purpose: dataclasses.asdict deep-copies every tuple, which dominated
+    # the cost of large digests.
+    data = {f.name: getattr(digest, f.name) for f in fields(digest)}
+    data["groups"] = [{f.name: getattr(g, f.name) for f in fields(g)} for g in digest.groups]
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _bounded_timeline(counts: Counter[float]) -> tuple[tuple[float, int], ...]:
+    """At most TIMELINE_MAX bars, the oldest folded into the first kept: the sum stays."""
+    bars = sorted(counts.items())
+    if len(bars) <= TIMELINE_MAX:
+        return tuple(bars)
+    cut = len(bars) - TIMELINE_MAX
+    first = (bars[cut][0], bars[cut][1] + sum(n for _, n in bars[:cut]))
+    return (first, *bars[cut + 1 :])
+
+
+MAX_DIGEST_GROUPS = 100  # groups listed in one digest; the rest are folded into one
+
+
+def fold_reports(reports: list[GroupReport], limit: int = MAX_DIGEST_GROUPS) -> list[GroupReport]:
+    """At most `limit` reports: the busiest (untrusted ones always kept apart), then one
+    "(N more groups)" report summing the rest. Counts stay exact; detail is bounded."""
+    if len(reports) <= limit:
+        return reports
+    ranked = sorted(reports, key=lambda r: (r.trusted, -r.events, r.key))
+    keep, rest = ranked[: limit - 1], ranked[limit - 1 :]
+    keep += [r for r in rest if not r.trusted]
+    rest = [r for r in rest if r.trusted]
+    if not rest:
+        return keep
+    tallies = {name: Tally(MAX_DETAIL * 4) for name in ("daemons", "addrs", "names", "users")}
+    timeline: Counter[float] = Counter()
+    for r in rest:
+        for name, tally in tallies.items():
+            for value, n in getattr(r, name):
+                tally.add(value, n)
+        timeline.update(dict(r.timeline))
+    tallies["addrs"].other += sum(r.more_addrs for r in rest)
+    folded = GroupReport(
+        key=("(more groups)",),
+        labels=(("group", f"{len(rest):,} more groups"),),
+        reason="folded",
+        events=sum(r.events for r in rest),
+        total=sum(r.total for r in rest),
+        first_seen=min(r.first_seen for r in rest),
+        last_seen=max(r.last_seen for r in rest),
+        group_first_seen=min(r.group_first_seen for r in rest),
+        trusted=True,
+        uid=None,
+        daemons=tallies["daemons"].top(),
+        addrs=tallies["addrs"].top(),
+        names=tallies["names"].top(),
+        users=tallies["users"].top(),
+        more_addrs=tallies["addrs"].other,
+        timeline=_bounded_timeline(timeline),
+        sources=sum(r.sources for r in rest),  # an upper bound: groups may share sources
+        sources_exact=False,
+        level="folded",
+    )
+    return [*keep, folded]
 
 
 def digest_from_json(text: str) -> Digest:

@@ -30,6 +30,8 @@ BATCH = 1024
 SPOOL_BATCH = 1000
 _CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 _ANC_SIZE = socket.CMSG_SPACE(_CREDS.size)
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: IntFlag arithmetic costs microseconds
+_SCM_CREDENTIALS = int(socket.SCM_CREDENTIALS)
 
 
 class LogLimit:
@@ -118,7 +120,7 @@ class Intake:
                 log.error("recv_failed", error=str(exc))
                 break
             n += 1
-            if flags & socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 self.reject("too_large", None)
                 continue
             pid, uid = _credentials(ancdata)
@@ -177,7 +179,7 @@ class Intake:
 
 def _credentials(ancdata: list[tuple[int, int, bytes]]) -> tuple[int | None, int | None]:
     for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+        if level == socket.SOL_SOCKET and kind == _SCM_CREDENTIALS:
             if len(payload) < _CREDS.size:
                 break
             pid, uid, _gid = _CREDS.unpack_from(payload)

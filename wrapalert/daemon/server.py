@@ -41,7 +41,7 @@ from wrapalert.daemon import control, systemd
 from wrapalert.daemon.intake import Intake, open_socket
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store
-from wrapalert.model import Digest, Event, GroupReport
+from wrapalert.model import Digest, Event, GroupReport, fold_reports
 from wrapalert.pipeline.aggregate import Aggregator
 from wrapalert.pipeline.deliver import RateLimit, SinkWorker
 from wrapalert.pipeline.mute import Matcher, MatcherError, Mute, Silence
@@ -353,7 +353,7 @@ class Server:
         digest = Digest(
             host=self.host,
             created=self.now(),
-            groups=tuple(reports),
+            groups=tuple(fold_reports(reports)),
             silenced=self._silenced_since_digest,
         )
         self._silenced_since_digest = 0

@@ -109,10 +109,10 @@ class Aggregator:
 
     def add(self, event: Event, now: float) -> bool:
         """Count one event; True when this scheduled a timer (the caller may re-plan)."""
-        key, labels = self._key(event)
+        key = self._key(event)
         group = self.groups.get(key)
         if group is None:
-            group = self._place(event, key, labels, now)
+            group = self._place(event, key, self._labels(event), now)
         self.dirty.add(group.key)
         woke = False
         if group.new == 0:
@@ -124,11 +124,12 @@ class Aggregator:
         group.new += 1
         group.total += 1
         group.last_seen = now
-        addr = event.get("client_addr")
-        group.daemons.add(event.get("daemon"))
+        get = event.fields.get
+        addr = get("client_addr", "unknown")
+        group.daemons.add(get("daemon", "unknown"))
         group.addrs.add(addr)
-        group.names.add(event.get("client_name"))
-        group.users.add(event.get("user"))
+        group.names.add(get("client_name", "unknown"))
+        group.users.add(get("user", "unknown"))
         group.sources.add(addr)
         _count_in_timeline(group.timeline, now)
         return woke
@@ -294,14 +295,19 @@ class Aggregator:
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, group.key))
 
-    def _key(self, event: Event) -> tuple[Key, Labels]:
+    def _key(self, event: Event) -> Key:
         if not event.trusted:
             # One group per untrusted uid: never sharing a group (or its look) with real
             # alerts, and never more than one, whatever fields the sender makes up.
-            uid = "unknown" if event.uid is None else str(event.uid)
-            return ("untrusted", uid), (("reported_by_uid", uid),)
-        labels = tuple((name, event.get(name)) for name in self.cfg.group_by)
-        return tuple(v for _, v in labels), labels
+            return ("untrusted", "unknown" if event.uid is None else str(event.uid))
+        get = event.fields.get
+        return tuple([get(name, "unknown") for name in self.cfg.group_by])
+
+    def _labels(self, event: Event) -> Labels:
+        """The key's names and values, made only when a group is created."""
+        if not event.trusted:
+            return (("reported_by_uid", "unknown" if event.uid is None else str(event.uid)),)
+        return tuple((name, event.get(name)) for name in self.cfg.group_by)
 
 
 def network_of(addr: str, level: int) -> str | None:
