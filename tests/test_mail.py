@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
+from dataclasses import replace
 from email.message import EmailMessage
 
-from wrapalert.mail import Renderer, header_text, qualify
+from wrapalert.mail import THREAD_REFS, Renderer, header_text, msgid_domain, qualify
 from wrapalert.model import Digest, GroupReport
 
 
@@ -58,7 +60,7 @@ def test_digest_headers() -> None:
     assert msg["Auto-Submitted"] == "auto-generated"
     assert msg["Message-ID"] == f"<{d.id}@web1>"
     assert msg["Date"].datetime.timestamp() == 1_700_000_100.0
-    assert msg["Subject"] == "[wrapalert] web1: 6 refused from 2 sources: sshd, ftpd"
+    assert msg["Subject"] == "[wrapalert] web1: 6 refused from 2 sources (2 new): sshd, ftpd"
     assert msg.get_content_type() == "multipart/alternative"
 
 
@@ -121,3 +123,90 @@ def test_header_text_removes_controls() -> None:
     """header_text turns control characters into single spaces and bounds the length."""
     assert header_text("a\r\n\tb\x00c") == "a b c"
     assert len(header_text("x" * 500)) == 120
+
+
+def test_subject_counts_new_sources_only() -> None:
+    """The subject's "(N new)" counts the addresses of first-time groups, not repeats."""
+    groups = (report(addr="192.0.2.1"), replace(report(addr="192.0.2.2"), reason="new activity"))
+    msg = Renderer("a@b", ("root",)).render(Digest(host="web1", created=1.0, groups=groups))
+    assert msg["Subject"] == "[wrapalert] web1: 6 refused from 2 sources (1 new): sshd"
+
+
+def test_subject_names_untrusted_sources() -> None:
+    """Untrusted reports are counted apart in the subject, so a forgery never looks real."""
+    groups = (report(addr="192.0.2.1"), report(addr="192.0.2.9", trusted=False))
+    msg = Renderer("a@b", ("root",)).render(Digest(host="web1", created=1.0, groups=groups))
+    assert "(1 new, 1 untrusted)" in msg["Subject"]
+
+
+def test_subject_cuts_the_daemon_list_between_names() -> None:
+    """Daemons that do not fit end the subject as "…", never half a name."""
+    groups = tuple(report(f"daemon-number-{i:02d}", events=50 - i) for i in range(20))
+    subject = Renderer("a@b", ("root",)).render(Digest(host="web1", created=1.0, groups=groups))[
+        "Subject"
+    ]
+    assert len(subject) <= 120
+    assert subject.endswith(", …")
+    names = subject.split(": ", 2)[2].removesuffix(", …").split(", ")
+    assert names == [f"daemon-number-{i:02d}" for i in range(len(names))]
+
+
+def test_non_ascii_host_survives_the_subject() -> None:
+    """A non-ASCII host name is RFC 2047-encoded on the wire and decodes back intact."""
+    d = Digest(host="wébserveur-ü", created=1.0, groups=(report(),))
+    msg = Renderer("a@b", ("root",)).render(d)
+    raw = bytes(msg)
+    assert raw.isascii()
+    assert b"=?utf-8?" in raw
+    assert reparse(msg)["Subject"].startswith("[wrapalert] wébserveur-ü: 3 refused")
+
+
+def test_digests_about_one_group_share_a_thread() -> None:
+    """Two digests about the same group carry the same group msg-id in References."""
+    r = Renderer("a@b", ("root",))
+    first = reparse(r.render(Digest(host="web1", created=1.0, groups=(report(),))))
+    later = reparse(r.render(Digest(host="web1", created=400.0, groups=(report(events=9),))))
+    assert first["Message-ID"] != later["Message-ID"]
+    assert first["In-Reply-To"] == later["In-Reply-To"]
+    assert first["References"] == later["References"]
+    assert re.fullmatch(r"<wrapalert-group-[0-9a-f]{16}@web1>", first["References"])
+
+
+def test_different_groups_have_different_threads() -> None:
+    """Each group has its own thread id; a digest refers to all of its groups."""
+    a, b = report(addr="192.0.2.1", events=5), report(addr="192.0.2.2", events=2)
+    r = Renderer("a@b", ("root",))
+    both = reparse(r.render(Digest(host="web1", created=1.0, groups=(a, b))))
+    only_b = reparse(r.render(Digest(host="web1", created=1.0, groups=(b,))))
+    refs = both["References"].split()
+    assert len(refs) == 2
+    assert refs[0] == both["In-Reply-To"]  # the busiest group
+    assert refs[1] == only_b["References"]
+
+
+def test_references_are_bounded() -> None:
+    """A digest of hundreds of groups refers to at most THREAD_REFS of them."""
+    groups = tuple(report(addr=f"192.0.2.{i}", events=i + 1) for i in range(200))
+    msg = reparse(Renderer("a@b", ("root",)).render(Digest(host="w", created=1.0, groups=groups)))
+    assert len(msg["References"].split()) == THREAD_REFS
+
+
+def test_long_thread_ids_are_never_encoded_words() -> None:
+    """Msg-ids longer than a header line stay verbatim (encoded words would break threading)."""
+    host = "h" * 180
+    d = Digest(host=host, created=1.0, groups=(report(), report(addr="192.0.2.2")))
+    raw = bytes(Renderer("a@b", ("root",)).render(d))
+    head = raw.split(b"\n\n", 1)[0].decode("ascii")
+    refs = re.search(r"^References: (.*?)\n(?!\s)", head, re.MULTILINE | re.DOTALL)
+    assert refs is not None
+    assert "=?" not in refs.group(1)
+    assert all(x.endswith(f"@{host}>") for x in refs.group(1).split())
+
+
+def test_message_id_domain_is_ascii() -> None:
+    """Non-ASCII or odd host names give an ASCII msg-id domain (IDNA, else punycode)."""
+    assert msgid_domain("web1") == "web1"
+    assert msgid_domain("bücher.example") == "xn--bcher-kva.example"
+    assert msgid_domain("web1\r\nX-Evil: 1").isascii()
+    assert msgid_domain("ü" * 70).isascii()  # an IDN label over 63 octets: punycode
+    assert msgid_domain("") == "localhost"

@@ -1,0 +1,172 @@
+"""`wrapalert preview`: the digest for sample or given events, rendered, never sent.
+
+An events file holds one refused connection per line, written like the
+client's arguments (`d=sshd a=192.0.2.1 n=host.example`; long names such as
+`daemon=sshd` work too). Blank lines and `#` comments are skipped; values may
+be shell-quoted. Three more keys shape the preview: `ago=5m` (when, before
+now; default now), `uid=N` (the sender: trusted when in `trusted_uids`;
+default the first of them) and `count=N` (the line stands for N events).
+Every line is checked by the daemon's own parser (wire.parse), and the
+digest comes from the daemon's own Aggregator: what the preview shows is
+what the daemon would send.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import time
+from dataclasses import dataclass, replace
+from email.message import EmailMessage
+from pathlib import Path
+
+from wrapalert import config, wire
+from wrapalert.mail import Renderer
+from wrapalert.model import Digest, Event
+from wrapalert.pipeline.aggregate import Aggregator
+
+MAX_COUNT = 100_000  # per line: a preview is not a load test
+PREVIEW_KEYS = frozenset({"ago", "uid", "count"})
+_SHORT = {long: short for short, long in wire.FIELDS.items()}
+
+SAMPLE = """\
+# One scanner trying three services over half an hour.
+d=sshd a=203.0.113.7 n=scanner.example.net ago=31m count=40
+d=sshd a=203.0.113.7 n=scanner.example.net ago=24m count=55
+d=in.ftpd a=203.0.113.7 n=scanner.example.net ago=18m count=12
+d=vsftpd a=203.0.113.7 n=scanner.example.net ago=9m count=7
+d=sshd a=203.0.113.7 n=scanner.example.net ago=2m count=23
+# A sweep through one /24.
+d=sshd a=198.51.100.10 ago=15m count=3
+d=sshd a=198.51.100.11 ago=14m count=3
+d=sshd a=198.51.100.12 ago=13m count=2
+d=sshd a=198.51.100.13 ago=12m count=4
+d=sshd a=198.51.100.14 ago=12m count=1
+# Two more sources, one of them over IPv6, one with a mismatching reverse name.
+d=in.ftpd a=2001:db8::66 n=paranoid ago=6m count=9
+d=sshd a=192.0.2.33 n=mail.example.org ago=1m count=2
+# Sent by a local user, not a root service: reported apart, marked untrusted.
+d=sshd a=192.0.2.99 uid=1000 ago=4m
+"""
+
+
+class EventsError(ValueError):
+    """An events file has bad lines; `problems` are "NAME:LINE: reason" strings."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One line of an events file: the event's fields and when, who, how many."""
+
+    fields: dict[str, str]
+    ago: float
+    uid: int | None
+    count: int
+
+
+def parse_line(line: str) -> Planned:
+    """One non-blank line; ValueError names the problem (never with more than the key)."""
+    short: dict[str, str] = {}
+    extra: dict[str, str] = {}
+    for token in shlex.split(line):
+        key, sep, value = token.partition("=")
+        if not sep:
+            raise ValueError(f"expected KEY=VALUE, got {token[:40]!r}")
+        key = _SHORT.get(key, key)
+        if key in short or key in extra:
+            raise ValueError(f"duplicate key {key!r}")
+        if key in PREVIEW_KEYS:
+            extra[key] = value
+        elif key in wire.FIELDS:
+            short[key] = value
+        else:
+            raise ValueError(f"unknown key {key[:40]!r}")
+    try:
+        fields = wire.parse(wire.encode(short))
+    except wire.WireError as exc:
+        raise ValueError(exc.reason) from None
+    ago = config.parse_duration(extra.get("ago", 0))
+    uid = int(extra["uid"]) if "uid" in extra else None
+    count = int(extra.get("count", "1"))
+    if not 1 <= count <= MAX_COUNT:
+        raise ValueError(f"count must be 1 to {MAX_COUNT}")
+    return Planned(fields, ago, uid, count)
+
+
+def parse_events(text: str, name: str = "events") -> list[Planned]:
+    """Every event line of `text`; all bad lines are reported together."""
+    planned: list[Planned] = []
+    problems: list[str] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            planned.append(parse_line(line))
+        except ValueError as exc:  # also shlex's "No closing quotation" and int()'s errors
+            problems.append(f"{name}:{number}: {exc}")
+    if problems:
+        raise EventsError(problems)
+    return planned
+
+
+def build_digest(
+    planned: list[Planned], cfg: config.Config, now: float, host: str | None = None
+) -> Digest:
+    """Feed the events to a real Aggregator in time order and take everything as one digest."""
+    agg = Aggregator(cfg.digest, cfg.limits.max_groups)
+    trusted_uids = cfg.daemon.trusted_uids
+    default_uid = trusted_uids[0] if trusted_uids else None
+    for p in sorted(planned, key=lambda p: -p.ago):
+        uid = default_uid if p.uid is None else p.uid
+        at = now - p.ago
+        event = Event(dict(p.fields), received=at, uid=uid, trusted=uid in trusted_uids)
+        for _ in range(p.count):
+            agg.add(event, now=at)
+    # force=True takes every group at once, labelled "shutdown flush"; no group of a
+    # preview was reported before, so "new group" is what the daemon's timer would say.
+    reports = [replace(r, reason="new group") for r in agg.collect(now, force=True)]
+    return Digest(host=host or socket.gethostname(), created=now, groups=tuple(reports))
+
+
+def sample_digest(cfg: config.Config, now: float | None = None) -> Digest:
+    return build_digest(parse_events(SAMPLE, "sample"), cfg, time.time() if now is None else now)
+
+
+def renderer_for(cfg: config.Config) -> Renderer:
+    """The first mail sink's renderer (its sender and recipients), or a default one."""
+    for sink in cfg.sinks:
+        if isinstance(sink, config.SmtpSinkConfig | config.MaildirSinkConfig):
+            return Renderer(sink.from_addr, sink.to, cfg.digest.template_dir)
+    return Renderer("wrapalert@localhost", ("root",), cfg.digest.template_dir)
+
+
+def show(msg: EmailMessage, fmt: str) -> bytes:
+    """What `preview --format` prints: "text" (subject and text part), "html" or "eml"."""
+    if fmt == "eml":
+        return bytes(msg)
+    part = msg.get_body(("html",) if fmt == "html" else ("plain",))
+    content = part.get_content() if part is not None else ""
+    if fmt == "text":
+        content = f"Subject: {msg['Subject']}\n\n{content}"
+    return content.encode("utf-8")
+
+
+def preview(cfg: config.Config, events: Path | None, fmt: str) -> bytes:
+    """The rendered digest for the sample, or for the events in `events`."""
+    if events is None:
+        digest = sample_digest(cfg)
+    else:
+        try:
+            text = events.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EventsError([f"{events}: cannot read: {exc}"]) from None
+        planned = parse_events(text, str(events))
+        if not planned:
+            raise EventsError([f"{events}: no events (one per line, e.g. d=sshd a=192.0.2.1)"])
+        digest = build_digest(planned, cfg, time.time())
+    return show(renderer_for(cfg).render(digest), fmt)
