@@ -90,6 +90,18 @@ class MaildirSinkConfig:
 SinkConfig = SmtpSinkConfig | MaildirSinkConfig
 
 
+SEVERITIES = ("info", "warning", "critical")
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """First matching route wins: it sets a group's severity and the sinks it goes to."""
+
+    match: tuple[str, ...] = ()  # field=value matchers, as for silences, plus trust=...
+    severity: str = "warning"
+    sinks: tuple[str, ...] | None = None  # None: every sink
+
+
 @dataclass(frozen=True)
 class IgnoreConfig:
     """Events never notified (but counted): client networks and daemon names."""
@@ -106,6 +118,7 @@ class Config:
     sinks: tuple[SinkConfig, ...] = (SmtpSinkConfig(),)
     source: str = "built-in defaults"
     ignore: IgnoreConfig = field(default_factory=IgnoreConfig)
+    routes: tuple[RouteConfig, ...] = ()
 
 
 def parse_duration(value: object) -> float:
@@ -179,7 +192,7 @@ class _Parser:
         return header
 
     def config(self, data: dict[str, Any]) -> Config:
-        known = {"daemon", "digest", "limits", "sink", "ignore"}
+        known = {"daemon", "digest", "limits", "sink", "ignore", "route"}
         for name in data:
             if name not in known:
                 raise ConfigError(f"{self.source}: unknown table or key {name!r}")
@@ -195,7 +208,11 @@ class _Parser:
             if name in names[:i]:
                 raise self.error("sink", i, "name", f"duplicate sink name {name!r}")
         ignore = self._section(data, "ignore", IgnoreConfig, self._ignore)
-        return Config(daemon, digest, limits, sinks, self.source, ignore)
+        routes_raw = data.get("route", [])
+        if not isinstance(routes_raw, list):
+            raise ConfigError(f"{self.source}: route: use [[route]] tables")
+        routes = tuple(self._route(raw, i, set(names)) for i, raw in enumerate(routes_raw))
+        return Config(daemon, digest, limits, sinks, self.source, ignore, routes)
 
     def _section(
         self,
@@ -274,6 +291,33 @@ class _Parser:
         cfg = IgnoreConfig(tuple(networks), tuple(t.str_list("daemons", ())))
         t.done()
         return cfg
+
+    def _route(self, raw: object, index: int, sinks: set[str]) -> RouteConfig:
+        from wrapalert.pipeline.mute import Matcher, MatcherError  # noqa: PLC0415 - no cycle at import
+
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{self.source}: [[route]] #{index + 1} must be a table")
+        t = _Table(self, "route", index, raw)
+        match = t.str_list("match", ())
+        for text in match:
+            name, _, value = text.partition("=")
+            if name.strip() == "trust":
+                if value not in ("trusted", "untrusted"):
+                    raise t.error("match", f"{text!r}: use trust=trusted or trust=untrusted")
+                continue
+            try:
+                Matcher.parse(text)
+            except MatcherError as exc:
+                raise t.error("match", str(exc)) from None
+        severity = t.get("severity", "warning", str)
+        if severity not in SEVERITIES:
+            raise t.error("severity", f"{severity!r}: use {', '.join(SEVERITIES)}")
+        targets = t.str_list("sinks", ()) if "sinks" in raw else None
+        for name in targets or ():
+            if name not in sinks:
+                raise t.error("sinks", f"no sink named {name!r}; sinks: {sorted(sinks)}")
+        t.done()
+        return RouteConfig(tuple(match), severity, tuple(targets) if targets is not None else None)
 
     def _sink(self, raw: object, index: int) -> SinkConfig:
         if not isinstance(raw, dict):

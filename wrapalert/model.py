@@ -10,6 +10,7 @@ from typing import Any
 
 # Bounded detail per group: beyond this many distinct values only counts grow.
 MAX_DETAIL = 16
+SEVERITY_ORDER = ("info", "warning", "critical")
 TIMELINE_BUCKET = 60.0  # seconds per timeline bar
 TIMELINE_MAX = 240  # buckets kept per group (4 h at 1 min); older bars fold into the first
 
@@ -88,6 +89,8 @@ class GroupReport:
     sources: int = 0  # distinct client addresses among the new events
     sources_exact: bool = True  # False: a HyperLogLog estimate (about 3 % error)
     level: str = "exact"  # "exact", "network" (/24, /64), "wide network" (/16, /48), "overflow"
+    severity: str = "warning"  # "info", "warning" or "critical", from the first matching route
+    sinks: tuple[str, ...] | None = None  # the sinks it goes to (None: every sink)
 
     def label(self, name: str) -> str | None:
         return dict(self.labels).get(name)
@@ -119,6 +122,11 @@ class Digest:
         unlisted ones (counted, or estimated, by the group)."""
         listed = {addr for g in self.groups for addr, _ in g.addrs}
         return len(listed) + sum(max(0, g.sources - len(g.addrs)) for g in self.groups)
+
+    @property
+    def severity(self) -> str:
+        """The highest severity among the groups."""
+        return max((g.severity for g in self.groups), key=SEVERITY_ORDER.index, default="info")
 
     @property
     def untrusted(self) -> tuple[GroupReport, ...]:
@@ -215,6 +223,7 @@ def fold_reports(reports: list[GroupReport], limit: int = MAX_DIGEST_GROUPS) -> 
         sources=sum(r.sources for r in rest),  # an upper bound: groups may share sources
         sources_exact=False,
         level="folded",
+        severity=max((r.severity for r in rest), key=SEVERITY_ORDER.index),
     )
     return [*keep, folded]
 
@@ -234,4 +243,6 @@ def _report_from_dict(data: dict[str, Any]) -> GroupReport:
     data["key"] = tuple(data["key"])
     for name in ("labels", "daemons", "addrs", "names", "users", "timeline"):
         data[name] = _pairs(data[name])
+    if data.get("sinks") is not None:
+        data["sinks"] = tuple(data["sinks"])
     return GroupReport(**data)

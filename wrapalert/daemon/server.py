@@ -45,6 +45,7 @@ from wrapalert.model import Digest, Event, GroupReport, fold_reports
 from wrapalert.pipeline.aggregate import Aggregator
 from wrapalert.pipeline.deliver import RateLimit, SinkWorker
 from wrapalert.pipeline.mute import Matcher, MatcherError, Mute, Silence
+from wrapalert.pipeline.route import Router
 from wrapalert.sinks.base import Sink, TransientSinkError
 
 log = structlog.get_logger()
@@ -73,7 +74,7 @@ class Server:
         self.host = socket.gethostname()
         self.stats = Stats()
         self.aggregator = Aggregator(
-            cfg.digest, cfg.limits.max_groups, cfg.limits.untrusted_interval
+            cfg.digest, cfg.limits.max_groups, cfg.limits.untrusted_interval, Router(cfg.routes)
         )
         self.store = Store(cfg.daemon.state_dir, now)
         self.mute = Mute(cfg.ignore.networks, cfg.ignore.daemons)
@@ -120,9 +121,11 @@ class Server:
             state=state,
         )
 
-    def flush(self) -> Digest | None:
-        """Report every group with news now, whatever its timer says."""
-        return self._dispatch(self.aggregator.collect(self.now(), force=True), "flush")
+    def flush(self) -> int:
+        """Report every group with news now, whatever its timer says; how many events."""
+        reports = self.aggregator.collect(self.now(), force=True)
+        self._dispatch(reports, "flush")
+        return sum(r.events for r in reports)
 
     def reload(self) -> bool:
         """Re-read the config file; apply it, or keep the old one if it is bad."""
@@ -346,27 +349,40 @@ class Server:
             self._wake.clear()
             self._dispatch(self.aggregator.collect(self.now()), "due")
 
-    def _dispatch(self, reports: list[GroupReport], why: str) -> Digest | None:
-        """Make a digest, commit it to every sink's outbox with the groups' reset, queue it."""
+    def _dispatch(self, reports: list[GroupReport], why: str) -> None:
+        """Make each sink's digest (the groups routed to it), commit them to the outbox
+        together with the groups' reset, then queue them."""
         if not reports:
-            return None
-        digest = Digest(
-            host=self.host,
-            created=self.now(),
-            groups=tuple(fold_reports(reports)),
-            silenced=self._silenced_since_digest,
-        )
+            return
+        created, silenced = self.now(), self._silenced_since_digest
         self._silenced_since_digest = 0
         self.stats.digests += 1
-        for name in self.workers:
+        # A group routed only to sinks that no longer exist (a reload) goes everywhere.
+        names = set(self.workers)
+        everywhere = [r for r in reports if r.sinks is None or names.isdisjoint(r.sinks)]
+        queued = []
+        for name, worker in self.workers.items():
+            mine = [r for r in reports if r.sinks is not None and name in r.sinks]
+            mine = everywhere + mine
+            if not mine:
+                continue
+            digest = Digest(
+                host=self.host, created=created, groups=tuple(fold_reports(mine)), silenced=silenced
+            )
             self.store.stage_enqueue(name, digest)
+            queued.append((worker, digest))
+            log.info(
+                "digest",
+                digest=digest.id,
+                sink=name,
+                events=digest.events,
+                groups=len(digest.groups),
+                severity=digest.severity,
+                why=why,
+            )
         self._commit()
-        log.info(
-            "digest", digest=digest.id, events=digest.events, groups=len(digest.groups), why=why
-        )
-        for worker in self.workers.values():
+        for worker, digest in queued:
             worker.submit(digest)
-        return digest
 
     def _merged(self, sink: str, parts: list[Digest], merged: Digest) -> None:
         self.store.stage_replace(sink, [d.id for d in parts], merged)
@@ -412,6 +428,7 @@ class Server:
         self.aggregator.cfg = new.digest
         self.aggregator.max_groups = new.limits.max_groups
         self.aggregator.untrusted_interval = new.limits.untrusted_interval
+        self.aggregator.router = Router(new.routes)
         silences = self.mute.silences
         self.mute = Mute(new.ignore.networks, new.ignore.daemons)
         self.mute.silences = silences
@@ -444,8 +461,8 @@ class Server:
             return {"status": self.status()}
 
         async def flush(_req: dict[str, Any]) -> dict[str, Any]:
-            digest = self.flush()
-            return {"digests": int(digest is not None), "events": digest.events if digest else 0}
+            events = self.flush()
+            return {"digests": int(events > 0), "events": events}
 
         handlers: dict[str, control.Handler] = {
             "status": status,

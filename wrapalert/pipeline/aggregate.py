@@ -35,6 +35,7 @@ from typing import Any
 
 from wrapalert.config import DigestConfig
 from wrapalert.model import MAX_DETAIL, TIMELINE_BUCKET, TIMELINE_MAX, Event, GroupReport, Tally
+from wrapalert.pipeline.route import Router
 from wrapalert.pipeline.sketch import Distinct
 
 OVERFLOW = "(overflow)"
@@ -52,6 +53,7 @@ _PLAIN = (
     "last_seen",
     "notified",
     "level",
+    "severity",
 )
 _TALLIES = ("daemons", "addrs", "names", "users")
 
@@ -74,6 +76,8 @@ class _Group:
     last_seen: float = 0.0
     notified: bool = False
     level: int = 0
+    severity: str = "warning"
+    sinks: tuple[str, ...] | None = None  # None: every sink
     daemons: Tally = field(default_factory=Tally)
     addrs: Tally = field(default_factory=lambda: Tally(MAX_DETAIL * 4))
     names: Tally = field(default_factory=Tally)
@@ -86,9 +90,14 @@ class Aggregator:
     """Owns every group; the only place where events become reports."""
 
     def __init__(
-        self, cfg: DigestConfig, max_groups: int, untrusted_interval: float = 3600.0
+        self,
+        cfg: DigestConfig,
+        max_groups: int,
+        untrusted_interval: float = 3600.0,
+        router: Router | None = None,
     ) -> None:
         self.cfg = cfg
+        self.router = router or Router()
         self.max_groups = max_groups
         self.untrusted_interval = untrusted_interval
         self.groups: dict[Key, _Group] = {}
@@ -230,6 +239,8 @@ class Aggregator:
             sources=group.sources.count(),
             sources_exact=group.sources.is_exact,
             level=LEVELS[group.level],
+            severity=group.severity,
+            sinks=group.sinks,
         )
 
     def _place(self, event: Event, key: Key, labels: Labels, now: float) -> _Group:
@@ -242,8 +253,17 @@ class Aggregator:
             key, labels = self._rolled(event, key, labels, level)
             if key in self.groups:
                 return self.groups[key]
+        severity, sinks = self.router.route(event)
         group = _Group(
-            key, labels, event.trusted, event.uid, now, now + self.cfg.group_wait, level=level
+            key,
+            labels,
+            event.trusted,
+            event.uid,
+            now,
+            now + self.cfg.group_wait,
+            level=level,
+            severity=severity,
+            sinks=sinks,
         )
         self.groups[key] = group
         return group
@@ -270,6 +290,7 @@ class Aggregator:
         for name in _TALLIES:
             state[name] = getattr(group, name).to_dict()
         state["sources"] = group.sources.to_dict()
+        state["sinks"] = None if group.sinks is None else list(group.sinks)
         state["timeline"] = [[t, n] for t, n in group.timeline.items()]
         return state
 
@@ -284,6 +305,8 @@ class Aggregator:
             for name in _TALLIES:
                 setattr(group, name, Tally.from_dict(state[name]))
             group.sources = Distinct.from_dict(state["sources"])
+            sinks = state.get("sinks")
+            group.sinks = None if sinks is None else tuple(sinks)
             group.timeline = {float(t): int(n) for t, n in state["timeline"]}
             self.groups[group.key] = group
             if group.new:

@@ -48,6 +48,11 @@ class Matcher:
     def __str__(self) -> str:
         return f"{self.field}={self.value}"
 
+    def matches(self, event: Event) -> bool:
+        if self.network is None:
+            return event.get(self.field) == self.value
+        return _in_networks(event.get("client_addr"), (self.network,))
+
 
 @dataclass(frozen=True)
 class Silence:
@@ -77,7 +82,7 @@ class Mute:
         if self.networks and self._ignored_addr(event.get("client_addr")):
             return "ignored"
         for silence in self.silences:
-            if silence.active(now) and all(_matches(m, event) for m in silence.matchers):
+            if silence.active(now) and all(m.matches(event) for m in silence.matchers):
                 return "silenced"
         return None
 
@@ -89,12 +94,6 @@ class Mute:
                 self._in_ignored.clear()
             self._in_ignored[addr] = known
         return known
-
-
-def _matches(matcher: Matcher, event: Event) -> bool:
-    if matcher.network is None:
-        return event.get(matcher.field) == matcher.value
-    return _in_networks(event.get("client_addr"), (matcher.network,))
 
 
 def _in_networks(addr: str, networks: tuple[IPNetwork, ...]) -> bool:

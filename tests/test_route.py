@@ -1,0 +1,94 @@
+"""Routing: severity and sinks per group, from the first matching [[route]]."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from conftest import Running, maildir_messages, write_config
+
+from wrapalert import config
+from wrapalert.config import ConfigError, RouteConfig
+from wrapalert.daemon.server import Server
+from wrapalert.model import Event
+from wrapalert.pipeline.route import Router
+from wrapalert.wire import encode
+
+
+def ev(daemon: str = "sshd", addr: str = "203.0.113.9", *, trusted: bool = True) -> Event:
+    return Event({"daemon": daemon, "client_addr": addr}, 0.0, uid=0, trusted=trusted)
+
+
+def test_first_matching_route_wins() -> None:
+    """Routes are tried in order; the first whose matchers all match decides."""
+    router = Router(
+        (
+            RouteConfig(("daemon=sshd", "client=10.0.0.0/8"), "info", ("jsonl",)),
+            RouteConfig(("daemon=sshd",), "critical", None),
+            RouteConfig(("trust=untrusted",), "info", ("local",)),
+        )
+    )
+    assert router.route(ev(addr="10.1.1.1")) == ("info", ("jsonl",))
+    assert router.route(ev()) == ("critical", None)
+    assert router.route(ev("ftpd", trusted=False)) == ("info", ("local",))
+    assert router.route(ev("ftpd")) == ("warning", None)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[route]]\nmatch = ["trust=maybe"]\n', "use trust=trusted or trust=untrusted"),
+        ('[[route]]\nmatch = ["client=x"]\n', "not an address or network"),
+        ('[[route]]\nseverity = "urgent"\n', "use info, warning, critical"),
+        ('[[route]]\nsinks = ["pager"]\n', "no sink named 'pager'"),
+    ],
+)
+def test_bad_routes_are_refused_with_their_line(text: str, message: str) -> None:
+    """A route that cannot work is a config error naming the line and the problem."""
+    with pytest.raises(ConfigError, match=message) as info:
+        config.loads(text, "f.toml")
+    assert str(info.value).startswith("f.toml:")
+
+
+def test_groups_reach_only_the_sinks_their_route_names(sockdir: Path) -> None:
+    """With routes, each sink's digest holds the groups routed to it, with their severity."""
+    path = write_config(
+        sockdir,
+        sinks=f"""
+[[sink]]
+type = "maildir"
+name = "ops"
+path = "{sockdir}/ops"
+
+[[sink]]
+type = "maildir"
+name = "archive"
+path = "{sockdir}/archive"
+
+[[route]]
+match = ["daemon=sshd"]
+severity = "critical"
+
+[[route]]
+match = ["daemon=vsftpd"]
+severity = "info"
+sinks = ["archive"]
+""",
+    )
+    cfg = config.load(path)
+
+    async def scenario() -> None:
+        server = Server(cfg)
+        async with Running(server):
+            for daemon in ("sshd", "vsftpd", "vsftpd"):
+                server.intake.handle(
+                    encode({"d": daemon, "a": "192.0.2.1"}), uid=0, pid=1, origin="socket"
+                ) if server.intake else None
+            server.flush()
+
+    asyncio.run(scenario())
+    (ops,) = maildir_messages(sockdir / "ops")
+    (archive,) = maildir_messages(sockdir / "archive")
+    assert ops["X-Wrapalert-Events"] == "1"
+    assert archive["X-Wrapalert-Events"] == "3"
