@@ -92,3 +92,27 @@ sinks = ["archive"]
     (archive,) = maildir_messages(sockdir / "archive")
     assert ops["X-Wrapalert-Events"] == "1"
     assert archive["X-Wrapalert-Events"] == "3"
+
+
+def test_digest_mail_carries_the_highest_severity_and_the_scan_count(sockdir: Path) -> None:
+    """X-Wrapalert-Severity is the highest route severity in the digest; a source refused
+    by several daemons counts in X-Wrapalert-Scans."""
+    path = write_config(
+        sockdir, extra='\n[[route]]\nmatch = ["daemon=vsftpd"]\nseverity = "critical"\n'
+    )
+    cfg = config.load(path)
+
+    async def scenario() -> None:
+        server = Server(cfg)
+        async with Running(server):
+            assert server.intake is not None
+            for daemon in ("sshd", "vsftpd", "in.ftpd"):
+                server.intake.handle(
+                    encode({"d": daemon, "a": "203.0.113.5"}), uid=0, pid=1, origin="socket"
+                )
+            server.flush()
+
+    asyncio.run(scenario())
+    (msg,) = maildir_messages(sockdir / "Maildir")
+    assert msg["X-Wrapalert-Severity"] == "critical"
+    assert msg["X-Wrapalert-Scans"] == "1"

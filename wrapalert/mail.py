@@ -562,6 +562,9 @@ class Renderer:
         msg["X-Wrapalert-Sources"] = str(digest.sources)
         msg["X-Wrapalert-Held"] = str(digest.held)
         msg["X-Wrapalert-Host"] = header_text(digest.host, 200)
+        # For filters: the highest route severity, and how many scans the digest found.
+        msg["X-Wrapalert-Severity"] = digest.severity
+        msg["X-Wrapalert-Scans"] = str(len(ctx["scans"]) + ctx["more_scans"])
         msg.set_content(text, charset="utf-8", cte=transfer_encoding(text))
         msg.add_alternative(html, subtype="html", charset="utf-8", cte=transfer_encoding(html))
         return msg
