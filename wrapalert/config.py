@@ -64,6 +64,9 @@ class LimitsConfig:
     retry_max: float = 300.0
     # An untrusted uid's single group is reported at most this often after its first report.
     untrusted_interval: float = 3600.0
+    # Forwarding sinks (one record per event): at most this many records a second each;
+    # past it, events are counted into a "held" record sent when the rate allows.
+    events_per_second: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,17 @@ class MaildirSinkConfig:
     to: tuple[str, ...] = ("root",)
 
 
-SinkConfig = SmtpSinkConfig | MaildirSinkConfig
+@dataclass(frozen=True)
+class JsonlSinkConfig:
+    """A forwarding sink: one JSON object per event, appended to a file for log shippers."""
+
+    name: str = "jsonl"
+    path: Path = Path("/var/log/wrapalert/events.jsonl")
+    events_per_second: float | None = None  # None: [limits] events_per_second
+
+
+SinkConfig = SmtpSinkConfig | MaildirSinkConfig | JsonlSinkConfig
+SINK_TYPES = '"smtp", "maildir" or "jsonl"'
 
 
 SEVERITIES = ("info", "warning", "critical")
@@ -275,7 +288,10 @@ class _Parser:
             retry_min=t.duration("retry_min", d.retry_min),
             retry_max=t.duration("retry_max", d.retry_max),
             untrusted_interval=t.duration("untrusted_interval", d.untrusted_interval),
+            events_per_second=float(t.get("events_per_second", d.events_per_second, (int, float))),
         )
+        if not 0 < cfg.events_per_second <= 1e6:
+            raise t.error("events_per_second", "needs 0 < events_per_second <= 1000000")
         if cfg.retry_min <= 0 or cfg.retry_max < cfg.retry_min:
             raise t.error("retry_max", "needs 0 < retry_min <= retry_max")
         t.done()
@@ -349,10 +365,20 @@ class _Parser:
                 from_addr=t.address("from", m.from_addr),
                 to=t.addresses("to", m.to),
             )
+        elif kind == "jsonl":
+            j = JsonlSinkConfig()
+            rate = t.get("events_per_second", None, (int, float))
+            if rate is not None and not 0 < rate <= 1e6:
+                raise t.error("events_per_second", f"{rate} is out of range (0, 1000000]")
+            cfg = JsonlSinkConfig(
+                name=t.get("name", "jsonl", str),
+                path=t.path("path", j.path),
+                events_per_second=None if rate is None else float(rate),
+            )
         elif kind is None:
-            raise t.error("type", 'missing; use "smtp" or "maildir"')
+            raise t.error("type", f"missing; use {SINK_TYPES}")
         else:
-            raise t.error("type", f'unknown sink type {kind!r}; use "smtp" or "maildir"')
+            raise t.error("type", f"unknown sink type {kind!r}; use {SINK_TYPES}")
         t.consumed.add("type")
         t.done()
         return cfg

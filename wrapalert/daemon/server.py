@@ -36,7 +36,7 @@ import structlog
 
 from wrapalert import config as config_mod
 from wrapalert import sinks as sink_registry
-from wrapalert.config import Config
+from wrapalert.config import Config, JsonlSinkConfig
 from wrapalert.daemon import control, systemd
 from wrapalert.daemon.intake import Intake, open_socket
 from wrapalert.daemon.stats import Stats
@@ -44,9 +44,10 @@ from wrapalert.daemon.store import Store
 from wrapalert.model import Digest, Event, GroupReport, fold_reports
 from wrapalert.pipeline.aggregate import Aggregator
 from wrapalert.pipeline.deliver import RateLimit, SinkWorker
+from wrapalert.pipeline.forward import ForwardWorker
 from wrapalert.pipeline.mute import Matcher, MatcherError, Mute, Silence
 from wrapalert.pipeline.route import Router
-from wrapalert.sinks.base import Sink, TransientSinkError
+from wrapalert.sinks.base import EventSink, Sink, TransientSinkError
 
 log = structlog.get_logger()
 
@@ -62,7 +63,7 @@ class Server:
         self,
         cfg: Config,
         *,
-        sinks: list[Sink] | None = None,
+        sinks: list[Sink | EventSink] | None = None,
         on_delivery: DeliveryHook | None = None,
         now: Callable[[], float] = time.time,
         config_path: Path | None = None,
@@ -81,8 +82,9 @@ class Server:
         self._silenced_since_digest = 0
         self._memory_silence_ids = 0
         self.on_delivery = on_delivery
-        built = sinks if sinks is not None else self._build_sinks(cfg)
-        self.workers = {s.name: self._worker(s, cfg) for s in built}
+        digest_sinks, event_sinks = _split(sinks if sinks is not None else self._build_sinks(cfg))
+        self.workers = {name: self._worker(s, cfg) for name, s in digest_sinks.items()}
+        self.forwarders = {name: self._forwarder(s, cfg) for name, s in event_sinks.items()}
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -106,6 +108,16 @@ class Server:
             name: {"queued": w.depth, "held_failed": len(w.failed), "last_error": w.last_error}
             for name, w in self.workers.items()
         }
+        for name, f in self.forwarders.items():
+            # Forwarding sinks count events: delivered and failed are events, not digests.
+            self.stats.delivered[name] = self.stats.events_delivered[name] = f.sent_events
+            self.stats.failed[name] = self.stats.events_failed[name] = f.failed_events
+            sinks[name] = {
+                "queued": len(f.buffer),
+                "held": f.held,
+                "held_failed": 0,
+                "last_error": f.last_error,
+            }
         state: dict[str, object] = {
             "path": str(self.store.path),
             "ok": self.store.error is None,
@@ -152,6 +164,8 @@ class Server:
                 self._tg = tg
                 for name, worker in self.workers.items():
                     self._tasks[f"sink:{name}"] = tg.create_task(worker.run())
+                for name, forwarder in self.forwarders.items():
+                    self._tasks[f"sink:{name}"] = tg.create_task(forwarder.run())
                 for name, job in (
                     ("scheduler", self._schedule),
                     ("committer", self._commit_loop),
@@ -243,9 +257,11 @@ class Server:
             self._tasks[name].cancel()
         self._ingest_spool()
         self._dispatch(self.aggregator.collect(self.now(), force=True), "shutdown")
-        workers = [self._tasks[f"sink:{name}"] for name in self.workers]
+        workers = [self._tasks[f"sink:{name}"] for name in [*self.workers, *self.forwarders]]
         for worker in self.workers.values():
             worker.close()
+        for forwarder in self.forwarders.values():
+            forwarder.close()
         if workers:
             _, late = await asyncio.wait(workers, timeout=self.cfg.daemon.shutdown_grace)
             for task in late:
@@ -286,8 +302,18 @@ class Server:
         elif verdict == "silenced":
             self.stats.silenced += 1
             self._silenced_since_digest += 1
-        elif self.aggregator.add(event, now):
-            self._wake.set()
+        else:
+            if self.aggregator.add(event, now):
+                self._wake.set()
+            if self.forwarders:
+                self._forward(event)
+
+    def _forward(self, event: Event) -> None:
+        """Hand the event to each forwarding sink its route allows (all, without routes)."""
+        targets = self.aggregator.router.route(event)[1] if self.aggregator.router.routes else None
+        for name, forwarder in self.forwarders.items():
+            if targets is None or name in targets:
+                forwarder.offer(event)
 
     def _commit(self) -> bool:
         """Stage what changed since the last commit and write it in one transaction."""
@@ -406,8 +432,24 @@ class Server:
     # -- sinks and config ----------------------------------------------------
 
     @staticmethod
-    def _build_sinks(cfg: Config) -> list[Sink]:
+    def _build_sinks(cfg: Config) -> list[Sink | EventSink]:
         return [sink_registry.build(s, cfg.digest.template_dir) for s in cfg.sinks]
+
+    def _forwarder(self, sink: EventSink, cfg: Config) -> ForwardWorker:
+        rate = next(
+            (
+                s.events_per_second
+                for s in cfg.sinks
+                if isinstance(s, JsonlSinkConfig) and s.name == sink.name
+            ),
+            None,
+        )
+        return ForwardWorker(
+            sink,
+            per_second=rate or cfg.limits.events_per_second,
+            now=self.now,
+            backoff=(cfg.limits.retry_min, cfg.limits.retry_max),
+        )
 
     def _worker(self, sink: Sink, cfg: Config) -> SinkWorker:
         return SinkWorker(
@@ -434,7 +476,25 @@ class Server:
         self.mute.silences = silences
         if self.intake is not None:
             self.intake.trusted = frozenset(new.daemon.trusted_uids)
-        fresh = {s.name: s for s in self._build_sinks(new)}
+        fresh, fresh_events = _split(self._build_sinks(new))
+        self._apply_forwarders(fresh_events, new)
+        self._apply_workers(fresh, new)
+        self.cfg = new
+        self._commit()
+
+    def _apply_forwarders(self, fresh_events: dict[str, EventSink], new: Config) -> None:
+        for name, forwarder in list(self.forwarders.items()):
+            if name not in fresh_events:
+                forwarder.close()
+                continue
+            replacement = self._forwarder(fresh_events.pop(name), new)
+            forwarder.sink, forwarder.bucket.rate = replacement.sink, replacement.bucket.rate
+        for name, sink in fresh_events.items():
+            self.forwarders[name] = self._forwarder(sink, new)
+            if self._tg is not None:
+                self._tasks[f"sink:{name}"] = self._tg.create_task(self.forwarders[name].run())
+
+    def _apply_workers(self, fresh: dict[str, Sink], new: Config) -> None:
         for name, worker in list(self.workers.items()):
             if name not in fresh:
                 worker.close()  # delivers what it holds, then ends
@@ -451,8 +511,6 @@ class Server:
         if retried:
             self.store.stage_retry_failed()
             log.info("retrying_failed_digests", count=retried)
-        self.cfg = new
-        self._commit()
 
     # -- control and systemd -------------------------------------------------
 
@@ -551,6 +609,18 @@ class Server:
                 line += ", state in memory only"
             systemd.notify(f"WATCHDOG=1\n{line}" if watchdog else line)
             await asyncio.sleep(interval)
+
+
+def _split(built: list[Sink | EventSink]) -> tuple[dict[str, Sink], dict[str, EventSink]]:
+    """Digest sinks (mail) and forwarding sinks (records), by name."""
+    digests: dict[str, Sink] = {}
+    events: dict[str, EventSink] = {}
+    for sink in built:
+        if isinstance(sink, EventSink):
+            events[sink.name] = sink
+        else:
+            digests[sink.name] = sink
+    return digests, events
 
 
 def _ensure_spool(path: Path) -> None:

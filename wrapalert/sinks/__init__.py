@@ -4,17 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wrapalert.config import MaildirSinkConfig, SinkConfig, SmtpSinkConfig
+from wrapalert.config import JsonlSinkConfig, MaildirSinkConfig, SinkConfig, SmtpSinkConfig
 from wrapalert.mail import Renderer
-from wrapalert.sinks.base import PermanentSinkError, Sink, SinkError, TransientSinkError
+from wrapalert.sinks.base import (
+    EventSink,
+    PermanentSinkError,
+    Sink,
+    SinkError,
+    TransientSinkError,
+)
+from wrapalert.sinks.jsonl import JsonlSink
 from wrapalert.sinks.maildir import MaildirSink
 from wrapalert.sinks.smtp import SmtpSink
 
-__all__ = ["PermanentSinkError", "Sink", "SinkError", "TransientSinkError", "build"]
+__all__ = [
+    "EventSink",
+    "PermanentSinkError",
+    "Sink",
+    "SinkError",
+    "TransientSinkError",
+    "build",
+]
 
 
-def build(cfg: SinkConfig, template_dir: Path | None = None) -> Sink:
-    """The sink for one `[[sink]]` table."""
+def build(cfg: SinkConfig, template_dir: Path | None = None) -> Sink | EventSink:
+    """The sink for one `[[sink]]` table: a digest sink or a forwarding (event) sink."""
+    if isinstance(cfg, JsonlSinkConfig):
+        return JsonlSink(cfg)
     renderer = Renderer(cfg.from_addr, cfg.to, template_dir)
     if isinstance(cfg, SmtpSinkConfig):
         return SmtpSink(cfg, renderer)

@@ -7,7 +7,7 @@ until the configuration changes). Sinks never import the daemon or the CLI.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from wrapalert.model import Digest
 
@@ -25,8 +25,17 @@ class PermanentSinkError(SinkError):
 
 
 class Sink(Protocol):
-    """Anything that can deliver a digest."""
+    """A digest sink (mail): takes digests, few and large."""
 
     name: str
 
     async def send(self, digest: Digest) -> None: ...
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    """A forwarding sink: takes records (one per event, or a "held" summary), many and small."""
+
+    name: str
+
+    async def send_records(self, records: list[dict[str, object]]) -> None: ...

@@ -1,0 +1,158 @@
+"""Forwarding sinks: one record per event, a rate cap that holds and never drops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import Running, client, write_config
+
+from wrapalert import config
+from wrapalert.config import JsonlSinkConfig
+from wrapalert.daemon.server import Server
+from wrapalert.model import Event
+from wrapalert.pipeline.forward import ForwardWorker
+from wrapalert.sinks.base import TransientSinkError
+from wrapalert.sinks.jsonl import JsonlSink
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        await asyncio.sleep(0)
+
+
+class Records:
+    """A forwarding sink that keeps what it is sent, with the fake time of each batch."""
+
+    name = "records"
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.batches: list[tuple[float, list[dict[str, object]]]] = []
+
+    async def send_records(self, records: list[dict[str, object]]) -> None:
+        self.batches.append((self.clock.t, records))
+
+
+def ev(daemon: str = "sshd") -> Event:
+    return Event({"daemon": daemon, "client_addr": "192.0.2.1"}, 1000.0, uid=0)
+
+
+def events_in(batches: list[tuple[float, list[dict[str, object]]]]) -> int:
+    return sum(int(r.get("events", 1)) for _, records in batches for r in records)  # type: ignore[call-overload]
+
+
+def test_over_the_rate_events_are_held_and_summed_not_dropped() -> None:
+    """With 10 records a second allowed, a burst of 100 gives 10 event records now and one
+    "held" record for the other 90 once the rate allows."""
+    clock = Clock()
+    sink = Records(clock)
+    worker = ForwardWorker(sink, per_second=10, now=clock.now, sleep=clock.sleep)
+    for i in range(100):
+        worker.offer(ev("sshd" if i % 2 else "vsftpd"))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(worker.run())
+        async with asyncio.timeout(5):
+            while events_in(sink.batches) < 100:  # noqa: ASYNC110 - fake time steps
+                await asyncio.sleep(0)
+        worker.close()
+        await task
+
+    asyncio.run(scenario())
+    records = [r for _, batch in sink.batches for r in batch]
+    assert [r["type"] for r in records].count("event") == 10
+    (held,) = [r for r in records if r["type"] == "held"]
+    assert held["events"] == 90
+    assert held["daemons"] == {"sshd": 45, "vsftpd": 45}
+    assert events_in(sink.batches) == 100
+
+
+def test_records_never_exceed_the_rate() -> None:
+    """Over a long flood the sink gets no more records than the rate allows (one second of
+    burst included), and the records still account for every event."""
+    clock = Clock()
+    sink = Records(clock)
+    worker = ForwardWorker(sink, per_second=5, now=clock.now, sleep=clock.sleep, interval=0.5)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(worker.run())
+        for _ in range(200):  # 20 s of fake time, 10 events offered per fake 0.1 s
+            for _ in range(10):
+                worker.offer(ev())
+            clock.t += 0.1
+            await asyncio.sleep(0)
+        worker.close()
+        await task
+
+    asyncio.run(scenario())
+    *running, _shutdown = sink.batches  # the last batch: the shutdown flush, past the rate
+    records = sum(len(batch) for _, batch in running)
+    elapsed = running[-1][0] - 1000.0
+    assert records <= 5 * elapsed + 5
+    assert records >= 5 * (elapsed - 1)  # and it does use its rate: not starved
+    assert events_in(sink.batches) == 2000
+
+
+def test_jsonl_appends_whole_lines_privately(tmp_path: Path) -> None:
+    """The jsonl sink appends one JSON object per line to a 0640 file, creating its dir."""
+    path = tmp_path / "log" / "events.jsonl"
+    sink = JsonlSink(JsonlSinkConfig(path=path))
+    asyncio.run(sink.send_records([{"type": "event", "daemon": "a\nb"}, {"type": "held"}]))
+    asyncio.run(sink.send_records([{"type": "event"}]))
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["type"] for line in lines] == ["event", "held", "event"]
+    assert json.loads(lines[0])["daemon"] == "a\nb"
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_jsonl_does_not_follow_a_symlink(tmp_path: Path) -> None:
+    """A symlink planted at the jsonl path is refused, and its target untouched."""
+    target = tmp_path / "target"
+    target.write_text("")
+    (tmp_path / "events.jsonl").symlink_to(target)
+    sink = JsonlSink(JsonlSinkConfig(path=tmp_path / "events.jsonl"))
+    with pytest.raises(TransientSinkError, match="Too many levels of symbolic links"):
+        asyncio.run(sink.send_records([{"type": "event"}]))
+    assert target.read_text() == ""
+
+
+def test_daemon_forwards_each_event_with_its_trust(sockdir: Path) -> None:
+    """Configured with a jsonl sink, the daemon writes one record per event, marking who
+    reported it, next to its digests."""
+    path = write_config(
+        sockdir,
+        sinks=f"""
+[[sink]]
+type = "maildir"
+path = "{sockdir}/Maildir"
+
+[[sink]]
+type = "jsonl"
+path = "{sockdir}/events.jsonl"
+""",
+    )
+    cfg = config.load(path)
+
+    async def scenario() -> None:
+        server = Server(cfg)
+        async with Running(server):
+            sock = f"socket={cfg.daemon.socket}"
+            for addr in ("192.0.2.1", "192.0.2.2"):
+                await asyncio.to_thread(client, "d=sshd", f"a={addr}", "n=evil.example", sock)
+
+    asyncio.run(scenario())
+    records = [json.loads(line) for line in (sockdir / "events.jsonl").read_text().splitlines()]
+    assert [r["client_addr"] for r in records] == ["192.0.2.1", "192.0.2.2"]
+    assert all(r["trusted"] is True and r["uid"] == os.getuid() for r in records)
+    assert records[0]["client_name"] == "evil.example"

@@ -1,0 +1,45 @@
+"""jsonl sink: one JSON object per line, appended to a file, for log shippers.
+
+Appends are whole lines written with one write() to an O_APPEND file, so a
+shipper tailing the file never sees half a record; the file is opened
+without following symlinks and created 0640.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+from wrapalert.config import JsonlSinkConfig
+from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+
+
+class JsonlSink:
+    """Appends records to `path`; the directory is created if missing."""
+
+    def __init__(self, cfg: JsonlSinkConfig) -> None:
+        self.name = cfg.name
+        self.path = cfg.path
+
+    async def send_records(self, records: list[dict[str, object]]) -> None:
+        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+        await asyncio.to_thread(self.append, data)
+
+    def append(self, data: bytes) -> None:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, flags, 0o640)
+        except (NotADirectoryError, IsADirectoryError) as exc:
+            raise PermanentSinkError(f"jsonl {self.path}: {exc}") from exc
+        except OSError as exc:  # ELOOP (a symlink), EACCES, ENOSPC: may be fixed by hand
+            raise TransientSinkError(f"jsonl {self.path}: {exc}") from exc
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            raise TransientSinkError(f"jsonl {self.path}: {exc}") from exc
+        finally:
+            os.close(fd)
