@@ -134,9 +134,11 @@ class Digest:
 
     @property
     def window(self) -> tuple[float, float]:
-        if not self.groups:
+        """First and last new event; quiet "repeat" reports stretch it only if alone."""
+        active = [g for g in self.groups if g.events] or list(self.groups)
+        if not active:
             return (self.created, self.created)
-        return (min(g.first_seen for g in self.groups), max(g.last_seen for g in self.groups))
+        return (min(g.first_seen for g in active), max(g.last_seen for g in active))
 
 
 def digest_id(digest: Digest) -> str:
