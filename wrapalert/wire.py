@@ -10,6 +10,7 @@ input bytes, so they are safe to log and to show in status.
 from __future__ import annotations
 
 import ipaddress
+import operator
 import re
 import socket
 
@@ -37,6 +38,7 @@ VERDICTS = frozenset({"deny", "allow"})
 # libwrap's own words for "no address/name known"; kept as facts.
 UNKNOWN = frozenset({"unknown", "paranoid", ""})
 
+_SPLIT = operator.methodcaller("split", "=", 1)
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 _ADDR_CACHE: dict[str, str] = {}
 _ADDR_CACHE_MAX = 4096  # recent addresses; cleared when full (floods repeat themselves)
@@ -73,21 +75,21 @@ def parse(data: bytes) -> dict[str, str]:
 
 
 def _fields(lines: list[str]) -> dict[str, str]:
-    """The known `key=value` lines, checked one by one; unknown keys are skipped."""
-    fields: dict[str, str] = {}
-    for line in lines:
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise WireError("bad_line")
-        name = FIELDS.get(key)
-        if name is None:
-            continue  # unknown keys are ignored: newer clients may send more
-        if name in fields:
-            raise WireError("duplicate_key")
+    """The known `key=value` lines by long name; unknown keys are skipped.
+
+    Built by dict() over C-level splits: the per-datagram cost of a flood.
+    """
+    try:
+        raw = dict(map(_SPLIT, lines))
+    except ValueError:  # a line without "=" splits into one item
+        raise WireError("bad_line") from None
+    if len(raw) != len(lines):
+        raise WireError("duplicate_key")
+    fields = {FIELDS[key]: value for key, value in raw.items() if key in FIELDS}
+    for value in fields.values():
         # Encoding only when it could matter: a UTF-8 character is at most 4 bytes.
         if len(value) > MAX_VALUE // 4 and len(value.encode("utf-8")) > MAX_VALUE:
             raise WireError("value_too_long")
-        fields[name] = value
     return fields
 
 
