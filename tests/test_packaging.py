@@ -1,0 +1,88 @@
+"""Packaging: the systemd units verify cleanly and are hardened; the man page renders."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from conftest import WRAPALERT, require
+
+ROOT = Path(__file__).resolve().parent.parent
+UNITS = ROOT / "packaging" / "systemd"
+EXPOSURE_MAX = 2.0  # systemd-analyze security's 0-10 scale; 1.8 when written
+
+
+def analyze() -> str:
+    tool = shutil.which("systemd-analyze")
+    require(tool is not None, "systemd-analyze not found (apt-get install systemd)")
+    assert tool is not None
+    return tool
+
+
+def units_here(tmp_path: Path) -> Path:
+    """The units, with ExecStart pointing at this checkout's wrapalert (verify checks it)."""
+    for unit in UNITS.iterdir():
+        text = unit.read_text().replace("ExecStart=/usr/bin/wrapalert", f"ExecStart={WRAPALERT}")
+        (tmp_path / unit.name).write_text(text)
+    return tmp_path
+
+
+def test_units_verify_without_a_word(tmp_path: Path) -> None:
+    """systemd-analyze verify says nothing about the socket and service units (it exits 0
+    even on unknown keys, so any output is a failure)."""
+    here = units_here(tmp_path)
+    result = subprocess.run(
+        [analyze(), "verify", "--man=no", "wrapalert.socket", "wrapalert.service"],
+        cwd=here,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_service_is_hardened(tmp_path: Path) -> None:
+    """The service's exposure, as systemd-analyze security rates it offline, stays low."""
+    here = units_here(tmp_path)
+    result = subprocess.run(
+        [analyze(), "security", "--offline=yes", "--no-pager", "wrapalert.service"],
+        cwd=here,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for wrapalert.service: ([0-9.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= EXPOSURE_MAX
+
+
+def test_socket_unit_matches_the_platform_facts() -> None:
+    """The socket passes credentials, is writable by every user, and the service does not
+    set RuntimeDirectory= (which would delete the socket node)."""
+    socket_unit = (UNITS / "wrapalert.socket").read_text()
+    service = (UNITS / "wrapalert.service").read_text()
+    assert "ListenDatagram=/run/wrapalert/notify.sock" in socket_unit
+    assert "PassCredentials=yes" in socket_unit
+    assert "SocketMode=0666" in socket_unit
+    assert not re.search(r"^RuntimeDirectory=", service, re.MULTILINE)
+    assert "Type=notify" in service
+
+
+def test_man_page_renders_without_warnings() -> None:
+    """groff renders wrapalert(8) with every warning enabled and says nothing."""
+    groff = shutil.which("groff")
+    require(groff is not None, "groff not found (apt-get install groff-base)")
+    assert groff is not None
+    page = ROOT / "packaging" / "man" / "wrapalert.8"
+    result = subprocess.run(
+        [groff, "-man", "-ww", "-z", str(page)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
