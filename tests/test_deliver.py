@@ -204,8 +204,9 @@ def test_a_stuck_sink_does_not_hold_up_another() -> None:
     assert len(good.sent) == 1
 
 
-def test_close_delivers_held_digests_past_the_cap() -> None:
-    """At shutdown, what waits for the rate limit is delivered once rather than lost."""
+def test_close_keeps_held_digests_queued_within_the_cap() -> None:
+    """At shutdown the cap still holds: what waits for it stays queued (for the outbox),
+    neither sent past the cap nor lost."""
     clock, sink, results = Clock(), Sink(), Results()
 
     async def forever(_seconds: float) -> None:
@@ -225,4 +226,5 @@ def test_close_delivers_held_digests_past_the_cap() -> None:
         await asyncio.wait_for(task, 1)
 
     asyncio.run(scenario())
-    assert [d.events for d in sink.sent] == [1, 2]
+    assert [d.events for d in sink.sent] == [1]
+    assert [d.events for d in worker.queue] == [2]

@@ -494,3 +494,25 @@ def test_a_stuck_sink_does_not_stop_shutdown_and_is_delivered_next_start(
         mx.stop()
     (msg,) = handler.messages
     assert msg["Message-ID"].startswith(f"<{digest_id}@")
+
+
+def test_the_mail_cap_holds_across_a_restart(sockdir: Path) -> None:
+    """With mails_per_hour = 1, a second digest waits in the outbox through a restart: the
+    cap counts the mail sent before it, and SIGTERM does not send past it."""
+    path = write_config(sockdir, extra="\n[limits]\nmails_per_hour = 1\n")
+
+    async def run_once(addr: str) -> Server:
+        server = Server(config.load(path), config_path=path)
+        async with Running(server):
+            send_events(server, 1, addr=addr)
+            await wait_for_status(server, lambda s: s["pending_events"] == 0)
+        return server
+
+    asyncio.run(run_once("192.0.2.1"))
+    assert len(maildir_messages(sockdir / "Maildir")) == 1
+    asyncio.run(run_once("192.0.2.2"))
+    assert len(maildir_messages(sockdir / "Maildir")) == 1
+    snap = Store(sockdir / "state")
+    snap.open()
+    (row,) = snap.load().outbox
+    assert row.digest.events == 1

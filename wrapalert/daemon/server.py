@@ -213,6 +213,10 @@ class Server:
             Silence(i, tuple(Matcher.parse(m) for m in ms), c, e, t)
             for i, ms, c, e, t in self.store.silences(self.now())
         ]
+        for name, sink_worker in self.workers.items():
+            # The cap counts mails sent before a restart too: a restart loop cannot reset it.
+            sent = self.store.deliveries_since(name, self.now() - 3600.0)
+            sink_worker.limit = RateLimit(self.cfg.limits.mails_per_hour, sent)
         for row in snap.outbox:
             worker = self.workers.get(row.sink)
             if worker is None:
@@ -370,8 +374,11 @@ class Server:
             due = self.aggregator.next_due()
             delay = None if due is None else due - self.now()
             if delay is None or delay > 0:
+                # Not wait_for: on 3.11 it can swallow a cancel that meets a wake-up, and
+                # shutdown then waits for this task forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
             self._wake.clear()
             self._dispatch(self.aggregator.collect(self.now()), "due")
 

@@ -333,6 +333,17 @@ class Store:
             return False
         return cur.rowcount > 0
 
+    def deliveries_since(self, sink: str, since: float) -> list[float]:
+        """When `sink` delivered since `since`, oldest first: seeds the mail cap at start."""
+        if self.db is None:
+            return []
+        rows = self.db.execute(
+            "SELECT delivered FROM notification_log WHERE sink = ? AND delivered > ? "
+            "ORDER BY delivered",
+            (sink, since),
+        )
+        return [t for (t,) in rows]
+
     def close(self) -> None:
         if self.db is not None:
             with contextlib.suppress(sqlite3.Error):

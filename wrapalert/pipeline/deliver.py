@@ -6,8 +6,10 @@ another. Overload behaviour, written down:
 * the queue holds at most `queue_max` digests; past that, everything queued
   is merged into one digest (counts kept, detail merged), so memory is
   bounded and nothing is dropped;
-* at most `per_hour` sends in any sliding hour (0: no cap). A digest that
-  must wait absorbs every digest queued meanwhile and is marked `held`;
+* at most `per_hour` sends in any sliding hour (0: no cap), at shutdown too
+  (the owner seeds the window from its log, so restarts cannot reset it). A
+  digest that must wait absorbs every digest queued meanwhile and is marked
+  `held`;
 * a transient failure is retried with capped, jittered exponential backoff;
   a permanent one is reported through `on_result` and the digest set aside
   in `failed` until `retry_failed` (a reload) puts it back in the queue.
@@ -124,7 +126,8 @@ class SinkWorker:
         return digest
 
     def close(self) -> None:
-        """Deliver what is queued, past the rate limit once, then let `run` return."""
+        """Deliver what is queued and the cap allows, then let `run` return; what the cap
+        holds stays queued (the owner's outbox keeps it for the next start)."""
         self._closed.set()
         self._ready.set()
 
@@ -137,7 +140,9 @@ class SinkWorker:
                 await self._ready.wait()
                 continue
             held = False
-            while (wait := self.limit.wait(self.now())) > 0 and not self._closed.is_set():
+            while (wait := self.limit.wait(self.now())) > 0:
+                if self._closed.is_set():
+                    return  # the cap holds even at shutdown: the outbox keeps the rest
                 held = True
                 await self._pause(wait)
             digest = self._merge_queue(held=held)
