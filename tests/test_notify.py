@@ -928,3 +928,92 @@ def test_encode_layout() -> None:
 def test_encode_cleans_host_name() -> None:
     """encode cleans the host name like any other value."""
     assert notify.encode({}, 0.0, "bad\nhost").endswith(b"\nH=bad_host\n")
+
+
+# --- hardening: hostile values, failed writes, the 250 ms budget under every fallback ----
+
+
+def test_dotdot_values_do_not_move_the_spool_file(paths: Paths, tmp_path: Path) -> None:
+    """Values containing `../` never steer where the spool file lands: it is in the spool dir."""
+    client(paths, "d=../../escape", "u=../x", "n=../../../tmp/y", "c=..")
+    (spool_file,) = spooled(paths.spool)
+    assert fields(spool_file.read_bytes())["d"] == "../../escape"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spool"]
+
+
+def test_failed_spool_write_leaves_no_file_behind(paths: Paths, listen: Listen) -> None:
+    """A spool write that fails (as on a full disk) leaves no file, not even a dot file.
+
+    `prlimit --fsize=0` makes write() fail with EFBIG on the first byte, the
+    way ENOSPC does on a full file system (Python ignores SIGXFSZ). A dot file
+    left behind would never be ingested and would count towards SPOOL_CAP.
+    """
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        pytest.skip("prlimit (util-linux) is missing")
+    listen(paths.log)
+    run_client("d=sshd", *paths.settings(), prefix=[prlimit, "--fsize=0", "--"])
+    assert list(paths.spool.iterdir()) == []
+
+
+@pytest.mark.usefixtures("full_queue")
+@pytest.mark.parametrize("how", ["missing", "symlink"])
+def test_full_queue_and_missing_or_symlinked_spool_stay_within_budget(
+    how: str, paths: Paths, tmp_path: Path, listen: Listen
+) -> None:
+    """Queue full and the spool missing or a symlink: the client still ends in time.
+
+    This is the slowest route (about 100 ms of retries, a failed spool, then
+    syslog). The bound is 0.5 s wall: the client's 250 ms budget plus
+    interpreter start-up and scheduler noise on a loaded CI machine.
+    """
+    listen(paths.log)
+    paths.spool.rmdir()
+    if how == "symlink":
+        (tmp_path / "elsewhere").mkdir()
+        paths.spool.symlink_to(tmp_path / "elsewhere")
+    result = client(paths, "d=sshd")
+    assert (result.returncode, result.elapsed < WALL_BOUND) == (0, True)
+
+
+@pytest.mark.usefixtures("full_queue")
+def test_full_queue_and_full_spool_stay_within_budget(
+    paths: Paths, listen: Listen, nearly_full_spool: Path
+) -> None:
+    """Queue full and SPOOL_CAP files in the spool: the client still ends in time.
+
+    Counting the full spool is part of the run. The bound is 0.5 s wall: the
+    client's 250 ms budget plus start-up and scheduler noise on a loaded CI machine.
+    """
+    listen(paths.log)
+    (nearly_full_spool / "one-more").write_bytes(b"")
+    result = client(Paths(paths.sock, nearly_full_spool, paths.log), "d=sshd")
+    assert (result.returncode, result.elapsed < WALL_BOUND) == (0, True)
+
+
+def test_full_queue_and_read_only_spool_stay_within_budget(
+    shared_dir: Path, listen: Listen
+) -> None:
+    """Queue full and a spool the client may not write: the client still ends in time.
+
+    Root ignores directory modes, so as root the client runs as uid 65534 via
+    setpriv. The bound is 0.5 s wall: the client's 250 ms budget plus start-up
+    and scheduler noise on a loaded CI machine.
+    """
+    spool = shared_dir / "spool"
+    spool.mkdir(mode=0o500)
+    paths = Paths(shared_dir / "notify.sock", spool, shared_dir / "log.sock")
+    for path in (paths.sock, paths.log):
+        listen(path)
+        path.chmod(0o666)  # the other uid must be able to send to both
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing")
+        prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        os.chown(spool, NOBODY, NOBODY)
+    with fill(paths.sock):
+        result = run_client("d=sshd", *paths.settings(), prefix=prefix)
+    assert (result.returncode, result.elapsed < WALL_BOUND) == (0, True)
+    assert list(spool.iterdir()) == []  # it really could not write there

@@ -134,6 +134,10 @@ def spool(payload: bytes, directory: str, now: float) -> bool:
         )
         try:
             written = posix.write(fd, payload)
+        except OSError:
+            # A full disk (ENOSPC, EFBIG): remove the dot file below, like a short write.
+            # Left behind, it would never be ingested and would count towards SPOOL_CAP.
+            written = -1
         finally:
             posix.close(fd)
         if written != len(payload):
