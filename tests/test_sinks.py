@@ -14,8 +14,15 @@ from wrapalert.config import MaildirSinkConfig, SmtpSinkConfig
 from wrapalert.mail import Renderer
 from wrapalert.model import Digest, GroupReport
 from wrapalert.sinks import build
-from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+from wrapalert.sinks.base import EventSink, PermanentSinkError, Sink, TransientSinkError
 from wrapalert.sinks.maildir import MaildirSink
+
+
+def digest_sink(cfg: SmtpSinkConfig | MaildirSinkConfig) -> Sink:
+    """The mail sink `build` makes for a config (never a forwarding sink here)."""
+    sink = build(cfg)
+    assert not isinstance(sink, EventSink)
+    return sink
 
 
 def sample(events: int = 2) -> Digest:
@@ -43,7 +50,7 @@ def test_smtp_delivers_to_qualified_recipients() -> None:
 
     async def scenario() -> SmtpServer:
         async with SmtpServer() as smtp:
-            await build(smtp.sink(to=("root", "ops@example.com"))).send(sample())
+            await digest_sink(smtp.sink(to=("root", "ops@example.com"))).send(sample())
             return smtp
 
     smtp = asyncio.run(scenario())
@@ -70,14 +77,14 @@ def test_smtp_replies_are_classified(reply: str, error: type[Exception]) -> None
         async with SmtpServer() as smtp:
             smtp.handler.reply = reply
             with pytest.raises(error, match=reply[:3]):
-                await build(smtp.sink()).send(sample())
+                await digest_sink(smtp.sink()).send(sample())
 
     asyncio.run(scenario())
 
 
 def test_smtp_connection_refused_is_transient() -> None:
     """No server listening is a transient failure: the MTA may come back."""
-    sink = build(SmtpSinkConfig(host="127.0.0.1", port=free_port(), timeout=2))
+    sink = digest_sink(SmtpSinkConfig(host="127.0.0.1", port=free_port(), timeout=2))
     with pytest.raises(TransientSinkError):
         asyncio.run(sink.send(sample()))
 
@@ -89,7 +96,7 @@ def test_smtp_timeout_is_transient() -> None:
         server = await asyncio.start_server(lambda _r, _w: asyncio.sleep(60), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         async with server:
-            sink = build(SmtpSinkConfig(host="127.0.0.1", port=port, timeout=0.3))
+            sink = digest_sink(SmtpSinkConfig(host="127.0.0.1", port=port, timeout=0.3))
             with pytest.raises(TransientSinkError):
                 await sink.send(sample())
 
@@ -99,7 +106,7 @@ def test_smtp_timeout_is_transient() -> None:
 def test_maildir_delivery_is_complete_and_private(tmp_path: Path) -> None:
     """A delivered digest is one complete 0600 file in new/, nothing left in tmp/."""
     maildir = tmp_path / "Maildir"
-    asyncio.run(build(MaildirSinkConfig(path=maildir)).send(sample(5)))
+    asyncio.run(digest_sink(MaildirSinkConfig(path=maildir)).send(sample(5)))
     (msg,) = maildir_messages(maildir)
     assert msg["X-Wrapalert-Events"] == "5"
     (path,) = (maildir / "new").iterdir()
@@ -117,7 +124,7 @@ def test_maildir_names_are_unique(tmp_path: Path) -> None:
 def test_maildir_under_a_file_is_permanent(tmp_path: Path) -> None:
     """A Maildir path below a regular file cannot work until the config changes."""
     (tmp_path / "file").write_text("")
-    sink = build(MaildirSinkConfig(path=tmp_path / "file" / "Maildir"))
+    sink = digest_sink(MaildirSinkConfig(path=tmp_path / "file" / "Maildir"))
     with pytest.raises(PermanentSinkError):
         asyncio.run(sink.send(sample()))
 
@@ -130,4 +137,4 @@ def test_maildir_unwritable_is_transient(tmp_path: Path) -> None:
     maildir.mkdir()
     maildir.chmod(0o500)
     with pytest.raises(TransientSinkError):
-        asyncio.run(build(MaildirSinkConfig(path=maildir)).send(sample()))
+        asyncio.run(digest_sink(MaildirSinkConfig(path=maildir)).send(sample()))

@@ -64,6 +64,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="interpreter the hook runs (default: this one)",
     )
 
+    silence = sub.add_parser("silence", help="mute matching events for a while (add, list, expire)")
+    silence_sub = silence.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = silence_sub.add_parser(
+        "add",
+        help="add a silence, e.g. add --for 2h daemon=sshd client=203.0.113.0/24",
+        description="Matching events are counted but not notified until the silence expires. "
+        "Matchers are field=value; client= takes an address or a CIDR network; fields: "
+        "client, daemon, client_name, user, server, host, verdict.",
+    )
+    _config_arg(add)
+    add.add_argument(
+        "--for",
+        dest="duration",
+        required=True,
+        metavar="DURATION",
+        help='how long, e.g. "30m", "2h", "1d"',
+    )
+    add.add_argument("--comment", default="", help="why (shown by silence list)")
+    add.add_argument("matchers", nargs="+", metavar="FIELD=VALUE")
+    listing = silence_sub.add_parser("list", help="the active silences")
+    _config_arg(listing)
+    listing.add_argument("--json", action="store_true")
+    expire = silence_sub.add_parser("expire", help="end a silence now")
+    _config_arg(expire)
+    expire.add_argument("id", type=int)
+
     status = sub.add_parser("status", help="ask the running daemon for its counters")
     _config_arg(status)
     status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
@@ -73,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate the configuration and print a summary")
     _config_arg(check)
+
+    hosts = sub.add_parser(
+        "check-hosts", help="lint hosts.allow and hosts.deny for rules libwrap silently breaks"
+    )
+    _config_arg(hosts)
+    hosts.add_argument("--allow", type=Path, default=Path("/etc/hosts.allow"), metavar="FILE")
+    hosts.add_argument("--deny", type=Path, default=Path("/etc/hosts.deny"), metavar="FILE")
 
     sim = sub.add_parser(
         "simulate",
@@ -90,6 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--no-simulate", action="store_true", help="do not send a first burst of simulated refusals"
     )
+
+    preview = sub.add_parser(
+        "preview", help="print the digest for sample or given events, without sending it"
+    )
+    _config_arg(preview)
+    preview.add_argument(
+        "--format",
+        choices=("text", "html", "eml"),
+        default="text",
+        help="text part (with the subject), HTML part, or the whole message (default text)",
+    )
+    preview.add_argument(
+        "--events",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="one event per line, e.g. `d=sshd a=192.0.2.1 n=host.example ago=5m count=3`",
+    )
     return parser
 
 
@@ -103,10 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         "run": cmd_run,
         "hosts-deny-line": cmd_hosts_deny_line,
         "check-config": cmd_check_config,
+        "check-hosts": cmd_check_hosts,
         "simulate": cmd_simulate,
         "demo": cmd_demo,
+        "preview": cmd_preview,
         "status": cmd_status,
         "flush": cmd_flush,
+        "silence": cmd_silence,
     }[args.verb]
     try:
         return handler(args)
@@ -177,9 +231,34 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_check_hosts(args: argparse.Namespace) -> int:
+    from wrapalert import checkhosts
+
+    cfg = config.load(args.config)
+
+    def line(daemons: str, ident: bool) -> str:  # noqa: FBT001 - checkhosts' callback shape
+        return hosts_deny_line(cfg, sys.executable, daemons=daemons, ident=ident)
+
+    installation = checkhosts.Installation(
+        client=Path(notify.__file__).resolve(),
+        socket=cfg.daemon.socket,
+        spool=cfg.daemon.spool_dir,
+        line=line,
+    )
+    findings = checkhosts.check_files(args.allow, args.deny, installation)
+    for finding in findings:
+        print(finding.render())
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = len(findings) - errors
+    print(f"{args.allow}, {args.deny}: {errors} error(s), {warnings} warning(s)")
+    return EXIT_PROBLEM if errors else EXIT_OK
+
+
 def describe_sink(sink: config.SinkConfig) -> str:
     if isinstance(sink, config.SmtpSinkConfig):
         return f"smtp {sink.host}:{sink.port} tls={sink.tls} to {', '.join(sink.to)}"
+    if isinstance(sink, config.JsonlSinkConfig):
+        return f"jsonl {sink.path} (forwarding, one record per event)"
     return f"maildir {sink.path}"
 
 
@@ -259,6 +338,47 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_silence(args: argparse.Namespace) -> int:
+    import time
+
+    from wrapalert.daemon import control
+    from wrapalert.pipeline.mute import Matcher
+
+    cfg = config.load(args.config)
+    path = cfg.daemon.control_socket
+    try:
+        if args.action == "add":
+            try:
+                seconds = config.parse_duration(args.duration)
+                matchers = [str(Matcher.parse(m)) for m in args.matchers]
+            except (TypeError, ValueError) as exc:  # MatcherError is a ValueError
+                print(f"wrapalert: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            reply = control.request(
+                path, "silence_add", matchers=matchers, seconds=seconds, comment=args.comment
+            )
+            until = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(reply["expires"]))
+            note = "" if reply["durable"] else " (state unavailable: lasts until restart)"
+            print(f"silence {reply['id']}: {' '.join(reply['matchers'])} until {until}{note}")
+        elif args.action == "list":
+            silences = control.request(path, "silence_list")["silences"]
+            if args.json:
+                print(json.dumps(silences, indent=2))
+            for s in [] if args.json else silences:
+                until = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(s["expires"]))
+                comment = f"  # {s['comment']}" if s["comment"] else ""
+                print(f"{s['id']:>5}  until {until}  {' '.join(s['matchers'])}{comment}")
+            if not silences and not args.json:
+                print("no active silences")
+        else:
+            control.request(path, "silence_expire", id=args.id)
+            print(f"silence {args.id} expired")
+    except control.ControlError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    return EXIT_OK
+
+
 def cmd_flush(args: argparse.Namespace) -> int:
     from wrapalert.daemon import control
 
@@ -272,6 +392,21 @@ def cmd_flush(args: argparse.Namespace) -> int:
         print(f"flushed: one digest with {reply['events']:,} events queued to every sink")
     else:
         print("nothing pending")
+    return EXIT_OK
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from wrapalert import logs, preview
+
+    cfg = config.load(args.config)
+    logs.configure("kv", "warning")  # template errors go to stderr, not into the preview
+    try:
+        out = preview.preview(cfg, args.events, args.format)
+    except preview.EventsError as exc:
+        print("\n".join(f"wrapalert: {p}" for p in exc.problems), file=sys.stderr)
+        return EXIT_PROBLEM
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
     return EXIT_OK
 
 
