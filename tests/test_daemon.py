@@ -196,3 +196,32 @@ def test_a_stale_socket_file_is_replaced(sockdir: Path) -> None:
         return seen
 
     assert asyncio.run(scenario()).events == 1
+
+
+def test_junk_in_the_spool_neither_stops_nor_slows_the_daemon(sockdir: Path) -> None:
+    """A directory (one that cannot be removed) and a stale half-written dot file in the
+    world-writable spool: the daemon starts, counts the junk once, sweeps the dot file,
+    and still ingests real spool files."""
+    cfg = make_config(sockdir)
+    spool = cfg.daemon.spool_dir
+    (spool / "junk.d").mkdir(parents=True)
+    (spool / "junk.d" / "keep").write_text("")  # non-empty: rmdir fails
+    stale = spool / ".1.2.wa1"
+    stale.write_text("")
+    os.utime(stale, (0, 0))
+
+    async def scenario() -> Server:
+        seen = Deliveries()
+        server = Server(cfg, on_delivery=seen)
+        async with Running(server):
+            await asyncio.sleep(0.5)  # two spool scans pass over the junk
+            await asyncio.to_thread(
+                client, "d=sshd", "a=192.0.2.1", f"socket={sockdir}/none.sock", f"spool={spool}"
+            )
+            await seen.wait_events(1)
+        return server
+
+    server = asyncio.run(scenario())
+    assert server.stats.rejected["bad_spool_file"] == 1
+    assert (spool / "junk.d").is_dir()
+    assert not stale.exists()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 
-from wrapalert.model import Digest, GroupReport
+from wrapalert.model import Digest, GroupReport, merge_digests
 from wrapalert.pipeline.deliver import RateLimit, SinkWorker
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 
@@ -228,3 +229,74 @@ def test_close_keeps_held_digests_queued_within_the_cap() -> None:
     asyncio.run(scenario())
     assert [d.events for d in sink.sent] == [1]
     assert [d.events for d in worker.queue] == [2]
+
+
+class Gated(Sink):
+    """A sink whose sends wait for `gate` (a slow server); the first may fail permanently."""
+
+    def __init__(self, *, fail_first: bool = False) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.fail_first = fail_first
+
+    async def send(self, digest: Digest) -> None:
+        self.attempts += 1
+        if self.fail_first:
+            self.fail_first = False
+            raise PermanentSinkError("554 policy")
+        await self.gate.wait()
+        self.sent.append(digest)
+
+
+def test_a_queue_overflow_never_merges_the_digest_being_sent() -> None:
+    """While a slow send is in flight, an overflowing queue merges only what waits, so no
+    event is sent twice."""
+    clock, sink = Clock(), Gated()
+    worker = SinkWorker(
+        sink, per_hour=0, on_result=Results(), now=clock.now, sleep=clock.sleep, queue_max=3
+    )
+
+    async def scenario() -> None:
+        task = asyncio.create_task(worker.run())
+        worker.submit(digest(10, "192.0.2.1"))
+        await until(lambda: worker.inflight is not None)
+        for i in range(4):
+            worker.submit(digest(1, f"192.0.2.{i + 2}", created=float(i + 2)))
+        sink.gate.set()
+        await until(lambda: sum(d.events for d in sink.sent) >= 14)
+        worker.close()
+        await asyncio.wait_for(task, 1)
+
+    asyncio.run(scenario())
+    assert sum(d.events for d in sink.sent) == 14
+    assert len({d.id for d in sink.sent}) == len(sink.sent)
+
+
+def test_a_retry_during_a_send_does_not_send_it_again() -> None:
+    """retry_failed() (a reload) while a digest is in flight puts back only the failed ones."""
+    clock, sink = Clock(), Gated(fail_first=True)
+    worker = SinkWorker(sink, per_hour=0, on_result=Results(), now=clock.now, sleep=clock.sleep)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(worker.run())
+        worker.submit(digest(5, "192.0.2.1"))
+        await until(lambda: len(worker.failed) == 1)
+        worker.submit(digest(7, "192.0.2.2", created=2.0))
+        await until(lambda: worker.inflight is not None)
+        worker.retry_failed()
+        sink.gate.set()
+        await until(lambda: sum(d.events for d in sink.sent) >= 12)
+        worker.close()
+        await asyncio.wait_for(task, 1)
+
+    asyncio.run(scenario())
+    assert sum(d.events for d in sink.sent) == 12
+
+
+def test_merging_keeps_every_count() -> None:
+    """A merged digest sums events, held and silenced counts of its parts."""
+    parts = [
+        replace(digest(n, f"192.0.2.{n}", created=float(n)), silenced=n, held=1) for n in (1, 2, 3)
+    ]
+    merged = merge_digests(parts, 10.0)
+    assert (merged.events, merged.silenced, merged.held, merged.merged) == (6, 6, 3, 3)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -516,3 +517,77 @@ def test_the_mail_cap_holds_across_a_restart(sockdir: Path) -> None:
     snap.open()
     (row,) = snap.load().outbox
     assert row.digest.events == 1
+
+
+def test_a_sink_removed_by_reload_stops_and_can_come_back(sockdir: Path) -> None:
+    """A reload that removes a sink retires its worker (no digests queue for it); one that
+    brings it back starts a fresh worker that delivers."""
+    a = config.MaildirSinkConfig(name="a", path=sockdir / "A")
+    b = config.MaildirSinkConfig(name="b", path=sockdir / "B")
+    both = make_config(sockdir, a, b, group_wait=0.1, group_interval=0.2, batch_window=0.0)
+
+    async def scenario() -> None:
+        server = Server(both)
+        async with Running(server):
+            server._apply(replace(both, sinks=(a,)))
+            assert sorted(server.workers) == ["a"]
+            send_events(server, 1, addr="192.0.2.1")
+            await wait_for_status(server, lambda s: s["sinks"]["a"]["delivered"] == 1)
+            server._apply(both)
+            send_events(server, 1, addr="192.0.2.2")
+            await wait_for_status(server, lambda s: s["sinks"].get("b", {}).get("delivered") == 1)
+
+    asyncio.run(scenario())
+    assert len(maildir_messages(sockdir / "A")) == 2
+    (only,) = maildir_messages(sockdir / "B")
+    assert only["X-Wrapalert-Events"] == "1"
+
+
+def test_reload_keeps_what_only_a_restart_can_change(sockdir: Path) -> None:
+    """A reload that moves the spool keeps scanning the spool the daemon opened."""
+    cfg = make_config(sockdir)
+
+    async def scenario() -> Server:
+        server = Server(cfg)
+        async with Running(server):
+            moved = replace(cfg, daemon=replace(cfg.daemon, spool_dir=sockdir / "elsewhere"))
+            server._apply(moved)
+            await asyncio.to_thread(
+                client,
+                "d=sshd",
+                "a=192.0.2.1",
+                f"socket={sockdir}/none.sock",
+                f"spool={cfg.daemon.spool_dir}",
+            )
+            await wait_for_status(server, lambda s: s["received"] == 1)
+        return server
+
+    assert asyncio.run(scenario()).cfg.daemon.spool_dir == cfg.daemon.spool_dir
+
+
+def test_reload_during_shutdown_is_ignored(sockdir: Path) -> None:
+    """A SIGHUP that arrives while the daemon stops changes nothing (and cannot hang it)."""
+
+    async def scenario() -> None:
+        server = Server(make_config(sockdir))
+        async with Running(server):
+            server.stop()
+            assert not server.reload()
+
+    asyncio.run(scenario())
+
+
+def test_forwarded_counts_survive_a_restart(sockdir: Path) -> None:
+    """A forwarding sink's delivered count is persisted like the others."""
+    path = write_config(sockdir, sinks=f'[[sink]]\ntype = "jsonl"\npath = "{sockdir}/e.jsonl"\n')
+
+    async def once() -> dict[str, Any]:
+        server = Server(config.load(path))
+        async with Running(server):
+            send_events(server, 2)
+            await wait_for_status(server, lambda s: s["received"] >= 2)
+        return server.status()
+
+    asyncio.run(once())
+    status = asyncio.run(once())
+    assert status["sinks"]["jsonl"]["delivered"] == 4

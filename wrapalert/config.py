@@ -329,6 +329,8 @@ class _Parser:
         if severity not in SEVERITIES:
             raise t.error("severity", f"{severity!r}: use {', '.join(SEVERITIES)}")
         targets = t.str_list("sinks", ()) if "sinks" in raw else None
+        if targets == []:
+            raise t.error("sinks", "empty: name at least one sink, or leave it out for all")
         for name in targets or ():
             if name not in sinks:
                 raise t.error("sinks", f"no sink named {name!r}; sinks: {sorted(sinks)}")

@@ -159,6 +159,7 @@ def merge_digests(digests: list[Digest], created: float) -> Digest:
         created=created,
         groups=tuple(fold_reports([g for d in digests for g in d.groups])),
         held=sum(d.held for d in digests),
+        silenced=sum(d.silenced for d in digests),
         merged=sum(d.merged for d in digests),
         id="",
     )

@@ -147,6 +147,10 @@ class Intake:
         if allowed:
             log.warning("event_rejected", reason=reason, uid=uid, suppressed=suppressed)
 
+    def sweep_stale(self, directory: Path) -> None:
+        if removed := _sweep(directory, self.now()):
+            log.info("spool_stale_removed", files=removed, path=str(directory))
+
     def ingest_spool(self, directory: Path, skip: set[str], limit: int = SPOOL_BATCH) -> list[str]:
         """Read up to `limit` spool files not in `skip`; return the names read.
 
@@ -177,6 +181,28 @@ class Intake:
         return names
 
 
+STALE_DOT_FILE = 60.0  # seconds: a client writes its dot file in microseconds
+
+
+def _sweep(directory: Path, now: float) -> int:
+    """Remove dot files older than STALE_DOT_FILE: a client killed mid-write leaves them,
+    and they would count towards the client's spool cap for ever."""
+    removed = 0
+    try:
+        with os.scandir(directory) as scan:
+            entries = [e for e in scan if e.name.startswith(".")]
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime > STALE_DOT_FILE:
+                Path(entry.path).unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 def _credentials(ancdata: list[tuple[int, int, bytes]]) -> tuple[int | None, int | None]:
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == _SCM_CREDENTIALS:
@@ -195,9 +221,14 @@ def _read_spool_file(path: Path) -> tuple[bytes | None, int | None]:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None, None
-    with os.fdopen(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
+        # Checked before reading: a directory opens fine, and then fails to be read.
         if not stat.S_ISREG(st.st_mode) or st.st_size > wire.MAX_DATAGRAM:
             return None, st.st_uid
         # The file's owner is kernel-verified like a sender's credentials.
-        return f.read(wire.MAX_DATAGRAM + 1), st.st_uid
+        return os.read(fd, wire.MAX_DATAGRAM + 1), st.st_uid
+    except OSError:
+        return None, None
+    finally:
+        os.close(fd)

@@ -29,6 +29,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ from wrapalert.sinks.base import EventSink, Sink, TransientSinkError
 log = structlog.get_logger()
 
 DeliveryHook = Callable[[str, Digest, Exception | None], None]
+SPOOL_STUCK_MAX = 10_000  # spool entries we could not remove, remembered so as to skip them
+SHUTDOWN_DRAIN = 100_000  # datagrams read at shutdown at most: a flood cannot hold it open
 COMMIT_EVERY = 10_000  # events: commit early when a flood fills the window faster
 HEARTBEAT = 5.0  # seconds between STATUS= updates when systemd listens
 
@@ -96,6 +99,8 @@ class Server:
         self._since_commit = 0
         self._saved_counters = ""
         self._spool_taken: set[str] = set()
+        self._spool_stuck: set[str] = set()
+        self._retired: list[asyncio.Task[None]] = []  # tasks of sinks a reload removed
 
     # -- public ----------------------------------------------------------
 
@@ -109,9 +114,6 @@ class Server:
             for name, w in self.workers.items()
         }
         for name, f in self.forwarders.items():
-            # Forwarding sinks count events: delivered and failed are events, not digests.
-            self.stats.delivered[name] = self.stats.events_delivered[name] = f.sent_events
-            self.stats.failed[name] = self.stats.events_failed[name] = f.failed_events
             sinks[name] = {
                 "queued": len(f.buffer),
                 "held": f.held,
@@ -141,6 +143,9 @@ class Server:
 
     def reload(self) -> bool:
         """Re-read the config file; apply it, or keep the old one if it is bad."""
+        if self._stop.is_set():
+            log.warning("reload_ignored", reason="shutting down")
+            return False
         systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = config_mod.load(self.config_path)
@@ -256,12 +261,12 @@ class Server:
         if ctl is not None:
             ctl.close()
         loop.remove_reader(intake.sock.fileno())
-        intake.drain(limit=None)  # what the kernel already queued is ours
+        intake.drain(limit=SHUTDOWN_DRAIN)  # what the kernel already queued is ours
         for name in ("scheduler", "spool", "heartbeat"):
             self._tasks[name].cancel()
         self._ingest_spool()
         self._dispatch(self.aggregator.collect(self.now(), force=True), "shutdown")
-        workers = [self._tasks[f"sink:{name}"] for name in [*self.workers, *self.forwarders]]
+        workers = [t for n, t in self._tasks.items() if n.startswith("sink:")] + self._retired
         for worker in self.workers.values():
             worker.close()
         for forwarder in self.forwarders.values():
@@ -336,7 +341,7 @@ class Server:
         return store.commit()
 
     async def _commit_loop(self) -> None:
-        interval = self.cfg.daemon.commit_interval
+        interval = max(self.cfg.daemon.commit_interval, 0.01)  # "0" must not spin
         pruned = self.now()
         while True:
             await asyncio.sleep(interval)
@@ -346,17 +351,26 @@ class Server:
                 pruned = self.now()
 
     def _ingest_spool(self) -> None:
-        """Count new spool files; remove them (and forget their names) once committed."""
+        """Count new spool files; remove them (and forget their names) once committed.
+
+        The spool is world-writable: anything may be there. What cannot be removed
+        (a directory someone made, say) is counted once and then skipped.
+        """
         assert self.intake is not None  # noqa: S101 - set by _startup
-        taken = self.intake.ingest_spool(self.cfg.daemon.spool_dir, skip=self._spool_taken)
+        spool = self.cfg.daemon.spool_dir
+        self.intake.sweep_stale(spool)
+        skip = self._spool_taken | self._spool_stuck
+        taken = self.intake.ingest_spool(spool, skip=skip)
         self.store.stage_spool_seen(taken)
         self._spool_taken.update(taken)
         if not self._spool_taken or not self._commit():
             return  # without a commit the files are the only durable copy: keep them
         gone = sorted(self._spool_taken)
         for name in gone:
-            with contextlib.suppress(FileNotFoundError):
-                (self.cfg.daemon.spool_dir / name).unlink()
+            if not _remove(spool / name):
+                if len(self._spool_stuck) >= SPOOL_STUCK_MAX:
+                    self._spool_stuck.clear()  # bounded: at worst such entries recount
+                self._spool_stuck.add(name)
         self.store.stage_spool_gone(gone)
         self._spool_taken.clear()
 
@@ -364,7 +378,10 @@ class Server:
         interval = max(self.cfg.daemon.spool_scan_interval, 0.1)
         while True:
             await asyncio.sleep(interval)
-            self._ingest_spool()
+            try:
+                self._ingest_spool()
+            except Exception:  # a task boundary: hostile spool content must not stop us
+                log.exception("spool_scan_failed", path=str(self.cfg.daemon.spool_dir))
 
     # -- digests -------------------------------------------------------------
 
@@ -421,6 +438,15 @@ class Server:
         self.store.stage_replace(sink, [d.id for d in parts], merged)
         self._commit()
 
+    def _forwarded(self, sink: str, events: int, error: Exception | None) -> None:
+        """Forwarding sinks count events: their delivered and failed are events."""
+        if error is None:
+            self.stats.delivered[sink] += events
+            self.stats.events_delivered[sink] += events
+        else:
+            self.stats.failed[sink] += events
+            self.stats.events_failed[sink] += events
+
     def _result(self, sink: str, digest: Digest, error: Exception | None) -> None:
         if error is None:
             self.stats.delivered[sink] += 1
@@ -453,6 +479,7 @@ class Server:
         )
         return ForwardWorker(
             sink,
+            on_result=self._forwarded,
             per_second=rate or cfg.limits.events_per_second,
             now=self.now,
             backoff=(cfg.limits.retry_min, cfg.limits.retry_max),
@@ -470,10 +497,15 @@ class Server:
 
     def _apply(self, new: Config) -> None:
         """Take a validated config; what only a restart can change is reported, not applied."""
+        if self._stop.is_set():
+            return  # new sink tasks now would keep shutdown waiting for ever
         old = self.cfg
+        kept = {}
         for key in ("socket", "state_dir", "spool_dir", "control_socket", "socket_mode"):
             if getattr(old.daemon, key) != getattr(new.daemon, key):
                 log.warning("reload_needs_restart", key=f"daemon.{key}")
+            kept[key] = getattr(old.daemon, key)  # the running daemon keeps what it opened
+        new = replace(new, daemon=replace(new.daemon, **kept))
         self.aggregator.cfg = new.digest
         self.aggregator.max_groups = new.limits.max_groups
         self.aggregator.untrusted_interval = new.limits.untrusted_interval
@@ -492,7 +524,9 @@ class Server:
     def _apply_forwarders(self, fresh_events: dict[str, EventSink], new: Config) -> None:
         for name, forwarder in list(self.forwarders.items()):
             if name not in fresh_events:
-                forwarder.close()
+                forwarder.close()  # its task sends what it holds, then ends
+                del self.forwarders[name]
+                self._retired.append(self._tasks.pop(f"sink:{name}"))
                 continue
             replacement = self._forwarder(fresh_events.pop(name), new)
             forwarder.sink, forwarder.bucket.rate = replacement.sink, replacement.bucket.rate
@@ -504,7 +538,9 @@ class Server:
     def _apply_workers(self, fresh: dict[str, Sink], new: Config) -> None:
         for name, worker in list(self.workers.items()):
             if name not in fresh:
-                worker.close()  # delivers what it holds, then ends
+                worker.close()  # its task delivers what the cap allows, then ends
+                del self.workers[name]
+                self._retired.append(self._tasks.pop(f"sink:{name}"))
                 continue
             worker.sink = fresh.pop(name)
             worker.limit = RateLimit(new.limits.mails_per_hour, worker.limit.sent)
@@ -628,6 +664,22 @@ def _split(built: list[Sink | EventSink]) -> tuple[dict[str, Sink], dict[str, Ev
         else:
             digests[sink.name] = sink
     return digests, events
+
+
+def _remove(path: Path) -> bool:
+    """Remove a spool entry, file or (empty) directory; False if it must stay."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return True
+    except IsADirectoryError:
+        try:
+            path.rmdir()
+        except OSError:
+            return False
+    except OSError:
+        return False
+    return True
 
 
 def _ensure_spool(path: Path) -> None:

@@ -14,7 +14,9 @@ Failure behaviour, written down:
   aside would lose what that version wrote;
 * a state_dir that cannot be written (missing, read-only, full) leaves the
   daemon running in memory: `error` says why, every commit retries, and the
-  staged changes (bounded by the number of groups and digests) are kept.
+  staged changes are kept for it: the groups' (bounded by max_groups) and
+  the outbox's, which grow with the digests made while the outage lasts
+  (few: the mail cap bounds them).
 """
 
 from __future__ import annotations
@@ -105,8 +107,8 @@ class Store:
             return
         except sqlite3.DatabaseError as exc:
             # "file is not a database", "malformed", quick_check: the content is damaged.
-            self._move_aside(exc)
             try:
+                self._move_aside(exc)
                 self.db = self._connect()
             except (OSError, sqlite3.Error) as again:
                 self._fail(again)
@@ -252,7 +254,10 @@ class Store:
         if not self.staged:
             return self.db is not None
         if self.db is None:
-            self.open()
+            try:
+                self.open()
+            except StateError as exc:  # replaced under us by a newer version's database
+                self._fail(exc)
             if self.db is None:
                 return False
         db = self.db

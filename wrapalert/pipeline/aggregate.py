@@ -317,6 +317,10 @@ class Aggregator:
     def _schedule(self, group: _Group, due: float) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, group.key))
+        if len(self._heap) > 4 * len(self.groups) + 1024:
+            # Stale entries are dropped lazily at the top; this bounds the rest.
+            self._heap = [e for e in self._heap if self._valid(e[2], e[0])]
+            heapq.heapify(self._heap)
 
     def _key(self, event: Event) -> Key:
         if not event.trusted:

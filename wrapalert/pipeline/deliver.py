@@ -85,6 +85,7 @@ class SinkWorker:
         self.on_merge = on_merge
         self.queue: deque[Digest] = deque()
         self.failed: list[Digest] = []
+        self.inflight: Digest | None = None
         self.last_error: str | None = None
         self._ready = asyncio.Event()
         self._closed = asyncio.Event()
@@ -95,7 +96,7 @@ class SinkWorker:
 
     @property
     def depth(self) -> int:
-        return len(self.queue)
+        return len(self.queue) + (self.inflight is not None)
 
     def submit(self, digest: Digest) -> None:
         """Queue a digest; never blocks, never drops (merges when full)."""
@@ -146,9 +147,14 @@ class SinkWorker:
                 held = True
                 await self._pause(wait)
             digest = self._merge_queue(held=held)
-            await self._deliver(digest)
-            if self.queue and self.queue[0] is digest:
-                self.queue.popleft()
+            # Out of the queue while it is being sent: a merge or a retry_failed() meanwhile
+            # must not fold it into another digest (that would send its events twice).
+            self.queue.popleft()
+            self.inflight = digest
+            try:
+                await self._deliver(digest)
+            finally:
+                self.inflight = None
 
     async def _pause(self, seconds: float) -> None:
         """Sleep on the injected clock; close() ends the pause early."""

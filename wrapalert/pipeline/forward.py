@@ -82,6 +82,7 @@ class ForwardWorker:
         sink: EventSink,
         *,
         per_second: float,
+        on_result: Callable[[str, int, Exception | None], None] | None = None,
         now: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         buffer_max: int = 10_000,
@@ -90,6 +91,7 @@ class ForwardWorker:
         backoff: tuple[float, float] = (1.0, 300.0),
     ) -> None:
         self.sink = sink
+        self.on_result = on_result
         self.bucket = TokenBucket(per_second, now())
         self.now = now
         self.sleep = sleep
@@ -181,20 +183,28 @@ class ForwardWorker:
                     log.error(
                         "forward_lost_at_shutdown", sink=self.name, events=events, error=str(exc)
                     )
-                    self.failed_events += events
+                    self._count(events, exc)
                     return
                 log.warning("forward_retry", sink=self.name, error=str(exc), retry_in=delay)
                 await self.sleep(delay)
                 delay = min(delay * 2, cap)
             except Exception as exc:  # noqa: BLE001 - permanent, or a sink bug: never stop the daemon
                 self.last_error = str(exc)
-                self.failed_events += events
+                self._count(events, exc)
                 log.error("forward_failed", sink=self.name, events=events, error=str(exc))
                 return
             else:
-                self.sent_events += events
                 self.last_error = None
+                self._count(events, None)
                 return
+
+    def _count(self, events: int, error: Exception | None) -> None:
+        if error is None:
+            self.sent_events += events
+        else:
+            self.failed_events += events
+        if self.on_result is not None:
+            self.on_result(self.name, events, error)
 
 
 def _events(record: dict[str, object]) -> int:
