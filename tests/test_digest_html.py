@@ -119,16 +119,24 @@ def elements(page: str) -> Elements:
 
 
 def hostile_digest() -> Digest:
-    """Markup in every event value a digest shows (daemon, address, name, labels) and the host."""
+    """Markup in every event value a digest shows (daemon, address, name, labels) and the host.
+
+    wire.parse rejects such bytes, so they are put in after it: the renderer must stand on
+    its own, whatever reaches it.
+    """
     d = build_digest(
-        parse_events(
-            f"d={HOSTILE!r} a=192.0.2.1 n={HOSTILE!r} count=3\nd=sshd a=192.0.2.2 uid=1000"
-        ),
+        parse_events("d=sshd a=192.0.2.1 n=x.example count=3\nd=sshd a=192.0.2.2 uid=1000"),
         config.Config(),
         NOW,
         host="<b onmouseover=alert(3)>web1</b>",
     )
-    first = replace(d.groups[0], addrs=((HOSTILE, 3),), labels=(("daemon", HOSTILE),))
+    first = replace(
+        d.groups[0],
+        addrs=((HOSTILE, 3),),
+        labels=(("daemon", HOSTILE),),
+        daemons=((HOSTILE, 3),),
+        names=((HOSTILE, 3),),
+    )
     return replace(d, groups=(first, *d.groups[1:]))
 
 

@@ -168,9 +168,20 @@ def test_zero_held_and_silenced_are_not_mentioned() -> None:
 
 
 def test_silence_command_is_shell_quoted() -> None:
-    """The printed silence command quotes attacker-chosen text, so pasting it runs nothing else."""
-    out = text(digest("d='sshd;reboot' a=203.0.113.7"))
+    """The printed silence command quotes attacker-chosen text, so pasting it runs nothing else.
+
+    wire.parse stops `;` long before a digest, so it is put in after: defence in depth.
+    """
+    d = digest("d=sshd a=203.0.113.7")
+    hostile = "sshd;reboot"
+    group = replace(
+        d.groups[0],
+        labels=(("daemon", hostile), ("client_addr", "203.0.113.7")),
+        daemons=((hostile, 1),),
+    )
+    out = text(replace(d, groups=(group,)))
     (line,) = [line for line in out.splitlines() if "wrapalert silence add" in line]
+    assert "'daemon=sshd;reboot'" in line
     assert shlex.split(line) == [
         "wrapalert", "silence", "add", "--for", "2h", "daemon=sshd;reboot", "client=203.0.113.7",
     ]  # fmt: skip

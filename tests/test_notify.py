@@ -359,13 +359,14 @@ def test_hostile_values_pass_as_plain_data(paths: Paths, listen: Listen, value: 
         ("a\rb", "a_b"),
         ("a\tb\x01c\x1bd", "a_b_c_d"),
         ("a\x7fb", "a_b"),
-        ("a\x85b\x9fc", "a_b_c"),  # C1 controls, NEL included
+        ("a\x85b\x9fc", "a__b__c"),  # C1 controls: two UTF-8 bytes each, as libwrap sees them
+        ("a b;c$d`e|f", "a_b_c_d_e_f"),  # shell syntax, as libwrap's own filter does
     ],
 )
 def test_control_characters_become_underscore(
     paths: Paths, listen: Listen, value: str, expected: str
 ) -> None:
-    """C0, DEL and C1 control characters in a value are replaced by `_`."""
+    """Control characters and every other byte outside libwrap's 73 become `_`."""
     receiver = listen(paths.sock)
     client(paths, f"n={value}")
     assert fields(receive(receiver).data)["n"] == expected
@@ -384,14 +385,14 @@ def test_newline_cannot_inject_a_field(paths: Paths, listen: Listen) -> None:
 def test_invalid_utf8_argv_becomes_replacement_characters(
     paths: Paths, listen: Listen, locale: str
 ) -> None:
-    """Bytes that are not UTF-8 in argv arrive as U+FFFD, the datagram stays valid UTF-8."""
+    """Bytes that are not UTF-8 in argv become `_`, one per byte, as libwrap would make them."""
     receiver = listen(paths.sock)
     env = {**ENV, "LC_ALL": locale}
     run_client(b"d=ss\xffhd", b"n=\xc3", b"u=\xed\xa0\x80", *paths.settings(), env=env)
     got = fields(receive(receiver).data)  # decodes strictly
-    assert got["d"] == "ss\ufffdhd"
-    assert got["n"] == "\ufffd"
-    assert set(got["u"]) == {"\ufffd"}  # an encoded surrogate is not valid UTF-8
+    assert got["d"] == "ss_hd"
+    assert got["n"] == "_"
+    assert got["u"] == "___"
 
 
 @pytest.mark.parametrize(
@@ -894,9 +895,9 @@ def test_parse_args_caps_setting_paths_at_max_path() -> None:
     assert len(settings["spool"]) == notify.MAX_PATH
 
 
-def test_clean_replaces_control_characters() -> None:
-    """clean turns C0, DEL and C1 control characters into `_` and keeps everything else."""
-    assert notify.clean("a\x00b\nc\x7fd\x80e\x9ff é%-/") == "a_b_c_d_e_f é%-/"
+def test_clean_keeps_only_libwraps_safe_bytes() -> None:
+    """clean keeps libwrap's 73 safe bytes and turns every other byte into `_`."""
+    assert notify.clean("a\x00b\nc\x7fd\x80e f é%-/=@:,+!") == "a_b_c_d__e_f___%-/=@:,+!"
 
 
 @pytest.mark.parametrize(
@@ -909,14 +910,14 @@ def test_clean_result_never_exceeds_limit_in_utf8(value: str) -> None:
     assert len(notify.clean(value).encode("utf-8")) <= notify.MAX_VALUE
 
 
-def test_clean_keeps_whole_characters_at_the_cut() -> None:
-    """clean cuts before a character that would straddle the limit rather than mangling it."""
-    assert notify.clean("é" * 200) == "é" * (notify.MAX_VALUE // 2)
+def test_clean_cuts_at_exactly_the_limit() -> None:
+    """clean cuts at the byte limit: each byte of a multi-byte character is one `_`."""
+    assert notify.clean("é" * 200) == "_" * notify.MAX_VALUE
 
 
-def test_clean_turns_undecodable_bytes_into_replacement_characters() -> None:
-    """clean maps surrogate-escaped argv bytes to U+FFFD."""
-    assert notify.clean("a\udcffb") == "a\ufffdb"
+def test_clean_turns_undecodable_bytes_into_underscores() -> None:
+    """clean maps surrogate-escaped argv bytes (never UTF-8) to `_`."""
+    assert notify.clean("a\udcffb") == "a_b"
 
 
 def test_encode_layout() -> None:

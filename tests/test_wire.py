@@ -111,7 +111,9 @@ def test_values_may_hold_equals_and_percent() -> None:
         (b"WA1\nd=sshd\na=192.0.2.1/24\n", "bad_addr"),
         (b"WA1\nd=sshd\nv=maybe\n", "bad_verdict"),
         (b"WA1\nd=sshd\np=-1\n", "bad_number"),
-        (b"WA1\nd=sshd\nr=\xd9\xa3\n", "bad_number"),
+        (b"WA1\nd=sshd\nr=\xd9\xa3\n", "bad_char"),  # an Arabic-Indic digit
+        (b"WA1\nd=ss hd\n", "bad_char"),  # libwrap turns a space into "_": a forgery
+        ("WA1\nd=sshd\nn=\u0130x\n".encode(), "bad_char"),
         (b"WA1\nd=sshd\nt=nan\n", "bad_time"),
         (b"WA1\nd=sshd\nt=1e300\n", "bad_time"),
         (b"WA1\nd=sshd\nt=soon\n", "bad_time"),

@@ -35,7 +35,11 @@ EAGAIN_WAIT = 0.1  # seconds of retrying a full queue before spooling
 LOG_AUTHPRIV_WARNING = 10 * 8 + 4
 
 # Control bytes (C0, DEL, C1) become "_", as libwrap does with unsafe bytes.
-_CLEAN = dict.fromkeys((*range(32), *range(127, 160)), "_")
+# libwrap's own filter: these 73 bytes pass, every other byte becomes "_". Applying it
+# here too means the daemon sees the same text whether libwrap or a person ran us.
+_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!%+,-./:=@_"
+_FILTER = bytes(c if c in _SAFE else 95 for c in range(256))
+_PATH_CLEAN = dict.fromkeys((*range(32), 127), "_")
 
 
 class _Timeout(BaseException):
@@ -47,12 +51,13 @@ def _on_alarm(_signum: int, _frame: object) -> None:
 
 
 def clean(value: str, limit: int = MAX_VALUE) -> str:
-    """Make one argument value safe to send: valid UTF-8, no control bytes, capped."""
-    raw = value.encode("utf-8", "surrogateescape")[:limit]
-    # A cut in the middle of a character, or bytes that were never UTF-8, become U+FFFD.
-    text = raw.decode("utf-8", "replace").translate(_CLEAN)
-    # U+FFFD takes 3 bytes where the bad byte took 1: cut again, at a character boundary.
-    return text.encode()[:limit].decode("utf-8", "ignore")
+    """One value as libwrap would pass it: its 73 safe bytes, every other byte "_", capped."""
+    return value.encode("utf-8", "surrogateescape")[:limit].translate(_FILTER).decode("ascii")
+
+
+def clean_path(value: str) -> str:
+    """A socket or spool path from the hook line: kept as given but for control bytes."""
+    return value[:MAX_PATH].translate(_PATH_CLEAN)
 
 
 def parse_args(args: list[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -66,7 +71,7 @@ def parse_args(args: list[str]) -> tuple[dict[str, str], dict[str, str]]:
         if key in FIELDS:
             fields[key] = clean(value)
         elif key in ("socket", "spool", "syslog"):
-            settings[key] = clean(value, MAX_PATH)
+            settings[key] = clean_path(value)
     return fields, settings
 
 

@@ -42,6 +42,9 @@ _SPLIT = operator.methodcaller("split", "=", 1)
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 _ADDR_CACHE: dict[str, str] = {}
 _ADDR_CACHE_MAX = 4096  # recent addresses; cleared when full (floods repeat themselves)
+# Every value passed libwrap's filter (73 bytes) or the client's copy of it; anything
+# else is a forgery. So a datagram is ASCII, and lower() or len() cannot surprise.
+_BAD_CHAR_RE = re.compile(r"[^A-Za-z0-9!%+,\-./:=@_\n]")
 # C0 controls but the line separator, DEL, and C1 controls.
 _CONTROL_RE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
@@ -66,6 +69,8 @@ def parse(data: bytes) -> dict[str, str]:
         raise WireError("nul_byte")
     if _CONTROL_RE.search(text):  # one C-level scan for the whole datagram
         raise WireError("control_char")
+    if _BAD_CHAR_RE.search(text):
+        raise WireError("bad_char")
     lines = text.split("\n")
     if lines[0] != TAG:
         raise WireError("bad_tag")
@@ -87,8 +92,7 @@ def _fields(lines: list[str]) -> dict[str, str]:
         raise WireError("duplicate_key")
     fields = {FIELDS[key]: value for key, value in raw.items() if key in FIELDS}
     for value in fields.values():
-        # Encoding only when it could matter: a UTF-8 character is at most 4 bytes.
-        if len(value) > MAX_VALUE // 4 and len(value.encode("utf-8")) > MAX_VALUE:
+        if len(value) > MAX_VALUE:  # ASCII by now: characters are bytes
             raise WireError("value_too_long")
     return fields
 
