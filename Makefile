@@ -47,6 +47,9 @@ test-bookworm: $(BOOKWORM)/.installed
 ## bench: measurements, written to bench/results/
 bench: $(STAMP)
 	$(BIN)/python bench/client_startup.py
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/random_datagrams.py
+	$(BIN)/python bench/digest_render.py
 
 clean:
 	rm -rf $(VENV) $(BOOKWORM) demo .pytest_cache .mypy_cache .ruff_cache
