@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from machine import cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTIFY = ROOT / "wrapalert" / "notify.py"
 # The interpreter itself (a venv's python is a symlink to it), never a shim script.
@@ -109,17 +111,6 @@ def summary(case: Case, base: Case) -> dict[str, float]:
         out[f"{metric}_median_ratio"] = statistics.median(ours) / statistics.median(theirs)
         out[f"{metric}_p95_ratio"] = percentile(ours, 95) / percentile(theirs, 95)
     return out
-
-
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.processor() or "unknown"
 
 
 def read(path: str) -> str | None:

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_model
+
 from wrapalert import wire
 
 HERE = Path(__file__).resolve().parent
@@ -314,14 +316,7 @@ def against_daemon(work: Path, datagrams: Datagrams, count: int, max_groups: int
 
 
 def machine() -> dict[str, object]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
 
     def sysctl(name: str) -> str:
         try:

@@ -25,7 +25,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from wrapalert import config
 from wrapalert.daemon import control
 from wrapalert.daemon.server import Server
-from wrapalert.model import Digest
+from wrapalert.model import Digest, GroupReport
 
 # The interpreter the hook runs: a real one, never a pyenv shim (which is a shell script).
 PYTHON = sys.executable
@@ -154,6 +154,30 @@ class SmtpServer:
 
     def sink(self, **kw: Any) -> config.SmtpSinkConfig:
         return replace(config.SmtpSinkConfig(host="127.0.0.1", port=self.port, timeout=5.0), **kw)
+
+
+def one_group(
+    events: int = 2, *, addr: str = "192.0.2.1", created: float = 1.0, host: str = "web1"
+) -> Digest:
+    """A digest of one trusted sshd group from `addr`: the smallest thing a sink can send."""
+    report = GroupReport(
+        key=("sshd", addr),
+        labels=(("daemon", "sshd"), ("client_addr", addr)),
+        reason="new group",
+        events=events,
+        total=events,
+        first_seen=created,
+        last_seen=created,
+        group_first_seen=created,
+        trusted=True,
+        uid=0,
+        daemons=(("sshd", events),),
+        addrs=((addr, events),),
+        names=(),
+        users=(),
+        timeline=((created - created % 60, events),),
+    )
+    return Digest(host=host, created=created, groups=(report,))
 
 
 def body(msg: EmailMessage, kind: str = "plain") -> str:

@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 
-from wrapalert.model import Digest, GroupReport, merge_digests
+from conftest import one_group
+
+from wrapalert.model import Digest, merge_digests
 from wrapalert.pipeline.deliver import RateLimit, SinkWorker
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 
@@ -44,23 +46,7 @@ class Sink:
 
 
 def digest(events: int, addr: str = "192.0.2.1", created: float = 0.0) -> Digest:
-    report = GroupReport(
-        key=("sshd", addr),
-        labels=(("daemon", "sshd"), ("client_addr", addr)),
-        reason="new group",
-        events=events,
-        total=events,
-        first_seen=created,
-        last_seen=created,
-        group_first_seen=created,
-        trusted=True,
-        uid=0,
-        daemons=(("sshd", events),),
-        addrs=((addr, events),),
-        names=(),
-        users=(),
-    )
-    return Digest(host="h", created=created, groups=(report,))
+    return one_group(events, addr=addr, created=created, host="h")
 
 
 class Results:

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, replace
 from typing import Any
 
+from conftest import one_group
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -122,23 +123,7 @@ def test_news_is_reported_at_most_once_per_group_interval(sequence: list[Step]) 
 
 
 def digest(events: int, n: int) -> Digest:
-    report = GroupReport(
-        key=("sshd", f"192.0.2.{n}"),
-        labels=(("daemon", "sshd"),),
-        reason="new group",
-        events=events,
-        total=events,
-        first_seen=0.0,
-        last_seen=0.0,
-        group_first_seen=0.0,
-        trusted=True,
-        uid=0,
-        daemons=(),
-        addrs=(),
-        names=(),
-        users=(),
-    )
-    return Digest(host="h", created=float(n), groups=(report,))
+    return one_group(events, addr=f"192.0.2.{n}", created=float(n), host="h")
 
 
 @settings(max_examples=60, deadline=None)

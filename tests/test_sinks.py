@@ -8,11 +8,11 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import SmtpServer, free_port, maildir_messages
+from conftest import SmtpServer, free_port, maildir_messages, one_group
 
 from wrapalert.config import MaildirSinkConfig, SmtpSinkConfig
 from wrapalert.mail import Renderer
-from wrapalert.model import Digest, GroupReport
+from wrapalert.model import Digest
 from wrapalert.sinks import build
 from wrapalert.sinks.base import EventSink, PermanentSinkError, Sink, TransientSinkError
 from wrapalert.sinks.maildir import MaildirSink
@@ -26,23 +26,7 @@ def digest_sink(cfg: SmtpSinkConfig | MaildirSinkConfig) -> Sink:
 
 
 def sample(events: int = 2) -> Digest:
-    report = GroupReport(
-        key=("sshd", "192.0.2.1"),
-        labels=(("daemon", "sshd"), ("client_addr", "192.0.2.1")),
-        reason="new group",
-        events=events,
-        total=events,
-        first_seen=1.0,
-        last_seen=2.0,
-        group_first_seen=1.0,
-        trusted=True,
-        uid=0,
-        daemons=(("sshd", events),),
-        addrs=(("192.0.2.1", events),),
-        names=(),
-        users=(),
-    )
-    return Digest(host="web1", created=3.0, groups=(report,))
+    return one_group(events, created=3.0)
 
 
 def test_smtp_delivers_to_qualified_recipients() -> None:

@@ -6,30 +6,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import one_group
 
 from wrapalert.daemon.store import DB_NAME, SCHEMA_VERSION, StateError, Store
-from wrapalert.model import Digest, GroupReport
+from wrapalert.model import Digest
 
 
 def digest(events: int = 2, created: float = 1.0) -> Digest:
-    report = GroupReport(
-        key=("sshd", "192.0.2.1"),
-        labels=(("daemon", "sshd"), ("client_addr", "192.0.2.1")),
-        reason="new group",
-        events=events,
-        total=events,
-        first_seen=1.0,
-        last_seen=2.0,
-        group_first_seen=1.0,
-        trusted=True,
-        uid=0,
-        daemons=(("sshd", events),),
-        addrs=(("192.0.2.1", events),),
-        names=(),
-        users=(),
-        timeline=((0.0, events),),
-    )
-    return Digest(host="web1", created=created, groups=(report,))
+    return one_group(events, created=created)
 
 
 def opened(path: Path) -> Store:

@@ -389,7 +389,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
         print(f"wrapalert: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
     if reply["digests"]:
-        print(f"flushed: one digest with {reply['events']:,} events queued to every sink")
+        print(f"flushed: {reply['events']:,} events, queued as a digest to each sink they route to")
     else:
         print("nothing pending")
     return EXIT_OK
