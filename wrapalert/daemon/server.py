@@ -304,8 +304,8 @@ class Server:
 
     def _accept(self, event: Event) -> None:
         self._since_commit += 1
-        now = self.now()
-        verdict = self.mute.classify(event, now)
+        now = event.received
+        verdict = self.mute.classify(event, now) if self.mute.active else None
         if verdict == "ignored":
             self.stats.ignored += 1
         elif verdict == "silenced":

@@ -75,6 +75,11 @@ class Mute:
         self.silences: list[Silence] = []
         self._in_ignored: dict[str, bool] = {}
 
+    @property
+    def active(self) -> bool:
+        """Whether anything could match (the per-event check is skipped otherwise)."""
+        return bool(self.networks or self.daemons or self.silences)
+
     def classify(self, event: Event, now: float) -> str | None:
         """ "ignored", "silenced" or None (notify)."""
         if self.daemons and event.get("daemon") in self.daemons:
