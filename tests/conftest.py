@@ -99,7 +99,21 @@ class Handler:
         self.reply = "250 OK"
         self.faults: list[str] = []
         self.attempts = 0
+        self.refuse_rcpt: dict[str, str] = {}  # address -> reply, e.g. "550 5.1.1 no user"
         self.arrived = asyncio.Event()
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self,
+        _server: SMTP,
+        _session: Session,
+        envelope: Envelope,
+        address: str,
+        _options: list[str],
+    ) -> str:
+        if address in self.refuse_rcpt:
+            return self.refuse_rcpt[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, _session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
         self.attempts += 1

@@ -13,6 +13,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import socket
 import stat
 import struct
@@ -1018,3 +1019,49 @@ def test_full_queue_and_read_only_spool_stay_within_budget(
         result = run_client("d=sshd", *paths.settings(), prefix=prefix)
     assert (result.returncode, result.elapsed < WALL_BOUND) == (0, True)
     assert list(spool.iterdir()) == []  # it really could not write there
+
+
+def test_running_out_of_time_still_leaves_a_syslog_line() -> None:
+    """If the 250 ms budget runs out mid-delivery (here: the client is stopped while its
+    queue is full), the event goes to syslog instead of being lost."""
+    short = Path(tempfile.mkdtemp(prefix="wa-", dir="/tmp"))
+    try:
+        full = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        full.bind(str(short / "n.sock"))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler:
+            filler.setblocking(False)
+            try:
+                while True:
+                    filler.sendto(b"x", str(short / "n.sock"))
+            except BlockingIOError:
+                pass  # the queue is full: the client will retry for about 100 ms
+        log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        log.bind(str(short / "log.sock"))
+        log.settimeout(5)
+        (short / "spool").mkdir()
+        proc = subprocess.Popen(
+            [
+                REAL_PY,
+                "-I",
+                "-S",
+                str(NOTIFY_PATH),
+                "d=sshd",
+                "a=192.0.2.1",
+                f"socket={short}/n.sock",
+                f"spool={short}/spool",
+                f"syslog={short}/log.sock",
+            ],
+            stdin=subprocess.DEVNULL,
+        )
+        time.sleep(0.04)  # inside the retry loop (it lasts ~100 ms)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.4)  # the real-time budget runs out while it is stopped
+        proc.send_signal(signal.SIGCONT)
+        assert proc.wait(timeout=5) == 0
+        line = log.recv(8192)
+        assert b"wrapalert-notify[" in line
+        assert b"d=sshd" in line
+        full.close()
+        log.close()
+    finally:
+        shutil.rmtree(short, ignore_errors=True)

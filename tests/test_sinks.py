@@ -122,3 +122,29 @@ def test_maildir_unwritable_is_transient(tmp_path: Path) -> None:
     maildir.chmod(0o500)
     with pytest.raises(TransientSinkError):
         asyncio.run(digest_sink(MaildirSinkConfig(path=maildir)).send(sample()))
+
+
+def test_smtp_a_recipient_refused_among_accepted_ones_is_not_delivered() -> None:
+    """If the server refuses one recipient (451) but takes another, the send is not counted
+    as delivered: it is retried, so the refused recipient gets it in the end."""
+
+    async def scenario() -> None:
+        async with SmtpServer() as smtp:
+            smtp.handler.refuse_rcpt = {"bob@example.org": "451 4.3.0 try later"}
+            sink = digest_sink(smtp.sink(to=("root@example.org", "bob@example.org")))
+            with pytest.raises(TransientSinkError, match=r"bob@example\.org"):
+                await sink.send(sample())
+
+    asyncio.run(scenario())
+
+
+def test_smtp_starttls_not_offered_is_permanent() -> None:
+    """tls = "starttls" against a server without STARTTLS fails the same way every time:
+    permanent (set aside, shown in status), not retried for ever."""
+
+    async def scenario() -> None:
+        async with SmtpServer() as smtp:
+            with pytest.raises(PermanentSinkError, match="STARTTLS"):
+                await digest_sink(smtp.sink(tls="starttls")).send(sample())
+
+    asyncio.run(scenario())

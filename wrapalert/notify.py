@@ -31,6 +31,7 @@ MAX_VALUE = 255  # bytes; libwrap itself cuts at 127 (names) and 255 (%c, %s)
 MAX_PATH = 1024
 SPOOL_CAP = 10000  # files; past it the spool is full and we fall back to syslog
 BUDGET = 0.25  # seconds, the whole run
+LAST_WORD = 0.02  # seconds of it kept for the syslog line when the timer fires
 EAGAIN_WAIT = 0.1  # seconds of retrying a full queue before spooling
 LOG_AUTHPRIV_WARNING = 10 * 8 + 4
 
@@ -179,14 +180,24 @@ def syslog(payload: bytes, path: str) -> None:
         sock.close()
 
 
-def run(args: list[str]) -> str:
-    """Deliver one event; return how: "sent", "spooled", "syslog" (for tests and logs)."""
-    start = time.monotonic()
+def prepare(args: list[str]) -> tuple[bytes, dict[str, str], float]:
+    """The datagram for these arguments, the client's settings, and the event's time."""
     now = time.time()
     fields, settings = parse_args(args)
     import _socket
 
-    payload = encode(fields, now, _socket.gethostname())
+    return encode(fields, now, _socket.gethostname()), settings, now
+
+
+def run(args: list[str]) -> str:
+    """Deliver one event; return how: "sent", "spooled", "syslog" (for tests and logs)."""
+    payload, settings, now = prepare(args)
+    return deliver(payload, settings, now)
+
+
+def deliver(payload: bytes, settings: dict[str, str], now: float) -> str:
+    """Socket, else spool, else syslog."""
+    start = time.monotonic()
     if send(payload, settings.get("socket", SOCKET), start + EAGAIN_WAIT):
         return "sent"
     if spool(payload, settings.get("spool", SPOOL), now):
@@ -197,15 +208,26 @@ def run(args: list[str]) -> str:
 
 def main(args: list[str]) -> None:
     """Entry point for the spawn hook: close inherited fds, bound the run, exit 0."""
+    payload: bytes = b""
+    settings: dict[str, str] = {}
     try:
         # A libwrap-linked daemon may hand us the refused connection's socket.
         posix.closerange(3, 1 << 20)
         _signal.signal(_signal.SIGALRM, _on_alarm)
-        _signal.setitimer(_signal.ITIMER_REAL, BUDGET)
+        # The timer leaves LAST_WORD of the budget for one syslog line if it fires.
+        _signal.setitimer(_signal.ITIMER_REAL, BUDGET - LAST_WORD)
         try:
-            run(args)
+            payload, settings, now = prepare(args)
+            deliver(payload, settings, now)
         finally:
             _signal.setitimer(_signal.ITIMER_REAL, 0)
+    except _Timeout:
+        # Out of time (a starved CPU, a hung disk): say so rather than lose the event.
+        if payload:
+            try:
+                syslog(payload, settings.get("syslog", SYSLOG))
+            except BaseException:
+                pass
     except BaseException:
         pass
     posix._exit(0)

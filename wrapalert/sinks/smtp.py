@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import aiosmtplib
 
 from wrapalert.config import SmtpSinkConfig
@@ -25,7 +27,7 @@ class SmtpSink:
         message = self.renderer.render(digest)
         cfg = self.cfg
         try:
-            await aiosmtplib.send(
+            refused, _ = await aiosmtplib.send(
                 message,
                 sender=self.renderer.from_addr,
                 recipients=list(self.renderer.to),
@@ -43,8 +45,20 @@ class SmtpSink:
             raise _classify(min(codes), f"recipients refused: {codes}") from exc
         except aiosmtplib.SMTPResponseException as exc:
             raise _classify(exc.code, f"{exc.code} {exc.message}") from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise PermanentSinkError(f"TLS certificate not trusted: {exc}") from exc
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-            raise TransientSinkError(f"{type(exc).__name__}: {exc}") from exc
+            text = f"{type(exc).__name__}: {exc}"
+            # STARTTLS or AUTH configured but not offered fails the same way every time
+            # (aiosmtplib raises SMTPNotSupported, or a bare SMTPException, saying so).
+            if isinstance(exc, aiosmtplib.SMTPNotSupported) or "not supported" in str(exc):
+                raise PermanentSinkError(text) from exc
+            raise TransientSinkError(text) from exc
+        if refused:
+            # Some recipients took it, some did not: the whole message is retried (or set
+            # aside), so those that took it may get it twice, with the same Message-ID.
+            codes = sorted({response.code for response in refused.values()})
+            raise _classify(min(codes), f"recipients refused: {sorted(refused)} {codes}")
 
 
 def _classify(code: int, text: str) -> Exception:
