@@ -671,3 +671,40 @@ def test_command_checks_the_etc_tables_by_default() -> None:
     result = check_hosts()
     assert result.returncode in (0, 1)
     assert result.stdout.splitlines()[-1].startswith("/etc/hosts.allow, /etc/hosts.deny: ")
+
+
+def test_lint_nul_byte_is_an_error() -> None:
+    """A NUL byte hides the rest of the line (and its newline) from libwrap: an error."""
+    found = lint(b"in.ftpd: 198.51.100.1\x00 # note\nsshd: ALL\n")
+    assert any(sev == "error" and "NUL" in msg for _, sev, msg in found)
+
+
+def test_libwrap_nul_byte_denies_an_unrelated_client(tmp_path: Path) -> None:
+    """What the NUL error predicts: a rule for in.ftpd with a NUL denies sshd to anyone."""
+    require(libwrap_available(), "libwrap0 is not installed (apt-get install libwrap0)")
+    clean = wrap(tmp_path / "a", deny=b"in.ftpd: 198.51.100.1 # note\n")
+    assert clean.allowed("sshd", "192.0.2.5")
+    broken = wrap(tmp_path / "b", deny=b"in.ftpd: 198.51.100.1\x00 # note\n")
+    assert not broken.allowed("sshd", "192.0.2.5")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "/bin/sleep 1; /bin/true &",
+        "/bin/sh -c '/bin/sleep 1' \\&",
+        "/bin/sleep 1 #&",
+        "/bin/sleep 1 && /bin/true &",
+    ],
+)
+def test_lint_spawn_whose_last_part_alone_is_backgrounded_is_a_warning(command: str) -> None:
+    """A spawn that ends in '&' but runs something in the foreground first still blocks."""
+    found = lint(f"ALL : ALL : spawn {command}\n".encode())
+    assert any("trailing '&'" in msg for _, _, msg in found), found
+
+
+@pytest.mark.parametrize("command", ["(/bin/true; /bin/true) &", "/bin/true 2>&1 &"])
+def test_lint_fully_backgrounded_spawn_is_fine(command: str) -> None:
+    """A subshell or a redirection before the final '&' is still wholly backgrounded."""
+    found = lint(f"ALL : ALL : spawn {command}\n".encode())
+    assert not any("trailing '&'" in msg for _, _, msg in found), found

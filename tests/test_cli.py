@@ -148,3 +148,9 @@ def test_simulate_without_a_daemon_spools(sockdir: Path) -> None:
         time.sleep(0.05)
     assert len(files) == 2
     assert all(wire.parse(f.read_bytes())["daemon"] == "sshd" for f in files)
+
+
+def test_a_daemon_list_cannot_split_the_line() -> None:
+    """A newline in --daemons would make two hosts.deny lines: refused."""
+    with pytest.raises(ValueError, match="bad daemon list"):
+        hostsdeny.spawn_line("/p", Path("/n.py"), daemons="sshd\n,vsftpd")

@@ -210,3 +210,12 @@ def test_message_id_domain_is_ascii() -> None:
     assert msgid_domain("web1\r\nX-Evil: 1").isascii()
     assert msgid_domain("ü" * 70).isascii()  # an IDN label over 63 octets: punycode
     assert msgid_domain("") == "localhost"
+
+
+def test_a_long_host_header_stays_matchable() -> None:
+    """X-Wrapalert-Host is one plain line even for a long host name, so filters match it."""
+    host = "mail-gateway-01.very-long-datacenter-subdomain-name.example-corporation.internal"
+    msg = Renderer("wrapalert@localhost", ("root",)).render(
+        Digest(host=host, created=1.0, groups=(report(),))
+    )
+    assert f"\nX-Wrapalert-Host: {host}\n" in bytes(msg).decode().replace("\r\n", "\n")

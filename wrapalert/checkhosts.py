@@ -230,10 +230,34 @@ def shell_words(command: str) -> list[str] | None:
     """The shell's words and operators for `command`; None if the shell cannot parse it."""
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
+    lexer.commenters = ""  # dash starts a comment only at a word's start: see backgrounded()
     try:
         return list(lexer)
     except ValueError:
         return None
+
+
+def backgrounded(command: str, words: list[str] | None) -> bool:
+    """Whether the shell runs the whole command in the background (libwrap then need not
+    wait): a final bare `&`, and no `;`, `&&`, `||` or `&` before it outside parentheses."""
+    if words is None or command.rstrip().endswith("\\&"):
+        return False  # unparsable, or an escaped "&": a word, not the operator
+    cut = next((i for i, w in enumerate(words) if w.startswith("#")), len(words))
+    words = words[:cut]  # "#" at a word's start begins a comment in dash
+    if not words or words[-1] != "&":
+        return False
+    depth = 0
+    for word in words[:-1]:
+        if not all(c in "();<>|&" for c in word):
+            continue
+        for i, c in enumerate(word):
+            if c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+            elif c in ";|&" and depth == 0 and not (c == "&" and word[i - 1 : i] in "<>"):
+                return False  # a command before this separator runs in the foreground
+    return True
 
 
 def program(words: list[str]) -> str | None:
@@ -276,6 +300,13 @@ class _Linter:
         return "libwrap stops reading hosts.allow here: this rule and all after it are ignored"
 
     def line(self, line: Line) -> None:
+        if "\x00" in line.text:
+            self.add(
+                line,
+                "error",
+                f"a NUL byte: libwrap reads the line only up to it; {self.stops_table()}",
+                "remove the NUL byte (e.g. tr -d '\\000')",
+            )
         if not line.terminated:
             ends = "inside a continued line (last '\\')" if line.continued else "without a newline"
             self.add(
@@ -422,7 +453,9 @@ class _Linter:
 
     def command(self, line: Line, daemons: str, keyword: str, value: str) -> None:
         command = value.strip()
-        if keyword == "spawn" and not (command.endswith("&") and not command.endswith("&&")):
+        words = shell_words(expand(command))
+        # An unparsable command is reported below, once: it does not run at all.
+        if keyword == "spawn" and words is not None and not backgrounded(command, words):
             self.add(
                 line,
                 "warning",
@@ -430,7 +463,6 @@ class _Linter:
                 "is blocked for as long as it runs",
                 "end the command with ' &', e.g. spawn (CMD) &",
             )
-        words = shell_words(expand(command))
         if words is None:
             self.add(
                 line,

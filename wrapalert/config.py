@@ -12,6 +12,8 @@ import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.errors import HeaderParseError
+from email.headerregistry import Address
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -425,6 +427,9 @@ class _Table:
         value = self.get(key, str(default), str)
         if not value.startswith("/"):
             raise self.error(key, f"{value!r} must be an absolute path")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            # A newline would split the hosts.deny line; a NUL cannot be a path at all.
+            raise self.error(key, f"{value!r} holds a control character")
         return Path(value)
 
     def count(self, key: str, default: int, minimum: int = 0, maximum: int = 1 << 31) -> int:
@@ -465,17 +470,24 @@ class _Table:
 
     def address(self, key: str, default: str) -> str:
         value: str = self.get(key, default, str)
+        self._check_address(key, value)
+        return value
+
+    def _check_address(self, key: str, value: str) -> None:
+        """What the mail will need: our pattern, and the email package's own parser."""
         if not _ADDRESS.fullmatch(value):
             raise self.error(key, f"{value!r} is not a mail address")
-        return value
+        try:
+            Address(addr_spec=value if "@" in value else f"{value}@localhost")
+        except (ValueError, IndexError, HeaderParseError) as exc:
+            raise self.error(key, f"{value!r} is not a mail address ({exc})") from None
 
     def addresses(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
         values = self.str_list(key, default)
         if not values:
             raise self.error(key, "needs at least one recipient")
         for value in values:
-            if not _ADDRESS.fullmatch(value):
-                raise self.error(key, f"{value!r} is not a mail address")
+            self._check_address(key, value)
         return tuple(values)
 
     def done(self) -> None:

@@ -18,7 +18,7 @@ from wrapalert import notify
 MAX_LINE = 2046  # bytes; with its newline libwrap takes at most 2047 (checked by experiment)
 # Expansions the client forwards: wire key -> libwrap %-expansion.
 EXPANSIONS = (("d", "%d"), ("p", "%p"), ("c", "%c"), ("a", "%a"), ("n", "%n"), ("s", "%s"))
-_DAEMON_LIST = re.compile(r"[A-Za-z0-9_.@+/-]+(\s*,\s*[A-Za-z0-9_.@+/-]+)*")
+_DAEMON_LIST = re.compile(r"[A-Za-z0-9_.@+/-]+([ \t]*,[ \t]*[A-Za-z0-9_.@+/-]+)*")
 
 
 def escape(text: str) -> str:

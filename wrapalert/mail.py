@@ -54,7 +54,19 @@ class _MessageIds(UnstructuredHeader, BaseHeader):
         return f"{self.name}: " + f"{policy.linesep} ".join(str(self).split()) + policy.linesep
 
 
+class _Fact(UnstructuredHeader, BaseHeader):
+    """A machine-readable X-Wrapalert-* value: one unencoded line while it is ASCII, so
+    filters can match it (the stock header would fold a long one into encoded words)."""
+
+    def fold(self, *, policy: Policy) -> str:
+        value = str(self)
+        if value.isascii():
+            return f"{self.name}: {value}{policy.linesep}"
+        return super().fold(policy=policy)
+
+
 _headers = HeaderRegistry()
+_headers.map_to_type("x-wrapalert-host", _Fact)
 _headers.map_to_type("references", _MessageIds)
 _headers.map_to_type("in-reply-to", _MessageIds)
 POLICY = EmailPolicy(header_factory=_headers)
