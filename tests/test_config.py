@@ -154,6 +154,8 @@ def test_toml_syntax_error_names_the_line() -> None:
         ('[[sink]]\ntype = "smtp"\nto = ["root..ops@example.org"]\n', "is not a mail address"),
         ('[[sink]]\ntype = "smtp"\nto = ["root@a..b"]\n', "is not a mail address"),
         ('[daemon]\nspool_dir = "/var/sp\\nool"\n', "holds a control character"),
+        (f'[daemon]\ncontrol_socket = "/{"c" * 120}"\n', "AF_UNIX paths hold at most 107"),
+        ('[[sink]]\ntype = "smtp"\ntimeout = 0\n', "must be more than 0"),
         ('[[sink]]\ntype = "maildir"\n[[sink]]\ntype = "maildir"\n', "duplicate sink name"),
         ("[mystery]\nx = 1\n", "unknown table or key 'mystery'"),
     ],

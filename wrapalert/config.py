@@ -245,14 +245,11 @@ class _Parser:
 
     def _daemon(self, t: _Table) -> DaemonConfig:
         d = DaemonConfig()
-        sock = t.path("socket", d.socket)
-        if len(bytes(sock)) > MAX_SOCKET_PATH:
-            raise t.error("socket", f"{len(bytes(sock))} bytes; AF_UNIX paths hold at most 107")
         cfg = DaemonConfig(
-            socket=sock,
+            socket=t.socket_path("socket", d.socket),
             state_dir=t.path("state_dir", d.state_dir),
             spool_dir=t.path("spool_dir", d.spool_dir),
-            control_socket=t.path("control_socket", d.control_socket),
+            control_socket=t.socket_path("control_socket", d.control_socket),
             trusted_uids=tuple(t.int_list("trusted_uids", d.trusted_uids)),
             socket_mode=t.mode("socket_mode", d.socket_mode),
             shutdown_grace=t.duration("shutdown_grace", d.shutdown_grace),
@@ -359,7 +356,7 @@ class _Parser:
                 to=t.addresses("to", d.to),
                 username=t.get("username", None, str),
                 password=t.get("password", None, str),
-                timeout=t.duration("timeout", d.timeout),
+                timeout=t.positive_duration("timeout", d.timeout),
             )
         elif kind == "maildir":
             m = MaildirSinkConfig()
@@ -432,6 +429,12 @@ class _Table:
             raise self.error(key, f"{value!r} holds a control character")
         return Path(value)
 
+    def socket_path(self, key: str, default: Path) -> Path:
+        path = self.path(key, default)
+        if len(bytes(path)) > MAX_SOCKET_PATH:
+            raise self.error(key, f"{len(bytes(path))} bytes; AF_UNIX paths hold at most 107")
+        return path
+
     def count(self, key: str, default: int, minimum: int = 0, maximum: int = 1 << 31) -> int:
         value: int = self.get(key, default, int)
         if not minimum <= value <= maximum:
@@ -455,6 +458,12 @@ class _Table:
             return parse_duration(value)
         except (TypeError, ValueError) as exc:
             raise self.error(key, str(exc)) from None
+
+    def positive_duration(self, key: str, default: float) -> float:
+        value = self.duration(key, default)
+        if value <= 0:
+            raise self.error(key, "must be more than 0 (0 would fail every attempt)")
+        return value
 
     def str_list(self, key: str, default: tuple[str, ...]) -> list[str]:
         value = self.get(key, list(default), list)
