@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import os
 import socket
@@ -225,3 +226,35 @@ def test_junk_in_the_spool_neither_stops_nor_slows_the_daemon(sockdir: Path) -> 
     assert server.stats.rejected["bad_spool_file"] == 1
     assert (spool / "junk.d").is_dir()
     assert not stale.exists()
+
+
+def test_file_descriptors_passed_with_a_datagram_never_reach_the_daemon(sockdir: Path) -> None:
+    """A sender can attach open files (SCM_RIGHTS); the control buffer has room for the
+    credentials only, so the kernel discards them and the event still counts."""
+
+    async def scenario() -> tuple[Server, int, int]:
+        seen = Deliveries()
+        server = Server(make_config(sockdir), on_delivery=seen)
+        async with Running(server):
+            before = open_fds()
+            fd = os.open("/dev/null", os.O_RDONLY)
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd] * 8))]
+                    data = encode({"d": "sshd", "a": "192.0.2.1"})
+                    s.sendmsg([data], rights, 0, str(server.cfg.daemon.socket))
+                await seen.wait_events(1)
+            finally:
+                os.close(fd)
+            after = open_fds()
+        return server, before, after
+
+    server, before, after = asyncio.run(scenario())
+    assert after == before
+    status = server.status()
+    assert status["received"] == 1
+    assert status["untrusted"] == 0  # the credentials were read all the same
+
+
+def open_fds() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wrapalert import notify, wire
 
@@ -145,3 +149,60 @@ def test_largest_valid_datagram_is_accepted() -> None:
     data = wire.encode(fields)
     assert len(data) <= wire.MAX_DATAGRAM
     assert wire.parse(data)["verdict"] == "allow"
+
+
+_ALPHABET = st.text(
+    alphabet=sorted(chr(c) for c in set(wire._ALPHABET) - {ord("\n")}), min_size=0, max_size=300
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    values=st.fixed_dictionaries(
+        dict.fromkeys(("d", "p", "c", "a", "n", "s", "t", "H"), _ALPHABET),
+        optional={"u": _ALPHABET},
+    ),
+    addr=st.sampled_from(["192.0.2.1", "::ffff:192.0.2.1", "2001:DB8::1", "unknown", "bad"]),
+    pid=st.sampled_from(["4242", "", "12345678901", "x"]),
+    when=st.sampled_from(["1700000000.5", "", "nan", "-1"]),
+)
+def test_the_hook_shape_fast_path_agrees_with_the_general_parser(
+    values: dict[str, str], addr: str, pid: str, when: str
+) -> None:
+    """The client's usual datagram takes a one-regex path; it must decide exactly as the
+    line-by-line parser does: same fields, or the same rejection."""
+    values.update(a=addr, p=pid, t=when)
+    order = ("d", "p", "c", "a", "n", "s", "u", "t", "H")
+    data = wire.encode({key: values[key] for key in order if key in values})
+    assert wire._HOOK_SHAPE.fullmatch(data.decode()) or not all(
+        0 < len(v) <= wire.MAX_VALUE for v in values.values()
+    )
+
+    def outcome(parse: Callable[[], dict[str, str]]) -> dict[str, str] | str:
+        try:
+            return parse()
+        except wire.WireError as exc:
+            return exc.reason
+
+    fast = outcome(lambda: wire.parse(data))
+    general = outcome(lambda: wire._parse_lines(data.decode(), len(data)))
+    assert fast == general
+
+
+def test_bytes_outside_the_alphabet_are_rejected_with_the_most_specific_reason() -> None:
+    """One translate() screens the alphabet; the reason is then worked out as before."""
+    base = b"WA1\nd=sshd\na=192.0.2.1\n"
+    assert wire.parse(base)["daemon"] == "sshd"
+    cases = {
+        b"\xc3\xa9": "bad_char",  # valid UTF-8, not in libwrap's alphabet
+        b"\xff": "not_utf8",
+        b"\x00": "nul_byte",
+        b"\x1b": "control_char",
+        b"\xc2\x85": "control_char",  # C1 NEL, valid UTF-8
+        b" ": "bad_char",
+        b"\r": "control_char",
+    }
+    for bad, reason in cases.items():
+        with pytest.raises(wire.WireError) as caught:
+            wire.parse(base.replace(b"sshd", b"ss" + bad + b"hd"))
+        assert caught.value.reason == reason, bad

@@ -15,7 +15,9 @@ from typing import Any
 P = 10
 M = 1 << P
 _ALPHA = 0.7213 / (1 + 1.079 / M)
-_MASK = (1 << (64 - P)) - 1
+_REST_BITS = 64 - P
+_MASK = (1 << _REST_BITS) - 1
+_blake2b = hashlib.blake2b
 
 
 class Distinct:
@@ -29,23 +31,28 @@ class Distinct:
         self.registers: bytearray | None = None
 
     def add(self, value: str) -> None:
-        if self.exact is not None:
-            self.exact.add(value)
-            if len(self.exact) <= self.exact_limit:
-                return
-            self.registers = bytearray(M)
-            for seen in self.exact:
-                self._hll_add(seen)
-            self.exact = None
+        registers = self.registers
+        if registers is None:
+            exact = self.exact
+            assert exact is not None  # noqa: S101 - one of the two is always set
+            exact.add(value)
+            if len(exact) > self.exact_limit:
+                self.registers = bytearray(M)
+                for seen in exact:
+                    self._hll_add(seen)
+                self.exact = None
             return
         self._hll_add(value)
 
     def _hll_add(self, value: str) -> None:
-        assert self.registers is not None  # noqa: S101 - set when exact is dropped
-        h = int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "big")
-        index, rest = h >> (64 - P), h & _MASK
-        rank = (64 - P) - rest.bit_length() + 1
-        self.registers[index] = max(self.registers[index], rank)
+        """One value into the registers: the flood path of every rolled-up group."""
+        registers = self.registers
+        assert registers is not None  # noqa: S101 - set when exact is dropped
+        h = int.from_bytes(_blake2b(value.encode(), digest_size=8).digest())
+        index = h >> _REST_BITS
+        rank = _REST_BITS + 1 - (h & _MASK).bit_length()
+        if rank > registers[index]:  # noqa: PLR1730 - most adds change nothing: skip the store
+            registers[index] = rank
 
     @property
     def is_exact(self) -> bool:
