@@ -72,6 +72,17 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ScanConfig:
+    """The daemon's scan detector (pipeline/scan.py)."""
+
+    enabled: bool = True
+    window: float = 600.0  # seconds in which the distinct daemons or sources must fall
+    daemons: int = 3  # distinct daemons refusing one address
+    sources: int = 16  # distinct addresses refused in one /24 or /64
+    severity: str = "critical"  # the group that completes a scan is raised to at least this
+
+
+@dataclass(frozen=True)
 class SmtpSinkConfig:
     name: str = "smtp"
     host: str = "localhost"
@@ -134,6 +145,7 @@ class Config:
     source: str = "built-in defaults"
     ignore: IgnoreConfig = field(default_factory=IgnoreConfig)
     routes: tuple[RouteConfig, ...] = ()
+    scan: ScanConfig = field(default_factory=ScanConfig)
 
 
 def parse_duration(value: object) -> float:
@@ -207,7 +219,7 @@ class _Parser:
         return header
 
     def config(self, data: dict[str, Any]) -> Config:
-        known = {"daemon", "digest", "limits", "sink", "ignore", "route"}
+        known = {"daemon", "digest", "limits", "sink", "ignore", "route", "scan"}
         for name in data:
             if name not in known:
                 raise ConfigError(f"{self.source}: unknown table or key {name!r}")
@@ -227,7 +239,8 @@ class _Parser:
         if not isinstance(routes_raw, list):
             raise ConfigError(f"{self.source}: route: use [[route]] tables")
         routes = tuple(self._route(raw, i, set(names)) for i, raw in enumerate(routes_raw))
-        return Config(daemon, digest, limits, sinks, self.source, ignore, routes)
+        scan = self._section(data, "scan", ScanConfig, self._scan)
+        return Config(daemon, digest, limits, sinks, self.source, ignore, routes, scan)
 
     def _section(
         self,
@@ -293,6 +306,22 @@ class _Parser:
             raise t.error("events_per_second", "needs 0 < events_per_second <= 1000000")
         if cfg.retry_min <= 0 or cfg.retry_max < cfg.retry_min:
             raise t.error("retry_max", "needs 0 < retry_min <= retry_max")
+        t.done()
+        return cfg
+
+    def _scan(self, t: _Table) -> ScanConfig:
+        d = ScanConfig()
+        cfg = ScanConfig(
+            enabled=t.get("enabled", d.enabled, bool),
+            window=t.duration("window", d.window),
+            daemons=t.count("daemons", d.daemons, minimum=2, maximum=1000),
+            sources=t.count("sources", d.sources, minimum=2, maximum=1000),
+            severity=t.get("severity", d.severity, str),
+        )
+        if cfg.window <= 0:
+            raise t.error("window", "must be more than 0")
+        if cfg.severity not in SEVERITIES:
+            raise t.error("severity", f"{cfg.severity!r}: use {', '.join(SEVERITIES)}")
         t.done()
         return cfg
 

@@ -11,11 +11,12 @@ import ipaddress
 import shlex
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from wrapalert.model import TIMELINE_BUCKET, Digest, GroupReport
 from wrapalert.pipeline.aggregate import OVERFLOW
+from wrapalert.pipeline.scan import ScanSignal
 
 TOP_SOURCES = 30  # rows in the sources table; the rest are summed in one line
 LIST_MAX = 20  # scans, roll-ups and untrusted reports listed; the rest are summed
@@ -198,7 +199,8 @@ def _network(addr: str) -> str | None:
 
 
 def scans(groups: list[GroupReport]) -> list[Scan]:
-    """Multi-daemon probes (daemons known only for single-address groups) and prefix sweeps."""
+    """Multi-daemon probes (daemons known only for single-address groups) and prefix sweeps
+    seen in this digest, and the scans the daemon's detector signalled (pipeline/scan.py)."""
     per_addr: dict[str, Counter[str]] = defaultdict(Counter)
     per_net: dict[str, Counter[str]] = defaultdict(Counter)
     net_daemons: dict[str, set[str]] = defaultdict(set)
@@ -218,6 +220,23 @@ def scans(groups: list[GroupReport]) -> list[Scan]:
         if len(c) >= SWEEP_ADDRS:
             daemons = tuple(sorted(net_daemons[net]))
             out.append(Scan(net, len(c), c.total(), daemons, silence_command(daemons, net)))
+    # The daemon's own signals: found within its window, so possibly across digests.
+    # One row per target: what this digest shows, widened by what the daemon saw.
+    rows = {s.target: s for s in out}
+    for g in groups:
+        signal = ScanSignal.from_tuple(g.scan) if g.scan else None
+        if signal is None:
+            continue
+        addrs = 1 if signal.kind == "daemons" else signal.sources
+        row = rows.get(signal.target)
+        if row is None:
+            names = () if signal.kind == "daemons" else signal.daemons
+            silence = silence_command(names, signal.target)
+            rows[signal.target] = Scan(signal.target, addrs, g.events, signal.daemons, silence)
+        else:
+            daemons = tuple(sorted({*row.daemons, *signal.daemons}))
+            rows[signal.target] = replace(row, addrs=max(row.addrs, addrs), daemons=daemons)
+    out = list(rows.values())
     return sorted(out, key=lambda s: (-s.events, s.target))
 
 

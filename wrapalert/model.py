@@ -91,6 +91,9 @@ class GroupReport:
     level: str = "exact"  # "exact", "network" (/24, /64), "wide network" (/16, /48), "overflow"
     severity: str = "warning"  # "info", "warning" or "critical", from the first matching route
     sinks: tuple[str, ...] | None = None  # the sinks it goes to (None: every sink)
+    # The daemon's scan signal, if this group completed one: ScanSignal.as_tuple(),
+    # (kind, target, sources, first, last, *daemons) as text.
+    scan: tuple[str, ...] = ()
 
     def label(self, name: str) -> str | None:
         return dict(self.labels).get(name)
@@ -192,7 +195,8 @@ def fold_reports(reports: list[GroupReport], limit: int = MAX_DIGEST_GROUPS) -> 
     "(N more groups)" report summing the rest. Counts stay exact; detail is bounded."""
     if len(reports) <= limit:
         return reports
-    ranked = sorted(reports, key=lambda r: (r.trusted, -r.events, r.key))
+    # Untrusted first (always kept apart), then groups with a scan signal, then the busiest.
+    ranked = sorted(reports, key=lambda r: (r.trusted, not r.scan, -r.events, r.key))
     keep, rest = ranked[: limit - 1], ranked[limit - 1 :]
     keep += [r for r in rest if not r.trusted]
     rest = [r for r in rest if r.trusted]
@@ -248,4 +252,5 @@ def _report_from_dict(data: dict[str, Any]) -> GroupReport:
         data[name] = _pairs(data[name])
     if data.get("sinks") is not None:
         data["sinks"] = tuple(data["sinks"])
+    data["scan"] = tuple(data.get("scan", ()))
     return GroupReport(**data)

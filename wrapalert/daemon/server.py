@@ -37,9 +37,9 @@ import structlog
 
 from wrapalert import config as config_mod
 from wrapalert import sinks as sink_registry
-from wrapalert.config import Config, JsonlSinkConfig
+from wrapalert.config import Config, JsonlSinkConfig, ScanConfig
 from wrapalert.daemon import control, systemd
-from wrapalert.daemon.intake import Intake, open_socket
+from wrapalert.daemon.intake import Intake, LogLimit, open_socket
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store
 from wrapalert.model import Digest, Event, GroupReport, fold_reports
@@ -48,6 +48,7 @@ from wrapalert.pipeline.deliver import RateLimit, SinkWorker
 from wrapalert.pipeline.forward import ForwardWorker
 from wrapalert.pipeline.mute import Matcher, MatcherError, Mute, Silence
 from wrapalert.pipeline.route import Router
+from wrapalert.pipeline.scan import ScanDetector, ScanSignal
 from wrapalert.sinks.base import EventSink, Sink, TransientSinkError
 
 log = structlog.get_logger()
@@ -77,8 +78,15 @@ class Server:
         self.now = now
         self.host = socket.gethostname()
         self.stats = Stats()
+        self._scan_log = LogLimit()
         self.aggregator = Aggregator(
-            cfg.digest, cfg.limits.max_groups, cfg.limits.untrusted_interval, Router(cfg.routes)
+            cfg.digest,
+            cfg.limits.max_groups,
+            cfg.limits.untrusted_interval,
+            Router(cfg.routes),
+            scans=_detector(cfg.scan),
+            scan_severity=cfg.scan.severity,
+            on_scan=self._scan_found,
         )
         self.store = Store(cfg.daemon.state_dir, now)
         self.mute = Mute(cfg.ignore.networks, cfg.ignore.daemons)
@@ -317,6 +325,19 @@ class Server:
             if self.forwarders:
                 self._forward(event)
 
+    def _scan_found(self, signal: ScanSignal) -> None:
+        self.stats.scans += 1
+        allowed, suppressed = self._scan_log.allow(signal.kind)
+        if allowed:
+            log.warning(
+                "scan_detected",
+                kind=signal.kind,
+                target=signal.target,
+                daemons=",".join(signal.daemons),
+                sources=signal.sources,
+                suppressed=suppressed,
+            )
+
     def _forward(self, event: Event) -> None:
         """Hand the event to each forwarding sink its route allows (all, without routes)."""
         targets = self.aggregator.router.route(event)[1] if self.aggregator.router.routes else None
@@ -506,10 +527,12 @@ class Server:
                 log.warning("reload_needs_restart", key=f"daemon.{key}")
             kept[key] = getattr(old.daemon, key)  # the running daemon keeps what it opened
         new = replace(new, daemon=replace(new.daemon, **kept))
-        self.aggregator.cfg = new.digest
-        self.aggregator.max_groups = new.limits.max_groups
-        self.aggregator.untrusted_interval = new.limits.untrusted_interval
-        self.aggregator.router = Router(new.routes)
+        self.aggregator.configure(
+            new.digest, new.limits.max_groups, new.limits.untrusted_interval, Router(new.routes)
+        )
+        if new.scan != old.scan:  # unchanged settings keep what the detector has seen
+            self.aggregator.scans = _detector(new.scan)
+            self.aggregator.scan_severity = new.scan.severity
         silences = self.mute.silences
         self.mute = Mute(new.ignore.networks, new.ignore.daemons)
         self.mute.silences = silences
@@ -652,6 +675,10 @@ class Server:
                 line += ", state in memory only"
             systemd.notify(f"WATCHDOG=1\n{line}" if watchdog else line)
             await asyncio.sleep(interval)
+
+
+def _detector(cfg: ScanConfig) -> ScanDetector | None:
+    return ScanDetector(cfg.window, cfg.daemons, cfg.sources) if cfg.enabled else None
 
 
 def _split(built: list[Sink | EventSink]) -> tuple[dict[str, Sink], dict[str, EventSink]]:

@@ -20,6 +20,7 @@ class Stats:
     spooled: int = 0
     ignored: int = 0  # matched [ignore]: counted, never notified
     silenced: int = 0  # matched an active silence: counted, never notified
+    scans: int = 0  # scan signals the detector raised (pipeline/scan.py)
     digests: int = 0
     delivered: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
@@ -60,6 +61,7 @@ class Stats:
             "spooled": self.spooled,
             "ignored": self.ignored,
             "silenced": self.silenced,
+            "scans": self.scans,
             "groups": groups,
             "pending_events": pending_events,
             "outbox": outbox,

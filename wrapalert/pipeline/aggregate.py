@@ -30,12 +30,22 @@ from __future__ import annotations
 
 import heapq
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from wrapalert.config import DigestConfig
-from wrapalert.model import MAX_DETAIL, TIMELINE_BUCKET, TIMELINE_MAX, Event, GroupReport, Tally
+from wrapalert.model import (
+    MAX_DETAIL,
+    SEVERITY_ORDER,
+    TIMELINE_BUCKET,
+    TIMELINE_MAX,
+    Event,
+    GroupReport,
+    Tally,
+)
 from wrapalert.pipeline.route import Router
+from wrapalert.pipeline.scan import ScanDetector, ScanSignal
 from wrapalert.pipeline.sketch import Distinct
 
 OVERFLOW = "(overflow)"
@@ -84,6 +94,24 @@ class _Group:
     users: Tally = field(default_factory=Tally)
     sources: Distinct = field(default_factory=Distinct)
     timeline: dict[float, int] = field(default_factory=dict)
+    # The daemon and address every event of this group has, when its key fixes them
+    # (an exact trusted group keyed by them): their tallies and sketch are then implied,
+    # and a flood from one source skips three updates per event.
+    fixed_daemon: str | None = None
+    fixed_addr: str | None = None
+    scan: tuple[str, ...] = ()  # the scan signal it completed since its last report
+
+    def escalate(self, signal: ScanSignal, severity: str) -> None:
+        self.scan = signal.as_tuple()
+        if SEVERITY_ORDER.index(severity) > SEVERITY_ORDER.index(self.severity):
+            self.severity = severity
+
+    def fix(self) -> None:
+        """Set the fixed values from the labels (at creation and on restore)."""
+        if self.level == 0 and self.trusted:
+            labels = dict(self.labels)
+            self.fixed_daemon = labels.get("daemon")
+            self.fixed_addr = labels.get("client_addr")
 
 
 class Aggregator:
@@ -95,11 +123,15 @@ class Aggregator:
         max_groups: int,
         untrusted_interval: float = 3600.0,
         router: Router | None = None,
+        *,
+        scans: ScanDetector | None = None,
+        scan_severity: str = "critical",
+        on_scan: Callable[[ScanSignal], None] | None = None,
     ) -> None:
-        self.cfg = cfg
-        self.router = router or Router()
-        self.max_groups = max_groups
-        self.untrusted_interval = untrusted_interval
+        self.configure(cfg, max_groups, untrusted_interval, router or Router())
+        self.scans = scans
+        self.scan_severity = scan_severity
+        self.on_scan = on_scan
         self.groups: dict[Key, _Group] = {}
         # (due, seq, key): lazily invalidated; an entry counts only while it matches the
         # group's news timer (`due`, with news) or its repeat timer (`repeat_due`, without).
@@ -107,6 +139,19 @@ class Aggregator:
         self._seq = 0
         self.dirty: set[Key] = set()
         self.dropped: set[Key] = set()
+
+    def configure(
+        self, cfg: DigestConfig, max_groups: int, untrusted_interval: float, router: Router
+    ) -> None:
+        """(Re)load the settings; groups and timers stay as they are."""
+        self.cfg = cfg
+        self.max_groups = max_groups
+        self.untrusted_interval = untrusted_interval
+        self.router = router
+        # Derived once here, not per event.
+        self._group_by = cfg.group_by
+        self._unknowns = ("unknown",) * len(cfg.group_by)
+        self._addr_at = cfg.group_by.index("client_addr") if "client_addr" in cfg.group_by else -1
 
     @property
     def pending_events(self) -> int:
@@ -118,13 +163,20 @@ class Aggregator:
 
     def add(self, event: Event, now: float) -> bool:
         """Count one event; True when this scheduled a timer (the caller may re-plan)."""
-        key = self._key(event)
-        group = self.groups.get(key)
+        if event.trusted:
+            key = tuple(map(event.fields.get, self._group_by, self._unknowns))
+        else:
+            key = self._untrusted_key(event)
+        group = fresh = self.groups.get(key)
         if group is None:
-            group = self._place(event, key, self._labels(event), now)
+            group = self._place(event, key, now)
+            if self.scans is not None:
+                self._watch(group, event, now)  # a new key: a new (source, daemon) pair
         self.dirty.add(group.key)
         woke = False
         if group.new == 0:
+            if self.scans is not None and fresh is None:
+                self._watch(group, event, now)  # a group waking up: a pair seen again
             group.first_new = now
             if group.notified:
                 group.due = max(group.due, now)
@@ -134,14 +186,33 @@ class Aggregator:
         group.total += 1
         group.last_seen = now
         get = event.fields.get
-        addr = get("client_addr", "unknown")
-        group.daemons.add(get("daemon", "unknown"))
-        group.addrs.add(addr)
+        if group.fixed_daemon is None:
+            group.daemons.add(get("daemon", "unknown"))
+        if group.fixed_addr is None:
+            addr = get("client_addr", "unknown")
+            group.addrs.add(addr)
+            group.sources.add(addr)
         group.names.add(get("client_name", "unknown"))
         group.users.add(get("user", "unknown"))
-        group.sources.add(addr)
-        _count_in_timeline(group.timeline, now)
+        timeline = group.timeline
+        bucket = now - now % TIMELINE_BUCKET
+        if bucket in timeline:
+            timeline[bucket] += 1
+        else:
+            _new_bucket(timeline, bucket)
         return woke
+
+    def _watch(self, group: _Group, event: Event, now: float) -> None:
+        if not event.trusted:
+            return  # made-up addresses from any local user must not raise alarms
+        assert self.scans is not None  # noqa: S101 - checked by the caller, on the hot path
+        get = event.fields.get
+        addr, daemon = get("client_addr", "unknown"), get("daemon", "unknown")
+        for signal in self.scans.observe(addr, daemon, now):
+            group.escalate(signal, self.scan_severity)
+            self.dirty.add(group.key)
+            if self.on_scan is not None:
+                self.on_scan(signal)
 
     def next_due(self) -> float | None:
         """When the earliest timer (news or repeat) falls due, if any."""
@@ -208,6 +279,7 @@ class Aggregator:
         group.names, group.users = Tally(), Tally()
         group.sources = Distinct()
         group.timeline = {}
+        group.scan = ()
         return report
 
     def _repeat(self, group: _Group) -> GroupReport:
@@ -219,6 +291,17 @@ class Aggregator:
         return report
 
     def _snapshot(self, group: _Group, reason: str, events: int, first: float) -> GroupReport:
+        new = events
+        if group.fixed_daemon is None:
+            daemons = group.daemons.top()
+        else:
+            daemons = ((group.fixed_daemon, new),) if new else ()
+        if group.fixed_addr is None:
+            addrs, more = group.addrs.top(), group.addrs.other
+            sources, exact = group.sources.count(), group.sources.is_exact
+        else:
+            addrs, more = ((group.fixed_addr, new),) if new else (), 0
+            sources, exact = (1 if new else 0), True
         return GroupReport(
             key=group.key,
             labels=group.labels,
@@ -230,33 +313,32 @@ class Aggregator:
             group_first_seen=group.created,
             trusted=group.trusted,
             uid=group.uid,
-            daemons=group.daemons.top(),
-            addrs=group.addrs.top(),
+            daemons=daemons,
+            addrs=addrs,
             names=group.names.top(),
             users=group.users.top(),
-            more_addrs=group.addrs.other,
+            more_addrs=more,
             timeline=tuple(sorted(group.timeline.items())),
-            sources=group.sources.count(),
-            sources_exact=group.sources.is_exact,
+            sources=sources,
+            sources_exact=exact,
             level=LEVELS[group.level],
             severity=group.severity,
             sinks=group.sinks,
+            scan=group.scan,
         )
 
-    def _place(self, event: Event, key: Key, labels: Labels, now: float) -> _Group:
+    def _place(self, event: Event, key: Key, now: float) -> _Group:
         """A group for an event of a new key, rolled up as far as the bounds require."""
+        groups = self.groups
         level = 0
-        limit = self.max_groups
-        while len(self.groups) >= limit and level < 3:
-            level += 1
-            limit += self.reserve if level < 3 else 1 << 62
-            key, labels = self._rolled(event, key, labels, level)
-            if key in self.groups:
-                return self.groups[key]
+        if len(groups) >= self.max_groups:
+            key, level, found = self._roll_up(event, key)
+            if found is not None:
+                return found
         severity, sinks = self.router.route(event)
         group = _Group(
             key,
-            labels,
+            self._labels(event, key, level),
             event.trusted,
             event.uid,
             now,
@@ -265,20 +347,32 @@ class Aggregator:
             severity=severity,
             sinks=sinks,
         )
-        self.groups[key] = group
+        group.fix()
+        groups[key] = group
         return group
 
-    def _rolled(self, event: Event, key: Key, labels: Labels, level: int) -> tuple[Key, Labels]:
-        """The key one level up: the client's network, or the overflow group."""
-        if level < 3 and "client_addr" in self.cfg.group_by and event.trusted:
-            net = network_of(event.get("client_addr"), level)
-            if net is not None:
-                labels = tuple((n, net if n == "client_addr" else v) for n, v in labels)
-                return tuple(v for _, v in labels), labels
-        if level < 3:
-            return key, labels  # nothing to roll up by: the next level decides
-        overflow = (OVERFLOW,) if event.trusted else (OVERFLOW, "untrusted")
-        return overflow, (("group", OVERFLOW),)
+    def _roll_up(self, event: Event, key: Key) -> tuple[Key, int, _Group | None]:
+        """The key (and level) a new source gets when the exact groups are all taken,
+        with its group if that exists: its /24 or /64 within the first reserve, its /16
+        or /48 within the second, else the overflow group. Networks are worked out only
+        as far as needed: under a flood of new sources this runs for every event."""
+        groups = self.groups
+        limit = self.max_groups
+        at = self._addr_at
+        packed = _packed(key[at]) if at >= 0 and event.trusted else None
+        for level in (1, 2):
+            limit += self.reserve
+            if packed is not None:
+                net = _network(packed, level)
+                key = (*key[:at], net, *key[at + 1 :])
+                found = groups.get(key)
+                if found is not None:
+                    return key, level, found
+            # Not an IP address: nothing to roll up by, so its own key takes a reserve place.
+            if len(groups) < limit:
+                return key, level, None
+        key = (OVERFLOW,) if event.trusted else (OVERFLOW, "untrusted")
+        return key, 3, groups.get(key)
 
     def export(self, key: Key) -> dict[str, Any] | None:
         """One group's whole state as plain data (None if it no longer exists)."""
@@ -292,6 +386,7 @@ class Aggregator:
         state["sources"] = group.sources.to_dict()
         state["sinks"] = None if group.sinks is None else list(group.sinks)
         state["timeline"] = [[t, n] for t, n in group.timeline.items()]
+        state["scan"] = list(group.scan)
         return state
 
     def restore(self, states: list[dict[str, Any]]) -> None:
@@ -308,6 +403,8 @@ class Aggregator:
             sinks = state.get("sinks")
             group.sinks = None if sinks is None else tuple(sinks)
             group.timeline = {float(t): int(n) for t, n in state["timeline"]}
+            group.scan = tuple(str(v) for v in state.get("scan", ()))  # older states: none
+            group.fix()
             self.groups[group.key] = group
             if group.new:
                 self._schedule(group, group.due)
@@ -322,38 +419,43 @@ class Aggregator:
             self._heap = [e for e in self._heap if self._valid(e[2], e[0])]
             heapq.heapify(self._heap)
 
-    def _key(self, event: Event) -> Key:
-        if not event.trusted:
-            # One group per untrusted uid: never sharing a group (or its look) with real
-            # alerts, and never more than one, whatever fields the sender makes up.
-            return ("untrusted", "unknown" if event.uid is None else str(event.uid))
-        get = event.fields.get
-        return tuple([get(name, "unknown") for name in self.cfg.group_by])
+    @staticmethod
+    def _untrusted_key(event: Event) -> Key:
+        # One group per untrusted uid: never sharing a group (or its look) with real
+        # alerts, and never more than one, whatever fields the sender makes up.
+        return ("untrusted", "unknown" if event.uid is None else str(event.uid))
 
-    def _labels(self, event: Event) -> Labels:
+    def _labels(self, event: Event, key: Key, level: int) -> Labels:
         """The key's names and values, made only when a group is created."""
+        if level == 3:
+            return (("group", OVERFLOW),)
         if not event.trusted:
-            return (("reported_by_uid", "unknown" if event.uid is None else str(event.uid)),)
-        return tuple((name, event.get(name)) for name in self.cfg.group_by)
+            return (("reported_by_uid", key[1]),)
+        return tuple(zip(self.cfg.group_by, key, strict=True))
 
 
-def network_of(addr: str, level: int) -> str | None:
-    """The /24 or /64 (level 1), /16 or /48 (level 2) holding `addr`; None if not an IP."""
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+def _packed(addr: str) -> bytes | None:
+    """An address's bytes (4 or 16), None if it is not an IP address."""
     try:
-        packed = socket.inet_pton(family, addr.partition("%")[0])
+        if ":" in addr:
+            return socket.inet_pton(socket.AF_INET6, addr.partition("%")[0])
+        return socket.inet_pton(socket.AF_INET, addr)
     except OSError:
         return None
-    prefix = _PREFIXES[6 if family == socket.AF_INET6 else 4][level - 1]
+
+
+def _network(packed: bytes, level: int) -> str:
+    """The /24 or /64 (level 1), /16 or /48 (level 2) holding the address, as text."""
+    v6 = len(packed) == 16
+    prefix = _PREFIXES[6 if v6 else 4][level - 1]
     keep = prefix // 8  # every roll-up prefix is whole bytes
     masked = packed[:keep] + bytes(len(packed) - keep)
-    return f"{socket.inet_ntop(family, masked)}/{prefix}"
+    return f"{socket.inet_ntop(socket.AF_INET6 if v6 else socket.AF_INET, masked)}/{prefix}"
 
 
-def _count_in_timeline(timeline: dict[float, int], now: float) -> None:
-    """One event in its bucket; past TIMELINE_MAX buckets the oldest two fold together."""
-    bucket = now - now % TIMELINE_BUCKET
-    timeline[bucket] = timeline.get(bucket, 0) + 1
+def _new_bucket(timeline: dict[float, int], bucket: float) -> None:
+    """A first event in `bucket`; past TIMELINE_MAX buckets the oldest two fold together."""
+    timeline[bucket] = 1
     if len(timeline) > TIMELINE_MAX:
         first, second = sorted(timeline)[:2]
         timeline[second] += timeline.pop(first)

@@ -1,0 +1,216 @@
+"""The daemon-side scan detector: unit, in the aggregator, and in the running daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+from conftest import Deliveries, Running, body, maildir_messages, make_config
+
+from wrapalert.config import DigestConfig, ScanConfig
+from wrapalert.daemon.server import Server
+from wrapalert.digest_view import scans
+from wrapalert.mail import Renderer
+from wrapalert.model import Digest, Event, GroupReport, digest_from_json, digest_to_json
+from wrapalert.pipeline import scan as scan_mod
+from wrapalert.pipeline.aggregate import Aggregator
+from wrapalert.pipeline.scan import ScanDetector, ScanSignal, network
+from wrapalert.wire import encode
+
+WINDOW = 600.0
+
+
+def detector() -> ScanDetector:
+    return ScanDetector(WINDOW, daemons=3, sources=4)
+
+
+def test_one_address_trying_three_daemons_within_the_window_signals_once() -> None:
+    d = detector()
+    assert d.observe("203.0.113.7", "sshd", 0.0) == []
+    assert d.observe("203.0.113.7", "sshd", 10.0) == []  # the same daemon again: nothing new
+    assert d.observe("203.0.113.7", "in.ftpd", 100.0) == []
+    (signal,) = d.observe("203.0.113.7", "in.telnetd", 200.0)
+    assert signal.kind == "daemons"
+    assert signal.target == "203.0.113.7"
+    assert signal.daemons == ("in.ftpd", "in.telnetd", "sshd")
+    assert (signal.first, signal.last) == (10.0, 200.0)
+    assert "tried 3 daemons" in signal.describe()
+    # Within the same window a fourth daemon does not signal again.
+    assert d.observe("203.0.113.7", "vsftpd", 300.0) == []
+    assert d.found == 1
+
+
+def test_daemons_spread_wider_than_the_window_do_not_signal() -> None:
+    d = detector()
+    d.observe("203.0.113.7", "sshd", 0.0)
+    d.observe("203.0.113.7", "in.ftpd", 400.0)
+    assert d.observe("203.0.113.7", "in.telnetd", 700.0) == []  # sshd is 700 s old
+    # ... but a third within 600 s of in.ftpd does.
+    assert [s.kind for s in d.observe("203.0.113.7", "vsftpd", 900.0)] == ["daemons"]
+
+
+def test_a_target_signals_again_after_a_quiet_window() -> None:
+    d = detector()
+    for t, name in ((0.0, "a"), (1.0, "b"), (2.0, "c")):
+        d.observe("192.0.2.1", name, t)
+    assert d.found == 1
+    for t, name in ((2000.0, "d"), (2001.0, "e"), (2002.0, "f")):
+        d.observe("192.0.2.1", name, t)
+    assert d.found == 2
+
+
+def test_many_addresses_in_one_network_signal_a_sweep() -> None:
+    d = detector()
+    signals = [s for i in range(4) for s in d.observe(f"198.51.100.{i}", "sshd", float(i))]
+    assert [(s.kind, s.target, s.sources) for s in signals] == [("sweep", "198.51.100.0/24", 4)]
+    v6 = [s for i in range(4) for s in d.observe(f"2001:db8:1:2::{i + 1}", "sshd", float(i))]
+    assert [(s.kind, s.target) for s in v6] == [("sweep", "2001:db8:1:2::/64")]
+    # Four addresses in four different /24s are no sweep.
+    assert not [s for i in range(4) for s in d.observe(f"192.0.{i}.1", "sshd", float(i))]
+
+
+def test_unknown_addresses_and_networks_are_not_scans() -> None:
+    d = detector()
+    for name in ("a", "b", "c", "d"):
+        assert d.observe("unknown", name, 1.0) == []
+    assert network("unknown") is None
+    assert network("192.0.2.77") == "192.0.2.0/24"
+    assert network("2001:db8::1") == "2001:db8::/64"
+    assert network("fe80::1%eth0") == "fe80::/64"
+
+
+def test_memory_is_bounded_under_a_flood_of_new_sources() -> None:
+    d = detector()
+    for i in range(3 * scan_mod.MAX_TRACKED):
+        d.observe(f"2001:db8:{i:x}::1", "sshd", float(i))
+    assert d.tracked <= 2 * scan_mod.MAX_TRACKED
+    # Each target keeps at most its threshold of values, however many it sees.
+    for i in range(1000):
+        d.observe("198.51.100.1", f"daemon{i}", 1e5)
+    assert max(len(s.values) for s in d._addrs.values()) <= 3
+
+
+def test_signal_round_trips_as_plain_text_and_damage_is_refused() -> None:
+    signal = ScanSignal("daemons", "203.0.113.7", ("a", "b", "c"), 1, 1.5, 2.5)
+    assert ScanSignal.from_tuple(signal.as_tuple()) == signal
+    assert ScanSignal.from_tuple(("daemons", "x")) is None
+    assert ScanSignal.from_tuple(("bogus", "x", "1", "1.0", "2.0")) is None
+    assert ScanSignal.from_tuple(("sweep", "x", "many", "1.0", "2.0")) is None
+
+
+def event(addr: str, daemon: str, *, trusted: bool = True) -> Event:
+    return Event({"daemon": daemon, "client_addr": addr}, 0.0, uid=0, trusted=trusted)
+
+
+def aggregator(found: list[ScanSignal]) -> Aggregator:
+    cfg = replace(DigestConfig(), group_wait=10.0, group_interval=300.0, batch_window=0.0)
+    return Aggregator(cfg, 1000, scans=detector(), on_scan=found.append)
+
+
+def test_the_group_completing_a_scan_is_marked_and_raised_to_critical() -> None:
+    found: list[ScanSignal] = []
+    agg = aggregator(found)
+    for t, name in ((0.0, "sshd"), (1.0, "in.ftpd"), (2.0, "in.telnetd")):
+        for k in range(50):  # a flood per pair: the detector sees each pair once
+            agg.add(event("203.0.113.7", name), t + k / 100)
+    reports = {r.label("daemon"): r for r in agg.collect(100.0)}
+    assert len(found) == 1
+    marked = reports["in.telnetd"]
+    assert marked.severity == "critical"
+    assert ScanSignal.from_tuple(marked.scan) == found[0]
+    assert reports["sshd"].severity == "warning"
+    assert reports["sshd"].scan == ()
+    assert sum(r.events for r in reports.values()) == 150  # counts untouched
+    # Reported once: the next report of that group carries no stale signal.
+    agg.add(event("203.0.113.7", "in.telnetd"), 500.0)
+    (again,) = agg.collect(1000.0)
+    assert again.scan == ()
+
+
+def test_untrusted_reports_never_signal_scans() -> None:
+    found: list[ScanSignal] = []
+    agg = aggregator(found)
+    for name in ("a", "b", "c", "d"):
+        agg.add(event("203.0.113.7", name, trusted=False), 1.0)
+    assert found == []
+
+
+def test_a_scan_across_digests_is_found_by_the_daemon_not_by_one_digest() -> None:
+    """sshd reported in one digest, ftpd and telnetd in the next: only the daemon sees 3."""
+    found: list[ScanSignal] = []
+    agg = aggregator(found)
+    agg.add(event("203.0.113.7", "sshd"), 0.0)
+    first = agg.collect(20.0)
+    agg.add(event("203.0.113.7", "in.ftpd"), 30.0)
+    agg.add(event("203.0.113.7", "in.telnetd"), 31.0)
+    second = agg.collect(50.0)
+    assert scans(first) == []
+    (listed,) = scans(second)
+    assert (listed.target, listed.daemons) == ("203.0.113.7", ("in.ftpd", "in.telnetd", "sshd"))
+    digest = Digest("host", 50.0, tuple(second))
+    # The signal survives the outbox (JSON) and reaches the mail's headers and text.
+    again = digest_from_json(digest_to_json(digest))
+    assert again == digest
+    msg = Renderer("wrapalert@localhost", ("root@localhost",)).render(again)
+    assert msg["X-Wrapalert-Scans"] == "1"
+    assert msg["X-Wrapalert-Severity"] == "critical"
+    assert "203.0.113.7 tried 3 daemons" in body(msg)
+
+
+def test_a_group_restored_from_an_older_state_has_no_signal() -> None:
+    found: list[ScanSignal] = []
+    agg = aggregator(found)
+    agg.add(event("192.0.2.1", "sshd"), 0.0)
+    state = agg.export(("sshd", "192.0.2.1"))
+    assert state is not None
+    del state["scan"]  # saved before the detector existed
+    fresh = aggregator(found)
+    fresh.restore([state])
+    (report,) = fresh.collect(100.0)
+    assert isinstance(report, GroupReport)
+    assert report.scan == ()
+
+
+def send(path: Path, data: bytes) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(data, str(path))
+
+
+def test_the_running_daemon_counts_logs_and_mails_a_scan(sockdir: Path) -> None:
+    cfg = replace(make_config(sockdir, group_wait=0.5), scan=ScanConfig(daemons=3))
+
+    async def scenario() -> Server:
+        seen = Deliveries()
+        server = Server(cfg, on_delivery=seen)
+        async with Running(server):
+            for daemon in ("sshd", "in.ftpd", "in.telnetd"):
+                send(cfg.daemon.socket, encode({"d": daemon, "a": "203.0.113.7"}))
+            await seen.wait_events(3)
+        return server
+
+    server = asyncio.run(scenario())
+    assert server.status()["scans"] == 1
+    (msg,) = maildir_messages(sockdir / "Maildir")
+    assert msg["X-Wrapalert-Scans"] == "1"
+    assert msg["X-Wrapalert-Severity"] == "critical"
+    assert "203.0.113.7 tried 3 daemons" in body(msg)
+
+
+def test_the_detector_can_be_turned_off(sockdir: Path) -> None:
+    cfg = replace(make_config(sockdir, group_wait=0.5), scan=ScanConfig(enabled=False))
+
+    async def scenario() -> Server:
+        seen = Deliveries()
+        server = Server(cfg, on_delivery=seen)
+        async with Running(server):
+            for daemon in ("sshd", "in.ftpd", "in.telnetd"):
+                send(cfg.daemon.socket, encode({"d": daemon, "a": "203.0.113.7"}))
+            await seen.wait_events(3)
+        return server
+
+    server = asyncio.run(scenario())
+    assert server.status()["scans"] == 0
+    (msg,) = maildir_messages(sockdir / "Maildir")
+    assert msg["X-Wrapalert-Severity"] == "warning"
