@@ -8,10 +8,15 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import Running, client, write_config
+from conftest import Running, client, make_config, write_config
 
 from wrapalert import config
-from wrapalert.config import JsonlSinkConfig
+from wrapalert.config import (
+    JournaldSinkConfig,
+    JsonlSinkConfig,
+    SyslogSinkConfig,
+    WebhookSinkConfig,
+)
 from wrapalert.daemon.server import Server
 from wrapalert.model import Event
 from wrapalert.pipeline.forward import ForwardWorker
@@ -156,3 +161,17 @@ path = "{sockdir}/events.jsonl"
     assert [r["client_addr"] for r in records] == ["192.0.2.1", "192.0.2.2"]
     assert all(r["trusted"] is True and r["uid"] == os.getuid() for r in records)
     assert records[0]["client_name"] == "evil.example"
+
+
+def test_each_forwarding_sink_gets_its_own_events_per_second(sockdir: Path) -> None:
+    """A [[sink]] table's events_per_second applies to that sink, whatever its type;
+    without one the sink takes [limits] events_per_second."""
+    cfg = make_config(
+        sockdir,
+        SyslogSinkConfig(events_per_second=7.0),
+        JournaldSinkConfig(),
+        WebhookSinkConfig(url="http://127.0.0.1:9/hook", events_per_second=3.0),
+    )
+    server = Server(cfg)
+    rates = {name: f.bucket.rate for name, f in server.forwarders.items()}
+    assert rates == {"syslog": 7.0, "journald": cfg.limits.events_per_second, "webhook": 3.0}

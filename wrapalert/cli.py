@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from wrapalert import config, hostsdeny, notify
 
@@ -254,11 +255,24 @@ def cmd_check_hosts(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if errors else EXIT_OK
 
 
-def describe_sink(sink: config.SinkConfig) -> str:
+def describe_sink(sink: config.SinkConfig) -> str:  # noqa: PLR0911 - a return per sink type
     if isinstance(sink, config.SmtpSinkConfig):
         return f"smtp {sink.host}:{sink.port} tls={sink.tls} to {', '.join(sink.to)}"
     if isinstance(sink, config.JsonlSinkConfig):
         return f"jsonl {sink.path} (forwarding, one record per event)"
+    if isinstance(sink, config.SyslogSinkConfig):
+        where = str(sink.socket)
+        if sink.address is not None:
+            where = f"{sink.protocol}://{sink.address[0]}:{sink.address[1]}"
+        return f"syslog {where} facility {sink.facility} (forwarding, one line per event)"
+    if isinstance(sink, config.JournaldSinkConfig):
+        return f"journald {sink.socket} (forwarding, one entry per event)"
+    if isinstance(sink, config.AlertmanagerSinkConfig):
+        return f"alertmanager {', '.join(sink.urls)} (forwarding, alerts per label set)"
+    if isinstance(sink, config.WebhookSinkConfig):
+        # Only where it goes: webhook URLs often carry their secret in the path.
+        url = urlsplit(sink.url)
+        return f"webhook {url.scheme}://{url.netloc}/... (forwarding, JSON batches)"
     return f"maildir {sink.path}"
 
 

@@ -16,6 +16,7 @@ from email.errors import HeaderParseError
 from email.headerregistry import Address
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 DEFAULT_PATH = Path("/etc/wrapalert/wrapalert.toml")
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
@@ -112,8 +113,95 @@ class JsonlSinkConfig:
     events_per_second: float | None = None  # None: [limits] events_per_second
 
 
-SinkConfig = SmtpSinkConfig | MaildirSinkConfig | JsonlSinkConfig
-SINK_TYPES = '"smtp", "maildir" or "jsonl"'
+# Syslog facility codes (RFC 5424 table 1) a sender may use; kern (0) is the kernel's own.
+SYSLOG_FACILITIES = {
+    "user": 1,
+    "mail": 2,
+    "daemon": 3,
+    "auth": 4,
+    "syslog": 5,
+    "lpr": 6,
+    "news": 7,
+    "uucp": 8,
+    "cron": 9,
+    "authpriv": 10,
+    "ftp": 11,
+    **{f"local{n}": 16 + n for n in range(8)},
+}
+SYSLOG_PROTOCOLS = ("udp", "tcp")
+# RFC 3164 TAG (RFC 5424 APP-NAME allows more): what every receiver parses alike.
+SYSLOG_IDENT = re.compile(r"[A-Za-z0-9._-]{1,32}")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")  # or an IPv4 address
+
+
+@dataclass(frozen=True)
+class SyslogSinkConfig:
+    """A forwarding sink: one syslog line per event, RFC 3164 to the local socket or
+    RFC 5424 over UDP or TCP to a collector (`address`)."""
+
+    name: str = "syslog"
+    socket: Path = Path("/dev/log")
+    address: tuple[str, int] | None = None  # (host, port) of a collector; None: `socket`
+    protocol: str = "udp"
+    facility: str = "authpriv"
+    ident: str = "wrapalert"
+    # How long a send may wait: for room in a full local queue, or to connect and write.
+    timeout: float = 5.0
+    events_per_second: float | None = None  # None: [limits] events_per_second
+
+
+@dataclass(frozen=True)
+class JournaldSinkConfig:
+    """A forwarding sink: one journal entry per event, native protocol, WRAPALERT_* fields."""
+
+    name: str = "journald"
+    socket: Path = Path("/run/systemd/journal/socket")
+    timeout: float = 5.0  # how long a send may wait for room in journald's queue
+    events_per_second: float | None = None  # None: [limits] events_per_second
+
+
+@dataclass(frozen=True)
+class AlertmanagerSinkConfig:
+    """A forwarding sink: alerts POSTed to every Alertmanager of a cluster (API v2)."""
+
+    name: str = "alertmanager"
+    urls: tuple[str, ...] = ("http://127.0.0.1:9093",)
+    timeout: float = 10.0
+    # An alert stays firing this long after its last event (endsAt = last seen + this).
+    resolve_after: float = 900.0
+    labels: tuple[tuple[str, str], ...] = ()  # extra static labels, e.g. (("env", "prod"),)
+    events_per_second: float | None = None  # None: [limits] events_per_second
+
+
+@dataclass(frozen=True)
+class WebhookSinkConfig:
+    """A forwarding sink: records as one JSON POST per batch, for chat and paging tools."""
+
+    url: str
+    name: str = "webhook"
+    timeout: float = 10.0
+    headers: tuple[tuple[str, str], ...] = ()  # extra request headers, e.g. Authorization
+    events_per_second: float | None = None  # None: [limits] events_per_second
+
+
+SinkConfig = (
+    SmtpSinkConfig
+    | MaildirSinkConfig
+    | JsonlSinkConfig
+    | SyslogSinkConfig
+    | JournaldSinkConfig
+    | AlertmanagerSinkConfig
+    | WebhookSinkConfig
+)
+SINK_TYPES = '"smtp", "maildir", "jsonl", "syslog", "journald", "alertmanager" or "webhook"'
+# Alertmanager's (Prometheus') label names; "__" starts the reserved ones.
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# The labels the alertmanager sink sets itself: static labels may not replace them.
+ALERT_LABELS = frozenset({"alertname", "daemon", "client_addr", "host", "trust"})
+# RFC 9110 token: a header field name.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Headers that frame the request (wrapalert.sinks.http sets them) or that the sink sets.
+_OWN_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
 
 
 SEVERITIES = ("info", "warning", "critical")
@@ -365,7 +453,7 @@ class _Parser:
         t.done()
         return RouteConfig(tuple(match), severity, tuple(targets) if targets is not None else None)
 
-    def _sink(self, raw: object, index: int) -> SinkConfig:
+    def _sink(self, raw: object, index: int) -> SinkConfig:  # noqa: C901 - a branch per sink type
         if not isinstance(raw, dict):
             raise ConfigError(f"{self.source}: [[sink]] #{index + 1} must be a table")
         t = _Table(self, "sink", index, raw)
@@ -405,6 +493,14 @@ class _Parser:
                 path=t.path("path", j.path),
                 events_per_second=None if rate is None else float(rate),
             )
+        elif kind == "syslog":
+            cfg = self._syslog(t)
+        elif kind == "journald":
+            cfg = self._journald(t)
+        elif kind == "alertmanager":
+            cfg = self._alertmanager(t)
+        elif kind == "webhook":
+            cfg = self._webhook(t)
         elif kind is None:
             raise t.error("type", f"missing; use {SINK_TYPES}")
         else:
@@ -412,6 +508,144 @@ class _Parser:
         t.consumed.add("type")
         t.done()
         return cfg
+
+    def _syslog(self, t: _Table) -> SyslogSinkConfig:
+        d = SyslogSinkConfig()
+        address = self._syslog_address(t) if "address" in t.raw else None
+        if address is not None and "socket" in t.raw:
+            raise t.error("address", "use socket (local) or address (a collector), not both")
+        if address is None and "protocol" in t.raw:
+            raise t.error("protocol", "only with address (the local socket takes datagrams)")
+        protocol = t.get("protocol", d.protocol, str)
+        if protocol not in SYSLOG_PROTOCOLS:
+            raise t.error("protocol", f'{protocol!r}: use "udp" or "tcp"')
+        facility = t.get("facility", d.facility, str)
+        if facility not in SYSLOG_FACILITIES:
+            raise t.error("facility", f"{facility!r}: use one of {', '.join(SYSLOG_FACILITIES)}")
+        ident = t.get("ident", d.ident, str)
+        if not SYSLOG_IDENT.fullmatch(ident):
+            raise t.error("ident", f'{ident!r}: use 1 to 32 letters, digits, ".", "_" or "-"')
+        return SyslogSinkConfig(
+            name=t.get("name", d.name, str),
+            socket=t.socket_path("socket", d.socket),
+            address=address,
+            protocol=protocol,
+            facility=facility,
+            ident=ident,
+            timeout=t.positive_duration("timeout", d.timeout),
+            events_per_second=_rate(t),
+        )
+
+    def _syslog_address(self, t: _Table) -> tuple[str, int]:
+        """Parse `address`: "host:port" or "[IPv6]:port" (514 is only a convention: no default)."""
+        text: str = t.get("address", None, str)
+        host, colon, port = text.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise t.error("address", f"{text!r}: [{host}] is not an IPv6 address") from None
+        elif ":" in host:
+            raise t.error("address", f'{text!r}: write IPv6 in brackets, e.g. "[2001:db8::1]:514"')
+        elif not _HOST_NAME.fullmatch(host):
+            host = ""
+        if not colon or not host or not re.fullmatch(r"[0-9]{1,5}", port):
+            raise t.error("address", f'{text!r}: use "host:port", e.g. "collector.example:514"')
+        if not 1 <= int(port) <= 65535:
+            raise t.error("address", f"{text!r}: port {int(port)} is out of range 1..65535")
+        return host, int(port)
+
+    def _journald(self, t: _Table) -> JournaldSinkConfig:
+        d = JournaldSinkConfig()
+        return JournaldSinkConfig(
+            name=t.get("name", d.name, str),
+            socket=t.socket_path("socket", d.socket),
+            timeout=t.positive_duration("timeout", d.timeout),
+            events_per_second=_rate(t),
+        )
+
+    def _alertmanager(self, t: _Table) -> AlertmanagerSinkConfig:
+        d = AlertmanagerSinkConfig()
+        urls = t.str_list("urls", d.urls)
+        if not urls:
+            raise t.error("urls", "needs at least one Alertmanager URL")
+        for url in urls:
+            # The API path is appended to each URL: a query would end up in the middle.
+            if problem := _url_problem(url) or ("must not have a ?query" if "?" in url else None):
+                raise t.error("urls", f"{url!r} {problem}")
+        if len(set(urls)) != len(urls):
+            raise t.error("urls", "lists a URL twice (each would get every alert twice)")
+        labels = t.get("labels", {}, dict)
+        for name, value in labels.items():
+            if not LABEL_NAME.fullmatch(name) or name.startswith("__"):
+                raise t.error("labels", f"{name!r} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+            if name in ALERT_LABELS:
+                raise t.error("labels", f"{name!r} is set by wrapalert; use another name")
+            if not isinstance(value, str) or not value:
+                raise t.error("labels", f"{name}: expected a non-empty string")
+        return AlertmanagerSinkConfig(
+            name=t.get("name", d.name, str),
+            urls=tuple(urls),
+            timeout=t.positive_duration("timeout", d.timeout),
+            resolve_after=t.positive_duration("resolve_after", d.resolve_after),
+            labels=tuple(sorted(labels.items())),
+            events_per_second=_rate(t),
+        )
+
+    def _webhook(self, t: _Table) -> WebhookSinkConfig:
+        url = t.get("url", None, str)
+        if url is None:
+            raise t.error("url", "missing; the webhook needs an http:// or https:// URL")
+        if problem := _url_problem(url):
+            raise t.error("url", f"{url!r} {problem}")
+        headers = t.get("headers", {}, dict)
+        for name, value in headers.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise t.error("headers", f"{name!r} is not a header name")
+            if name.lower() in _OWN_HEADERS:
+                raise t.error("headers", f"{name!r} is set by wrapalert")
+            if not isinstance(value, str):
+                raise t.error("headers", f"{name}: expected a string")
+            # A line break would let the value start a header (or a body) of its own.
+            if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
+                raise t.error("headers", f"{name}: holds a line break or control character")
+            if not value.isascii():  # header bytes are latin-1 at best; ASCII is safe
+                raise t.error("headers", f"{name}: use ASCII (encode the value)")
+        return WebhookSinkConfig(
+            url=url,
+            name=t.get("name", "webhook", str),
+            timeout=t.positive_duration("timeout", WebhookSinkConfig.timeout),
+            headers=tuple(headers.items()),
+            events_per_second=_rate(t),
+        )
+
+
+def _url_problem(url: str) -> str | None:
+    """Why `url` cannot be POSTed to (None: it can): http(s), a host, nothing ambiguous."""
+    # urlsplit silently drops tabs and newlines: look before it does.
+    if not url.isascii() or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return "must be ASCII without spaces or control characters (percent-encode them)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - the property raises on a bad port
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    checks = (
+        (parts.scheme not in ("http", "https"), "must start with http:// or https://"),
+        (not parts.hostname, "has no host"),
+        (parts.username is not None or parts.password is not None, "must not hold credentials"),
+        (bool(parts.fragment) or url.endswith("#"), "must not have a #fragment"),
+    )
+    return next((problem for failed, problem in checks if failed), None)
+
+
+def _rate(t: _Table) -> float | None:
+    """A forwarding sink's own events_per_second (None: the [limits] one)."""
+    rate = t.get("events_per_second", None, (int, float))
+    if rate is not None and not 0 < rate <= 1e6:
+        raise t.error("events_per_second", f"{rate} is out of range (0, 1000000]")
+    return None if rate is None else float(rate)
 
 
 _MISSING = object()

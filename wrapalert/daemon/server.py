@@ -37,7 +37,7 @@ import structlog
 
 from wrapalert import config as config_mod
 from wrapalert import sinks as sink_registry
-from wrapalert.config import Config, JsonlSinkConfig, ScanConfig
+from wrapalert.config import Config, ScanConfig
 from wrapalert.daemon import control, systemd
 from wrapalert.daemon.intake import Intake, LogLimit, open_socket
 from wrapalert.daemon.stats import Stats
@@ -490,12 +490,9 @@ class Server:
         return [sink_registry.build(s, cfg.digest.template_dir) for s in cfg.sinks]
 
     def _forwarder(self, sink: EventSink, cfg: Config) -> ForwardWorker:
+        # Every forwarding sink's table may set its own events_per_second.
         rate = next(
-            (
-                s.events_per_second
-                for s in cfg.sinks
-                if isinstance(s, JsonlSinkConfig) and s.name == sink.name
-            ),
+            (getattr(s, "events_per_second", None) for s in cfg.sinks if s.name == sink.name),
             None,
         )
         return ForwardWorker(

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wrapalert.config import JsonlSinkConfig, MaildirSinkConfig, SinkConfig, SmtpSinkConfig
+from wrapalert.config import (
+    AlertmanagerSinkConfig,
+    JournaldSinkConfig,
+    JsonlSinkConfig,
+    MaildirSinkConfig,
+    SinkConfig,
+    SmtpSinkConfig,
+    SyslogSinkConfig,
+    WebhookSinkConfig,
+)
 from wrapalert.mail import Renderer
+from wrapalert.sinks.alertmanager import AlertmanagerSink
 from wrapalert.sinks.base import (
     EventSink,
     PermanentSinkError,
@@ -13,9 +23,12 @@ from wrapalert.sinks.base import (
     SinkError,
     TransientSinkError,
 )
+from wrapalert.sinks.journald import JournaldSink
 from wrapalert.sinks.jsonl import JsonlSink
 from wrapalert.sinks.maildir import MaildirSink
 from wrapalert.sinks.smtp import SmtpSink
+from wrapalert.sinks.syslog import SyslogSink
+from wrapalert.sinks.webhook import WebhookSink
 
 __all__ = [
     "EventSink",
@@ -27,10 +40,18 @@ __all__ = [
 ]
 
 
-def build(cfg: SinkConfig, template_dir: Path | None = None) -> Sink | EventSink:
+def build(cfg: SinkConfig, template_dir: Path | None = None) -> Sink | EventSink:  # noqa: PLR0911 - a return per sink type
     """The sink for one `[[sink]]` table: a digest sink or a forwarding (event) sink."""
     if isinstance(cfg, JsonlSinkConfig):
         return JsonlSink(cfg)
+    if isinstance(cfg, SyslogSinkConfig):
+        return SyslogSink(cfg)
+    if isinstance(cfg, JournaldSinkConfig):
+        return JournaldSink(cfg)
+    if isinstance(cfg, AlertmanagerSinkConfig):
+        return AlertmanagerSink(cfg)
+    if isinstance(cfg, WebhookSinkConfig):
+        return WebhookSink(cfg)
     renderer = Renderer(cfg.from_addr, cfg.to, template_dir)
     if isinstance(cfg, SmtpSinkConfig):
         return SmtpSink(cfg, renderer)

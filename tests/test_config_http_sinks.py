@@ -1,0 +1,145 @@
+"""Configuration of the alertmanager and webhook sinks: defaults, and errors at file:line."""
+
+from __future__ import annotations
+
+import pytest
+
+from wrapalert import config
+from wrapalert.config import AlertmanagerSinkConfig, ConfigError, WebhookSinkConfig
+
+
+def sink(table: str) -> config.SinkConfig:
+    (cfg,) = config.loads(f"[[sink]]\n{table}\n", "wa.toml").sinks
+    return cfg
+
+
+def test_alertmanager_defaults() -> None:
+    """A bare alertmanager table posts to the local Alertmanager, 10 s timeout, alerts
+    resolving 15 minutes after their last event."""
+    cfg = sink('type = "alertmanager"')
+    assert isinstance(cfg, AlertmanagerSinkConfig)
+    assert cfg == AlertmanagerSinkConfig()
+    assert cfg.urls == ("http://127.0.0.1:9093",)
+    assert (cfg.timeout, cfg.resolve_after, cfg.labels) == (10.0, 900.0, ())
+    assert cfg.events_per_second is None
+
+
+def test_alertmanager_takes_every_key() -> None:
+    """urls, timeout, resolve_after, labels, events_per_second and name are read as written."""
+    cfg = sink("""type = "alertmanager"
+name = "fleet"
+urls = ["http://am1:9093", "https://am2.example/prefix/"]
+timeout = "3s"
+resolve_after = "1h"
+labels = { env = "prod", team = "sec" }
+events_per_second = 20""")
+    assert cfg == AlertmanagerSinkConfig(
+        name="fleet",
+        urls=("http://am1:9093", "https://am2.example/prefix/"),
+        timeout=3.0,
+        resolve_after=3600.0,
+        labels=(("env", "prod"), ("team", "sec")),
+        events_per_second=20.0,
+    )
+
+
+def test_webhook_takes_every_key() -> None:
+    """url, timeout, headers, events_per_second and name are read as written."""
+    cfg = sink("""type = "webhook"
+name = "chat"
+url = "https://chat.example/hooks/T0/B0?x=1"
+timeout = 5
+headers = { Authorization = "Bearer abc", X-Team = "ops" }
+events_per_second = 2.5""")
+    assert cfg == WebhookSinkConfig(
+        url="https://chat.example/hooks/T0/B0?x=1",
+        name="chat",
+        timeout=5.0,
+        headers=(("Authorization", "Bearer abc"), ("X-Team", "ops")),
+        events_per_second=2.5,
+    )
+    assert sink('type = "webhook"\nurl = "http://h/"') == WebhookSinkConfig(url="http://h/")
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ('urls = ["ftp://am:9093"]', r"urls: 'ftp://am:9093' must start with http:// or https://"),
+        ('urls = ["http:///x"]', "has no host"),
+        ('urls = ["http://am :9093"]', "without spaces or control characters"),
+        ('urls = ["http://am:9093\\n"]', "without spaces or control characters"),
+        ('urls = ["http://am:99999"]', "is not a URL"),
+        ('urls = ["http://user:pw@am:9093"]', "must not hold credentials"),
+        ('urls = ["http://am:9093/?x=1"]', "must not have a \\?query"),
+        ('urls = ["http://am:9093/#top"]', "must not have a #fragment"),
+        ('urls = ["http://ämm:9093"]', "ASCII"),
+        ("urls = []", "urls: needs at least one"),
+        ('urls = ["http://a", "http://a"]', "twice"),
+        ("timeout = 0", "timeout: must be more than 0"),
+        ('resolve_after = "0s"', "resolve_after: must be more than 0"),
+        ('resolve_after = "soon"', "resolve_after: bad duration"),
+        ('labels = { "bad-name" = "x" }', "labels: 'bad-name' is not a label name"),
+        ('labels = { "1st" = "x" }', "is not a label name"),
+        ('labels = { __meta = "x" }', "is not a label name"),
+        ('labels = { host = "x" }', "labels: 'host' is set by wrapalert"),
+        ('labels = { env = "" }', "env: expected a non-empty string"),
+        ("labels = { env = 1 }", "env: expected a non-empty string"),
+        ('labels = "env=prod"', "labels: expected table, got string"),
+        ("events_per_second = 0", "events_per_second: 0 is out of range"),
+        ('url = "http://x"', "url: unknown key"),
+    ],
+)
+def test_alertmanager_errors_name_line_and_key(table: str, error: str) -> None:
+    """Each bad alertmanager value is refused with file:line, the sink and the key."""
+    with pytest.raises(ConfigError, match=rf"^wa\.toml:\d+: \[\[sink\]\] #1 .*{error}"):
+        sink(f'type = "alertmanager"\n{table}')
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ("", "url: missing"),
+        ('url = "mailto:root"', "must start with http:// or https://"),
+        ('url = "https://"', "has no host"),
+        ('url = "https://h/a b"', "without spaces"),
+        ('url = "https://h/\\r\\nX-Evil: 1"', "without spaces or control characters"),
+        ('url = "https://h/"\nheaders = { "X-Evil" = "a\\r\\nHost: evil" }', "line break"),
+        ('url = "https://h/"\nheaders = { "X-Evil" = "a\\nb" }', "X-Evil: holds a line break"),
+        ('url = "https://h/"\nheaders = { "X-Nul" = "a\\u0000b" }', "control character"),
+        ('url = "https://h/"\nheaders = { "Bad Name" = "x" }', "'Bad Name' is not a header"),
+        ('url = "https://h/"\nheaders = { "Bad:Name" = "x" }', "is not a header name"),
+        ('url = "https://h/"\nheaders = { Host = "evil" }', "'Host' is set by wrapalert"),
+        ('url = "https://h/"\nheaders = { content-length = "1" }', "is set by wrapalert"),
+        ('url = "https://h/"\nheaders = { X-Name = "Zoë" }', "X-Name: use ASCII"),
+        ('url = "https://h/"\nheaders = { X-N = 1 }', "X-N: expected a string"),
+        ('url = "https://h/"\ntimeout = -1', "timeout: duration out of range"),
+        ('url = "https://h/"\nurls = ["https://h/"]', "urls: unknown key"),
+    ],
+)
+def test_webhook_errors_name_line_and_key(table: str, error: str) -> None:
+    """Each bad webhook value is refused with file:line, the sink and the key; no value can
+    smuggle a line break into the request."""
+    with pytest.raises(ConfigError, match=rf"^wa\.toml:\d+: \[\[sink\]\] #1 .*{error}"):
+        sink(f'type = "webhook"\n{table}')
+
+
+def test_the_error_points_at_the_line_of_the_bad_key() -> None:
+    """The line number is the bad key's own, in the sink table that holds it."""
+    text = """
+[[sink]]
+type = "maildir"
+path = "/tmp/Maildir"
+
+[[sink]]
+type = "webhook"
+url = "https://chat.example/hook"
+headers = { X = "a\\nb" }
+"""
+    with pytest.raises(ConfigError, match=r"^wa\.toml:9: \[\[sink\]\] #2 headers: X: "):
+        config.loads(text, "wa.toml")
+
+
+def test_unknown_sink_types_name_the_new_ones() -> None:
+    """The list of sink types offered on a typo includes alertmanager and webhook."""
+    with pytest.raises(ConfigError, match='"alertmanager" or "webhook"'):
+        sink('type = "alertmanger"')

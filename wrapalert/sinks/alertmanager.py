@@ -1,0 +1,259 @@
+"""alertmanager sink: records collapsed into alerts, POSTed to Alertmanager's API v2.
+
+The fleet path: every host posts to the same Alertmanager cluster, which
+groups, deduplicates, silences and routes. One `send_records` call is one
+POST /api/v2/alerts to *every* URL (as Prometheus does: the cluster's
+members do not forward alerts to each other). It succeeds when at least one
+accepts; it is permanent only when every one refused for good (a 4xx), and
+transient otherwise.
+
+Each batch's event records collapse into one alert per label set:
+
+    alertname  WrapalertRefused (verdict deny) or WrapalertAllowed (allow)
+    daemon, client_addr, host (this host), trust (trusted|untrusted)
+    + the configured static `labels`
+
+with annotations `summary`, `events` (in this batch), `first_seen`,
+`last_seen` and, when known, `client_name`, `user` and `uid` (the most
+frequent few values). Alertmanager keeps the first startsAt of an active
+alert but replaces its annotations with the newest POST's, so `events`
+counts the last batch. `endsAt` = last seen + `resolve_after`: each new
+event pushes it on, and once events stop the alert resolves by itself.
+
+"held" records (events the rate limit counted instead of forwarding) become
+one alert `WrapalertHeld` with labels host and the static ones, and the
+held count, time span and top daemons as annotations.
+
+Values are data: they go only into JSON strings built by `json.dumps`, label
+names are ours or checked by the config, lone surrogates become U+FFFD and
+each value is capped at `MAX_VALUE` characters (above any wire value), so no
+record can break the JSON, add a label or rename one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+
+from wrapalert.config import AlertmanagerSinkConfig
+from wrapalert.sinks.base import PermanentSinkError, SinkError, TransientSinkError
+from wrapalert.sinks.http import Target, post
+
+log = structlog.get_logger()
+
+API_PATH = "/api/v2/alerts"
+MAX_VALUE = 8192  # characters per label or annotation value; a whole datagram is 4096 bytes
+LISTED = 5  # distinct values named in an annotation; the rest are counted
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+Alert = dict[str, object]
+
+
+class AlertmanagerSink:
+    """POSTs each batch of records, collapsed into alerts, to every URL at once."""
+
+    def __init__(
+        self,
+        cfg: AlertmanagerSinkConfig,
+        *,
+        host: str | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = cfg.name
+        self.targets = [
+            Target.parse(url.rstrip("/") + API_PATH, timeout=cfg.timeout) for url in cfg.urls
+        ]
+        self.resolve_after = cfg.resolve_after
+        self.labels = dict(cfg.labels)
+        self.host = host or socket.gethostname()
+        self.now = now
+
+    async def send_records(self, records: list[dict[str, object]]) -> None:
+        alerts = build_alerts(
+            records,
+            host=self.host,
+            static=self.labels,
+            resolve_after=self.resolve_after,
+            now=self.now(),
+        )
+        if not alerts:
+            return
+        body = json.dumps(alerts, separators=(",", ":")).encode()
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(self._post(target, body)) for target in self.targets]
+        errors = [error for task in tasks if (error := task.result()) is not None]
+        if len(errors) < len(tasks):
+            for error in errors:  # delivered all the same: the cluster shares it
+                log.warning("alertmanager_peer_failed", sink=self.name, error=str(error))
+            return
+        message = "; ".join(str(error) for error in errors)
+        if all(isinstance(error, PermanentSinkError) for error in errors):
+            raise PermanentSinkError(message)
+        raise TransientSinkError(message)  # a peer may come back and take it
+
+    @staticmethod
+    async def _post(target: Target, body: bytes) -> SinkError | None:
+        try:
+            await post(target, body)
+        except SinkError as error:
+            return error
+        return None
+
+
+@dataclass
+class _Group:
+    """What one alert collects from the records that share its labels."""
+
+    events: int = 0
+    first: float = float("inf")
+    last: float = float("-inf")
+    names: Counter[str] = field(default_factory=Counter)
+    users: Counter[str] = field(default_factory=Counter)
+    uids: Counter[str] = field(default_factory=Counter)
+    daemons: Counter[str] = field(default_factory=Counter)
+
+    def seen(self, first: float, last: float, events: int = 1) -> None:
+        self.events += events
+        self.first = min(self.first, first)
+        self.last = max(self.last, last)
+
+
+def build_alerts(
+    records: Iterable[dict[str, object]],
+    *,
+    host: str,
+    static: dict[str, str],
+    resolve_after: float,
+    now: float,
+) -> list[Alert]:
+    """The alerts for one batch: one per label set, in first-seen order."""
+    groups: dict[tuple[tuple[str, str], ...], _Group] = {}
+    for record in records:
+        kind = record.get("type")
+        if kind == "event":
+            labels = _event_labels(record, host)
+            at = _time(record.get("received"), now)
+            group = groups.setdefault(labels, _Group())
+            group.seen(at, at)
+            _count(group.names, record.get("client_name"))
+            _count(group.users, record.get("user"))
+            _count(group.uids, record.get("uid"))
+        elif kind == "held":
+            group = groups.setdefault((("alertname", "WrapalertHeld"), ("host", host)), _Group())
+            events = record.get("events")
+            group.seen(
+                _time(record.get("first"), now),
+                _time(record.get("last"), now),
+                events if isinstance(events, int) and events > 0 else 1,
+            )
+            daemons = record.get("daemons")
+            for daemon, n in daemons.items() if isinstance(daemons, dict) else ():
+                if isinstance(n, int) and n > 0:
+                    group.daemons[_value(daemon)] += n
+            other = record.get("other_daemons")
+            if isinstance(other, int) and other > 0:
+                group.daemons["other"] += other
+        # Another type is a newer record this sink does not know: nothing to alert on.
+    return [_alert(dict(labels), group, static, resolve_after) for labels, group in groups.items()]
+
+
+def _event_labels(record: dict[str, object], host: str) -> tuple[tuple[str, str], ...]:
+    verdict = record.get("verdict")
+    trust = "untrusted" if record.get("trusted") is False else "trusted"
+    labels = [
+        ("alertname", "WrapalertAllowed" if verdict == "allow" else "WrapalertRefused"),
+        ("daemon", _value(record.get("daemon"))),
+        ("client_addr", _value(record.get("client_addr"))),
+        ("host", host),
+        ("trust", trust),
+    ]
+    return tuple((name, value) for name, value in labels if value)  # empty means absent
+
+
+def _alert(
+    labels: dict[str, str], group: _Group, static: dict[str, str], resolve_after: float
+) -> Alert:
+    annotations = {
+        "summary": _summary(labels, group),
+        "events": str(group.events),
+        "first_seen": _rfc3339(group.first),
+        "last_seen": _rfc3339(group.last),
+    }
+    for name, counts in (
+        ("client_name", group.names),
+        ("user", group.users),
+        ("uid", group.uids),
+        ("daemons", group.daemons),
+    ):
+        if counts:
+            annotations[name] = _listing(counts, with_counts=name == "daemons")
+    return {
+        # Ours after the static ones: the config refuses clashes, and ours would win anyway.
+        "labels": {**static, **labels},
+        "annotations": {k: _value(v) for k, v in annotations.items()},
+        "startsAt": _rfc3339(group.first),
+        "endsAt": _rfc3339(group.last + resolve_after),
+    }
+
+
+def _summary(labels: dict[str, str], group: _Group) -> str:
+    host = labels.get("host", "")
+    if labels["alertname"] == "WrapalertHeld":
+        return (
+            f"{group.events} events held back by the rate limit on {host}: "
+            "counted, not forwarded one by one"
+        )
+    verb = "allowed" if labels["alertname"] == "WrapalertAllowed" else "refused"
+    names = f" ({_listing(group.names)})" if group.names else ""
+    text = (
+        f"{group.events} {verb} connection{'s' if group.events != 1 else ''} to "
+        f"{labels.get('daemon', 'unknown')} from {labels.get('client_addr', 'unknown')}"
+        f"{names} on {host}"
+    )
+    if labels.get("trust") == "untrusted":
+        text = f"UNTRUSTED report (uid {_listing(group.uids)}): {text}"
+    return text
+
+
+def _count(counter: Counter[str], value: object) -> None:
+    if value is not None and (text := _value(value)):
+        counter[text] += 1
+
+
+def _listing(counts: Counter[str], *, with_counts: bool = False) -> str:
+    """The most frequent few values, comma-separated, and how many others there were."""
+    top = counts.most_common(LISTED)
+    words = [f"{value}: {n}" if with_counts else value for value, n in top]
+    if len(counts) > LISTED:
+        words.append(f"and {len(counts) - LISTED} more")
+    return ", ".join(words)
+
+
+def _value(value: object) -> str:
+    """A label or annotation value: valid UTF-8 (lone surrogates replaced), bounded."""
+    text = value if isinstance(value, str) else "" if value is None else str(value)
+    if not text.isascii():  # a lone surrogate cannot be UTF-8: it becomes U+FFFD
+        text = _SURROGATE.sub("\ufffd", text)
+    return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 1] + "…"
+
+
+def _time(value: object, now: float) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return now
+
+
+def _rfc3339(seconds: float) -> str:
+    """RFC 3339 in UTC with milliseconds, as Alertmanager writes it."""
+    stamp = datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")

@@ -1,0 +1,274 @@
+"""HTTP POST for the forwarding sinks (alertmanager, webhook): a small asyncio HTTP/1.1 client.
+
+Why not `urllib.request` in a thread: its timeout bounds each socket operation,
+not the request, so a server that trickles bytes holds the thread for ever,
+and Python 3.11's `asyncio.run` joins executor threads at exit, so one stuck
+POST would stall the daemon's shutdown. Here one `asyncio.timeout` bounds the
+whole exchange and cancelling it closes the socket at once. urllib's other
+gifts are not wanted for a POST: it turns a 301/302 into a body-less GET (a
+GET /api/v2/alerts answers 200, so the loss would look like success). What
+we give up is proxy support; https uses the system's CAs (`SSL_CERT_FILE`
+too). Redirects are not followed: the answer is a permanent error naming
+where to point the URL.
+
+The client sends one request per connection (`Connection: close`) and reads
+the status; the body only of a failure, at most `MAX_REPLY` bytes, for the
+message. Errors map onto the sink errors: no connection, a timeout, 408, 429
+or 5xx is transient; 3xx, other 4xx, an untrusted certificate or an answer
+that is not HTTP is permanent (retrying cannot change it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import os
+import re
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+
+MAX_REPLY = 4096  # bytes of a failure's body read for its message
+MAX_HEADERS = 100
+MAX_LINE = 8192  # a status or header line longer than this is not a sane HTTP reply
+MESSAGE_CHARS = 200  # of the server's words in an error message
+BODY_GRACE = 1.0  # seconds to read a failure's body once its status is known
+_STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})(?: ([^\r\n]*))?\r?\n")
+# Headers that frame the request: set by us alone.
+FRAMING_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("wrapalert")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown"
+
+
+USER_AGENT = f"wrapalert/{_version()}"
+
+
+class _BadReplyError(Exception):
+    """The peer's answer is not HTTP/1.x."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to POST and how long to wait, parsed once; `display` is what messages show."""
+
+    tls: bool
+    host: str
+    port: int
+    path: str  # path and query, as the request line carries them
+    host_header: str
+    display: str
+    timeout: float  # seconds for the whole exchange, connect to reply
+    context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, url: str, *, timeout: float, redact: bool = False) -> Target:
+        """An http(s) URL; `redact` keeps path and query (often a token) out of messages."""
+        # urlsplit silently drops tabs and newlines: look before it does.
+        if not url.isascii() or any(c.isspace() or _CONTROL.match(c) for c in url):
+            raise ValueError("must be ASCII without spaces or control characters")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("must start with http:// or https://")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not hold credentials (they would show in logs)")
+        if parts.fragment:
+            raise ValueError("must not have a #fragment")
+        tls = parts.scheme == "https"
+        default = 443 if tls else 80
+        port = parts.port or default  # .port raises ValueError when out of range
+        host = parts.hostname
+        shown = f"[{host}]" if ":" in host else host
+        host_header = shown if port == default else f"{shown}:{port}"
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        origin = f"{parts.scheme}://{host_header}"
+        return cls(
+            tls=tls,
+            host=host,
+            port=port,
+            path=path,
+            host_header=host_header,
+            display=origin if redact else origin + path,
+            timeout=timeout,
+            # Made per target, not per module: the CA set is read when the sink is built.
+            context=ssl.create_default_context() if tls else None,
+        )
+
+
+async def post(
+    target: Target,
+    body: bytes,
+    *,
+    headers: Sequence[tuple[str, str]] = (),
+    content_type: str = "application/json",
+) -> None:
+    """POST `body`; return on 2xx, else raise TransientSinkError or PermanentSinkError."""
+    request = _request(target, body, headers, content_type)
+    timeout = target.timeout
+    try:
+        async with asyncio.timeout(timeout):
+            status, reason, reply, writer = await _exchange(target, request)
+    except TimeoutError:
+        raise TransientSinkError(f"{target.display}: no answer within {timeout:g} s") from None
+    except ssl.SSLCertVerificationError as exc:  # before OSError: it is one too
+        raise PermanentSinkError(f"{target.display}: {exc.verify_message or exc}") from exc
+    except (OSError, EOFError) as exc:  # refused, reset, DNS, TLS, closed before replying
+        raise TransientSinkError(f"{target.display}: {_describe(exc)}") from exc
+    except _BadReplyError as exc:
+        raise PermanentSinkError(f"{target.display}: {exc}") from exc
+    # Past the deadline's reach: a slow goodbye must not turn an answer into a timeout.
+    await _goodbye(writer)
+    if 200 <= status < 300:
+        return
+    words = _words(reply)
+    message = f"{target.display}: HTTP {status} {_clean(reason)}" + (f": {words}" if words else "")
+    if status in (408, 429) or status >= 500:
+        raise TransientSinkError(message)
+    if 300 <= status < 400:
+        raise PermanentSinkError(f"{message} (redirects are not followed: use the final URL)")
+    raise PermanentSinkError(message)
+
+
+def _request(
+    target: Target, body: bytes, headers: Sequence[tuple[str, str]], content_type: str
+) -> bytes:
+    framing = {
+        "Host": target.host_header,
+        "Content-Length": str(len(body)),
+        "Connection": "close",
+    }
+    defaults = {"User-Agent": USER_AGENT, "Content-Type": content_type}
+    # The framing is always ours (config refuses those names); the defaults can be replaced.
+    extra = [(k, v) for k, v in headers if k.lower() not in FRAMING_HEADERS]
+    given = {name.lower() for name, _ in extra}
+    lines = [f"POST {target.path} HTTP/1.1"]
+    lines += [f"{k}: {v}" for k, v in framing.items()]
+    lines += [f"{k}: {v}" for k, v in defaults.items() if k.lower() not in given]
+    lines += [f"{k}: {v}" for k, v in extra]
+    for line in lines:
+        if "\r" in line or "\n" in line or "\0" in line:  # config checks it; never trust that here
+            raise PermanentSinkError(f"{target.display}: header holds a line break: {line[:40]!r}")
+    # Header values are latin-1 on the wire (RFC 9110); anything else cannot be sent.
+    try:
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise PermanentSinkError(f"{target.display}: header is not latin-1: {exc}") from None
+    return head + body
+
+
+async def _exchange(target: Target, request: bytes) -> tuple[int, str, bytes, asyncio.StreamWriter]:
+    """Send the request; the reply's status, reason, failure body, and the open stream."""
+    reader, writer = await asyncio.open_connection(
+        target.host,
+        target.port,
+        ssl=target.context,
+        server_hostname=target.host if target.tls else None,
+        limit=MAX_LINE,
+    )
+    try:
+        writer.write(request)
+        await writer.drain()
+        status, reason, fields = await _head(reader)
+        reply = b"" if 200 <= status < 300 else await _body(reader, fields)
+        if 300 <= status < 400 and "location" in fields:
+            reason = f"{reason} -> {fields['location'][:MESSAGE_CHARS]}"
+    except BaseException:
+        writer.transport.abort()  # failed or cancelled: no goodbye, the socket goes now
+        raise
+    return status, reason, reply, writer
+
+
+async def _goodbye(writer: asyncio.StreamWriter) -> None:
+    """Close politely (TLS close_notify), briefly; then for good, whatever the peer does."""
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError):
+        async with asyncio.timeout(BODY_GRACE):
+            await writer.wait_closed()
+    writer.transport.abort()
+
+
+async def _line(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError:
+        raise _BadReplyError("reply line too long") from None
+
+
+async def _head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, str]]:
+    """Status and header fields of the final reply (interim 1xx replies are skipped)."""
+    for _ in range(10):
+        line = await _line(reader)
+        match = _STATUS.fullmatch(line)
+        if match is None:
+            raise _BadReplyError(f"not an HTTP reply: {_clean(line[:40].decode('latin-1'))!r}")
+        status = int(match[1])
+        fields: dict[str, str] = {}
+        for _ in range(MAX_HEADERS + 1):
+            line = await _line(reader)
+            if line in (b"\r\n", b"\n"):
+                break
+            name, colon, value = line.partition(b":")
+            if not colon:
+                raise _BadReplyError("bad header line")
+            fields[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        else:
+            raise _BadReplyError(f"more than {MAX_HEADERS} header lines")
+        if status >= 200:
+            return status, (match[2] or b"").decode("latin-1"), fields
+    raise _BadReplyError("too many interim (1xx) replies")
+
+
+async def _body(reader: asyncio.StreamReader, fields: dict[str, str]) -> bytes:
+    """Up to MAX_REPLY bytes of a failure's body; whatever arrived if it is cut or slow."""
+    out = bytearray()
+    # The status already decided the outcome: the body only words the message.
+    with contextlib.suppress(TimeoutError, EOFError, ValueError, _BadReplyError):
+        async with asyncio.timeout(BODY_GRACE):
+            if "chunked" in fields.get("transfer-encoding", "").lower():
+                while len(out) < MAX_REPLY:
+                    size = int((await _line(reader)).split(b";")[0].strip(), 16)
+                    if size == 0:
+                        break
+                    out += await reader.readexactly(min(size, MAX_REPLY - len(out)))
+                    await reader.readexactly(2)  # the chunk's CRLF
+            else:
+                length = fields.get("content-length", "")
+                want = min(int(length), MAX_REPLY) if length.isdigit() else MAX_REPLY
+                while len(out) < want:
+                    chunk = await reader.read(want - len(out))
+                    if not chunk:
+                        break
+                    out += chunk
+    return bytes(out)
+
+
+def _words(reply: bytes) -> str:
+    """The server's explanation, one line, bounded: fit for a log line and `status`."""
+    text = _clean(" ".join(reply.decode("utf-8", "replace").split()))
+    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…"
+
+
+def _clean(text: str) -> str:
+    return _CONTROL.sub("?", text)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):  # asyncio.IncompleteReadError is one
+        return "connection closed before a reply"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host: {exc.strerror}"
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.errno:
+        return os.strerror(exc.errno)  # asyncio's own words ("Connect call failed") say less
+    return str(exc) or type(exc).__name__
