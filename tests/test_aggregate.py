@@ -291,3 +291,32 @@ def test_a_huge_batch_is_folded_into_a_bounded_digest() -> None:
     (rest,) = [r for r in folded if r.level == "folded"]
     assert rest.labels == (("group", "902 more groups"),)
     assert sum(n for _, n in rest.timeline) == rest.events
+
+
+def test_with_the_network_reserve_full_a_known_network_still_takes_its_sources() -> None:
+    """Past the first reserve a new source's /24 is looked up only if one of its groups
+    exists; it must then be found (and not skipped to /16), also after a restart, and
+    a network whose group was forgotten no longer catches sources."""
+    agg = Aggregator(CFG, 2)  # reserve 16
+    agg.add(ev(addr="198.51.100.1"), now=0.0)
+    agg.add(ev(addr="198.51.100.2"), now=0.0)  # the exact groups are full
+    for i in range(agg.reserve):
+        agg.add(ev(addr=f"10.{i}.0.1"), now=0.0)  # 16 /24 groups: the reserve is full
+    agg.add(ev(addr="10.3.0.99"), now=1.0)  # its /24 has a group
+    agg.add(ev(addr="10.200.0.1"), now=1.0)  # its /24 has none and no room: /16
+    reports = {r.label("client_addr"): r for r in agg.collect(100.0)}
+    assert (reports["10.3.0.0/24"].events, reports["10.3.0.0/24"].sources) == (2, 2)
+    assert reports["10.200.0.0/16"].level == "wide network"
+    states = [agg.export(key) for key in agg.groups]
+    restored = Aggregator(CFG, 2)
+    restored.restore([s for s in states if s is not None])
+    restored.add(ev(addr="10.5.0.7"), now=200.0)
+    assert ("sshd", "10.5.0.0/24") in {k for k, g in restored.groups.items() if g.new}
+    # Quiet past repeat_interval: the groups are reported once more and forgotten.
+    restored.collect(200.0 + 300.0)
+    restored.collect(1e6)
+    assert not restored.groups
+    restored.add(ev(addr="198.51.100.1"), now=2e6)
+    restored.add(ev(addr="198.51.100.2"), now=2e6)
+    restored.add(ev(addr="10.3.0.5"), now=2e6)  # a reserve place is free again: its /24
+    assert ("sshd", "10.3.0.0/24") in restored.groups

@@ -214,3 +214,33 @@ def test_the_detector_can_be_turned_off(sockdir: Path) -> None:
     assert server.status()["scans"] == 0
     (msg,) = maildir_messages(sockdir / "Maildir")
     assert msg["X-Wrapalert-Severity"] == "warning"
+
+
+def test_a_reported_group_waking_up_is_seen_again() -> None:
+    """sshd and in.ftpd reported long ago; both come back with in.telnetd: the detector
+    must see the two old pairs again when their groups wake, or it misses the scan."""
+    found: list[ScanSignal] = []
+    agg = aggregator(found)
+    agg.add(event("203.0.113.7", "sshd"), 0.0)
+    agg.add(event("203.0.113.7", "in.ftpd"), 1.0)
+    assert len(agg.collect(20.0)) == 2
+    for t, name in ((1000.0, "sshd"), (1001.0, "in.ftpd"), (1002.0, "in.telnetd")):
+        agg.add(event("203.0.113.7", name), t)
+    assert [s.daemons for s in found] == [("in.ftpd", "in.telnetd", "sshd")]
+    assert found[0].first == 1000.0
+
+
+def test_sources_rolled_up_by_network_are_left_to_the_roll_up() -> None:
+    found: list[ScanSignal] = []
+    cfg = replace(DigestConfig(), group_wait=10.0, batch_window=0.0)
+    small = Aggregator(cfg, 4, scans=detector(), on_scan=found.append)
+    for i in range(4):
+        small.add(event(f"192.{i}.2.1", "sshd"), 0.0)  # the exact groups are all taken
+    for i in range(20):
+        small.add(event(f"198.51.100.{i}", "sshd"), 1.0)
+    assert found == []
+    assert [r.level for r in small.collect(100.0) if r.events == 20] == ["network"]
+    large = Aggregator(cfg, 1000, scans=detector(), on_scan=found.append)
+    for i in range(20):
+        large.add(event(f"198.51.100.{i}", "sshd"), 1.0)
+    assert [(s.kind, s.target) for s in found] == [("sweep", "198.51.100.0/24")]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import socket
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,7 @@ from wrapalert.pipeline.sketch import Distinct
 OVERFLOW = "(overflow)"
 LEVELS = ("exact", "network", "wide network", "overflow")
 _PREFIXES = {4: (24, 16), 6: (64, 48)}  # roll-up prefix per IP version, for levels 1 and 2
+_NARROW = {4: 3, 16: 8}  # bytes of the level-1 prefix, by address length
 _PLAIN = (
     "trusted",
     "uid",
@@ -139,6 +141,7 @@ class Aggregator:
         self._seq = 0
         self.dirty: set[Key] = set()
         self.dropped: set[Key] = set()
+        self._narrow: Counter[bytes] = Counter()  # level-1 groups per /24 or /64 prefix
 
     def configure(
         self, cfg: DigestConfig, max_groups: int, untrusted_interval: float, router: Router
@@ -167,16 +170,17 @@ class Aggregator:
             key = tuple(map(event.fields.get, self._group_by, self._unknowns))
         else:
             key = self._untrusted_key(event)
-        group = fresh = self.groups.get(key)
+        group = self.groups.get(key)
         if group is None:
             group = self._place(event, key, now)
-            if self.scans is not None:
-                self._watch(group, event, now)  # a new key: a new (source, daemon) pair
         self.dirty.add(group.key)
         woke = False
         if group.new == 0:
-            if self.scans is not None and fresh is None:
-                self._watch(group, event, now)  # a group waking up: a pair seen again
+            # A new group, or a reported one waking up: the scan detector sees the pair.
+            # Not for rolled-up groups: past max_groups a flood of new sources is what
+            # the roll-up itself reports, and per event that would cost the most.
+            if self.scans is not None and group.level == 0:
+                self._watch(group, event, now)
             group.first_new = now
             if group.notified:
                 group.due = max(group.due, now)
@@ -286,6 +290,8 @@ class Aggregator:
         """The last word on a quiet group: nothing new since its last report. Then forget it."""
         report = self._snapshot(group, "repeat", 0, group.last_seen)
         del self.groups[group.key]
+        if group.level == 1:
+            self._count_narrow(group, -1)
         self.dirty.discard(group.key)
         self.dropped.add(group.key)
         return report
@@ -349,7 +355,22 @@ class Aggregator:
         )
         group.fix()
         groups[key] = group
+        if level == 1:
+            self._count_narrow(group, 1)
         return group
+
+    def _count_narrow(self, group: _Group, delta: int) -> None:
+        """Track which /24 and /64 networks have a group: past the first reserve, a
+        new source's network is spelled out only if it might have one."""
+        at = self._addr_at
+        if at < 0 or len(group.key) <= at:
+            return
+        packed = _packed(group.key[at].partition("/")[0])
+        if packed is not None:
+            prefix = packed[: _NARROW[len(packed)]]
+            self._narrow[prefix] += delta
+            if self._narrow[prefix] <= 0:
+                del self._narrow[prefix]
 
     def _roll_up(self, event: Event, key: Key) -> tuple[Key, int, _Group | None]:
         """The key (and level) a new source gets when the exact groups are all taken,
@@ -362,12 +383,15 @@ class Aggregator:
         packed = _packed(key[at]) if at >= 0 and event.trusted else None
         for level in (1, 2):
             limit += self.reserve
-            if packed is not None:
+            if packed is not None and (
+                level == 2 or len(groups) < limit or packed[: _NARROW[len(packed)]] in self._narrow
+            ):
                 net = _network(packed, level)
                 key = (*key[:at], net, *key[at + 1 :])
                 found = groups.get(key)
                 if found is not None:
                     return key, level, found
+            # (Its /24 or /64 has no group and no room for one: no need to spell it out.)
             # Not an IP address: nothing to roll up by, so its own key takes a reserve place.
             if len(groups) < limit:
                 return key, level, None
@@ -406,6 +430,8 @@ class Aggregator:
             group.scan = tuple(str(v) for v in state.get("scan", ()))  # older states: none
             group.fix()
             self.groups[group.key] = group
+            if group.level == 1:
+                self._count_narrow(group, 1)
             if group.new:
                 self._schedule(group, group.due)
             elif group.notified:
