@@ -23,6 +23,8 @@ from conftest import Running, client, free_port, require, wait_until, write_conf
 from wrapalert import config
 from wrapalert.config import SyslogSinkConfig
 from wrapalert.daemon.server import Server
+from wrapalert.model import Event
+from wrapalert.pipeline.forward import ForwardWorker
 from wrapalert.sinks import EventSink, build
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 from wrapalert.sinks.syslog import SyslogSink
@@ -505,3 +507,31 @@ def test_stalled_tcp_collector_never_blocks() -> None:
     assert "no progress in 0.5s" in str(error)
     assert elapsed < 8
     assert ticks >= 20
+
+
+def test_the_collector_connection_is_closed_when_the_worker_ends() -> None:
+    """At shutdown (or when a reload replaces the sink) the TCP connection is closed,
+    not left for the garbage collector: the collector sees end of stream."""
+
+    async def scenario() -> bytes:
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def collector(reader: asyncio.StreamReader, _w: asyncio.StreamWriter) -> None:
+            await got.put(await reader.read())  # returns at end of stream only
+
+        server = await asyncio.start_server(collector, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sink = make_sink(address=("127.0.0.1", port), protocol="tcp", timeout=2.0)
+        worker = ForwardWorker(sink, per_second=100.0, now=time.monotonic)
+        task = asyncio.create_task(worker.run())
+        worker.offer(Event({"daemon": "sshd", "client_addr": "192.0.2.1"}, time.time()))
+        worker.close()
+        await task
+        try:
+            async with asyncio.timeout(5):
+                return await got.get()
+        finally:
+            server.close()
+
+    data = asyncio.run(scenario())
+    assert b"refused daemon=sshd" in data

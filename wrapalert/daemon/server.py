@@ -49,7 +49,7 @@ from wrapalert.pipeline.forward import ForwardWorker
 from wrapalert.pipeline.mute import Matcher, MatcherError, Mute, Silence
 from wrapalert.pipeline.route import Router
 from wrapalert.pipeline.scan import ScanDetector, ScanSignal
-from wrapalert.sinks.base import EventSink, Sink, TransientSinkError
+from wrapalert.sinks.base import EventSink, Sink, TransientSinkError, close_sink
 
 log = structlog.get_logger()
 
@@ -549,7 +549,10 @@ class Server:
                 self._retired.append(self._tasks.pop(f"sink:{name}"))
                 continue
             replacement = self._forwarder(fresh_events.pop(name), new)
+            old = forwarder.sink
             forwarder.sink, forwarder.bucket.rate = replacement.sink, replacement.bucket.rate
+            if self._tg is not None:
+                self._tg.create_task(close_sink(old))  # e.g. its collector connection
         for name, sink in fresh_events.items():
             self.forwarders[name] = self._forwarder(sink, new)
             if self._tg is not None:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from wrapalert.model import Event, Tally
-from wrapalert.sinks.base import EventSink, TransientSinkError
+from wrapalert.sinks.base import EventSink, TransientSinkError, close_sink
 
 log = structlog.get_logger()
 
@@ -150,6 +150,7 @@ class ForwardWorker:
                 if self._closed:
                     self._release_held()  # the buffer has room again: the held count goes too
             if self._closed:
+                await close_sink(self.sink)
                 return
 
     def _release_held(self) -> None:

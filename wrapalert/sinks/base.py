@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import structlog
+
 from wrapalert.model import Digest
+
+log = structlog.get_logger()
 
 
 class SinkError(Exception):
@@ -39,3 +43,14 @@ class EventSink(Protocol):
     name: str
 
     async def send_records(self, records: list[dict[str, object]]) -> None: ...
+
+
+async def close_sink(sink: object) -> None:
+    """Let a sink release what it keeps open (a TCP connection), if it has `aclose`;
+    called when its worker ends or a reload replaces it. Never raises."""
+    aclose = getattr(sink, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # closing is best effort: the sink is gone anyway
+            log.warning("sink_close_failed", sink=getattr(sink, "name", "?"), exc_info=True)

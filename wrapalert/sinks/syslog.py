@@ -361,6 +361,10 @@ class SyslogSink:
         self._stream = (reader, writer)
         return writer
 
+    async def aclose(self) -> None:
+        """Close the collector connection, if one is open (shutdown, or the sink replaced)."""
+        self._disconnect()
+
     def _disconnect(self) -> None:
         if self._stream is not None:
             self._stream[1].close()
