@@ -591,3 +591,19 @@ def test_forwarded_counts_survive_a_restart(sockdir: Path) -> None:
     asyncio.run(once())
     status = asyncio.run(once())
     assert status["sinks"]["jsonl"]["delivered"] == 4
+
+
+def test_test_alert_command(daemon: DaemonProcess, sockdir: Path) -> None:
+    """`wrapalert test-alert` prints each sink's result and exits 0 when all delivered."""
+    daemon.start()
+    result = subprocess.run(
+        [WRAPALERT, "test-alert", "-c", str(daemon.config_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert (result.returncode, result.stdout.split()) == (0, ["maildir", "delivered"])
+    (msg,) = maildir_messages(sockdir / "Maildir")
+    assert msg["X-Wrapalert-Events"] == "0"
+    assert daemon.stop() == 0

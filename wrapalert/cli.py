@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     flush = sub.add_parser("flush", help="have the running daemon report every pending group now")
     _config_arg(flush)
 
+    test = sub.add_parser(
+        "test-alert",
+        help="have the running daemon send a test notification to every sink now, and say "
+        "which ones delivered it (exit 1 if one did not)",
+    )
+    _config_arg(test)
+
     check = sub.add_parser("check-config", help="validate the configuration and print a summary")
     _config_arg(check)
 
@@ -161,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "preview": cmd_preview,
         "status": cmd_status,
         "flush": cmd_flush,
+        "test-alert": cmd_test_alert,
         "silence": cmd_silence,
     }[args.verb]
     try:
@@ -407,6 +415,25 @@ def cmd_flush(args: argparse.Namespace) -> int:
     else:
         print("nothing pending")
     return EXIT_OK
+
+
+def cmd_test_alert(args: argparse.Namespace) -> int:
+    from wrapalert.daemon import control
+
+    cfg = config.load(args.config)
+    try:
+        reply = control.request(cfg.daemon.control_socket, "test_alert")
+    except control.ControlError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    results: dict[str, str] = reply["sinks"]
+    if not results:
+        print("no sinks configured")
+        return EXIT_PROBLEM
+    width = max(map(len, results))
+    for name, result in results.items():
+        print(f"{name:<{width}}  {result}")
+    return EXIT_OK if all(r == "delivered" for r in results.values()) else EXIT_PROBLEM
 
 
 def cmd_preview(args: argparse.Namespace) -> int:

@@ -346,6 +346,7 @@ def context(digest: Digest) -> dict[str, Any]:
         "silenced": digest.silenced,
         "merged": digest.merged,
         "flushed": sum(g.reason == "shutdown flush" for g in groups),
+        "test": any(g.reason == "test" for g in groups),
         "start": start,
         "end": end,
         "sources_table": table,

@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from wrapalert.daemon import control, systemd
 from wrapalert.daemon.intake import Intake, LogLimit, open_socket
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store
-from wrapalert.model import Digest, Event, GroupReport, fold_reports
+from wrapalert.model import Digest, Event, GroupReport, alert_test_report, fold_reports
 from wrapalert.pipeline.aggregate import Aggregator
 from wrapalert.pipeline.deliver import RateLimit, SinkWorker
 from wrapalert.pipeline.forward import ForwardWorker
@@ -58,6 +59,7 @@ SPOOL_STUCK_MAX = 10_000  # spool entries we could not remove, remembered so as 
 SHUTDOWN_DRAIN = 100_000  # datagrams read at shutdown at most: a flood cannot hold it open
 COMMIT_EVERY = 10_000  # events: commit early when a flood fills the window faster
 HEARTBEAT = 5.0  # seconds between STATUS= updates when systemd listens
+TEST_ALERT_BUDGET = 8.0  # seconds a test alert waits for the sinks: within the control timeout
 
 
 class Server:
@@ -148,6 +150,40 @@ class Server:
         reports = self.aggregator.collect(self.now(), force=True)
         self._dispatch(reports, "flush")
         return sum(r.events for r in reports)
+
+    async def test_alert(self) -> dict[str, str]:
+        """A test notification to every sink now, past routes and rate limits: per sink,
+        "delivered" or why not. It reports no events, so no count changes."""
+        now = self.now()
+        digest = Digest(self.host, now, (alert_test_report(now),))
+        record: dict[str, object] = {
+            "type": "event",
+            "received": round(now, 6),
+            "daemon": "wrapalert-test",
+            "client_addr": "192.0.2.0",  # TEST-NET-1 (RFC 5737): no real source
+            "client_name": "wrapalert-test-alert",
+            "verdict": "deny",
+            "host": self.host,
+            "trusted": True,
+            "uid": os.getuid(),
+            "test": True,
+        }
+        sends: dict[str, Awaitable[None]] = {
+            name: w.sink.send(digest) for name, w in self.workers.items()
+        }
+        sends |= {name: f.sink.send_records([record]) for name, f in self.forwarders.items()}
+        tasks = {asyncio.ensure_future(job): name for name, job in sends.items()}
+        results: dict[str, str] = {}
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=TEST_ALERT_BUDGET)
+            for task in pending:
+                task.cancel()
+                results[tasks[task]] = f"no answer within {TEST_ALERT_BUDGET:g}s"
+            for task in done:
+                error = task.exception()
+                results[tasks[task]] = "delivered" if error is None else f"failed: {error}"
+        log.info("test_alert", **results)
+        return dict(sorted(results.items()))
 
     def reload(self) -> bool:
         """Re-read the config file; apply it, or keep the old one if it is bad."""
@@ -588,9 +624,13 @@ class Server:
             events = self.flush()
             return {"digests": int(events > 0), "events": events}
 
+        async def send_test_alert(_req: dict[str, Any]) -> dict[str, Any]:
+            return {"sinks": await self.test_alert()}
+
         handlers: dict[str, control.Handler] = {
             "status": status,
             "flush": flush,
+            "test_alert": send_test_alert,
             "silence_add": self._silence_add,
             "silence_list": self._silence_list,
             "silence_expire": self._silence_expire,
