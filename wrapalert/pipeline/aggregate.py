@@ -53,6 +53,10 @@ OVERFLOW = "(overflow)"
 LEVELS = ("exact", "network", "wide network", "overflow")
 _PREFIXES = {4: (24, 16), 6: (64, 48)}  # roll-up prefix per IP version, for levels 1 and 2
 _NARROW = {4: 3, 16: 8}  # bytes of the level-1 prefix, by address length
+# Recent networks' text by prefix bytes (their lengths differ by level and family, so
+# one table serves both): a flood's sources share few /16s and /48s.
+_NET_TEXT: dict[bytes, str] = {}
+_NET_TEXT_MAX = 4096
 _PLAIN = (
     "trusted",
     "uid",
@@ -475,8 +479,15 @@ def _network(packed: bytes, level: int) -> str:
     v6 = len(packed) == 16
     prefix = _PREFIXES[6 if v6 else 4][level - 1]
     keep = prefix // 8  # every roll-up prefix is whole bytes
-    masked = packed[:keep] + bytes(len(packed) - keep)
-    return f"{socket.inet_ntop(socket.AF_INET6 if v6 else socket.AF_INET, masked)}/{prefix}"
+    head = packed[:keep]
+    text = _NET_TEXT.get(head)
+    if text is None:
+        masked = head + bytes(len(packed) - keep)
+        text = f"{socket.inet_ntop(socket.AF_INET6 if v6 else socket.AF_INET, masked)}/{prefix}"
+        if len(_NET_TEXT) >= _NET_TEXT_MAX:
+            _NET_TEXT.clear()
+        _NET_TEXT[head] = text
+    return text
 
 
 def _new_bucket(timeline: dict[float, int], bucket: float) -> None:
