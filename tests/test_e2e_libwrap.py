@@ -5,15 +5,26 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import socket
 import struct
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, SmtpServer, body, libwrap_available, make_config, receiver, require
+from conftest import (
+    PYTHON,
+    Deliveries,
+    Running,
+    SmtpServer,
+    body,
+    libwrap_available,
+    make_config,
+    receiver,
+    require,
+)
 
-from wrapalert import wire
+from wrapalert import hostsdeny, wire
 from wrapalert.cli import hosts_deny_line
 from wrapalert.daemon.server import Server
 from wrapalert.libwrap import LibWrap
@@ -136,3 +147,48 @@ def test_every_refusal_of_a_burst_is_counted(sockdir: Path) -> None:
         return delivered
 
     assert asyncio.run(scenario()) == expected
+
+
+def test_the_logger_line_carries_the_same_event(sockdir: Path) -> None:
+    """`hosts-deny-line --logger`: libwrap runs util-linux logger, whose syslog datagram
+    the daemon's parser reads as the same fields the Python client would send."""
+    logger = shutil.which("logger")
+    require(logger is not None, "util-linux logger is not installed (apt-get install bsdutils)")
+    assert logger is not None
+    cfg = make_config(sockdir)
+    line = hostsdeny.logger_line(logger, cfg.daemon.socket)
+    wrap = tables(sockdir, line)
+    with receiver(cfg.daemon.socket) as sock:
+        sock.settimeout(10)
+        allowed = wrap.lib.hosts_ctl(b"vsftpd", b"evil.example", b"::ffff:192.0.2.1", b"unknown")
+        data, anc, _, _ = sock.recvmsg(8192, socket.CMSG_SPACE(12))
+    assert allowed == 0
+    assert data.startswith(b"<")  # a syslog line, not a WA1 datagram
+    fields = wire.parse(data)
+    assert fields["daemon"] == "vsftpd"
+    assert fields["client_addr"] == "192.0.2.1"
+    assert fields["client_name"] == "evil.example"
+    assert fields["server"] == "vsftpd"
+    assert "time" not in fields  # the daemon stamps it on arrival
+    ((_, _, creds),) = anc
+    assert struct.unpack("iII", creds)[1] == os.getuid()  # trust works as for the client
+
+
+def test_the_logger_line_reaches_the_running_daemon(sockdir: Path) -> None:
+    logger = shutil.which("logger")
+    require(logger is not None, "util-linux logger is not installed (apt-get install bsdutils)")
+    assert logger is not None
+    plan = {("sshd", ADDRS[0]): 3, ("in.ftpd", ADDRS[1]): 2}
+
+    async def scenario() -> Server:
+        seen = Deliveries()
+        cfg = make_config(sockdir, group_wait=0.5)
+        server = Server(cfg, on_delivery=seen)
+        async with Running(server):
+            await refuse(tables(sockdir, hostsdeny.logger_line(logger, cfg.daemon.socket)), plan)
+            await seen.wait_events(5)
+        return server
+
+    server = asyncio.run(scenario())
+    status = server.status()
+    assert (status["received"], status["untrusted"], status["rejected"]) == (5, 0, {})

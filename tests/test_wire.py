@@ -206,3 +206,36 @@ def test_bytes_outside_the_alphabet_are_rejected_with_the_most_specific_reason()
         with pytest.raises(wire.WireError) as caught:
             wire.parse(base.replace(b"sshd", b"ss" + bad + b"hd"))
         assert caught.value.reason == reason, bad
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"<85>Nov 26 11:02:13 wrapalert: WA1 d=sshd p=42 a=::ffff:192.0.2.1 n=unknown",
+        b"<85>Nov  6 01:02:03 web1 wrapalert[4242]: WA1 d=sshd p=42 a=192.0.2.1 n=unknown\n",
+    ],
+)
+def test_logger_lines_parse_like_the_client_datagram(line: bytes) -> None:
+    """What `logger -d -u SOCKET -t wrapalert -- WA1 k=v ...` sends, with and without
+    --rfc3164's host and a pid, reads as the WA1 datagram with the same fields."""
+    assert wire.parse(line) == wire.parse(b"WA1\nd=sshd\np=42\na=192.0.2.1\nn=unknown\n")
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"<85>Nov 26 11:02:13 sshd: WA1 d=sshd", "bad_logger_line"),  # another tag
+        (b"<85>Nov 26 11:02:13 wrapalert: d=sshd", "bad_logger_line"),  # no WA1
+        (b"<85>Nov 26 11:02:13 wrapalert: WA1 d=sshd  p=1", "bad_logger_line"),  # empty word
+        (b"<85>Nov 26 11:02:13 wrapalert: WA1 d=sshd\nH=forged", "bad_logger_line"),
+        (b"<85>2026-11-26T11:02:13Z h wrapalert - - - WA1 d=sshd", "bad_logger_line"),  # 5424
+        (b"<85>Nov 26 11:02:13 wrapalert: WA1 d=ss\x1bhd", "control_char"),
+        (b"<85>Nov 26 11:02:13 wrapalert: WA1 d=ss\xc3\xa9hd", "bad_char"),
+        (b"<85>Nov 26 11:02:13 wrapalert: WA1 d=sshd d=ftpd", "duplicate_key"),
+        (b"<85>Nov 26 11:02:13 wrapalert: WA1 a=192.0.2.1", "missing_daemon"),
+    ],
+)
+def test_bad_logger_lines_are_rejected_with_a_reason(line: bytes, reason: str) -> None:
+    with pytest.raises(wire.WireError) as caught:
+        wire.parse(line)
+    assert caught.value.reason == reason

@@ -26,6 +26,39 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _hosts_deny_line_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's private subparsers type
+    line = sub.add_parser(
+        "hosts-deny-line", help="print the hosts.deny entry for this installation"
+    )
+    _config_arg(line)
+    line.add_argument(
+        "--daemons",
+        default="ALL",
+        metavar="LIST",
+        help="daemon list for the rule, e.g. sshd,vsftpd (default ALL)",
+    )
+    line.add_argument(
+        "--ident",
+        action="store_true",
+        help="also report %%u; makes libwrap query identd, delaying the service up to 10 s",
+    )
+    line.add_argument(
+        "--logger",
+        nargs="?",
+        const="/usr/bin/logger",
+        metavar="PATH",
+        help="send with util-linux logger (default /usr/bin/logger) instead of the Python "
+        "client: about 5x cheaper per refused connection, but no spool, so only with the "
+        "socket-activated service, whose socket exists even while the daemon is down",
+    )
+    line.add_argument(
+        "--python",
+        default=sys.executable,
+        metavar="PATH",
+        help="interpreter the hook runs (default: this one)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wrapalert",
@@ -43,27 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the per-connection client (KEY=VALUE..., see DESIGN.md); always exits 0",
     )
 
-    line = sub.add_parser(
-        "hosts-deny-line", help="print the hosts.deny entry for this installation"
-    )
-    _config_arg(line)
-    line.add_argument(
-        "--daemons",
-        default="ALL",
-        metavar="LIST",
-        help="daemon list for the rule, e.g. sshd,vsftpd (default ALL)",
-    )
-    line.add_argument(
-        "--ident",
-        action="store_true",
-        help="also report %%u; makes libwrap query identd, delaying the service up to 10 s",
-    )
-    line.add_argument(
-        "--python",
-        default=sys.executable,
-        metavar="PATH",
-        help="interpreter the hook runs (default: this one)",
-    )
+    _hosts_deny_line_parser(sub)
 
     silence = sub.add_parser("silence", help="mute matching events for a while (add, list, expire)")
     silence_sub = silence.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -198,7 +211,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_hosts_deny_line(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     try:
-        line = hosts_deny_line(cfg, args.python, daemons=args.daemons, ident=args.ident)
+        if args.logger is not None:
+            line = hostsdeny.logger_line(
+                args.logger, cfg.daemon.socket, daemons=args.daemons, ident=args.ident
+            )
+        else:
+            line = hosts_deny_line(cfg, args.python, daemons=args.daemons, ident=args.ident)
     except ValueError as exc:
         print(f"wrapalert: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -26,6 +26,30 @@ def escape(text: str) -> str:
     return shlex.quote(text).replace("%", "%%").replace(":", "\\:")
 
 
+def _entry(daemons: str, words: list[str]) -> str:
+    if daemons != "ALL" and not _DAEMON_LIST.fullmatch(daemons):
+        raise ValueError(f"bad daemon list {daemons!r}: use names separated by commas, or ALL")
+    line = f"{daemons} : ALL : spawn ({' '.join(words)}) &"
+    if len(line.encode()) > MAX_LINE:
+        raise ValueError(f"the line would be {len(line.encode())} bytes; libwrap allows {MAX_LINE}")
+    return line
+
+
+def logger_line(logger: str, socket: Path, *, daemons: str = "ALL", ident: bool = False) -> str:
+    """The C-speed variant: util-linux logger sends the event as one syslog datagram.
+
+    About five times cheaper to start than Python, but with no spool: if the socket
+    does not exist (no daemon, and no systemd holding the socket) the event is lost,
+    and a full queue makes logger wait. Meant for the socket-activated service.
+    """
+    words = [escape(logger), "-d", "-u", escape(str(socket)), "-t", "wrapalert"]
+    words += ["-p", "authpriv.notice", "--", "WA1"]
+    words += [f"{key}={expansion}" for key, expansion in EXPANSIONS]
+    if ident:
+        words.append("u=%u")
+    return _entry(daemons, words)
+
+
 def spawn_line(
     python: str,
     client: Path,
@@ -36,8 +60,6 @@ def spawn_line(
     spool: Path | None = None,
 ) -> str:
     """One complete hosts.deny entry, without the newline."""
-    if daemons != "ALL" and not _DAEMON_LIST.fullmatch(daemons):
-        raise ValueError(f"bad daemon list {daemons!r}: use names separated by commas, or ALL")
     words = [escape(python), "-I", "-S", escape(str(client))]
     words += [f"{key}={expansion}" for key, expansion in EXPANSIONS]
     if ident:
@@ -47,7 +69,4 @@ def spawn_line(
         words.append(escape(f"socket={socket}"))
     if spool is not None and str(spool) != notify.SPOOL:
         words.append(escape(f"spool={spool}"))
-    line = f"{daemons} : ALL : spawn ({' '.join(words)}) &"
-    if len(line.encode()) > MAX_LINE:
-        raise ValueError(f"the line would be {len(line.encode())} bytes; libwrap allows {MAX_LINE}")
-    return line
+    return _entry(daemons, words)

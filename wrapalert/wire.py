@@ -60,6 +60,14 @@ _HOOK_SHAPE = re.compile(
         for key in ("d", "p", "c", "a", "n", "s", "u", "t", "H")
     )
 )
+# What util-linux `logger -d -u SOCKET -t wrapalert -- WA1 d=%d ...` sends (the hook's
+# C-speed variant): `<PRI>Mmm dd hh:mm:ss [host ]wrapalert[[pid]]: WA1 k=v k=v ...`.
+# The message is the WA1 datagram with spaces for newlines: libwrap's expansions never
+# hold a space (it is not among its 73 bytes), so the split is exact.
+_LOGGER_LINE = re.compile(
+    rb"<[0-9]{1,3}>[A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} "
+    rb"(?:[!-~]{1,255} )?wrapalert(?:\[[0-9]{1,10}\])?: (WA1(?: [^ \n]+)*)\n?"
+)
 # No value can be longer than a datagram less its tag line and one "k=": below this
 # size the per-value length check cannot fail and is skipped.
 _SHORT_DATAGRAM = MAX_VALUE + len(TAG) + 3
@@ -83,6 +91,11 @@ def parse(data: bytes) -> dict[str, str]:
     """
     if len(data) > MAX_DATAGRAM:
         raise WireError("too_large")
+    if data[:1] == b"<":  # a syslog line from util-linux logger (hosts-deny-line --logger)
+        line = _LOGGER_LINE.fullmatch(data)
+        if line is None:
+            raise WireError("bad_logger_line")
+        data = line[1].replace(b" ", b"\n") + b"\n"
     if data.translate(None, _ALPHABET):
         raise WireError(_why_bad(data))
     text = data.decode("ascii")
