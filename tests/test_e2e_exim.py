@@ -24,13 +24,16 @@ from conftest import (
     free_port,
     libwrap_available,
     make_config,
+    one_group,
     require,
 )
 
 from wrapalert.cli import hosts_deny_line
-from wrapalert.config import SmtpSinkConfig
+from wrapalert.config import SendmailSinkConfig, SmtpSinkConfig
 from wrapalert.daemon.server import Server
 from wrapalert.libwrap import LibWrap
+from wrapalert.sinks import build
+from wrapalert.sinks.sendmail import SendmailSink
 
 MAIL_SPOOL = Path("/var/mail")
 
@@ -118,3 +121,18 @@ def test_digest_reaches_roots_mailbox_through_exim(exim: int, sockdir: Path) -> 
     text = body(msg)
     assert re.search(r"^192\.0\.2\.77 +\S+ +sshd +2 ", text, re.MULTILINE)
     assert re.search(r"^198\.51\.100\.78 +\S+ +sshd +1 ", text, re.MULTILINE)
+
+
+def test_the_sendmail_sink_delivers_through_exims_sendmail() -> None:
+    """`sendmail -t -oi` (exim4's) takes the digest from stdin into root's mailbox."""
+    binary = Path("/usr/sbin/sendmail")
+    require(binary.exists(), "no /usr/sbin/sendmail (apt-get install exim4-daemon-light)")
+    require(os.geteuid() == 0, "exim4 delivers into /var/mail as root")
+    sink = build(SendmailSinkConfig(to=("root",), timeout=30.0))
+    assert isinstance(sink, SendmailSink)
+    digest = one_group(4, addr="192.0.2.44")
+    asyncio.run(sink.send(digest))
+    box, msg = find_in_mailboxes(f"<{digest.id}@")
+    assert box.parent == MAIL_SPOOL
+    assert msg["X-Wrapalert-Events"] == "4"
+    assert re.search(r"^192\.0\.2\.44 +\S+ +sshd +4 ", body(msg), re.MULTILINE)

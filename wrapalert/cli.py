@@ -284,6 +284,8 @@ def cmd_check_hosts(args: argparse.Namespace) -> int:
 def describe_sink(sink: config.SinkConfig) -> str:  # noqa: PLR0911 - a return per sink type
     if isinstance(sink, config.SmtpSinkConfig):
         return f"smtp {sink.host}:{sink.port} tls={sink.tls} to {', '.join(sink.to)}"
+    if isinstance(sink, config.SendmailSinkConfig):
+        return f"sendmail {' '.join(sink.command)} to {', '.join(sink.to)}"
     if isinstance(sink, config.JsonlSinkConfig):
         return f"jsonl {sink.path} (forwarding, one record per event)"
     if isinstance(sink, config.SyslogSinkConfig):

@@ -105,6 +105,17 @@ class MaildirSinkConfig:
 
 
 @dataclass(frozen=True)
+class SendmailSinkConfig:
+    """A digest sink for hosts without an SMTP listener: the message piped to a command."""
+
+    name: str = "sendmail"
+    command: tuple[str, ...] = ("/usr/sbin/sendmail", "-t", "-oi")
+    from_addr: str = "wrapalert@localhost"
+    to: tuple[str, ...] = ("root",)
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class JsonlSinkConfig:
     """A forwarding sink: one JSON object per event, appended to a file for log shippers."""
 
@@ -187,13 +198,16 @@ class WebhookSinkConfig:
 SinkConfig = (
     SmtpSinkConfig
     | MaildirSinkConfig
+    | SendmailSinkConfig
     | JsonlSinkConfig
     | SyslogSinkConfig
     | JournaldSinkConfig
     | AlertmanagerSinkConfig
     | WebhookSinkConfig
 )
-SINK_TYPES = '"smtp", "maildir", "jsonl", "syslog", "journald", "alertmanager" or "webhook"'
+SINK_TYPES = (
+    '"smtp", "maildir", "sendmail", "jsonl", "syslog", "journald", "alertmanager" or "webhook"'
+)
 # Alertmanager's (Prometheus') label names; "__" starts the reserved ones.
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # The labels the alertmanager sink sets itself: static labels may not replace them.
@@ -453,7 +467,7 @@ class _Parser:
         t.done()
         return RouteConfig(tuple(match), severity, tuple(targets) if targets is not None else None)
 
-    def _sink(self, raw: object, index: int) -> SinkConfig:  # noqa: C901 - a branch per sink type
+    def _sink(self, raw: object, index: int) -> SinkConfig:  # noqa: C901, PLR0912 - a branch per sink type
         if not isinstance(raw, dict):
             raise ConfigError(f"{self.source}: [[sink]] #{index + 1} must be a table")
         t = _Table(self, "sink", index, raw)
@@ -483,6 +497,8 @@ class _Parser:
                 from_addr=t.address("from", m.from_addr),
                 to=t.addresses("to", m.to),
             )
+        elif kind == "sendmail":
+            cfg = self._sendmail(t)
         elif kind == "jsonl":
             j = JsonlSinkConfig()
             rate = t.get("events_per_second", None, (int, float))
@@ -508,6 +524,22 @@ class _Parser:
         t.consumed.add("type")
         t.done()
         return cfg
+
+    def _sendmail(self, t: _Table) -> SendmailSinkConfig:
+        d = SendmailSinkConfig()
+        command = tuple(t.str_list("command", d.command))
+        if not command or not command[0].startswith("/"):
+            raise t.error("command", "needs an absolute program first, e.g. /usr/sbin/sendmail")
+        for word in command:
+            if not word or any(ord(c) < 32 or ord(c) == 127 for c in word):
+                raise t.error("command", f"{word!r}: empty, or holds a control character")
+        return SendmailSinkConfig(
+            name=t.get("name", "sendmail", str),
+            command=command,
+            from_addr=t.address("from", d.from_addr),
+            to=t.addresses("to", d.to),
+            timeout=t.positive_duration("timeout", d.timeout),
+        )
 
     def _syslog(self, t: _Table) -> SyslogSinkConfig:
         d = SyslogSinkConfig()

@@ -9,6 +9,7 @@ from wrapalert.config import (
     JournaldSinkConfig,
     JsonlSinkConfig,
     MaildirSinkConfig,
+    SendmailSinkConfig,
     SinkConfig,
     SmtpSinkConfig,
     SyslogSinkConfig,
@@ -26,6 +27,7 @@ from wrapalert.sinks.base import (
 from wrapalert.sinks.journald import JournaldSink
 from wrapalert.sinks.jsonl import JsonlSink
 from wrapalert.sinks.maildir import MaildirSink
+from wrapalert.sinks.sendmail import SendmailSink
 from wrapalert.sinks.smtp import SmtpSink
 from wrapalert.sinks.syslog import SyslogSink
 from wrapalert.sinks.webhook import WebhookSink
@@ -57,4 +59,6 @@ def build(cfg: SinkConfig, template_dir: Path | None = None) -> Sink | EventSink
         return SmtpSink(cfg, renderer)
     if isinstance(cfg, MaildirSinkConfig):
         return MaildirSink(cfg, renderer)
+    if isinstance(cfg, SendmailSinkConfig):
+        return SendmailSink(cfg, renderer)
     raise TypeError(f"no sink for {type(cfg).__name__}")

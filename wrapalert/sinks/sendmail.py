@@ -1,0 +1,70 @@
+"""sendmail sink: each digest piped to `sendmail -t -oi` (hosts with no SMTP listener).
+
+The command gets the message on stdin and a minimal environment; its exit
+status is read as sendmail's sysexits: 0 delivered (queued), 75 (EX_TEMPFAIL)
+transient, any other status permanent with what it wrote to stderr. A command
+that cannot be run at all is permanent (fix the config), one that outlives
+`timeout` is killed and transient. The hardened unit does not let an MTA's
+sendmail work (it writes its queue and changes user): see README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from wrapalert.config import SendmailSinkConfig
+from wrapalert.mail import Renderer
+from wrapalert.model import Digest
+from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+
+EX_TEMPFAIL = 75
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+STDERR_CHARS = 300
+
+
+class SendmailSink:
+    """Pipes each rendered digest into the configured sendmail command."""
+
+    def __init__(self, cfg: SendmailSinkConfig, renderer: Renderer) -> None:
+        self.name = cfg.name
+        self.command = cfg.command
+        self.timeout = cfg.timeout
+        self.renderer = renderer
+
+    async def send(self, digest: Digest) -> None:
+        msg = self.renderer.render(digest)
+        # Local submission: the local newline convention, not SMTP's CRLF.
+        data = msg.as_bytes(policy=msg.policy.clone(linesep="\n"))
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env=ENV,
+                start_new_session=True,  # our signals (SIGHUP reload) are not its business
+            )
+        except OSError as exc:  # missing, not executable: only the config can fix it
+            raise PermanentSinkError(f"sendmail {self.command[0]}: {exc.strerror}") from exc
+        try:
+            async with asyncio.timeout(self.timeout):
+                _, err = await proc.communicate(data)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise TransientSinkError(
+                f"sendmail {self.command[0]}: no answer within {self.timeout:g}s"
+            ) from None
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
+        if proc.returncode == 0:
+            return
+        said = " ".join(err.decode("utf-8", "replace").split())[:STDERR_CHARS] or "no message"
+        problem = f"sendmail {self.command[0]} exited {proc.returncode}: {said}"
+        if proc.returncode == EX_TEMPFAIL:
+            raise TransientSinkError(problem)
+        raise PermanentSinkError(problem)
