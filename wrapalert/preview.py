@@ -140,7 +140,9 @@ def sample_digest(cfg: config.Config, now: float | None = None) -> Digest:
 def renderer_for(cfg: config.Config) -> Renderer:
     """The first mail sink's renderer (its sender and recipients), or a default one."""
     for sink in cfg.sinks:
-        if isinstance(sink, config.SmtpSinkConfig | config.MaildirSinkConfig):
+        if isinstance(
+            sink, config.SmtpSinkConfig | config.MaildirSinkConfig | config.SendmailSinkConfig
+        ):
             return Renderer(sink.from_addr, sink.to, cfg.digest.template_dir)
     return Renderer("wrapalert@localhost", ("root",), cfg.digest.template_dir)
 
