@@ -185,7 +185,7 @@ def test_hostile_values_cannot_forge_an_entry_or_a_field(journald: Journald) -> 
     message = text(found["MESSAGE"])
     assert message.isascii()
     assert all(" " <= c <= "~" for c in message)
-    assert message.startswith("refused daemon=")
+    assert message.startswith("refused verdict=deny trusted=true uid=0 daemon=")
     assert held["MESSAGE"] == HELD_TEXT
 
 

@@ -281,6 +281,12 @@ def cmd_check_hosts(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if errors else EXIT_OK
 
 
+def printable(text: str) -> str:
+    """Text from outside (a server's error message) safe for a terminal: anything not
+    printable, C1 controls and bidi overrides included, shown as "?"."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def describe_sink(sink: config.SinkConfig) -> str:  # noqa: PLR0911 - a return per sink type
     if isinstance(sink, config.SmtpSinkConfig):
         return f"smtp {sink.host}:{sink.port} tls={sink.tls} to {', '.join(sink.to)}"
@@ -368,7 +374,7 @@ def format_status(status: dict[str, Any]) -> str:
         if sink.get("held_failed"):
             line += f", {sink['held_failed']} set aside until reload"
         if sink.get("last_error"):
-            line += f"; last error: {sink['last_error']}"
+            line += f"; last error: {printable(str(sink['last_error']))}"
         lines.append(line)
     state = status["state"]
     if state.get("ok"):
@@ -452,7 +458,7 @@ def cmd_test_alert(args: argparse.Namespace) -> int:
         return EXIT_PROBLEM
     width = max(map(len, results))
     for name, result in results.items():
-        print(f"{name:<{width}}  {result}")
+        print(f"{name:<{width}}  {printable(result)}")
     return EXIT_OK if all(r == "delivered" for r in results.values()) else EXIT_PROBLEM
 
 

@@ -145,6 +145,16 @@ SYSLOG_IDENT = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")  # or an IPv4 address
 
 
+def resolvable_name(host: str) -> bool:
+    """Whether the resolver can be asked about `host` at all: no empty or over-long
+    label. (It raises UnicodeError, not OSError, at send time otherwise.)"""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class SyslogSinkConfig:
     """A forwarding sink: one syslog line per event, RFC 3164 to the local socket or
@@ -580,7 +590,7 @@ class _Parser:
                 raise t.error("address", f"{text!r}: [{host}] is not an IPv6 address") from None
         elif ":" in host:
             raise t.error("address", f'{text!r}: write IPv6 in brackets, e.g. "[2001:db8::1]:514"')
-        elif not _HOST_NAME.fullmatch(host):
+        elif not _HOST_NAME.fullmatch(host) or not resolvable_name(host):
             host = ""
         if not colon or not host or not re.fullmatch(r"[0-9]{1,5}", port):
             raise t.error("address", f'{text!r}: use "host:port", e.g. "collector.example:514"')
@@ -632,9 +642,12 @@ class _Parser:
         if problem := _url_problem(url):
             raise t.error("url", f"{url!r} {problem}")
         headers = t.get("headers", {}, dict)
+        lowered = [name.lower() for name in headers]
         for name, value in headers.items():
             if not _HEADER_NAME.fullmatch(name):
                 raise t.error("headers", f"{name!r} is not a header name")
+            if lowered.count(name.lower()) > 1:  # header names ignore case: both would go
+                raise t.error("headers", f"{name!r} is given twice (names ignore case)")
             if name.lower() in _OWN_HEADERS:
                 raise t.error("headers", f"{name!r} is set by wrapalert")
             if not isinstance(value, str):
@@ -666,6 +679,7 @@ def _url_problem(url: str) -> str | None:
     checks = (
         (parts.scheme not in ("http", "https"), "must start with http:// or https://"),
         (not parts.hostname, "has no host"),
+        (not resolvable_name(parts.hostname or ""), "has a host name with an empty or long label"),
         (parts.username is not None or parts.password is not None, "must not hold credentials"),
         (bool(parts.fragment) or url.endswith("#"), "must not have a #fragment"),
     )

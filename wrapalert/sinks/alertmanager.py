@@ -103,10 +103,13 @@ class AlertmanagerSink:
 
     @staticmethod
     async def _post(target: Target, body: bytes) -> SinkError | None:
+        """One peer's outcome as a value: a failure must not cancel the other peers."""
         try:
             await post(target, body)
         except SinkError as error:
             return error
+        except Exception as error:  # noqa: BLE001 - e.g. UnicodeError from the resolver
+            return PermanentSinkError(f"{target.display}: {type(error).__name__}: {error}")
         return None
 
 

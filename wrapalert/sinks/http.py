@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from wrapalert.config import resolvable_name
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 
 MAX_REPLY = 4096  # bytes of a failure's body read for its message
@@ -82,6 +83,8 @@ class Target:
             raise ValueError("must start with http:// or https://")
         if not parts.hostname:
             raise ValueError("has no host")
+        if not resolvable_name(parts.hostname):
+            raise ValueError(f"host {parts.hostname!r} has an empty or over-long label")
         if parts.username is not None or parts.password is not None:
             raise ValueError("must not hold credentials (they would show in logs)")
         if parts.fragment:
@@ -261,7 +264,9 @@ def _words(reply: bytes) -> str:
 
 
 def _clean(text: str) -> str:
-    return _CONTROL.sub("?", text)
+    """A peer's words made safe to log and print: no C0/C1 controls, no bidi overrides
+    (anything not printable), so a hostile server cannot drive the admin's terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _describe(exc: BaseException) -> str:

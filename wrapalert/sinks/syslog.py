@@ -8,7 +8,7 @@ octet-counted frames (RFC 6587) on one TCP connection, reopened after an error.
 
 TEXT (`message_text`, also journald's MESSAGE) is one grep-friendly line:
 
-    refused daemon=sshd client_addr=203.0.113.5 client_name=scan.example ... trusted=true uid=0
+    refused verdict=deny trusted=true uid=0 daemon=sshd client_addr=203.0.113.5 ... host=web1
     held events=90 first=1714564800.5 last=1714564830.25 daemons=sshd:45,vsftpd:45 other_daemons=0
 
 Every value is hostile. Anything but printable ASCII is escaped as Python's
@@ -31,10 +31,12 @@ lost with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import re
 import socket
+import struct
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -48,7 +50,12 @@ MAX_TEXT = 2048  # bytes of TEXT: RFC 5426 receivers must take 2048-byte UDP mes
 _TRUNCATED = " truncated=true"
 TCP_CHUNK = 64 * 1024  # bytes written before waiting for the collector to take them
 # The record's own keys, most useful first; a record's other keys follow, sorted.
+# verdict, trusted and uid lead: long values from a local user cut the line's tail,
+# and must never cut off that the report is untrusted.
 EVENT_ORDER = (
+    "verdict",
+    "trusted",
+    "uid",
     "daemon",
     "client_addr",
     "client_name",
@@ -59,10 +66,7 @@ EVENT_ORDER = (
     "server",
     "server_addr",
     "daemon_pid",
-    "verdict",
     "host",
-    "trusted",
-    "uid",
     "time",
     "received",
 )
@@ -261,6 +265,18 @@ def connect_unix(path: str) -> socket.socket:
     return sock
 
 
+def _reset(transport: asyncio.WriteTransport) -> None:
+    """Drop a connection now, buffers and all. close() would keep the socket until its
+    buffer drains, which a stalled collector never lets happen, and even abort() leaves
+    the kernel sending the unsent bytes; a zero linger makes it a reset. A half-sent
+    frame is lost either way: the batch is retried on a new connection."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
 class SyslogSink:
     """Forwards records as syslog lines to the local socket or to a remote collector."""
 
@@ -362,10 +378,20 @@ class SyslogSink:
         return writer
 
     async def aclose(self) -> None:
-        """Close the collector connection, if one is open (shutdown, or the sink replaced)."""
-        self._disconnect()
+        """Close the collector connection, if one is open (shutdown, or the sink replaced):
+        gracefully within `timeout`, so what was sent arrives; else cut it."""
+        if self._stream is None:
+            return
+        writer = self._stream[1]
+        self._stream = None
+        writer.close()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await writer.wait_closed()
+        except (OSError, TimeoutError):  # TimeoutError: a stalled collector
+            _reset(writer.transport)
 
     def _disconnect(self) -> None:
         if self._stream is not None:
-            self._stream[1].close()
+            _reset(self._stream[1].transport)
             self._stream = None

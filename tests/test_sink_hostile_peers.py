@@ -1,0 +1,161 @@
+"""Forwarding sinks against peers that misbehave: stalled, hostile, misnamed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wrapalert import config
+from wrapalert.config import SyslogSinkConfig, WebhookSinkConfig
+from wrapalert.sinks import build
+from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+from wrapalert.sinks.syslog import SyslogSink, message_text
+from wrapalert.sinks.webhook import WebhookSink
+
+
+def established_to(port: int) -> int:
+    """TCP connections ESTABLISHED with local port `port` (the collector's side)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                local, state = row.split()[1], row.split()[3]
+                if int(local.rsplit(":", 1)[1], 16) == port and state == "01":
+                    count += 1
+    return count
+
+
+def test_retries_against_a_stalled_collector_leave_no_connections_behind() -> None:
+    """Each "no progress" failure drops its connection at once; close() would keep it
+    (and its buffered bytes) until a collector that never reads drained it."""
+
+    async def scenario() -> tuple[int, int]:
+        server = await asyncio.start_server(lambda _r, _w: asyncio.sleep(3600), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sink = build(replace_syslog(address=("127.0.0.1", port), protocol="tcp", timeout=0.3))
+        assert isinstance(sink, SyslogSink)
+        big: dict[str, object] = {"type": "event", "daemon": "sshd", "client": "x" * 250}
+        big["server"] = "y" * 250
+        failures = 0
+        for _ in range(1000):
+            with contextlib.suppress(TransientSinkError):
+                await sink.send_records([big] * 500)
+                continue
+            failures += 1
+            if failures == 4:
+                break
+        await asyncio.sleep(0.3)
+        open_now = established_to(port)
+        await sink.aclose()
+        server.close()
+        return failures, open_now
+
+    failures, open_now = asyncio.run(scenario())
+    assert failures == 4
+    assert open_now <= 1  # at most the one a fifth try would use
+
+
+def replace_syslog(**kw: Any) -> SyslogSinkConfig:
+    return replace(SyslogSinkConfig(), **kw)
+
+
+def test_long_values_never_cut_off_that_a_report_is_untrusted() -> None:
+    record: dict[str, object] = {
+        "type": "event",
+        "daemon": "d" * 255,
+        "client": "c" * 255,
+        "server": "s" * 255,
+        "server_addr": "a" * 255,
+        "host": "h" * 255,
+        "user": "u" * 255,
+        "client_name": "n" * 255,
+        "client_host": "o" * 255,
+        "verdict": "deny",
+        "trusted": False,
+        "uid": 65534,
+    }
+    text = message_text(record)
+    assert text.endswith("truncated=true")
+    assert text.startswith("refused verdict=deny trusted=false uid=65534 ")
+
+
+@pytest.mark.parametrize("bad", ["am2..example", "x" * 64 + ".example"])
+def test_host_names_the_resolver_cannot_take_are_refused_at_load(tmp_path: Path, bad: str) -> None:
+    path = tmp_path / "wrapalert.toml"
+    for table in (
+        f'type = "alertmanager"\nurls = ["http://127.0.0.1:9093", "http://{bad}:9093"]',
+        f'type = "webhook"\nurl = "https://{bad}/hook"',
+        f'type = "syslog"\naddress = "{bad}:514"',
+    ):
+        path.write_text(f"[[sink]]\n{table}\n")
+        with pytest.raises(config.ConfigError) as caught:
+            config.load(path)
+        assert str(path) in str(caught.value)
+
+
+def test_a_hostile_servers_words_cannot_reach_the_terminal() -> None:
+    """C1 controls (a CSI that clears the screen) and a bidi override in the reason phrase
+    and body come back as "?" in the error that status and test-alert print."""
+
+    async def scenario() -> str:
+        async def hostile(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            body = "\u009b1;1H\u202eok".encode()
+            writer.write(
+                b"HTTP/1.1 503 \x9b2J\x9b31mall good\x85\r\n"
+                + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                + body
+            )
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(hostile, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sink = build(WebhookSinkConfig(url=f"http://127.0.0.1:{port}/hook", timeout=5.0))
+        assert isinstance(sink, WebhookSink)
+        try:
+            await sink.send_records([{"type": "event", "daemon": "sshd"}])
+        except (TransientSinkError, PermanentSinkError) as exc:
+            return str(exc)
+        finally:
+            server.close()
+        raise AssertionError("a 503 was taken for success")
+
+    message = asyncio.run(scenario())
+    assert "503" in message
+    assert message.isprintable(), repr(message)
+
+
+def test_shutdown_closes_gracefully_but_never_waits_on_a_stalled_collector() -> None:
+    async def scenario() -> float:
+        server = await asyncio.start_server(lambda _r, _w: asyncio.sleep(3600), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sink = build(replace_syslog(address=("127.0.0.1", port), protocol="tcp", timeout=0.3))
+        assert isinstance(sink, SyslogSink)
+        big: dict[str, object] = {"type": "event", "daemon": "sshd", "client": "x" * 250}
+        with contextlib.suppress(TransientSinkError):
+            for _ in range(40):
+                await sink.send_records([big] * 500)
+        await sink.send_records([{"type": "event", "daemon": "sshd"}])  # a fresh connection
+        start = time.monotonic()
+        await sink.aclose()
+        server.close()
+        return time.monotonic() - start
+
+    assert asyncio.run(scenario()) < 2.0
+
+
+def test_a_header_given_twice_in_different_case_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "wrapalert.toml"
+    path.write_text(
+        '[[sink]]\ntype = "webhook"\nurl = "https://hooks.example/x"\n'
+        'headers = { Authorization = "Bearer a", authorization = "Bearer b" }\n'
+    )
+    with pytest.raises(config.ConfigError, match="given twice"):
+        config.load(path)
