@@ -52,4 +52,32 @@ bench: $(STAMP)
 	$(BIN)/python bench/digest_render.py
 
 clean:
-	rm -rf $(VENV) $(BOOKWORM) demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BOOKWORM) demo dist .pytest_cache .mypy_cache .ruff_cache
+
+## deb: the Debian package, built from a scratch copy of the tree (packaging/debian as
+## debian/), copied to $(DEB_DIST)/ and checked by lintian
+DEB_DIST ?= dist
+LINTIAN  ?= lintian --fail-on error,warning --display-info
+DEB_FILE  = $(DEB_DIST)/wrapalert_$(shell dpkg-parsechangelog -l packaging/debian/changelog -S Version)_all.deb
+.PHONY: deb
+deb:
+	@set -eu; \
+	work=$$(mktemp -d); trap 'rm -rf "$$work"' EXIT; \
+	mkdir -p "$$work/src" $(DEB_DIST); \
+	: 'tracked and new files, never ignored ones (.venv, caches, build output)'; \
+	if git ls-files --error-unmatch pyproject.toml >/dev/null 2>&1; then \
+	  git ls-files -z --cached --others --exclude-standard \
+	    | tar --null --files-from=- --ignore-failed-read -cf -; \
+	else \
+	  tar --exclude-vcs --exclude='./.venv*' --exclude=./dist --exclude=./build \
+	    --exclude=./demo --exclude='./.*cache' --exclude=./.hypothesis \
+	    --exclude=__pycache__ -cf - .; \
+	fi | tar -xf - -C "$$work/src"; \
+	cp -r "$$work/src/packaging/debian" "$$work/src/debian"; \
+	: 'a plain environment: a pyenv or venv python on PATH breaks pybuild'; \
+	(cd "$$work/src" && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$$HOME" \
+	  LC_ALL=C.UTF-8 DEB_BUILD_OPTIONS="$${DEB_BUILD_OPTIONS:-}" \
+	  dpkg-buildpackage -us -uc -b); \
+	cp "$$work"/*.deb $(DEB_DIST)/
+	$(LINTIAN) $(DEB_FILE)
+	@echo "deb: $(DEB_FILE)"
