@@ -96,7 +96,9 @@ def parse(data: bytes) -> dict[str, str]:
         if line is None:
             raise WireError("bad_logger_line")
         data = line[1].replace(b" ", b"\n") + b"\n"
-    if data.translate(None, _ALPHABET):
+    # isascii() first: it stops at the first high byte, where translate() would copy
+    # all of a random datagram before finding out.
+    if not data.isascii() or data.translate(None, _ALPHABET):
         raise WireError(_why_bad(data))
     text = data.decode("ascii")
     hook = _HOOK_SHAPE.fullmatch(text)
