@@ -7,6 +7,7 @@ import socket
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from conftest import Deliveries, Running, body, maildir_messages, make_config
 
 from wrapalert.config import DigestConfig, ScanConfig
@@ -178,8 +179,11 @@ def send(path: Path, data: bytes) -> None:
         s.sendto(data, str(path))
 
 
-def test_the_running_daemon_counts_logs_and_mails_a_scan(sockdir: Path) -> None:
-    cfg = replace(make_config(sockdir, group_wait=0.5), scan=ScanConfig(daemons=3))
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_running_daemon_counts_logs_and_mails_a_scan(sockdir: Path, enabled: bool) -> None:  # noqa: FBT001 - a parameter
+    """Three daemons refusing one address: a scan in status and in the mail, or, with
+    the detector off, nothing but the three events."""
+    cfg = replace(make_config(sockdir, group_wait=0.5), scan=ScanConfig(enabled=enabled))
 
     async def scenario() -> Server:
         seen = Deliveries()
@@ -191,29 +195,12 @@ def test_the_running_daemon_counts_logs_and_mails_a_scan(sockdir: Path) -> None:
         return server
 
     server = asyncio.run(scenario())
-    assert server.status()["scans"] == 1
+    assert server.status()["scans"] == int(enabled)
     (msg,) = maildir_messages(sockdir / "Maildir")
-    assert msg["X-Wrapalert-Scans"] == "1"
-    assert msg["X-Wrapalert-Severity"] == "critical"
-    assert "203.0.113.7 tried 3 daemons" in body(msg)
-
-
-def test_the_detector_can_be_turned_off(sockdir: Path) -> None:
-    cfg = replace(make_config(sockdir, group_wait=0.5), scan=ScanConfig(enabled=False))
-
-    async def scenario() -> Server:
-        seen = Deliveries()
-        server = Server(cfg, on_delivery=seen)
-        async with Running(server):
-            for daemon in ("sshd", "in.ftpd", "in.telnetd"):
-                send(cfg.daemon.socket, encode({"d": daemon, "a": "203.0.113.7"}))
-            await seen.wait_events(3)
-        return server
-
-    server = asyncio.run(scenario())
-    assert server.status()["scans"] == 0
-    (msg,) = maildir_messages(sockdir / "Maildir")
-    assert msg["X-Wrapalert-Severity"] == "warning"
+    assert msg["X-Wrapalert-Severity"] == ("critical" if enabled else "warning")
+    if enabled:
+        assert msg["X-Wrapalert-Scans"] == "1"
+        assert "203.0.113.7 tried 3 daemons" in body(msg)
 
 
 def test_a_reported_group_waking_up_is_seen_again() -> None:

@@ -333,15 +333,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_PROBLEM
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def ask(args: argparse.Namespace, cmd: str) -> dict[str, Any] | None:
+    """The running daemon's reply to `cmd`; None (said on stderr) if it cannot answer."""
     from wrapalert.daemon import control
 
     cfg = config.load(args.config)
     try:
-        status = control.request(cfg.daemon.control_socket, "status")["status"]
+        return control.request(cfg.daemon.control_socket, cmd)
     except control.ControlError as exc:
         print(f"wrapalert: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = ask(args, "status")
+    if reply is None:
         return EXIT_PROBLEM
+    status = reply["status"]
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
@@ -428,13 +436,8 @@ def cmd_silence(args: argparse.Namespace) -> int:
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
-    from wrapalert.daemon import control
-
-    cfg = config.load(args.config)
-    try:
-        reply = control.request(cfg.daemon.control_socket, "flush")
-    except control.ControlError as exc:
-        print(f"wrapalert: {exc}", file=sys.stderr)
+    reply = ask(args, "flush")
+    if reply is None:
         return EXIT_PROBLEM
     if reply["digests"]:
         print(f"flushed: {reply['events']:,} events, queued as a digest to each sink they route to")
@@ -444,13 +447,8 @@ def cmd_flush(args: argparse.Namespace) -> int:
 
 
 def cmd_test_alert(args: argparse.Namespace) -> int:
-    from wrapalert.daemon import control
-
-    cfg = config.load(args.config)
-    try:
-        reply = control.request(cfg.daemon.control_socket, "test_alert")
-    except control.ControlError as exc:
-        print(f"wrapalert: {exc}", file=sys.stderr)
+    reply = ask(args, "test_alert")
+    if reply is None:
         return EXIT_PROBLEM
     results: dict[str, str] = reply["sinks"]
     if not results:
