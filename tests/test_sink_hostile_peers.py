@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -159,3 +160,85 @@ def test_a_header_given_twice_in_different_case_is_refused(tmp_path: Path) -> No
     )
     with pytest.raises(config.ConfigError, match="given twice"):
         config.load(path)
+
+
+def test_collector_connections_probe_for_a_vanished_peer() -> None:
+    """Keepalive and a user timeout on the collector connection: a peer dropped by a
+    firewall is noticed in about a minute, not after the kernel's 15."""
+
+    async def scenario() -> tuple[int, int]:
+        server = await asyncio.start_server(lambda _r, _w: asyncio.sleep(3600), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sink = build(replace_syslog(address=("127.0.0.1", port), protocol="tcp", timeout=2.0))
+        assert isinstance(sink, SyslogSink)
+        await sink.send_records([{"type": "event", "daemon": "sshd"}])
+        assert sink._stream is not None
+        sock = sink._stream[1].get_extra_info("socket")
+        options = (
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+        )
+        await sink.aclose()
+        server.close()
+        return options
+
+    assert asyncio.run(scenario()) == (1, 60_000)
+
+
+def test_two_senders_share_one_connection_and_never_interleave_frames() -> None:
+    """The worker and `test-alert` may send at once: one connection, whole frames."""
+
+    async def scenario() -> tuple[int, bytes]:
+        received = bytearray()
+        connections = 0
+
+        async def collector(reader: asyncio.StreamReader, _w: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            received.extend(await reader.read())
+
+        server = await asyncio.start_server(collector, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sink = build(replace_syslog(address=("127.0.0.1", port), protocol="tcp", timeout=5.0))
+        assert isinstance(sink, SyslogSink)
+        batch = [{"type": "event", "daemon": f"d{i}", "client": "c" * 200} for i in range(300)]
+        await asyncio.gather(sink.send_records(batch), sink.send_records(batch))  # type: ignore[arg-type]
+        await sink.aclose()
+        await asyncio.sleep(0.2)
+        server.close()
+        return connections, bytes(received)
+
+    connections, data = asyncio.run(scenario())
+    assert connections == 1
+    frames = 0
+    while data:  # RFC 6587 octet counting: "LEN SP MSG", back to back
+        length, _, rest = data.partition(b" ")
+        message, data = rest[: int(length)], rest[int(length) :]
+        assert message.startswith(b"<"), message[:40]
+        frames += 1
+    assert frames == 600
+
+
+def test_an_https_url_on_a_plain_http_port_is_a_config_problem() -> None:
+    async def scenario() -> Exception:
+        async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(100)
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(plain, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sink = build(WebhookSinkConfig(url=f"https://127.0.0.1:{port}/hook", timeout=5.0))
+        assert isinstance(sink, WebhookSink)
+        try:
+            await sink.send_records([{"type": "event", "daemon": "sshd"}])
+        except (TransientSinkError, PermanentSinkError) as exc:
+            return exc
+        finally:
+            server.close()
+        raise AssertionError("a plain-HTTP server took a TLS request")
+
+    error = asyncio.run(scenario())
+    assert isinstance(error, PermanentSinkError), error
+    assert "does not speak TLS" in str(error)

@@ -127,6 +127,12 @@ async def post(
         raise TransientSinkError(f"{target.display}: no answer within {timeout:g} s") from None
     except ssl.SSLCertVerificationError as exc:  # before OSError: it is one too
         raise PermanentSinkError(f"{target.display}: {exc.verify_message or exc}") from exc
+    except ssl.SSLError as exc:
+        if exc.reason != "WRONG_VERSION_NUMBER":
+            raise TransientSinkError(f"{target.display}: {_describe(exc)}") from exc
+        # A plain-HTTP server on the https URL's port: retrying cannot change that.
+        problem = "the server does not speak TLS there (an http:// URL?)"
+        raise PermanentSinkError(f"{target.display}: {problem}") from exc
     except (OSError, EOFError) as exc:  # refused, reset, DNS, TLS, closed before replying
         raise TransientSinkError(f"{target.display}: {_describe(exc)}") from exc
     except _BadReplyError as exc:

@@ -49,6 +49,7 @@ MAX_VALUE = 256  # characters of one escaped value; libwrap's longest expansion 
 MAX_TEXT = 2048  # bytes of TEXT: RFC 5426 receivers must take 2048-byte UDP messages
 _TRUNCATED = " truncated=true"
 TCP_CHUNK = 64 * 1024  # bytes written before waiting for the collector to take them
+KEEPALIVE_FLOOR = 60.0  # seconds sent bytes may stay unacknowledged, at least
 # The record's own keys, most useful first; a record's other keys follow, sorted.
 # verdict, trusted and uid lead: long values from a local user cut the line's tail,
 # and must never cut off that the report is untrusted.
@@ -265,6 +266,21 @@ def connect_unix(path: str) -> socket.socket:
     return sock
 
 
+def _keepalive(sock: socket.socket | None, timeout: float) -> None:
+    """Notice a collector that vanished without a word (a NAT or firewall dropping the
+    flow) in about a minute, not the kernel's 15: keepalive probes while idle, and a
+    limit on how long sent bytes may stay unacknowledged."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):  # options missing on an odd kernel: best effort
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        user_timeout = int(max(timeout, KEEPALIVE_FLOOR) * 1000)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout)
+
+
 def _reset(transport: asyncio.WriteTransport) -> None:
     """Drop a connection now, buffers and all. close() would keep the socket until its
     buffer drains, which a stalled collector never lets happen, and even abort() leaves
@@ -290,6 +306,9 @@ class SyslogSink:
         self.timeout = cfg.timeout
         self.host = this_host()
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        # One sender at a time on the TCP stream (the worker, and `test-alert`): frames
+        # must not interleave, nor two connections be opened at once.
+        self._tcp_lock = asyncio.Lock()
 
     @property
     def where(self) -> str:
@@ -304,7 +323,8 @@ class SyslogSink:
         elif self.protocol == "udp":
             await self._send_udp(self.address, records)
         else:
-            await self._send_tcp(self.address, records)
+            async with self._tcp_lock:
+                await self._send_tcp(self.address, records)
 
     async def _send_local(self, records: list[dict[str, object]]) -> None:
         # A socket per batch: nothing to leak on reload, and a restarted receiver's new
@@ -374,6 +394,7 @@ class SyslogSink:
                 return writer
             self._disconnect()
         reader, writer = await asyncio.open_connection(*address)
+        _keepalive(writer.get_extra_info("socket"), self.timeout)
         self._stream = (reader, writer)
         return writer
 
