@@ -7,6 +7,7 @@ from dataclasses import replace
 from wrapalert.config import DigestConfig
 from wrapalert.model import MAX_DIGEST_GROUPS, Event, fold_reports
 from wrapalert.pipeline.aggregate import OVERFLOW, Aggregator
+from wrapalert.pipeline.route import Router
 
 CFG = replace(
     DigestConfig(), group_wait=10.0, group_interval=300.0, repeat_interval=3600.0, batch_window=1.0
@@ -320,3 +321,43 @@ def test_with_the_network_reserve_full_a_known_network_still_takes_its_sources()
     restored.add(ev(addr="198.51.100.2"), now=2e6)
     restored.add(ev(addr="10.3.0.5"), now=2e6)  # a reserve place is free again: its /24
     assert ("sshd", "10.3.0.0/24") in restored.groups
+
+
+def test_after_group_by_changes_old_groups_tally_what_joins_them() -> None:
+    """A group keyed (daemon, client_addr) = (sshd, unknown) skips its address tally; after
+    a reload to (daemon, client_name), sshd events with no name land in that same key
+    from many addresses: they must be tallied, not reported as one "unknown" source."""
+    agg = Aggregator(CFG, 100)
+    agg.add(ev(addr="unknown"), now=0.0)
+    agg.configure(replace(CFG, group_by=("daemon", "client_name")), 100, 3600.0, Router())
+    for i in range(1, 6):
+        agg.add(ev(addr=f"203.0.113.{i}"), now=1.0)
+    (report,) = agg.collect(100.0)
+    assert report.events == 6
+    assert report.sources == 6
+    assert dict(report.addrs) == {"unknown": 1, **{f"203.0.113.{i}": 1 for i in range(1, 6)}}
+    # Restored under the new group_by, such a group is not fixed either.
+    agg.add(ev(addr="unknown"), now=200.0)
+    state = agg.export(("sshd", "unknown"))
+    assert state is not None
+    fresh = Aggregator(replace(CFG, group_by=("daemon", "client_name")), 100)
+    fresh.restore([state])
+    fresh.add(ev(addr="198.51.100.9"), now=201.0)
+    (again,) = fresh.collect(1000.0)
+    assert dict(again.addrs) == {"unknown": 1, "198.51.100.9": 1}
+
+
+def test_network_counts_follow_the_groups_labels_across_a_group_by_change() -> None:
+    """The /24s known to have a group are counted from each group's own labels, so
+    reloads that move client_addr in group_by leave nothing behind."""
+    agg = Aggregator(CFG, 2)
+    swapped = replace(CFG, group_by=("client_addr", "daemon"))
+    for cycle in range(10):
+        agg.configure(swapped if cycle % 2 else CFG, 2, 3600.0, Router())
+        base = cycle * 1e6
+        for i in range(4):
+            agg.add(ev(addr=f"10.{cycle}.{i}.1"), now=base)
+        agg.collect(base + 100.0)
+        agg.collect(base + 1e5)  # quiet: every group reported once more and forgotten
+    assert not agg.groups
+    assert not agg._narrow

@@ -168,3 +168,10 @@ def test_bad_values_are_explained(text: str, fragment: str) -> None:
 def test_socket_mode_accepts_octal_strings() -> None:
     """socket_mode may be written "0660" (octal) as well as an integer."""
     assert config.loads('[daemon]\nsocket_mode = "0660"\n').daemon.socket_mode == 0o660
+
+
+def test_group_by_may_not_name_a_field_twice(tmp_path: Path) -> None:
+    path = tmp_path / "wrapalert.toml"
+    path.write_text('[digest]\ngroup_by = ["daemon", "client_addr", "client_addr"]\n')
+    with pytest.raises(config.ConfigError, match="names a field twice"):
+        config.load(path)

@@ -120,7 +120,7 @@ def test_the_group_completing_a_scan_is_marked_and_raised_to_critical() -> None:
     assert len(found) == 1
     marked = reports["in.telnetd"]
     assert marked.severity == "critical"
-    assert ScanSignal.from_tuple(marked.scan) == found[0]
+    assert [ScanSignal.from_tuple(s) for s in marked.scan] == found
     assert reports["sshd"].severity == "warning"
     assert reports["sshd"].scan == ()
     assert sum(r.events for r in reports.values()) == 150  # counts untouched
@@ -231,3 +231,34 @@ def test_sources_rolled_up_by_network_are_left_to_the_roll_up() -> None:
     for i in range(20):
         large.add(event(f"198.51.100.{i}", "sshd"), 1.0)
     assert [(s.kind, s.target) for s in found] == [("sweep", "198.51.100.0/24")]
+
+
+def test_an_event_completing_two_scans_carries_both_into_the_digest() -> None:
+    """An address trying its third daemon just as its /24 signals a sweep again (it had
+    been trimmed from the network's list): the digest lists both, not only the last."""
+    found: list[ScanSignal] = []
+    cfg = replace(DigestConfig(), group_wait=10.0, group_interval=300.0, batch_window=0.0)
+    agg = Aggregator(
+        cfg, 1000, scans=ScanDetector(WINDOW, daemons=3, sources=2), on_scan=found.append
+    )
+    x = "203.0.113.100"
+    steps = [
+        (0, "ssh", "203.0.113.1"),
+        (1, "ssh", "203.0.113.2"),  # the /24's sweep signalled
+        (300, "a", x),
+        (301, "b", x),  # x: two daemons
+        (302, "ssh", "203.0.113.3"),
+        (303, "ssh", "203.0.113.4"),  # x trimmed from the network's list
+        (700, "c", x),  # x's third daemon, and the /24 swept again after a quiet window
+    ]
+    for t, name, addr in steps:
+        agg.add(event(addr, name), float(t))
+        agg.collect(float(t))
+    assert [s.kind for s in found if s.last == 700.0] == ["daemons", "sweep"]
+    reports = agg.collect(720.0)
+    (marked,) = [r for r in reports if r.key == ("c", x)]
+    assert len(marked.scan) == 2
+    targets = {s.target for s in scans(reports)}
+    assert {x, "203.0.113.0/24"} <= targets
+    again = digest_from_json(digest_to_json(Digest("h", 720.0, tuple(reports))))
+    assert {s.target for s in scans(list(again.groups))} == targets

@@ -392,6 +392,8 @@ class _Parser:
                 raise t.error("group_by", f"unknown field {name!r}; use {sorted(GROUP_FIELDS)}")
         if not group_by:
             raise t.error("group_by", "needs at least one field")
+        if len(set(group_by)) != len(group_by):
+            raise t.error("group_by", "names a field twice")
         template_dir = t.get("template_dir", None, str)
         cfg = DigestConfig(
             group_by=group_by,

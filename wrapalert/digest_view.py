@@ -223,8 +223,8 @@ def scans(groups: list[GroupReport]) -> list[Scan]:
     # The daemon's own signals: found within its window, so possibly across digests.
     # One row per target: what this digest shows, widened by what the daemon saw.
     rows = {s.target: s for s in out}
-    for g in groups:
-        signal = ScanSignal.from_tuple(g.scan) if g.scan else None
+    signals = [(g, ScanSignal.from_tuple(values)) for g in groups for values in g.scan]
+    for g, signal in signals:
         if signal is None:
             continue
         addrs = 1 if signal.kind == "daemons" else signal.sources

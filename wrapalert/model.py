@@ -91,9 +91,9 @@ class GroupReport:
     level: str = "exact"  # "exact", "network" (/24, /64), "wide network" (/16, /48), "overflow"
     severity: str = "warning"  # "info", "warning" or "critical", from the first matching route
     sinks: tuple[str, ...] | None = None  # the sinks it goes to (None: every sink)
-    # The daemon's scan signal, if this group completed one: ScanSignal.as_tuple(),
+    # The daemon's scan signals this group completed, each ScanSignal.as_tuple():
     # (kind, target, sources, first, last, *daemons) as text.
-    scan: tuple[str, ...] = ()
+    scan: tuple[tuple[str, ...], ...] = ()
 
     def label(self, name: str) -> str | None:
         return dict(self.labels).get(name)
@@ -274,5 +274,5 @@ def _report_from_dict(data: dict[str, Any]) -> GroupReport:
         data[name] = _pairs(data[name])
     if data.get("sinks") is not None:
         data["sinks"] = tuple(data["sinks"])
-    data["scan"] = tuple(data.get("scan", ()))
+    data["scan"] = tuple(tuple(signal) for signal in data.get("scan", ()))
     return GroupReport(**data)

@@ -105,19 +105,34 @@ class _Group:
     # and a flood from one source skips three updates per event.
     fixed_daemon: str | None = None
     fixed_addr: str | None = None
-    scan: tuple[str, ...] = ()  # the scan signal it completed since its last report
+    # The scan signals it completed since its last report, each ScanSignal.as_tuple().
+    scan: tuple[tuple[str, ...], ...] = ()
 
     def escalate(self, signal: ScanSignal, severity: str) -> None:
-        self.scan = signal.as_tuple()
+        self.scan = (*self.scan, signal.as_tuple())
         if SEVERITY_ORDER.index(severity) > SEVERITY_ORDER.index(self.severity):
             self.severity = severity
 
-    def fix(self) -> None:
-        """Set the fixed values from the labels (at creation and on restore)."""
-        if self.level == 0 and self.trusted:
+    def fix(self, group_by: tuple[str, ...]) -> None:
+        """Set the fixed values from the labels (at creation and on restore), if the key
+        is still made of today's group_by: after a change, another layout's key could
+        collect events whose daemon or address differ."""
+        if self.level == 0 and self.trusted and tuple(n for n, _ in self.labels) == group_by:
             labels = dict(self.labels)
             self.fixed_daemon = labels.get("daemon")
             self.fixed_addr = labels.get("client_addr")
+
+    def unfix(self) -> None:
+        """Tally the fixed values for real, from here on and for the news so far."""
+        if self.fixed_daemon is not None:
+            if self.new:
+                self.daemons.add(self.fixed_daemon, self.new)
+            self.fixed_daemon = None
+        if self.fixed_addr is not None:
+            if self.new:
+                self.addrs.add(self.fixed_addr, self.new)
+                self.sources.add(self.fixed_addr)
+            self.fixed_addr = None
 
 
 class Aggregator:
@@ -159,6 +174,9 @@ class Aggregator:
         self._group_by = cfg.group_by
         self._unknowns = ("unknown",) * len(cfg.group_by)
         self._addr_at = cfg.group_by.index("client_addr") if "client_addr" in cfg.group_by else -1
+        for group in getattr(self, "groups", {}).values():
+            if tuple(n for n, _ in group.labels) != cfg.group_by:
+                group.unfix()  # made under another group_by: see _Group.fix
 
     @property
     def pending_events(self) -> int:
@@ -357,7 +375,7 @@ class Aggregator:
             severity=severity,
             sinks=sinks,
         )
-        group.fix()
+        group.fix(self._group_by)
         groups[key] = group
         if level == 1:
             self._count_narrow(group, 1)
@@ -366,10 +384,9 @@ class Aggregator:
     def _count_narrow(self, group: _Group, delta: int) -> None:
         """Track which /24 and /64 networks have a group: past the first reserve, a
         new source's network is spelled out only if it might have one."""
-        at = self._addr_at
-        if at < 0 or len(group.key) <= at:
-            return
-        packed = _packed(group.key[at].partition("/")[0])
+        # From the group's own labels: its key may predate a group_by change.
+        net = dict(group.labels).get("client_addr")
+        packed = None if net is None else _packed(net.partition("/")[0])
         if packed is not None:
             prefix = packed[: _NARROW[len(packed)]]
             self._narrow[prefix] += delta
@@ -414,7 +431,7 @@ class Aggregator:
         state["sources"] = group.sources.to_dict()
         state["sinks"] = None if group.sinks is None else list(group.sinks)
         state["timeline"] = [[t, n] for t, n in group.timeline.items()]
-        state["scan"] = list(group.scan)
+        state["scan"] = [list(signal) for signal in group.scan]
         return state
 
     def restore(self, states: list[dict[str, Any]]) -> None:
@@ -431,8 +448,8 @@ class Aggregator:
             sinks = state.get("sinks")
             group.sinks = None if sinks is None else tuple(sinks)
             group.timeline = {float(t): int(n) for t, n in state["timeline"]}
-            group.scan = tuple(str(v) for v in state.get("scan", ()))  # older states: none
-            group.fix()
+            group.scan = tuple(tuple(map(str, s)) for s in state.get("scan", ()))  # older: none
+            group.fix(self._group_by)
             self.groups[group.key] = group
             if group.level == 1:
                 self._count_narrow(group, 1)
