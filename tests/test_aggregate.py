@@ -361,3 +361,15 @@ def test_network_counts_follow_the_groups_labels_across_a_group_by_change() -> N
         agg.collect(base + 1e5)  # quiet: every group reported once more and forgotten
     assert not agg.groups
     assert not agg._narrow
+
+
+def test_an_untrusted_group_never_shares_a_key_with_a_trusted_one() -> None:
+    """With group_by fields a remote client controls (its reverse DNS name), a trusted
+    event reading daemon "untrusted" and name "65534" must not land in uid 65534's
+    untrusted group, nor the untrusted reports in a trusted group."""
+    agg = Aggregator(replace(CFG, group_by=("daemon", "client_name")), 100)
+    agg.add(ev(trusted=False, uid=65534), now=0.0)
+    forged = Event({"daemon": "untrusted", "client_name": "65534"}, 0.0, uid=0, trusted=True)
+    agg.add(forged, now=0.0)
+    reports = agg.collect(100.0)
+    assert sorted((r.trusted, r.events) for r in reports) == [(False, 1), (True, 1)]

@@ -175,9 +175,12 @@ class Server:
         tasks = {asyncio.ensure_future(job): name for name, job in sends.items()}
         results: dict[str, str] = {}
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=TEST_ALERT_BUDGET)
+            try:
+                done, pending = await asyncio.wait(tasks, timeout=TEST_ALERT_BUDGET)
+            finally:  # also when the daemon stops meanwhile: no send outlives the request
+                for task in tasks:
+                    task.cancel()
             for task in pending:
-                task.cancel()
                 results[tasks[task]] = f"no answer within {TEST_ALERT_BUDGET:g}s"
             for task in done:
                 error = task.exception()

@@ -50,6 +50,7 @@ from wrapalert.pipeline.scan import ScanDetector, ScanSignal
 from wrapalert.pipeline.sketch import Distinct
 
 OVERFLOW = "(overflow)"
+UNTRUSTED = "(untrusted)"
 LEVELS = ("exact", "network", "wide network", "overflow")
 _PREFIXES = {4: (24, 16), 6: (64, 48)}  # roll-up prefix per IP version, for levels 1 and 2
 _NARROW = {4: 3, 16: 8}  # bytes of the level-1 prefix, by address length
@@ -470,7 +471,9 @@ class Aggregator:
     def _untrusted_key(event: Event) -> Key:
         # One group per untrusted uid: never sharing a group (or its look) with real
         # alerts, and never more than one, whatever fields the sender makes up.
-        return ("untrusted", "unknown" if event.uid is None else str(event.uid))
+        # The parentheses cannot occur in a trusted key (no wire value holds them), so a
+        # trusted group whose fields read "untrusted" and a uid can never be this one.
+        return (UNTRUSTED, "unknown" if event.uid is None else str(event.uid))
 
     def _labels(self, event: Event, key: Key, level: int) -> Labels:
         """The key's names and values, made only when a group is created."""

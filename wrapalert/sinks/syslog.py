@@ -401,10 +401,11 @@ class SyslogSink:
     async def aclose(self) -> None:
         """Close the collector connection, if one is open (shutdown, or the sink replaced):
         gracefully within `timeout`, so what was sent arrives; else cut it."""
-        if self._stream is None:
-            return
-        writer = self._stream[1]
-        self._stream = None
+        async with self._tcp_lock:  # a batch still being sent finishes (or fails) first
+            if self._stream is None:
+                return
+            writer = self._stream[1]
+            self._stream = None
         writer.close()
         try:
             async with asyncio.timeout(self.timeout):
