@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
@@ -269,6 +269,28 @@ def client(*args: str, user: int | None = None) -> None:
     if user is not None:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
     subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, timeout=10)
+
+
+def report_through_daemon(
+    cfg: config.Config,
+    addrs: Sequence[str] = ("192.0.2.1", "192.0.2.2"),
+    *extra: str,
+    then: Callable[[], object] | None = None,
+) -> Server:
+    """Run the daemon on `cfg`; report one sshd refusal per address through the real
+    client (with `extra` KEY=VALUE words); call `then` (in a thread) before stopping."""
+
+    async def scenario() -> Server:
+        server = Server(cfg)
+        async with Running(server):
+            sock = f"socket={cfg.daemon.socket}"
+            for addr in addrs:
+                await asyncio.to_thread(client, "d=sshd", f"a={addr}", *extra, sock)
+            if then is not None:
+                await asyncio.to_thread(then)
+        return server
+
+    return asyncio.run(scenario())
 
 
 class Running:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import Running, client, make_config, write_config
+from conftest import make_config, report_through_daemon, write_config
 
 from wrapalert import config
 from wrapalert.config import (
@@ -149,14 +149,7 @@ path = "{sockdir}/events.jsonl"
     )
     cfg = config.load(path)
 
-    async def scenario() -> None:
-        server = Server(cfg)
-        async with Running(server):
-            sock = f"socket={cfg.daemon.socket}"
-            for addr in ("192.0.2.1", "192.0.2.2"):
-                await asyncio.to_thread(client, "d=sshd", f"a={addr}", "n=evil.example", sock)
-
-    asyncio.run(scenario())
+    report_through_daemon(cfg, ("192.0.2.1", "192.0.2.2"), "n=evil.example")
     records = [json.loads(line) for line in (sockdir / "events.jsonl").read_text().splitlines()]
     assert [r["client_addr"] for r in records] == ["192.0.2.1", "192.0.2.2"]
     assert all(r["trusted"] is True and r["uid"] == os.getuid() for r in records)

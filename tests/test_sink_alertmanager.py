@@ -15,12 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Running, client, free_port, require, wait_until, write_config
+from conftest import (
+    free_port,
+    report_through_daemon,
+    require,
+    wait_until,
+    write_config,
+)
 from test_sink_webhook import HttpServer, Reply
 
 from wrapalert import config
 from wrapalert.config import AlertmanagerSinkConfig
-from wrapalert.daemon.server import Server
 from wrapalert.sinks.alertmanager import MAX_VALUE, AlertmanagerSink, build_alerts
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 
@@ -358,16 +363,7 @@ urls = ["{alertmanager.url}"]
 labels = {{ test = "{sockdir.name}" }}
 """,
     )
-    cfg = config.load(path)
-    server = Server(cfg)
-
-    async def scenario() -> None:
-        async with Running(server):
-            sock = f"socket={cfg.daemon.socket}"
-            for _ in range(3):
-                await asyncio.to_thread(client, "d=sshd", "a=192.0.2.7", sock)
-
-    asyncio.run(scenario())
+    server = report_through_daemon(config.load(path), ["192.0.2.7"] * 3)
     alerts = [
         a for a in alertmanager.alerts(server.host) if a["labels"].get("test") == sockdir.name
     ]

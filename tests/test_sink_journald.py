@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Running, client, require, wait_until, write_config
+from conftest import report_through_daemon, require, wait_until, write_config
 from test_sink_syslog import EVENT, EVENT_TEXT, HELD, HELD_TEXT, HOSTILE, make_sink, ticking
 
 from wrapalert import config
 from wrapalert.config import JournaldSinkConfig
-from wrapalert.daemon.server import Server
 from wrapalert.sinks import EventSink, build
 from wrapalert.sinks.base import TransientSinkError
 from wrapalert.sinks.journald import MESSAGE_ID, JournaldSink, entry
@@ -239,14 +238,9 @@ def test_daemon_forwards_refused_connections_to_journald(sockdir: Path, journald
     )
     cfg = config.load(path)
 
-    async def scenario() -> None:
-        async with Running(Server(cfg)):
-            sock = f"socket={cfg.daemon.socket}"
-            for addr in ("192.0.2.1", "192.0.2.2"):
-                await asyncio.to_thread(client, "d=sshd", f"a={addr}", "n=evil.example", sock)
-            await asyncio.to_thread(journald.wait, 2)
-
-    asyncio.run(scenario())
+    report_through_daemon(
+        cfg, ("192.0.2.1", "192.0.2.2"), "n=evil.example", then=lambda: journald.wait(2)
+    )
     entries = journald.entries()
     assert [e["WRAPALERT_CLIENT_ADDR"] for e in entries] == ["192.0.2.1", "192.0.2.2"]
     for found in entries:

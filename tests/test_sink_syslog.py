@@ -18,11 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Running, client, free_port, require, wait_until, write_config
+from conftest import (
+    free_port,
+    report_through_daemon,
+    require,
+    wait_until,
+    write_config,
+)
 
 from wrapalert import config
 from wrapalert.config import SyslogSinkConfig
-from wrapalert.daemon.server import Server
 from wrapalert.model import Event
 from wrapalert.pipeline.forward import ForwardWorker
 from wrapalert.sinks import EventSink, build
@@ -369,14 +374,9 @@ socket = "{rsyslog.socket}"
     )
     cfg = config.load(path)
 
-    async def scenario() -> None:
-        async with Running(Server(cfg)):
-            sock = f"socket={cfg.daemon.socket}"
-            for addr in ("192.0.2.1", "192.0.2.2"):
-                await asyncio.to_thread(client, "d=sshd", f"a={addr}", "n=evil.example", sock)
-            await asyncio.to_thread(rsyslog.wait, 2)
-
-    asyncio.run(scenario())
+    report_through_daemon(
+        cfg, ("192.0.2.1", "192.0.2.2"), "n=evil.example", then=lambda: rsyslog.wait(2)
+    )
     lines = [parse_text(m["msg"][1:]) for m in rsyslog.messages()]
     assert [pairs["client_addr"] for _, pairs in lines] == ["192.0.2.1", "192.0.2.2"]
     for word, pairs in lines:

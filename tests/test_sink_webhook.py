@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Self
 
 import pytest
-from conftest import Running, client, free_port, require, write_config
+from conftest import free_port, report_through_daemon, require, write_config
 
 from wrapalert import config
 from wrapalert.config import WebhookSinkConfig
-from wrapalert.daemon.server import Server
 from wrapalert.sinks import build
 from wrapalert.sinks.base import EventSink, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.http import MESSAGE_CHARS, Target
@@ -391,13 +390,7 @@ timeout = "5s"
     )
     cfg = config.load(path)
 
-    async def scenario() -> None:
-        async with Running(Server(cfg)):
-            sock = f"socket={cfg.daemon.socket}"
-            for addr in ("192.0.2.1", "192.0.2.2"):
-                await asyncio.to_thread(client, "d=sshd", f"a={addr}", "n=evil.example", sock)
-
-    asyncio.run(scenario())
+    report_through_daemon(cfg, ("192.0.2.1", "192.0.2.2"), "n=evil.example")
     assert all(r.headers["Authorization"] == "Bearer t0ken" for r in httpd.requests)
     bodies = [json.loads(r.body) for r in httpd.requests]
     records = [record for b in bodies for record in b["records"]]
