@@ -29,7 +29,6 @@ in `dropped`); the owner saves `export(key)` for each and clears the sets.
 from __future__ import annotations
 
 import heapq
-import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from wrapalert.model import (
     GroupReport,
     Tally,
 )
+from wrapalert.pipeline.netaddr import network, packed
 from wrapalert.pipeline.route import Router
 from wrapalert.pipeline.scan import ScanDetector, ScanSignal
 from wrapalert.pipeline.sketch import Distinct
@@ -52,12 +52,7 @@ from wrapalert.pipeline.sketch import Distinct
 OVERFLOW = "(overflow)"
 UNTRUSTED = "(untrusted)"
 LEVELS = ("exact", "network", "wide network", "overflow")
-_PREFIXES = {4: (24, 16), 6: (64, 48)}  # roll-up prefix per IP version, for levels 1 and 2
 _NARROW = {4: 3, 16: 8}  # bytes of the level-1 prefix, by address length
-# Recent networks' text by prefix bytes (their lengths differ by level and family, so
-# one table serves both): a flood's sources share few /16s and /48s.
-_NET_TEXT: dict[bytes, str] = {}
-_NET_TEXT_MAX = 4096
 _PLAIN = (
     "trusted",
     "uid",
@@ -387,9 +382,9 @@ class Aggregator:
         new source's network is spelled out only if it might have one."""
         # From the group's own labels: its key may predate a group_by change.
         net = dict(group.labels).get("client_addr")
-        packed = None if net is None else _packed(net.partition("/")[0])
-        if packed is not None:
-            prefix = packed[: _NARROW[len(packed)]]
+        address = None if net is None else packed(net.partition("/")[0])
+        if address is not None:
+            prefix = address[: _NARROW[len(address)]]
             self._narrow[prefix] += delta
             if self._narrow[prefix] <= 0:
                 del self._narrow[prefix]
@@ -402,13 +397,15 @@ class Aggregator:
         groups = self.groups
         limit = self.max_groups
         at = self._addr_at
-        packed = _packed(key[at]) if at >= 0 and event.trusted else None
+        address = packed(key[at]) if at >= 0 and event.trusted else None
         for level in (1, 2):
             limit += self.reserve
-            if packed is not None and (
-                level == 2 or len(groups) < limit or packed[: _NARROW[len(packed)]] in self._narrow
+            if address is not None and (
+                level == 2
+                or len(groups) < limit
+                or address[: _NARROW[len(address)]] in self._narrow
             ):
-                net = _network(packed, level)
+                net = network(address, level)
                 key = (*key[:at], net, *key[at + 1 :])
                 found = groups.get(key)
                 if found is not None:
@@ -482,32 +479,6 @@ class Aggregator:
         if not event.trusted:
             return (("reported_by_uid", key[1]),)
         return tuple(zip(self.cfg.group_by, key, strict=True))
-
-
-def _packed(addr: str) -> bytes | None:
-    """An address's bytes (4 or 16), None if it is not an IP address."""
-    try:
-        if ":" in addr:
-            return socket.inet_pton(socket.AF_INET6, addr.partition("%")[0])
-        return socket.inet_pton(socket.AF_INET, addr)
-    except OSError:
-        return None
-
-
-def _network(packed: bytes, level: int) -> str:
-    """The /24 or /64 (level 1), /16 or /48 (level 2) holding the address, as text."""
-    v6 = len(packed) == 16
-    prefix = _PREFIXES[6 if v6 else 4][level - 1]
-    keep = prefix // 8  # every roll-up prefix is whole bytes
-    head = packed[:keep]
-    text = _NET_TEXT.get(head)
-    if text is None:
-        masked = head + bytes(len(packed) - keep)
-        text = f"{socket.inet_ntop(socket.AF_INET6 if v6 else socket.AF_INET, masked)}/{prefix}"
-        if len(_NET_TEXT) >= _NET_TEXT_MAX:
-            _NET_TEXT.clear()
-        _NET_TEXT[head] = text
-    return text
 
 
 def _new_bucket(timeline: dict[float, int], bucket: float) -> None:

@@ -25,8 +25,10 @@ takes `now`.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
+
+from wrapalert.pipeline.netaddr import network as prefix_text
+from wrapalert.pipeline.netaddr import packed
 
 MAX_TRACKED = 4096
 
@@ -161,12 +163,5 @@ class _Recent:
 
 def network(addr: str) -> str | None:
     """The /24 or /64 holding a canonical address, None if it is not one."""
-    if ":" not in addr:
-        head, dot, _ = addr.rpartition(".")
-        # The wire canonicalised it: a dotted quad has three dots.
-        return f"{head}.0/24" if dot and head.count(".") == 2 else None
-    try:
-        packed = socket.inet_pton(socket.AF_INET6, addr.partition("%")[0])
-    except OSError:
-        return None
-    return f"{socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8))}/64"
+    address = packed(addr)
+    return None if address is None else prefix_text(address, 1)
