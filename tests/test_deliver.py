@@ -7,26 +7,11 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from conftest import one_group
+from timing import ManualClock
 
 from wrapalert.model import Digest, merge_digests
 from wrapalert.pipeline.deliver import RateLimit, SinkWorker
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
-
-
-class Clock:
-    """Fake time: `sleep` advances it instead of waiting."""
-
-    def __init__(self) -> None:
-        self.t = 1_000_000.0
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
-        await asyncio.sleep(0)
 
 
 class Sink:
@@ -90,8 +75,8 @@ def test_rate_limit_is_a_sliding_hour() -> None:
 
 def test_digests_queued_together_go_out_as_one_mail() -> None:
     """Digests waiting in the queue when the worker looks are merged into one mail, not held."""
-    clock, sink, results = Clock(), Sink(), Results()
-    worker = SinkWorker(sink, per_hour=2, on_result=results, now=clock.now, sleep=clock.sleep)
+    clock, sink, results = ManualClock(), Sink(), Results()
+    worker = SinkWorker(sink, per_hour=2, on_result=results, clock=clock)
     for i in range(5):
         worker.submit(digest(i + 1, addr=f"192.0.2.{i}"))
 
@@ -102,8 +87,8 @@ def test_digests_queued_together_go_out_as_one_mail() -> None:
 
 def test_cap_holds_later_digests_until_the_hour_allows() -> None:
     """With the cap used up, the next mail waits for the window and carries all held events."""
-    clock, sink, results = Clock(), Sink(), Results()
-    worker = SinkWorker(sink, per_hour=1, on_result=results, now=clock.now, sleep=clock.sleep)
+    clock, sink, results = ManualClock(), Sink(), Results()
+    worker = SinkWorker(sink, per_hour=1, on_result=results, clock=clock)
 
     async def scenario() -> None:
         task = asyncio.create_task(worker.run())
@@ -125,11 +110,9 @@ def test_cap_holds_later_digests_until_the_hour_allows() -> None:
 
 def test_transient_failures_are_retried_with_growing_backoff() -> None:
     """A transient failure is retried, each wait longer, until delivery succeeds."""
-    clock, results = Clock(), Results()
+    clock, results = ManualClock(), Results()
     sink = Sink(failures=[TransientSinkError("421")] * 4)
-    worker = SinkWorker(
-        sink, per_hour=0, on_result=results, now=clock.now, sleep=clock.sleep, backoff=(1.0, 4.0)
-    )
+    worker = SinkWorker(sink, per_hour=0, on_result=results, clock=clock, backoff=(1.0, 4.0))
     worker.submit(digest(3))
     asyncio.run(run_until(worker, lambda: sink.sent))
     assert sink.attempts == 5
@@ -141,9 +124,9 @@ def test_transient_failures_are_retried_with_growing_backoff() -> None:
 
 def test_permanent_failure_is_recorded_and_not_retried() -> None:
     """A permanent failure ends the attempt at once and is reported with its error."""
-    clock, results = Clock(), Results()
+    clock, results = ManualClock(), Results()
     sink = Sink(failures=[PermanentSinkError("554 no")])
-    worker = SinkWorker(sink, per_hour=0, on_result=results, now=clock.now, sleep=clock.sleep)
+    worker = SinkWorker(sink, per_hour=0, on_result=results, clock=clock)
     worker.submit(digest(2))
     asyncio.run(run_until(worker, lambda: results.items))
     assert sink.attempts == 1
@@ -154,10 +137,8 @@ def test_permanent_failure_is_recorded_and_not_retried() -> None:
 
 def test_a_full_queue_merges_instead_of_dropping() -> None:
     """Past queue_max the queue collapses into one digest with every event kept."""
-    clock, results = Clock(), Results()
-    worker = SinkWorker(
-        Sink(), per_hour=0, on_result=results, now=clock.now, sleep=clock.sleep, queue_max=3
-    )
+    clock, results = ManualClock(), Results()
+    worker = SinkWorker(Sink(), per_hour=0, on_result=results, clock=clock, queue_max=3)
     for i in range(10):
         worker.submit(digest(1, addr=f"192.0.2.{i}"))
     assert worker.depth <= 3
@@ -166,7 +147,7 @@ def test_a_full_queue_merges_instead_of_dropping() -> None:
 
 def test_a_stuck_sink_does_not_hold_up_another() -> None:
     """One sink that never answers does not delay delivery through another."""
-    clock, results = Clock(), Results()
+    clock, results = ManualClock(), Results()
 
     class Stuck(Sink):
         async def send(self, _digest: Digest) -> None:
@@ -174,8 +155,7 @@ def test_a_stuck_sink_does_not_hold_up_another() -> None:
 
     good = Sink("good")
     workers = [
-        SinkWorker(s, per_hour=0, on_result=results, now=clock.now, sleep=clock.sleep)
-        for s in (Stuck("stuck"), good)
+        SinkWorker(s, per_hour=0, on_result=results, clock=clock) for s in (Stuck("stuck"), good)
     ]
 
     async def scenario() -> None:
@@ -194,12 +174,14 @@ def test_a_stuck_sink_does_not_hold_up_another() -> None:
 def test_close_keeps_held_digests_queued_within_the_cap() -> None:
     """At shutdown the cap still holds: what waits for it stays queued (for the outbox),
     neither sent past the cap nor lost."""
-    clock, sink, results = Clock(), Sink(), Results()
+    clock, sink, results = ManualClock(), Sink(), Results()
 
-    async def forever(_seconds: float) -> None:
-        await asyncio.Event().wait()  # the hour never passes
+    class Stuck(ManualClock):
+        async def sleep(self, _seconds: float) -> None:
+            await asyncio.Event().wait()  # the hour never passes
 
-    worker = SinkWorker(sink, per_hour=1, on_result=results, now=clock.now, sleep=forever)
+    clock = Stuck()
+    worker = SinkWorker(sink, per_hour=1, on_result=results, clock=clock)
 
     async def scenario() -> None:
         task = asyncio.create_task(worker.run())
@@ -237,10 +219,8 @@ class Gated(Sink):
 def test_a_queue_overflow_never_merges_the_digest_being_sent() -> None:
     """While a slow send is in flight, an overflowing queue merges only what waits, so no
     event is sent twice."""
-    clock, sink = Clock(), Gated()
-    worker = SinkWorker(
-        sink, per_hour=0, on_result=Results(), now=clock.now, sleep=clock.sleep, queue_max=3
-    )
+    clock, sink = ManualClock(), Gated()
+    worker = SinkWorker(sink, per_hour=0, on_result=Results(), clock=clock, queue_max=3)
 
     async def scenario() -> None:
         task = asyncio.create_task(worker.run())
@@ -260,8 +240,8 @@ def test_a_queue_overflow_never_merges_the_digest_being_sent() -> None:
 
 def test_a_retry_during_a_send_does_not_send_it_again() -> None:
     """retry_failed() (a reload) while a digest is in flight puts back only the failed ones."""
-    clock, sink = Clock(), Gated(fail_first=True)
-    worker = SinkWorker(sink, per_hour=0, on_result=Results(), now=clock.now, sleep=clock.sleep)
+    clock, sink = ManualClock(), Gated(fail_first=True)
+    worker = SinkWorker(sink, per_hour=0, on_result=Results(), clock=clock)
 
     async def scenario() -> None:
         task = asyncio.create_task(worker.run())

@@ -529,11 +529,11 @@ def test_a_sink_removed_by_reload_stops_and_can_come_back(sockdir: Path) -> None
     async def scenario() -> None:
         server = Server(both)
         async with Running(server):
-            server._apply(replace(both, sinks=(a,)))
-            assert sorted(server.workers) == ["a"]
+            server.apply(replace(both, sinks=(a,)))
+            assert sorted(server.sinks.workers) == ["a"]
             send_events(server, 1, addr="192.0.2.1")
             await wait_for_status(server, lambda s: s["sinks"]["a"]["delivered"] == 1)
-            server._apply(both)
+            server.apply(both)
             send_events(server, 1, addr="192.0.2.2")
             await wait_for_status(server, lambda s: s["sinks"].get("b", {}).get("delivered") == 1)
 
@@ -551,7 +551,7 @@ def test_reload_keeps_what_only_a_restart_can_change(sockdir: Path) -> None:
         server = Server(cfg)
         async with Running(server):
             moved = replace(cfg, daemon=replace(cfg.daemon, spool_dir=sockdir / "elsewhere"))
-            server._apply(moved)
+            server.apply(moved)
             await asyncio.to_thread(
                 client,
                 "d=sshd",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_config, report_through_daemon, write_config
+from timing import ManualClock
 
 from wrapalert import config
 from wrapalert.config import (
@@ -24,24 +25,12 @@ from wrapalert.sinks.base import TransientSinkError
 from wrapalert.sinks.jsonl import JsonlSink
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-        await asyncio.sleep(0)
-
-
 class Records:
     """A forwarding sink that keeps what it is sent, with the fake time of each batch."""
 
     name = "records"
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
         self.batches: list[tuple[float, list[dict[str, object]]]] = []
 
@@ -60,9 +49,9 @@ def events_in(batches: list[tuple[float, list[dict[str, object]]]]) -> int:
 def test_over_the_rate_events_are_held_and_summed_not_dropped() -> None:
     """With 10 records a second allowed, a burst of 100 gives 10 event records now and one
     "held" record for the other 90 once the rate allows."""
-    clock = Clock()
+    clock = ManualClock(1000.0)
     sink = Records(clock)
-    worker = ForwardWorker(sink, per_second=10, now=clock.now, sleep=clock.sleep)
+    worker = ForwardWorker(sink, per_second=10, clock=clock)
     for i in range(100):
         worker.offer(ev("sshd" if i % 2 else "vsftpd"))
 
@@ -86,9 +75,9 @@ def test_over_the_rate_events_are_held_and_summed_not_dropped() -> None:
 def test_records_never_exceed_the_rate() -> None:
     """Over a long flood the sink gets no more records than the rate allows (one second of
     burst included), and the records still account for every event."""
-    clock = Clock()
+    clock = ManualClock(1000.0)
     sink = Records(clock)
-    worker = ForwardWorker(sink, per_second=5, now=clock.now, sleep=clock.sleep, interval=0.5)
+    worker = ForwardWorker(sink, per_second=5, clock=clock, interval=0.5)
 
     async def scenario() -> None:
         task = asyncio.create_task(worker.run())
@@ -166,5 +155,5 @@ def test_each_forwarding_sink_gets_its_own_events_per_second(sockdir: Path) -> N
         WebhookSinkConfig(url="http://127.0.0.1:9/hook", events_per_second=3.0),
     )
     server = Server(cfg)
-    rates = {name: f.bucket.rate for name, f in server.forwarders.items()}
+    rates = {name: f.bucket.rate for name, f in server.sinks.forwarders.items()}
     assert rates == {"syslog": 7.0, "journald": cfg.limits.events_per_second, "webhook": 3.0}

@@ -154,7 +154,7 @@ def test_silenced_events_are_summarised_in_the_next_digest(sockdir: Path) -> Non
         server = Server(make_config(sockdir), on_delivery=seen)
         sock = f"socket={server.cfg.daemon.socket}"
         async with Running(server):
-            await server._silence_add({"matchers": ["daemon=sshd"], "seconds": 60})
+            await server.silences.add({"matchers": ["daemon=sshd"], "seconds": 60})
             for _ in range(4):
                 await asyncio.to_thread(client, "d=sshd", "a=192.0.2.1", sock)
             await asyncio.to_thread(client, "d=vsftpd", "a=192.0.2.1", sock)

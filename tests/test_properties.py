@@ -9,6 +9,7 @@ from typing import Any
 from conftest import one_group
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from timing import ManualClock
 
 from wrapalert.config import DigestConfig
 from wrapalert.model import Digest, Event, GroupReport
@@ -132,31 +133,25 @@ def test_no_sink_exceeds_its_cap_and_nothing_is_dropped(gaps: list[float], cap: 
     """However digests arrive, a sink never sends more than its cap in any hour, and every
     event submitted is sent."""
     sent: list[tuple[float, int]] = []
-    clock = [0.0]
+    clock = ManualClock(0.0)
 
     class Sink:
         name = "mail"
 
         async def send(self, d: Digest) -> None:
-            sent.append((clock[0], d.events))
-
-    async def sleep(seconds: float) -> None:
-        clock[0] += seconds
-        await asyncio.sleep(0)
+            sent.append((clock.t, d.events))
 
     async def scenario() -> None:
-        worker = SinkWorker(
-            Sink(), per_hour=cap, on_result=lambda *_: None, now=lambda: clock[0], sleep=sleep
-        )
+        worker = SinkWorker(Sink(), per_hour=cap, on_result=lambda *_: None, clock=clock)
         task = asyncio.create_task(worker.run())
         for n, gap in enumerate(gaps):
-            clock[0] += gap
+            clock.t += gap
             worker.submit(digest(n + 1, n))
             for _ in range(5):
                 await asyncio.sleep(0)
         while worker.depth:  # let held digests go out as the fake hours pass
             await asyncio.sleep(0)
-            clock[0] += 1.0
+            clock.t += 1.0
         worker._closed.set()
         worker._ready.set()
         await asyncio.wait_for(task, 5)

@@ -523,7 +523,7 @@ def test_the_collector_connection_is_closed_when_the_worker_ends() -> None:
         server = await asyncio.start_server(collector, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         sink = make_sink(address=("127.0.0.1", port), protocol="tcp", timeout=2.0)
-        worker = ForwardWorker(sink, per_second=100.0, now=time.monotonic)
+        worker = ForwardWorker(sink, per_second=100.0)
         task = asyncio.create_task(worker.run())
         worker.offer(Event({"daemon": "sshd", "client_addr": "192.0.2.1"}, time.time()))
         worker.close()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from wrapalert import config, logs
 from wrapalert.cli import hosts_deny_line
-from wrapalert.daemon.server import DeliveryHook, Server
+from wrapalert.daemon.ledger import DeliveryHook
+from wrapalert.daemon.server import Server
 from wrapalert.mail import Renderer
 from wrapalert.model import Digest
 

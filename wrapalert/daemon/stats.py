@@ -34,15 +34,21 @@ class Stats:
     def from_dict(cls, data: dict[str, Any]) -> Stats:
         """Counters saved by `to_dict`; unknown or malformed entries are ignored."""
         stats = cls()
-        for f in fields(stats):
+        stats.restore(data)
+        return stats
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Add counters saved by `to_dict` (at start: to zeros); bad entries are ignored.
+
+        In place: the parts that count hold this object from the start."""
+        for f in fields(self):
             value = data.get(f.name)
             if isinstance(value, int) and not isinstance(value, bool):
-                setattr(stats, f.name, value)
+                setattr(self, f.name, getattr(self, f.name) + value)
             elif isinstance(value, dict):
-                getattr(stats, f.name).update(
+                getattr(self, f.name).update(
                     {str(k): v for k, v in value.items() if isinstance(v, int)}
                 )
-        return stats
 
     def as_dict(
         self,

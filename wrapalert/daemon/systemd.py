@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -58,3 +59,16 @@ def watchdog_interval() -> float | None:
     except ValueError:
         return None
     return usec / 1e6 if usec > 0 else None
+
+
+HEARTBEAT = 5.0  # seconds between STATUS= updates when systemd listens
+
+
+async def heartbeat(line: Callable[[], str], sleep: Callable[[float], Awaitable[None]]) -> None:
+    """WATCHDOG=1 at half systemd's interval (proof the loop runs) and `STATUS=` lines."""
+    watchdog = watchdog_interval()
+    interval = min(HEARTBEAT, watchdog / 2) if watchdog else HEARTBEAT
+    while True:
+        status = f"STATUS={line()}"
+        notify(f"WATCHDOG=1\n{status}" if watchdog else status)
+        await sleep(interval)

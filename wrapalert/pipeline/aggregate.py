@@ -22,7 +22,7 @@ most once per `untrusted_interval` after its first report.
 Time is injected: `add` and `collect` take `now`, so tests run on a fake clock.
 
 Persistence: every changed group's key lands in `dirty` (and forgotten ones
-in `dropped`); the owner saves `export(key)` for each and clears the sets.
+in `dropped`); the owner takes them with `take_changes()` and saves each.
 `restore` brings saved groups back, timers included.
 """
 
@@ -182,15 +182,20 @@ class Aggregator:
     def reserve(self) -> int:
         return max(16, self.max_groups // 8)
 
-    def add(self, event: Event, now: float) -> bool:
-        """Count one event; True when this scheduled a timer (the caller may re-plan)."""
+    def add(
+        self, event: Event, now: float, route: tuple[str, tuple[str, ...] | None] | None = None
+    ) -> bool:
+        """Count one event; True when this scheduled a timer (the caller may re-plan).
+
+        `route` is the (severity, sinks) a route stage decided for this event; a new
+        group takes it (without one, the aggregator's own router decides)."""
         if event.trusted:
             key = tuple(map(event.fields.get, self._group_by, self._unknowns))
         else:
             key = self._untrusted_key(event)
         group = self.groups.get(key)
         if group is None:
-            group = self._place(event, key, now)
+            group = self._place(event, key, now, route)
         self.dirty.add(group.key)
         woke = False
         if group.new == 0:
@@ -351,7 +356,9 @@ class Aggregator:
             scan=group.scan,
         )
 
-    def _place(self, event: Event, key: Key, now: float) -> _Group:
+    def _place(
+        self, event: Event, key: Key, now: float, route: tuple[str, tuple[str, ...] | None] | None
+    ) -> _Group:
         """A group for an event of a new key, rolled up as far as the bounds require."""
         groups = self.groups
         level = 0
@@ -359,7 +366,7 @@ class Aggregator:
             key, level, found = self._roll_up(event, key)
             if found is not None:
                 return found
-        severity, sinks = self.router.route(event)
+        severity, sinks = route or self.router.route(event)
         group = _Group(
             key,
             self._labels(event, key, level),
@@ -417,6 +424,21 @@ class Aggregator:
         key = (OVERFLOW,) if event.trusted else (OVERFLOW, "untrusted")
         return key, 3, groups.get(key)
 
+    def take_changes(self) -> list[tuple[Key, dict[str, Any] | None]]:
+        """The groups changed (their state) or gone (None) since the last call: what
+        the state store saves at its next commit."""
+        changes: list[tuple[Key, dict[str, Any] | None]] = [
+            (key, self.export(key)) for key in self.dirty
+        ]
+        changes += [(key, None) for key in self.dropped]
+        self.dirty.clear()
+        self.dropped.clear()
+        return changes
+
+    def export_all(self) -> list[dict[str, Any]]:
+        """Every group as `restore` takes them: the state a successor starts from."""
+        return [state for key in self.groups if (state := self.export(key)) is not None]
+
     def export(self, key: Key) -> dict[str, Any] | None:
         """One group's whole state as plain data (None if it no longer exists)."""
         group = self.groups.get(key)
@@ -430,6 +452,10 @@ class Aggregator:
         state["sinks"] = None if group.sinks is None else list(group.sinks)
         state["timeline"] = [[t, n] for t, n in group.timeline.items()]
         state["scan"] = [list(signal) for signal in group.scan]
+        if group.fixed_daemon is not None or group.fixed_addr is not None:
+            # Values the tallies imply but do not hold: a restore under another group_by
+            # must count them for real (see _Group.unfix).
+            state["fixed"] = [group.fixed_daemon, group.fixed_addr]
         return state
 
     def restore(self, states: list[dict[str, Any]]) -> None:
@@ -447,7 +473,11 @@ class Aggregator:
             group.sinks = None if sinks is None else tuple(sinks)
             group.timeline = {float(t): int(n) for t, n in state["timeline"]}
             group.scan = tuple(tuple(map(str, s)) for s in state.get("scan", ()))  # older: none
-            group.fix(self._group_by)
+            group.fixed_daemon, group.fixed_addr = state.get("fixed") or (None, None)
+            if tuple(n for n, _ in group.labels) == self._group_by:
+                group.fix(self._group_by)
+            else:
+                group.unfix()  # made under another group_by: see _Group.fix
             self.groups[group.key] = group
             if group.level == 1:
                 self._count_narrow(group, 1)

@@ -18,20 +18,24 @@ The owner keeps a durable copy of the queue (the outbox): `on_merge` tells
 it before a merged digest is sent, so a crash can never re-send the parts
 under other Message-IDs than the whole.
 
-Time is injected (`now`, `sleep`) so tests run on a fake clock.
+Time is injected (a `Clock`) so tests run on a virtual clock; retries use the
+one backoff loop every worker shares (pipeline/retry.py). The chain, per
+digest: rate limit -> outbox (`on_merge` records before send) -> retry ->
+record (`on_result`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 
 import structlog
 
+from wrapalert.clock import SYSTEM, Clock
 from wrapalert.model import Digest, merge_digests
+from wrapalert.pipeline.retry import Backoff, pause, retry
 from wrapalert.sinks.base import PermanentSinkError, Sink, TransientSinkError
 
 log = structlog.get_logger()
@@ -60,6 +64,16 @@ class RateLimit:
             self.sent.append(now)
 
 
+@dataclass
+class WorkerState:
+    """What a worker hands its successor at a reload: the same things the outbox keeps."""
+
+    queue: list[Digest] = field(default_factory=list)
+    failed: list[Digest] = field(default_factory=list)
+    sent: list[float] = field(default_factory=list)  # send times within the cap's hour
+    last_error: str | None = None
+
+
 class SinkWorker:
     """Owns one sink's queue; `run` is its task."""
 
@@ -69,8 +83,7 @@ class SinkWorker:
         *,
         per_hour: int,
         on_result: ResultHook,
-        now: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock = SYSTEM,
         queue_max: int = 100,
         backoff: tuple[float, float] = (1.0, 300.0),
         on_merge: MergeHook | None = None,
@@ -78,10 +91,10 @@ class SinkWorker:
         self.sink = sink
         self.limit = RateLimit(per_hour)
         self.on_result = on_result
-        self.now = now
-        self.sleep = sleep
+        self.clock = clock
+        self.now = clock.now
         self.queue_max = queue_max
-        self.backoff = backoff
+        self.backoff = Backoff(*backoff)
         self.on_merge = on_merge
         self.queue: deque[Digest] = deque()
         self.failed: list[Digest] = []
@@ -104,6 +117,26 @@ class SinkWorker:
         if len(self.queue) > self.queue_max:
             self._merge_queue(held=False)
         self._ready.set()
+
+    def restore(self, state: WorkerState) -> None:
+        """Take over queued and set-aside digests and the cap's send times (startup, reload)."""
+        self.queue.extend(state.queue)
+        self.failed.extend(state.failed)
+        self.limit = RateLimit(self.limit.per_hour, state.sent)
+        self.last_error = state.last_error or self.last_error
+        if self.queue:
+            self._ready.set()
+
+    def hand_over(self) -> WorkerState:
+        """Give up everything but a digest in flight (which this worker still finishes),
+        and end once that is done: its successor takes the rest (a reload)."""
+        state = WorkerState(
+            list(self.queue), list(self.failed), list(self.limit.sent), self.last_error
+        )
+        self.queue.clear()
+        self.failed.clear()
+        self.close()
+        return state
 
     def retry_failed(self) -> int:
         """Put permanently failed digests back in the queue (after a reload); how many."""
@@ -145,7 +178,7 @@ class SinkWorker:
                 if self._closed.is_set():
                     return  # the cap holds even at shutdown: the outbox keeps the rest
                 held = True
-                await self._pause(wait)
+                await pause(self.clock, wait, self._closed)
             digest = self._merge_queue(held=held)
             # Out of the queue while it is being sent: a merge or a retry_failed() meanwhile
             # must not fold it into another digest (that would send its events twice).
@@ -156,57 +189,46 @@ class SinkWorker:
             finally:
                 self.inflight = None
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep on the injected clock; close() ends the pause early."""
-        sleeper = asyncio.ensure_future(self.sleep(seconds))
-        closed = asyncio.ensure_future(self._closed.wait())
-        try:
-            await asyncio.wait({sleeper, closed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            closed.cancel()
-
     async def _deliver(self, digest: Digest) -> None:
-        delay, cap = self.backoff
-        while True:
-            try:
-                await self.sink.send(digest)
-            except TransientSinkError as exc:
-                self.last_error = str(exc)
-                if self._closed.is_set():
-                    # It stays in the outbox: the next start sends it.
-                    log.warning(
-                        "delivery_deferred_at_shutdown",
-                        sink=self.name,
-                        digest=digest.id,
-                        events=digest.events,
-                        error=str(exc),
-                    )
-                    self.on_result(self.name, digest, exc)
-                    return
-                log.warning(
-                    "delivery_retry",
-                    sink=self.name,
-                    digest=digest.id,
-                    error=str(exc),
-                    retry_in=round(delay, 3),
-                )
-                await self._pause(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter only
-                delay = min(delay * 2, cap)
-            except PermanentSinkError as exc:
-                log.error("delivery_failed", sink=self.name, digest=digest.id, error=str(exc))
-                self._set_aside(digest, exc)
-                return
-            except Exception as exc:  # a sink bug must not take the daemon down
-                log.exception("delivery_crashed", sink=self.name, digest=digest.id)
-                self._set_aside(digest, exc)
-                return
-            else:
-                self.last_error = None
-                self.limit.record(self.now())  # failed attempts sent no mail: they cost nothing
-                log.info("delivered", sink=self.name, digest=digest.id, events=digest.events)
-                self.on_result(self.name, digest, None)
-                return
+        def retrying(exc: TransientSinkError, seconds: float) -> None:
+            self.last_error = str(exc)
+            log.warning(
+                "delivery_retry",
+                sink=self.name,
+                digest=digest.id,
+                error=str(exc),
+                retry_in=round(seconds, 3),
+            )
+
+        try:
+            await retry(
+                lambda: self.sink.send(digest),
+                backoff=self.backoff,
+                clock=self.clock,
+                closed=self._closed,
+                on_retry=retrying,
+            )
+        except TransientSinkError as exc:  # closed: it stays in the outbox for the next start
+            self.last_error = str(exc)
+            log.warning(
+                "delivery_deferred_at_shutdown",
+                sink=self.name,
+                digest=digest.id,
+                events=digest.events,
+                error=str(exc),
+            )
+            self.on_result(self.name, digest, exc)
+        except PermanentSinkError as exc:
+            log.error("delivery_failed", sink=self.name, digest=digest.id, error=str(exc))
+            self._set_aside(digest, exc)
+        except Exception as exc:  # a sink bug must not take the daemon down
+            log.exception("delivery_crashed", sink=self.name, digest=digest.id)
+            self._set_aside(digest, exc)
+        else:
+            self.last_error = None
+            self.limit.record(self.now())  # failed attempts sent no mail: they cost nothing
+            log.info("delivered", sink=self.name, digest=digest.id, events=digest.events)
+            self.on_result(self.name, digest, None)
 
     def _set_aside(self, digest: Digest, exc: Exception) -> None:
         self.last_error = str(exc)

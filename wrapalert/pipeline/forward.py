@@ -10,20 +10,24 @@ Each forwarding sink gets one `ForwardWorker`. Overload behaviour, written down:
   event counts always add up to the events offered: nothing dropped;
 * at most `buffer_max` records wait for the sink; past that, events are held
   as above, so a stuck sink costs bounded memory;
-* a transient sink failure is retried with capped backoff; a permanent one
-  drops that batch and counts it in `failed_events`.
+* a transient sink failure is retried with the backoff every worker shares
+  (pipeline/retry.py); a permanent one drops that batch and counts it in
+  `failed_events`.
 
-Time is injected (`now`, `sleep`) so tests run on a fake clock.
+Time is injected (a `Clock`) so tests run on a virtual clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import structlog
 
+from wrapalert.clock import SYSTEM, Clock
 from wrapalert.model import Event, Tally
+from wrapalert.pipeline.retry import Backoff, pause, retry
 from wrapalert.sinks.base import EventSink, TransientSinkError, close_sink
 
 log = structlog.get_logger()
@@ -74,6 +78,19 @@ class TokenBucket:
         return False
 
 
+@dataclass
+class ForwardState:
+    """What a forwarder hands its successor at a reload: records not yet sent, the held
+    count and the tokens left (so a reload cannot refill the bucket)."""
+
+    buffer: list[dict[str, object]] = field(default_factory=list)
+    held: int = 0
+    held_daemons: Tally = field(default_factory=Tally)
+    held_first: float = 0.0
+    held_last: float = 0.0
+    tokens: float | None = None
+
+
 class ForwardWorker:
     """Owns one forwarding sink: `offer` is called per event, `run` is its task."""
 
@@ -83,8 +100,7 @@ class ForwardWorker:
         *,
         per_second: float,
         on_result: Callable[[str, int, Exception | None], None] | None = None,
-        now: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock = SYSTEM,
         buffer_max: int = 10_000,
         batch: int = 500,
         interval: float = 0.2,
@@ -92,13 +108,13 @@ class ForwardWorker:
     ) -> None:
         self.sink = sink
         self.on_result = on_result
-        self.bucket = TokenBucket(per_second, now())
-        self.now = now
-        self.sleep = sleep
+        self.clock = clock
+        self.now = clock.now
+        self.bucket = TokenBucket(per_second, clock.now())
         self.buffer_max = buffer_max
         self.batch = batch
         self.interval = interval
-        self.backoff = backoff
+        self.backoff = Backoff(*backoff)
         self.buffer: list[dict[str, object]] = []
         self.held = 0
         self.held_daemons = Tally()
@@ -107,6 +123,7 @@ class ForwardWorker:
         self.failed_events = 0
         self.last_error: str | None = None
         self._closed = False
+        self._stop = asyncio.Event()  # set with _closed: ends a retry's pause
         self._wake = asyncio.Event()
 
     @property
@@ -130,18 +147,41 @@ class ForwardWorker:
     def close(self) -> None:
         """Send what is buffered and held (past the rate, once), then let `run` return."""
         self._closed = True
+        self._stop.set()
         self._wake.set()
+
+    def hand_over(self) -> ForwardState:
+        """Give up what is buffered and held to a successor (a reload) and end once a
+        batch in flight is sent."""
+        state = ForwardState(
+            self.buffer,
+            self.held,
+            self.held_daemons,
+            self.held_first,
+            self.held_last,
+            self.bucket.tokens,
+        )
+        self.buffer, self.held, self.held_daemons = [], 0, Tally()
+        self.close()
+        return state
+
+    def restore(self, state: ForwardState) -> None:
+        """Take over a predecessor's records, held count and tokens."""
+        self.buffer = state.buffer + self.buffer
+        if state.held:
+            self.held_first = state.held_first if not self.held else self.held_first
+            self.held += state.held
+            self.held_last = max(self.held_last, state.held_last)
+            self.held_daemons.merge(state.held_daemons)
+        if state.tokens is not None:
+            self.bucket.tokens = min(self.bucket.rate, state.tokens)
+        if self.buffer:
+            self._wake.set()
 
     async def run(self) -> None:
         while True:
             if not self._closed:
-                waker = asyncio.ensure_future(self._wake.wait())
-                sleeper = asyncio.ensure_future(self.sleep(self.interval))
-                try:
-                    await asyncio.wait({waker, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waker.cancel()
-                    sleeper.cancel()
+                await pause(self.clock, self.interval, self._wake)
                 self._wake.clear()
             self._release_held()
             while self.buffer:
@@ -173,31 +213,31 @@ class ForwardWorker:
         self.held_daemons = Tally()
 
     async def _send(self, records: list[dict[str, object]]) -> None:
-        delay, cap = self.backoff
         events = sum(_events(r) for r in records)
-        while True:
-            try:
-                await self.sink.send_records(records)
-            except TransientSinkError as exc:
-                self.last_error = str(exc)
-                if self._closed:
-                    log.error(
-                        "forward_lost_at_shutdown", sink=self.name, events=events, error=str(exc)
-                    )
-                    self._count(events, exc)
-                    return
-                log.warning("forward_retry", sink=self.name, error=str(exc), retry_in=delay)
-                await self.sleep(delay)
-                delay = min(delay * 2, cap)
-            except Exception as exc:  # noqa: BLE001 - permanent, or a sink bug: never stop the daemon
-                self.last_error = str(exc)
-                self._count(events, exc)
-                log.error("forward_failed", sink=self.name, events=events, error=str(exc))
-                return
-            else:
-                self.last_error = None
-                self._count(events, None)
-                return
+
+        def retrying(exc: TransientSinkError, seconds: float) -> None:
+            self.last_error = str(exc)
+            log.warning("forward_retry", sink=self.name, error=str(exc), retry_in=round(seconds, 3))
+
+        try:
+            await retry(
+                lambda: self.sink.send_records(records),
+                backoff=self.backoff,
+                clock=self.clock,
+                closed=self._stop,
+                on_retry=retrying,
+            )
+        except TransientSinkError as exc:  # closed: nowhere durable to keep them
+            self.last_error = str(exc)
+            log.error("forward_lost_at_shutdown", sink=self.name, events=events, error=str(exc))
+            self._count(events, exc)
+        except Exception as exc:  # noqa: BLE001 - permanent, or a sink bug: never stop the daemon
+            self.last_error = str(exc)
+            self._count(events, exc)
+            log.error("forward_failed", sink=self.name, events=events, error=str(exc))
+        else:
+            self.last_error = None
+            self._count(events, None)
 
     def _count(self, events: int, error: Exception | None) -> None:
         if error is None:

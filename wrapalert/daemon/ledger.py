@@ -1,0 +1,110 @@
+"""The daemon's books: its counters, and every change the state database must learn.
+
+Group changes, counters, outbox entries and delivery results are staged here
+and written in one transaction by `commit`: every `commit_interval` (group
+commit), at once when a digest is queued or delivered, and before a reload
+hands state over. `load` reads back what the last run left, in the shapes
+the parts restore from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from wrapalert.clock import Clock
+from wrapalert.daemon.stats import Stats
+from wrapalert.daemon.store import Snapshot, Store
+from wrapalert.model import Digest
+from wrapalert.pipeline.deliver import WorkerState
+from wrapalert.sinks.base import TransientSinkError
+
+DeliveryHook = Callable[[str, Digest, Exception | None], None]
+GroupChanges = Callable[[], list[tuple[tuple[str, ...], dict[str, Any] | None]]]
+HOUR = 3600.0
+
+
+class Ledger:
+    """Owns the Stats and the staging of state; `run` is the committer task."""
+
+    def __init__(self, store: Store, clock: Clock, on_delivery: DeliveryHook | None = None) -> None:
+        self.store = store
+        self.clock = clock
+        self.on_delivery = on_delivery
+        self.stats = Stats()
+        self.group_changes: GroupChanges = list  # set by the owner: the pipeline in force
+        self.since_commit = 0  # events accepted since: a flood commits early
+        self._saved_counters = ""
+
+    def load(self, sinks: Iterable[str]) -> tuple[Snapshot, dict[str, WorkerState]]:
+        """The last run's state, and each digest sink's outbox and cap as a WorkerState."""
+        snap = self.store.load()
+        self.stats.restore(snap.counters)
+        self._saved_counters = json.dumps(self.stats.to_dict(), sort_keys=True)
+        states: dict[str, WorkerState] = defaultdict(WorkerState)
+        for name in sinks:
+            # The cap counts mails sent before a restart too: a restart loop cannot reset it.
+            states[name].sent = self.store.deliveries_since(name, self.clock.now() - HOUR)
+        for row in snap.outbox:
+            state = states[row.sink]
+            if row.failed_error is None:
+                state.queue.append(row.digest)
+            else:
+                state.failed.append(row.digest)
+                state.last_error = row.failed_error
+        return snap, dict(states)
+
+    def commit(self) -> bool:
+        """Stage what changed since the last commit and write it in one transaction."""
+        store = self.store
+        for key, state in self.group_changes():
+            store.stage_group(key, state)
+        counters = json.dumps(self.stats.to_dict(), sort_keys=True)
+        if counters != self._saved_counters:
+            store.stage_counters(self.stats.to_dict())
+            self._saved_counters = counters
+        self.since_commit = 0
+        return store.commit()
+
+    async def run(self, interval: float) -> None:
+        interval = max(interval, 0.01)  # "0" must not spin
+        pruned = self.clock.now()
+        while True:
+            await self.clock.sleep(interval)
+            self.commit()
+            if self.clock.now() - pruned > HOUR:
+                self.store.prune()
+                pruned = self.clock.now()
+
+    # -- hooks the sink workers call -------------------------------------------
+
+    def merged(self, sink: str, parts: list[Digest], merged: Digest) -> None:
+        """A worker merged queued digests: the outbox learns it before the send."""
+        self.store.stage_replace(sink, [d.id for d in parts], merged)
+        self.commit()
+
+    def forwarded(self, sink: str, events: int, error: Exception | None) -> None:
+        """Forwarding sinks count events: their delivered and failed are events."""
+        if error is None:
+            self.stats.delivered[sink] += events
+            self.stats.events_delivered[sink] += events
+        else:
+            self.stats.failed[sink] += events
+            self.stats.events_failed[sink] += events
+
+    def delivered(self, sink: str, digest: Digest, error: Exception | None) -> None:
+        """A digest's fate: delivered, set aside (permanent), or kept (transient, at shutdown)."""
+        stats = self.stats
+        if error is None:
+            stats.delivered[sink] += 1
+            stats.events_delivered[sink] += digest.events
+            self.store.stage_delivered(sink, digest)
+        elif not isinstance(error, TransientSinkError):
+            stats.failed[sink] += 1
+            stats.events_failed[sink] += digest.events
+            self.store.stage_failed(sink, digest, str(error))
+        self.commit()
+        if self.on_delivery is not None:
+            self.on_delivery(sink, digest, error)

@@ -1,0 +1,169 @@
+"""The running sinks: one delivery worker per digest sink, one forwarder per event sink.
+
+Built from a validated Config. State comes in through `restore` at startup
+(the outbox rows and the mail cap's send times from the state database) and
+through `take_over` at a reload (what the previous set's workers hand over):
+the same records either way. A worker whose sink a reload removed, or that a
+successor replaced, finishes what it has in flight and ends; the set keeps
+its task so shutdown waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Iterable
+
+import structlog
+
+from wrapalert import sinks as sink_registry
+from wrapalert.clock import Clock
+from wrapalert.config import Config
+from wrapalert.model import Digest, alert_test_report
+from wrapalert.pipeline.deliver import MergeHook, ResultHook, SinkWorker, WorkerState
+from wrapalert.pipeline.forward import ForwardWorker
+from wrapalert.sinks.base import EventSink, Sink
+
+log = structlog.get_logger()
+
+ForwardHook = Callable[[str, int, Exception | None], None]
+TEST_ALERT_BUDGET = 8.0  # seconds a test alert waits for the sinks: within the control timeout
+
+
+class SinkSet:
+    """Workers and forwarders by sink name; `start` runs them in a TaskGroup."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        clock: Clock,
+        on_result: ResultHook,
+        on_merge: MergeHook,
+        on_forwarded: ForwardHook,
+        built: Iterable[Sink | EventSink] | None = None,
+    ) -> None:
+        self.workers: dict[str, SinkWorker] = {}
+        self.forwarders: dict[str, ForwardWorker] = {}
+        backoff = (cfg.limits.retry_min, cfg.limits.retry_max)
+        rates = {s.name: getattr(s, "events_per_second", None) for s in cfg.sinks}
+        if built is None:
+            built = [sink_registry.build(s, cfg.digest.template_dir) for s in cfg.sinks]
+        for sink in built:
+            if isinstance(sink, EventSink):
+                self.forwarders[sink.name] = ForwardWorker(
+                    sink,
+                    on_result=on_forwarded,
+                    per_second=rates.get(sink.name) or cfg.limits.events_per_second,
+                    clock=clock,
+                    backoff=backoff,
+                )
+            else:
+                self.workers[sink.name] = SinkWorker(
+                    sink,
+                    per_hour=cfg.limits.mails_per_hour,
+                    on_result=on_result,
+                    on_merge=on_merge,
+                    clock=clock,
+                    backoff=backoff,
+                )
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self, tg: asyncio.TaskGroup) -> None:
+        jobs = [(n, w.run()) for n, w in self.workers.items()]
+        jobs += [(n, f.run()) for n, f in self.forwarders.items()]
+        for name, job in jobs:
+            self.tasks.append(tg.create_task(job, name=f"sink:{name}"))
+
+    def restore(self, states: dict[str, WorkerState]) -> list[str]:
+        """Give each digest worker its saved state; the names no worker took (sinks no
+        longer configured: their digests stay in the outbox)."""
+        orphaned = []
+        for name, state in states.items():
+            worker = self.workers.get(name)
+            if worker is None:
+                orphaned.append(name)
+            else:
+                worker.restore(state)
+        return orphaned
+
+    def take_over(self, old: SinkSet) -> int:
+        """Take what `old`'s workers hold, sink by sink; end the rest of `old` (each
+        finishes what it has in flight). Failed digests are tried again: a reload is how
+        an admin says the sink is fixed. Returns how many were put back."""
+        for name, worker in old.workers.items():
+            if name in self.workers:
+                self.workers[name].restore(worker.hand_over())
+            else:  # removed: it delivers what the cap allows, then ends
+                worker.close()
+        for name, forwarder in old.forwarders.items():
+            if name in self.forwarders:
+                self.forwarders[name].restore(forwarder.hand_over())
+            else:
+                forwarder.close()
+        self.tasks.extend(old.tasks)  # shutdown still waits for them
+        retried = sum(w.retry_failed() for w in self.workers.values())
+        if retried:
+            log.info("retrying_failed_digests", count=retried)
+        return retried
+
+    def close(self) -> None:
+        """Let every worker deliver what it may, then end."""
+        for worker in self.workers.values():
+            worker.close()
+        for forwarder in self.forwarders.values():
+            forwarder.close()
+
+    @property
+    def outbox(self) -> int:
+        return sum(w.depth + len(w.failed) for w in self.workers.values())
+
+    def status(self) -> dict[str, dict[str, object]]:
+        sinks: dict[str, dict[str, object]] = {
+            name: {"queued": w.depth, "held_failed": len(w.failed), "last_error": w.last_error}
+            for name, w in self.workers.items()
+        }
+        for name, f in self.forwarders.items():
+            sinks[name] = {
+                "queued": len(f.buffer),
+                "held": f.held,
+                "held_failed": 0,
+                "last_error": f.last_error,
+            }
+        return sinks
+
+    async def test_alert(self, host: str, now: float) -> dict[str, str]:
+        """A test notification to every sink now, past routes and rate limits: per sink,
+        "delivered" or why not. It reports no events, so no count changes."""
+        digest = Digest(host, now, (alert_test_report(now),))
+        record: dict[str, object] = {
+            "type": "event",
+            "received": round(now, 6),
+            "daemon": "wrapalert-test",
+            "client_addr": "192.0.2.0",  # TEST-NET-1 (RFC 5737): no real source
+            "client_name": "wrapalert-test-alert",
+            "verdict": "deny",
+            "host": host,
+            "trusted": True,
+            "uid": os.getuid(),
+            "test": True,
+        }
+        sends: dict[str, Awaitable[None]] = {
+            name: w.sink.send(digest) for name, w in self.workers.items()
+        }
+        sends |= {name: f.sink.send_records([record]) for name, f in self.forwarders.items()}
+        tasks = {asyncio.ensure_future(job): name for name, job in sends.items()}
+        results: dict[str, str] = {}
+        if tasks:
+            try:
+                done, pending = await asyncio.wait(tasks, timeout=TEST_ALERT_BUDGET)
+            finally:  # also when the daemon stops meanwhile: no send outlives the request
+                for task in tasks:
+                    task.cancel()
+            for task in pending:
+                results[tasks[task]] = f"no answer within {TEST_ALERT_BUDGET:g}s"
+            for task in done:
+                error = task.exception()
+                results[tasks[task]] = "delivered" if error is None else f"failed: {error}"
+        log.info("test_alert", **results)
+        return dict(sorted(results.items()))
