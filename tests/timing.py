@@ -5,8 +5,8 @@ that jumps ahead when idle, for the running daemon.
 advances `t` at once and yields, and a test may move `t` itself.
 
 `run(coro)` runs a coroutine on a `VirtualTimeLoop`: whenever the loop has
-had nothing to do for `IDLE` real seconds, its clock jumps to the next timer
-(trio's autojump clock, for asyncio). `asyncio.sleep(3600)` then takes
+nothing ready to run (after `IDLE` real seconds, 0 by default), its clock
+jumps to the next timer (trio's autojump clock, for asyncio). `asyncio.sleep(3600)` then takes
 milliseconds, and timers fire in the order and at the virtual times they
 would for real. Real I/O (sockets, threads, subprocesses) still wakes the
 loop as usual; while it is under way and the loop is idle, time jumps too,
@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-IDLE = 0.002  # real seconds of idleness before virtual time jumps
+IDLE = 0.0  # real seconds of idleness before virtual time jumps (0: at once)
 EPOCH = 1_700_000_000.0
 
 
@@ -43,7 +43,7 @@ class _JumpingSelector:
             return self._selector.select(timeout)
         ready = self._selector.select(IDLE)
         if not ready:
-            self._loop.offset += timeout - IDLE
+            self._loop.offset += timeout - IDLE  # the next timer is due now
         return ready
 
     def __getattr__(self, name: str) -> Any:

@@ -14,12 +14,18 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import structlog
+
 from wrapalert.clock import Clock
+from wrapalert.daemon.intake import LogLimit
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Snapshot, Store
 from wrapalert.model import Digest
 from wrapalert.pipeline.deliver import WorkerState
+from wrapalert.pipeline.scan import ScanSignal
 from wrapalert.sinks.base import TransientSinkError
+
+log = structlog.get_logger()
 
 DeliveryHook = Callable[[str, Digest, Exception | None], None]
 GroupChanges = Callable[[], list[tuple[tuple[str, ...], dict[str, Any] | None]]]
@@ -37,6 +43,7 @@ class Ledger:
         self.group_changes: GroupChanges = list  # set by the owner: the pipeline in force
         self.since_commit = 0  # events accepted since: a flood commits early
         self._saved_counters = ""
+        self._scan_log = LogLimit()
 
     def load(self, sinks: Iterable[str]) -> tuple[Snapshot, dict[str, WorkerState]]:
         """The last run's state, and each digest sink's outbox and cap as a WorkerState."""
@@ -77,6 +84,28 @@ class Ledger:
             if self.clock.now() - pruned > HOUR:
                 self.store.prune()
                 pruned = self.clock.now()
+
+    # -- hooks the pipeline calls ------------------------------------------------
+
+    def muted(self, why: str) -> None:
+        """An event stopped by [ignore] ("ignored") or a silence ("silenced")."""
+        if why == "ignored":
+            self.stats.ignored += 1
+        else:
+            self.stats.silenced += 1
+
+    def scan_found(self, found: ScanSignal) -> None:
+        self.stats.scans += 1
+        allowed, suppressed = self._scan_log.allow(found.kind)
+        if allowed:
+            log.warning(
+                "scan_detected",
+                kind=found.kind,
+                target=found.target,
+                daemons=",".join(found.daemons),
+                sources=found.sources,
+                suppressed=suppressed,
+            )
 
     # -- hooks the sink workers call -------------------------------------------
 

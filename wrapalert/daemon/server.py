@@ -37,7 +37,7 @@ from wrapalert import config as config_mod
 from wrapalert.clock import Clock, SystemClock
 from wrapalert.config import Config
 from wrapalert.daemon import api, control, systemd
-from wrapalert.daemon.intake import Intake, LogLimit, open_socket
+from wrapalert.daemon.intake import Intake, open_socket
 from wrapalert.daemon.ledger import DeliveryHook, Ledger
 from wrapalert.daemon.scheduler import Scheduler
 from wrapalert.daemon.sinkset import SinkSet
@@ -45,7 +45,6 @@ from wrapalert.daemon.spool import Spool
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store
 from wrapalert.pipeline import chain
-from wrapalert.pipeline.scan import ScanSignal
 from wrapalert.sinks.base import EventSink, Sink
 
 log = structlog.get_logger()
@@ -77,9 +76,8 @@ class Server:
         self.store = Store(cfg.daemon.state_dir, self.now)
         self.ledger = Ledger(self.store, self.clock, on_delivery)
         self.stats: Stats = self.ledger.stats
-        self._scan_log = LogLimit()
         self.sinks = self._sinkset(cfg, sinks)
-        self.pipeline = self._pipeline(cfg)
+        self.pipeline = self._pipeline(cfg, self.sinks)
         # A lambda: a reload replaces the pipeline, and with it the aggregator.
         self.ledger.group_changes = lambda: self.pipeline.aggregator.take_changes()  # noqa: PLW0108
         self.commit = self.ledger.commit
@@ -108,21 +106,13 @@ class Server:
         self._stop.set()
 
     def status(self) -> dict[str, object]:
-        store = self.store
-        state: dict[str, object] = {
-            "path": str(store.path),
-            "ok": store.error is None,
-            "error": store.error,
-            "moved_aside": str(store.moved_aside) if store.moved_aside else None,
-            "commits": store.commits,
-        }
         aggregator = self.pipeline.aggregator
         return self.stats.as_dict(
             groups=len(aggregator.groups),
             pending_events=aggregator.pending_events,
             outbox=self.sinks.outbox,
             sinks=self.sinks.status(),
-            state=state,
+            state=self.store.health(),
         )
 
     def flush(self) -> int:
@@ -144,7 +134,12 @@ class Server:
             log.error("reload_refused", error=str(exc), keeping=self.cfg.source)
             systemd.notify("READY=1\nSTATUS=reload refused: config error, old config kept")
             return False
-        self.apply(new)
+        try:
+            self.apply(new)
+        except Exception as exc:  # e.g. a template dir a sink cannot read: keep the old
+            log.exception("reload_failed", error=str(exc), keeping=self.cfg.source)
+            systemd.notify("READY=1\nSTATUS=reload failed, old config kept")
+            return False
         systemd.notify("READY=1")
         log.info("reloaded", config=new.source)
         return True
@@ -161,17 +156,17 @@ class Server:
         kept = {key: getattr(old.daemon, key) for key in RESTART_ONLY}
         new = replace(new, daemon=replace(new.daemon, **kept))
         self.commit()  # the old pipeline's changes are saved before it hands over
+        # Built before anything is handed over: if building fails, the old ones run on.
         sinks = self._sinkset(new, None)
+        pipeline = self._pipeline(new, sinks, previous=self.pipeline, previous_cfg=old)
         if sinks.take_over(self.sinks):
             self.store.stage_retry_failed()
-        self.pipeline = self._pipeline(new, previous=self.pipeline, previous_cfg=old)
-        self.sinks = sinks
+        self.sinks, self.pipeline, self.cfg = sinks, pipeline, new
         if self._tg is not None:
             sinks.start(self._tg)
         if self.intake is not None:
             self.intake.trusted = frozenset(new.daemon.trusted_uids)
-            self.intake.accept = self.pipeline.accept
-        self.cfg = new
+            self.intake.accept = pipeline.accept
         self.commit()
 
     async def run(self, *, handle_signals: bool = True) -> None:
@@ -224,13 +219,7 @@ class Server:
         snap, states = self.ledger.load(self.sinks.workers)
         self.pipeline.aggregator.restore(snap.groups)
         self.pipeline.mute.mute.silences = self.silences.load()
-        for name in self.sinks.restore(states):
-            log.warning(
-                "outbox_orphaned",
-                sink=name,
-                digests=len(states[name].queue) + len(states[name].failed),
-                hint="that sink is no longer configured; it stays in the outbox",
-            )
+        self.sinks.restore(states)
         sock = systemd.adopt_socket()
         if sock is None:
             sock = open_socket(self.cfg.daemon.socket, self.cfg.daemon.socket_mode)
@@ -311,15 +300,16 @@ class Server:
     def _pipeline(
         self,
         cfg: Config,
+        sinks: SinkSet,
         previous: chain.EventPipeline | None = None,
         previous_cfg: Config | None = None,
     ) -> chain.EventPipeline:
         return chain.build(
             cfg,
-            forwarders=self.sinks.forwarders,
+            forwarders=sinks.forwarders,
             on_due=lambda: self.scheduler.wake(),  # noqa: PLW0108 - made before the scheduler
-            on_muted=self._muted,
-            on_scan=self._scan_found,
+            on_muted=self.ledger.muted,
+            on_scan=self.ledger.scan_found,
             previous=previous,
             previous_scan=previous_cfg.scan if previous_cfg else None,
         )
@@ -332,25 +322,6 @@ class Server:
         ledger.since_commit += self.intake.drain()
         if ledger.since_commit >= COMMIT_EVERY:
             ledger.commit()
-
-    def _muted(self, why: str) -> None:
-        if why == "ignored":
-            self.stats.ignored += 1
-        else:
-            self.stats.silenced += 1
-
-    def _scan_found(self, found: ScanSignal) -> None:
-        self.stats.scans += 1
-        allowed, suppressed = self._scan_log.allow(found.kind)
-        if allowed:
-            log.warning(
-                "scan_detected",
-                kind=found.kind,
-                target=found.target,
-                daemons=",".join(found.daemons),
-                sources=found.sources,
-                suppressed=suppressed,
-            )
 
     # -- control and systemd -------------------------------------------------
 

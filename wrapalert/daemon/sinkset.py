@@ -75,17 +75,20 @@ class SinkSet:
         for name, job in jobs:
             self.tasks.append(tg.create_task(job, name=f"sink:{name}"))
 
-    def restore(self, states: dict[str, WorkerState]) -> list[str]:
-        """Give each digest worker its saved state; the names no worker took (sinks no
-        longer configured: their digests stay in the outbox)."""
-        orphaned = []
+    def restore(self, states: dict[str, WorkerState]) -> None:
+        """Give each digest worker its saved state (at start). A sink no longer configured
+        keeps its digests in the outbox, for a config that brings it back."""
         for name, state in states.items():
             worker = self.workers.get(name)
-            if worker is None:
-                orphaned.append(name)
-            else:
+            if worker is not None:
                 worker.restore(state)
-        return orphaned
+            elif state.queue or state.failed:
+                log.warning(
+                    "outbox_orphaned",
+                    sink=name,
+                    digests=len(state.queue) + len(state.failed),
+                    hint="that sink is no longer configured; it stays in the outbox",
+                )
 
     def take_over(self, old: SinkSet) -> int:
         """Take what `old`'s workers hold, sink by sink; end the rest of `old` (each

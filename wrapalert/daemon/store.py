@@ -174,6 +174,16 @@ class Store:
             log.info("state_recovered", path=str(self.path))
         self.error = None
 
+    def health(self) -> dict[str, object]:
+        """The `state` object of `wrapalert status`."""
+        return {
+            "path": str(self.path),
+            "ok": self.error is None,
+            "error": self.error,
+            "moved_aside": str(self.moved_aside) if self.moved_aside else None,
+            "commits": self.commits,
+        }
+
     # -- reading ---------------------------------------------------------
 
     def load(self) -> Snapshot:
