@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wrapalert.config import DigestConfig
+from wrapalert.match import DEFAULT_SEVERITY, severity_rank
 from wrapalert.model import (
     MAX_DETAIL,
-    SEVERITY_ORDER,
     TIMELINE_BUCKET,
     TIMELINE_MAX,
     Event,
@@ -88,7 +88,7 @@ class _Group:
     last_seen: float = 0.0
     notified: bool = False
     level: int = 0
-    severity: str = "warning"
+    severity: str = DEFAULT_SEVERITY
     sinks: tuple[str, ...] | None = None  # None: every sink
     daemons: Tally = field(default_factory=Tally)
     addrs: Tally = field(default_factory=lambda: Tally(MAX_DETAIL * 4))
@@ -106,7 +106,7 @@ class _Group:
 
     def escalate(self, signal: ScanSignal, severity: str) -> None:
         self.scan = (*self.scan, signal.as_tuple())
-        if SEVERITY_ORDER.index(severity) > SEVERITY_ORDER.index(self.severity):
+        if severity_rank(severity) > severity_rank(self.severity):
             self.severity = severity
 
     def fix(self, group_by: tuple[str, ...]) -> None:
