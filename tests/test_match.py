@@ -89,6 +89,11 @@ def test_config_imports_neither_pipeline_nor_daemon() -> None:
     assert not {m for m in loaded if m.startswith(("wrapalert.pipeline", "wrapalert.daemon"))}
 
 
-def test_match_imports_nothing_of_ours() -> None:
-    """match is the bottom layer: stdlib only."""
+def test_the_rule_modules_import_nothing_above_them() -> None:
+    """match imports nothing of ours; scanrule only the network arithmetic."""
     assert imported_by("wrapalert.match") == {"wrapalert", "wrapalert.match"}
+    assert imported_by("wrapalert.scanrule") == {
+        "wrapalert",
+        "wrapalert.netaddr",
+        "wrapalert.scanrule",
+    }

@@ -26,6 +26,7 @@ from wrapalert.match import (
     Selector,
     parse_network,
 )
+from wrapalert.scanrule import ScanRule
 
 DEFAULT_PATH = Path("/etc/wrapalert/wrapalert.toml")
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
@@ -87,6 +88,11 @@ class ScanConfig:
     daemons: int = 3  # distinct daemons refusing one address
     sources: int = 16  # distinct addresses refused in one /24 or /64
     severity: str = "critical"  # the group that completes a scan is raised to at least this
+
+    @property
+    def rule(self) -> ScanRule:
+        """What a scan is, by these numbers: for the detector and the digest alike."""
+        return ScanRule(self.window, self.daemons, self.sources)
 
 
 @dataclass(frozen=True)

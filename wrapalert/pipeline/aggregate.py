@@ -44,10 +44,11 @@ from wrapalert.model import (
     GroupReport,
     Tally,
 )
-from wrapalert.pipeline.netaddr import network, packed
+from wrapalert.netaddr import network, packed
 from wrapalert.pipeline.route import Router
-from wrapalert.pipeline.scan import ScanDetector, ScanSignal
+from wrapalert.pipeline.scan import ScanDetector
 from wrapalert.pipeline.sketch import Distinct
+from wrapalert.scanrule import ScanSignal
 
 OVERFLOW = "(overflow)"
 UNTRUSTED = "(untrusted)"
