@@ -273,19 +273,21 @@ def client(*args: str, user: int | None = None) -> None:
 
 def report_through_daemon(
     cfg: config.Config,
-    addrs: Sequence[str] = ("192.0.2.1", "192.0.2.2"),
+    addrs: Sequence[str | tuple[str, str]] = ("192.0.2.1", "192.0.2.2"),
     *extra: str,
     then: Callable[[], object] | None = None,
 ) -> Server:
-    """Run the daemon on `cfg`; report one sshd refusal per address through the real
-    client (with `extra` KEY=VALUE words); call `then` (in a thread) before stopping."""
+    """Run the daemon on `cfg`; report one refusal per address (by sshd, or by the daemon
+    of a (daemon, address) pair) through the real client (with `extra` KEY=VALUE words);
+    call `then` (in a thread) before stopping."""
 
     async def scenario() -> Server:
         server = Server(cfg)
         async with Running(server):
             sock = f"socket={cfg.daemon.socket}"
-            for addr in addrs:
-                await asyncio.to_thread(client, "d=sshd", f"a={addr}", *extra, sock)
+            for item in addrs:
+                daemon, addr = item if isinstance(item, tuple) else ("sshd", item)
+                await asyncio.to_thread(client, f"d={daemon}", f"a={addr}", *extra, sock)
             if then is not None:
                 await asyncio.to_thread(then)
         return server

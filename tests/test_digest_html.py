@@ -188,7 +188,7 @@ def test_html_has_what_the_text_part_has() -> None:
         "203.0.113.7",
         "2001:db8::66",
         "scanner.exampl",  # the text part cuts names to its column
-        "198.51.100.0/24: 5 addresses",
+        "198.51.100.0/24: 16 addresses",
         "wrapalert silence add --for 2h daemon=sshd client=203.0.113.7",
         "reported by uid 1000, untrusted: 1 events",
         "Refused connections per 2 min",

@@ -118,30 +118,48 @@ def test_addresses_past_the_detail_bound_are_a_rollup() -> None:
     assert "daemon=sshd: 6 of 70 refused came from addresses past the 64 listed\n" in out
 
 
+def scan_config(daemons: int = 3, sources: int = 16) -> config.Config:
+    """Defaults but for the `[scan]` thresholds the detector uses."""
+    return replace(config.Config(), scan=config.ScanConfig(daemons=daemons, sources=sources))
+
+
 def test_one_address_probing_several_daemons_is_a_scan() -> None:
-    """An address refused by two daemons is listed as a scan, with the command to silence it."""
-    out = text(digest("d=sshd a=203.0.113.7 count=3\nd=in.ftpd a=203.0.113.7\nd=sshd a=192.0.2.1"))
+    """An address refused by `[scan] daemons` daemons is listed as a scan, with the command
+    to silence it."""
+    lines = "d=sshd a=203.0.113.7 count=3\nd=in.ftpd a=203.0.113.7\nd=sshd a=192.0.2.1"
+    out = text(digest(lines, scan_config(daemons=2)))
     assert "203.0.113.7 tried 2 daemons (in.ftpd, sshd): 4 refused\n" in out
     assert "  wrapalert silence add --for 2h client=203.0.113.7\n" in out
     assert "192.0.2.1 tried" not in out
 
 
+def test_fewer_daemons_than_the_scan_threshold_are_no_scan() -> None:
+    """Two daemons refusing one address are no scan under the default `[scan] daemons = 3`."""
+    d = digest("d=sshd a=203.0.113.7 count=3\nd=in.ftpd a=203.0.113.7")
+    assert "Scans" not in text(d)
+    assert Renderer("wrapalert@localhost", ("root",)).render(d)["X-Wrapalert-Scans"] == "0"
+
+
 def test_many_addresses_in_one_24_are_a_sweep() -> None:
-    """Four addresses of one IPv4 /24 make a sweep; silencing it takes the whole prefix."""
-    out = text(digest("\n".join(f"d=sshd a=198.51.100.{i}" for i in (3, 40, 77, 200))))
+    """`[scan] sources` addresses of one IPv4 /24 make a sweep; silencing it takes the prefix."""
+    lines = "\n".join(f"d=sshd a=198.51.100.{i}" for i in (3, 40, 77, 200))
+    out = text(digest(lines, scan_config(sources=4)))
     assert "198.51.100.0/24: 4 addresses, 4 refused (sshd)\n" in out
     assert "  wrapalert silence add --for 2h daemon=sshd client=198.51.100.0/24\n" in out
 
 
 def test_many_addresses_in_one_64_are_a_sweep() -> None:
-    """Four addresses of one IPv6 /64 make a sweep too."""
-    out = text(digest("\n".join(f"d=sshd a=2001:db8:0:1::{i:x}" for i in (1, 2, 0x50, 0xFFFF))))
+    """`[scan] sources` addresses of one IPv6 /64 make a sweep too."""
+    lines = "\n".join(f"d=sshd a=2001:db8:0:1::{i:x}" for i in (1, 2, 0x50, 0xFFFF))
+    out = text(digest(lines, scan_config(sources=4)))
     assert "2001:db8:0:1::/64: 4 addresses, 4 refused (sshd)\n" in out
 
 
 def test_few_addresses_in_one_24_are_no_sweep() -> None:
-    """Three addresses of one /24 are not called a sweep."""
-    out = text(digest("\n".join(f"d=sshd a=198.51.100.{i}" for i in (3, 40, 77))))
+    """Fewer addresses of one /24 than `[scan] sources` are not called a sweep."""
+    out = text(
+        digest("\n".join(f"d=sshd a=198.51.100.{i}" for i in (3, 40, 77)), scan_config(sources=4))
+    )
     assert "Scans" not in out
 
 

@@ -64,7 +64,10 @@ def test_events_file_counts_reach_the_digest(tmp_path: Path) -> None:
         "d=sshd a=203.0.113.7 n=scan.example count=12 ago=3m\n"
         "daemon=vsftpd client_addr=203.0.113.7\n"
     )
-    result = preview("--events", str(events))
+    # Two daemons make a scan only when [scan] says so: the preview uses the daemon's rule.
+    cfg = tmp_path / "wrapalert.toml"
+    cfg.write_text("[scan]\ndaemons = 2\n")
+    result = preview("-c", str(cfg), "--events", str(events))
     assert result.returncode == 0, result.stderr
     out = result.stdout.decode()
     assert "13 refused from 1 source (1 new): sshd, vsftpd" in out

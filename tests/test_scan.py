@@ -8,7 +8,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import Deliveries, Running, body, maildir_messages, make_config
+from conftest import (
+    Deliveries,
+    Running,
+    body,
+    maildir_messages,
+    make_config,
+    report_through_daemon,
+)
 
 from wrapalert.config import DigestConfig, ScanConfig
 from wrapalert.daemon.server import Server
@@ -18,6 +25,7 @@ from wrapalert.model import Digest, Event, GroupReport, digest_from_json, digest
 from wrapalert.pipeline import scan as scan_mod
 from wrapalert.pipeline.aggregate import Aggregator
 from wrapalert.pipeline.scan import ScanDetector, ScanSignal, network
+from wrapalert.scanrule import ScanRule
 from wrapalert.wire import encode
 
 WINDOW = 600.0
@@ -262,3 +270,55 @@ def test_an_event_completing_two_scans_carries_both_into_the_digest() -> None:
     assert {x, "203.0.113.0/24"} <= targets
     again = digest_from_json(digest_to_json(Digest("h", 720.0, tuple(reports))))
     assert {s.target for s in scans(list(again.groups))} == targets
+
+
+def test_the_rule_counts_distinct_values_within_the_window() -> None:
+    """A scan needs the kind's threshold of values last seen within `window` of now."""
+    rule = ScanRule(window=600.0, daemons=3, sources=16)
+    assert (rule.threshold("daemons"), rule.threshold("sweep")) == (3, 16)
+    seen = {"sshd": 100.0, "in.ftpd": 200.0, "in.telnetd": 700.0}
+    assert rule.reached("daemons", seen, 700.0)  # 100 s is exactly 600 s old: still in
+    assert not rule.reached("daemons", seen, 701.0)
+    assert not rule.reached("sweep", {f"192.0.2.{i}": 0.0 for i in range(15)}, 0.0)
+    assert rule.reached("sweep", {f"192.0.2.{i}": 0.0 for i in range(16)}, 0.0)
+    with pytest.raises(ValueError, match="unknown scan kind"):
+        rule.threshold("portscan")
+
+
+def test_the_rule_counts_sweeps_per_24_and_64() -> None:
+    """A sweep is counted in the address's /24 or /64; "unknown" is in no network."""
+    assert network("198.51.100.77") == "198.51.100.0/24"
+    assert network("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert network("fe80::1%eth0") == "fe80::/64"
+    assert network("unknown") is None
+
+
+def test_scan_config_is_the_rule_the_detector_runs() -> None:
+    """`[scan]` makes one ScanRule; a detector built for it counts by exactly those numbers."""
+    cfg = ScanConfig(window=60.0, daemons=2, sources=5)
+    assert cfg.rule == ScanRule(60.0, 2, 5)
+    d = ScanDetector.for_rule(cfg.rule)
+    assert d.rule == cfg.rule
+    d.observe("203.0.113.7", "sshd", 0.0)
+    assert [s.kind for s in d.observe("203.0.113.7", "in.ftpd", 59.0)] == ["daemons"]
+
+
+def test_digest_lists_as_scans_what_the_running_daemon_counted(sockdir: Path) -> None:
+    """Refusals the digest's old private rule (2 daemons, 4 addresses of a /24) called three
+    scans, of which `[scan]` (3 daemons, 16 addresses) makes one: the mail's
+    X-Wrapalert-Scans and Scans section say what `status` counts."""
+    cfg = replace(make_config(sockdir, group_wait=60.0), scan=ScanConfig(daemons=3, sources=16))
+    refusals = [
+        *(("sshd", "203.0.113.7"), ("in.ftpd", "203.0.113.7"), ("vsftpd", "203.0.113.7")),
+        *(("sshd", "192.0.2.9"), ("in.ftpd", "192.0.2.9")),  # two daemons: no scan
+        *(("sshd", f"198.51.100.{i}") for i in (3, 40, 77, 200)),  # four of a /24: no sweep
+    ]
+    server = report_through_daemon(cfg, refusals)
+    (msg,) = maildir_messages(sockdir / "Maildir")  # every group flushed at the stop
+    assert msg["X-Wrapalert-Events"] == str(len(refusals))
+    assert server.status()["scans"] == 1
+    assert msg["X-Wrapalert-Scans"] == str(server.status()["scans"])
+    scans_section = body(msg).split("\nScans\n", 1)[1].split("\n\n", 1)[0]
+    assert "203.0.113.7 tried 3 daemons (in.ftpd, sshd, vsftpd): 3 refused" in scans_section
+    assert "192.0.2.9" not in scans_section
+    assert "198.51.100" not in scans_section

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from wrapalert import config, hostsdeny, notify
+from wrapalert import config, hostsdeny, match, notify
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="add a silence, e.g. add --for 2h daemon=sshd client=203.0.113.0/24",
         description="Matching events are counted but not notified until the silence expires. "
         "Matchers are field=value; client= takes an address or a CIDR network; fields: "
-        "client, daemon, client_name, user, server, host, verdict.",
+        f"client, {', '.join(f for f in match.FIELDS if f != 'client_addr')}.",
     )
     _config_arg(add)
     add.add_argument(
@@ -398,7 +398,6 @@ def cmd_silence(args: argparse.Namespace) -> int:
     import time
 
     from wrapalert.daemon import control
-    from wrapalert.pipeline.mute import Matcher
 
     cfg = config.load(args.config)
     path = cfg.daemon.control_socket
@@ -406,7 +405,7 @@ def cmd_silence(args: argparse.Namespace) -> int:
         if args.action == "add":
             try:
                 seconds = config.parse_duration(args.duration)
-                matchers = [str(Matcher.parse(m)) for m in args.matchers]
+                matchers = [str(match.Matcher.parse(m)) for m in args.matchers]
             except (TypeError, ValueError) as exc:  # MatcherError is a ValueError
                 print(f"wrapalert: {exc}", file=sys.stderr)
                 return EXIT_USAGE

@@ -18,11 +18,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from wrapalert.match import (
+    DEFAULT_SEVERITY,
+    FIELDS,
+    SEVERITIES,
+    MatcherError,
+    Selector,
+    parse_network,
+)
+from wrapalert.scanrule import ScanRule
+
 DEFAULT_PATH = Path("/etc/wrapalert/wrapalert.toml")
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
-GROUP_FIELDS = frozenset(
-    {"daemon", "client_addr", "client_name", "user", "server", "host", "verdict"}
-)
 _T = TypeVar("_T")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -81,6 +88,11 @@ class ScanConfig:
     daemons: int = 3  # distinct daemons refusing one address
     sources: int = 16  # distinct addresses refused in one /24 or /64
     severity: str = "critical"  # the group that completes a scan is raised to at least this
+
+    @property
+    def rule(self) -> ScanRule:
+        """What a scan is, by these numbers: for the detector and the digest alike."""
+        return ScanRule(self.window, self.daemons, self.sources)
 
 
 @dataclass(frozen=True)
@@ -228,15 +240,12 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _OWN_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
 
 
-SEVERITIES = ("info", "warning", "critical")
-
-
 @dataclass(frozen=True)
 class RouteConfig:
     """First matching route wins: it sets a group's severity and the sinks it goes to."""
 
     match: tuple[str, ...] = ()  # field=value matchers, as for silences, plus trust=...
-    severity: str = "warning"
+    severity: str = DEFAULT_SEVERITY
     sinks: tuple[str, ...] | None = None  # None: every sink
 
 
@@ -388,8 +397,8 @@ class _Parser:
         d = DigestConfig()
         group_by = tuple(t.str_list("group_by", d.group_by))
         for name in group_by:
-            if name not in GROUP_FIELDS:
-                raise t.error("group_by", f"unknown field {name!r}; use {sorted(GROUP_FIELDS)}")
+            if name not in FIELDS:
+                raise t.error("group_by", f"unknown field {name!r}; use {sorted(FIELDS)}")
         if not group_by:
             raise t.error("group_by", "needs at least one field")
         if len(set(group_by)) != len(group_by):
@@ -443,7 +452,7 @@ class _Parser:
         networks = t.str_list("networks", ())
         for net in networks:
             try:
-                ipaddress.ip_network(net, strict=False)
+                parse_network(net)
             except ValueError:
                 raise t.error("networks", f"{net!r} is not a network (CIDR)") from None
         cfg = IgnoreConfig(tuple(networks), tuple(t.str_list("daemons", ())))
@@ -451,23 +460,15 @@ class _Parser:
         return cfg
 
     def _route(self, raw: object, index: int, sinks: set[str]) -> RouteConfig:
-        from wrapalert.pipeline.mute import Matcher, MatcherError  # noqa: PLC0415 - no cycle at import
-
         if not isinstance(raw, dict):
             raise ConfigError(f"{self.source}: [[route]] #{index + 1} must be a table")
         t = _Table(self, "route", index, raw)
         match = t.str_list("match", ())
-        for text in match:
-            name, _, value = text.partition("=")
-            if name.strip() == "trust":
-                if value not in ("trusted", "untrusted"):
-                    raise t.error("match", f"{text!r}: use trust=trusted or trust=untrusted")
-                continue
-            try:
-                Matcher.parse(text)
-            except MatcherError as exc:
-                raise t.error("match", str(exc)) from None
-        severity = t.get("severity", "warning", str)
+        try:
+            Selector.parse(match)
+        except MatcherError as exc:
+            raise t.error("match", str(exc)) from None
+        severity = t.get("severity", DEFAULT_SEVERITY, str)
         if severity not in SEVERITIES:
             raise t.error("severity", f"{severity!r}: use {', '.join(SEVERITIES)}")
         targets = t.str_list("sinks", ()) if "sinks" in raw else None

@@ -7,25 +7,22 @@ every key the templates may use.
 
 from __future__ import annotations
 
-import ipaddress
 import shlex
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from wrapalert.model import TIMELINE_BUCKET, Digest, GroupReport
 from wrapalert.pipeline.aggregate import OVERFLOW
-from wrapalert.pipeline.scan import ScanSignal
+from wrapalert.scanrule import ScanSignal, network
 
 TOP_SOURCES = 30  # rows in the sources table; the rest are summed in one line
 LIST_MAX = 20  # scans, roll-ups and untrusted reports listed; the rest are summed
 PERSISTENT_AFTER = 3600.0  # a group older than this before the window is "persistent"
-SWEEP_ADDRS = 4  # this many addresses in one /24 or /64 make a sweep
 TIMELINE_SLOTS = 20  # bars in the chart at most; buckets are merged to fit
 SILENCE_FOR = "2h"
 _STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440)  # minutes per bar
-_MASK24, _MASK64 = (1 << 32) - (1 << 8), (1 << 128) - (1 << 64)
 _COLUMNS = frozenset({"daemon", "client_addr"})  # labels the sources table shows as columns
 
 
@@ -103,7 +100,8 @@ class Source:
 
 @dataclass(frozen=True, slots=True)
 class Scan:
-    """One address trying several daemons (addrs == 1), or a sweep of one /24 or /64."""
+    """A scan the daemon's detector signalled (wrapalert.scanrule): one address trying
+    several daemons (addrs == 1), or a sweep of one /24 or /64; numbers from this digest."""
 
     target: str
     addrs: int
@@ -186,57 +184,50 @@ def _source(g: GroupReport, window_start: float) -> Source:
     )
 
 
-def _network(addr: str) -> str | None:
-    """The /24 or /64 around `addr`, or None for "unknown" and the like."""
-    try:
-        ip = ipaddress.ip_address(addr.partition("%")[0])  # a zone id is no part of the net
-    except ValueError:
-        return None
-    # Masking the integer is several times cheaper than ip_network (hot with 10,000 groups).
-    if ip.version == 4:
-        return f"{ipaddress.IPv4Address(int(ip) & _MASK24)}/24"
-    return f"{ipaddress.IPv6Address(int(ip) & _MASK64)}/64"
+def _signals(groups: list[GroupReport]) -> dict[str, ScanSignal]:
+    """The detector's signals in these groups by target; of two for one target (it can
+    signal again after a quiet window), the one that saw more addresses."""
+    signals: dict[str, ScanSignal] = {}
+    for values in (values for g in groups for values in g.scan):
+        signal = ScanSignal.from_tuple(values)
+        seen = signals.get(signal.target) if signal is not None else None
+        if signal is not None and (seen is None or signal.sources > seen.sources):
+            signals[signal.target] = signal
+    return signals
 
 
 def scans(groups: list[GroupReport]) -> list[Scan]:
-    """Multi-daemon probes (daemons known only for single-address groups) and prefix sweeps
-    seen in this digest, and the scans the daemon's detector signalled (pipeline/scan.py)."""
-    per_addr: dict[str, Counter[str]] = defaultdict(Counter)
-    per_net: dict[str, Counter[str]] = defaultdict(Counter)
-    net_daemons: dict[str, set[str]] = defaultdict(set)
+    """The scans the daemon's detector signalled into these groups, one row per target,
+    busiest first. Nothing else is called a scan: the detector counts within its `[scan]`
+    window, possibly across digests, and `status` counts the same signals.
+
+    A row's events and addresses are this digest's, of the groups the target covers;
+    its daemons are those the detector saw and those in this digest."""
+    signals = _signals(groups)
+    if not signals:
+        return []
+    sweeps = any(s.kind == "sweep" for s in signals.values())
+    # target -> (address, its events, daemons of its group when they are the address's)
+    covered: dict[str, list[tuple[str, int, tuple[str, ...]]]] = defaultdict(list)
     for g in groups:
-        if len(g.addrs) == 1 and not g.more_addrs:
-            per_addr[g.addrs[0][0]].update(dict(g.daemons))
+        own = len(g.addrs) == 1 and not g.more_addrs  # the group's daemons are the address's
+        names = tuple(d for d, _ in g.daemons)
         for addr, n in g.addrs:
-            if (net := _network(addr)) is not None:
-                per_net[net][addr] += n
-                net_daemons[net].update(d for d, _ in g.daemons)
-    out = [
-        Scan(addr, 1, c.total(), tuple(sorted(c)), silence_command((), addr))
-        for addr, c in per_addr.items()
-        if len(c) >= 2 and addr != "unknown"
-    ]
-    for net, c in per_net.items():
-        if len(c) >= SWEEP_ADDRS:
-            daemons = tuple(sorted(net_daemons[net]))
-            out.append(Scan(net, len(c), c.total(), daemons, silence_command(daemons, net)))
-    # The daemon's own signals: found within its window, so possibly across digests.
-    # One row per target: what this digest shows, widened by what the daemon saw.
-    rows = {s.target: s for s in out}
-    signals = [(g, ScanSignal.from_tuple(values)) for g in groups for values in g.scan]
-    for g, signal in signals:
-        if signal is None:
-            continue
-        addrs = 1 if signal.kind == "daemons" else signal.sources
-        row = rows.get(signal.target)
-        if row is None:
-            names = () if signal.kind == "daemons" else signal.daemons
-            silence = silence_command(names, signal.target)
-            rows[signal.target] = Scan(signal.target, addrs, g.events, signal.daemons, silence)
+            if addr in signals:
+                covered[addr].append((addr, n, names if own else ()))
+            net = network(addr) if sweeps else None
+            if net is not None and net in signals:
+                covered[net].append((addr, n, names))
+    out = []
+    for target, signal in signals.items():
+        rows = covered[target]
+        daemons = tuple(sorted({*signal.daemons, *(d for _, _, ds in rows for d in ds)}))
+        if signal.kind == "daemons":
+            addrs, silence = 1, silence_command((), target)
         else:
-            daemons = tuple(sorted({*row.daemons, *signal.daemons}))
-            rows[signal.target] = replace(row, addrs=max(row.addrs, addrs), daemons=daemons)
-    out = list(rows.values())
+            addrs = max(signal.sources, len({a for a, _, _ in rows}))
+            silence = silence_command(daemons, target)
+        out.append(Scan(target, addrs, sum(n for _, n, _ in rows), daemons, silence))
     return sorted(out, key=lambda s: (-s.events, s.target))
 
 

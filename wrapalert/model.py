@@ -8,9 +8,10 @@ from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from wrapalert.match import DEFAULT_SEVERITY, highest
+
 # Bounded detail per group: beyond this many distinct values only counts grow.
 MAX_DETAIL = 16
-SEVERITY_ORDER = ("info", "warning", "critical")
 TIMELINE_BUCKET = 60.0  # seconds per timeline bar
 TIMELINE_MAX = 240  # buckets kept per group (4 h at 1 min); older bars fold into the first
 
@@ -89,7 +90,7 @@ class GroupReport:
     sources: int = 0  # distinct client addresses among the new events
     sources_exact: bool = True  # False: a HyperLogLog estimate (about 3 % error)
     level: str = "exact"  # "exact", "network" (/24, /64), "wide network" (/16, /48), "overflow"
-    severity: str = "warning"  # "info", "warning" or "critical", from the first matching route
+    severity: str = DEFAULT_SEVERITY  # one of match.SEVERITIES, from the first matching route
     sinks: tuple[str, ...] | None = None  # the sinks it goes to (None: every sink)
     # The daemon's scan signals this group completed, each ScanSignal.as_tuple():
     # (kind, target, sources, first, last, *daemons) as text.
@@ -129,7 +130,7 @@ class Digest:
     @property
     def severity(self) -> str:
         """The highest severity among the groups."""
-        return max((g.severity for g in self.groups), key=SEVERITY_ORDER.index, default="info")
+        return highest(g.severity for g in self.groups)
 
     @property
     def untrusted(self) -> tuple[GroupReport, ...]:
@@ -252,7 +253,7 @@ def fold_reports(reports: list[GroupReport], limit: int = MAX_DIGEST_GROUPS) -> 
         sources=sum(r.sources for r in rest),  # an upper bound: groups may share sources
         sources_exact=False,
         level="folded",
-        severity=max((r.severity for r in rest), key=SEVERITY_ORDER.index),
+        severity=highest(r.severity for r in rest),
     )
     return [*keep, folded]
 

@@ -24,30 +24,34 @@ from wrapalert import config, wire
 from wrapalert.mail import Renderer
 from wrapalert.model import Digest, Event
 from wrapalert.pipeline.aggregate import Aggregator
+from wrapalert.pipeline.scan import ScanDetector
 
 MAX_COUNT = 100_000  # per line: a preview is not a load test
 PREVIEW_KEYS = frozenset({"ago", "uid", "count"})
 _SHORT = {long: short for short, long in wire.FIELDS.items()}
 
-SAMPLE = """\
-# One scanner trying three services over half an hour.
+# What the daemon's detector calls a scan with the default `[scan]` (3 daemons or 16
+# addresses of one /24 within 10 minutes), so the sample's Scans section is the real one.
+SAMPLE = (
+    """\
+# One scanner trying four services over half an hour, three of them within 10 minutes.
 d=sshd a=203.0.113.7 n=scanner.example.net ago=31m count=40
 d=sshd a=203.0.113.7 n=scanner.example.net ago=24m count=55
-d=in.ftpd a=203.0.113.7 n=scanner.example.net ago=18m count=12
+d=in.ftpd a=203.0.113.7 n=scanner.example.net ago=16m count=12
 d=vsftpd a=203.0.113.7 n=scanner.example.net ago=9m count=7
-d=sshd a=203.0.113.7 n=scanner.example.net ago=2m count=23
-# A sweep through one /24.
-d=sshd a=198.51.100.10 ago=15m count=3
-d=sshd a=198.51.100.11 ago=14m count=3
-d=sshd a=198.51.100.12 ago=13m count=2
-d=sshd a=198.51.100.13 ago=12m count=4
-d=sshd a=198.51.100.14 ago=12m count=1
+d=in.telnetd a=203.0.113.7 n=scanner.example.net ago=7m count=3
+d=sshd a=203.0.113.7 n=scanner.example.net ago=2m count=17
+# A sweep through one /24: 16 addresses in 8 minutes.
+"""
+    + "".join(f"d=sshd a=198.51.100.{10 + i} ago={15 - i // 2}m\n" for i in range(16))
+    + """\
 # Two more sources, one of them over IPv6, one with a mismatching reverse name.
 d=in.ftpd a=2001:db8::66 n=paranoid ago=6m count=9
 d=sshd a=192.0.2.33 n=mail.example.org ago=1m count=2
 # Sent by a local user, not a root service: reported apart, marked untrusted.
 d=sshd a=192.0.2.99 uid=1000 ago=4m
 """
+)
 
 
 class EventsError(ValueError):
@@ -117,8 +121,12 @@ def parse_events(text: str, name: str = "events") -> list[Planned]:
 def build_digest(
     planned: list[Planned], cfg: config.Config, now: float, host: str | None = None
 ) -> Digest:
-    """Feed the events to a real Aggregator in time order and take everything as one digest."""
-    agg = Aggregator(cfg.digest, cfg.limits.max_groups)
+    """Feed the events to a real Aggregator (with the `[scan]` detector) in time order and
+    take everything as one digest."""
+    detector = ScanDetector.for_rule(cfg.scan.rule) if cfg.scan.enabled else None
+    agg = Aggregator(
+        cfg.digest, cfg.limits.max_groups, scans=detector, scan_severity=cfg.scan.severity
+    )
     trusted_uids = cfg.daemon.trusted_uids
     default_uid = trusted_uids[0] if trusted_uids else None
     for p in sorted(planned, key=lambda p: -p.ago):

@@ -35,19 +35,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wrapalert.config import DigestConfig
+from wrapalert.match import DEFAULT_SEVERITY, severity_rank
 from wrapalert.model import (
     MAX_DETAIL,
-    SEVERITY_ORDER,
     TIMELINE_BUCKET,
     TIMELINE_MAX,
     Event,
     GroupReport,
     Tally,
 )
-from wrapalert.pipeline.netaddr import network, packed
+from wrapalert.netaddr import network, packed
 from wrapalert.pipeline.route import Router
-from wrapalert.pipeline.scan import ScanDetector, ScanSignal
+from wrapalert.pipeline.scan import ScanDetector
 from wrapalert.pipeline.sketch import Distinct
+from wrapalert.scanrule import ScanSignal
 
 OVERFLOW = "(overflow)"
 UNTRUSTED = "(untrusted)"
@@ -88,7 +89,7 @@ class _Group:
     last_seen: float = 0.0
     notified: bool = False
     level: int = 0
-    severity: str = "warning"
+    severity: str = DEFAULT_SEVERITY
     sinks: tuple[str, ...] | None = None  # None: every sink
     daemons: Tally = field(default_factory=Tally)
     addrs: Tally = field(default_factory=lambda: Tally(MAX_DETAIL * 4))
@@ -106,7 +107,7 @@ class _Group:
 
     def escalate(self, signal: ScanSignal, severity: str) -> None:
         self.scan = (*self.scan, signal.as_tuple())
-        if SEVERITY_ORDER.index(severity) > SEVERITY_ORDER.index(self.severity):
+        if severity_rank(severity) > severity_rank(self.severity):
             self.severity = severity
 
     def fix(self, group_by: tuple[str, ...]) -> None:

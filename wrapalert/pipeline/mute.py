@@ -1,57 +1,19 @@
 """Muting: ignore lists from the config and silences with an expiry.
 
 An ignored or silenced event is counted (so the totals still add up) and
-never notified. Matchers are `field=value`: `client=` (or `client_addr=`)
-takes an address or a network in CIDR form, every other field matches
-exactly. All matchers of a silence must match.
+never notified. A silence is a list of matchers (the match language of
+wrapalert.match), all of which must match.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
+from wrapalert.match import Matcher, MatcherError, in_networks, parse_network
 from wrapalert.model import Event
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-FIELDS = ("daemon", "client_addr", "client_name", "user", "server", "host", "verdict")
-ALIASES = {"client": "client_addr", "addr": "client_addr", "name": "client_name"}
+__all__ = ["Matcher", "MatcherError", "Mute", "Silence"]  # the matchers: tests and the server
 _CACHE_MAX = 4096  # addresses whose network membership is remembered per Mute
-
-
-class MatcherError(ValueError):
-    """A matcher that cannot be used; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class Matcher:
-    field: str
-    value: str
-    network: IPNetwork | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Matcher:
-        name, sep, value = text.partition("=")
-        name = ALIASES.get(name.strip(), name.strip())
-        if not sep or not value:
-            raise MatcherError(f"{text!r}: write field=value, e.g. daemon=sshd")
-        if name not in FIELDS:
-            raise MatcherError(f"{text!r}: unknown field; use client, {', '.join(FIELDS)}")
-        if name != "client_addr":
-            return cls(name, value)
-        try:
-            network = ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise MatcherError(f"{text!r}: not an address or network (CIDR)") from None
-        return cls(name, str(network), network)
-
-    def __str__(self) -> str:
-        return f"{self.field}={self.value}"
-
-    def matches(self, event: Event) -> bool:
-        if self.network is None:
-            return event.get(self.field) == self.value
-        return _in_networks(event.get("client_addr"), (self.network,))
 
 
 @dataclass(frozen=True)
@@ -70,7 +32,7 @@ class Mute:
     """Decides, per event, whether it is ignored, silenced or goes on."""
 
     def __init__(self, networks: tuple[str, ...] = (), daemons: tuple[str, ...] = ()) -> None:
-        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+        self.networks = tuple(parse_network(n) for n in networks)
         self.daemons = frozenset(daemons)
         self.silences: list[Silence] = []
         self._in_ignored: dict[str, bool] = {}
@@ -94,16 +56,8 @@ class Mute:
     def _ignored_addr(self, addr: str) -> bool:
         known = self._in_ignored.get(addr)
         if known is None:
-            known = _in_networks(addr, self.networks)
+            known = in_networks(addr, self.networks)
             if len(self._in_ignored) >= _CACHE_MAX:
                 self._in_ignored.clear()
             self._in_ignored[addr] = known
         return known
-
-
-def _in_networks(addr: str, networks: tuple[IPNetwork, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr.partition("%")[0])
-    except ValueError:
-        return False  # "unknown" is in no network
-    return any(ip.version == n.version and ip in n for n in networks)

@@ -6,45 +6,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wrapalert.config import RouteConfig
+from wrapalert.match import DEFAULT_SEVERITY, Selector
 from wrapalert.model import Event
-from wrapalert.pipeline.mute import Matcher
 
-DEFAULT_SEVERITY = "warning"
+__all__ = ["DEFAULT_SEVERITY", "Route", "Router"]
 
 
 @dataclass(frozen=True)
 class Route:
-    matchers: tuple[Matcher, ...]
-    trust: bool | None  # None: either
+    selector: Selector
     severity: str
     sinks: tuple[str, ...] | None
 
     def matches(self, event: Event) -> bool:
-        if self.trust is not None and event.trusted is not self.trust:
-            return False
-        return all(m.matches(event) for m in self.matchers)
+        return self.selector.matches(event)
 
 
 class Router:
     """Severity and sinks for a new group; with no routes, "warning" to every sink."""
 
     def __init__(self, routes: tuple[RouteConfig, ...] = ()) -> None:
-        self.routes = tuple(_compile(r) for r in routes)
+        self.routes = tuple(Route(Selector.parse(r.match), r.severity, r.sinks) for r in routes)
 
     def route(self, event: Event) -> tuple[str, tuple[str, ...] | None]:
         for route in self.routes:
             if route.matches(event):
                 return route.severity, route.sinks
         return DEFAULT_SEVERITY, None
-
-
-def _compile(cfg: RouteConfig) -> Route:
-    trust: bool | None = None
-    matchers = []
-    for text in cfg.match:
-        name, _, value = text.partition("=")
-        if name.strip() == "trust":
-            trust = value == "trusted"
-        else:
-            matchers.append(Matcher.parse(text))
-    return Route(tuple(matchers), trust, cfg.severity, cfg.sinks)

@@ -7,12 +7,10 @@ pair, at most once per group interval, so a flood from known sources costs
 nothing here. Only a flood of new sources pays one dictionary update per
 event, which the roll-up of those sources pays anyway.
 
-Two signals, each within `window` seconds:
-* `daemons`: one address refused by at least `daemons` distinct daemons
-  (a port scan across wrapped services);
-* `sweep`: one IPv4 /24 or IPv6 /64 refused for at least `sources` distinct
-  addresses (a sweep, or addresses rotated within one network).
-A target signals once per window, then again only after a quiet window.
+Two signals, as wrapalert.scanrule defines them (its `ScanRule` holds the
+`[scan]` thresholds and window; this module only keeps the state it needs):
+`daemons` (one address, several daemons) and `sweep` (one /24 or /64, many
+addresses). A target signals once per window, then again only after a quiet window.
 
 Bounded memory, written down: at most MAX_TRACKED addresses and as many
 networks, each holding at most `daemons` daemon names or `sources`
@@ -25,49 +23,10 @@ takes `now`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from wrapalert.scanrule import ScanRule, ScanSignal, network
 
-from wrapalert.pipeline.netaddr import network as prefix_text
-from wrapalert.pipeline.netaddr import packed
-
+__all__ = ["MAX_TRACKED", "ScanDetector", "ScanSignal", "network"]  # ScanSignal: its old home
 MAX_TRACKED = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class ScanSignal:
-    """A scan found: what it targeted, what it touched, and when."""
-
-    kind: str  # "daemons" | "sweep"
-    target: str  # the address, or the network as "net/prefix"
-    daemons: tuple[str, ...]  # sorted; for a sweep, those seen (bounded)
-    sources: int  # 1 for "daemons"; addresses seen in the network for "sweep"
-    first: float
-    last: float
-
-    def as_tuple(self) -> tuple[str, ...]:
-        """Plain text values, for reports and the state database (see `from_tuple`)."""
-        times = (repr(self.first), repr(self.last))
-        return (self.kind, self.target, str(self.sources), *times, *self.daemons)
-
-    @classmethod
-    def from_tuple(cls, values: tuple[str, ...]) -> ScanSignal | None:
-        """The signal `as_tuple` made; None for anything else (a damaged record)."""
-        try:
-            kind, target, sources, first, last, *daemons = values
-            signal = cls(kind, target, tuple(daemons), int(sources), float(first), float(last))
-        except (ValueError, TypeError):
-            return None
-        return signal if kind in ("daemons", "sweep") else None
-
-    def describe(self) -> str:
-        """One line for the digest and the log; built only from validated values."""
-        minutes = max(1, round((self.last - self.first) / 60))
-        if self.kind == "daemons":
-            return (
-                f"scan: {self.target} tried {len(self.daemons)} daemons "
-                f"({', '.join(self.daemons)}) within {minutes} min"
-            )
-        return f"sweep: {self.sources} addresses in {self.target} within {minutes} min"
 
 
 class _Seen:
@@ -84,12 +43,14 @@ class ScanDetector:
     """Watches (address, daemon) pairs; `observe` returns the signals they complete."""
 
     def __init__(self, window: float, daemons: int, sources: int) -> None:
-        self.window = window
-        self.daemons = daemons
-        self.sources = sources
+        self.rule = ScanRule(window, daemons, sources)
         self._addrs = _Recent()
         self._nets = _Recent()
         self.found = 0
+
+    @classmethod
+    def for_rule(cls, rule: ScanRule) -> ScanDetector:
+        return cls(rule.window, rule.daemons, rule.sources)
 
     def observe(self, addr: str, daemon: str, now: float) -> list[ScanSignal]:
         """Note one pair; the scans it completes (usually none)."""
@@ -97,33 +58,33 @@ class ScanDetector:
             return []
         signals = []
         seen = self._addrs.entry(addr)
-        if self._note(seen, daemon, now, self.daemons):
+        if self._note(seen, daemon, now, "daemons"):
             first = min(seen.values.values())
             names = tuple(sorted(seen.values))
             signals.append(ScanSignal("daemons", addr, names, 1, first, now))
         net = network(addr)
         if net is not None:
             swept = self._nets.entry(net)
-            if self._note(swept, addr, now, self.sources):
+            if self._note(swept, addr, now, "sweep"):
                 first = min(swept.values.values())
                 addrs = len(swept.values)
                 signals.append(ScanSignal("sweep", net, (daemon,), addrs, first, now))
         self.found += len(signals)
         return signals
 
-    def _note(self, seen: _Seen, value: str, now: float, threshold: int) -> bool:
-        """Record `value`; True when this makes `threshold` distinct values in the window."""
+    def _note(self, seen: _Seen, value: str, now: float, kind: str) -> bool:
+        """Record `value`; True when this completes a scan of `kind` by the rule."""
         values = seen.values
         if value in values:
             values[value] = now
             return False
-        horizon = now - self.window
+        horizon = now - self.rule.window
         if values and min(values.values()) < horizon:
             for old in [v for v, t in values.items() if t < horizon]:
                 del values[old]
         values[value] = now
-        if len(values) < threshold or seen.signalled >= horizon:
-            if len(values) > threshold:  # signalled already: keep the newest only
+        if seen.signalled >= horizon or not self.rule.reached(kind, values, now):
+            if len(values) > self.rule.threshold(kind):  # signalled already: keep the newest
                 del values[next(iter(values))]
             return False
         seen.signalled = now
@@ -159,9 +120,3 @@ class _Recent:
 
     def values(self) -> list[_Seen]:
         return [*self.young.values(), *self.old.values()]
-
-
-def network(addr: str) -> str | None:
-    """The /24 or /64 holding a canonical address, None if it is not one."""
-    address = packed(addr)
-    return None if address is None else prefix_text(address, 1)

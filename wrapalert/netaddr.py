@@ -1,7 +1,8 @@
 """Network prefixes of client addresses: the one place their arithmetic lives.
 
 Used by the aggregator's roll-up (/24 or /64, then /16 or /48) and the scan
-detector (sweeps of one /24 or /64). Addresses are the wire's canonical text.
+rule (sweeps of one /24 or /64), so below both the pipeline and the digest
+view. Addresses are the wire's canonical text.
 """
 
 from __future__ import annotations
