@@ -531,7 +531,7 @@ class Server:
     def _forwarder(self, sink: EventSink, cfg: Config) -> ForwardWorker:
         # Every forwarding sink's table may set its own events_per_second.
         rate = next(
-            (getattr(s, "events_per_second", None) for s in cfg.sinks if s.name == sink.name),
+            (sink_registry.events_per_second(s) for s in cfg.sinks if s.name == sink.name),
             None,
         )
         return ForwardWorker(
