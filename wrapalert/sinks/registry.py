@@ -3,11 +3,14 @@
 A sink module declares, in one `SINK = DigestSinkType(...)` or
 `SINK = EventSinkType(...)`, its `type = "..."` name, its frozen config
 dataclass, the parser of its `[[sink]]` table, its line in `check-config` and
-how to build it. The first look-up imports every module of this package
-once and collects those descriptors; `register` adds one from elsewhere (a
-test module). config.py asks `get(type name)` while parsing; the daemon asks
-`build(cfg)`, `of(cfg).kind` and `events_per_second(cfg)`; the CLI and preview
-ask `of(cfg)`.
+how to build it. A look-up imports the module named like the type (or the
+config's own module) and, when that does not declare it, every module of
+this package once; `register` adds a type from elsewhere (a test module).
+So a config naming only smtp imports only the smtp sink.
+
+config.py asks `get(type name)` while parsing; the daemon asks `build(cfg)`,
+`of(cfg).kind` and `events_per_second(cfg)`; check-config asks `describe(cfg)`
+and preview `of(cfg).mail`.
 
 This module imports no sink (discovery does, at first use), so config.py can
 import it without importing aiosmtplib, jinja2 or asyncio.
@@ -19,6 +22,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -67,6 +71,7 @@ class EventSinkType(Generic[E]):
 
 SinkType = DigestSinkType[Any] | EventSinkType[Any]
 
+_PACKAGE = __name__.rpartition(".")[0]  # wrapalert.sinks
 _by_name: dict[str, SinkType] = {}
 _by_config: dict[type, SinkType] = {}
 _discovered = False
@@ -86,13 +91,19 @@ def unregister(name: str) -> None:
 
 def get(name: str) -> SinkType | None:
     """The sink type called `name` in `type = "..."`, or None."""
-    _discover()
+    if name not in _by_name and name.isidentifier():
+        _load(f"{_PACKAGE}.{name}")  # usually it is named after its module: import just that
+    if name not in _by_name:
+        _discover()
     return _by_name.get(name)
 
 
 def of(cfg: SinkConfig) -> SinkType:
     """The sink type a config object belongs to (TypeError for one no sink declares)."""
-    _discover()
+    if type(cfg) not in _by_config:
+        _load(type(cfg).__module__)  # usually its own module declares it
+    if type(cfg) not in _by_config:
+        _discover()
     try:
         return _by_config[type(cfg)]
     except KeyError:
@@ -130,6 +141,8 @@ def describe(cfg: SinkConfig) -> str:
 
 
 def _add(descriptor: SinkType) -> SinkType:
+    if _by_name.get(descriptor.name) is descriptor:
+        return descriptor  # found once by name, once by discovery
     if descriptor.name in _by_name:
         raise ValueError(f"sink type {descriptor.name!r} is declared twice")
     if descriptor.config in _by_config:
@@ -139,16 +152,23 @@ def _add(descriptor: SinkType) -> SinkType:
     return descriptor
 
 
+def _load(module_name: str) -> None:
+    """Register the SINK of one module of this package, if it exists and has one."""
+    if not module_name.startswith(f"{_PACKAGE}.") or find_spec(module_name) is None:
+        return
+    descriptor = getattr(importlib.import_module(module_name), "SINK", None)
+    if isinstance(descriptor, DigestSinkType | EventSinkType):
+        _add(descriptor)
+
+
 def _discover() -> None:
     """Import every module of this package once and register its `SINK`, if it has one."""
     global _discovered  # noqa: PLW0603 - one process-wide registry, filled once
     if _discovered:
         return
-    package = __name__.rpartition(".")[0]
     found = []
-    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
-        module = importlib.import_module(f"{package}.{info.name}")
-        descriptor = getattr(module, "SINK", None)
+    for info in pkgutil.iter_modules(importlib.import_module(_PACKAGE).__path__):
+        descriptor = getattr(importlib.import_module(f"{_PACKAGE}.{info.name}"), "SINK", None)
         if isinstance(descriptor, DigestSinkType | EventSinkType):
             found.append(descriptor)
     # Only once every module imported: a failed import leaves nothing half registered.

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wrapalert.confparse import Table
+from wrapalert.model import Digest
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import DigestSinkType
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # jinja2 is imported by build(), not by parsing a config
     from wrapalert.mail import Renderer
-    from wrapalert.model import Digest
 
 # Server replies that mean "the same mail will fail again": bad credentials, policy.
 _PERMANENT_AUTH = (530, 534, 535, 538)
