@@ -12,8 +12,8 @@ config.py asks `get(type name)` while parsing; the daemon asks `build(cfg)`,
 `of(cfg).kind` and `events_per_second(cfg)`; check-config asks `describe(cfg)`
 and preview `of(cfg).mail`.
 
-This module imports no sink (discovery does, at first use), so config.py can
-import it without importing aiosmtplib, jinja2 or asyncio.
+Nothing here imports a sink module before a look-up, and the sink modules
+import jinja2 and aiosmtplib only to build or send: parsing stays light.
 """
 
 from __future__ import annotations
