@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from wrapalert import config, hostsdeny, match, notify
 
@@ -253,8 +252,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"  at most {cfg.limits.mails_per_hour} mails per hour per sink, "
         f"{cfg.limits.max_groups} groups"
     )
+    from wrapalert.sinks import registry
+
     for sink in cfg.sinks:
-        print(f"  sink {sink.name}: {describe_sink(sink)}")
+        print(f"  sink {sink.name}: {registry.describe(sink)}")
     return EXIT_OK
 
 
@@ -285,29 +286,6 @@ def printable(text: str) -> str:
     """Text from outside (a server's error message) safe for a terminal: anything not
     printable, C1 controls and bidi overrides included, shown as "?"."""
     return "".join(c if c.isprintable() else "?" for c in text)
-
-
-def describe_sink(sink: config.SinkConfig) -> str:  # noqa: PLR0911 - a return per sink type
-    if isinstance(sink, config.SmtpSinkConfig):
-        return f"smtp {sink.host}:{sink.port} tls={sink.tls} to {', '.join(sink.to)}"
-    if isinstance(sink, config.SendmailSinkConfig):
-        return f"sendmail {' '.join(sink.command)} to {', '.join(sink.to)}"
-    if isinstance(sink, config.JsonlSinkConfig):
-        return f"jsonl {sink.path} (forwarding, one record per event)"
-    if isinstance(sink, config.SyslogSinkConfig):
-        where = str(sink.socket)
-        if sink.address is not None:
-            where = f"{sink.protocol}://{sink.address[0]}:{sink.address[1]}"
-        return f"syslog {where} facility {sink.facility} (forwarding, one line per event)"
-    if isinstance(sink, config.JournaldSinkConfig):
-        return f"journald {sink.socket} (forwarding, one entry per event)"
-    if isinstance(sink, config.AlertmanagerSinkConfig):
-        return f"alertmanager {', '.join(sink.urls)} (forwarding, alerts per label set)"
-    if isinstance(sink, config.WebhookSinkConfig):
-        # Only where it goes: webhook URLs often carry their secret in the path.
-        url = urlsplit(sink.url)
-        return f"webhook {url.scheme}://{url.netloc}/... (forwarding, JSON batches)"
-    return f"maildir {sink.path}"
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from wrapalert.mail import Renderer
 from wrapalert.model import Digest, Event
 from wrapalert.pipeline.aggregate import Aggregator
 from wrapalert.pipeline.scan import ScanDetector
+from wrapalert.sinks import registry
 
 MAX_COUNT = 100_000  # per line: a preview is not a load test
 PREVIEW_KEYS = frozenset({"ago", "uid", "count"})
@@ -148,10 +149,9 @@ def sample_digest(cfg: config.Config, now: float | None = None) -> Digest:
 def renderer_for(cfg: config.Config) -> Renderer:
     """The first mail sink's renderer (its sender and recipients), or a default one."""
     for sink in cfg.sinks:
-        if isinstance(
-            sink, config.SmtpSinkConfig | config.MaildirSinkConfig | config.SendmailSinkConfig
-        ):
-            return Renderer(sink.from_addr, sink.to, cfg.digest.template_dir)
+        mail = registry.of(sink).mail
+        if mail is not None:
+            return Renderer(*mail(sink), cfg.digest.template_dir)
     return Renderer("wrapalert@localhost", ("root",), cfg.digest.template_dir)
 
 

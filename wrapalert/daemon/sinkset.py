@@ -46,7 +46,7 @@ class SinkSet:
         self.workers: dict[str, SinkWorker] = {}
         self.forwarders: dict[str, ForwardWorker] = {}
         backoff = (cfg.limits.retry_min, cfg.limits.retry_max)
-        rates = {s.name: getattr(s, "events_per_second", None) for s in cfg.sinks}
+        rates = {s.name: sink_registry.events_per_second(s) for s in cfg.sinks}
         if built is None:
             built = [sink_registry.build(s, cfg.digest.template_dir) for s in cfg.sinks]
         for sink in built:

@@ -114,7 +114,7 @@ class EventPipeline:
 
 
 def detector(cfg: ScanConfig) -> ScanDetector | None:
-    return ScanDetector(cfg.window, cfg.daemons, cfg.sources) if cfg.enabled else None
+    return ScanDetector.for_rule(cfg.rule) if cfg.enabled else None
 
 
 def build(

@@ -44,9 +44,10 @@ from datetime import UTC, datetime
 
 import structlog
 
-from wrapalert.config import AlertmanagerSinkConfig
+from wrapalert.confparse import Table, rate, url_problem
 from wrapalert.sinks.base import PermanentSinkError, SinkError, TransientSinkError
 from wrapalert.sinks.http import Target, post
+from wrapalert.sinks.registry import EventSinkType
 
 log = structlog.get_logger()
 
@@ -57,6 +58,56 @@ LISTED = 5  # distinct values named in an annotation; the rest are counted
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 Alert = dict[str, object]
+# Alertmanager's (Prometheus') label names; "__" starts the reserved ones.
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# The labels this sink sets itself: static labels may not replace them.
+ALERT_LABELS = frozenset({"alertname", "daemon", "client_addr", "host", "trust"})
+
+
+@dataclass(frozen=True)
+class AlertmanagerSinkConfig:
+    """A forwarding sink: alerts POSTed to every Alertmanager of a cluster (API v2)."""
+
+    name: str = "alertmanager"
+    urls: tuple[str, ...] = ("http://127.0.0.1:9093",)
+    timeout: float = 10.0
+    # An alert stays firing this long after its last event (endsAt = last seen + this).
+    resolve_after: float = 900.0
+    labels: tuple[tuple[str, str], ...] = ()  # extra static labels, e.g. (("env", "prod"),)
+    events_per_second: float | None = None  # None: [limits] events_per_second
+
+
+def parse(t: Table) -> AlertmanagerSinkConfig:
+    d = AlertmanagerSinkConfig()
+    urls = t.str_list("urls", d.urls)
+    if not urls:
+        raise t.error("urls", "needs at least one Alertmanager URL")
+    for url in urls:
+        # The API path is appended to each URL: a query would end up in the middle.
+        if problem := url_problem(url) or ("must not have a ?query" if "?" in url else None):
+            raise t.error("urls", f"{url!r} {problem}")
+    if len(set(urls)) != len(urls):
+        raise t.error("urls", "lists a URL twice (each would get every alert twice)")
+    labels = t.get("labels", {}, dict)
+    for name, value in labels.items():
+        if not LABEL_NAME.fullmatch(name) or name.startswith("__"):
+            raise t.error("labels", f"{name!r} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+        if name in ALERT_LABELS:
+            raise t.error("labels", f"{name!r} is set by wrapalert; use another name")
+        if not isinstance(value, str) or not value:
+            raise t.error("labels", f"{name}: expected a non-empty string")
+    return AlertmanagerSinkConfig(
+        name=t.get("name", d.name, str),
+        urls=tuple(urls),
+        timeout=t.positive_duration("timeout", d.timeout),
+        resolve_after=t.positive_duration("resolve_after", d.resolve_after),
+        labels=tuple(sorted(labels.items())),
+        events_per_second=rate(t),
+    )
+
+
+def describe(cfg: AlertmanagerSinkConfig) -> str:
+    return f"alertmanager {', '.join(cfg.urls)} (forwarding, alerts per label set)"
 
 
 class AlertmanagerSink:
@@ -260,3 +311,12 @@ def _rfc3339(seconds: float) -> str:
     """RFC 3339 in UTC with milliseconds, as Alertmanager writes it."""
     stamp = datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
+
+
+SINK = EventSinkType(
+    name="alertmanager",
+    config=AlertmanagerSinkConfig,
+    parse=parse,
+    describe=describe,
+    build=AlertmanagerSink,
+)

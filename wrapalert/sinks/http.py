@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from wrapalert.config import resolvable_name
+from wrapalert.confparse import resolvable_name
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 
 MAX_REPLY = 4096  # bytes of a failure's body read for its message

@@ -32,8 +32,11 @@ import os
 import re
 import socket
 import struct
+from dataclasses import dataclass
+from pathlib import Path
 
-from wrapalert.config import JournaldSinkConfig
+from wrapalert.confparse import Table, rate
+from wrapalert.sinks.registry import EventSinkType
 from wrapalert.sinks.syslog import (
     connect_unix,
     message_text,
@@ -49,6 +52,30 @@ MAX_FIELD = 64 * 1024  # bytes of one WRAPALERT_* value
 # journald silently drops any other field name (and those starting with "_": trusted fields).
 FIELD_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+
+
+@dataclass(frozen=True)
+class JournaldSinkConfig:
+    """A forwarding sink: one journal entry per event, native protocol, WRAPALERT_* fields."""
+
+    name: str = "journald"
+    socket: Path = Path("/run/systemd/journal/socket")
+    timeout: float = 5.0  # how long a send may wait for room in journald's queue
+    events_per_second: float | None = None  # None: [limits] events_per_second
+
+
+def parse(t: Table) -> JournaldSinkConfig:
+    d = JournaldSinkConfig()
+    return JournaldSinkConfig(
+        name=t.get("name", d.name, str),
+        socket=t.socket_path("socket", d.socket),
+        timeout=t.positive_duration("timeout", d.timeout),
+        events_per_second=rate(t),
+    )
+
+
+def describe(cfg: JournaldSinkConfig) -> str:
+    return f"journald {cfg.socket} (forwarding, one entry per event)"
 
 
 def entry(record: dict[str, object]) -> bytes:
@@ -125,3 +152,8 @@ class JournaldSink:
             await send_datagram(sock, b"", stall=self.timeout, where=self.where, ancdata=[rights])
         finally:
             os.close(fd)
+
+
+SINK = EventSinkType(
+    name="journald", config=JournaldSinkConfig, parse=parse, describe=describe, build=JournaldSink
+)

@@ -10,9 +10,33 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
-from wrapalert.config import JsonlSinkConfig
+from wrapalert.confparse import Table, rate
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+from wrapalert.sinks.registry import EventSinkType
+
+
+@dataclass(frozen=True)
+class JsonlSinkConfig:
+    """A forwarding sink: one JSON object per event, appended to a file for log shippers."""
+
+    name: str = "jsonl"
+    path: Path = Path("/var/log/wrapalert/events.jsonl")
+    events_per_second: float | None = None  # None: [limits] events_per_second
+
+
+def parse(t: Table) -> JsonlSinkConfig:
+    return JsonlSinkConfig(
+        name=t.get("name", "jsonl", str),
+        path=t.path("path", JsonlSinkConfig.path),
+        events_per_second=rate(t),
+    )
+
+
+def describe(cfg: JsonlSinkConfig) -> str:
+    return f"jsonl {cfg.path} (forwarding, one record per event)"
 
 
 class JsonlSink:
@@ -43,3 +67,8 @@ class JsonlSink:
             raise TransientSinkError(f"jsonl {self.path}: {exc}") from exc
         finally:
             os.close(fd)
+
+
+SINK = EventSinkType(
+    name="jsonl", config=JsonlSinkConfig, parse=parse, describe=describe, build=JsonlSink
+)

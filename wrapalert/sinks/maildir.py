@@ -7,14 +7,47 @@ import itertools
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from wrapalert.config import MaildirSinkConfig
-from wrapalert.mail import Renderer
+from wrapalert.confparse import Table
 from wrapalert.model import Digest
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+from wrapalert.sinks.registry import DigestSinkType
+
+if TYPE_CHECKING:  # jinja2 is imported by build(), not by parsing a config
+    from wrapalert.mail import Renderer
 
 _seq = itertools.count()
+
+
+@dataclass(frozen=True)
+class MaildirSinkConfig:
+    name: str = "maildir"
+    path: Path = Path("/var/mail/wrapalert/Maildir")
+    from_addr: str = "wrapalert@localhost"
+    to: tuple[str, ...] = ("root",)
+
+
+def parse(t: Table) -> MaildirSinkConfig:
+    d = MaildirSinkConfig()
+    return MaildirSinkConfig(
+        name=t.get("name", "maildir", str),
+        path=t.path("path", d.path),
+        from_addr=t.address("from", d.from_addr),
+        to=t.addresses("to", d.to),
+    )
+
+
+def describe(cfg: MaildirSinkConfig) -> str:
+    return f"maildir {cfg.path}"
+
+
+def build(cfg: MaildirSinkConfig, template_dir: Path | None) -> MaildirSink:
+    from wrapalert.mail import Renderer  # noqa: PLC0415 - jinja2 only once a sink is built
+
+    return MaildirSink(cfg, Renderer(cfg.from_addr, cfg.to, template_dir))
 
 
 class MaildirSink:
@@ -55,3 +88,13 @@ class MaildirSink:
             tmp.unlink(missing_ok=True)
             raise TransientSinkError(f"maildir {self.path}: {exc}") from exc
         return final
+
+
+SINK = DigestSinkType(
+    name="maildir",
+    config=MaildirSinkConfig,
+    parse=parse,
+    describe=describe,
+    build=build,
+    mail=lambda cfg: (cfg.from_addr, cfg.to),
+)

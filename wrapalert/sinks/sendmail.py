@@ -12,15 +12,59 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from wrapalert.config import SendmailSinkConfig
-from wrapalert.mail import Renderer
+from wrapalert.confparse import Table
 from wrapalert.model import Digest
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+from wrapalert.sinks.registry import DigestSinkType
+
+if TYPE_CHECKING:  # jinja2 is imported by build(), not by parsing a config
+    from wrapalert.mail import Renderer
 
 EX_TEMPFAIL = 75
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 STDERR_CHARS = 300
+
+
+@dataclass(frozen=True)
+class SendmailSinkConfig:
+    """A digest sink for hosts without an SMTP listener: the message piped to a command."""
+
+    name: str = "sendmail"
+    command: tuple[str, ...] = ("/usr/sbin/sendmail", "-t", "-oi")
+    from_addr: str = "wrapalert@localhost"
+    to: tuple[str, ...] = ("root",)
+    timeout: float = 60.0
+
+
+def parse(t: Table) -> SendmailSinkConfig:
+    d = SendmailSinkConfig()
+    command = tuple(t.str_list("command", d.command))
+    if not command or not command[0].startswith("/"):
+        raise t.error("command", "needs an absolute program first, e.g. /usr/sbin/sendmail")
+    for word in command:
+        if not word or any(ord(c) < 32 or ord(c) == 127 for c in word):
+            raise t.error("command", f"{word!r}: empty, or holds a control character")
+    return SendmailSinkConfig(
+        name=t.get("name", "sendmail", str),
+        command=command,
+        from_addr=t.address("from", d.from_addr),
+        to=t.addresses("to", d.to),
+        timeout=t.positive_duration("timeout", d.timeout),
+    )
+
+
+def describe(cfg: SendmailSinkConfig) -> str:
+    return f"sendmail {' '.join(cfg.command)} to {', '.join(cfg.to)}"
+
+
+def build(cfg: SendmailSinkConfig, template_dir: Path | None) -> SendmailSink:
+    from wrapalert.mail import Renderer  # noqa: PLC0415 - jinja2 only once a sink is built
+
+    return SendmailSink(cfg, Renderer(cfg.from_addr, cfg.to, template_dir))
 
 
 class SendmailSink:
@@ -68,3 +112,13 @@ class SendmailSink:
         if proc.returncode == EX_TEMPFAIL:
             raise TransientSinkError(problem)
         raise PermanentSinkError(problem)
+
+
+SINK = DigestSinkType(
+    name="sendmail",
+    config=SendmailSinkConfig,
+    parse=parse,
+    describe=describe,
+    build=build,
+    mail=lambda cfg: (cfg.from_addr, cfg.to),
+)

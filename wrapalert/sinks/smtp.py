@@ -3,16 +3,62 @@
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiosmtplib
-
-from wrapalert.config import SmtpSinkConfig
-from wrapalert.mail import Renderer
+from wrapalert.confparse import Table
 from wrapalert.model import Digest
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+from wrapalert.sinks.registry import DigestSinkType
+
+if TYPE_CHECKING:  # jinja2 is imported by build(), not by parsing a config
+    from wrapalert.mail import Renderer
 
 # Server replies that mean "the same mail will fail again": bad credentials, policy.
 _PERMANENT_AUTH = (530, 534, 535, 538)
+TLS_MODES = ("none", "starttls", "tls")
+
+
+@dataclass(frozen=True)
+class SmtpSinkConfig:
+    name: str = "smtp"
+    host: str = "localhost"
+    port: int = 25
+    tls: str = "none"
+    from_addr: str = "wrapalert@localhost"
+    to: tuple[str, ...] = ("root",)
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 30.0
+
+
+def parse(t: Table) -> SmtpSinkConfig:
+    d = SmtpSinkConfig()
+    tls = t.get("tls", d.tls, str)
+    if tls not in TLS_MODES:
+        raise t.error("tls", f'{tls!r}: use "none", "starttls" or "tls"')
+    return SmtpSinkConfig(
+        name=t.get("name", "smtp", str),
+        host=t.get("host", d.host, str),
+        port=t.count("port", d.port, minimum=1, maximum=65535),
+        tls=tls,
+        from_addr=t.address("from", d.from_addr),
+        to=t.addresses("to", d.to),
+        username=t.get("username", None, str),
+        password=t.get("password", None, str),
+        timeout=t.positive_duration("timeout", d.timeout),
+    )
+
+
+def describe(cfg: SmtpSinkConfig) -> str:
+    return f"smtp {cfg.host}:{cfg.port} tls={cfg.tls} to {', '.join(cfg.to)}"
+
+
+def build(cfg: SmtpSinkConfig, template_dir: Path | None) -> SmtpSink:
+    from wrapalert.mail import Renderer  # noqa: PLC0415 - jinja2 only once a sink is built
+
+    return SmtpSink(cfg, Renderer(cfg.from_addr, cfg.to, template_dir))
 
 
 class SmtpSink:
@@ -24,6 +70,8 @@ class SmtpSink:
         self.renderer = renderer
 
     async def send(self, digest: Digest) -> None:
+        import aiosmtplib  # noqa: PLC0415 - parsing a config (check-config) needs no SMTP client
+
         message = self.renderer.render(digest)
         cfg = self.cfg
         try:
@@ -65,3 +113,13 @@ def _classify(code: int, text: str) -> Exception:
     if 500 <= code < 600 or code in _PERMANENT_AUTH:
         return PermanentSinkError(text)
     return TransientSinkError(text)
+
+
+SINK = DigestSinkType(
+    name="smtp",
+    config=SmtpSinkConfig,
+    parse=parse,
+    describe=describe,
+    build=build,
+    mail=lambda cfg: (cfg.from_addr, cfg.to),
+)

@@ -33,16 +33,113 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import os
 import re
 import socket
 import struct
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
-from wrapalert.config import SYSLOG_FACILITIES, SyslogSinkConfig
+from wrapalert.confparse import Table, rate, resolvable_name
 from wrapalert.sinks.base import PermanentSinkError, SinkError, TransientSinkError
+from wrapalert.sinks.registry import EventSinkType
+
+# Syslog facility codes (RFC 5424 table 1) a sender may use; kern (0) is the kernel's own.
+SYSLOG_FACILITIES = {
+    "user": 1,
+    "mail": 2,
+    "daemon": 3,
+    "auth": 4,
+    "syslog": 5,
+    "lpr": 6,
+    "news": 7,
+    "uucp": 8,
+    "cron": 9,
+    "authpriv": 10,
+    "ftp": 11,
+    **{f"local{n}": 16 + n for n in range(8)},
+}
+SYSLOG_PROTOCOLS = ("udp", "tcp")
+# RFC 3164 TAG (RFC 5424 APP-NAME allows more): what every receiver parses alike.
+SYSLOG_IDENT = re.compile(r"[A-Za-z0-9._-]{1,32}")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")  # or an IPv4 address
+
+
+@dataclass(frozen=True)
+class SyslogSinkConfig:
+    """A forwarding sink: one syslog line per event, RFC 3164 to the local socket or
+    RFC 5424 over UDP or TCP to a collector (`address`)."""
+
+    name: str = "syslog"
+    socket: Path = Path("/dev/log")
+    address: tuple[str, int] | None = None  # (host, port) of a collector; None: `socket`
+    protocol: str = "udp"
+    facility: str = "authpriv"
+    ident: str = "wrapalert"
+    # How long a send may wait: for room in a full local queue, or to connect and write.
+    timeout: float = 5.0
+    events_per_second: float | None = None  # None: [limits] events_per_second
+
+
+def parse(t: Table) -> SyslogSinkConfig:
+    d = SyslogSinkConfig()
+    address = _parse_address(t) if "address" in t.raw else None
+    if address is not None and "socket" in t.raw:
+        raise t.error("address", "use socket (local) or address (a collector), not both")
+    if address is None and "protocol" in t.raw:
+        raise t.error("protocol", "only with address (the local socket takes datagrams)")
+    protocol = t.get("protocol", d.protocol, str)
+    if protocol not in SYSLOG_PROTOCOLS:
+        raise t.error("protocol", f'{protocol!r}: use "udp" or "tcp"')
+    facility = t.get("facility", d.facility, str)
+    if facility not in SYSLOG_FACILITIES:
+        raise t.error("facility", f"{facility!r}: use one of {', '.join(SYSLOG_FACILITIES)}")
+    ident = t.get("ident", d.ident, str)
+    if not SYSLOG_IDENT.fullmatch(ident):
+        raise t.error("ident", f'{ident!r}: use 1 to 32 letters, digits, ".", "_" or "-"')
+    return SyslogSinkConfig(
+        name=t.get("name", d.name, str),
+        socket=t.socket_path("socket", d.socket),
+        address=address,
+        protocol=protocol,
+        facility=facility,
+        ident=ident,
+        timeout=t.positive_duration("timeout", d.timeout),
+        events_per_second=rate(t),
+    )
+
+
+def _parse_address(t: Table) -> tuple[str, int]:
+    """Parse `address`: "host:port" or "[IPv6]:port" (514 is only a convention: no default)."""
+    text: str = t.get("address", None, str)
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise t.error("address", f"{text!r}: [{host}] is not an IPv6 address") from None
+    elif ":" in host:
+        raise t.error("address", f'{text!r}: write IPv6 in brackets, e.g. "[2001:db8::1]:514"')
+    elif not _HOST_NAME.fullmatch(host) or not resolvable_name(host):
+        host = ""
+    if not colon or not host or not re.fullmatch(r"[0-9]{1,5}", port):
+        raise t.error("address", f'{text!r}: use "host:port", e.g. "collector.example:514"')
+    if not 1 <= int(port) <= 65535:
+        raise t.error("address", f"{text!r}: port {int(port)} is out of range 1..65535")
+    return host, int(port)
+
+
+def describe(cfg: SyslogSinkConfig) -> str:
+    where = str(cfg.socket)
+    if cfg.address is not None:
+        where = f"{cfg.protocol}://{cfg.address[0]}:{cfg.address[1]}"
+    return f"syslog {where} facility {cfg.facility} (forwarding, one line per event)"
+
 
 WARNING, NOTICE = 4, 5
 MAX_VALUE = 256  # characters of one escaped value; libwrap's longest expansion is 255
@@ -417,3 +514,8 @@ class SyslogSink:
         if self._stream is not None:
             _reset(self._stream[1].transport)
             self._stream = None
+
+
+SINK = EventSinkType(
+    name="syslog", config=SyslogSinkConfig, parse=parse, describe=describe, build=SyslogSink
+)
