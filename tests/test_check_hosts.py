@@ -29,7 +29,7 @@ from conftest import (
     write_config,
 )
 
-from wrapalert import checkhosts, config, notify
+from wrapalert import checkhosts, config, hostsdeny, notify
 from wrapalert.cli import hosts_deny_line
 from wrapalert.libwrap import LibWrap
 
@@ -500,8 +500,8 @@ def test_libwrap_treats_missing_tables_as_empty(tmp_path: Path) -> None:
 def installation(cfg: config.Config) -> checkhosts.Installation:
     """What `wrapalert check-hosts -c` compares with, for `cfg`."""
 
-    def line(daemons: str, ident: bool) -> str:  # noqa: FBT001 - the callback's shape
-        return hosts_deny_line(cfg, PYTHON, daemons=daemons, ident=ident)
+    def line(daemons: str, ident: bool, form: hostsdeny.Form) -> str:  # noqa: FBT001 - the callback's shape
+        return hosts_deny_line(cfg, PYTHON, daemons=daemons, ident=ident, form=form)
 
     return checkhosts.Installation(
         client=Path(notify.__file__).resolve(),
