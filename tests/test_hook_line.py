@@ -17,7 +17,7 @@ NO_LIBWRAP = "libwrap0 is not installed (apt-get install libwrap0)"
 NO_LOGGER = "util-linux logger is not installed (apt-get install bsdutils)"
 FIELDS = "d=%d p=%p c=%c a=%a n=%n s=%s"
 LOGGER_PART = (
-    "/usr/bin/timeout 0.1 /usr/bin/logger --socket-errors=on -d -u /run/wrapalert/notify.sock "
+    "/usr/bin/timeout 0.05 /usr/bin/logger --socket-errors=on -d -u /run/wrapalert/notify.sock "
     f"-t wrapalert -p authpriv.notice -- WA1 {FIELDS}"
 )
 

@@ -8,7 +8,7 @@ unsafe byte in them with `_`.
 
 Three forms, one `( ... ) &` each (README, "The hosts.deny line"):
 
-* durable (the default): `timeout 0.1 logger --socket-errors=on ... || python3 -I -S
+* durable (the default): `timeout 0.05 logger --socket-errors=on ... || python3 -I -S
   notify.py ... wait=0`. logger sends at C speed while the daemon reads; it exits 1
   when the socket is missing or nobody is bound to it, and `timeout` kills it when
   it blocks on a full queue (logger's socket is blocking and it has no timeout of
@@ -37,7 +37,7 @@ LOGGER = "/usr/bin/logger"
 TIMEOUT = "/usr/bin/timeout"  # coreutils (Essential): bounds logger's blocking send
 # Seconds logger may block on a full queue. A reading daemon drains it in microseconds;
 # the start of logger itself is ~2 ms, so only a stalled or flooded daemon hits this.
-LOGGER_WAIT = "0.1"
+LOGGER_WAIT = "0.05"
 LOGGER_TAG = "wrapalert"  # the syslog tag the daemon's parser expects (wire.py)
 _DAEMON_LIST = re.compile(r"[A-Za-z0-9_.@+/-]+([ \t]*,[ \t]*[A-Za-z0-9_.@+/-]+)*")
 
