@@ -163,8 +163,9 @@ def test_running_daemon_gets_every_refusal_from_logger_alone(
     """Daemon running: logger delivers each refusal once, no spool, no hook past 250 ms."""
     held.start()
     report = probe(sockdir, durable_line(cfg_path), 20, interval=0.02)
-    each_once(sockdir, 20)
-    assert held.status()["spooled"] == 0  # the client never ran
+    got = each_once(sockdir, 20)
+    assert held.status()["spooled"] == 0
+    assert not [r for r in got if "time" in r]  # only the client sends t=: it never ran
     assert max(report["lifetimes"]) < RUNNING_BUDGET, report
     assert report["killed"] == 0
 
