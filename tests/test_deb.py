@@ -308,7 +308,7 @@ def test_installed_hosts_deny_line_names_the_packaged_client(installed: Path) ->
     client = hostsdeny.escape(str(installed / SITE / "wrapalert/notify.py"))
     fields = "d=%d p=%p c=%c a=%a n=%n s=%s"
     assert result.stdout == (
-        "ALL : ALL : spawn (/usr/bin/timeout 0.05 /usr/bin/logger --socket-errors=on -d "
+        "ALL : ALL : spawn (/usr/bin/timeout 0.1 /usr/bin/logger --socket-errors=on -d "
         f"-u /run/wrapalert/notify.sock -t wrapalert -p authpriv.notice -- WA1 {fields} || "
         f"{SYSTEM_PYTHON} -I -S {client} {fields} wait=0) &\n"
     )

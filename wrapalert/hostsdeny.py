@@ -8,7 +8,7 @@ unsafe byte in them with `_`.
 
 Three forms, one `( ... ) &` each (README, "The hosts.deny line"):
 
-* durable (the default): `timeout 0.05 logger --socket-errors=on ... || python3 -I -S
+* durable (the default): `timeout 0.1 logger --socket-errors=on ... || python3 -I -S
   notify.py ... wait=0`. logger sends at C speed while the daemon reads; it exits 1
   when the socket is missing or nobody is bound to it, and `timeout` kills it when
   it blocks on a full queue (logger's socket is blocking and it has no timeout of
@@ -16,8 +16,8 @@ Three forms, one `( ... ) &` each (README, "The hosts.deny line"):
   already waited for the queue, the client spools at once. Worst case a hook lives
   LOGGER_WAIT plus the client's start and one spool write.
 * client: the Python client alone (a spool, no logger).
-* logger: logger alone, bounded the same way; no spool, so an event is lost when
-  the socket is missing or its queue stays full.
+* logger: logger alone, bounded by LOGGER_ALONE_WAIT; no spool, so an event is lost
+  when the socket is missing or its queue stays full.
 """
 
 from __future__ import annotations
@@ -35,9 +35,13 @@ MAX_LINE = 2046  # bytes; with its newline libwrap takes at most 2047 (checked b
 EXPANSIONS = (("d", "%d"), ("p", "%p"), ("c", "%c"), ("a", "%a"), ("n", "%n"), ("s", "%s"))
 LOGGER = "/usr/bin/logger"
 TIMEOUT = "/usr/bin/timeout"  # coreutils (Essential): bounds logger's blocking send
-# Seconds logger may block on a full queue. A reading daemon drains it in microseconds;
-# the start of logger itself is ~2 ms, so only a stalled or flooded daemon hits this.
-LOGGER_WAIT = "0.05"
+# Seconds logger may run before timeout ends it. A reading daemon drains the queue in
+# microseconds and logger starts in ~2 ms, so only a stalled daemon, or a starved CPU,
+# hits this; then the client runs (and spools). Alone, logger has no fallback: its
+# bound only stops blocked loggers piling up, so it is longer (at 50 ms, a loaded
+# machine lost 1 event in 60 to a logger killed while starting: bench/hook_cost.py).
+LOGGER_WAIT = "0.1"
+LOGGER_ALONE_WAIT = "0.2"
 LOGGER_TAG = "wrapalert"  # the syslog tag the daemon's parser expects (wire.py)
 _DAEMON_LIST = re.compile(r"[A-Za-z0-9_.@+/-]+([ \t]*,[ \t]*[A-Za-z0-9_.@+/-]+)*")
 
@@ -64,9 +68,9 @@ def _entry(daemons: str, words: list[str]) -> str:
     return line
 
 
-def logger_words(logger: str, socket: Path, *, ident: bool) -> list[str]:
+def logger_words(logger: str, socket: Path, *, ident: bool, wait: str = LOGGER_WAIT) -> list[str]:
     """util-linux logger sending the event as one syslog datagram, bounded by timeout."""
-    words = [TIMEOUT, LOGGER_WAIT, escape(logger), "--socket-errors=on"]
+    words = [TIMEOUT, wait, escape(logger), "--socket-errors=on"]
     words += ["-d", "-u", escape(str(socket)), "-t", LOGGER_TAG, "-p", "authpriv.notice"]
     return [*words, "--", "WA1", *_fields(ident=ident)]
 
@@ -91,7 +95,7 @@ def client_words(
 
 def logger_line(logger: str, socket: Path, *, daemons: str = "ALL", ident: bool = False) -> str:
     """The logger-only form: C speed, no spool (see the module docstring)."""
-    return _entry(daemons, logger_words(logger, socket, ident=ident))
+    return _entry(daemons, logger_words(logger, socket, ident=ident, wait=LOGGER_ALONE_WAIT))
 
 
 def spawn_line(
