@@ -29,7 +29,7 @@ from conftest import (
     write_config,
 )
 
-from wrapalert import checkhosts, config, notify
+from wrapalert import checkhosts, config, hostsdeny, notify
 from wrapalert.cli import hosts_deny_line
 from wrapalert.libwrap import LibWrap
 
@@ -500,8 +500,8 @@ def test_libwrap_treats_missing_tables_as_empty(tmp_path: Path) -> None:
 def installation(cfg: config.Config) -> checkhosts.Installation:
     """What `wrapalert check-hosts -c` compares with, for `cfg`."""
 
-    def line(daemons: str, ident: bool) -> str:  # noqa: FBT001 - the callback's shape
-        return hosts_deny_line(cfg, PYTHON, daemons=daemons, ident=ident)
+    def line(daemons: str, ident: bool, form: hostsdeny.Form) -> str:  # noqa: FBT001 - the callback's shape
+        return hosts_deny_line(cfg, PYTHON, daemons=daemons, ident=ident, form=form)
 
     return checkhosts.Installation(
         client=Path(notify.__file__).resolve(),
@@ -586,6 +586,66 @@ def test_libwrap_delivers_to_the_socket_in_the_line_not_the_config(
         our_sock.setblocking(False)
         with pytest.raises(BlockingIOError):
             our_sock.recv(8192)
+
+
+@pytest.mark.parametrize("form", ["durable", "client", "logger"])
+@pytest.mark.parametrize("ident", [False, True])
+def test_lint_each_form_of_the_line_is_clean(
+    form: hostsdeny.Form,
+    ident: bool,  # noqa: FBT001 - a parameter
+    sockdir: Path,
+) -> None:
+    """Each form hosts-deny-line prints (default, --client, --logger) has no finding."""
+    cfg = make_config(sockdir)
+    line = hosts_deny_line(cfg, PYTHON, daemons="sshd", ident=ident, form=form)
+    assert [f.message for f in wrapalert_findings(line, cfg) if "%u" not in f.message] == []
+
+
+def test_lint_a_line_for_another_python_is_not_outdated(sockdir: Path) -> None:
+    """A line printed with --python for another interpreter is current, not outdated."""
+    cfg = make_config(sockdir)
+    line = hosts_deny_line(cfg, "/usr/bin/python3.11", form="durable")
+    assert wrapalert_findings(line, cfg) == []
+
+
+# The --logger line wrapalert printed before the durable line existed.
+OLD_LOGGER_LINE = (
+    "sshd : ALL : spawn (/usr/bin/logger -d -u {sock} -t wrapalert -p authpriv.notice "
+    "-- WA1 d=%d p=%p c=%c a=%a n=%n s=%s) &"
+)
+
+
+def test_lint_the_old_logger_line_is_outdated(sockdir: Path) -> None:
+    """The old unbounded logger line is a warning naming the command for the current one."""
+    cfg = make_config(sockdir)
+    (finding,) = wrapalert_findings(OLD_LOGGER_LINE.format(sock=cfg.daemon.socket), cfg)
+    assert finding.severity == "warning"
+    assert finding.message.startswith("outdated wrapalert line: its logger runs without timeout")
+    assert (
+        finding.fix
+        == "print the current one with: wrapalert hosts-deny-line --daemons sshd --logger"
+    )
+
+
+def test_lint_a_fallback_that_can_never_run_is_outdated(sockdir: Path) -> None:
+    """A durable line whose logger lacks --socket-errors=on (so it never fails) is outdated."""
+    cfg = make_config(sockdir)
+    line = hosts_deny_line(cfg, PYTHON, ident=True, form="durable")
+    found = wrapalert_findings(line.replace(" --socket-errors=on", ""), cfg)
+    (finding,) = [f for f in found if "%u" not in f.message]  # --ident's own warning aside
+    assert "without --socket-errors=on" in finding.message
+    assert finding.fix == "print the current one with: wrapalert hosts-deny-line --ident"
+
+
+def test_lint_a_durable_line_whose_logger_socket_differs_is_an_error(sockdir: Path) -> None:
+    """logger's -u socket is checked like the client's: another socket is an error."""
+    ours, theirs = make_config(sockdir / "ours"), make_config(sockdir / "theirs")
+    line = hosts_deny_line(ours, PYTHON, form="durable").replace(
+        f"-u {ours.daemon.socket}", f"-u {theirs.daemon.socket}"
+    )
+    (finding,) = wrapalert_findings(line, ours)
+    assert finding.severity == "error"
+    assert finding.message.startswith(f"the logger's socket is {theirs.daemon.socket}")
 
 
 # --- the command --------------------------------------------------------------------
@@ -708,3 +768,12 @@ def test_lint_fully_backgrounded_spawn_is_fine(command: str) -> None:
     """A subshell or a redirection before the final '&' is still wholly backgrounded."""
     found = lint(f"ALL : ALL : spawn {command}\n".encode())
     assert not any("trailing '&'" in msg for _, _, msg in found), found
+
+
+def test_command_names_the_command_for_the_current_line(sockdir: Path, tmp_path: Path) -> None:
+    """An outdated line is a warning (exit 0) whose fix is hosts-deny-line with the same -c."""
+    cfg = write_config(sockdir)
+    old = OLD_LOGGER_LINE.format(sock=sockdir / "notify.sock") + "\n"
+    result = check_hosts("-c", str(cfg), *tables(tmp_path, b"", old.encode()))
+    assert result.returncode == 0
+    assert f"fix: print the current one with: wrapalert hosts-deny-line -c {cfg} " in result.stdout

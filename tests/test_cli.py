@@ -94,7 +94,8 @@ def test_hosts_deny_line_command_uses_the_config(sockdir: Path) -> None:
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip()
     assert line.startswith("sshd : ALL : spawn (")
-    assert f"socket={sockdir}/notify.sock spool={sockdir}/spool) &" in line
+    assert f" -u {sockdir}/notify.sock " in line  # logger's socket
+    assert f"socket={sockdir}/notify.sock spool={sockdir}/spool wait=0) &" in line
     assert str(Path(notify.__file__).resolve()) in line
 
 

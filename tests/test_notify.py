@@ -647,6 +647,21 @@ def test_full_queue_is_retried_for_about_100ms_then_spooled(paths: Paths) -> Non
 
 
 @pytest.mark.usefixtures("full_queue")
+def test_wait_0_spools_a_full_queue_at_once(paths: Paths) -> None:
+    """`wait=0` (the durable line's fallback: logger already waited) spools without retrying."""
+    client(paths, "d=sshd", "wait=0")
+    (spool_file,) = spooled(paths.spool)
+    waited = spool_file.stat().st_mtime - int(spool_file.name.split(".")[0]) / 1e6
+    assert waited < 0.03  # the default retries for about 100 ms (test above)
+
+
+@pytest.mark.parametrize("setting", ["wait=500", "wait=-1", "wait=x", "wait="])
+def test_wait_setting_never_lengthens_the_retry(setting: str) -> None:
+    """A wait above 100 ms is capped, and a malformed one means the default."""
+    assert notify.eagain_wait(notify.parse_args([setting])[1]) == notify.EAGAIN_WAIT
+
+
+@pytest.mark.usefixtures("full_queue")
 def test_full_queue_run_stays_within_budget(paths: Paths) -> None:
     """Even retrying a full queue the run ends well inside 250 ms.
 

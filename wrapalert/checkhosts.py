@@ -16,7 +16,9 @@ tests/test_check_hosts.py reproduces with the real library:
   `%u` makes libwrap ask the client's identd first (up to 10 s);
 * a spawned program that does not exist, is not executable, or cannot be
   parsed by the shell: the command does nothing and nobody is told;
-* a wrapalert line whose client, socket or spool is not this installation's.
+* a wrapalert line whose client, socket or spool is not this installation's, or
+  one an older wrapalert printed (a logger without `timeout` blocks for ever on a
+  full queue; one without `--socket-errors=on` never lets the fallback spool).
 
 Parsing is pure (bytes in, findings out); the file system is reached only
 through `check_files` and the `Probe` it passes down.
@@ -37,6 +39,7 @@ from wrapalert import notify
 
 Severity = Literal["error", "warning"]
 Table = Literal["allow", "deny"]
+Form = Literal["durable", "client", "logger"]  # hostsdeny.Form
 # (path, must be executable) -> what is wrong with it, or None.
 Probe = Callable[[str, bool], str | None]
 
@@ -112,7 +115,8 @@ class Installation:
     client: Path
     socket: Path
     spool: Path
-    line: Callable[[str, bool], str]  # (daemon list, ident) -> the full entry
+    line: Callable[[str, bool, Form], str]  # (daemon list, ident, form) -> the full entry
+    command: str = "wrapalert hosts-deny-line"  # prints it (with -c FILE if one was given)
 
 
 # --- pure parsing ------------------------------------------------------------
@@ -502,28 +506,22 @@ class _Linter:
         self, line: Line, daemons: str, words: list[str], installation: Installation
     ) -> None:
         at = next((i for i, w in enumerate(words) if _is_client(w)), None)
-        if at is None:
+        logger_at = next((i for i, w in enumerate(words) if _is_logger(w, words[i:])), None)
+        if at is None and logger_at is None:
             return
-        client = words[at]
-        args = dict(w.partition("=")[::2] for w in words[at + 1 :] if "=" in w)
+        form: Form = "logger" if at is None else "client" if logger_at is None else "durable"
+        start = at if at is not None else logger_at
+        assert start is not None  # noqa: S101 - one of the two was found above
+        args = dict(w.partition("=")[::2] for w in words[start + 1 :] if "=" in w)
         ident = "u" in args
         try:
-            expected = installation.line(daemons, ident)
+            expected = installation.line(daemons, ident, form)
         except ValueError:
-            expected = installation.line("ALL", ident)
+            expected = installation.line("ALL", ident, form)
         fix = f"replace the line with: {expected}"
-        if client.endswith(".py") and os.path.normpath(client) != str(installation.client):
-            problem = self.probe(client, False)
-            if problem is not None:
-                self.add(line, "error", f"wrapalert client {client} {problem}", fix)
-            else:
-                self.add(
-                    line,
-                    "warning",
-                    f"runs another copy of the wrapalert client ({client}); "
-                    f"this installation's is {installation.client}",
-                    fix,
-                )
+        before = len(self.findings)
+        if at is not None:
+            self.client_copy(line, words[at], installation, fix)
         if not args.get("d"):
             self.add(
                 line,
@@ -531,19 +529,118 @@ class _Linter:
                 "no d=%d: the daemon rejects every event without a daemon name",
                 fix,
             )
-        for key, default, configured in (
-            ("socket", notify.SOCKET, installation.socket),
-            ("spool", notify.SPOOL, installation.spool),
-        ):
-            used = show(args.get(key, default))
-            if os.path.normpath(used) != os.path.normpath(configured):
+        used: list[tuple[str, str, Path]] = []
+        if logger_at is not None:
+            socket = _after(words[logger_at:], "-u") or "/dev/log"
+            used.append(("logger's socket", socket, installation.socket))
+        if at is not None:
+            used.append(("client's socket", args.get("socket", notify.SOCKET), installation.socket))
+            used.append(("client's spool", args.get("spool", notify.SPOOL), installation.spool))
+        for what, value, configured in used:
+            if os.path.normpath(show(value)) != os.path.normpath(configured):
                 self.add(
                     line,
                     "error",
-                    f"the client's {key} is {used}, but this configuration's is {configured}: "
+                    f"the {what} is {show(value)}, but this configuration's is {configured}: "
                     "its events never reach this daemon",
                     fix,
                 )
+        if len(self.findings) == before and _normal(words) != _normal(_command(expected)):
+            self.outdated(
+                line,
+                words,
+                logger_at=logger_at,
+                form=form,
+                rule=(daemons, ident),
+                installation=installation,
+            )
+
+    def client_copy(self, line: Line, client: str, installation: Installation, fix: str) -> None:
+        if not client.endswith(".py") or os.path.normpath(client) == str(installation.client):
+            return
+        problem = self.probe(client, False)
+        if problem is not None:
+            self.add(line, "error", f"wrapalert client {client} {problem}", fix)
+        else:
+            self.add(
+                line,
+                "warning",
+                f"runs another copy of the wrapalert client ({client}); "
+                f"this installation's is {installation.client}",
+                fix,
+            )
+
+    def outdated(
+        self,
+        line: Line,
+        words: list[str],
+        *,
+        logger_at: int | None,
+        form: Form,
+        rule: tuple[str, bool],
+        installation: Installation,
+    ) -> None:
+        daemons, ident = rule
+        why = "it is not the line this wrapalert prints"
+        bounded = logger_at is not None and Path(words[max(logger_at - 2, 0)]).name == "timeout"
+        if logger_at is not None and not bounded:
+            why = (
+                "its logger runs without timeout: on a full queue (a daemon stopped while "
+                "its socket is held) each refusal leaves a logger blocked for ever"
+            )
+        elif form == "durable" and "--socket-errors=on" not in words:
+            why = (
+                "its logger runs without --socket-errors=on: it then exits 0 when nobody "
+                "reads the socket, so the client never spools and the event is lost"
+            )
+        flags = "" if daemons == "ALL" else f" --daemons {daemons}"
+        flags += " --ident" if ident else ""
+        flags += {"durable": "", "client": " --client", "logger": " --logger"}[form]
+        self.add(
+            line,
+            "warning",
+            f"outdated wrapalert line: {why}",
+            f"print the current one with: {installation.command}{flags}",
+        )
+
+
+def _after(words: list[str], flag: str) -> str | None:
+    """The word after `flag`, if any."""
+    for i, word in enumerate(words[:-1]):
+        if word == flag:
+            return words[i + 1]
+    return None
+
+
+def _is_logger(word: str, rest: list[str]) -> bool:
+    """util-linux logger sending a wrapalert event (WA1 message), not any logger."""
+    return Path(word).name == "logger" and "WA1" in rest
+
+
+def _command(entry: str) -> list[str]:
+    """The spawn command's shell words in a whole hosts.deny entry we printed."""
+    first = split_at(entry)
+    second = split_at(first[1]) if first else None
+    fields = split_options(second[1]) if second else []
+    value = next((o.value for o in map(parse_option, fields) if o.keyword == "spawn"), None)
+    return shell_words(expand(value.strip())) or [] if value else []
+
+
+def _normal(words: list[str]) -> list[str]:
+    """Words with the interpreter, logger and client paths as placeholders: other checks
+    compare those, so an interpreter chosen with --python is not "outdated"."""
+    out = []
+    for word in words:
+        name = Path(word).name
+        if _is_client(word):
+            out.append("<client>")
+        elif name == "logger":
+            out.append("<logger>")
+        elif name.startswith("python"):
+            out.append("<python>")
+        else:
+            out.append(word)
+    return out
 
 
 def _is_client(word: str) -> bool:

@@ -41,14 +41,21 @@ def _hosts_deny_line_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's priv
         action="store_true",
         help="also report %%u; makes libwrap query identd, delaying the service up to 10 s",
     )
-    line.add_argument(
+    form = line.add_mutually_exclusive_group()
+    form.add_argument(
         "--logger",
         nargs="?",
-        const="/usr/bin/logger",
+        const=hostsdeny.LOGGER,
         metavar="PATH",
-        help="send with util-linux logger (default /usr/bin/logger) instead of the Python "
-        "client: about 5x cheaper per refused connection, but no spool, so only with the "
-        "socket-activated service, whose socket exists even while the daemon is down",
+        help="util-linux logger alone (default /usr/bin/logger): no spool, so an event is "
+        "lost while the socket is missing or its queue stays full. The default line runs "
+        "logger first and the Python client (which spools) only when logger fails",
+    )
+    form.add_argument(
+        "--client",
+        action="store_true",
+        help="the Python client alone: spools when the daemon is down, but each refused "
+        "connection costs a Python start (about 3x logger's CPU)",
     )
     line.add_argument(
         "--python",
@@ -209,13 +216,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_hosts_deny_line(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
+    form: hostsdeny.Form = "logger" if args.logger else "client" if args.client else "durable"
     try:
-        if args.logger is not None:
-            line = hostsdeny.logger_line(
-                args.logger, cfg.daemon.socket, daemons=args.daemons, ident=args.ident
-            )
-        else:
-            line = hosts_deny_line(cfg, args.python, daemons=args.daemons, ident=args.ident)
+        line = hosts_deny_line(
+            cfg,
+            args.python,
+            daemons=args.daemons,
+            ident=args.ident,
+            form=form,
+            logger=args.logger or hostsdeny.LOGGER,
+        )
     except ValueError as exc:
         print(f"wrapalert: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -224,15 +234,26 @@ def cmd_hosts_deny_line(args: argparse.Namespace) -> int:
 
 
 def hosts_deny_line(
-    cfg: config.Config, python: str, *, daemons: str = "ALL", ident: bool = False
+    cfg: config.Config,
+    python: str,
+    *,
+    daemons: str = "ALL",
+    ident: bool = False,
+    form: hostsdeny.Form = "client",
+    logger: str = hostsdeny.LOGGER,
 ) -> str:
+    """This installation's line in one of its forms (`client` for callers that run
+    the line without a logger, such as simulate and demo)."""
+    socket, spool = cfg.daemon.socket, cfg.daemon.spool_dir
+    client = Path(notify.__file__).resolve()
+    if form == "logger":
+        return hostsdeny.logger_line(logger, socket, daemons=daemons, ident=ident)
+    if form == "durable":
+        return hostsdeny.durable_line(
+            python, client, logger=logger, daemons=daemons, ident=ident, socket=socket, spool=spool
+        )
     return hostsdeny.spawn_line(
-        python,
-        Path(notify.__file__).resolve(),
-        daemons=daemons,
-        ident=ident,
-        socket=cfg.daemon.socket,
-        spool=cfg.daemon.spool_dir,
+        python, client, daemons=daemons, ident=ident, socket=socket, spool=spool
     )
 
 
@@ -264,14 +285,18 @@ def cmd_check_hosts(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.config)
 
-    def line(daemons: str, ident: bool) -> str:  # noqa: FBT001 - checkhosts' callback shape
-        return hosts_deny_line(cfg, sys.executable, daemons=daemons, ident=ident)
+    def line(daemons: str, ident: bool, form: hostsdeny.Form) -> str:  # noqa: FBT001 - checkhosts' callback shape
+        return hosts_deny_line(cfg, sys.executable, daemons=daemons, ident=ident, form=form)
 
+    command = "wrapalert hosts-deny-line"
+    if args.config is not None:
+        command += f" -c {args.config}"
     installation = checkhosts.Installation(
         client=Path(notify.__file__).resolve(),
         socket=cfg.daemon.socket,
         spool=cfg.daemon.spool_dir,
         line=line,
+        command=command,
     )
     findings = checkhosts.check_files(args.allow, args.deny, installation)
     for finding in findings:

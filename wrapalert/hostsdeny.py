@@ -5,6 +5,19 @@ libwrap runs the text after `spawn` with `/bin/sh -c` after its own escapes:
 percent (a bare `%` starts an expansion). Paths are shell-quoted first.
 Expansions (%d, %a, ...) are safe in the shell: libwrap replaces every
 unsafe byte in them with `_`.
+
+Three forms, one `( ... ) &` each (README, "The hosts.deny line"):
+
+* durable (the default): `timeout 0.1 logger --socket-errors=on ... || python3 -I -S
+  notify.py ... wait=0`. logger sends at C speed while the daemon reads; it exits 1
+  when the socket is missing or nobody is bound to it, and `timeout` kills it when
+  it blocks on a full queue (logger's socket is blocking and it has no timeout of
+  its own), so in both cases the Python client runs and spools. `wait=0`: logger
+  already waited for the queue, the client spools at once. Worst case a hook lives
+  LOGGER_WAIT plus the client's start and one spool write.
+* client: the Python client alone (a spool, no logger).
+* logger: logger alone, bounded by LOGGER_ALONE_WAIT; no spool, so an event is lost
+  when the socket is missing or its queue stays full.
 """
 
 from __future__ import annotations
@@ -12,18 +25,38 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
+from typing import Literal
 
 from wrapalert import notify
 
+Form = Literal["durable", "client", "logger"]
 MAX_LINE = 2046  # bytes; with its newline libwrap takes at most 2047 (checked by experiment)
 # Expansions the client forwards: wire key -> libwrap %-expansion.
 EXPANSIONS = (("d", "%d"), ("p", "%p"), ("c", "%c"), ("a", "%a"), ("n", "%n"), ("s", "%s"))
+LOGGER = "/usr/bin/logger"
+TIMEOUT = "/usr/bin/timeout"  # coreutils (Essential): bounds logger's blocking send
+# Seconds logger may run before timeout ends it. A reading daemon drains the queue in
+# microseconds and logger starts in ~2 ms, so only a stalled daemon, or a starved CPU,
+# hits this; then the client runs (and spools). Alone, logger has no fallback: its
+# bound only stops blocked loggers piling up, so it is longer (at 50 ms, a loaded
+# machine lost 1 event in 60 to a logger killed while starting: bench/hook_cost.py).
+LOGGER_WAIT = "0.1"
+LOGGER_ALONE_WAIT = "0.2"
+LOGGER_TAG = "wrapalert"  # the syslog tag the daemon's parser expects (wire.py)
 _DAEMON_LIST = re.compile(r"[A-Za-z0-9_.@+/-]+([ \t]*,[ \t]*[A-Za-z0-9_.@+/-]+)*")
 
 
 def escape(text: str) -> str:
     """Shell-quote `text`, then apply libwrap's option escapes."""
     return shlex.quote(text).replace("%", "%%").replace(":", "\\:")
+
+
+def _fields(*, ident: bool) -> list[str]:
+    words = [f"{key}={expansion}" for key, expansion in EXPANSIONS]
+    if ident:
+        # %u makes libwrap ask the client's identd first: up to 10 s, before the fork.
+        words.append("u=%u")
+    return words
 
 
 def _entry(daemons: str, words: list[str]) -> str:
@@ -35,19 +68,34 @@ def _entry(daemons: str, words: list[str]) -> str:
     return line
 
 
-def logger_line(logger: str, socket: Path, *, daemons: str = "ALL", ident: bool = False) -> str:
-    """The C-speed variant: util-linux logger sends the event as one syslog datagram.
+def logger_words(logger: str, socket: Path, *, ident: bool, wait: str = LOGGER_WAIT) -> list[str]:
+    """util-linux logger sending the event as one syslog datagram, bounded by timeout."""
+    words = [TIMEOUT, wait, escape(logger), "--socket-errors=on"]
+    words += ["-d", "-u", escape(str(socket)), "-t", LOGGER_TAG, "-p", "authpriv.notice"]
+    return [*words, "--", "WA1", *_fields(ident=ident)]
 
-    About five times cheaper to start than Python, but with no spool: if the socket
-    does not exist (no daemon, and no systemd holding the socket) the event is lost,
-    and a full queue makes logger wait. Meant for the socket-activated service.
-    """
-    words = [escape(logger), "-d", "-u", escape(str(socket)), "-t", "wrapalert"]
-    words += ["-p", "authpriv.notice", "--", "WA1"]
-    words += [f"{key}={expansion}" for key, expansion in EXPANSIONS]
-    if ident:
-        words.append("u=%u")
-    return _entry(daemons, words)
+
+def client_words(
+    python: str,
+    client: Path,
+    *,
+    ident: bool,
+    socket: Path | None,
+    spool: Path | None,
+    settings: tuple[str, ...] = (),
+) -> list[str]:
+    """The Python client; socket= and spool= only where they differ from its defaults."""
+    words = [escape(python), "-I", "-S", escape(str(client)), *_fields(ident=ident)]
+    if socket is not None and str(socket) != notify.SOCKET:
+        words.append(escape(f"socket={socket}"))
+    if spool is not None and str(spool) != notify.SPOOL:
+        words.append(escape(f"spool={spool}"))
+    return words + list(settings)
+
+
+def logger_line(logger: str, socket: Path, *, daemons: str = "ALL", ident: bool = False) -> str:
+    """The logger-only form: C speed, no spool (see the module docstring)."""
+    return _entry(daemons, logger_words(logger, socket, ident=ident, wait=LOGGER_ALONE_WAIT))
 
 
 def spawn_line(
@@ -59,14 +107,24 @@ def spawn_line(
     socket: Path | None = None,
     spool: Path | None = None,
 ) -> str:
-    """One complete hosts.deny entry, without the newline."""
-    words = [escape(python), "-I", "-S", escape(str(client))]
-    words += [f"{key}={expansion}" for key, expansion in EXPANSIONS]
-    if ident:
-        # %u makes libwrap ask the client's identd first: up to 10 s, before the fork.
-        words.append("u=%u")
-    if socket is not None and str(socket) != notify.SOCKET:
-        words.append(escape(f"socket={socket}"))
-    if spool is not None and str(spool) != notify.SPOOL:
-        words.append(escape(f"spool={spool}"))
+    """The client-only form: one complete hosts.deny entry, without the newline."""
+    words = client_words(python, client, ident=ident, socket=socket, spool=spool)
     return _entry(daemons, words)
+
+
+def durable_line(
+    python: str,
+    client: Path,
+    *,
+    logger: str = LOGGER,
+    daemons: str = "ALL",
+    ident: bool = False,
+    socket: Path,
+    spool: Path | None = None,
+) -> str:
+    """The default form: logger, and the client (which spools) when logger fails."""
+    first = logger_words(logger, socket, ident=ident)
+    fallback = client_words(
+        python, client, ident=ident, socket=socket, spool=spool, settings=("wait=0",)
+    )
+    return _entry(daemons, [*first, "||", *fallback])

@@ -9,7 +9,9 @@ wrapped daemon runs as, so this file is the hot path and the attack surface:
 * ``KEY=VALUE`` arguments only, split at the first ``=``, keys from a fixed set:
   an expansion may start with ``-`` and ``%u`` may contain ``=``;
 * one non-blocking datagram; spool file when the daemon is down or its queue
-  stays full; one syslog line when spooling fails too. Never silent;
+  stays full (retried for EAGAIN_WAIT, or ``wait=MS`` from the line: the durable
+  line passes 0, logger having waited already); one syslog line when spooling
+  fails too. Never silent;
 * never reads stdin, never writes stdout/stderr, always exits 0, and an
   interval timer ends it after 250 ms whatever happens.
 
@@ -71,7 +73,7 @@ def parse_args(args: list[str]) -> tuple[dict[str, str], dict[str, str]]:
             continue
         if key in FIELDS:
             fields[key] = clean(value)
-        elif key in ("socket", "spool", "syslog"):
+        elif key in ("socket", "spool", "syslog", "wait"):
             settings[key] = clean_path(value)
     return fields, settings
 
@@ -195,10 +197,19 @@ def run(args: list[str]) -> str:
     return deliver(payload, settings, now)
 
 
+def eagain_wait(settings: dict[str, str]) -> float:
+    """Seconds to retry a full queue: `wait=MS` from the line (0 when logger already
+    waited), at most EAGAIN_WAIT; anything else means the default."""
+    text = settings.get("wait", "")
+    if not (text.isascii() and text.isdigit()):
+        return EAGAIN_WAIT
+    return min(int(text[:4]) / 1000, EAGAIN_WAIT)
+
+
 def deliver(payload: bytes, settings: dict[str, str], now: float) -> str:
     """Socket, else spool, else syslog."""
     start = time.monotonic()
-    if send(payload, settings.get("socket", SOCKET), start + EAGAIN_WAIT):
+    if send(payload, settings.get("socket", SOCKET), start + eagain_wait(settings)):
         return "sent"
     if spool(payload, settings.get("spool", SPOOL), now):
         return "spooled"
