@@ -7,7 +7,9 @@ here: durable in the state database, live in the pipeline's mute stage.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -123,3 +125,13 @@ def handlers(
         "silence_list": silences.list,
         "silence_expire": silences.expire,
     }
+
+
+async def serve(path: Path, commands: dict[str, control.Handler]) -> asyncio.Server | None:
+    """The control socket, or None (logged) when it cannot be made: the daemon's real
+    work, alerts, goes on without it."""
+    try:
+        return await control.serve(path, commands)
+    except OSError as exc:
+        log.error("control_socket_unavailable", path=str(path), error=str(exc))
+        return None

@@ -10,6 +10,7 @@ stops intake.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -21,6 +22,7 @@ from pathlib import Path
 import structlog
 
 from wrapalert import wire
+from wrapalert.daemon import systemd
 from wrapalert.daemon.stats import Stats
 from wrapalert.model import Event
 
@@ -53,6 +55,15 @@ class LogLimit:
             return True, suppressed
         self.window[key] = (start, count + 1)
         return count < self.per_minute, 0
+
+
+def take_socket(path: Path, mode: int) -> tuple[socket.socket, Path | None]:
+    """The socket systemd passed us, else one we bind at `path`; and the path to remove
+    at exit (None: systemd's, which outlives us)."""
+    sock = systemd.adopt_socket()
+    if sock is not None:
+        return sock, None
+    return open_socket(path, mode), path
 
 
 def open_socket(path: Path, mode: int) -> socket.socket:
@@ -107,6 +118,13 @@ class Intake:
         self.now = now
         self.log_limit = LogLimit()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+    def close(self, unlink: Path | None = None) -> None:
+        """Close the socket; remove `unlink`, the path we bound it at (not systemd's)."""
+        self.sock.close()
+        if unlink is not None:
+            with contextlib.suppress(FileNotFoundError):
+                unlink.unlink()
 
     def drain(self, limit: int | None = BATCH) -> int:
         """Read until EAGAIN or `limit` datagrams; returns how many were read.

@@ -36,8 +36,8 @@ import structlog
 from wrapalert import config as config_mod
 from wrapalert.clock import Clock, SystemClock
 from wrapalert.config import Config
-from wrapalert.daemon import api, control, systemd
-from wrapalert.daemon.intake import Intake, open_socket
+from wrapalert.daemon import api, systemd
+from wrapalert.daemon.intake import Intake, take_socket
 from wrapalert.daemon.ledger import DeliveryHook, Ledger
 from wrapalert.daemon.scheduler import Scheduler
 from wrapalert.daemon.sinkset import SinkSet
@@ -51,6 +51,7 @@ log = structlog.get_logger()
 
 SHUTDOWN_DRAIN = 100_000  # datagrams read at shutdown at most: a flood cannot hold it open
 COMMIT_EVERY = 10_000  # events: commit early when a flood fills the window faster
+SIGNALS = {signal.SIGTERM: "stop", signal.SIGINT: "stop", signal.SIGHUP: "reload"}
 RESTART_ONLY = ("socket", "state_dir", "spool_dir", "control_socket", "socket_mode")
 
 
@@ -92,7 +93,6 @@ class Server:
         self.silences = api.Silences(self.store, self.clock, lambda: self.pipeline.mute.mute)
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
-        self._sock: socket.socket | None = None
         self._bound: Path | None = None
         self.intake: Intake | None = None
         self.spool: Spool | None = None
@@ -181,13 +181,20 @@ class Server:
                     ("scheduler", self.scheduler.run()),
                     ("committer", self.ledger.run(self.cfg.daemon.commit_interval)),
                     ("spool", spool.run(self.cfg.daemon.spool_scan_interval)),
-                    ("heartbeat", systemd.heartbeat(self._status_line, self.clock.sleep)),
+                    ("heartbeat", systemd.heartbeat(self.status, self.clock.sleep)),
                 ):
                     self._tasks[name] = tg.create_task(job, name=name)
-                ctl = await self._serve_control()
+                commands = api.handlers(
+                    status=self.status,
+                    flush=self.flush,
+                    test_alert=self.test_alert,
+                    silences=self.silences,
+                )
+                ctl = await api.serve(self.cfg.daemon.control_socket, commands)
                 loop.add_reader(intake.sock.fileno(), self._drain)
                 if handle_signals:
-                    self._install_signals(loop)
+                    for sig, handler in SIGNALS.items():
+                        loop.add_signal_handler(sig, getattr(self, handler))
                 self.ready.set()
                 systemd.notify("READY=1\nSTATUS=listening")
                 log.info(
@@ -201,7 +208,7 @@ class Server:
                 await self._shutdown(loop, intake, spool, ctl)
         finally:
             if handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                for sig in SIGNALS:
                     loop.remove_signal_handler(sig)
             if ctl is not None:
                 ctl.close()
@@ -209,7 +216,8 @@ class Server:
                     self.cfg.daemon.control_socket.unlink()
             self.commit()
             self.store.close()
-            self._close_socket()
+            if self.intake is not None:
+                self.intake.close(self._bound)
             log.info("stopped", **self.status())
 
     # -- lifecycle -------------------------------------------------------
@@ -220,11 +228,7 @@ class Server:
         self.pipeline.aggregator.restore(snap.groups)
         self.pipeline.mute.mute.silences = self.silences.load()
         self.sinks.restore(states)
-        sock = systemd.adopt_socket()
-        if sock is None:
-            sock = open_socket(self.cfg.daemon.socket, self.cfg.daemon.socket_mode)
-            self._bound = self.cfg.daemon.socket
-        self._sock = sock
+        sock, self._bound = take_socket(self.cfg.daemon.socket, self.cfg.daemon.socket_mode)
         self.intake = Intake(
             sock,
             trusted_uids=self.cfg.daemon.trusted_uids,
@@ -262,28 +266,8 @@ class Server:
         spool.ingest()
         self.scheduler.collect(force=True, why="shutdown")
         self.sinks.close()
-        if self.sinks.tasks:
-            _, late = await asyncio.wait(self.sinks.tasks, timeout=self.cfg.daemon.shutdown_grace)
-            for task in late:
-                log.warning(
-                    "sink_shutdown_timeout",
-                    task=task.get_name(),
-                    hint="its digests stay in the outbox for the next start",
-                )
-                task.cancel()
+        await self.sinks.wait(self.cfg.daemon.shutdown_grace)
         self._tasks["committer"].cancel()
-
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.add_signal_handler(signal.SIGTERM, self.stop)
-        loop.add_signal_handler(signal.SIGINT, self.stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-
-    def _close_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-        if self._bound is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._bound.unlink()
 
     # -- parts built from a config -------------------------------------------
 
@@ -322,27 +306,3 @@ class Server:
         ledger.since_commit += self.intake.drain()
         if ledger.since_commit >= COMMIT_EVERY:
             ledger.commit()
-
-    # -- control and systemd -------------------------------------------------
-
-    async def _serve_control(self) -> asyncio.Server | None:
-        handlers = api.handlers(
-            status=self.status, flush=self.flush, test_alert=self.test_alert, silences=self.silences
-        )
-        try:
-            return await control.serve(self.cfg.daemon.control_socket, handlers)
-        except OSError as exc:
-            log.error(
-                "control_socket_unavailable",
-                path=str(self.cfg.daemon.control_socket),
-                error=str(exc),
-            )
-            return None
-
-    def _status_line(self) -> str:
-        status = self.status()
-        line = (
-            f"received {status['received']}, pending {status['pending_events']},"
-            f" outbox {status['outbox']}"
-        )
-        return line + (", state in memory only" if self.store.error else "")

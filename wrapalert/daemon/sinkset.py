@@ -117,6 +117,19 @@ class SinkSet:
         for forwarder in self.forwarders.values():
             forwarder.close()
 
+    async def wait(self, grace: float) -> None:
+        """Give every worker (retired ones too) `grace` seconds to finish, then cancel."""
+        if not self.tasks:
+            return
+        _, late = await asyncio.wait(self.tasks, timeout=grace)
+        for task in late:
+            log.warning(
+                "sink_shutdown_timeout",
+                task=task.get_name(),
+                hint="its digests stay in the outbox for the next start",
+            )
+            task.cancel()
+
     @property
     def outbox(self) -> int:
         return sum(w.depth + len(w.failed) for w in self.workers.values())
@@ -128,7 +141,7 @@ class SinkSet:
         }
         for name, f in self.forwarders.items():
             sinks[name] = {
-                "queued": len(f.buffer),
+                "queued": f.queued,
                 "held": f.held,
                 "held_failed": 0,
                 "last_error": f.last_error,

@@ -64,11 +64,20 @@ def watchdog_interval() -> float | None:
 HEARTBEAT = 5.0  # seconds between STATUS= updates when systemd listens
 
 
-async def heartbeat(line: Callable[[], str], sleep: Callable[[float], Awaitable[None]]) -> None:
-    """WATCHDOG=1 at half systemd's interval (proof the loop runs) and `STATUS=` lines."""
+async def heartbeat(
+    status: Callable[[], dict[str, object]], sleep: Callable[[float], Awaitable[None]]
+) -> None:
+    """WATCHDOG=1 at half systemd's interval (proof the loop runs) and `STATUS=` lines
+    from the daemon's status."""
     watchdog = watchdog_interval()
     interval = min(HEARTBEAT, watchdog / 2) if watchdog else HEARTBEAT
     while True:
-        status = f"STATUS={line()}"
-        notify(f"WATCHDOG=1\n{status}" if watchdog else status)
+        now = status()
+        state = now.get("state")
+        memory = isinstance(state, dict) and state.get("ok") is False
+        status_line = (
+            f"STATUS=received {now['received']}, pending {now['pending_events']},"
+            f" outbox {now['outbox']}" + (", state in memory only" if memory else "")
+        )
+        notify(f"WATCHDOG=1\n{status_line}" if watchdog else status_line)
         await sleep(interval)

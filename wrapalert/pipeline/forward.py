@@ -130,6 +130,11 @@ class ForwardWorker:
     def name(self) -> str:
         return self.sink.name
 
+    @property
+    def queued(self) -> int:
+        """Records waiting for the sink."""
+        return len(self.buffer)
+
     def offer(self, event: Event) -> None:
         """One event: a record now if the rate and the buffer allow, else held."""
         now = self.now()
