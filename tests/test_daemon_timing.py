@@ -222,7 +222,6 @@ def test_reload_hands_groups_and_forwarding_to_the_new_pipeline(sockdir: Path) -
 
     start = run(scenario())
     ((_, digest),) = delivered
-    # Made on time (maildir writes in a thread, which virtual time does not wait for).
     assert 30.0 - SLACK <= digest.created - start <= 30.0 + SLACK
     assert digest.events == 5
     lines = (sockdir / "events.jsonl").read_text().splitlines()

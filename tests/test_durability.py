@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import timing
 from aiosmtpd.controller import Controller
 from conftest import (
     WRAPALERT,
@@ -33,6 +34,7 @@ from conftest import (
     wait_until,
     write_config,
 )
+from timing import VirtualClock
 
 from wrapalert import config
 from wrapalert.daemon.server import COMMIT_EVERY, Server
@@ -140,8 +142,9 @@ def smtp_sink(port: int) -> str:
 
 
 def in_process(sockdir: Path, port: int, extra: str = FAST) -> Server:
+    """The daemon in this event loop, on virtual time (run it with timing.run)."""
     path = write_config(sockdir, group_wait="200ms", extra=extra, sinks=smtp_sink(port))
-    return Server(config.load(path), config_path=path)
+    return Server(config.load(path), config_path=path, clock=VirtualClock())
 
 
 def send_events(server: Server, count: int, addr: str = "192.0.2.1") -> None:
@@ -168,7 +171,7 @@ def test_transient_smtp_faults_end_in_one_delivery(sockdir: Path, fault: str) ->
                 status = server.status()
             return smtp, status
 
-    smtp, status = asyncio.run(scenario())
+    smtp, status = timing.run(scenario())
     assert smtp.handler.attempts == 3
     (msg,) = smtp.handler.messages
     assert msg["X-Wrapalert-Events"] == "3"
@@ -189,7 +192,7 @@ def test_refused_connection_is_retried_until_the_server_starts(sockdir: Path) ->
                 await smtp.handler.wait(1)
             return smtp
 
-    (msg,) = asyncio.run(scenario()).handler.messages
+    (msg,) = timing.run(scenario()).handler.messages
     assert msg["X-Wrapalert-Events"] == "2"
 
 
@@ -212,7 +215,7 @@ def test_permanent_failure_is_shown_and_retried_after_reload(sockdir: Path) -> N
                 await smtp.handler.wait(1)
             return failed, smtp
 
-    failed, smtp = asyncio.run(scenario())
+    failed, smtp = timing.run(scenario())
     sink = failed["sinks"]["smtp"]
     assert (sink["failed"], sink["held_failed"], failed["outbox"]) == (1, 1, 1)
     assert "554" in sink["last_error"]
@@ -228,7 +231,7 @@ def test_a_long_mail_outage_loses_nothing(sockdir: Path) -> None:
         path = write_config(sockdir, group_wait="100ms", extra=FAST, sinks=smtp_sink(port))
         text = path.read_text().replace('group_interval = "2s"', 'group_interval = "200ms"')
         path.write_text(text)
-        server = Server(config.load(path), config_path=path)
+        server = Server(config.load(path), config_path=path, clock=VirtualClock())
         sent = 0
         async with Running(server):
             for wave in range(10):
@@ -240,7 +243,7 @@ def test_a_long_mail_outage_loses_nothing(sockdir: Path) -> None:
                 await wait_for_status(server, lambda s: s["outbox"] == 0, timeout=20)
         return sent, smtp
 
-    sent, smtp = asyncio.run(scenario())
+    sent, smtp = timing.run(scenario())
     assert sum(int(m["X-Wrapalert-Events"]) for m in smtp.handler.messages) == sent
 
 
@@ -258,7 +261,7 @@ def test_bad_reload_keeps_the_old_config(sockdir: Path) -> None:
                 await smtp.handler.wait(1)
             return smtp
 
-    assert len(asyncio.run(scenario()).handler.messages) == 1
+    assert len(timing.run(scenario()).handler.messages) == 1
 
 
 def test_reload_adds_a_sink(sockdir: Path) -> None:
@@ -276,7 +279,7 @@ def test_reload_adds_a_sink(sockdir: Path) -> None:
                 await smtp.handler.wait(1)
                 await wait_for_status(server, lambda s: s["outbox"] == 0)
 
-    asyncio.run(scenario())
+    timing.run(scenario())
     (msg,) = maildir_messages(sockdir / "Maildir")
     assert msg["X-Wrapalert-Events"] == "2"
 
@@ -501,17 +504,18 @@ def test_the_mail_cap_holds_across_a_restart(sockdir: Path) -> None:
     """With mails_per_hour = 1, a second digest waits in the outbox through a restart: the
     cap counts the mail sent before it, and SIGTERM does not send past it."""
     path = write_config(sockdir, extra="\n[limits]\nmails_per_hour = 1\n")
+    clock = VirtualClock()  # one clock for both runs: the restart comes later, not earlier
 
     async def run_once(addr: str) -> Server:
-        server = Server(config.load(path), config_path=path)
+        server = Server(config.load(path), config_path=path, clock=clock)
         async with Running(server):
             send_events(server, 1, addr=addr)
             await wait_for_status(server, lambda s: s["pending_events"] == 0)
         return server
 
-    asyncio.run(run_once("192.0.2.1"))
+    timing.run(run_once("192.0.2.1"))
     assert len(maildir_messages(sockdir / "Maildir")) == 1
-    asyncio.run(run_once("192.0.2.2"))
+    timing.run(run_once("192.0.2.2"))
     assert len(maildir_messages(sockdir / "Maildir")) == 1
     snap = Store(sockdir / "state")
     snap.open()
@@ -527,7 +531,7 @@ def test_a_sink_removed_by_reload_stops_and_can_come_back(sockdir: Path) -> None
     both = make_config(sockdir, a, b, group_wait=0.1, group_interval=0.2, batch_window=0.0)
 
     async def scenario() -> None:
-        server = Server(both)
+        server = Server(both, clock=VirtualClock())
         async with Running(server):
             server.apply(replace(both, sinks=(a,)))
             assert sorted(server.sinks.workers) == ["a"]
@@ -537,7 +541,7 @@ def test_a_sink_removed_by_reload_stops_and_can_come_back(sockdir: Path) -> None
             send_events(server, 1, addr="192.0.2.2")
             await wait_for_status(server, lambda s: s["sinks"].get("b", {}).get("delivered") == 1)
 
-    asyncio.run(scenario())
+    timing.run(scenario())
     assert len(maildir_messages(sockdir / "A")) == 2
     (only,) = maildir_messages(sockdir / "B")
     assert only["X-Wrapalert-Events"] == "1"

@@ -5,13 +5,14 @@ that jumps ahead when idle, for the running daemon.
 advances `t` at once and yields, and a test may move `t` itself.
 
 `run(coro)` runs a coroutine on a `VirtualTimeLoop`: whenever the loop has
-nothing ready to run (after `IDLE` real seconds, 0 by default), its clock
-jumps to the next timer (trio's autojump clock, for asyncio). `asyncio.sleep(3600)` then takes
+nothing ready to run (after `IDLE` real seconds, 0 by default) and no job
+in an executor thread, its clock jumps to the next timer (trio's autojump
+clock, for asyncio). `asyncio.sleep(3600)` then takes
 milliseconds, and timers fire in the order and at the virtual times they
-would for real. Real I/O (sockets, threads, subprocesses) still wakes the
-loop as usual; while it is under way and the loop is idle, time jumps too,
-so tests that mix virtual time with slow real work send their events from
-inside the loop (a datagram is instant), not from a subprocess.
+would for real. Real I/O still wakes the loop as usual. Work in another
+process is invisible to the loop, so time may jump while it runs: tests that
+mix virtual time with slow real work send their events from inside the loop
+(a datagram is instant), not from a subprocess.
 
 `VirtualClock` is the daemon's `Clock` on that loop: wall time is a fixed
 epoch plus the loop's time.
@@ -39,7 +40,9 @@ class _JumpingSelector:
         self._loop = loop
 
     def select(self, timeout: float | None = None) -> list[Any]:
-        if timeout is None or timeout <= IDLE:
+        if timeout is None or timeout <= IDLE or self._loop.in_threads:
+            # Work in a thread (a sink's file write, a name lookup) ends on the real
+            # clock: wait for it as a real loop would, or time would race past it.
             return self._selector.select(timeout)
         ready = self._selector.select(IDLE)
         if not ready:
@@ -56,11 +59,22 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
         super().__init__()
         self.offset = 0.0
+        self.in_threads = 0  # executor jobs under way: time does not jump past them
         self._start = super().time()
         self._selector = _JumpingSelector(self._selector, self)  # type: ignore[has-type,arg-type]
 
     def time(self) -> float:
         return super().time() - self._start + self.offset
+
+    # Counts the job, then asyncio's own (typeshed's generic signature, loosened).
+    def run_in_executor(self, executor: Any, func: Any, *args: Any) -> asyncio.Future[Any]:  # type: ignore[override]
+        future = super().run_in_executor(executor, func, *args)
+        self.in_threads += 1
+        future.add_done_callback(self._thread_done)
+        return future
+
+    def _thread_done(self, _future: asyncio.Future[Any]) -> None:
+        self.in_threads -= 1
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -70,17 +84,26 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class VirtualClock:
-    """The daemon's Clock on the running loop's time; records every sleep it is asked for."""
+    """The daemon's Clock on the running loop's time; records every sleep it is asked for.
+
+    Wall time starts at `epoch` and goes on from where it was when the same clock is
+    used on a new loop (a daemon restarted in a second `run`): time never goes back."""
 
     def __init__(self, epoch: float = EPOCH) -> None:
-        self.epoch = epoch
+        self.last = epoch
         self.sleeps: list[float] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._base = epoch
 
     def now(self) -> float:
         try:
-            return self.epoch + asyncio.get_running_loop().time()
-        except RuntimeError:  # made before the loop runs: its time starts at 0
-            return self.epoch
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # made before the loop runs
+            return self.last
+        if loop is not self._loop:
+            self._loop, self._base = loop, self.last - loop.time()
+        self.last = self._base + loop.time()
+        return self.last
 
     @property
     def t(self) -> float:
