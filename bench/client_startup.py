@@ -22,21 +22,19 @@ Writes client_startup.json and client_startup.md to bench/results/ by default.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from machine import cpu_model
+import machine as bench_machine
+from machine import tool_version
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTIFY = ROOT / "wrapalert" / "notify.py"
@@ -120,27 +118,12 @@ def read(path: str) -> str | None:
         return None
 
 
-def tool_version(argv: list[str]) -> str | None:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=5)
-    except OSError:
-        return None
-    return done.stdout.strip() or done.stderr.strip() or None
-
-
 def machine() -> dict[str, object]:
-    uname = platform.uname()
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "kernel": f"{uname.release} {uname.version}",
-        "cpu_model": cpu_model(),
-        "nproc": len(os.sched_getaffinity(0)),
-        "python": sys.version.split()[0],
-        "python_executable": REAL_PY,
-        "logger": tool_version(["logger", "-V"]),
-        "net.unix.max_dgram_qlen": read("/proc/sys/net/unix/max_dgram_qlen"),
-    }
+    return bench_machine.machine(
+        python_executable=REAL_PY,
+        logger=tool_version(["logger", "-V"]),
+        **{"net.unix.max_dgram_qlen": read("/proc/sys/net/unix/max_dgram_qlen")},
+    )
 
 
 @dataclass

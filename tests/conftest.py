@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import email
 import email.policy
+import json
 import os
 import shutil
 import socket
@@ -443,3 +444,22 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str =
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
         time.sleep(0.05)
+
+
+@pytest.fixture
+def cfg_path(sockdir: Path) -> Path:
+    """A config whose jsonl sink records every event the daemon receives, unthrottled."""
+    sinks = (
+        f'[[sink]]\ntype = "jsonl"\npath = "{sockdir}/events.jsonl"\nevents_per_second = 100000\n'
+    )
+    (sockdir / "spool").mkdir()
+    return write_config(sockdir, sinks=sinks)
+
+
+def jsonl_events(base: Path) -> list[dict[str, Any]]:
+    """The event records the `cfg_path` config's jsonl sink wrote under `base`."""
+    path = base / "events.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in records if r.get("type") == "event"]

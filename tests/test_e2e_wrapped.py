@@ -4,35 +4,15 @@ each refused TCP connection once."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import WRAPALERT, DaemonProcess, require, wait_until, write_config
+from conftest import WRAPALERT, DaemonProcess, jsonl_events, require, wait_until
 from wrapped import REFUSED_FROM, Wrapped, missing
 
 from wrapalert import hostsdeny
-
-
-def events(base: Path) -> list[dict[str, Any]]:
-    path = base / "events.jsonl"
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    return [r for r in records if r.get("type") == "event"]
-
-
-@pytest.fixture
-def cfg_path(sockdir: Path) -> Path:
-    """A config whose jsonl sink records every event the daemon receives, unthrottled."""
-    sinks = (
-        f'[[sink]]\ntype = "jsonl"\npath = "{sockdir}/events.jsonl"\nevents_per_second = 100000\n'
-    )
-    (sockdir / "spool").mkdir()
-    return write_config(sockdir, sinks=sinks)
 
 
 @pytest.fixture(params=["sshd", "inetd"])
@@ -75,8 +55,8 @@ def test_each_refusal_reaches_the_daemon_once(
         daemon.start()
         service.start()
         service.refuse(5, pause=0.05)
-        wait_until(lambda: len(events(sockdir)) >= 5, timeout=30, what="five events")
-        got = events(sockdir)
+        wait_until(lambda: len(jsonl_events(sockdir)) >= 5, timeout=30, what="five events")
+        got = jsonl_events(sockdir)
         status = daemon.status()
     finally:
         service.stop()
@@ -107,10 +87,10 @@ def test_refusals_while_the_daemon_is_down_wait_in_the_spool(
     daemon = DaemonProcess(sockdir, cfg_path)
     try:
         daemon.start()
-        wait_until(lambda: len(events(sockdir)) >= 3, timeout=30, what="three events")
+        wait_until(lambda: len(jsonl_events(sockdir)) >= 3, timeout=30, what="three events")
         assert daemon.status()["spooled"] == 3
     finally:
         daemon.close()
-    assert {(r["daemon"], r["client_addr"]) for r in events(sockdir)} == {
+    assert {(r["daemon"], r["client_addr"]) for r in jsonl_events(sockdir)} == {
         (daemon_name, REFUSED_FROM)
     }

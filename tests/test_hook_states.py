@@ -27,10 +27,10 @@ from conftest import (
     PYTHON,
     WRAPALERT,
     DaemonProcess,
+    jsonl_events,
     libwrap_available,
     require,
     wait_until,
-    write_config,
 )
 
 from wrapalert import config, hostsdeny
@@ -47,16 +47,6 @@ def _tools() -> None:
     require(
         Path(hostsdeny.LOGGER).exists(), "util-linux logger is missing (apt-get install bsdutils)"
     )
-
-
-@pytest.fixture
-def cfg_path(sockdir: Path) -> Path:
-    """A config whose jsonl sink records every event the daemon receives, unthrottled."""
-    sinks = (
-        f'[[sink]]\ntype = "jsonl"\npath = "{sockdir}/events.jsonl"\nevents_per_second = 100000\n'
-    )
-    (sockdir / "spool").mkdir()
-    return write_config(sockdir, sinks=sinks)
 
 
 def durable_line(cfg_path: Path) -> str:
@@ -91,18 +81,10 @@ def probe(
     return report
 
 
-def events(base: Path) -> list[dict[str, Any]]:
-    path = base / "events.jsonl"
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    return [r for r in records if r.get("type") == "event"]
-
-
 def each_once(base: Path, count: int) -> list[dict[str, Any]]:
     """Wait for `count` events, then check each refusal arrived once, trusted, as sshd."""
-    wait_until(lambda: len(events(base)) >= count, timeout=30, what=f"{count} events")
-    got = events(base)
+    wait_until(lambda: len(jsonl_events(base)) >= count, timeout=30, what=f"{count} events")
+    got = jsonl_events(base)
     addrs = sorted(r["client_addr"] for r in got)
     assert addrs == sorted(f"192.0.2.{i + 1}" for i in range(count))
     assert {(r["daemon"], r["trusted"]) for r in got} == {("sshd", True)}
@@ -215,7 +197,7 @@ def test_restart_loses_and_doubles_nothing(
         "0.025",
     ]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as refusing:
-        wait_until(lambda: len(events(sockdir)) >= 5, timeout=30, what="the first events")
+        wait_until(lambda: len(jsonl_events(sockdir)) >= 5, timeout=30, what="the first events")
         self_bound.stop()
         spool_before = len(list((sockdir / "spool").iterdir()))
         self_bound.start()
