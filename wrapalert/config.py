@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from socket import gethostname  # not `import socket`: DaemonConfig has a field of that name
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from wrapalert.confparse import MAX_SOCKET_PATH as MAX_SOCKET_PATH
@@ -42,6 +43,7 @@ from wrapalert.match import (
 from wrapalert.scanrule import ScanRule
 
 DEFAULT_PATH = Path("/etc/wrapalert/wrapalert.toml")
+HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _T = TypeVar("_T")
 # Each sink's config class lives in its module (wrapalert/sinks/NAME.py); these names
 # stay importable from here, loaded on first use: importing config imports no sink.
@@ -77,6 +79,8 @@ class DaemonConfig:
     commit_interval: float = 0.1
     # Clients spool when our queue is full, not only when we are down: look again this often.
     spool_scan_interval: float = 2.0
+    # The name digests, alerts and forwarded records give this host (one fleet, many names).
+    hostname: str = field(default_factory=gethostname)
 
 
 @dataclass(frozen=True)
@@ -263,7 +267,11 @@ class _Parser:
             shutdown_grace=t.duration("shutdown_grace", d.shutdown_grace),
             commit_interval=t.duration("commit_interval", d.commit_interval),
             spool_scan_interval=t.duration("spool_scan_interval", d.spool_scan_interval),
+            hostname=t.get("hostname", d.hostname, str),
         )
+        if "hostname" in t.raw and not HOSTNAME.fullmatch(cfg.hostname):
+            # It goes into Message-IDs, mail headers and Alertmanager labels: a plain name.
+            raise t.error("hostname", f"{cfg.hostname!r}: use letters, digits, '.', '-', '_'")
         t.done()
         return cfg
 

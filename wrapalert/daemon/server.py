@@ -45,13 +45,15 @@ from wrapalert.daemon.spool import Spool
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store
 from wrapalert.pipeline import chain
+from wrapalert.scanrule import ScanSignal
 from wrapalert.sinks.base import EventSink, Sink
 
 log = structlog.get_logger()
 
 SHUTDOWN_DRAIN = 100_000  # datagrams read at shutdown at most: a flood cannot hold it open
 COMMIT_EVERY = 10_000  # events: commit early when a flood fills the window faster
-RESTART_ONLY = ("socket", "state_dir", "spool_dir", "control_socket", "socket_mode")
+# hostname: digests already in the outbox and alerts already posted carry the old one.
+RESTART_ONLY = ("socket", "state_dir", "spool_dir", "control_socket", "socket_mode", "hostname")
 
 
 class Server:
@@ -72,7 +74,7 @@ class Server:
         self.config_path = config_path
         self.clock = clock or SystemClock(now)
         self.now = self.clock.now
-        self.host = socket.gethostname()
+        self.host = cfg.daemon.hostname
         self.store = Store(cfg.daemon.state_dir, self.now)
         self.ledger = Ledger(self.store, self.clock, on_delivery)
         self.stats: Stats = self.ledger.stats
@@ -309,12 +311,16 @@ class Server:
             forwarders=sinks.forwarders,
             on_due=lambda: self.scheduler.wake(),  # noqa: PLW0108 - made before the scheduler
             on_muted=self.ledger.muted,
-            on_scan=self.ledger.scan_found,
+            on_scan=self._scan_found,
             previous=previous,
             previous_scan=previous_cfg.scan if previous_cfg else None,
         )
 
     # -- events and state ----------------------------------------------------
+
+    def _scan_found(self, found: ScanSignal) -> None:
+        self.ledger.scan_found(found)
+        self.sinks.scan(found)  # the sinks in force: a reload replaces them
 
     def _drain(self) -> None:
         assert self.intake is not None  # noqa: S101 - the reader exists only after startup

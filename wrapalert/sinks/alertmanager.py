@@ -20,6 +20,12 @@ alert but replaces its annotations with the newest POST's, so `events`
 counts the last batch. `endsAt` = last seen + `resolve_after`: each new
 event pushes it on, and once events stop the alert resolves by itself.
 
+"scan" records (the daemon's scan detector, trusted reports only) become
+`WrapalertScan` alerts labelled kind (daemons|sweep), host, and client_addr (a
+source that tried several daemons) or network (a swept /24 or /64), with the
+daemons and sources as annotations: an Alertmanager inhibit rule can then
+mute that source's plain refusals (packaging/examples/alertmanager.yml).
+
 "held" records (events the rate limit counted instead of forwarding) become
 one alert `WrapalertHeld` with labels host and the static ones, and the
 held count, time span and top daemons as annotations.
@@ -113,6 +119,8 @@ def describe(cfg: AlertmanagerSinkConfig) -> str:
 class AlertmanagerSink:
     """POSTs each batch of records, collapsed into alerts, to every URL at once."""
 
+    takes_scans = True  # the daemon sends it "scan" records (daemon/sinkset.py)
+
     def __init__(
         self,
         cfg: AlertmanagerSinkConfig,
@@ -175,6 +183,7 @@ class _Group:
     users: Counter[str] = field(default_factory=Counter)
     uids: Counter[str] = field(default_factory=Counter)
     daemons: Counter[str] = field(default_factory=Counter)
+    sources: int = 0  # a sweep's addresses
 
     def seen(self, first: float, last: float, events: int = 1) -> None:
         self.events += events
@@ -202,6 +211,8 @@ def build_alerts(
             _count(group.names, record.get("client_name"))
             _count(group.users, record.get("user"))
             _count(group.uids, record.get("uid"))
+        elif kind == "scan" and (scan := _scan_labels(record, host)) is not None:
+            _add_scan(groups.setdefault(scan, _Group()), record, now)
         elif kind == "held":
             group = groups.setdefault((("alertname", "WrapalertHeld"), ("host", host)), _Group())
             events = record.get("events")
@@ -234,15 +245,37 @@ def _event_labels(record: dict[str, object], host: str) -> tuple[tuple[str, str]
     return tuple((name, value) for name, value in labels if value)  # empty means absent
 
 
+def _add_scan(group: _Group, record: dict[str, object], now: float) -> None:
+    group.seen(_time(record.get("first"), now), _time(record.get("last"), now), 0)
+    daemons = record.get("daemons")
+    for daemon in daemons if isinstance(daemons, list) else ():
+        group.daemons[_value(daemon)] = 1
+    sources = record.get("sources")
+    if isinstance(sources, int) and sources > 0:
+        group.sources = max(group.sources, sources)
+
+
+def _scan_labels(record: dict[str, object], host: str) -> tuple[tuple[str, str], ...] | None:
+    kind, target = record.get("kind"), _value(record.get("target"))
+    if kind not in ("daemons", "sweep") or not target:
+        return None  # a damaged or newer record: nothing to alert on
+    where = "client_addr" if kind == "daemons" else "network"
+    return (("alertname", "WrapalertScan"), ("kind", kind), (where, target), ("host", host))
+
+
 def _alert(
     labels: dict[str, str], group: _Group, static: dict[str, str], resolve_after: float
 ) -> Alert:
+    scan = labels["alertname"] == "WrapalertScan"
     annotations = {
         "summary": _summary(labels, group),
         "events": str(group.events),
         "first_seen": _rfc3339(group.first),
         "last_seen": _rfc3339(group.last),
     }
+    if scan:  # its events are counted by the refusal alerts; a scan counts sources
+        del annotations["events"]
+        annotations["sources"] = str(group.sources)
     for name, counts in (
         ("client_name", group.names),
         ("user", group.users),
@@ -250,7 +283,7 @@ def _alert(
         ("daemons", group.daemons),
     ):
         if counts:
-            annotations[name] = _listing(counts, with_counts=name == "daemons")
+            annotations[name] = _listing(counts, with_counts=name == "daemons" and not scan)
     return {
         # Ours after the static ones: the config refuses clashes, and ours would win anyway.
         "labels": {**static, **labels},
@@ -262,6 +295,13 @@ def _alert(
 
 def _summary(labels: dict[str, str], group: _Group) -> str:
     host = labels.get("host", "")
+    if labels["alertname"] == "WrapalertScan":
+        if labels["kind"] == "daemons":
+            what = f"{labels['client_addr']} tried {len(group.daemons)} daemons"
+            what += f" ({_listing(group.daemons)})"
+        else:
+            what = f"{group.sources} addresses in {labels['network']} were refused"
+        return f"scan on {host}: {what}"
     if labels["alertname"] == "WrapalertHeld":
         return (
             f"{group.events} events held back by the rate limit on {host}: "
@@ -319,4 +359,5 @@ SINK = EventSinkType(
     parse=parse,
     describe=describe,
     build=AlertmanagerSink,
+    build_for_host=lambda cfg, host: AlertmanagerSink(cfg, host=host),
 )

@@ -63,6 +63,9 @@ class EventSinkType(Generic[E]):
     describe: Callable[[E], str]
     build: Callable[[E], EventSink]
     mail: ClassVar[None] = None
+    # How to build it for a host named by [daemon] hostname, if what it sends names the
+    # host (alert labels, a payload field); None: `build`, which needs no name.
+    build_for_host: Callable[[E, str], EventSink] | None = None
 
     def events_per_second(self, cfg: E) -> float | None:
         """The table's own rate; None means [limits] events_per_second."""
@@ -122,10 +125,15 @@ def known() -> str:
     return " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
 
 
-def build(cfg: SinkConfig, template_dir: Path | None = None) -> Sink | EventSink:
-    """The sink for one `[[sink]]` table: a digest sink or an event (forwarding) sink."""
+def build(
+    cfg: SinkConfig, template_dir: Path | None = None, *, host: str | None = None
+) -> Sink | EventSink:
+    """The sink for one `[[sink]]` table: a digest sink or an event (forwarding) sink.
+    `host`: the name it gives this host (None: the system's); digests carry their own."""
     descriptor = of(cfg)
     if isinstance(descriptor, EventSinkType):
+        if host is not None and descriptor.build_for_host is not None:
+            return descriptor.build_for_host(cfg, host)
         return descriptor.build(cfg)
     return descriptor.build(cfg, template_dir)
 

@@ -97,4 +97,5 @@ SINK = EventSinkType(
     parse=parse,
     describe=describe,
     build=WebhookSink,
+    build_for_host=lambda cfg, host: WebhookSink(cfg, host=host),
 )
