@@ -141,6 +141,14 @@ class IgnoreConfig:
     daemons: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics in a file for node_exporter's textfile collector (off: None)."""
+
+    textfile: Path | None = None
+    interval: float = 15.0
+
+
 def _default_sinks() -> tuple[SinkConfig, ...]:
     """One smtp sink with its defaults: what a config without [[sink]] tables gets."""
     from wrapalert.sinks import registry  # noqa: PLC0415 - sinks are imported when first needed
@@ -160,6 +168,7 @@ class Config:
     ignore: IgnoreConfig = field(default_factory=IgnoreConfig)
     routes: tuple[RouteConfig, ...] = ()
     scan: ScanConfig = field(default_factory=ScanConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def load(path: Path | None = None) -> Config:
@@ -218,7 +227,7 @@ class _Parser:
         return header
 
     def config(self, data: dict[str, Any]) -> Config:
-        known = {"daemon", "digest", "limits", "sink", "ignore", "route", "scan"}
+        known = {"daemon", "digest", "limits", "sink", "ignore", "route", "scan", "metrics"}
         for name in data:
             if name not in known:
                 raise ConfigError(f"{self.source}: unknown table or key {name!r}")
@@ -239,7 +248,8 @@ class _Parser:
             raise ConfigError(f"{self.source}: route: use [[route]] tables")
         routes = tuple(self._route(raw, i, set(names)) for i, raw in enumerate(routes_raw))
         scan = self._section(data, "scan", ScanConfig, self._scan)
-        return Config(daemon, digest, limits, sinks, self.source, ignore, routes, scan)
+        metrics = self._section(data, "metrics", MetricsConfig, self._metrics)
+        return Config(daemon, digest, limits, sinks, self.source, ignore, routes, scan, metrics)
 
     def _section(
         self,
@@ -327,6 +337,19 @@ class _Parser:
             raise t.error("window", "must be more than 0")
         if cfg.severity not in SEVERITIES:
             raise t.error("severity", f"{cfg.severity!r}: use {', '.join(SEVERITIES)}")
+        t.done()
+        return cfg
+
+    def _metrics(self, t: _Table) -> MetricsConfig:
+        d = MetricsConfig()
+        given = t.get("textfile", None, str)
+        textfile = None if given is None else t.path("textfile", Path(given))
+        if textfile is not None and not textfile.name.endswith(".prom"):
+            # node_exporter's textfile collector reads *.prom files only.
+            raise t.error("textfile", f"{str(textfile)!r}: the name must end in .prom")
+        cfg = MetricsConfig(textfile=textfile, interval=t.duration("interval", d.interval))
+        if cfg.interval < 1:
+            raise t.error("interval", "must be at least 1s")
         t.done()
         return cfg
 

@@ -3,8 +3,8 @@
 Startup: open the state database and restore counters, groups and the
 outbox; take the systemd socket or bind one; ingest the spool; then one
 TaskGroup runs every sink's worker, the scheduler (daemon/scheduler.py), the
-committer, the spool scanner (daemon/spool.py), the heartbeat and the control
-socket (daemon/api.py).
+committer, the spool scanner (daemon/spool.py), the heartbeat, the metrics
+file (daemon/metrics.py) and the control socket (daemon/api.py).
 
 Serve: intake hands each accepted event to the event pipeline
 (pipeline/chain.py: mute -> route -> aggregate -> forward); changed state is
@@ -36,7 +36,7 @@ import structlog
 from wrapalert import config as config_mod
 from wrapalert.clock import Clock, SystemClock
 from wrapalert.config import Config
-from wrapalert.daemon import api, control, systemd
+from wrapalert.daemon import api, control, metrics, systemd
 from wrapalert.daemon.intake import Intake, open_socket
 from wrapalert.daemon.ledger import DeliveryHook, Ledger
 from wrapalert.daemon.scheduler import Scheduler
@@ -184,6 +184,7 @@ class Server:
                     ("committer", self.ledger.run(self.cfg.daemon.commit_interval)),
                     ("spool", spool.run(self.cfg.daemon.spool_scan_interval)),
                     ("heartbeat", systemd.heartbeat(self._status_line, self.clock.sleep)),
+                    ("metrics", metrics.run(lambda: self.cfg.metrics, self.status, self.clock)),
                 ):
                     self._tasks[name] = tg.create_task(job, name=name)
                 ctl = await self._serve_control()
@@ -259,7 +260,7 @@ class Server:
             ctl.close()
         loop.remove_reader(intake.sock.fileno())
         intake.drain(limit=SHUTDOWN_DRAIN)  # what the kernel already queued is ours
-        for name in ("scheduler", "spool", "heartbeat"):
+        for name in ("scheduler", "spool", "heartbeat", "metrics"):
             self._tasks[name].cancel()
         spool.ingest()
         self.scheduler.collect(force=True, why="shutdown")
