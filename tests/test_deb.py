@@ -177,6 +177,11 @@ def test_man_page_covers_both_commands(contents: dict[str, str]) -> None:
     assert contents["/usr/share/man/man8/wrapalert-notify.8.gz"] == "-> wrapalert.8.gz"
 
 
+def test_configuration_man_page_is_installed(contents: dict[str, str]) -> None:
+    """wrapalert.toml(5), the configuration keys, is installed in section 5."""
+    assert contents["/usr/share/man/man5/wrapalert.toml.5.gz"].startswith("-")
+
+
 def test_commands_run_on_debians_python(contents: dict[str, str], tree: Path) -> None:
     """/usr/bin/wrapalert and /usr/bin/wrapalert-notify are executable scripts for
     /usr/bin/python3, not for the interpreter that built them."""

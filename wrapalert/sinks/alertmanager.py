@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from wrapalert.confparse import Table, rate, url_problem
+from wrapalert.confparse import Key, KeyDocs, Table, rate, url_problem
 from wrapalert.sinks.base import PermanentSinkError, SinkError, TransientSinkError
 from wrapalert.sinks.http import Target, post
 from wrapalert.sinks.registry import EventSinkType
@@ -353,6 +353,18 @@ def _rfc3339(seconds: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
+KEYS: KeyDocs = {
+    "name": "The sink's name in status, routes and logs; unique among the sinks.",
+    "urls": "Every Alertmanager of the cluster: each gets every alert.",
+    "timeout": "How long one POST may take.",
+    "resolve_after": "An alert stays firing this long after its last event.",
+    "labels": Key('Static labels added to every alert, e.g. { env = "prod" }.', default="{}"),
+    "events_per_second": Key(
+        "Records this sink sends per second at most.",
+        default="[limits] events_per_second",
+    ),
+}
+
 SINK = EventSinkType(
     name="alertmanager",
     config=AlertmanagerSinkConfig,
@@ -360,4 +372,5 @@ SINK = EventSinkType(
     describe=describe,
     build=AlertmanagerSink,
     build_for_host=lambda cfg, host: AlertmanagerSink(cfg, host=host),
+    keys=KEYS,
 )
