@@ -13,15 +13,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Running, SmtpServer, client, free_port, require, wait_until, write_config
+from conftest import (
+    Running,
+    SmtpServer,
+    client,
+    free_port,
+    maildir_messages,
+    report_through_daemon,
+    require,
+    wait_until,
+    write_config,
+)
 from test_sink_alertmanager import get
-from test_sink_webhook import HttpServer
+from test_sink_webhook import HttpServer, Reply
 
 from wrapalert import config
 from wrapalert.daemon.server import Server
 from wrapalert.pipeline.forward import _events, scan_record
 from wrapalert.scanrule import ScanSignal
-from wrapalert.sinks.alertmanager import build_alerts
+from wrapalert.sinks.alertmanager import AlertmanagerSink, AlertmanagerSinkConfig, build_alerts
+from wrapalert.sinks.base import TransientSinkError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "packaging" / "examples"
@@ -232,7 +243,7 @@ def test_one_fleet_notification_per_source_across_a_two_peer_cluster(
     assert part is not None
     body = part.get_content()
     for host in HOSTS:
-        assert f"{host}  sshd  1 event in the last report" in body
+        assert f"{host}  sshd  1 event(s)  since " in body
     assert str(mail["Subject"]) == f"[wrapalert] {EVERYWHERE}: 3 alerts"
 
 
@@ -273,3 +284,59 @@ def test_a_sweep_is_labelled_by_its_network() -> None:
     assert isinstance(labels, dict)
     assert labels["network"] == "198.51.100.0/24"
     assert "client_addr" not in labels
+
+
+def posted_totals(fake: HttpServer) -> list[str]:
+    """The events_total annotation of the single alert in each POST the fake received."""
+    return [json.loads(r.body)[0]["annotations"]["events_total"] for r in fake.requests]
+
+
+def refusal(at: float) -> dict[str, object]:
+    return {"type": "event", "received": at, "daemon": "sshd", "client_addr": EVERYWHERE}
+
+
+def test_events_total_counts_every_batch_of_a_firing_alert() -> None:
+    """events_total adds up the batches of one alert, while events names the newest one."""
+    with HttpServer() as fake:
+        am = AlertmanagerSink(AlertmanagerSinkConfig(urls=(fake.url(""),)), host="web1")
+        asyncio.run(am.send_records([refusal(100.0), refusal(101.0)]))
+        asyncio.run(am.send_records([refusal(160.0)]))
+        assert posted_totals(fake) == ["2", "3"]
+        assert json.loads(fake.requests[1].body)[0]["annotations"]["events"] == "1"
+
+
+def test_a_retried_batch_is_counted_once() -> None:
+    """A batch every peer refused is sent again; its events enter the total only once."""
+    with HttpServer() as fake:
+        fake.replies = [Reply(503)]
+        am = AlertmanagerSink(AlertmanagerSinkConfig(urls=(fake.url(""),)), host="web1")
+        batch = [refusal(100.0), refusal(101.0)]
+        with pytest.raises(TransientSinkError):
+            asyncio.run(am.send_records(batch))
+        asyncio.run(am.send_records(batch))
+        assert posted_totals(fake) == ["2", "2"]
+
+
+def test_the_total_starts_again_after_the_alert_resolved() -> None:
+    """Events after resolve_after of quiet make a new alert, whose total starts at them."""
+    with HttpServer() as fake:
+        cfg = AlertmanagerSinkConfig(urls=(fake.url(""),), resolve_after=60.0)
+        am = AlertmanagerSink(cfg, host="web1")
+        asyncio.run(am.send_records([refusal(100.0)]))
+        asyncio.run(am.send_records([refusal(161.0)]))
+        assert posted_totals(fake) == ["1", "1"]
+
+
+def test_digests_name_the_configured_hostname(sockdir: Path) -> None:
+    """[daemon] hostname is the X-Wrapalert-Host of every digest mail."""
+    path = write_config(sockdir)
+    path.write_text(replace_once(path.read_text(), "[daemon]\n", '[daemon]\nhostname = "web-7"\n'))
+    report_through_daemon(
+        config.load(path),
+        ["192.0.2.9"],
+        then=lambda: wait_until(
+            lambda: bool(maildir_messages(sockdir / "Maildir")), 15, "a digest"
+        ),
+    )
+    (mail,) = maildir_messages(sockdir / "Maildir")
+    assert mail["X-Wrapalert-Host"] == "web-7"

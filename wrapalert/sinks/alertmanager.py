@@ -13,12 +13,14 @@ Each batch's event records collapse into one alert per label set:
     daemon, client_addr, host (this host), trust (trusted|untrusted)
     + the configured static `labels`
 
-with annotations `summary`, `events` (in this batch), `first_seen`,
+with annotations `summary`, `events` (in this batch), `events_total`
+(since the alert started firing, as this process posted them), `first_seen`,
 `last_seen` and, when known, `client_name`, `user` and `uid` (the most
 frequent few values). Alertmanager keeps the first startsAt of an active
 alert but replaces its annotations with the newest POST's, so `events`
-counts the last batch. `endsAt` = last seen + `resolve_after`: each new
-event pushes it on, and once events stop the alert resolves by itself.
+counts the last batch and `events_total` the whole span. `endsAt` = last
+seen + `resolve_after`: each new event pushes it on, and once events stop the
+alert resolves by itself.
 
 "scan" records (the daemon's scan detector, trusted reports only) become
 `WrapalertScan` alerts labelled kind (daemons|sweep), host, and client_addr (a
@@ -64,6 +66,8 @@ LISTED = 5  # distinct values named in an annotation; the rest are counted
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 Alert = dict[str, object]
+LabelKey = tuple[tuple[str, str], ...]
+MAX_TOTALS = 10_000  # label sets whose running total is kept
 # Alertmanager's (Prometheus') label names; "__" starts the reserved ones.
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # The labels this sink sets itself: static labels may not replace them.
@@ -116,6 +120,36 @@ def describe(cfg: AlertmanagerSinkConfig) -> str:
     return f"alertmanager {', '.join(cfg.urls)} (forwarding, alerts per label set)"
 
 
+class Totals:
+    """Events per label set since its alert started firing, for `events_total`.
+
+    Bounded: past `limit` label sets the least recently posted is forgotten (its
+    count starts again). A label set whose alert resolved meanwhile (no event for
+    resolve_after) starts again too. `stage` counts a batch; `commit` keeps it once
+    a peer took the POST, so a batch that is retried is not counted twice.
+    """
+
+    def __init__(self, limit: int = MAX_TOTALS) -> None:
+        self.limit = limit
+        self.known: dict[LabelKey, tuple[int, float]] = {}  # total, when it resolves
+        self.staged: dict[LabelKey, tuple[int, float]] = {}
+
+    def stage(self, key: LabelKey, events: int, first: float, resolves: float) -> int:
+        total, until = self.staged.get(key) or self.known.get(key, (0, float("-inf")))
+        if first > until:
+            total = 0  # resolved in between: a new alert in Alertmanager's eyes
+        self.staged[key] = (total + events, resolves)
+        return total + events
+
+    def commit(self) -> None:
+        for key, value in self.staged.items():
+            self.known.pop(key, None)
+            self.known[key] = value  # re-inserted: the dict's order is least recent first
+        self.staged.clear()
+        while len(self.known) > self.limit:
+            del self.known[next(iter(self.known))]
+
+
 class AlertmanagerSink:
     """POSTs each batch of records, collapsed into alerts, to every URL at once."""
 
@@ -136,14 +170,17 @@ class AlertmanagerSink:
         self.labels = dict(cfg.labels)
         self.host = host or socket.gethostname()
         self.now = now
+        self.totals = Totals()
 
     async def send_records(self, records: list[dict[str, object]]) -> None:
+        self.totals.staged.clear()  # what a failed attempt counted
         alerts = build_alerts(
             records,
             host=self.host,
             static=self.labels,
             resolve_after=self.resolve_after,
             now=self.now(),
+            totals=self.totals,
         )
         if not alerts:
             return
@@ -154,6 +191,7 @@ class AlertmanagerSink:
         if len(errors) < len(tasks):
             for error in errors:  # delivered all the same: the cluster shares it
                 log.warning("alertmanager_peer_failed", sink=self.name, error=str(error))
+            self.totals.commit()
             return
         message = "; ".join(str(error) for error in errors)
         if all(isinstance(error, PermanentSinkError) for error in errors):
@@ -198,8 +236,10 @@ def build_alerts(
     static: dict[str, str],
     resolve_after: float,
     now: float,
+    totals: Totals | None = None,
 ) -> list[Alert]:
-    """The alerts for one batch: one per label set, in first-seen order."""
+    """The alerts for one batch: one per label set, in first-seen order; with `totals`,
+    each but a scan says its running total (staged there)."""
     groups: dict[tuple[tuple[str, str], ...], _Group] = {}
     for record in records:
         kind = record.get("type")
@@ -229,7 +269,17 @@ def build_alerts(
             if isinstance(other, int) and other > 0:
                 group.daemons["other"] += other
         # Another type is a newer record this sink does not know: nothing to alert on.
-    return [_alert(dict(labels), group, static, resolve_after) for labels, group in groups.items()]
+    alerts = []
+    for labels, group in groups.items():
+        alert = _alert(dict(labels), group, static, resolve_after)
+        annotations = alert["annotations"]
+        if totals is not None and isinstance(annotations, dict) and "events" in annotations:
+            until = group.last + resolve_after
+            annotations["events_total"] = str(
+                totals.stage(labels, group.events, group.first, until)
+            )
+        alerts.append(alert)
+    return alerts
 
 
 def _event_labels(record: dict[str, object], host: str) -> tuple[tuple[str, str], ...]:
