@@ -44,6 +44,12 @@ $(BOOKWORM)/.installed: pyproject.toml
 test-bookworm: $(BOOKWORM)/.installed
 	$(BOOKWORM)/bin/pytest $(PYTEST_ARGS)
 
+## man: regenerate wrapalert.toml(5) from the config definitions (tests/test_manpage.py
+## checks the committed page is up to date)
+.PHONY: man
+man: $(STAMP)
+	$(BIN)/python -m wrapalert.manpage > packaging/man/wrapalert.toml.5
+
 ## bench: measurements, written to bench/results/
 bench: $(STAMP)
 	$(BIN)/python bench/client_startup.py

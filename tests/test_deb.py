@@ -177,6 +177,11 @@ def test_man_page_covers_both_commands(contents: dict[str, str]) -> None:
     assert contents["/usr/share/man/man8/wrapalert-notify.8.gz"] == "-> wrapalert.8.gz"
 
 
+def test_configuration_man_page_is_installed(contents: dict[str, str]) -> None:
+    """wrapalert.toml(5), the configuration keys, is installed in section 5."""
+    assert contents["/usr/share/man/man5/wrapalert.toml.5.gz"].startswith("-")
+
+
 def test_commands_run_on_debians_python(contents: dict[str, str], tree: Path) -> None:
     """/usr/bin/wrapalert and /usr/bin/wrapalert-notify are executable scripts for
     /usr/bin/python3, not for the interpreter that built them."""
@@ -195,10 +200,23 @@ def test_templates_and_client_ship_inside_the_package(contents: dict[str, str]) 
 
 
 def test_configuration_is_a_conffile(control_files: dict[str, str], tree: Path) -> None:
-    """/etc/wrapalert/wrapalert.toml is the package's one conffile and is packaging's file."""
-    assert control_files["conffiles"].split() == ["/etc/wrapalert/wrapalert.toml"]
+    """/etc/wrapalert/wrapalert.toml and the logrotate rules are the package's conffiles,
+    each packaging's file."""
+    assert sorted(control_files["conffiles"].split()) == [
+        "/etc/logrotate.d/wrapalert",
+        "/etc/wrapalert/wrapalert.toml",
+    ]
     shipped = tree / "etc/wrapalert/wrapalert.toml"
     assert shipped.read_bytes() == (ROOT / "packaging/wrapalert.toml").read_bytes()
+    rotate = tree / "etc/logrotate.d/wrapalert"
+    assert rotate.read_bytes() == (ROOT / "packaging/debian/wrapalert.logrotate").read_bytes()
+
+
+def test_fleet_examples_ship_as_documentation(contents: dict[str, str]) -> None:
+    """The Alertmanager configuration, its template and the Prometheus rules are installed
+    as examples."""
+    for name in ("alertmanager.yml", "wrapalert.tmpl", "wrapalert.rules.yml"):
+        assert f"/usr/share/doc/wrapalert/examples/{name}" in contents
 
 
 def test_depends_carry_pyprojects_lower_bounds(deb: Path) -> None:

@@ -13,10 +13,12 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from socket import gethostname  # not `import socket`: DaemonConfig has a field of that name
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from wrapalert.confparse import MAX_SOCKET_PATH as MAX_SOCKET_PATH
 from wrapalert.confparse import ConfigError as ConfigError
+from wrapalert.confparse import Key, KeyDocs
 from wrapalert.confparse import SinkConfig as SinkConfig
 from wrapalert.confparse import Table as _Table
 from wrapalert.confparse import parse_duration as parse_duration
@@ -42,6 +44,7 @@ from wrapalert.match import (
 from wrapalert.scanrule import ScanRule
 
 DEFAULT_PATH = Path("/etc/wrapalert/wrapalert.toml")
+HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _T = TypeVar("_T")
 # Each sink's config class lives in its module (wrapalert/sinks/NAME.py); these names
 # stay importable from here, loaded on first use: importing config imports no sink.
@@ -77,6 +80,36 @@ class DaemonConfig:
     commit_interval: float = 0.1
     # Clients spool when our queue is full, not only when we are down: look again this often.
     spool_scan_interval: float = 2.0
+    # The name digests, alerts and forwarded records give this host (one fleet, many names).
+    hostname: str = field(default_factory=gethostname)
+
+
+DAEMON_KEYS: KeyDocs = {
+    "socket": "The datagram socket the clients send to, when the daemon binds it itself "
+    "(under systemd, wrapalert.socket holds it). A restart applies a change.",
+    "state_dir": "Where the state database lives: counters, groups, the outbox, silences.",
+    "spool_dir": "Where clients leave events while the daemon is down or its queue is full; "
+    "read at start and every spool_scan_interval.",
+    "control_socket": "The stream socket (mode 0600) for status, flush, test-alert and silences.",
+    "trusted_uids": "Senders (kernel-verified uids) whose events are alerts; events from "
+    "other uids are kept apart and marked untrusted.",
+    "socket_mode": Key(
+        "Mode of the socket when the daemon binds it: every wrapped service's user must "
+        "write to it; trust comes from the kernel's credentials.",
+        default='"0666"',
+    ),
+    "shutdown_grace": "Time the sinks get to deliver at shutdown; what is left stays in the "
+    "outbox for the next start.",
+    "commit_interval": "State is committed at least this often (group commit), and at once "
+    "for each digest.",
+    "spool_scan_interval": "How often the spool is read while running: clients also spool "
+    "when the queue is full.",
+    "hostname": Key(
+        "The name digests, alert labels and webhook payloads give this host; set it when "
+        "a fleet shares one Alertmanager. A restart applies a change.",
+        default="the system's host name",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -88,6 +121,20 @@ class DigestConfig:
     # Groups that fall due within this window of each other share one digest.
     batch_window: float = 1.0
     template_dir: Path | None = None
+
+
+DIGEST_KEYS: KeyDocs = {
+    "group_by": "The event fields that make a group: daemon, client_addr, client_name, "
+    "user, server, host, verdict.",
+    "group_wait": "A new group waits this long before its first digest.",
+    "group_interval": "Then new activity of a group is reported at most this often.",
+    "repeat_interval": "A group with no news is reported again after this long.",
+    "batch_window": "Groups due within this window of each other share one digest.",
+    "template_dir": Key(
+        "A directory whose subject.j2, mail.txt.j2 or mail.html.j2 replace the built-in templates.",
+        default="unset: the built-in templates",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -102,6 +149,19 @@ class LimitsConfig:
     # Forwarding sinks (one record per event): at most this many records a second each;
     # past it, events are counted into a "held" record sent when the rate allows.
     events_per_second: float = 100.0
+
+
+LIMITS_KEYS: KeyDocs = {
+    "mails_per_hour": "Digests per sink in any sliding hour (0: no cap); what waits is "
+    "merged into the next digest, which says how much it held back.",
+    "max_groups": "Groups kept in memory; past it, new sources roll up by network "
+    "(/24, /64), then into one overflow group. Counts are never lost.",
+    "retry_min": "First backoff after a transient delivery failure; it doubles, jittered.",
+    "retry_max": "Longest backoff between delivery attempts.",
+    "untrusted_interval": "An untrusted uid's group is reported at most this often.",
+    "events_per_second": "Records each forwarding sink sends per second at most; past it, "
+    "events are counted into one held record.",
+}
 
 
 @dataclass(frozen=True)
@@ -120,6 +180,16 @@ class ScanConfig:
         return ScanRule(self.window, self.daemons, self.sources)
 
 
+SCAN_KEYS: KeyDocs = {
+    "enabled": "Whether the scan detector runs.",
+    "window": "The time in which the distinct daemons or sources of a scan must fall.",
+    "daemons": "Distinct daemons refusing one address that make a scan.",
+    "sources": "Distinct addresses refused in one /24 or /64 that make a sweep.",
+    "severity": "The group that completes a scan is raised to at least this severity "
+    "(info, warning, critical).",
+}
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     """First matching route wins: it sets a group's severity and the sinks it goes to."""
@@ -129,12 +199,52 @@ class RouteConfig:
     sinks: tuple[str, ...] | None = None  # None: every sink
 
 
+ROUTE_KEYS: KeyDocs = {
+    "match": Key(
+        "field=value matchers (as for silences; also trust=trusted|untrusted); all must "
+        "match. The first matching [[route]] wins.",
+        default="[]: every event",
+    ),
+    "severity": "The severity of the groups this route matches (info, warning, critical).",
+    "sinks": Key(
+        "The sinks (by name) these groups go to.",
+        default="every sink",
+        example=["smtp"],
+    ),
+}
+
+
 @dataclass(frozen=True)
 class IgnoreConfig:
     """Events never notified (but counted): client networks and daemon names."""
 
     networks: tuple[str, ...] = ()
     daemons: tuple[str, ...] = ()
+
+
+IGNORE_KEYS: KeyDocs = {
+    "networks": "Client networks (CIDR) whose events are counted but never notified.",
+    "daemons": "Daemon names whose events are counted but never notified.",
+}
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics in a file for node_exporter's textfile collector (off: None)."""
+
+    textfile: Path | None = None
+    interval: float = 15.0
+
+
+METRICS_KEYS: KeyDocs = {
+    "textfile": Key(
+        "A file, named *.prom, the daemon writes Prometheus metrics to (atomically, every "
+        "interval), for node_exporter's textfile collector, e.g. "
+        "/var/lib/prometheus/node-exporter/wrapalert.prom.",
+        default="unset: no metrics",
+    ),
+    "interval": "How often the file is written.",
+}
 
 
 def _default_sinks() -> tuple[SinkConfig, ...]:
@@ -156,6 +266,7 @@ class Config:
     ignore: IgnoreConfig = field(default_factory=IgnoreConfig)
     routes: tuple[RouteConfig, ...] = ()
     scan: ScanConfig = field(default_factory=ScanConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def load(path: Path | None = None) -> Config:
@@ -214,7 +325,7 @@ class _Parser:
         return header
 
     def config(self, data: dict[str, Any]) -> Config:
-        known = {"daemon", "digest", "limits", "sink", "ignore", "route", "scan"}
+        known = {"daemon", "digest", "limits", "sink", "ignore", "route", "scan", "metrics"}
         for name in data:
             if name not in known:
                 raise ConfigError(f"{self.source}: unknown table or key {name!r}")
@@ -235,7 +346,8 @@ class _Parser:
             raise ConfigError(f"{self.source}: route: use [[route]] tables")
         routes = tuple(self._route(raw, i, set(names)) for i, raw in enumerate(routes_raw))
         scan = self._section(data, "scan", ScanConfig, self._scan)
-        return Config(daemon, digest, limits, sinks, self.source, ignore, routes, scan)
+        metrics = self._section(data, "metrics", MetricsConfig, self._metrics)
+        return Config(daemon, digest, limits, sinks, self.source, ignore, routes, scan, metrics)
 
     def _section(
         self,
@@ -263,7 +375,11 @@ class _Parser:
             shutdown_grace=t.duration("shutdown_grace", d.shutdown_grace),
             commit_interval=t.duration("commit_interval", d.commit_interval),
             spool_scan_interval=t.duration("spool_scan_interval", d.spool_scan_interval),
+            hostname=t.get("hostname", d.hostname, str),
         )
+        if "hostname" in t.raw and not HOSTNAME.fullmatch(cfg.hostname):
+            # It goes into Message-IDs, mail headers and Alertmanager labels: a plain name.
+            raise t.error("hostname", f"{cfg.hostname!r}: use letters, digits, '.', '-', '_'")
         t.done()
         return cfg
 
@@ -319,6 +435,19 @@ class _Parser:
             raise t.error("window", "must be more than 0")
         if cfg.severity not in SEVERITIES:
             raise t.error("severity", f"{cfg.severity!r}: use {', '.join(SEVERITIES)}")
+        t.done()
+        return cfg
+
+    def _metrics(self, t: _Table) -> MetricsConfig:
+        d = MetricsConfig()
+        given = t.get("textfile", None, str)
+        textfile = None if given is None else t.path("textfile", Path(given))
+        if textfile is not None and not textfile.name.endswith(".prom"):
+            # node_exporter's textfile collector reads *.prom files only.
+            raise t.error("textfile", f"{str(textfile)!r}: the name must end in .prom")
+        cfg = MetricsConfig(textfile=textfile, interval=t.duration("interval", d.interval))
+        if cfg.interval < 1:
+            raise t.error("interval", "must be at least 1s")
         t.done()
         return cfg
 

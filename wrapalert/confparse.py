@@ -9,6 +9,8 @@ so `Table.done` can call whatever is left an unknown key.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from pathlib import Path
@@ -18,6 +20,21 @@ from urllib.parse import urlsplit
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass(frozen=True)
+class Key:
+    """What the man page says of one key (wrapalert.toml(5), made by wrapalert/manpage.py
+    from these and the config dataclasses' defaults; a test holds them to the parsers)."""
+
+    text: str
+    field: str | None = None  # the config dataclass's field, when not named like the key
+    default: str | None = None  # shown instead of the field's default (one the host decides)
+    example: object = None  # a value the parser takes: for a key without a default
+
+
+# A table's keys, in the order the man page lists them: the text, or a Key.
+KeyDocs = Mapping[str, "str | Key"]
 
 
 class ConfigError(Exception):

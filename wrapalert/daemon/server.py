@@ -3,8 +3,8 @@
 Startup: open the state database and restore counters, groups and the
 outbox; take the systemd socket or bind one; ingest the spool; then one
 TaskGroup runs every sink's worker, the scheduler (daemon/scheduler.py), the
-committer, the spool scanner (daemon/spool.py), the heartbeat and the control
-socket (daemon/api.py).
+committer, the spool scanner (daemon/spool.py), the heartbeat, the metrics
+file (daemon/metrics.py) and the control socket (daemon/api.py).
 
 Serve: intake hands each accepted event to the event pipeline
 (pipeline/chain.py: mute -> route -> aggregate -> forward); changed state is
@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -36,7 +35,7 @@ import structlog
 from wrapalert import config as config_mod
 from wrapalert.clock import Clock, SystemClock
 from wrapalert.config import Config
-from wrapalert.daemon import api, systemd
+from wrapalert.daemon import api, metrics, systemd
 from wrapalert.daemon.intake import Intake, take_socket
 from wrapalert.daemon.ledger import DeliveryHook, Ledger
 from wrapalert.daemon.scheduler import Scheduler
@@ -45,6 +44,7 @@ from wrapalert.daemon.spool import Spool
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store
 from wrapalert.pipeline import chain
+from wrapalert.scanrule import ScanSignal
 from wrapalert.sinks.base import EventSink, Sink
 
 log = structlog.get_logger()
@@ -52,7 +52,8 @@ log = structlog.get_logger()
 SHUTDOWN_DRAIN = 100_000  # datagrams read at shutdown at most: a flood cannot hold it open
 COMMIT_EVERY = 10_000  # events: commit early when a flood fills the window faster
 SIGNALS = {signal.SIGTERM: "stop", signal.SIGINT: "stop", signal.SIGHUP: "reload"}
-RESTART_ONLY = ("socket", "state_dir", "spool_dir", "control_socket", "socket_mode")
+# hostname: digests already in the outbox and alerts already posted carry the old one.
+RESTART_ONLY = ("socket", "state_dir", "spool_dir", "control_socket", "socket_mode", "hostname")
 
 
 class Server:
@@ -73,7 +74,7 @@ class Server:
         self.config_path = config_path
         self.clock = clock or SystemClock(now)
         self.now = self.clock.now
-        self.host = socket.gethostname()
+        self.host = cfg.daemon.hostname
         self.store = Store(cfg.daemon.state_dir, self.now)
         self.ledger = Ledger(self.store, self.clock, on_delivery)
         self.stats: Stats = self.ledger.stats
@@ -182,6 +183,7 @@ class Server:
                     ("committer", self.ledger.run(self.cfg.daemon.commit_interval)),
                     ("spool", spool.run(self.cfg.daemon.spool_scan_interval)),
                     ("heartbeat", systemd.heartbeat(self.status, self.clock.sleep)),
+                    ("metrics", metrics.run(lambda: self.cfg.metrics, self.status, self.clock)),
                 ):
                     self._tasks[name] = tg.create_task(job, name=name)
                 commands = api.handlers(
@@ -261,7 +263,7 @@ class Server:
             ctl.close()
         loop.remove_reader(intake.sock.fileno())
         intake.drain(limit=SHUTDOWN_DRAIN)  # what the kernel already queued is ours
-        for name in ("scheduler", "spool", "heartbeat"):
+        for name in ("scheduler", "spool", "heartbeat", "metrics"):
             self._tasks[name].cancel()
         spool.ingest()
         self.scheduler.collect(force=True, why="shutdown")
@@ -293,12 +295,16 @@ class Server:
             forwarders=sinks.forwarders,
             on_due=lambda: self.scheduler.wake(),  # noqa: PLW0108 - made before the scheduler
             on_muted=self.ledger.muted,
-            on_scan=self.ledger.scan_found,
+            on_scan=self._scan_found,
             previous=previous,
             previous_scan=previous_cfg.scan if previous_cfg else None,
         )
 
     # -- events and state ----------------------------------------------------
+
+    def _scan_found(self, found: ScanSignal) -> None:
+        self.ledger.scan_found(found)
+        self.sinks.scan(found)  # the sinks in force: a reload replaces them
 
     def _drain(self) -> None:
         assert self.intake is not None  # noqa: S101 - the reader exists only after startup

@@ -21,7 +21,8 @@ from wrapalert.clock import Clock
 from wrapalert.config import Config
 from wrapalert.model import Digest, alert_test_report
 from wrapalert.pipeline.deliver import MergeHook, ResultHook, SinkWorker, WorkerState
-from wrapalert.pipeline.forward import ForwardWorker
+from wrapalert.pipeline.forward import ForwardWorker, scan_record
+from wrapalert.scanrule import ScanSignal
 from wrapalert.sinks.base import EventSink, Sink
 
 log = structlog.get_logger()
@@ -48,7 +49,8 @@ class SinkSet:
         backoff = (cfg.limits.retry_min, cfg.limits.retry_max)
         rates = {s.name: sink_registry.events_per_second(s) for s in cfg.sinks}
         if built is None:
-            built = [sink_registry.build(s, cfg.digest.template_dir) for s in cfg.sinks]
+            host, template_dir = cfg.daemon.hostname, cfg.digest.template_dir
+            built = [sink_registry.build(s, template_dir, host=host) for s in cfg.sinks]
         for sink in built:
             if isinstance(sink, EventSink):
                 self.forwarders[sink.name] = ForwardWorker(
@@ -109,6 +111,14 @@ class SinkSet:
         if retried:
             log.info("retrying_failed_digests", count=retried)
         return retried
+
+    def scan(self, found: ScanSignal) -> None:
+        """A scan signal, as a record to each forwarding sink that reports scans (a sink
+        with `takes_scans = True`); routes do not apply: it is about a source, not an event."""
+        record = scan_record(found)
+        for forwarder in self.forwarders.values():
+            if getattr(forwarder.sink, "takes_scans", False):
+                forwarder.offer_record(record)
 
     def close(self) -> None:
         """Let every worker deliver what it may, then end."""

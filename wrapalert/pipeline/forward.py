@@ -28,6 +28,7 @@ import structlog
 from wrapalert.clock import SYSTEM, Clock
 from wrapalert.model import Event, Tally
 from wrapalert.pipeline.retry import Backoff, pause, retry
+from wrapalert.scanrule import ScanSignal
 from wrapalert.sinks.base import EventSink, TransientSinkError, close_sink
 
 log = structlog.get_logger()
@@ -59,6 +60,19 @@ def event_record(event: Event) -> dict[str, object]:
     record["trusted"] = event.trusted
     record["uid"] = event.uid
     return record
+
+
+def scan_record(found: ScanSignal) -> dict[str, object]:
+    """The record for one scan signal: about events already counted, so it counts none."""
+    return {
+        "type": "scan",
+        "kind": found.kind,
+        "target": found.target,
+        "daemons": list(found.daemons),
+        "sources": found.sources,
+        "first": round(found.first, 6),
+        "last": round(found.last, 6),
+    }
 
 
 class TokenBucket:
@@ -148,6 +162,13 @@ class ForwardWorker:
         self.held += 1
         self.held_last = now
         self.held_daemons.add(event.get("daemon"))
+
+    def offer_record(self, record: dict[str, object]) -> None:
+        """A record that stands for no event (a scan signal): past the rate limit, as the
+        detector bounds them (one per target per window), but never past the buffer."""
+        if len(self.buffer) < self.buffer_max:
+            self.buffer.append(record)
+            self._wake.set()
 
     def close(self) -> None:
         """Send what is buffered and held (past the rate, once), then let `run` return."""
@@ -254,6 +275,8 @@ class ForwardWorker:
 
 
 def _events(record: dict[str, object]) -> int:
-    """How many events a record stands for: 1, or a held record's count."""
+    """How many events a record stands for: 1, a held record's count, or 0 (a scan)."""
+    if record.get("type") == "scan":
+        return 0  # a signal about events their own records count
     n = record.get("events", 1)
     return n if isinstance(n, int) else 1

@@ -13,12 +13,20 @@ Each batch's event records collapse into one alert per label set:
     daemon, client_addr, host (this host), trust (trusted|untrusted)
     + the configured static `labels`
 
-with annotations `summary`, `events` (in this batch), `first_seen`,
+with annotations `summary`, `events` (in this batch), `events_total`
+(since the alert started firing, as this process posted them), `first_seen`,
 `last_seen` and, when known, `client_name`, `user` and `uid` (the most
 frequent few values). Alertmanager keeps the first startsAt of an active
 alert but replaces its annotations with the newest POST's, so `events`
-counts the last batch. `endsAt` = last seen + `resolve_after`: each new
-event pushes it on, and once events stop the alert resolves by itself.
+counts the last batch and `events_total` the whole span. `endsAt` = last
+seen + `resolve_after`: each new event pushes it on, and once events stop the
+alert resolves by itself.
+
+"scan" records (the daemon's scan detector, trusted reports only) become
+`WrapalertScan` alerts labelled kind (daemons|sweep), host, and client_addr (a
+source that tried several daemons) or network (a swept /24 or /64), with the
+daemons and sources as annotations: an Alertmanager inhibit rule can then
+mute that source's plain refusals (packaging/examples/alertmanager.yml).
 
 "held" records (events the rate limit counted instead of forwarding) become
 one alert `WrapalertHeld` with labels host and the static ones, and the
@@ -44,7 +52,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from wrapalert.confparse import Table, rate, url_problem
+from wrapalert.confparse import Key, KeyDocs, Table, rate, url_problem
 from wrapalert.sinks.base import PermanentSinkError, SinkError, TransientSinkError
 from wrapalert.sinks.http import Target, post
 from wrapalert.sinks.registry import EventSinkType
@@ -58,6 +66,8 @@ LISTED = 5  # distinct values named in an annotation; the rest are counted
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 Alert = dict[str, object]
+LabelKey = tuple[tuple[str, str], ...]
+MAX_TOTALS = 10_000  # label sets whose running total is kept
 # Alertmanager's (Prometheus') label names; "__" starts the reserved ones.
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # The labels this sink sets itself: static labels may not replace them.
@@ -110,8 +120,40 @@ def describe(cfg: AlertmanagerSinkConfig) -> str:
     return f"alertmanager {', '.join(cfg.urls)} (forwarding, alerts per label set)"
 
 
+class Totals:
+    """Events per label set since its alert started firing, for `events_total`.
+
+    Bounded: past `limit` label sets the least recently posted is forgotten (its
+    count starts again). A label set whose alert resolved meanwhile (no event for
+    resolve_after) starts again too. `stage` counts a batch; `commit` keeps it once
+    a peer took the POST, so a batch that is retried is not counted twice.
+    """
+
+    def __init__(self, limit: int = MAX_TOTALS) -> None:
+        self.limit = limit
+        self.known: dict[LabelKey, tuple[int, float]] = {}  # total, when it resolves
+        self.staged: dict[LabelKey, tuple[int, float]] = {}
+
+    def stage(self, key: LabelKey, events: int, first: float, resolves: float) -> int:
+        total, until = self.staged.get(key) or self.known.get(key, (0, float("-inf")))
+        if first > until:
+            total = 0  # resolved in between: a new alert in Alertmanager's eyes
+        self.staged[key] = (total + events, resolves)
+        return total + events
+
+    def commit(self) -> None:
+        for key, value in self.staged.items():
+            self.known.pop(key, None)
+            self.known[key] = value  # re-inserted: the dict's order is least recent first
+        self.staged.clear()
+        while len(self.known) > self.limit:
+            del self.known[next(iter(self.known))]
+
+
 class AlertmanagerSink:
     """POSTs each batch of records, collapsed into alerts, to every URL at once."""
+
+    takes_scans = True  # the daemon sends it "scan" records (daemon/sinkset.py)
 
     def __init__(
         self,
@@ -128,14 +170,17 @@ class AlertmanagerSink:
         self.labels = dict(cfg.labels)
         self.host = host or socket.gethostname()
         self.now = now
+        self.totals = Totals()
 
     async def send_records(self, records: list[dict[str, object]]) -> None:
+        self.totals.staged.clear()  # what a failed attempt counted
         alerts = build_alerts(
             records,
             host=self.host,
             static=self.labels,
             resolve_after=self.resolve_after,
             now=self.now(),
+            totals=self.totals,
         )
         if not alerts:
             return
@@ -146,6 +191,7 @@ class AlertmanagerSink:
         if len(errors) < len(tasks):
             for error in errors:  # delivered all the same: the cluster shares it
                 log.warning("alertmanager_peer_failed", sink=self.name, error=str(error))
+            self.totals.commit()
             return
         message = "; ".join(str(error) for error in errors)
         if all(isinstance(error, PermanentSinkError) for error in errors):
@@ -175,6 +221,7 @@ class _Group:
     users: Counter[str] = field(default_factory=Counter)
     uids: Counter[str] = field(default_factory=Counter)
     daemons: Counter[str] = field(default_factory=Counter)
+    sources: int = 0  # a sweep's addresses
 
     def seen(self, first: float, last: float, events: int = 1) -> None:
         self.events += events
@@ -189,8 +236,10 @@ def build_alerts(
     static: dict[str, str],
     resolve_after: float,
     now: float,
+    totals: Totals | None = None,
 ) -> list[Alert]:
-    """The alerts for one batch: one per label set, in first-seen order."""
+    """The alerts for one batch: one per label set, in first-seen order; with `totals`,
+    each but a scan says its running total (staged there)."""
     groups: dict[tuple[tuple[str, str], ...], _Group] = {}
     for record in records:
         kind = record.get("type")
@@ -202,6 +251,8 @@ def build_alerts(
             _count(group.names, record.get("client_name"))
             _count(group.users, record.get("user"))
             _count(group.uids, record.get("uid"))
+        elif kind == "scan" and (scan := _scan_labels(record, host)) is not None:
+            _add_scan(groups.setdefault(scan, _Group()), record, now)
         elif kind == "held":
             group = groups.setdefault((("alertname", "WrapalertHeld"), ("host", host)), _Group())
             events = record.get("events")
@@ -218,7 +269,17 @@ def build_alerts(
             if isinstance(other, int) and other > 0:
                 group.daemons["other"] += other
         # Another type is a newer record this sink does not know: nothing to alert on.
-    return [_alert(dict(labels), group, static, resolve_after) for labels, group in groups.items()]
+    alerts = []
+    for labels, group in groups.items():
+        alert = _alert(dict(labels), group, static, resolve_after)
+        annotations = alert["annotations"]
+        if totals is not None and isinstance(annotations, dict) and "events" in annotations:
+            until = group.last + resolve_after
+            annotations["events_total"] = str(
+                totals.stage(labels, group.events, group.first, until)
+            )
+        alerts.append(alert)
+    return alerts
 
 
 def _event_labels(record: dict[str, object], host: str) -> tuple[tuple[str, str], ...]:
@@ -234,15 +295,37 @@ def _event_labels(record: dict[str, object], host: str) -> tuple[tuple[str, str]
     return tuple((name, value) for name, value in labels if value)  # empty means absent
 
 
+def _add_scan(group: _Group, record: dict[str, object], now: float) -> None:
+    group.seen(_time(record.get("first"), now), _time(record.get("last"), now), 0)
+    daemons = record.get("daemons")
+    for daemon in daemons if isinstance(daemons, list) else ():
+        group.daemons[_value(daemon)] = 1
+    sources = record.get("sources")
+    if isinstance(sources, int) and sources > 0:
+        group.sources = max(group.sources, sources)
+
+
+def _scan_labels(record: dict[str, object], host: str) -> tuple[tuple[str, str], ...] | None:
+    kind, target = record.get("kind"), _value(record.get("target"))
+    if kind not in ("daemons", "sweep") or not target:
+        return None  # a damaged or newer record: nothing to alert on
+    where = "client_addr" if kind == "daemons" else "network"
+    return (("alertname", "WrapalertScan"), ("kind", kind), (where, target), ("host", host))
+
+
 def _alert(
     labels: dict[str, str], group: _Group, static: dict[str, str], resolve_after: float
 ) -> Alert:
+    scan = labels["alertname"] == "WrapalertScan"
     annotations = {
         "summary": _summary(labels, group),
         "events": str(group.events),
         "first_seen": _rfc3339(group.first),
         "last_seen": _rfc3339(group.last),
     }
+    if scan:  # its events are counted by the refusal alerts; a scan counts sources
+        del annotations["events"]
+        annotations["sources"] = str(group.sources)
     for name, counts in (
         ("client_name", group.names),
         ("user", group.users),
@@ -250,7 +333,7 @@ def _alert(
         ("daemons", group.daemons),
     ):
         if counts:
-            annotations[name] = _listing(counts, with_counts=name == "daemons")
+            annotations[name] = _listing(counts, with_counts=name == "daemons" and not scan)
     return {
         # Ours after the static ones: the config refuses clashes, and ours would win anyway.
         "labels": {**static, **labels},
@@ -262,6 +345,13 @@ def _alert(
 
 def _summary(labels: dict[str, str], group: _Group) -> str:
     host = labels.get("host", "")
+    if labels["alertname"] == "WrapalertScan":
+        if labels["kind"] == "daemons":
+            what = f"{labels['client_addr']} tried {len(group.daemons)} daemons"
+            what += f" ({_listing(group.daemons)})"
+        else:
+            what = f"{group.sources} addresses in {labels['network']} were refused"
+        return f"scan on {host}: {what}"
     if labels["alertname"] == "WrapalertHeld":
         return (
             f"{group.events} events held back by the rate limit on {host}: "
@@ -313,10 +403,24 @@ def _rfc3339(seconds: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
+KEYS: KeyDocs = {
+    "name": "The sink's name in status, routes and logs; unique among the sinks.",
+    "urls": "Every Alertmanager of the cluster: each gets every alert.",
+    "timeout": "How long one POST may take.",
+    "resolve_after": "An alert stays firing this long after its last event.",
+    "labels": Key('Static labels added to every alert, e.g. { env = "prod" }.', default="{}"),
+    "events_per_second": Key(
+        "Records this sink sends per second at most.",
+        default="[limits] events_per_second",
+    ),
+}
+
 SINK = EventSinkType(
     name="alertmanager",
     config=AlertmanagerSinkConfig,
     parse=parse,
     describe=describe,
     build=AlertmanagerSink,
+    build_for_host=lambda cfg, host: AlertmanagerSink(cfg, host=host),
+    keys=KEYS,
 )

@@ -35,7 +35,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from wrapalert.confparse import Table, rate
+from wrapalert.confparse import Key, KeyDocs, Table, rate
 from wrapalert.sinks.registry import EventSinkType
 from wrapalert.sinks.syslog import (
     connect_unix,
@@ -154,6 +154,21 @@ class JournaldSink:
             os.close(fd)
 
 
+KEYS: KeyDocs = {
+    "name": "The sink's name in status, routes and logs; unique among the sinks.",
+    "socket": "journald's native socket.",
+    "timeout": "How long a send may wait for room in journald's queue.",
+    "events_per_second": Key(
+        "Records this sink sends per second at most.",
+        default="[limits] events_per_second",
+    ),
+}
+
 SINK = EventSinkType(
-    name="journald", config=JournaldSinkConfig, parse=parse, describe=describe, build=JournaldSink
+    name="journald",
+    config=JournaldSinkConfig,
+    parse=parse,
+    describe=describe,
+    build=JournaldSink,
+    keys=KEYS,
 )

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from wrapalert.confparse import Table, rate
+from wrapalert.confparse import Key, KeyDocs, Table, rate
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import EventSinkType
 
@@ -69,6 +69,16 @@ class JsonlSink:
             os.close(fd)
 
 
+KEYS: KeyDocs = {
+    "name": "The sink's name in status, routes and logs; unique among the sinks.",
+    "path": "The file one JSON object per event is appended to "
+    "(rotated by /etc/logrotate.d/wrapalert).",
+    "events_per_second": Key(
+        "Records this sink sends per second at most.",
+        default="[limits] events_per_second",
+    ),
+}
+
 SINK = EventSinkType(
-    name="jsonl", config=JsonlSinkConfig, parse=parse, describe=describe, build=JsonlSink
+    name="jsonl", config=JsonlSinkConfig, parse=parse, describe=describe, build=JsonlSink, keys=KEYS
 )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wrapalert.confparse import Table
+from wrapalert.confparse import Key, KeyDocs, Table
 from wrapalert.model import Digest
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import DigestSinkType
@@ -24,6 +24,8 @@ _seq = itertools.count()
 
 @dataclass(frozen=True)
 class MaildirSinkConfig:
+    """A digest sink: each digest written atomically into a Maildir (no MTA needed)."""
+
     name: str = "maildir"
     path: Path = Path("/var/mail/wrapalert/Maildir")
     from_addr: str = "wrapalert@localhost"
@@ -90,6 +92,13 @@ class MaildirSink:
         return final
 
 
+KEYS: KeyDocs = {
+    "name": "The sink's name in status, routes and logs; unique among the sinks.",
+    "path": "The Maildir each digest is written into, atomically (created if missing).",
+    "from": Key("The sender address of each digest.", field="from_addr"),
+    "to": "Recipients; a bare local part such as root is qualified with this host's name.",
+}
+
 SINK = DigestSinkType(
     name="maildir",
     config=MaildirSinkConfig,
@@ -97,4 +106,5 @@ SINK = DigestSinkType(
     describe=describe,
     build=build,
     mail=lambda cfg: (cfg.from_addr, cfg.to),
+    keys=KEYS,
 )

@@ -21,12 +21,12 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
-from wrapalert.confparse import EventSinkConfig, SinkConfig, Table
+from wrapalert.confparse import EventSinkConfig, KeyDocs, SinkConfig, Table
 
 if TYPE_CHECKING:
     from wrapalert.sinks.base import EventSink, Sink
@@ -47,6 +47,8 @@ class DigestSinkType(Generic[C]):
     build: Callable[[C, Path | None], Sink]  # (config, [digest] template_dir)
     # Sender and recipients of its mail, which `preview` renders; None: it sends no mail.
     mail: Callable[[C], tuple[str, tuple[str, ...]]] | None = None
+    # Its keys for wrapalert.toml(5) (wrapalert/manpage.py), in the order the page lists them.
+    keys: KeyDocs = field(default_factory=dict)
 
     def events_per_second(self, _cfg: C) -> float | None:
         return None  # digests are capped per hour, by [limits] mails_per_hour
@@ -63,6 +65,10 @@ class EventSinkType(Generic[E]):
     describe: Callable[[E], str]
     build: Callable[[E], EventSink]
     mail: ClassVar[None] = None
+    # How to build it for a host named by [daemon] hostname, if what it sends names the
+    # host (alert labels, a payload field); None: `build`, which needs no name.
+    build_for_host: Callable[[E, str], EventSink] | None = None
+    keys: KeyDocs = field(default_factory=dict)  # as for DigestSinkType
 
     def events_per_second(self, cfg: E) -> float | None:
         """The table's own rate; None means [limits] events_per_second."""
@@ -122,10 +128,15 @@ def known() -> str:
     return " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
 
 
-def build(cfg: SinkConfig, template_dir: Path | None = None) -> Sink | EventSink:
-    """The sink for one `[[sink]]` table: a digest sink or an event (forwarding) sink."""
+def build(
+    cfg: SinkConfig, template_dir: Path | None = None, *, host: str | None = None
+) -> Sink | EventSink:
+    """The sink for one `[[sink]]` table: a digest sink or an event (forwarding) sink.
+    `host`: the name it gives this host (None: the system's); digests carry their own."""
     descriptor = of(cfg)
     if isinstance(descriptor, EventSinkType):
+        if host is not None and descriptor.build_for_host is not None:
+            return descriptor.build_for_host(cfg, host)
         return descriptor.build(cfg)
     return descriptor.build(cfg, template_dir)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wrapalert.confparse import Table
+from wrapalert.confparse import Key, KeyDocs, Table
 from wrapalert.model import Digest
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import DigestSinkType
@@ -114,6 +114,15 @@ class SendmailSink:
         raise PermanentSinkError(problem)
 
 
+KEYS: KeyDocs = {
+    "name": "The sink's name in status, routes and logs; unique among the sinks.",
+    "command": "The program and its arguments; the message is piped to it (not under "
+    "NoNewPrivileges=).",
+    "from": Key("The sender address of each digest.", field="from_addr"),
+    "to": "Recipients; a bare local part such as root is qualified with this host's name.",
+    "timeout": "How long the command may run.",
+}
+
 SINK = DigestSinkType(
     name="sendmail",
     config=SendmailSinkConfig,
@@ -121,4 +130,5 @@ SINK = DigestSinkType(
     describe=describe,
     build=build,
     mail=lambda cfg: (cfg.from_addr, cfg.to),
+    keys=KEYS,
 )

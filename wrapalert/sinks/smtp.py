@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wrapalert.confparse import Table
+from wrapalert.confparse import Key, KeyDocs, Table
 from wrapalert.model import Digest
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import DigestSinkType
@@ -22,6 +22,8 @@ TLS_MODES = ("none", "starttls", "tls")
 
 @dataclass(frozen=True)
 class SmtpSinkConfig:
+    """A digest sink: each digest sent as one mail over SMTP."""
+
     name: str = "smtp"
     host: str = "localhost"
     port: int = 25
@@ -115,6 +117,20 @@ def _classify(code: int, text: str) -> Exception:
     return TransientSinkError(text)
 
 
+KEYS: KeyDocs = {
+    "name": "The sink's name in status, routes and logs; unique among the sinks.",
+    "host": "The SMTP server.",
+    "port": "Its port.",
+    "tls": "none, starttls or tls (implicit TLS, usually port 465).",
+    "from": Key("The sender address of each digest.", field="from_addr"),
+    "to": "Recipients; a bare local part such as root is qualified with this host's name.",
+    "username": Key("For SMTP AUTH, with password.", default="unset: no AUTH"),
+    "password": Key(
+        "For SMTP AUTH; make the file readable by root only.", default="unset: no AUTH"
+    ),
+    "timeout": "How long one delivery attempt may take.",
+}
+
 SINK = DigestSinkType(
     name="smtp",
     config=SmtpSinkConfig,
@@ -122,4 +138,5 @@ SINK = DigestSinkType(
     describe=describe,
     build=build,
     mail=lambda cfg: (cfg.from_addr, cfg.to),
+    keys=KEYS,
 )

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from wrapalert.confparse import Table, rate, resolvable_name
+from wrapalert.confparse import Key, KeyDocs, Table, rate, resolvable_name
 from wrapalert.sinks.base import PermanentSinkError, SinkError, TransientSinkError
 from wrapalert.sinks.registry import EventSinkType
 
@@ -516,6 +516,29 @@ class SyslogSink:
             self._stream = None
 
 
+KEYS: KeyDocs = {
+    "name": "The sink's name in status, routes and logs; unique among the sinks.",
+    "socket": "The local syslog socket (RFC 3164 lines).",
+    "address": Key(
+        "A collector as host:port or [IPv6]:port instead of the local socket (RFC 5424 lines).",
+        default="unset: the local socket",
+        example="collector.example:514",
+    ),
+    "protocol": "udp or tcp, with address.",
+    "facility": "The syslog facility.",
+    "ident": "The syslog tag (ident).",
+    "timeout": "How long a send to a collector may take.",
+    "events_per_second": Key(
+        "Records this sink sends per second at most.",
+        default="[limits] events_per_second",
+    ),
+}
+
 SINK = EventSinkType(
-    name="syslog", config=SyslogSinkConfig, parse=parse, describe=describe, build=SyslogSink
+    name="syslog",
+    config=SyslogSinkConfig,
+    parse=parse,
+    describe=describe,
+    build=SyslogSink,
+    keys=KEYS,
 )

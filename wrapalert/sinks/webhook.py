@@ -16,7 +16,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from wrapalert.confparse import Table, rate, url_problem
+from wrapalert.confparse import Key, KeyDocs, Table, rate, url_problem
 from wrapalert.sinks.http import Target, post
 from wrapalert.sinks.registry import EventSinkType
 
@@ -91,10 +91,27 @@ class WebhookSink:
         await post(self.target, body, headers=self.headers)
 
 
+KEYS: KeyDocs = {
+    "url": Key(
+        "Where each batch of records is POSTed as JSON (http or https).",
+        default="none: required",
+        example="https://chat.example/hooks/wrapalert",
+    ),
+    "name": "The sink's name in status, routes and logs; unique among the sinks.",
+    "timeout": "How long one POST may take.",
+    "headers": Key('Extra request headers, e.g. { Authorization = "Bearer ..." }.', default="{}"),
+    "events_per_second": Key(
+        "Records this sink sends per second at most.",
+        default="[limits] events_per_second",
+    ),
+}
+
 SINK = EventSinkType(
     name="webhook",
     config=WebhookSinkConfig,
     parse=parse,
     describe=describe,
     build=WebhookSink,
+    build_for_host=lambda cfg, host: WebhookSink(cfg, host=host),
+    keys=KEYS,
 )

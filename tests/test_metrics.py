@@ -1,0 +1,197 @@
+"""Prometheus metrics: the textfile the running daemon writes, checked by `promtool check
+metrics`, and the shipped alert rules, checked and unit-tested by promtool."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import Running, make_config, require
+from test_daemon_timing import Records, send
+from timing import EPOCH, VirtualClock, run
+
+from wrapalert import config
+from wrapalert.config import MetricsConfig
+from wrapalert.daemon import metrics
+from wrapalert.daemon.server import Server
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "packaging" / "examples" / "wrapalert.rules.yml"
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    require(path is not None, "promtool not found (apt-get install prometheus)")
+    assert path is not None
+    return path
+
+
+def check_metrics(text: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+
+
+def samples(text: str) -> dict[str, float]:
+    """Sample lines as {"name{labels}": value}."""
+    lines = (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    return {name: float(value) for name, value in lines}
+
+
+def test_the_running_daemon_writes_metrics_promtool_accepts(sockdir: Path) -> None:
+    """With [metrics] textfile set, the daemon writes the file every interval on its clock;
+    promtool finds nothing to criticise and the counters follow the events."""
+    prom = sockdir / "wrapalert.prom"
+    cfg = make_config(sockdir)
+    cfg = replace(cfg, metrics=MetricsConfig(textfile=prom, interval=15.0))
+    clock = VirtualClock()
+
+    async def scenario() -> tuple[str, str]:
+        server = Server(cfg, sinks=[Records("am")], clock=clock)
+        async with Running(server):
+            await asyncio.sleep(1)
+            first = prom.read_text()
+            send(cfg, count=3)
+            await asyncio.sleep(15)
+            return first, prom.read_text()
+
+    first, later = run(scenario())
+    assert samples(first)["wrapalert_events_received_total"] == 0
+    got = samples(later)
+    assert got["wrapalert_events_received_total"] == 3
+    assert got['wrapalert_sink_events_delivered_total{sink="am"}'] == 3
+    assert got['wrapalert_sink_failing{sink="am"}'] == 0
+    assert got["wrapalert_metrics_written_timestamp_seconds"] == pytest.approx(EPOCH + 16)
+    assert got["wrapalert_state_ok"] == 1
+    assert 15.0 in clock.sleeps
+    done = check_metrics(later)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout + done.stderr == ""
+
+
+def test_hostile_sink_names_and_reasons_stay_one_valid_sample_each() -> None:
+    """Quotes, backslashes and newlines in label values are escaped: promtool accepts the
+    file and each value is still one sample."""
+    status: dict[str, object] = {
+        "rejected": {'bad"tag\\\n': 2},
+        "sinks": {'we"b\\hook\n': {"delivered": 1, "last_error": "x"}},
+        "state": {"ok": False},
+    }
+    text = metrics.render(status, now=2.0, started=1.0, build="1.0")
+    done = check_metrics(text)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 'wrapalert_events_rejected_total{reason="bad\\"tag\\\\\\n"} 2\n' in text
+    assert 'wrapalert_sink_failing{sink="we\\"b\\\\hook\\n"} 1\n' in text
+    assert "wrapalert_state_ok 0\n" in text
+
+
+def test_the_file_is_replaced_atomically_and_readable_by_node_exporter(tmp_path: Path) -> None:
+    """Each write is a new file renamed over the old (never rewritten in place), mode 0644,
+    with no temporary file left beside it."""
+    prom = tmp_path / "wrapalert.prom"
+    metrics.write(prom, "a 1\n")
+    inode = prom.stat().st_ino
+    metrics.write(prom, "a 2\n")
+    assert prom.read_text() == "a 2\n"
+    assert prom.stat().st_ino != inode
+    assert prom.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["wrapalert.prom"]
+
+
+def test_a_moved_textfile_removes_the_old_one(tmp_path: Path) -> None:
+    """When a reload points [metrics] textfile elsewhere, the old file goes: a file nobody
+    updates would look like a dead daemon."""
+    old, new = tmp_path / "old.prom", tmp_path / "new.prom"
+    settings = [MetricsConfig(old, 15.0)]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(metrics.run(lambda: settings[0], dict, VirtualClock()))
+        await asyncio.sleep(1)
+        assert old.exists()
+        settings[0] = MetricsConfig(new, 15.0)
+        await asyncio.sleep(15)
+        task.cancel()
+
+    run(scenario())
+    assert not old.exists()
+    assert new.exists()
+
+
+def test_a_textfile_node_exporter_would_not_read_is_refused() -> None:
+    """node_exporter reads only *.prom files: another name is a config error."""
+    with pytest.raises(config.ConfigError, match=r"textfile: .*must end in \.prom"):
+        config.loads('[metrics]\ntextfile = "/var/lib/wrapalert.txt"\n')
+
+
+def test_example_rules_pass_promtool() -> None:
+    """The shipped alert rules pass `promtool check rules`."""
+    done = subprocess.run(
+        [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 6 rules found" in done.stdout
+
+
+RULE_TESTS = """\
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # Written every minute for 10 minutes, then never again: the daemon stopped.
+      - series: wrapalert_metrics_written_timestamp_seconds{{instance="web1"}}
+        values: 0+60x10 600x20
+      - series: wrapalert_outbox_digests{{instance="web1"}}
+        values: 1x90
+      - series: wrapalert_sink_failing{{instance="web1",sink="mail"}}
+        values: 0x5 1x30
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: WrapalertDaemonDown
+        exp_alerts: []
+      - eval_time: 15m
+        alertname: WrapalertDaemonDown
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: web1}}
+            exp_annotations:
+              summary: "wrapalert on web1 has not written its metrics for 5m 0s"
+              description: >-
+                The daemon is not running (or cannot write its metrics file): refused
+                connections are spooled, not reported. Check: systemctl status wrapalert.service
+      - eval_time: 59m
+        alertname: WrapalertDigestsHeld
+        exp_alerts: []
+      - eval_time: 61m
+        alertname: WrapalertDigestsHeld
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: web1}}
+            exp_annotations:
+              summary: "1 wrapalert digests on web1 undelivered for over an hour"
+              description: >-
+                See wrapalert status: a sink is failing or mails_per_hour is holding
+                digests back.
+      - eval_time: 25m
+        alertname: WrapalertSinkFailing
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: web1, sink: mail}}
+            exp_annotations:
+              summary: "wrapalert sink mail on web1 keeps failing"
+              description: >-
+                Deliveries are retried with backoff; nothing is lost yet.
+                See: journalctl -u wrapalert.service
+"""
+
+
+def test_example_rules_fire_when_they_should(tmp_path: Path) -> None:
+    """promtool's rule unit tests: a daemon that stopped writing, an outbox non-empty for
+    an hour and a sink failing for 15 minutes each raise their alert, and not before."""
+    tests = tmp_path / "rules_test.yml"
+    tests.write_text(RULE_TESTS.format(rules=RULES))
+    done = subprocess.run(
+        [promtool(), "test", "rules", str(tests)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,207 @@
+"""Prometheus metrics in a file, for node_exporter's textfile collector.
+
+Every `[metrics] interval` the daemon's status (the `wrapalert status --json`
+object) is rendered in the Prometheus text exposition format and written to
+`[metrics] textfile`: into a temporary file in the same directory, then
+renamed over the old one, so node_exporter never reads half a file (its
+collector reads `*.prom` only, and the temporary name does not end so).
+
+Names follow Prometheus' conventions: `wrapalert_` prefix, counters end in
+`_total` and count since the state database was created (they survive
+restarts), gauges are what is true now. Label values are escaped; rejection
+reasons are fixed words and sink names come from the config, so the series
+are bounded.
+
+node_exporter keeps serving the last file when the daemon stops, so the file
+says when it was written (`wrapalert_metrics_written_timestamp_seconds`): a
+stale one means the daemon is not running (packaging/examples/wrapalert.rules.yml).
+
+A write that fails (a missing directory, a full disk) is logged once until a
+write succeeds again; the loop goes on. `[metrics]` is read each round, so a
+reload can turn the file on, off or move it (the old file is removed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+
+import structlog
+
+from wrapalert.clock import Clock
+from wrapalert.config import MetricsConfig
+
+log = structlog.get_logger()
+
+Status = Mapping[str, object]
+
+# Counters of the status object: (status key, metric, help).
+COUNTERS = (
+    ("received", "wrapalert_events_received_total", "Events accepted from the socket or spool."),
+    ("untrusted", "wrapalert_events_untrusted_total", "Accepted events from untrusted uids."),
+    ("spooled", "wrapalert_events_spooled_total", "Events ingested from the spool directory."),
+    ("ignored", "wrapalert_events_ignored_total", "Events matching [ignore]: counted only."),
+    ("silenced", "wrapalert_events_silenced_total", "Events matching an active silence."),
+    ("scans", "wrapalert_scans_total", "Scan signals raised by the scan detector."),
+    ("digests", "wrapalert_digests_total", "Digests made (one per due batch of groups)."),
+)
+GAUGES = (
+    ("groups", "wrapalert_groups", "Groups the aggregator holds."),
+    ("pending_events", "wrapalert_pending_events", "Events waiting for their group's digest."),
+    ("outbox", "wrapalert_outbox_digests", "Digests in the outbox, queued or set aside."),
+)
+# Per sink: (key in status["sinks"][name], metric, type, help).
+SINK_METRICS = (
+    (
+        "delivered",
+        "wrapalert_sink_delivered_total",
+        "counter",
+        "Deliveries: digests for digest sinks, events for forwarding sinks.",
+    ),
+    (
+        "failed",
+        "wrapalert_sink_failed_total",
+        "counter",
+        "Permanent failures: digests for digest sinks, events for forwarding sinks.",
+    ),
+    ("events_delivered", "wrapalert_sink_events_delivered_total", "counter", "Events delivered."),
+    ("events_failed", "wrapalert_sink_events_failed_total", "counter", "Events not delivered."),
+    ("queued", "wrapalert_sink_queued", "gauge", "Digests or records waiting for the sink."),
+    ("held", "wrapalert_sink_held_events", "gauge", "Events held back by the sink's rate limit."),
+    (
+        "held_failed",
+        "wrapalert_sink_held_failed_digests",
+        "gauge",
+        "Digests set aside after a permanent failure (retried at a reload).",
+    ),
+)
+
+
+def version() -> str:
+    try:
+        return metadata.version("wrapalert")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def escape(value: str) -> str:
+    """A label value as the text format wants it: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: object) -> str | None:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    return None
+
+
+def render(status: Status, *, now: float, started: float, build: str | None = None) -> str:
+    """The exposition text for one status object (pure: tested with plain values)."""
+    return "".join(_lines(status, now=now, started=started, build=build or version()))
+
+
+def _family(name: str, kind: str, text: str) -> str:
+    return f"# HELP {name} {text}\n# TYPE {name} {kind}\n"
+
+
+def _lines(status: Status, *, now: float, started: float, build: str) -> Iterator[str]:
+    yield _family("wrapalert_build_info", "gauge", "Version of wrapalert and Python; always 1.")
+    python = platform.python_version()
+    yield f'wrapalert_build_info{{version="{escape(build)}",python="{python}"}} 1\n'
+    yield _family("wrapalert_start_time_seconds", "gauge", "When the daemon started (Unix time).")
+    yield f"wrapalert_start_time_seconds {started!r}\n"
+    yield _family(
+        "wrapalert_metrics_written_timestamp_seconds",
+        "gauge",
+        "When the daemon wrote this file (Unix time); stale means not running.",
+    )
+    yield f"wrapalert_metrics_written_timestamp_seconds {now!r}\n"
+    for key, name, text in COUNTERS:
+        yield _family(name, "counter", text)
+        yield f"{name} {_number(status.get(key)) or 0}\n"
+    rejected = status.get("rejected")
+    yield _family(
+        "wrapalert_events_rejected_total", "counter", "Datagrams or spool files rejected, by why."
+    )
+    for reason, count in sorted(rejected.items()) if isinstance(rejected, Mapping) else ():
+        if (value := _number(count)) is not None:
+            yield f'wrapalert_events_rejected_total{{reason="{escape(str(reason))}"}} {value}\n'
+    for key, name, text in GAUGES:
+        yield _family(name, "gauge", text)
+        yield f"{name} {_number(status.get(key)) or 0}\n"
+    sinks = status.get("sinks")
+    sinks = sinks if isinstance(sinks, Mapping) else {}
+    for key, name, kind, text in SINK_METRICS:
+        yield _family(name, kind, text)
+        for sink, values in sorted(sinks.items()):
+            value = _number(values.get(key)) if isinstance(values, Mapping) else None
+            if value is not None:  # e.g. `held` exists for forwarding sinks only
+                yield f'{name}{{sink="{escape(str(sink))}"}} {value}\n'
+    yield _family(
+        "wrapalert_sink_failing", "gauge", "1 while the sink's last attempt failed (retrying)."
+    )
+    for sink, values in sorted(sinks.items()):
+        failing = isinstance(values, Mapping) and values.get("last_error") is not None
+        yield f'wrapalert_sink_failing{{sink="{escape(str(sink))}"}} {int(failing)}\n'
+    state = status.get("state")
+    ok = isinstance(state, Mapping) and state.get("ok") is True
+    yield _family("wrapalert_state_ok", "gauge", "1 while the state database works, else 0.")
+    yield f"wrapalert_state_ok {int(ok)}\n"
+
+
+def write(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically: a temporary file beside it, then a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        # 0644: node_exporter runs as another user and must read it.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+# A few kilobytes to a local file, synchronously: as the state database is written.
+async def run(
+    settings: Callable[[], MetricsConfig],
+    status: Callable[[], Status],
+    clock: Clock,
+) -> None:
+    """Write the file every interval, for ever (a task of the daemon's TaskGroup)."""
+    started = clock.now()
+    written: Path | None = None
+    failing = False
+    build = version()
+    while True:
+        cfg = settings()  # the config in force: a reload may change it
+        if written is not None and written != cfg.textfile:
+            remove(written)  # a file nobody updates would look like a dead daemon
+            written = None
+        if cfg.textfile is not None:
+            try:
+                write(cfg.textfile, render(status(), now=clock.now(), started=started, build=build))
+            except OSError as exc:
+                if not failing:
+                    log.error("metrics_write_failed", path=str(cfg.textfile), error=str(exc))
+                failing = True
+            else:
+                if failing:
+                    log.info("metrics_write_recovered", path=str(cfg.textfile))
+                failing, written = False, cfg.textfile
+        await clock.sleep(cfg.interval)
