@@ -37,6 +37,7 @@ from wrapalert import config as config_mod
 from wrapalert.clock import Clock, SystemClock
 from wrapalert.config import Config
 from wrapalert.daemon import api, control, systemd
+from wrapalert.daemon.bans import Bans
 from wrapalert.daemon.intake import Intake, open_socket
 from wrapalert.daemon.ledger import DeliveryHook, Ledger
 from wrapalert.daemon.scheduler import Scheduler
@@ -45,6 +46,7 @@ from wrapalert.daemon.spool import Spool
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store
 from wrapalert.pipeline import chain
+from wrapalert.scanrule import ScanSignal
 from wrapalert.sinks.base import EventSink, Sink
 
 log = structlog.get_logger()
@@ -77,6 +79,8 @@ class Server:
         self.ledger = Ledger(self.store, self.clock, on_delivery)
         self.stats: Stats = self.ledger.stats
         self.sinks = self._sinkset(cfg, sinks)
+        self.bans = Bans(self.store, self.clock, self.stats)
+        self.bans.configure(self.sinks.banner)
         self.pipeline = self._pipeline(cfg, self.sinks)
         # A lambda: a reload replaces the pipeline, and with it the aggregator.
         self.ledger.group_changes = lambda: self.pipeline.aggregator.take_changes()  # noqa: PLW0108
@@ -88,6 +92,7 @@ class Server:
             store=self.store,
             commit=self.commit,
             current=lambda: (self.pipeline, self.sinks),
+            banned=self.bans.take_notes,
         )
         self.silences = api.Silences(self.store, self.clock, lambda: self.pipeline.mute.mute)
         self.ready = asyncio.Event()
@@ -113,7 +118,7 @@ class Server:
             outbox=self.sinks.outbox,
             sinks=self.sinks.status(),
             state=self.store.health(),
-        )
+        ) | {"bans": self.bans.status()}
 
     def flush(self) -> int:
         """Report every group with news now, whatever its timer says; how many events."""
@@ -158,6 +163,7 @@ class Server:
         self.commit()  # the old pipeline's changes are saved before it hands over
         # Built before anything is handed over: if building fails, the old ones run on.
         sinks = self._sinkset(new, None)
+        self.bans.configure(sinks.banner)
         pipeline = self._pipeline(new, sinks, previous=self.pipeline, previous_cfg=old)
         if sinks.take_over(self.sinks):
             self.store.stage_retry_failed()
@@ -182,6 +188,7 @@ class Server:
                     ("committer", self.ledger.run(self.cfg.daemon.commit_interval)),
                     ("spool", spool.run(self.cfg.daemon.spool_scan_interval)),
                     ("heartbeat", systemd.heartbeat(self._status_line, self.clock.sleep)),
+                    ("bans", self.bans.run()),
                 ):
                     self._tasks[name] = tg.create_task(job, name=name)
                 ctl = await self._serve_control()
@@ -219,6 +226,7 @@ class Server:
         snap, states = self.ledger.load(self.sinks.workers)
         self.pipeline.aggregator.restore(snap.groups)
         self.pipeline.mute.mute.silences = self.silences.load()
+        self.bans.load()
         self.sinks.restore(states)
         sock = systemd.adopt_socket()
         if sock is None:
@@ -257,7 +265,7 @@ class Server:
             ctl.close()
         loop.remove_reader(intake.sock.fileno())
         intake.drain(limit=SHUTDOWN_DRAIN)  # what the kernel already queued is ours
-        for name in ("scheduler", "spool", "heartbeat"):
+        for name in ("scheduler", "spool", "heartbeat", "bans"):
             self._tasks[name].cancel()
         spool.ingest()
         self.scheduler.collect(force=True, why="shutdown")
@@ -309,10 +317,15 @@ class Server:
             forwarders=sinks.forwarders,
             on_due=lambda: self.scheduler.wake(),  # noqa: PLW0108 - made before the scheduler
             on_muted=self.ledger.muted,
-            on_scan=self.ledger.scan_found,
+            on_scan=self._scan_found,
             previous=previous,
             previous_scan=previous_cfg.scan if previous_cfg else None,
+            ban=self.bans.stage(),
         )
+
+    def _scan_found(self, signal: ScanSignal) -> None:
+        self.ledger.scan_found(signal)
+        self.bans.scan(signal)
 
     # -- events and state ----------------------------------------------------
 
@@ -327,7 +340,11 @@ class Server:
 
     async def _serve_control(self) -> asyncio.Server | None:
         handlers = api.handlers(
-            status=self.status, flush=self.flush, test_alert=self.test_alert, silences=self.silences
+            status=self.status,
+            flush=self.flush,
+            test_alert=self.test_alert,
+            silences=self.silences,
+            bans=self.bans,
         )
         try:
             return await control.serve(self.cfg.daemon.control_socket, handlers)

@@ -22,7 +22,7 @@ from wrapalert.config import Config
 from wrapalert.model import Digest, alert_test_report
 from wrapalert.pipeline.deliver import MergeHook, ResultHook, SinkWorker, WorkerState
 from wrapalert.pipeline.forward import ForwardWorker
-from wrapalert.sinks.base import EventSink, Sink
+from wrapalert.sinks.base import BanSink, EventSink, Sink
 
 log = structlog.get_logger()
 
@@ -45,12 +45,17 @@ class SinkSet:
     ) -> None:
         self.workers: dict[str, SinkWorker] = {}
         self.forwarders: dict[str, ForwardWorker] = {}
+        # Ban sinks (nftables) get no forwarder: the ban stage counts events, the ban
+        # book (daemon/bans.py) calls them. At most one is used.
+        self.banners: dict[str, BanSink] = {}
         backoff = (cfg.limits.retry_min, cfg.limits.retry_max)
         rates = {s.name: sink_registry.events_per_second(s) for s in cfg.sinks}
         if built is None:
             built = [sink_registry.build(s, cfg.digest.template_dir) for s in cfg.sinks]
         for sink in built:
-            if isinstance(sink, EventSink):
+            if isinstance(sink, BanSink):
+                self.banners[sink.name] = sink
+            elif isinstance(sink, EventSink):
                 self.forwarders[sink.name] = ForwardWorker(
                     sink,
                     on_result=on_forwarded,
@@ -68,6 +73,11 @@ class SinkSet:
                     backoff=backoff,
                 )
         self.tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def banner(self) -> BanSink | None:
+        """The ban sink in force (the first configured), or None."""
+        return next(iter(self.banners.values()), None)
 
     def start(self, tg: asyncio.TaskGroup) -> None:
         jobs = [(n, w.run()) for n, w in self.workers.items()]
@@ -155,6 +165,7 @@ class SinkSet:
             name: w.sink.send(digest) for name, w in self.workers.items()
         }
         sends |= {name: f.sink.send_records([record]) for name, f in self.forwarders.items()}
+        sends |= {name: b.send_records([record]) for name, b in self.banners.items()}
         tasks = {asyncio.ensure_future(job): name for name, job in sends.items()}
         results: dict[str, str] = {}
         if tasks:
