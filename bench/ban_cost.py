@@ -57,6 +57,7 @@ from wrapalert.daemon import control  # noqa: E402
 CGROUP = Path("/sys/fs/cgroup/cpuacct")
 SERVICE, ATTACKER = "10.9.0.1", "10.9.0.2"
 SERVICE_MS = "service_ms"
+BASELINE_PROCS = 2  # in the cgroup between phases: the sshd listener and the daemon
 STATES = ("open", "banned", "idle")  # idle: no attempts, the same time (the baseline)
 INSIDE = "WRAPALERT_BAN_BENCH_NETNS"  # set once re-executed inside the namespace
 WRAPALERT = str(Path(sys.executable).with_name("wrapalert"))
@@ -204,7 +205,13 @@ def phase(  # noqa: PLR0917 - a bench's one call site, in order
     else:
         attacker.go()
         connected = attacker.connected()
-    time.sleep(args.settle)  # the hooks the last refusals spawned finish
+    # The same wait for every state: a refused sshd child sleeps 5 s in libwrap before it
+    # exits, and its exit belongs to its own phase, not to the next one.
+    time.sleep(args.settle)
+    deadline = time.monotonic() + 30
+    while len((group / "cgroup.procs").read_text().split()) > BASELINE_PROCS:
+        assert time.monotonic() < deadline, "the refused children did not exit"
+        time.sleep(0.05)
     usage = int((group / "cpuacct.usage").read_text()) - usage0
     busy = busy_jiffies() - busy0
     tick = 1000.0 / os.sysconf("SC_CLK_TCK")
@@ -375,7 +382,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-phase", type=int, default=40)
     parser.add_argument("--rate", type=float, default=20.0)
-    parser.add_argument("--settle", type=float, default=1.5)
+    parser.add_argument("--settle", type=float, default=6.0)
     args = parser.parse_args()
     if os.environ.get(INSIDE) != "1":
         for why in (
