@@ -342,9 +342,10 @@ def markdown(report: dict[str, object], args: argparse.Namespace) -> str:
             f"libwrap0 {m['libwrap0']}."
         ),
         (
-            f"Load average before/after: {m['loadavg']} / {report['loadavg_after']} (shared "
-            "machine: *system* includes other work; *service* counts only sshd, its children, "
-            "the hook and the daemon)."
+            f"Load average before/after: {m['loadavg']} / {report['loadavg_after']}. *service* "
+            "is the cpuacct cgroup of sshd (its children, libwrap, the hook) and the daemon: "
+            "only our processes. *system* is /proc/stat's busy time, which on a shared or "
+            "virtualised machine also counts other work (and the attacker's own loop)."
         ),
         "",
         (
