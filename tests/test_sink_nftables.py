@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -336,3 +337,55 @@ def test_ban_reaches_the_digest_through_real_libwrap(
     assert "Banned" in content
     assert "203.0.113.16 banned: 3 refusals, until" in content
     assert "wrapalert ban del 203.0.113.16" in content
+
+
+def test_reload_keeps_bans_and_applies_the_new_threshold(daemon: Callable[..., Daemon]) -> None:
+    """After SIGHUP with threshold 5 the earlier ban stays, and 3 refusals no longer ban."""
+    d = daemon()
+    d.report("203.0.113.17")
+    wait_until(lambda: "203.0.113.17" in elements(d.pid), 10, "the ban")
+    d.config.write_text(d.config.read_text().replace("threshold = 3", "threshold = 5"))
+    d.proc.signal(signal.SIGHUP)
+    d.proc.wait_for("READY=1")
+    assert "203.0.113.17" in elements(d.pid)
+    assert [b["target"] for b in json.loads(d.ban("list", "--json").stdout)] == ["203.0.113.17"]
+    d.report("203.0.113.18", 3)
+    time.sleep(0.5)  # a ban would reach the kernel within the batch interval
+    assert "203.0.113.18" not in elements(d.pid)
+    d.report("203.0.113.18", 2)
+    wait_until(lambda: "203.0.113.18" in elements(d.pid), 10, "the ban under the new rule")
+
+
+def test_test_alert_checks_the_table(daemon: Callable[..., Daemon]) -> None:
+    """`wrapalert test-alert` says the nftables sink delivered once its table exists."""
+    d = daemon()
+    done = subprocess.run(
+        [WRAPALERT, "test-alert", "-c", str(d.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "nftables  delivered" in done.stdout
+    in_ns(d.pid, "nft", "delete", "table", "inet", TABLE)
+    done = subprocess.run(
+        [WRAPALERT, "test-alert", "-c", str(d.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "nftables  failed" in done.stdout
+
+
+def test_a_deleted_table_comes_back_with_the_next_ban(daemon: Callable[..., Daemon]) -> None:
+    """After someone deletes the table, the next ban re-creates it with every active ban."""
+    d = daemon()
+    d.report("203.0.113.19")
+    wait_until(lambda: "203.0.113.19" in elements(d.pid), 10, "the first ban")
+    in_ns(d.pid, "nft", "delete", "table", "inet", TABLE)
+    d.report("203.0.113.20")
+    wait_until(lambda: {"203.0.113.19", "203.0.113.20"} <= set(elements(d.pid)), 15, "both bans")
+    assert d.status()["bans"]["last_error"] is None

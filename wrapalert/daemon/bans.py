@@ -17,7 +17,8 @@ their own transaction, so `ban del` frees the address when it returns.
 After a start (and after a reload that brings the sink) `run` first makes
 the kernel's sets hold exactly the active bans of the state database, each
 with the time it has left: a restart, even after a reboot that emptied the
-ruleset, keeps bans and state consistent. Without a usable state database
+ruleset, keeps bans and state consistent. A failed kernel change is retried
+the same way (a table deleted under the daemon comes back whole). Without a usable state database
 the bans the kernel still holds are adopted instead.
 
 Bounded, written down: at most `max_bans` bans; refusals are remembered
@@ -255,6 +256,9 @@ class Bans:
                 following = self.backoff.pauses()
             except SinkError as exc:
                 self.last_error = str(exc)
+                # The next try re-declares the table and re-syncs it from the books: a
+                # table deleted under us (or a ruleset flushed) comes back whole.
+                self._synced = False
                 delay = following()
                 log.error("ban_kernel_failed", error=str(exc), retry_in=round(delay, 3))
             self._expire_due()

@@ -222,9 +222,13 @@ class NftablesSink:
 
     async def send_records(self, records: list[dict[str, object]]) -> None:
         """A test alert (the only records this sink is sent): check the kernel answers and
-        the table is there. Nothing is banned: the test's address is TEST-NET-1."""
+        the table is there (in dry-run, which creates no table: that nft may read the
+        ruleset). Nothing is banned: the test's address is TEST-NET-1."""
         del records
-        await self._run(["-j", "list", "table", "inet", self.table], None)
+        if self.rule.dry_run:
+            await self._run(["-j", "list", "tables"], None)
+        else:
+            await self._run(["-j", "list", "table", "inet", self.table], None)
 
     async def _run(self, args: list[str], payload: dict[str, Any] | None) -> str:
         if shutil.which(self.nft) is None:
