@@ -130,6 +130,14 @@ def test_config_refuses_bad_nftables_keys(tmp_path: Path, line: str) -> None:
         config.load(path)
 
 
+def test_config_refuses_a_second_nftables_sink(tmp_path: Path) -> None:
+    """Two nftables sinks would fight over bans: the second is a config error."""
+    path = tmp_path / "w.toml"
+    path.write_text('[[sink]]\ntype = "nftables"\n\n[[sink]]\ntype = "nftables"\nname = "b"\n')
+    with pytest.raises(config.ConfigError, match="only one nftables sink"):
+        config.load(path)
+
+
 def test_schema_1_database_gains_the_bans_tables(tmp_path: Path) -> None:
     """A state database from before bans is migrated to the current schema with both tables."""
     db = sqlite3.connect(tmp_path / "state.db")

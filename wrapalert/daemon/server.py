@@ -163,8 +163,12 @@ class Server:
         self.commit()  # the old pipeline's changes are saved before it hands over
         # Built before anything is handed over: if building fails, the old ones run on.
         sinks = self._sinkset(new, None)
-        self.bans.configure(sinks.banner)
-        pipeline = self._pipeline(new, sinks, previous=self.pipeline, previous_cfg=old)
+        self.bans.configure(sinks.banner)  # the new pipeline's ban stage follows its rule
+        try:
+            pipeline = self._pipeline(new, sinks, previous=self.pipeline, previous_cfg=old)
+        except Exception:
+            self.bans.configure(self.sinks.banner)  # the old pipeline runs on: its rule too
+            raise
         if sinks.take_over(self.sinks):
             self.store.stage_retry_failed()
         self.sinks, self.pipeline, self.cfg = sinks, pipeline, new
