@@ -123,7 +123,7 @@ def test_config_reads_the_nftables_sink(tmp_path: Path) -> None:
     ['mode = "on"', 'allow = ["10.0.0.300/8"]', 'table = "x; flush ruleset"', "threshold = 0"],
 )
 def test_config_refuses_bad_nftables_keys(tmp_path: Path, line: str) -> None:
-    """A bad mode, allow network, table name or threshold is a config error."""
+    """A bad mode, allow network, table name or threshold, or a rate, is a config error."""
     path = tmp_path / "w.toml"
     path.write_text(f'[[sink]]\ntype = "nftables"\n{line}\n')
     with pytest.raises(config.ConfigError):

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from wrapalert.banrule import MODES, BanRule, check_allow, local_addresses
-from wrapalert.confparse import Table, rate
+from wrapalert.confparse import Table
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import EventSinkType
 
@@ -62,7 +62,9 @@ class NftablesSinkConfig:
     table: str = "wrapalert"
     scan: bool = True  # a scan across daemons (one address) bans at once
     nft: str = "/usr/sbin/nft"
-    events_per_second: float | None = None  # unused: it takes decisions, not events
+    # Not a key: no rate limit stands between the ban stage and its counts (pipeline/ban.py);
+    # the attribute is what every event sink's config has.
+    events_per_second: float | None = None
 
     def rule(self, local: tuple[str, ...] = ()) -> BanRule:
         return BanRule(
@@ -101,7 +103,6 @@ def parse(t: Table) -> NftablesSinkConfig:
         table=table,
         scan=t.get("scan", d.scan, bool),
         nft=str(t.path("nft", Path(d.nft))),
-        events_per_second=rate(t),
     )
 
 
