@@ -120,7 +120,13 @@ def test_config_reads_the_nftables_sink(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "line",
-    ['mode = "on"', 'allow = ["10.0.0.300/8"]', 'table = "x; flush ruleset"', "threshold = 0"],
+    [
+        'mode = "on"',
+        'allow = ["10.0.0.300/8"]',
+        'table = "x; flush ruleset"',
+        "threshold = 0",
+        "events_per_second = 5",  # no rate limit may stand between the stage and its counts
+    ],
 )
 def test_config_refuses_bad_nftables_keys(tmp_path: Path, line: str) -> None:
     """A bad mode, allow network, table name or threshold, or a rate, is a config error."""
