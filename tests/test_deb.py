@@ -499,3 +499,12 @@ def test_boots_in_bookworm_under_systemd(deb: Path, tmp_path: Path) -> None:
         assert int(mails[0]["X-Wrapalert-Events"]) >= 1
     finally:
         shutil.rmtree(tree, ignore_errors=True)  # about 400 MB
+
+
+def test_nftables_drop_in_ships_as_an_example(
+    contents: dict[str, str], control_files: dict[str, str]
+) -> None:
+    """The nftables sink's systemd drop-in is in the package's examples, and nftables is
+    suggested (the sink is optional; a suggestion installs nothing by default)."""
+    assert "/usr/share/doc/wrapalert/examples/wrapalert-nftables.conf" in contents
+    assert "Suggests: nftables" in control_files["control"]

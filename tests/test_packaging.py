@@ -86,3 +86,44 @@ def test_man_page_renders_without_warnings() -> None:
         timeout=60,
     )
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def _exposures(root: Path) -> tuple[float, set[str]]:
+    """The service's overall exposure and the settings it is marked down for, with the
+    units (and drop-ins) under `root` as the system's."""
+    result = subprocess.run(
+        [
+            analyze(),
+            "security",
+            "--offline=yes",
+            "--no-pager",
+            f"--root={root}",
+            "wrapalert.service",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for wrapalert.service: ([0-9.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    failed = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("✗")}
+    return float(match.group(1)), failed
+
+
+def test_nftables_drop_in_adds_exactly_net_admin_and_netlink(tmp_path: Path) -> None:
+    """The documented drop-in opens CAP_NET_ADMIN and AF_NETLINK and nothing else."""
+    system = tmp_path / "lib" / "systemd" / "system"
+    system.mkdir(parents=True)
+    units_here(system)
+    plain = _exposures(tmp_path)
+    drop_ins = tmp_path / "etc" / "systemd" / "system" / "wrapalert.service.d"
+    drop_ins.mkdir(parents=True)
+    shutil.copy(ROOT / "packaging" / "examples" / "wrapalert-nftables.conf", drop_ins / "n.conf")
+    with_sink = _exposures(tmp_path)
+    assert with_sink[1] - plain[1] == {
+        "CapabilityBoundingSet=~CAP_NET_ADMIN",
+        "RestrictAddressFamilies=~AF_NETLINK",
+    }
+    assert plain[1] <= with_sink[1]  # the unit's own restrictions all stay
+    assert with_sink[0] <= EXPOSURE_MAX

@@ -65,6 +65,29 @@ def _hosts_deny_line_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's priv
     )
 
 
+def _ban_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's private subparsers type
+    ban = sub.add_parser(
+        "ban", help="the nftables sink's bans: list, add, del (lift one), flush (lift all)"
+    )
+    ban_sub = ban.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ban_list = ban_sub.add_parser("list", help="the bans in force, soonest expiry first")
+    _config_arg(ban_list)
+    ban_list.add_argument("--json", action="store_true")
+    ban_add = ban_sub.add_parser(
+        "add", help="ban an address (IPv6: its network) now, e.g. add 203.0.113.7 --for 2h"
+    )
+    _config_arg(ban_add)
+    ban_add.add_argument("addr", metavar="ADDR")
+    ban_add.add_argument(
+        "--for", dest="duration", default=None, metavar="DURATION", help="default: ban_for"
+    )
+    ban_del = ban_sub.add_parser("del", help="lift a ban now")
+    _config_arg(ban_del)
+    ban_del.add_argument("addr", metavar="ADDR")
+    ban_flush = ban_sub.add_parser("flush", help="lift every ban now")
+    _config_arg(ban_flush)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wrapalert",
@@ -109,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     expire = silence_sub.add_parser("expire", help="end a silence now")
     _config_arg(expire)
     expire.add_argument("id", type=int)
+
+    _ban_parser(sub)
 
     status = sub.add_parser("status", help="ask the running daemon for its counters")
     _config_arg(status)
@@ -189,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "flush": cmd_flush,
         "test-alert": cmd_test_alert,
         "silence": cmd_silence,
+        "ban": cmd_ban,
     }[args.verb]
     try:
         return handler(args)
@@ -387,6 +413,16 @@ def format_status(status: dict[str, Any]) -> str:
         if sink.get("last_error"):
             line += f"; last error: {printable(str(sink['last_error']))}"
         lines.append(line)
+    bans = status.get("bans") or {}
+    if bans.get("mode") is not None:
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(bans["refused"].items())) or "none"
+        lines.append(
+            f"bans            {bans['active']:>10,}   (mode {bans['mode']}; made {bans['added']:,},"
+            f" would ban {bans['would_ban']:,}, expired {bans['expired']:,}, lifted"
+            f" {bans['lifted']:,}, refused: {refused})"
+        )
+        if bans.get("last_error"):
+            lines.append(f"                last kernel error: {printable(str(bans['last_error']))}")
     state = status["state"]
     if state.get("ok"):
         lines.append(f"state           {state['path']}")
@@ -435,6 +471,59 @@ def cmd_silence(args: argparse.Namespace) -> int:
         print(f"wrapalert: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
     return EXIT_OK
+
+
+def cmd_ban(args: argparse.Namespace) -> int:
+    from wrapalert.daemon import control
+
+    cfg = config.load(args.config)
+    path = cfg.daemon.control_socket
+    try:
+        if args.action == "list":
+            reply = control.request(path, "ban_list")
+            if args.json:
+                print(json.dumps(reply["bans"], indent=2))
+            else:
+                print(format_bans(reply))
+        elif args.action == "add":
+            extra: dict[str, Any] = {}
+            if args.duration is not None:
+                try:
+                    extra["seconds"] = config.parse_duration(args.duration)
+                except (TypeError, ValueError) as exc:
+                    print(f"wrapalert: {exc}", file=sys.stderr)
+                    return EXIT_USAGE
+            ban = control.request(path, "ban_add", addr=args.addr, **extra)
+            what = "would be banned (dry-run)" if ban["dry_run"] else "banned"
+            print(f"{ban['target']} {what} until {_local(ban['until'])}")
+        elif args.action == "del":
+            reply = control.request(path, "ban_del", addr=args.addr)
+            print(f"{reply['target']}: ban lifted")
+        else:
+            reply = control.request(path, "ban_flush")
+            print(f"{reply['lifted']} ban(s) lifted")
+    except control.ControlError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    return EXIT_OK
+
+
+def _local(seconds: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(seconds))
+
+
+def format_bans(reply: dict[str, Any]) -> str:
+    """`ban list` for a terminal: one line per ban."""
+    if reply.get("mode") is None:
+        return "no nftables sink is configured"
+    lines = [
+        f"{b['target']:<24} until {_local(b['until'])}  {printable(str(b['reason']))}"
+        + ("  (dry-run: not in the kernel)" if b["dry_run"] else "")
+        for b in reply["bans"]
+    ]
+    return "\n".join(lines) or f"no bans (table inet {reply['table']}, mode {reply['mode']})"
 
 
 def cmd_flush(args: argparse.Namespace) -> int:

@@ -340,6 +340,10 @@ class _Parser:
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise self.error("sink", i, "name", f"duplicate sink name {name!r}")
+        kinds = [raw.get("type") for raw in sinks_raw]  # each a table: _sink checked it
+        if kinds.count("nftables") > 1:  # one table, one ban book: a second would fight it
+            second = [i for i, k in enumerate(kinds) if k == "nftables"][1]
+            raise self.error("sink", second, "type", "only one nftables sink may be configured")
         ignore = self._section(data, "ignore", IgnoreConfig, self._ignore)
         routes_raw = data.get("route", [])
         if not isinstance(routes_raw, list):

@@ -357,7 +357,24 @@ def context(digest: Digest) -> dict[str, Any]:
         "timeline": slots,
         "silence_for": SILENCE_FOR,
         "top_silence": silences[0] if silences else "",
+        "banned": banned(digest),  # the nftables sink's section (issue 12)
     }
+
+
+def banned(digest: Digest) -> list[dict[str, Any]]:
+    """The digest's "Banned" section: each note with the command that undoes it (for a
+    ban still in force). A "more" note's target is the count of notes left out."""
+    commands = {"banned": "wrapalert ban del {}", "would ban": "", "refused": ""}
+    return [
+        {
+            "action": action,
+            "target": target,
+            "reason": reason,
+            "until": until,
+            "command": commands.get(action, "").format(target),
+        }
+        for action, target, reason, until in digest.banned
+    ]
 
 
 # -- rendering -----------------------------------------------------------------------------

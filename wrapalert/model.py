@@ -110,6 +110,9 @@ class Digest:
     held: int = 0  # events in this digest that waited for the rate limit
     silenced: int = 0  # events matched by a silence since the previous digest (not reported)
     merged: int = 1  # how many digests were merged into this one
+    # The nftables sink's news since the previous digest: (action, target, reason, until),
+    # action "banned", "would ban", "refused", "expired", "lifted" or "more" (daemon/bans.py).
+    banned: tuple[tuple[str, str, str, float], ...] = ()
     id: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -173,6 +176,8 @@ def digest_id(digest: Digest) -> str:
     h.update(repr(digest.created).encode())
     for g in digest.groups:
         h.update(repr((g.key, g.events, g.first_seen, g.last_seen)).encode())
+    if digest.banned:  # only then: the ids of digests without bans stay as they were
+        h.update(repr(digest.banned).encode())
     return h.hexdigest()[:32]
 
 
@@ -187,6 +192,7 @@ def merge_digests(digests: list[Digest], created: float) -> Digest:
         held=sum(d.held for d in digests),
         silenced=sum(d.silenced for d in digests),
         merged=sum(d.merged for d in digests),
+        banned=tuple(b for d in digests for b in d.banned),
         id="",
     )
 
@@ -261,6 +267,7 @@ def fold_reports(reports: list[GroupReport], limit: int = MAX_DIGEST_GROUPS) -> 
 def digest_from_json(text: str) -> Digest:
     data = json.loads(text)
     groups = tuple(_report_from_dict(g) for g in data.pop("groups"))
+    data["banned"] = tuple(tuple(b) for b in data.get("banned", ()))
     return Digest(groups=groups, **data)
 
 

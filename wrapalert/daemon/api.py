@@ -1,8 +1,9 @@
-"""The control API: what `wrapalert status|flush|test-alert|silence` ask the daemon.
+"""The control API: what `wrapalert status|flush|test-alert|silence|ban` ask the daemon.
 
 Each request is a JSON object in and out (daemon/control.py carries them).
 The handlers only call the collaborators they are given; silences are owned
-here: durable in the state database, live in the pipeline's mute stage.
+here: durable in the state database, live in the pipeline's mute stage. Bans
+are owned by the ban book (daemon/bans.py), whose `api_*` methods serve `ban`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import structlog
 
 from wrapalert.clock import Clock
 from wrapalert.daemon import control
+from wrapalert.daemon.bans import Bans
 from wrapalert.daemon.store import Store
 from wrapalert.pipeline.mute import Matcher, MatcherError, Mute, Silence
 
@@ -104,6 +106,7 @@ def handlers(
     flush: Callable[[], int],
     test_alert: Callable[[], Awaitable[dict[str, str]]],
     silences: Silences,
+    bans: Bans | None = None,
 ) -> dict[str, control.Handler]:
     """The control socket's commands, by name."""
 
@@ -117,7 +120,7 @@ def handlers(
     async def on_test_alert(_req: dict[str, Any]) -> dict[str, Any]:
         return {"sinks": await test_alert()}
 
-    return {
+    table: dict[str, control.Handler] = {
         "status": on_status,
         "flush": on_flush,
         "test_alert": on_test_alert,
@@ -125,6 +128,14 @@ def handlers(
         "silence_list": silences.list,
         "silence_expire": silences.expire,
     }
+    if bans is not None:
+        table |= {
+            "ban_list": bans.api_list,
+            "ban_add": bans.api_add,
+            "ban_del": bans.api_del,
+            "ban_flush": bans.api_flush,
+        }
+    return table
 
 
 async def serve(path: Path, commands: dict[str, control.Handler]) -> asyncio.Server | None:

@@ -37,6 +37,7 @@ class Scheduler:
         store: Store,
         commit: Callable[[], bool],
         current: Callable[[], tuple[EventPipeline, SinkSet]],
+        banned: Callable[[], tuple[tuple[str, str, str, float], ...]] = tuple,
     ) -> None:
         self.host = host
         self.clock = clock
@@ -44,6 +45,7 @@ class Scheduler:
         self.store = store
         self.commit = commit
         self.current = current  # the pipeline and sinks in force: a reload replaces them
+        self.banned = banned  # the ban notes since the last digest (daemon/bans.py)
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -78,6 +80,7 @@ class Scheduler:
             return
         pipeline, sinks = self.current()
         created, silenced = self.clock.now(), pipeline.mute.take_silenced()
+        banned = self.banned()
         self.stats.digests += 1
         # A group routed only to sinks that no longer exist (a reload) goes everywhere.
         names = set(sinks.workers)
@@ -88,7 +91,11 @@ class Scheduler:
             if not mine:
                 continue
             digest = Digest(
-                host=self.host, created=created, groups=tuple(fold_reports(mine)), silenced=silenced
+                host=self.host,
+                created=created,
+                groups=tuple(fold_reports(mine)),
+                silenced=silenced,
+                banned=banned,
             )
             self.store.stage_enqueue(name, digest)
             queued.append((worker, digest))

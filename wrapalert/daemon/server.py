@@ -36,6 +36,7 @@ from wrapalert import config as config_mod
 from wrapalert.clock import Clock, SystemClock
 from wrapalert.config import Config
 from wrapalert.daemon import api, metrics, systemd
+from wrapalert.daemon.bans import Bans
 from wrapalert.daemon.intake import Intake, take_socket
 from wrapalert.daemon.ledger import DeliveryHook, Ledger
 from wrapalert.daemon.scheduler import Scheduler
@@ -79,6 +80,8 @@ class Server:
         self.ledger = Ledger(self.store, self.clock, on_delivery)
         self.stats: Stats = self.ledger.stats
         self.sinks = self._sinkset(cfg, sinks)
+        self.bans = Bans(self.store, self.clock, self.stats)
+        self.bans.configure(self.sinks.banner)
         self.pipeline = self._pipeline(cfg, self.sinks)
         # A lambda: a reload replaces the pipeline, and with it the aggregator.
         self.ledger.group_changes = lambda: self.pipeline.aggregator.take_changes()  # noqa: PLW0108
@@ -90,6 +93,7 @@ class Server:
             store=self.store,
             commit=self.commit,
             current=lambda: (self.pipeline, self.sinks),
+            banned=self.bans.take_notes,
         )
         self.silences = api.Silences(self.store, self.clock, lambda: self.pipeline.mute.mute)
         self.ready = asyncio.Event()
@@ -114,7 +118,7 @@ class Server:
             outbox=self.sinks.outbox,
             sinks=self.sinks.status(),
             state=self.store.health(),
-        )
+        ) | {"bans": self.bans.status()}
 
     def flush(self) -> int:
         """Report every group with news now, whatever its timer says; how many events."""
@@ -159,7 +163,12 @@ class Server:
         self.commit()  # the old pipeline's changes are saved before it hands over
         # Built before anything is handed over: if building fails, the old ones run on.
         sinks = self._sinkset(new, None)
-        pipeline = self._pipeline(new, sinks, previous=self.pipeline, previous_cfg=old)
+        self.bans.configure(sinks.banner)  # the new pipeline's ban stage follows its rule
+        try:
+            pipeline = self._pipeline(new, sinks, previous=self.pipeline, previous_cfg=old)
+        except Exception:
+            self.bans.configure(self.sinks.banner)  # the old pipeline runs on: its rule too
+            raise
         if sinks.take_over(self.sinks):
             self.store.stage_retry_failed()
         self.sinks, self.pipeline, self.cfg = sinks, pipeline, new
@@ -184,6 +193,7 @@ class Server:
                     ("spool", spool.run(self.cfg.daemon.spool_scan_interval)),
                     ("heartbeat", systemd.heartbeat(self.status, self.clock.sleep)),
                     ("metrics", metrics.run(lambda: self.cfg.metrics, self.status, self.clock)),
+                    ("bans", self.bans.run()),
                 ):
                     self._tasks[name] = tg.create_task(job, name=name)
                 commands = api.handlers(
@@ -191,6 +201,7 @@ class Server:
                     flush=self.flush,
                     test_alert=self.test_alert,
                     silences=self.silences,
+                    bans=self.bans,
                 )
                 ctl = await api.serve(self.cfg.daemon.control_socket, commands)
                 loop.add_reader(intake.sock.fileno(), self._drain)
@@ -229,6 +240,7 @@ class Server:
         snap, states = self.ledger.load(self.sinks.workers)
         self.pipeline.aggregator.restore(snap.groups)
         self.pipeline.mute.mute.silences = self.silences.load()
+        self.bans.load()
         self.sinks.restore(states)
         sock, self._bound = take_socket(self.cfg.daemon.socket, self.cfg.daemon.socket_mode)
         self.intake = Intake(
@@ -263,7 +275,7 @@ class Server:
             ctl.close()
         loop.remove_reader(intake.sock.fileno())
         intake.drain(limit=SHUTDOWN_DRAIN)  # what the kernel already queued is ours
-        for name in ("scheduler", "spool", "heartbeat", "metrics"):
+        for name in ("scheduler", "spool", "heartbeat", "metrics", "bans"):
             self._tasks[name].cancel()
         spool.ingest()
         self.scheduler.collect(force=True, why="shutdown")
@@ -298,12 +310,14 @@ class Server:
             on_scan=self._scan_found,
             previous=previous,
             previous_scan=previous_cfg.scan if previous_cfg else None,
+            ban=self.bans.stage(),
         )
 
     # -- events and state ----------------------------------------------------
 
     def _scan_found(self, found: ScanSignal) -> None:
         self.ledger.scan_found(found)
+        self.bans.scan(found)
         self.sinks.scan(found)  # the sinks in force: a reload replaces them
 
     def _drain(self) -> None:

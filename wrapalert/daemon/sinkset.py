@@ -23,7 +23,7 @@ from wrapalert.model import Digest, alert_test_report
 from wrapalert.pipeline.deliver import MergeHook, ResultHook, SinkWorker, WorkerState
 from wrapalert.pipeline.forward import ForwardWorker, scan_record
 from wrapalert.scanrule import ScanSignal
-from wrapalert.sinks.base import EventSink, Sink
+from wrapalert.sinks.base import BanSink, EventSink, Sink
 
 log = structlog.get_logger()
 
@@ -46,13 +46,18 @@ class SinkSet:
     ) -> None:
         self.workers: dict[str, SinkWorker] = {}
         self.forwarders: dict[str, ForwardWorker] = {}
+        # Ban sinks (nftables) get no forwarder: the ban stage counts events, the ban
+        # book (daemon/bans.py) calls them. At most one is used.
+        self.banners: dict[str, BanSink] = {}
         backoff = (cfg.limits.retry_min, cfg.limits.retry_max)
         rates = {s.name: sink_registry.events_per_second(s) for s in cfg.sinks}
         if built is None:
             host, template_dir = cfg.daemon.hostname, cfg.digest.template_dir
             built = [sink_registry.build(s, template_dir, host=host) for s in cfg.sinks]
         for sink in built:
-            if isinstance(sink, EventSink):
+            if isinstance(sink, BanSink):
+                self.banners[sink.name] = sink
+            elif isinstance(sink, EventSink):
                 self.forwarders[sink.name] = ForwardWorker(
                     sink,
                     on_result=on_forwarded,
@@ -70,6 +75,11 @@ class SinkSet:
                     backoff=backoff,
                 )
         self.tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def banner(self) -> BanSink | None:
+        """The ban sink in force (the first configured), or None."""
+        return next(iter(self.banners.values()), None)
 
     def start(self, tg: asyncio.TaskGroup) -> None:
         jobs = [(n, w.run()) for n, w in self.workers.items()]
@@ -178,6 +188,7 @@ class SinkSet:
             name: w.sink.send(digest) for name, w in self.workers.items()
         }
         sends |= {name: f.sink.send_records([record]) for name, f in self.forwarders.items()}
+        sends |= {name: b.send_records([record]) for name, b in self.banners.items()}
         tasks = {asyncio.ensure_future(job): name for name, job in sends.items()}
         results: dict[str, str] = {}
         if tasks:

@@ -22,6 +22,11 @@ class Stats:
     silenced: int = 0  # matched an active silence: counted, never notified
     scans: int = 0  # scan signals the detector raised (pipeline/scan.py)
     digests: int = 0
+    bans: int = 0  # bans put into the kernel (nftables sink), automatic and by hand
+    bans_dry_run: int = 0  # bans decided in mode = "dry-run": reported, not made
+    bans_refused: Counter[str] = field(default_factory=Counter)  # why not: allowlisted, cap
+    bans_expired: int = 0
+    bans_lifted: int = 0  # ended early: `wrapalert ban del` or `flush`
     delivered: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
     events_delivered: Counter[str] = field(default_factory=Counter)

@@ -1,11 +1,12 @@
 """Durable state in SQLite (WAL) under `state_dir`: what a restart must not lose.
 
 Tables: the groups (counts, detail, timers), the outbox of digests per sink,
-the notification log, the spool files already counted, silences, and the
-daemon's counters. Changes are staged in memory and written by `commit` in
-one transaction, so a group's reset and the digest that reported it land
-together or not at all (group commit: the daemon commits every 100 ms, and
-at once when a digest is made or delivered).
+the notification log, the spool files already counted, silences, the
+daemon's counters, and the nftables sink's bans with their log. Changes are
+staged in memory and written by `commit` in one transaction, so a group's
+reset and the digest that reported it land together or not at all (group
+commit: the daemon commits every 100 ms, and at once when a digest is made
+or delivered).
 
 Failure behaviour, written down:
 * a database that cannot be read as SQLite is moved aside (never emptied in
@@ -37,7 +38,7 @@ from wrapalert.model import Digest, digest_from_json, digest_to_json
 log = structlog.get_logger()
 
 DB_NAME = "state.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Index i holds the statements that take a database from version i to i + 1.
 MIGRATIONS: list[list[str]] = [
@@ -56,8 +57,17 @@ MIGRATIONS: list[list[str]] = [
             id INTEGER PRIMARY KEY, matchers TEXT NOT NULL, created REAL NOT NULL,
             expires REAL NOT NULL, comment TEXT NOT NULL DEFAULT '')""",
     ],
+    [  # 2: the nftables sink's bans (daemon/bans.py), and what happened to them
+        """CREATE TABLE bans (
+            target TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL,
+            until REAL NOT NULL, dry_run INTEGER NOT NULL DEFAULT 0)""",
+        """CREATE TABLE ban_log (
+            id INTEGER PRIMARY KEY, time REAL NOT NULL, action TEXT NOT NULL,
+            target TEXT NOT NULL, reason TEXT NOT NULL, until REAL)""",
+    ],
 ]
 NOTIFICATION_LOG_KEEP = 10000  # rows; older ones are pruned (they only explain the past)
+BAN_LOG_KEEP = 10000  # rows of ban_log, likewise
 
 
 class StateError(Exception):
@@ -305,6 +315,11 @@ class Store:
                 "(SELECT rowid FROM notification_log ORDER BY delivered DESC LIMIT ?)",
                 (NOTIFICATION_LOG_KEEP,),
             )
+            self.db.execute(
+                "DELETE FROM ban_log WHERE id NOT IN "
+                "(SELECT id FROM ban_log ORDER BY id DESC LIMIT ?)",
+                (BAN_LOG_KEEP,),
+            )
 
     # -- silences: written at once, each is an operator's explicit request -------------
 
@@ -347,6 +362,48 @@ class Store:
             self._fail(exc)
             return False
         return cur.rowcount > 0
+
+    # -- bans: staged like groups, committed with the next (group) commit ----------------
+
+    def stage_ban(
+        self, target: str, reason: str, since: float, until: float, *, dry_run: bool
+    ) -> None:
+        self._ops.append(
+            (
+                "INSERT OR REPLACE INTO bans VALUES (?,?,?,?,?)",
+                (target, reason, since, until, int(dry_run)),
+            )
+        )
+
+    def stage_unban(self, target: str) -> None:
+        self._ops.append(("DELETE FROM bans WHERE target = ?", (target,)))
+
+    def stage_ban_log(
+        self, when: float, action: str, target: str, reason: str, until: float | None
+    ) -> None:
+        self._ops.append(
+            (
+                "INSERT INTO ban_log (time, action, target, reason, until) VALUES (?,?,?,?,?)",
+                (when, action, target, reason, until),
+            )
+        )
+
+    def bans(self) -> list[tuple[str, str, float, float, bool]]:
+        """Every ban row (target, reason, since, until, dry_run), expired ones too."""
+        if self.db is None:
+            return []
+        rows = self.db.execute("SELECT target, reason, since, until, dry_run FROM bans")
+        return [(t, r, s, u, bool(d)) for t, r, s, u, d in rows]
+
+    def ban_log(self, limit: int = 100) -> list[tuple[float, str, str, str, float | None]]:
+        """The latest ban_log rows, newest first."""
+        if self.db is None:
+            return []
+        rows = self.db.execute(
+            "SELECT time, action, target, reason, until FROM ban_log ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return list(rows)
 
     def deliveries_since(self, sink: str, since: float) -> list[float]:
         """When `sink` delivered since `since`, oldest first: seeds the mail cap at start."""

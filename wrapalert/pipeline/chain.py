@@ -126,9 +126,12 @@ def build(
     on_scan: Callable[[ScanSignal], None] | None = None,
     previous: EventPipeline | None = None,
     previous_scan: ScanConfig | None = None,
+    ban: Stage | None = None,
 ) -> EventPipeline:
     """The pipeline for `cfg`; with `previous`, its groups, silences, silenced count and
-    (for an unchanged [scan]) the scan detector's memory carry over."""
+    (for an unchanged [scan]) the scan detector's memory carry over. `ban` (the nftables
+    sink's stage, pipeline/ban.py) goes first: before mute, so a silence hides a source
+    from digests but never shields it from a ban, and before any rate limit."""
     router = Router(cfg.routes)
     scans = detector(cfg.scan)
     if previous is not None and previous_scan == cfg.scan:
@@ -148,7 +151,7 @@ def build(
         aggregator.restore(previous.aggregator.export_all())
         mute.silences = list(previous.mute.mute.silences)
         mute_stage.silenced = previous.mute.silenced
-    stages: list[Stage] = [mute_stage]
+    stages: list[Stage] = [mute_stage] if ban is None else [ban, mute_stage]
     if router.routes:
         stages.append(RouteStage(router))
     stages.append(AggregateStage(aggregator, on_due))

@@ -7,8 +7,10 @@ until the configuration changes). Sinks never import the daemon or the CLI.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
+from wrapalert.banrule import BanRule
 from wrapalert.model import Digest
 
 
@@ -38,6 +40,22 @@ class EventSink(Protocol):
 
     name: str
 
+    async def send_records(self, records: list[dict[str, object]]) -> None: ...
+
+
+@runtime_checkable
+class BanSink(Protocol):
+    """A sink that carries ban decisions to a firewall (nftables.py). The daemon gives it
+    no events: the ban stage counts them and the ban book (daemon/bans.py) calls these."""
+
+    name: str
+    table: str
+    rule: BanRule  # the sink's policy, with this host's addresses as of its build
+
+    async def ensure(self, bans: Iterable[tuple[str, float]] | None = None) -> None: ...
+    async def apply(self, add: Iterable[tuple[str, float]], delete: Iterable[str] = ()) -> None: ...
+    async def flush(self) -> None: ...
+    async def elements(self) -> dict[str, float]: ...
     async def send_records(self, records: list[dict[str, object]]) -> None: ...
 
 
