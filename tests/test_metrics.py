@@ -89,6 +89,22 @@ def test_hostile_sink_names_and_reasons_stay_one_valid_sample_each() -> None:
     assert "wrapalert_state_ok 0\n" in text
 
 
+def test_bans_are_exported_only_where_an_nftables_sink_runs() -> None:
+    """The ban counters and the active gauge follow status's `bans` object; without an
+    nftables sink (no mode) there is no ban metric at all."""
+    bans = {"active": 3, "added": 7, "expired": 4, "lifted": 0, "would_ban": 0}
+    status: dict[str, object] = {"bans": {**bans, "refused": {"cap": 2}, "mode": "enforce"}}
+    text = metrics.render(status, now=2.0, started=1.0, build="1.0")
+    done = check_metrics(text)
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = samples(text)
+    assert got["wrapalert_bans_active"] == 3
+    assert got["wrapalert_bans_added_total"] == 7
+    assert got['wrapalert_bans_refused_total{reason="cap"}'] == 2
+    off = metrics.render({"bans": {**bans, "mode": None}}, now=2.0, started=1.0, build="1.0")
+    assert "wrapalert_bans" not in off
+
+
 def test_the_file_is_replaced_atomically_and_readable_by_node_exporter(tmp_path: Path) -> None:
     """Each write is a new file renamed over the old (never rewritten in place), mode 0644,
     with no temporary file left beside it."""

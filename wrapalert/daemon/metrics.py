@@ -151,10 +151,37 @@ def _lines(status: Status, *, now: float, started: float, build: str) -> Iterato
     for sink, values in sorted(sinks.items()):
         failing = isinstance(values, Mapping) and values.get("last_error") is not None
         yield f'wrapalert_sink_failing{{sink="{escape(str(sink))}"}} {int(failing)}\n'
+    yield from _bans(status.get("bans"))
     state = status.get("state")
     ok = isinstance(state, Mapping) and state.get("ok") is True
     yield _family("wrapalert_state_ok", "gauge", "1 while the state database works, else 0.")
     yield f"wrapalert_state_ok {int(ok)}\n"
+
+
+BAN_COUNTERS = (
+    ("added", "wrapalert_bans_added_total", "Bans the nftables sink put in the kernel."),
+    ("would_ban", "wrapalert_bans_dry_run_total", "Bans a dry-run nftables sink would have made."),
+    ("expired", "wrapalert_bans_expired_total", "Bans that ran out."),
+    ("lifted", "wrapalert_bans_lifted_total", "Bans lifted by hand (wrapalert ban del, flush)."),
+)
+
+
+def _bans(bans: object) -> Iterator[str]:
+    """The nftables sink's bans, when it is configured (status has no mode otherwise)."""
+    if not isinstance(bans, Mapping) or bans.get("mode") is None:
+        return
+    yield _family("wrapalert_bans_active", "gauge", "Bans in force in the kernel now.")
+    yield f"wrapalert_bans_active {_number(bans.get('active')) or 0}\n"
+    for key, name, text in BAN_COUNTERS:
+        yield _family(name, "counter", text)
+        yield f"{name} {_number(bans.get(key)) or 0}\n"
+    refused = bans.get("refused")
+    yield _family(
+        "wrapalert_bans_refused_total", "counter", "Bans refused, by why (allowlisted, cap)."
+    )
+    for reason, count in sorted(refused.items()) if isinstance(refused, Mapping) else ():
+        if (value := _number(count)) is not None:
+            yield f'wrapalert_bans_refused_total{{reason="{escape(str(reason))}"}} {value}\n'
 
 
 def write(path: Path, text: str) -> None:
