@@ -51,10 +51,13 @@ class SinkSet:
             built = [sink_registry.build(s, cfg.digest.template_dir) for s in cfg.sinks]
         for sink in built:
             if isinstance(sink, EventSink):
+                rate = rates.get(sink.name) or cfg.limits.events_per_second
                 self.forwarders[sink.name] = ForwardWorker(
                     sink,
                     on_result=on_forwarded,
-                    per_second=rates.get(sink.name) or cfg.limits.events_per_second,
+                    per_second=rate,
+                    # Never more than the sink's own rate: the untrusted budget is the smaller.
+                    untrusted_per_second=min(rate, cfg.limits.untrusted_events_per_second),
                     clock=clock,
                     backoff=backoff,
                 )
@@ -130,6 +133,7 @@ class SinkSet:
             sinks[name] = {
                 "queued": len(f.buffer),
                 "held": f.held,
+                "held_untrusted": f.held_untrusted.events,
                 "held_failed": 0,
                 "last_error": f.last_error,
             }

@@ -22,7 +22,8 @@ event pushes it on, and once events stop the alert resolves by itself.
 
 "held" records (events the rate limit counted instead of forwarding) become
 one alert `WrapalertHeld` with labels host and the static ones, and the
-held count, time span and top daemons as annotations.
+held count, time span and top daemons as annotations; untrusted held
+records make a second one, labelled `trust="untrusted"`.
 
 Values are data: they go only into JSON strings built by `json.dumps`, label
 names are ours or checked by the config, lone surrogates become U+FFFD and
@@ -203,14 +204,20 @@ def build_alerts(
             _count(group.users, record.get("user"))
             _count(group.uids, record.get("uid"))
         elif kind == "held":
-            group = groups.setdefault((("alertname", "WrapalertHeld"), ("host", host)), _Group())
+            # One held alert per trust class: a local user's flood never sums into ours.
+            # (The trusted one keeps its labels, so its alert stays the same alert.)
+            trust = "untrusted" if record.get("trusted") is False else "trusted"
+            key: tuple[tuple[str, str], ...] = (("alertname", "WrapalertHeld"), ("host", host))
+            if trust == "untrusted":
+                key += (("trust", trust),)
+            group = groups.setdefault(key, _Group())
             events = record.get("events")
             group.seen(
                 _time(record.get("first"), now),
                 _time(record.get("last"), now),
                 events if isinstance(events, int) and events > 0 else 1,
             )
-            daemons = record.get("daemons")
+            daemons = record.get("daemons" if trust == "trusted" else "untrusted_daemons")
             for daemon, n in daemons.items() if isinstance(daemons, dict) else ():
                 if isinstance(n, int) and n > 0:
                     group.daemons[_value(daemon)] += n
@@ -263,10 +270,11 @@ def _alert(
 def _summary(labels: dict[str, str], group: _Group) -> str:
     host = labels.get("host", "")
     if labels["alertname"] == "WrapalertHeld":
-        return (
+        text = (
             f"{group.events} events held back by the rate limit on {host}: "
             "counted, not forwarded one by one"
         )
+        return f"UNTRUSTED reports: {text}" if labels.get("trust") == "untrusted" else text
     verb = "allowed" if labels["alertname"] == "WrapalertAllowed" else "refused"
     names = f" ({_listing(group.names)})" if group.names else ""
     text = (
