@@ -117,8 +117,10 @@ class Spool:
             except OSError as exc:
                 log.warning("spool_unavailable", path=str(self.path), error=str(exc))
                 return
+        squatters: Counter[str] = Counter()
         for uid in sorted(self.intake.trusted):
-            self._ensure_private(uid, Counter())
+            self._ensure_private(uid, squatters)
+        self.intake.count_junk(squatters)
 
     def ingest(self) -> None:
         """One pass, all on the calling thread (at start and at shutdown)."""
