@@ -18,6 +18,7 @@ import pytest
 from conftest import PYTHON, Deliveries, Running, client, make_config, require, wait_until
 
 from wrapalert import config, notify
+from wrapalert.daemon import spool as spool_mod
 from wrapalert.daemon.server import Server
 from wrapalert.wire import encode
 
@@ -123,6 +124,31 @@ def test_a_squatter_on_a_trusted_uids_spool_name_is_removed(sockdir: Path) -> No
     st = squat.lstat()
     assert (stat.S_ISDIR(st.st_mode), st.st_uid, stat.S_IMODE(st.st_mode)) == (True, 0, 0o700)
     assert server.stats.rejected["spool_squatter"] == 1
+
+
+def test_fresh_dot_files_cannot_hide_stale_ones_from_the_sweep(
+    sockdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a sweep of 5 dot files a pass, 30 fresh ones uid 65534 keeps in the spool do
+    not shield a stale one behind them: each pass goes on from where the last stopped."""
+    monkeypatch.setattr(spool_mod, "SWEEP_BATCH", 5)
+    cfg = make_config(sockdir)
+    spool = shared_spool(cfg)
+    as_user(
+        NOBODY,
+        "import os, sys; [open(sys.argv[1] + '/.a%d' % i, 'w') for i in range(30)]",
+        str(spool),
+    )
+    as_user(
+        NOBODY,
+        "import os, sys; open(sys.argv[1], 'w'); os.utime(sys.argv[1], (0, 0))",
+        str(spool / ".z"),
+    )
+
+    server = start_and_stop(Server(cfg), wait=1.6)  # 8 passes, 0.2 s apart: all 31 seen
+    assert not (spool / ".z").exists()
+    assert server.stats.rejected["stale_spool_file"] == 1
+    assert len(list(spool.glob(".a*"))) == 30
 
 
 def test_the_client_ignores_an_own_dir_others_may_write(sockdir: Path) -> None:

@@ -32,6 +32,7 @@ entries cost the event loop nothing but the result; it is bounded too
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import os
 import re
@@ -83,6 +84,8 @@ class ScanResult:
     rejected: Counter[str] = field(default_factory=Counter)  # junk, by reason
     fallbacks: Counter[int] = field(default_factory=Counter)  # uid -> syslog fallbacks
     stuck: list[str] = field(default_factory=list)  # junk that would not go: skip it
+    # Per directory, the last dot file swept: the next pass goes on from there.
+    cursors: dict[str, str] = field(default_factory=dict)
 
 
 class Spool:
@@ -107,6 +110,7 @@ class Spool:
         self.taken: set[str] = set(seen)
         self.stuck: set[str] = set()
         self._warned: set[int] = set()
+        self._cursors: dict[str, str] = {}
 
     def ensure(self) -> None:
         """Create the spool dir if we can: sticky and world-writable, as clients run as anyone."""
@@ -150,7 +154,7 @@ class Spool:
         `now` is the kernel's wall clock (time.time), never the daemon's injected one:
         it is compared with file times."""
         trusted = sorted(self.intake.trusted)
-        one = _Pass(now, skip, {str(uid) for uid in trusted})
+        one = _Pass(now, skip, {str(uid) for uid in trusted}, dict(self._cursors))
         one.directory(self.path, None)
         for uid in trusted:
             if self._ensure_private(uid, one.result.rejected):
@@ -166,6 +170,7 @@ class Spool:
         self.store.stage_spool_seen(taken)
         self.taken.update(taken)
         self._remember_stuck(result.stuck)
+        self._cursors = result.cursors
 
     def ready_to_remove(self) -> list[str]:
         """The files whose events are committed (none if the commit failed: then the
@@ -223,12 +228,14 @@ class Spool:
 class _Pass:
     """One pass over the spool's directories: what it read, swept and set aside."""
 
-    def __init__(self, now: float, skip: set[str], private_names: set[str]) -> None:
+    def __init__(
+        self, now: float, skip: set[str], private_names: set[str], cursors: dict[str, str]
+    ) -> None:
         self.now = now
         self.skip = skip
         self.private_names = private_names
         self.budget = SPOOL_BATCH
-        self.result = ScanResult()
+        self.result = ScanResult(cursors=cursors)
 
     def directory(self, path: Path, owner: int | None) -> None:
         """The shared directory (`owner` None: a file speaks for its owner) or a trusted
@@ -242,8 +249,8 @@ class _Pass:
         except OSError as exc:
             log.error("spool_unreadable", path=str(path), error=str(exc))
             return
-        dots = [n for n in names if n.startswith(".") and prefix + n not in self.skip]
-        self._sweep(path, prefix, dots[:SWEEP_BATCH], owner)
+        dots = sorted(n for n in names if n.startswith(".") and prefix + n not in self.skip)
+        self._sweep(path, prefix, self._window(prefix, dots), owner)
         events = []
         for name in sorted(n for n in names if not n.startswith(".")):
             if owner is None and name in self.private_names:
@@ -256,6 +263,16 @@ class _Pass:
             data, uid, reason = _read_spool_file(path / name, owner)
             self.result.files.append(SpoolFile(prefix + name, data, uid, reason))
         self.budget -= min(self.budget, len(events))
+
+    def _window(self, prefix: str, dots: list[str]) -> list[str]:
+        """The next SWEEP_BATCH dot files after the last pass's, wrapping round: junk kept
+        fresh at the front of the list cannot hide what lies behind it."""
+        start = bisect.bisect_right(dots, self.result.cursors.get(prefix, ""))
+        window = dots[start : start + SWEEP_BATCH]
+        window += dots[: min(start, SWEEP_BATCH - len(window))]
+        if window:
+            self.result.cursors[prefix] = window[-1]
+        return window
 
     def _sweep(self, directory: Path, prefix: str, dots: list[str], owner: int | None) -> None:
         """Dot files: count settled fallback markers; remove (and count) the rest unless
