@@ -225,3 +225,17 @@ def test_untrusted_events_per_second_reaches_each_forwarder(sockdir: Path) -> No
     server = Server(cfg)
     rates = {n: f.untrusted_bucket.rate for n, f in server.sinks.forwarders.items()}
     assert rates == {"journald": 1.0, "webhook": 0.5}
+
+
+def test_untrusted_events_per_second_is_read_from_limits() -> None:
+    """`[limits] untrusted_events_per_second` is parsed; without it the budget is 1."""
+    assert config.loads("", "t.toml").limits.untrusted_events_per_second == 1.0
+    cfg = config.loads("[limits]\nuntrusted_events_per_second = 0.25\n", "t.toml")
+    assert cfg.limits.untrusted_events_per_second == 0.25
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "2e6", "true"])
+def test_a_bad_untrusted_events_per_second_is_refused(value: str) -> None:
+    """Zero, negative, huge or non-numeric budgets are a config error naming the key."""
+    with pytest.raises(config.ConfigError, match="untrusted_events_per_second"):
+        config.loads(f"[limits]\nuntrusted_events_per_second = {value}\n", "t.toml")
