@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -261,6 +262,19 @@ def maildir_messages(maildir: Path) -> list[EmailMessage]:
         msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
         assert isinstance(msg, EmailMessage)
         out.append(msg)
+    return out
+
+
+def spool_files(spool: Path) -> list[Path]:
+    """What the spool holds for the daemon to read: entries of the shared dir and of each
+    uid's own dir, which the daemon made and which is not itself listed."""
+    out: list[Path] = []
+    for path in sorted(spool.iterdir()):
+        st = path.lstat()
+        if stat.S_ISDIR(st.st_mode) and path.name.isdigit() and st.st_uid == int(path.name):
+            out.extend(sorted(path.iterdir()))
+        else:
+            out.append(path)
     return out
 
 

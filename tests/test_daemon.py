@@ -9,7 +9,16 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import Deliveries, Running, body, client, maildir_messages, make_config, require
+from conftest import (
+    Deliveries,
+    Running,
+    body,
+    client,
+    maildir_messages,
+    make_config,
+    require,
+    spool_files,
+)
 
 from wrapalert.daemon.server import Server
 from wrapalert.wire import encode
@@ -122,7 +131,7 @@ def test_spooled_events_are_ingested_at_start_and_removed(sockdir: Path) -> None
     server, seen = asyncio.run(scenario())
     assert server.stats.spooled == 2
     assert seen.events == 2
-    assert list(spool.iterdir()) == []
+    assert spool_files(spool) == []
 
 
 def test_spool_written_while_running_is_picked_up(sockdir: Path) -> None:
@@ -165,7 +174,7 @@ def test_spool_symlinks_and_oversized_files_are_rejected(sockdir: Path) -> None:
     server = asyncio.run(scenario())
     assert server.stats.rejected["bad_spool_file"] == 2
     assert server.stats.received == 0
-    assert list(spool.iterdir()) == []
+    assert spool_files(spool) == []
     assert secret.exists()
 
 

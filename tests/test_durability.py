@@ -31,6 +31,7 @@ from conftest import (
     free_port,
     maildir_messages,
     make_config,
+    spool_files,
     wait_until,
     write_config,
 )
@@ -359,7 +360,7 @@ def test_spool_files_counted_before_a_crash_are_not_counted_again(sockdir: Path)
 
     server = asyncio.run(scenario())
     assert server.stats.received == 1
-    assert list(spool.iterdir()) == []
+    assert spool_files(spool) == []
     assert second  # the other file was the one counted
 
 

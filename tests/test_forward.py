@@ -157,3 +157,85 @@ def test_each_forwarding_sink_gets_its_own_events_per_second(sockdir: Path) -> N
     server = Server(cfg)
     rates = {name: f.bucket.rate for name, f in server.sinks.forwarders.items()}
     assert rates == {"syslog": 7.0, "journald": cfg.limits.events_per_second, "webhook": 3.0}
+
+
+def untrusted(daemon: str) -> Event:
+    return Event({"daemon": daemon, "client_addr": "192.0.2.66"}, 1000.0, 65534, 7, False)
+
+
+def test_an_untrusted_flood_never_spends_the_trusted_budget() -> None:
+    """Under a flood from uid 65534, each of 40 trusted events still gets its own record;
+    the flood gets its own small budget and a held record marked untrusted (break 2)."""
+    clock = ManualClock(1000.0)
+    sink = Records(clock)
+    worker = ForwardWorker(sink, per_second=100, untrusted_per_second=1, clock=clock)
+    for i in range(40):
+        for _ in range(100):
+            worker.offer(untrusted("CRITICAL:root-compromise"))
+        worker.offer(ev(f"sshd{i}"))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(worker.run())
+        async with asyncio.timeout(5):
+            while events_in(sink.batches) < 4040:  # fake time steps
+                clock.t += 0.5
+                await asyncio.sleep(0)
+        worker.close()
+        await task
+
+    asyncio.run(scenario())
+    records = [r for _, batch in sink.batches for r in batch]
+    trusted = [r for r in records if r["type"] == "event" and r["trusted"] is True]
+    assert len(trusted) == 40
+    held = [r for r in records if r["type"] == "held"]
+    assert held
+    assert all(r["trusted"] is False for r in held)
+    assert all("daemons" not in r and "untrusted_daemons" in r for r in held)
+    assert events_in(sink.batches) == 4040
+
+
+def test_held_records_never_mix_trust_classes() -> None:
+    """Held events of both classes go out as two records, each with its own `trusted`."""
+    clock = ManualClock(1000.0)
+    sink = Records(clock)
+    worker = ForwardWorker(sink, per_second=1, untrusted_per_second=1, clock=clock)
+    for _ in range(5):
+        worker.offer(ev("sshd"))
+        worker.offer(untrusted("evil"))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(worker.run())
+        worker.close()
+        await task
+
+    asyncio.run(scenario())
+    held = {r["trusted"]: r for _, batch in sink.batches for r in batch if r["type"] == "held"}
+    assert (held[True]["events"], held[True]["daemons"]) == (4, {"sshd": 4})
+    assert (held[False]["events"], held[False]["untrusted_daemons"]) == (4, {"evil": 4})
+
+
+def test_untrusted_events_per_second_reaches_each_forwarder(sockdir: Path) -> None:
+    """[limits] untrusted_events_per_second is every forwarding sink's untrusted budget,
+    never above the sink's own rate."""
+    cfg = make_config(
+        sockdir,
+        JournaldSinkConfig(),
+        WebhookSinkConfig(url="http://127.0.0.1:9/", events_per_second=0.5),
+    )
+    server = Server(cfg)
+    rates = {n: f.untrusted_bucket.rate for n, f in server.sinks.forwarders.items()}
+    assert rates == {"journald": 1.0, "webhook": 0.5}
+
+
+def test_untrusted_events_per_second_is_read_from_limits() -> None:
+    """`[limits] untrusted_events_per_second` is parsed; without it the budget is 1."""
+    assert config.loads("", "t.toml").limits.untrusted_events_per_second == 1.0
+    cfg = config.loads("[limits]\nuntrusted_events_per_second = 0.25\n", "t.toml")
+    assert cfg.limits.untrusted_events_per_second == 0.25
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "2e6", "true"])
+def test_a_bad_untrusted_events_per_second_is_refused(value: str) -> None:
+    """Zero, negative, huge or non-numeric budgets are a config error naming the key."""
+    with pytest.raises(config.ConfigError, match="untrusted_events_per_second"):
+        config.loads(f"[limits]\nuntrusted_events_per_second = {value}\n", "t.toml")

@@ -30,6 +30,7 @@ from conftest import (
     jsonl_events,
     libwrap_available,
     require,
+    spool_files,
     wait_until,
 )
 
@@ -159,7 +160,7 @@ def test_socket_gone_every_refusal_is_spooled_then_ingested(
     and the daemon ingests them once when it starts."""
     report = probe(sockdir, durable_line(cfg_path), 8)
     assert report["killed"] == 0
-    assert len(list((sockdir / "spool").iterdir())) == 8
+    assert len(spool_files(sockdir / "spool")) == 8
     self_bound.start()
     each_once(sockdir, 8)
     assert self_bound.status()["spooled"] == 8
@@ -173,7 +174,7 @@ def test_socket_held_fills_the_queue_then_spools(
     report = probe(sockdir, durable_line(cfg_path), 25, interval=0.005)
     assert report["killed"] == 0
     assert max(report["lifetimes"]) < 2 * RUNNING_BUDGET, report  # no daemon: not held to 250 ms
-    spooled = len(list((sockdir / "spool").iterdir()))
+    spooled = len(spool_files(sockdir / "spool"))
     assert 0 < spooled < 25  # some queued in the kernel, the rest in the spool
     held.start()
     each_once(sockdir, 25)
@@ -199,7 +200,7 @@ def test_restart_loses_and_doubles_nothing(
     with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as refusing:
         wait_until(lambda: len(jsonl_events(sockdir)) >= 5, timeout=30, what="the first events")
         self_bound.stop()
-        spool_before = len(list((sockdir / "spool").iterdir()))
+        spool_before = len(spool_files(sockdir / "spool"))
         self_bound.start()
         out, _ = refusing.communicate(timeout=60)
     assert json.loads(out)["killed"] == 0

@@ -753,11 +753,14 @@ def nearly_full_spool(nearly_full_spool_dir: Path) -> Iterator[Path]:
 def test_full_spool_falls_back_to_syslog(
     paths: Paths, listen: Listen, nearly_full_spool: Path
 ) -> None:
-    """With SPOOL_CAP files in the spool, nothing more is written there and syslog gets it."""
+    """With SPOOL_CAP files in the spool, no event is written there and syslog gets it; a
+    one-byte fallback marker tells the daemon so."""
     log = listen(paths.log)
     (nearly_full_spool / "one-more").write_bytes(b"")
     client(Paths(paths.sock, nearly_full_spool, paths.log), "d=sshd")
-    assert len(spooled(nearly_full_spool)) == notify.SPOOL_CAP
+    marker = nearly_full_spool / f"{os.geteuid()}.syslog"
+    assert len(spooled(nearly_full_spool)) == notify.SPOOL_CAP + 1  # the marker
+    assert marker.read_bytes() == b"!"
     assert b"d=sshd" in receive(log).data
 
 
@@ -959,7 +962,8 @@ def test_dotdot_values_do_not_move_the_spool_file(paths: Paths, tmp_path: Path) 
 
 
 def test_failed_spool_write_leaves_no_file_behind(paths: Paths, listen: Listen) -> None:
-    """A spool write that fails (as on a full disk) leaves no file, not even a dot file.
+    """A spool write that fails (as on a full disk) leaves no event file, not even a dot
+    file: only the (here empty: the disk took nothing) fallback marker.
 
     `prlimit --fsize=0` makes write() fail with EFBIG on the first byte, the
     way ENOSPC does on a full file system (Python ignores SIGXFSZ). A dot file
@@ -970,7 +974,8 @@ def test_failed_spool_write_leaves_no_file_behind(paths: Paths, listen: Listen) 
         pytest.skip("prlimit (util-linux) is missing")
     listen(paths.log)
     run_client("d=sshd", *paths.settings(), prefix=[prlimit, "--fsize=0", "--"])
-    assert list(paths.spool.iterdir()) == []
+    (marker,) = paths.spool.iterdir()
+    assert (marker.name, marker.stat().st_size) == (f"{os.geteuid()}.syslog", 0)
 
 
 @pytest.mark.usefixtures("full_queue")

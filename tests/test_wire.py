@@ -75,6 +75,33 @@ def test_addresses_are_canonical(addr: str, canonical: str) -> None:
     assert wire.normalise_addr(addr) == canonical
 
 
+@pytest.mark.parametrize(
+    "zone",
+    [
+        "a" * 16,  # one byte past IFNAMSIZ - 1
+        "CRITICAL:root-compromise",
+        "eth0=1",
+        "root@host",
+        "a/b",
+        "",
+        "eth0%eth1",
+    ],
+)
+def test_a_zone_no_interface_could_have_is_rejected(zone: str) -> None:
+    """An IPv6 zone longer than an interface name or holding other bytes is sender text."""
+    with pytest.raises(wire.WireError) as err:
+        wire.parse(f"WA1\nd=sshd\na=fe80::1%{zone}\n".encode())
+    assert err.value.reason == "bad_zone"
+
+
+@pytest.mark.parametrize("zone", ["eth0", "enp0s31f6", "br-1a2b.100", "wlan_0", "7", "a" * 15])
+def test_a_zone_an_interface_could_have_is_kept(zone: str) -> None:
+    """A zone of at most 15 interface-name bytes is a fact libwrap printed: it stays."""
+    assert wire.parse(f"WA1\nd=sshd\na=fe80::1%{zone}\n".encode())["client_addr"] == (
+        f"fe80::1%{zone}"
+    )
+
+
 def test_missing_address_means_unknown() -> None:
     """An event without `a=` is still an event, from an unknown address."""
     assert wire.parse(b"WA1\nd=sshd\n")["client_addr"] == "unknown"
@@ -162,7 +189,18 @@ _ALPHABET = st.text(
         dict.fromkeys(("d", "p", "c", "a", "n", "s", "t", "H"), _ALPHABET),
         optional={"u": _ALPHABET},
     ),
-    addr=st.sampled_from(["192.0.2.1", "::ffff:192.0.2.1", "2001:DB8::1", "unknown", "bad"]),
+    addr=st.sampled_from(
+        [
+            "192.0.2.1",
+            "::ffff:192.0.2.1",
+            "2001:DB8::1",
+            "unknown",
+            "bad",
+            "fe80::1%eth0",
+            "fe80::1%CRITICAL:root=compromise",
+            "fe80::1%" + "x" * 16,
+        ]
+    ),
     pid=st.sampled_from(["4242", "", "12345678901", "x"]),
     when=st.sampled_from(["1700000000.5", "", "nan", "-1"]),
 )

@@ -392,12 +392,17 @@ def format_status(status: dict[str, Any]) -> str:
     """The status object as a few aligned lines for a terminal."""
     rejected = status["rejected"]
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) or "none"
+    fallbacks = status.get("syslog_fallbacks", {})
     lines = [
         (
             f"received        {status['received']:>10,}   (untrusted {status['untrusted']:,}, "
             f"from spool {status['spooled']:,})"
         ),
         f"rejected        {sum(rejected.values()):>10,}   ({reasons})",
+        # Events clients could neither send nor spool: they went to syslog, not to us.
+        "to syslog       {:>10,}   (trusted {:,}, untrusted {:,})".format(
+            sum(fallbacks.values()), fallbacks.get("trusted", 0), fallbacks.get("untrusted", 0)
+        ),
         f"groups          {status['groups']:>10,}",
         f"pending events  {status['pending_events']:>10,}",
         f"outbox          {status['outbox']:>10,}",

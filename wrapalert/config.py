@@ -149,6 +149,9 @@ class LimitsConfig:
     # Forwarding sinks (one record per event): at most this many records a second each;
     # past it, events are counted into a "held" record sent when the rate allows.
     events_per_second: float = 100.0
+    # Untrusted events' own budget in every forwarding sink (never the trusted one's):
+    # a local user's flood costs at most this many records a second, and then held records.
+    untrusted_events_per_second: float = 1.0
 
 
 LIMITS_KEYS: KeyDocs = {
@@ -161,6 +164,9 @@ LIMITS_KEYS: KeyDocs = {
     "untrusted_interval": "An untrusted uid's group is reported at most this often.",
     "events_per_second": "Records each forwarding sink sends per second at most; past it, "
     "events are counted into one held record.",
+    "untrusted_events_per_second": "Untrusted events' own budget in each forwarding sink "
+    "(records a second); it never takes from the trusted one, and past it they are held "
+    "apart from trusted events.",
 }
 
 
@@ -418,9 +424,16 @@ class _Parser:
             retry_max=t.duration("retry_max", d.retry_max),
             untrusted_interval=t.duration("untrusted_interval", d.untrusted_interval),
             events_per_second=float(t.get("events_per_second", d.events_per_second, (int, float))),
+            untrusted_events_per_second=float(
+                t.get("untrusted_events_per_second", d.untrusted_events_per_second, (int, float))
+            ),
         )
         if not 0 < cfg.events_per_second <= 1e6:
             raise t.error("events_per_second", "needs 0 < events_per_second <= 1000000")
+        if not 0 < cfg.untrusted_events_per_second <= 1e6:
+            raise t.error(
+                "untrusted_events_per_second", "needs 0 < untrusted_events_per_second <= 1000000"
+            )
         if cfg.retry_min <= 0 or cfg.retry_max < cfg.retry_min:
             raise t.error("retry_max", "needs 0 < retry_min <= retry_max")
         t.done()

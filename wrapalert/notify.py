@@ -12,6 +12,11 @@ wrapped daemon runs as, so this file is the hot path and the attack surface:
   stays full (retried for EAGAIN_WAIT, or ``wait=MS`` from the line: the durable
   line passes 0, logger having waited already); one syslog line when spooling
   fails too. Never silent;
+* the spool file goes to ``SPOOL/<euid>/`` when that is a directory this euid
+  owns that nobody else may write (the daemon makes one for each trusted uid,
+  so no other user can fill it), else to the shared sticky ``SPOOL``. A
+  fallback to syslog appends one byte to ``<euid>.syslog`` in that directory,
+  so the daemon can count what it will never see;
 * never reads stdin, never writes stdout/stderr, always exits 0, and an
   interval timer ends it after 250 ms whatever happens.
 
@@ -113,11 +118,29 @@ def send(payload: bytes, path: str, deadline: float) -> bool:
         sock.close()
 
 
-def spool(payload: bytes, directory: str, now: float) -> bool:
-    """Write the datagram as one file in the spool dir: atomic, 0600, no symlinks, bounded."""
+def open_spool(directory: str) -> int:
+    """The spool dir to write to: this euid's own `<euid>/` in it when that is ours and
+    nobody else may write there (so nobody else can fill it), else the shared one."""
     flags = posix.O_RDONLY | posix.O_DIRECTORY | posix.O_NOFOLLOW | posix.O_CLOEXEC
+    shared = posix.open(directory, flags)
+    euid = posix.geteuid()
     try:
-        dir_fd = posix.open(directory, flags)
+        own = posix.open(str(euid), flags, dir_fd=shared)
+    except OSError:
+        return shared
+    st = posix.fstat(own)
+    if st.st_uid == euid and not st.st_mode & 0o022:
+        posix.close(shared)
+        return own
+    posix.close(own)  # someone else's, or writable by others: no better than the shared one
+    return shared
+
+
+def spool(payload: bytes, directory: str, now: float) -> bool:
+    """Write the datagram as one file in the spool dir: atomic, 0600, no symlinks, bounded.
+    When it cannot, leave a fallback marker there (see `mark_fallback`)."""
+    try:
+        dir_fd = open_spool(directory)
     except OSError:
         return False
     try:
@@ -126,6 +149,7 @@ def spool(payload: bytes, directory: str, now: float) -> bool:
             for _entry in entries:
                 count += 1
                 if count >= SPOOL_CAP:
+                    mark_fallback(dir_fd)
                     return False
         name = "%d.%d.wa1" % (int(now * 1e6), posix.getpid())  # noqa: UP031
         temp = "." + name
@@ -150,15 +174,45 @@ def spool(payload: bytes, directory: str, now: float) -> bool:
             posix.close(fd)
         if written != len(payload):
             posix.unlink(temp, dir_fd=dir_fd)
+            mark_fallback(dir_fd)
             return False
         # The daemon ignores dot files, so it only ever sees complete events.
         posix.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError:
+        mark_fallback(dir_fd)
         return False
     else:
         return True
     finally:
         posix.close(dir_fd)
+
+
+def mark_fallback(dir_fd: int) -> None:
+    """Append one byte to `<euid>.syslog` in the spool dir: the daemon counts (by size)
+    the events that went to syslog instead, which it would otherwise never know of."""
+    try:
+        fd = posix.open(
+            "%d.syslog" % posix.geteuid(),  # noqa: UP031 - as the spool file name above
+            posix.O_WRONLY
+            | posix.O_APPEND
+            | posix.O_CREAT
+            | posix.O_NOFOLLOW
+            | posix.O_CLOEXEC
+            | posix.O_NONBLOCK,
+            0o600,
+            dir_fd=dir_fd,
+        )
+    except OSError:
+        return  # a full disk, a squatter's name: the daemon cannot know of this one
+    try:
+        st = posix.fstat(fd)
+        # Another user's file (or a link to one) must not count our fallbacks.
+        if st.st_uid == posix.geteuid() and st.st_nlink == 1:
+            posix.write(fd, b"!")
+    except OSError:
+        pass
+    finally:
+        posix.close(fd)
 
 
 def syslog(payload: bytes, path: str) -> None:

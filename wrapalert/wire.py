@@ -41,6 +41,8 @@ UNKNOWN = frozenset({"unknown", "paranoid", ""})
 _SPLIT = operator.methodcaller("split", "=", 1)
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 _ADDR_CACHE: dict[str, str] = {}
+# An IPv6 zone: an interface name (at most IFNAMSIZ - 1 = 15 bytes) or a scope number.
+_ZONE = re.compile("[A-Za-z0-9._-]{1,15}")
 _ADDR_CACHE_MAX = 4096  # recent addresses; cleared when full (floods repeat themselves)
 # Every value passed libwrap's filter (73 bytes) or the client's copy of it; anything
 # else is a forgery. So a datagram is ASCII, and lower() or len() cannot surprise.
@@ -207,9 +209,13 @@ def normalise_addr(addr: str) -> str:
 
 
 def _canonical(addr: str) -> str:
+    # A zone (fe80::1%eth0) names an interface: IFNAMSIZ - 1 bytes at most. Anything
+    # longer or odder is text a local sender chose, not a zone libwrap printed.
+    if "%" in addr and not _ZONE.fullmatch(addr.partition("%")[2]):
+        raise WireError("bad_zone")
     try:
         if "%" in addr:
-            # A zone (fe80::1%eth0): ipaddress validates the address and keeps the zone.
+            # ipaddress validates the address and keeps the zone.
             return str(ipaddress.IPv6Address(addr))
         if ":" not in addr:
             return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, addr))

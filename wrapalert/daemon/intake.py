@@ -11,13 +11,14 @@ stops intake.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import stat
 import struct
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -29,12 +30,22 @@ from wrapalert.model import Event
 log = structlog.get_logger()
 
 BATCH = 1024
-SPOOL_BATCH = 1000
 _CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 _ANC_SIZE = socket.CMSG_SPACE(_CREDS.size)
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: IntFlag arithmetic costs microseconds
 _SCM_CREDENTIALS = int(socket.SCM_CREDENTIALS)
 _SOL_SOCKET = int(socket.SOL_SOCKET)
+
+
+class SpoolFileLike(Protocol):
+    """A spool file a pass read (daemon/spool.py's SpoolFile; this module sits below it)."""
+
+    @property
+    def data(self) -> bytes | None: ...
+    @property
+    def uid(self) -> int | None: ...
+    @property
+    def reason(self) -> str: ...
 
 
 class LogLimit:
@@ -184,60 +195,35 @@ class Intake:
         if allowed:
             log.warning("event_rejected", reason=reason, uid=uid, suppressed=suppressed)
 
-    def sweep_stale(self, directory: Path) -> None:
-        if removed := _sweep(directory, self.now()):
-            log.info("spool_stale_removed", files=removed, path=str(directory))
-
-    def ingest_spool(self, directory: Path, skip: set[str], limit: int = SPOOL_BATCH) -> list[str]:
-        """Read up to `limit` spool files not in `skip`; return the names read.
-
-        Files are NOT removed here: the owner removes them once the events
-        they held are committed, so a crash in between loses nothing and,
-        as the names are committed too, counts nothing twice. The bound
-        keeps one scan from stalling the event loop; the next takes the rest.
-        """
-        try:
-            names = sorted(p.name for p in directory.iterdir())
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            log.error("spool_unreadable", path=str(directory), error=str(exc))
-            return []
-        # A leading dot: a client is still writing it.
-        names = [n for n in names if not n.startswith(".") and n not in skip][:limit]
+    def accept_spool(self, files: Iterable[SpoolFileLike]) -> int:
+        """Spool files a pass read: each one's event passed on, or its refusal counted;
+        returns how many events were accepted. Attribution is by the uid the pass
+        found (the file's owner, checked against its private dir's)."""
         count = 0
-        for name in names:
-            data, uid = _read_spool_file(directory / name)
-            if data is None:
-                self.reject("bad_spool_file", uid)
-            elif self.handle(data, uid=uid, pid=None, origin="spool"):
+        for item in files:
+            if item.data is None:
+                self.reject(item.reason, item.uid)
+            elif self.handle(item.data, uid=item.uid, pid=None, origin="spool"):
                 self.stats.spooled += 1
                 count += 1
         if count:
-            log.info("spool_ingested", events=count, path=str(directory))
-        return names
+            log.info("spool_ingested", events=count)
+        return count
 
+    def count_junk(self, junk: Counter[str]) -> None:
+        """Spool entries that held no event (stale dot files, squatters), by reason."""
+        for reason, n in junk.items():
+            self.stats.rejected[reason] += n
+            allowed, suppressed = self.log_limit.allow(reason)
+            if allowed:
+                log.warning("spool_junk_removed", reason=reason, entries=n, suppressed=suppressed)
 
-STALE_DOT_FILE = 60.0  # seconds: a client writes its dot file in microseconds
-
-
-def _sweep(directory: Path, now: float) -> int:
-    """Remove dot files older than STALE_DOT_FILE: a client killed mid-write leaves them,
-    and they would count towards the client's spool cap for ever."""
-    removed = 0
-    try:
-        with os.scandir(directory) as scan:
-            entries = [e for e in scan if e.name.startswith(".")]
-    except OSError:
-        return 0
-    for entry in entries:
-        try:
-            if now - entry.stat(follow_symlinks=False).st_mtime > STALE_DOT_FILE:
-                Path(entry.path).unlink()
-                removed += 1
-        except OSError:
-            continue
-    return removed
+    def count_fallbacks(self, fallbacks: Counter[int]) -> None:
+        """Events clients sent to syslog, not to us (their markers in the spool), by trust."""
+        for uid, n in fallbacks.items():
+            trust = "trusted" if uid in self.trusted else "untrusted"
+            self.stats.syslog_fallbacks[trust] += n
+            log.warning("syslog_fallbacks_counted", uid=uid, trust=trust, events=n)
 
 
 def _credentials(ancdata: list[tuple[int, int, bytes]]) -> tuple[int | None, int | None]:
@@ -253,22 +239,3 @@ def _credentials(ancdata: list[tuple[int, int, bytes]]) -> tuple[int | None, int
             if pid:  # 0: queued before SO_PASSCRED, or sent without credentials
                 return pid, uid
     return None, None
-
-
-def _read_spool_file(path: Path) -> tuple[bytes | None, int | None]:
-    """A spool file's bytes and owner; None for links, non-files and oversized files."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None, None
-    try:
-        st = os.fstat(fd)
-        # Checked before reading: a directory opens fine, and then fails to be read.
-        if not stat.S_ISREG(st.st_mode) or st.st_size > wire.MAX_DATAGRAM:
-            return None, st.st_uid
-        # The file's owner is kernel-verified like a sender's credentials.
-        return os.read(fd, wire.MAX_DATAGRAM + 1), st.st_uid
-    except OSError:
-        return None, None
-    finally:
-        os.close(fd)

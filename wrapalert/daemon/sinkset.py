@@ -58,10 +58,13 @@ class SinkSet:
             if isinstance(sink, BanSink):
                 self.banners[sink.name] = sink
             elif isinstance(sink, EventSink):
+                rate = rates.get(sink.name) or cfg.limits.events_per_second
                 self.forwarders[sink.name] = ForwardWorker(
                     sink,
                     on_result=on_forwarded,
-                    per_second=rates.get(sink.name) or cfg.limits.events_per_second,
+                    per_second=rate,
+                    # Never more than the sink's own rate: the untrusted budget is the smaller.
+                    untrusted_per_second=min(rate, cfg.limits.untrusted_events_per_second),
                     clock=clock,
                     backoff=backoff,
                 )
@@ -163,6 +166,7 @@ class SinkSet:
             sinks[name] = {
                 "queued": f.queued,
                 "held": f.held,
+                "held_untrusted": f.held_untrusted.events,
                 "held_failed": 0,
                 "last_error": f.last_error,
             }

@@ -1,21 +1,52 @@
 """Spool ingestion: events clients wrote to disk while the daemon was down or busy.
 
+Layout (README, "Threat model"):
+
+* `spool_dir` itself: shared, sticky and world-writable, for every uid;
+* `spool_dir/<uid>/` for each trusted uid: a directory that uid owns, mode
+  0700, made here (at start and on every pass, whoever squatted the name
+  first is removed). A client whose euid owns such a directory spools there,
+  so no other local user can fill a trusted uid's spool. Made once, it stays
+  when the daemon stops: it works while the daemon is down or restarting.
+
 Clients spool when the socket is missing and when its queue is full, so the
 spool is read at start, every `spool_scan_interval` and at shutdown. Its
 files are removed only once their events are committed (the names are
-committed with them, so a crash in between counts nothing twice). The spool
-is world-writable: anything may be there. What cannot be removed (a
-directory someone made, say) is counted once and then skipped; that memory
-is bounded.
+committed with them, so a crash in between counts nothing twice). Anything
+may be in the shared directory: a file is accepted only when it is regular,
+has one link, mode 0600 or stricter and belongs to the uid it is attributed
+to; everything else is rejected and counted by reason. Dot files (a client
+mid-write) are removed and counted once their inode change time or their
+mtime is more than `STALE_DOT_FILE` from now (so at once when dated in the
+future or the past). A client that
+had to fall back to syslog appended a byte to `<uid>.syslog`: each pass
+renames such a marker aside and counts it once no client can still be
+writing to it. What cannot be removed (a directory someone filled, say) is
+counted once and then skipped; that memory is bounded.
+
+The file-system work of a pass (`scan`) runs in a thread, so 100,000 junk
+entries cost the event loop nothing but the result; it is bounded too
+(`SPOOL_BATCH` files read, `SWEEP_BATCH` entries swept per pass).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import heapq
+import os
+import re
+import shutil
+import stat
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
+from wrapalert import wire
 from wrapalert.clock import Clock
 from wrapalert.daemon.intake import Intake
 from wrapalert.daemon.store import Store
@@ -23,6 +54,38 @@ from wrapalert.daemon.store import Store
 log = structlog.get_logger()
 
 STUCK_MAX = 10_000  # entries we could not remove, remembered so as to skip them
+SPOOL_BATCH = 1000  # files read per pass; the next pass takes the rest
+SWEEP_BATCH = 20_000  # dot files looked at per pass
+STALE_DOT_FILE = 60.0  # seconds: a client writes its dot file in microseconds
+# A renamed fallback marker is counted this long after its last change: the client's
+# whole run is bounded to 0.25 s, so by then no client still has it open.
+MARKER_SETTLE = 1.0
+MARKER_MAX = 100_000  # fallbacks one marker may claim (it is the size of a file)
+PRIVATE_MODE = 0o700
+_MARKER = re.compile("([0-9]{1,10})[.]syslog")
+_COUNTING = re.compile("[.]([0-9]{1,10})[.]syslog[.][0-9]{1,20}")
+
+
+@dataclass
+class SpoolFile:
+    """One spool file read by a pass: its bytes, or None and why it was refused."""
+
+    name: str  # relative to the spool dir: "x.wa1" or "0/x.wa1"
+    data: bytes | None
+    uid: int | None
+    reason: str = "bad_spool_file"
+
+
+@dataclass
+class ScanResult:
+    """What one pass found; only the event loop acts on it (counts, events)."""
+
+    files: list[SpoolFile] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)  # junk, by reason
+    fallbacks: Counter[int] = field(default_factory=Counter)  # uid -> syslog fallbacks
+    stuck: list[str] = field(default_factory=list)  # junk that would not go: skip it
+    # Per directory, the last dot file swept: the next pass goes on from there.
+    cursors: dict[str, str] = field(default_factory=dict)
 
 
 class Spool:
@@ -46,42 +109,284 @@ class Spool:
         # Files counted by the last run but not yet removed: remove, never count twice.
         self.taken: set[str] = set(seen)
         self.stuck: set[str] = set()
+        self._warned: set[int] = set()
+        self._cursors: dict[str, str] = {}
 
     def ensure(self) -> None:
         """Create the spool dir if we can: sticky and world-writable, as clients run as anyone."""
-        if self.path.is_dir():
-            return
-        try:
-            self.path.mkdir(parents=True)
-            self.path.chmod(0o1777)
-        except OSError as exc:
-            log.warning("spool_unavailable", path=str(self.path), error=str(exc))
+        if not self.path.is_dir():
+            try:
+                self.path.mkdir(parents=True)
+                self.path.chmod(0o1777)
+            except OSError as exc:
+                log.warning("spool_unavailable", path=str(self.path), error=str(exc))
+                return
+        squatters: Counter[str] = Counter()
+        for uid in sorted(self.intake.trusted):
+            self._ensure_private(uid, squatters)
+        self.intake.count_junk(squatters)
 
     def ingest(self) -> None:
-        """Count new spool files; remove them (and forget their names) once committed."""
-        self.intake.sweep_stale(self.path)
-        taken = self.intake.ingest_spool(self.path, skip=self.taken | self.stuck)
-        self.store.stage_spool_seen(taken)
-        self.taken.update(taken)
-        if not self.taken or not self.commit():
-            return  # without a commit the files are the only durable copy: keep them
-        gone = sorted(self.taken)
-        for name in gone:
-            if not _remove(self.path / name):
-                if len(self.stuck) >= STUCK_MAX:
-                    self.stuck.clear()  # bounded: at worst such entries recount
-                self.stuck.add(name)
-        self.store.stage_spool_gone(gone)
-        self.taken.clear()
+        """One pass, all on the calling thread (at start and at shutdown)."""
+        self.apply(self.scan(time.time(), self.taken | self.stuck))
+        if gone := self.ready_to_remove():
+            self.removed(remove_all(self.path, gone))
 
     async def run(self, interval: float) -> None:
         interval = max(interval, 0.1)
         while True:
             await self.clock.sleep(interval)
             try:
-                self.ingest()
+                # The file system's part in a thread: a spool full of junk must not
+                # stall intake, timers and deliveries.
+                skip = self.taken | self.stuck
+                self.apply(await asyncio.to_thread(self.scan, time.time(), skip))
+                if gone := self.ready_to_remove():
+                    self.removed(await asyncio.to_thread(remove_all, self.path, gone))
             except Exception:  # a task boundary: hostile spool content must not stop us
                 log.exception("spool_scan_failed", path=str(self.path))
+
+    # -- the pass, in parts -------------------------------------------------
+
+    def scan(self, now: float, skip: set[str]) -> ScanResult:
+        """The file-system work of a pass; changes no daemon state (runs in a thread).
+
+        `now` is the kernel's wall clock (time.time), never the daemon's injected one:
+        it is compared with file times."""
+        trusted = sorted(self.intake.trusted)
+        one = _Pass(now, skip, {str(uid) for uid in trusted}, dict(self._cursors))
+        one.directory(self.path, None)
+        for uid in trusted:
+            if self._ensure_private(uid, one.result.rejected):
+                one.directory(self.path / str(uid), uid)
+        return one.result
+
+    def apply(self, result: ScanResult) -> None:
+        """Count what a pass found and pass its events on (on the event loop)."""
+        self.intake.accept_spool(result.files)
+        self.intake.count_junk(result.rejected)
+        self.intake.count_fallbacks(result.fallbacks)
+        taken = [f.name for f in result.files]
+        self.store.stage_spool_seen(taken)
+        self.taken.update(taken)
+        self._remember_stuck(result.stuck)
+        self._cursors = result.cursors
+
+    def ready_to_remove(self) -> list[str]:
+        """The files whose events are committed (none if the commit failed: then the
+        files are the only durable copy and stay)."""
+        if not self.taken or not self.commit():
+            return []
+        return sorted(self.taken)
+
+    def removed(self, stuck: list[str]) -> None:
+        """After `remove_all`: forget what went, remember (bounded) what could not."""
+        self._remember_stuck(stuck)
+        self.store.stage_spool_gone(sorted(self.taken))
+        self.taken.clear()
+
+    def _remember_stuck(self, names: list[str]) -> None:
+        for name in names:
+            if len(self.stuck) >= STUCK_MAX:
+                self.stuck.clear()  # bounded: at worst such entries recount
+            self.stuck.add(name)
+
+    def _ensure_private(self, uid: int, rejected: Counter[str]) -> bool:
+        """Make `spool_dir/<uid>` a directory `uid` owns, mode 0700; True once it is."""
+        path = self.path / str(uid)
+        for _ in range(3):  # a squatter may race us: a few tries, then the next pass
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                if _make_private(path, uid):
+                    continue
+                return False
+            except OSError:
+                return False
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+                if st.st_mode & 0o7777 != PRIVATE_MODE:
+                    _chmod(path, PRIVATE_MODE)
+                return True
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+                # Ours, but we may not give it away (no CAP_CHOWN): clients of `uid`
+                # use the shared spool. Say so once.
+                if uid not in self._warned:
+                    self._warned.add(uid)
+                    log.warning(
+                        "spool_private_unavailable",
+                        path=str(path),
+                        uid=uid,
+                        hint="the daemon cannot chown; create it owned by that uid, mode 0700",
+                    )
+                return False
+            rejected["spool_squatter"] += 1  # another user's entry on a trusted uid's name
+            log.warning("spool_squatter_removed", path=str(path), owner=st.st_uid, uid=uid)
+            _remove_tree(path, st)
+        return False
+
+
+class _Pass:
+    """One pass over the spool's directories: what it read, swept and set aside."""
+
+    def __init__(
+        self, now: float, skip: set[str], private_names: set[str], cursors: dict[str, str]
+    ) -> None:
+        self.now = now
+        self.skip = skip
+        self.private_names = private_names
+        self.budget = SPOOL_BATCH
+        self.result = ScanResult(cursors=cursors)
+
+    def directory(self, path: Path, owner: int | None) -> None:
+        """The shared directory (`owner` None: a file speaks for its owner) or a trusted
+        uid's own (every file must be that uid's)."""
+        prefix = "" if owner is None else f"{owner}/"
+        try:
+            with os.scandir(path) as entries:
+                names = [e.name for e in entries]
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("spool_unreadable", path=str(path), error=str(exc))
+            return
+        # No sorted() over all names: one C call that holds the GIL (and so stalls the
+        # event loop) for tens of ms at 100,000; heapq.nsmallest yields it as it goes.
+        dots = [n for n in names if n.startswith(".") and prefix + n not in self.skip]
+        self._sweep(path, prefix, self._window(prefix, dots), owner)
+        events = []
+        for name in names:
+            if name.startswith(".") or (owner is None and name in self.private_names):
+                continue  # dot files are swept; a trusted uid's own dir is read as such
+            if _MARKER.fullmatch(name):
+                _set_aside(path, name, self.now)
+            elif prefix + name not in self.skip:
+                events.append(name)
+        for name in heapq.nsmallest(self.budget, events):  # oldest first: names are times
+            data, uid, reason = _read_spool_file(path / name, owner)
+            self.result.files.append(SpoolFile(prefix + name, data, uid, reason))
+        self.budget -= min(self.budget, len(events))
+
+    def _window(self, prefix: str, dots: list[str]) -> list[str]:
+        """The next SWEEP_BATCH dot files (by name) after the last pass's, wrapping round:
+        junk kept fresh at the front cannot hide what lies behind it."""
+        cursor = self.result.cursors.get(prefix, "")
+        window = heapq.nsmallest(SWEEP_BATCH, [n for n in dots if n > cursor])
+        if len(window) < SWEEP_BATCH:
+            before = [n for n in dots if n <= cursor]
+            window += heapq.nsmallest(SWEEP_BATCH - len(window), before)
+        if window:
+            self.result.cursors[prefix] = window[-1]
+        return window
+
+    def _sweep(self, directory: Path, prefix: str, dots: list[str], owner: int | None) -> None:
+        """Dot files: count settled fallback markers; remove (and count) the rest unless
+        both their times are within STALE_DOT_FILE of now, as a client's write in
+        progress has them. Anyone can set a file's mtime (to the year 2100, say), but
+        doing so sets its inode change time to now, which no user can set otherwise: so
+        a file kept "fresh" that way goes as soon as its mtime is off, and any other
+        within a minute of its last change."""
+        now, result = self.now, self.result
+        for name in dots:
+            path = directory / name
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            counting = _COUNTING.fullmatch(name)
+            if counting is not None:
+                if now - st.st_ctime < MARKER_SETTLE:
+                    continue  # a client may still be appending: the next pass counts it
+                uid = int(counting[1])
+                if _refusal(st, uid) is None and owner in {None, uid}:
+                    result.fallbacks[uid] += min(st.st_size, MARKER_MAX)
+                else:
+                    result.rejected["bad_fallback_marker"] += 1
+            elif abs(now - st.st_ctime) <= STALE_DOT_FILE >= abs(now - st.st_mtime):
+                continue  # a client's write in progress: both times are about now
+            else:
+                result.rejected["stale_spool_file"] += 1
+            if not _remove(path):
+                result.stuck.append(prefix + name)  # counted once: skipped from now on
+
+
+def remove_all(directory: Path, names: list[str]) -> list[str]:
+    """Remove these spool entries; return those that must stay (runs in a thread)."""
+    return [name for name in names if not _remove(directory / name)]
+
+
+def _make_private(path: Path, uid: int) -> bool:
+    """mkdir, then give it to `uid`; True when there is now something to look at."""
+    try:
+        path.mkdir(mode=PRIVATE_MODE)
+    except FileExistsError:
+        return True  # raced: look at what is there
+    except OSError as exc:
+        log.warning("spool_private_unavailable", path=str(path), uid=uid, error=str(exc))
+        return False
+    _chmod(path, PRIVATE_MODE)  # mkdir's mode passed through the umask
+    if uid != os.geteuid():
+        with contextlib.suppress(OSError):  # the next look says so (spool_private_unavailable)
+            os.chown(path, uid, -1)
+    return True
+
+
+def _chmod(path: Path, mode: int) -> None:
+    with contextlib.suppress(OSError, NotImplementedError):
+        path.chmod(mode, follow_symlinks=False)
+
+
+def _remove_tree(path: Path, st: os.stat_result) -> None:
+    """Remove whatever squats a private dir's name (rmtree never follows symlinks)."""
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError as exc:
+        log.warning("spool_squatter_stays", path=str(path), error=str(exc))
+
+
+def _set_aside(directory: Path, name: str, now: float) -> None:
+    """Rename a fallback marker to a dot name the sweep counts once it has settled; new
+    fallbacks start a new marker, so none is counted twice or lost."""
+    # Gone already, or not ours to move: the next pass looks again.
+    with contextlib.suppress(OSError):
+        (directory / name).rename(directory / f".{name}.{int(now * 1e6)}")
+
+
+def _refusal(st: os.stat_result, owner: int | None) -> str | None:
+    """Why a spool file cannot speak for anyone, or None: it must be a small regular file
+    with one link (a hard link brings someone else's file in), mode 0600 or stricter,
+    and, in a trusted uid's own directory, owned by that uid."""
+    if not stat.S_ISREG(st.st_mode) or st.st_size > wire.MAX_DATAGRAM:
+        return "bad_spool_file"
+    if st.st_nlink != 1:
+        return "spool_hard_link"
+    if st.st_mode & 0o7177:
+        return "spool_file_mode"
+    if owner is not None and st.st_uid != owner:
+        return "spool_file_owner"
+    return None
+
+
+def _read_spool_file(path: Path, owner: int | None) -> tuple[bytes | None, int | None, str]:
+    """A spool file's bytes and the uid it speaks for (its owner, kernel-verified like a
+    sender's credentials), or None and why it is refused (`_refusal`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None, None, "bad_spool_file"
+    try:
+        # Checked before reading: a directory opens fine, and then fails to be read.
+        st = os.fstat(fd)
+        reason = _refusal(st, owner)
+        if reason is not None:
+            return None, st.st_uid, reason
+        return os.read(fd, wire.MAX_DATAGRAM + 1), st.st_uid, ""
+    except OSError:
+        return None, None, "bad_spool_file"
+    finally:
+        os.close(fd)
 
 
 def _remove(path: Path) -> bool:

@@ -18,6 +18,9 @@ class Stats:
     rejected: Counter[str] = field(default_factory=Counter)
     untrusted: int = 0
     spooled: int = 0
+    # Events clients sent to syslog because they could neither send nor spool, by
+    # "trusted"/"untrusted": known from the markers they leave in the spool.
+    syslog_fallbacks: Counter[str] = field(default_factory=Counter)
     ignored: int = 0  # matched [ignore]: counted, never notified
     silenced: int = 0  # matched an active silence: counted, never notified
     scans: int = 0  # scan signals the detector raised (pipeline/scan.py)
@@ -70,6 +73,7 @@ class Stats:
             "rejected": dict(self.rejected),
             "untrusted": self.untrusted,
             "spooled": self.spooled,
+            "syslog_fallbacks": dict(self.syslog_fallbacks),
             "ignored": self.ignored,
             "silenced": self.silenced,
             "scans": self.scans,

@@ -2,12 +2,17 @@
 
 Each forwarding sink gets one `ForwardWorker`. Overload behaviour, written down:
 
-* a token bucket of `per_second` tokens (burst: one second's worth) caps the
-  records sent; an event that finds no token is *held*: counted by daemon,
-  with first and last time, in fixed memory;
-* when tokens come back, the held count goes out as one record
-  `{"type": "held", "events": N, ...}` (it costs one token), so the records'
-  event counts always add up to the events offered: nothing dropped;
+* two token buckets (burst: one second's worth each): `per_second` for
+  trusted events, `untrusted_per_second` for the rest, so a local user's
+  flood spends its own budget and never a trusted event's; an event that
+  finds no token in its class's bucket is *held*: counted by daemon, with
+  first and last time, in fixed memory, apart per trust class;
+* when tokens come back, each class's held count goes out as one record
+  `{"type": "held", "trusted": T, "events": N, ...}` (it costs one token of
+  that class), so the records' event counts always add up to the events
+  offered: nothing dropped, trusted and untrusted never summed together.
+  An untrusted held record names its daemons under `untrusted_daemons`:
+  those names are whatever a local user sent;
 * at most `buffer_max` records wait for the sink; past that, events are held
   as above, so a stuck sink costs bounded memory;
 * a transient sink failure is retried with the backoff every worker shares
@@ -93,16 +98,57 @@ class TokenBucket:
 
 
 @dataclass
+class Held:
+    """Events of one trust class the rate held back: a count, by daemon, first and last."""
+
+    trusted: bool
+    events: int = 0
+    daemons: Tally = field(default_factory=Tally)
+    first: float = 0.0
+    last: float = 0.0
+
+    def add(self, now: float, daemon: str) -> None:
+        if not self.events:
+            self.first = now
+        self.events += 1
+        self.last = now
+        self.daemons.add(daemon)
+
+    def merge(self, other: Held) -> None:
+        if not other.events:
+            return
+        self.first = other.first if not self.events else min(self.first, other.first)
+        self.events += other.events
+        self.last = max(self.last, other.last)
+        self.daemons.merge(other.daemons)
+
+    def release(self) -> dict[str, object]:
+        """The "held" record, and start counting afresh. An untrusted class's daemon
+        names are marked as such: they are whatever a local user sent."""
+        names = "daemons" if self.trusted else "untrusted_daemons"
+        record: dict[str, object] = {
+            "type": "held",
+            "trusted": self.trusted,
+            "events": self.events,
+            "first": round(self.first, 6),
+            "last": round(self.last, 6),
+            names: dict(self.daemons.top()),
+            "other_daemons": self.daemons.other,
+        }
+        self.events, self.daemons = 0, Tally()
+        return record
+
+
+@dataclass
 class ForwardState:
     """What a forwarder hands its successor at a reload: records not yet sent, the held
-    count and the tokens left (so a reload cannot refill the bucket)."""
+    counts and the tokens left per trust class (so a reload cannot refill a bucket)."""
 
     buffer: list[dict[str, object]] = field(default_factory=list)
-    held: int = 0
-    held_daemons: Tally = field(default_factory=Tally)
-    held_first: float = 0.0
-    held_last: float = 0.0
+    held: Held = field(default_factory=lambda: Held(trusted=True))
+    held_untrusted: Held = field(default_factory=lambda: Held(trusted=False))
     tokens: float | None = None
+    untrusted_tokens: float | None = None
 
 
 class ForwardWorker:
@@ -113,6 +159,7 @@ class ForwardWorker:
         sink: EventSink,
         *,
         per_second: float,
+        untrusted_per_second: float | None = None,
         on_result: Callable[[str, int, Exception | None], None] | None = None,
         clock: Clock = SYSTEM,
         buffer_max: int = 10_000,
@@ -125,14 +172,17 @@ class ForwardWorker:
         self.clock = clock
         self.now = clock.now
         self.bucket = TokenBucket(per_second, clock.now())
+        # None: the same rate, but still a bucket of its own.
+        self.untrusted_bucket = TokenBucket(
+            per_second if untrusted_per_second is None else untrusted_per_second, clock.now()
+        )
         self.buffer_max = buffer_max
         self.batch = batch
         self.interval = interval
         self.backoff = Backoff(*backoff)
         self.buffer: list[dict[str, object]] = []
-        self.held = 0
-        self.held_daemons = Tally()
-        self.held_first = self.held_last = 0.0
+        self.held_trusted = Held(trusted=True)
+        self.held_untrusted = Held(trusted=False)
         self.sent_events = 0
         self.failed_events = 0
         self.last_error: str | None = None
@@ -152,16 +202,18 @@ class ForwardWorker:
     def offer(self, event: Event) -> None:
         """One event: a record now if the rate and the buffer allow, else held."""
         now = self.now()
-        if len(self.buffer) < self.buffer_max and self.bucket.take(now):
+        bucket = self.bucket if event.trusted else self.untrusted_bucket
+        if len(self.buffer) < self.buffer_max and bucket.take(now):
             self.buffer.append(event_record(event))
             if len(self.buffer) >= self.batch:
                 self._wake.set()
             return
-        if not self.held:
-            self.held_first = now
-        self.held += 1
-        self.held_last = now
-        self.held_daemons.add(event.get("daemon"))
+        (self.held_trusted if event.trusted else self.held_untrusted).add(now, event.get("daemon"))
+
+    @property
+    def held(self) -> int:
+        """Events held back now, both trust classes."""
+        return self.held_trusted.events + self.held_untrusted.events
 
     def offer_record(self, record: dict[str, object]) -> None:
         """A record that stands for no event (a scan signal): past the rate limit, as the
@@ -181,26 +233,27 @@ class ForwardWorker:
         batch in flight is sent."""
         state = ForwardState(
             self.buffer,
-            self.held,
-            self.held_daemons,
-            self.held_first,
-            self.held_last,
+            self.held_trusted,
+            self.held_untrusted,
             self.bucket.tokens,
+            self.untrusted_bucket.tokens,
         )
-        self.buffer, self.held, self.held_daemons = [], 0, Tally()
+        self.buffer = []
+        self.held_trusted, self.held_untrusted = Held(trusted=True), Held(trusted=False)
         self.close()
         return state
 
     def restore(self, state: ForwardState) -> None:
-        """Take over a predecessor's records, held count and tokens."""
+        """Take over a predecessor's records, held counts and tokens."""
         self.buffer = state.buffer + self.buffer
-        if state.held:
-            self.held_first = state.held_first if not self.held else self.held_first
-            self.held += state.held
-            self.held_last = max(self.held_last, state.held_last)
-            self.held_daemons.merge(state.held_daemons)
-        if state.tokens is not None:
-            self.bucket.tokens = min(self.bucket.rate, state.tokens)
+        self.held_trusted.merge(state.held)
+        self.held_untrusted.merge(state.held_untrusted)
+        for bucket, tokens in (
+            (self.bucket, state.tokens),
+            (self.untrusted_bucket, state.untrusted_tokens),
+        ):
+            if tokens is not None:
+                bucket.tokens = min(bucket.rate, tokens)
         if self.buffer:
             self._wake.set()
 
@@ -220,23 +273,16 @@ class ForwardWorker:
                 return
 
     def _release_held(self) -> None:
-        """The held count as one record, when a token (or shutdown) allows."""
-        if not self.held or len(self.buffer) >= self.buffer_max:
-            return
-        if not self._closed and not self.bucket.take(self.now()):
-            return
-        self.buffer.append(
-            {
-                "type": "held",
-                "events": self.held,
-                "first": round(self.held_first, 6),
-                "last": round(self.held_last, 6),
-                "daemons": dict(self.held_daemons.top()),
-                "other_daemons": self.held_daemons.other,
-            }
-        )
-        self.held = 0
-        self.held_daemons = Tally()
+        """Each class's held count as one record, when a token of that class (or shutdown)
+        allows; trusted first."""
+        for held, bucket in (
+            (self.held_trusted, self.bucket),
+            (self.held_untrusted, self.untrusted_bucket),
+        ):
+            if not held.events or len(self.buffer) >= self.buffer_max:
+                continue
+            if self._closed or bucket.take(self.now()):
+                self.buffer.append(held.release())
 
     async def _send(self, records: list[dict[str, object]]) -> None:
         events = sum(_events(r) for r in records)

@@ -30,7 +30,8 @@ mute that source's plain refusals (packaging/examples/alertmanager.yml).
 
 "held" records (events the rate limit counted instead of forwarding) become
 one alert `WrapalertHeld` with labels host and the static ones, and the
-held count, time span and top daemons as annotations.
+held count, time span and top daemons as annotations; untrusted held
+records make a second one, labelled `trust="untrusted"`.
 
 Values are data: they go only into JSON strings built by `json.dumps`, label
 names are ours or checked by the config, lone surrogates become U+FFFD and
@@ -254,20 +255,7 @@ def build_alerts(
         elif kind == "scan" and (scan := _scan_labels(record, host)) is not None:
             _add_scan(groups.setdefault(scan, _Group()), record, now)
         elif kind == "held":
-            group = groups.setdefault((("alertname", "WrapalertHeld"), ("host", host)), _Group())
-            events = record.get("events")
-            group.seen(
-                _time(record.get("first"), now),
-                _time(record.get("last"), now),
-                events if isinstance(events, int) and events > 0 else 1,
-            )
-            daemons = record.get("daemons")
-            for daemon, n in daemons.items() if isinstance(daemons, dict) else ():
-                if isinstance(n, int) and n > 0:
-                    group.daemons[_value(daemon)] += n
-            other = record.get("other_daemons")
-            if isinstance(other, int) and other > 0:
-                group.daemons["other"] += other
+            _add_held(groups, record, host, now)
         # Another type is a newer record this sink does not know: nothing to alert on.
     alerts = []
     for labels, group in groups.items():
@@ -280,6 +268,34 @@ def build_alerts(
             )
         alerts.append(alert)
     return alerts
+
+
+def _add_held(
+    groups: dict[tuple[tuple[str, str], ...], _Group],
+    record: dict[str, object],
+    host: str,
+    now: float,
+) -> None:
+    """One held alert per trust class: a local user's flood never sums into ours. (The
+    trusted one keeps its labels, so its alert stays the same alert.)"""
+    trust = "untrusted" if record.get("trusted") is False else "trusted"
+    key: tuple[tuple[str, str], ...] = (("alertname", "WrapalertHeld"), ("host", host))
+    if trust == "untrusted":
+        key += (("trust", trust),)
+    group = groups.setdefault(key, _Group())
+    events = record.get("events")
+    group.seen(
+        _time(record.get("first"), now),
+        _time(record.get("last"), now),
+        events if isinstance(events, int) and events > 0 else 1,
+    )
+    daemons = record.get("daemons" if trust == "trusted" else "untrusted_daemons")
+    for daemon, n in daemons.items() if isinstance(daemons, dict) else ():
+        if isinstance(n, int) and n > 0:
+            group.daemons[_value(daemon)] += n
+    other = record.get("other_daemons")
+    if isinstance(other, int) and other > 0:
+        group.daemons["other"] += other
 
 
 def _event_labels(record: dict[str, object], host: str) -> tuple[tuple[str, str], ...]:
@@ -353,10 +369,11 @@ def _summary(labels: dict[str, str], group: _Group) -> str:
             what = f"{group.sources} addresses in {labels['network']} were refused"
         return f"scan on {host}: {what}"
     if labels["alertname"] == "WrapalertHeld":
-        return (
+        text = (
             f"{group.events} events held back by the rate limit on {host}: "
             "counted, not forwarded one by one"
         )
+        return f"UNTRUSTED reports: {text}" if labels.get("trust") == "untrusted" else text
     verb = "allowed" if labels["alertname"] == "WrapalertAllowed" else "refused"
     names = f" ({_listing(group.names)})" if group.names else ""
     text = (

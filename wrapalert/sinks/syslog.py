@@ -168,7 +168,8 @@ EVENT_ORDER = (
     "time",
     "received",
 )
-HELD_ORDER = ("events", "first", "last", "daemons", "other_daemons")
+# trusted first, as for events: a long line loses its tail, never whose count it is.
+HELD_ORDER = ("trusted", "events", "first", "last", "daemons", "untrusted_daemons", "other_daemons")
 _KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _PLAIN = frozenset(chr(c) for c in range(0x20, 0x7F)) - {"\\", '"'}
 _QUOTE = frozenset(' "=\\')
