@@ -19,7 +19,7 @@ from conftest import (
 
 from wrapalert.config import DigestConfig, ScanConfig
 from wrapalert.daemon.server import Server
-from wrapalert.digest_view import scans
+from wrapalert.story import scans
 from wrapalert.mail import Renderer
 from wrapalert.model import Digest, Event, GroupReport, digest_from_json, digest_to_json
 from wrapalert.pipeline import scan as scan_mod

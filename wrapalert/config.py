@@ -40,6 +40,7 @@ from wrapalert.match import (
     parse_network,
 )
 from wrapalert.scanrule import ScanRule
+from wrapalert.story import StoryRule
 
 DEFAULT_PATH = Path("/etc/wrapalert/wrapalert.toml")
 _T = TypeVar("_T")
@@ -121,6 +122,18 @@ class ScanConfig:
 
 
 @dataclass(frozen=True)
+class StoryConfig:
+    """The digest's story thresholds (wrapalert/story.py); scans and sweeps are `[scan]`'s."""
+
+    brute_force: int = 20  # refusals of one address by one daemon in one digest
+    persistent: float = 3600.0  # known this long before a digest's window: "persistent"
+
+    @property
+    def rule(self) -> StoryRule:
+        return StoryRule(self.brute_force, self.persistent)
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     """First matching route wins: it sets a group's severity and the sinks it goes to."""
 
@@ -156,6 +169,7 @@ class Config:
     ignore: IgnoreConfig = field(default_factory=IgnoreConfig)
     routes: tuple[RouteConfig, ...] = ()
     scan: ScanConfig = field(default_factory=ScanConfig)
+    story: StoryConfig = field(default_factory=StoryConfig)
 
 
 def load(path: Path | None = None) -> Config:
@@ -214,7 +228,7 @@ class _Parser:
         return header
 
     def config(self, data: dict[str, Any]) -> Config:
-        known = {"daemon", "digest", "limits", "sink", "ignore", "route", "scan"}
+        known = {"daemon", "digest", "limits", "sink", "ignore", "route", "scan", "story"}
         for name in data:
             if name not in known:
                 raise ConfigError(f"{self.source}: unknown table or key {name!r}")
@@ -235,7 +249,8 @@ class _Parser:
             raise ConfigError(f"{self.source}: route: use [[route]] tables")
         routes = tuple(self._route(raw, i, set(names)) for i, raw in enumerate(routes_raw))
         scan = self._section(data, "scan", ScanConfig, self._scan)
-        return Config(daemon, digest, limits, sinks, self.source, ignore, routes, scan)
+        story = self._section(data, "story", StoryConfig, self._story)
+        return Config(daemon, digest, limits, sinks, self.source, ignore, routes, scan, story)
 
     def _section(
         self,
@@ -319,6 +334,17 @@ class _Parser:
             raise t.error("window", "must be more than 0")
         if cfg.severity not in SEVERITIES:
             raise t.error("severity", f"{cfg.severity!r}: use {', '.join(SEVERITIES)}")
+        t.done()
+        return cfg
+
+    def _story(self, t: _Table) -> StoryConfig:
+        d = StoryConfig()
+        cfg = StoryConfig(
+            brute_force=t.count("brute_force", d.brute_force, minimum=2, maximum=1_000_000),
+            persistent=t.duration("persistent", d.persistent),
+        )
+        if cfg.persistent <= 0:
+            raise t.error("persistent", "must be more than 0")
         t.done()
         return cfg
 

@@ -70,7 +70,7 @@ Digests appear here {cfg.digest.group_wait:g} s after the first refusal. Ctrl-C 
 """,
         flush=True,
     )
-    renderer = Renderer("wrapalert@localhost", ("you",), cfg.digest.template_dir)
+    renderer = Renderer("wrapalert@localhost", ("you",), cfg.digest.template_dir, cfg.story.rule)
 
     def show(sink: str, digest: Digest, error: Exception | None) -> None:
         if error is not None:

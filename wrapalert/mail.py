@@ -29,12 +29,23 @@ import jinja2
 import structlog
 from jinja2.sandbox import SandboxedEnvironment
 
-from wrapalert.digest_view import cell, context, duration, fit, known, local_time, short_time, tally
+from wrapalert.digest_view import (
+    cell,
+    clip,
+    context,
+    duration,
+    fit,
+    known,
+    local_time,
+    short_time,
+    tally,
+)
 from wrapalert.model import Digest
+from wrapalert.story import StoryRule
 
 log = structlog.get_logger()
 
-SUBJECT_MAX = 120
+SUBJECT_MAX = 78  # characters of header text: one line on an 80-column screen
 MAX_LINE = 998  # RFC 5322 2.1.1: bytes per line, CRLF excluded
 THREAD_REFS = 10  # group thread ids in References: the largest groups of the digest
 _PACKAGE_TEMPLATES = Path(__file__).with_name("templates")
@@ -140,6 +151,7 @@ def _environment(loader: jinja2.BaseLoader, *, html: bool) -> SandboxedEnvironme
         fit=fit,
         tally=tally,
         duration=duration,
+        clip=clip,
     )
     return env
 
@@ -163,7 +175,9 @@ def _bare(name: str, ctx: dict[str, Any]) -> str:
         f"{ctx['sources']:,} sources (the digest template failed: see wrapalert's log)"
     )
     if name == "subject.j2":
-        return f"[wrapalert] {line}"
+        return (
+            f"[wrapalert] {ctx['events']:,} refused, {ctx['sources']:,} sources (template failed)"
+        )
     return f"<p>{escape(line)}</p>" if name.endswith(".html.j2") else line + "\n"
 
 
@@ -171,8 +185,13 @@ class Renderer:
     """Turns a Digest into an EmailMessage; one per sink (sender and recipients differ)."""
 
     def __init__(
-        self, from_addr: str, to: tuple[str, ...], template_dir: Path | None = None
+        self,
+        from_addr: str,
+        to: tuple[str, ...],
+        template_dir: Path | None = None,
+        story: StoryRule | None = None,
     ) -> None:
+        self.story = story or StoryRule()
         self.host = socket.gethostname()
         self.from_addr = qualify(from_addr, self.host)
         self.to = tuple(qualify(a, self.host) for a in to)
@@ -214,7 +233,7 @@ class Renderer:
         )
 
     def render(self, digest: Digest) -> EmailMessage:
-        ctx = context(digest)
+        ctx = context(digest, self.story)
         subject = header_text(self.part("subject.j2", ctx))
         text = self.part("mail.txt.j2", ctx)
         html = self.part("mail.html.j2", ctx)
@@ -232,8 +251,10 @@ class Renderer:
             msg["In-Reply-To"] = threads[0]
             msg["References"] = " ".join(threads)
         msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
-        msg["X-Wrapalert-Events"] = str(digest.events)
-        msg["X-Wrapalert-Sources"] = str(digest.sources)
+        # Trusted reports only; untrusted ones are counted apart, so the two add up.
+        msg["X-Wrapalert-Events"] = str(ctx["events"])
+        msg["X-Wrapalert-Untrusted"] = str(ctx["untrusted_events"])
+        msg["X-Wrapalert-Sources"] = str(ctx["sources"])
         msg["X-Wrapalert-Held"] = str(digest.held)
         msg["X-Wrapalert-Host"] = header_text(digest.host, 200)
         # For filters: the highest route severity, and how many scans the digest found.

@@ -22,7 +22,7 @@ from wrapalert.config import Config
 from wrapalert.model import Digest, alert_test_report
 from wrapalert.pipeline.deliver import MergeHook, ResultHook, SinkWorker, WorkerState
 from wrapalert.pipeline.forward import ForwardWorker
-from wrapalert.sinks.base import EventSink, Sink
+from wrapalert.sinks.base import DigestLook, EventSink, Sink
 
 log = structlog.get_logger()
 
@@ -48,7 +48,8 @@ class SinkSet:
         backoff = (cfg.limits.retry_min, cfg.limits.retry_max)
         rates = {s.name: sink_registry.events_per_second(s) for s in cfg.sinks}
         if built is None:
-            built = [sink_registry.build(s, cfg.digest.template_dir) for s in cfg.sinks]
+            look = DigestLook(cfg.digest.template_dir, cfg.story.rule)
+            built = [sink_registry.build(s, look) for s in cfg.sinks]
         for sink in built:
             if isinstance(sink, EventSink):
                 self.forwarders[sink.name] = ForwardWorker(

@@ -23,10 +23,10 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.util import find_spec
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from wrapalert.confparse import EventSinkConfig, SinkConfig, Table
+from wrapalert.sinks.base import DigestLook
 
 if TYPE_CHECKING:
     from wrapalert.sinks.base import EventSink, Sink
@@ -44,7 +44,7 @@ class DigestSinkType(Generic[C]):
     config: type[C]  # a frozen dataclass with a `name`; its defaults are the table's
     parse: Callable[[Table], C]  # reads its keys; "type" and leftover keys are handled here
     describe: Callable[[C], str]  # check-config's text after "sink NAME: "
-    build: Callable[[C, Path | None], Sink]  # (config, [digest] template_dir)
+    build: Callable[[C, DigestLook], Sink]  # (config, [digest] template_dir and [story])
     # Sender and recipients of its mail, which `preview` renders; None: it sends no mail.
     mail: Callable[[C], tuple[str, tuple[str, ...]]] | None = None
 
@@ -122,12 +122,12 @@ def known() -> str:
     return " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
 
 
-def build(cfg: SinkConfig, template_dir: Path | None = None) -> Sink | EventSink:
+def build(cfg: SinkConfig, look: DigestLook | None = None) -> Sink | EventSink:
     """The sink for one `[[sink]]` table: a digest sink or an event (forwarding) sink."""
     descriptor = of(cfg)
     if isinstance(descriptor, EventSinkType):
         return descriptor.build(cfg)
-    return descriptor.build(cfg, template_dir)
+    return descriptor.build(cfg, look or DigestLook())
 
 
 def events_per_second(cfg: SinkConfig) -> float | None:
