@@ -47,12 +47,13 @@ def cell(value: object, width: int) -> str:
 
 
 def fit(names: list[str], width: int) -> str:
-    """As many of `names` as fit in `width` characters, joined by ", ", then "…"."""
+    """As many of `names` as fit in `width` characters, joined by ", ", then "…"; a first
+    name longer than `width` is cut (its start says more than "…" alone)."""
     out = ""
     for i, name in enumerate(names):
         joined = f"{out}, {name}" if i else name
         if len(joined) > width:
-            return f"{out}, …" if out else "…"
+            return f"{out}, …" if out else clip(name, width)
         out = joined
     return out
 
@@ -285,7 +286,7 @@ def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
     trusted groups whose status is "new"); untrusted_sources (addresses in untrusted
     reports); start, end (the window of the new trusted events, else of all); daemons:
     [(name, count)] (trusted); stories: [story.Story], most severe first, and lead (the
-    first trusted one, or None); held, silenced, merged; flushed (groups sent early at
+    first of a kind in story.LEADS, or None); held, silenced, merged; flushed (groups sent early at
     shutdown); sources_table: [Source] (see `sources_table`, at most TOP_SOURCES) with
     more_groups and more_events for the rest; scans: [Scan] and more_scans; rollups:
     [Rollup], more_rollups, more_rollup_events; untrusted_shown: [GroupReport],
@@ -329,7 +330,7 @@ def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
         ),
         "untrusted_sources": len({a for g in untrusted for a, _ in g.addrs}),
         "stories": told,
-        "lead": next((s for s in told if s.kind not in ("untrusted", "held", "silenced")), None),
+        "lead": next((s for s in told if s.kind in story.LEADS), None),
         "held": digest.held,
         "silenced": digest.silenced,
         "merged": digest.merged,

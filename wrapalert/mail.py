@@ -46,6 +46,7 @@ from wrapalert.story import StoryRule
 log = structlog.get_logger()
 
 SUBJECT_MAX = 78  # characters of header text: one line on an 80-column screen
+HEADER_MAX = 120
 MAX_LINE = 998  # RFC 5322 2.1.1: bytes per line, CRLF excluded
 THREAD_REFS = 10  # group thread ids in References: the largest groups of the digest
 _PACKAGE_TEMPLATES = Path(__file__).with_name("templates")
@@ -76,7 +77,27 @@ class _Fact(UnstructuredHeader, BaseHeader):
         return super().fold(policy=policy)
 
 
+class _Subject(UnstructuredHeader, BaseHeader):
+    """The subject, folded at its last spaces before 78 columns while it is ASCII.
+
+    The stock folder moves a subject that fits one continuation line whole onto it,
+    so strict parsers read it back with a leading space."""
+
+    def fold(self, *, policy: Policy) -> str:
+        value = str(self)
+        if not value.isascii() or any(len(word) > SUBJECT_MAX for word in value.split(" ")):
+            return super().fold(policy=policy)
+        lines, line = [], f"{self.name}:"
+        for word in value.split(" "):
+            if len(line) + 1 + len(word) > SUBJECT_MAX and line.strip():
+                lines.append(line)
+                line = ""
+            line += f" {word}"
+        return f"{policy.linesep}".join([*lines, line]) + policy.linesep
+
+
 _headers = HeaderRegistry()
+_headers.map_to_type("subject", _Subject)
 _headers.map_to_type("x-wrapalert-host", _Fact)
 _headers.map_to_type("references", _MessageIds)
 _headers.map_to_type("in-reply-to", _MessageIds)
@@ -90,7 +111,7 @@ def template_dirs(extra: Path | None = None) -> list[str]:
     return [str(d) for d in dirs if d.is_dir()]
 
 
-def header_text(value: str, limit: int = SUBJECT_MAX) -> str:
+def header_text(value: str, limit: int = HEADER_MAX) -> str:
     """One safe header line: control characters become spaces, runs collapse, length bounded."""
     text = " ".join(value.translate(_CONTROL).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -234,7 +255,7 @@ class Renderer:
 
     def render(self, digest: Digest) -> EmailMessage:
         ctx = context(digest, self.story)
-        subject = header_text(self.part("subject.j2", ctx))
+        subject = header_text(self.part("subject.j2", ctx), SUBJECT_MAX)
         text = self.part("mail.txt.j2", ctx)
         html = self.part("mail.html.j2", ctx)
         domain = msgid_domain(digest.host)

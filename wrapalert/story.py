@@ -27,6 +27,7 @@ from wrapalert.model import Digest, GroupReport
 from wrapalert.scanrule import ScanSignal, network
 
 KINDS = ("scan", "sweep", "brute force", "repeat", "probes", "untrusted", "held", "silenced")
+LEADS = KINDS[:4]  # the kinds a subject names; the others are counts
 SILENCE_FOR = "2h"
 LISTED_DAEMONS = 4  # daemons named in one story line; the rest are "+N"
 
@@ -226,7 +227,7 @@ def brute_force(groups: list[GroupReport], threshold: int) -> list[Story]:
             1,
             (daemon,),
             f"{addr} on {daemon}: {n:,} refused",
-            f"brute force from {addr} on {daemon} ({n:,})",
+            f"brute force from {addr} on {daemon} ({n:,} refused)",
             silence_command((daemon,), addr),
         )
         for addr, (daemon, n) in ranked
@@ -285,7 +286,7 @@ def repeat_offenders(seen: dict[str, _Address]) -> list[Story]:
             1,
             s.daemons,
             f"{addr} {s.status}, {s.events:,} refused: {daemon_list(s.daemons)}",
-            f"{s.status} {addr} ({s.events:,})",
+            f"{addr} again ({s.status}, {s.events:,} refused)",
             silence_command(s.daemons, addr),
         )
         for addr, s in ranked
@@ -341,7 +342,7 @@ def held_back(digest: Digest) -> list[Story]:
                 digest.held,
                 0,
                 (),
-                f"{digest.held:,} events held back by the mail rate limit, sent late{merged}",
+                f"{digest.held:,} events held back by the rate limit, sent late{merged}",
                 f"{digest.held:,} held back",
             )
         )
