@@ -184,7 +184,7 @@ def test_held_merged_and_silenced_counts_are_shown() -> None:
     d = replace(digest("d=sshd a=192.0.2.1 count=9"), held=7, merged=3, silenced=4)
     out = text(d)
     assert "HELD        7 events held back by the rate limit, sent late (3 digests merged)\n" in out
-    assert "SILENCED    4 events silenced since the previous digest, not listed\n" in out
+    assert "SILENCED    4 events silenced since the last digest, not listed\n" in out
 
 
 def test_zero_held_and_silenced_are_not_mentioned() -> None:

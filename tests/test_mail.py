@@ -139,7 +139,7 @@ def test_headline_counts_new_sources_only() -> None:
         "wrapalert on web1: 6 refused connections from 2 sources, 1 new\n"
     )
     assert msg["Subject"] == (
-        "[wrapalert] web1: 192.0.2.2 again (repeat, 3 refused); 6 refused, 2 sources"
+        "[wrapalert] web1: repeat offender 192.0.2.2 (3 tries); 6 refused, 2 sources"
     )
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from wrapalert.model import Digest, GroupReport
@@ -29,7 +28,6 @@ from wrapalert.scanrule import ScanSignal, network
 KINDS = ("scan", "sweep", "brute force", "repeat", "probes", "untrusted", "held", "silenced")
 LEADS = KINDS[:4]  # the kinds a subject names; the others are counts
 SILENCE_FOR = "2h"
-LISTED_DAEMONS = 4  # daemons named in one story line; the rest are "+N"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +51,15 @@ class Story:
     events: int
     addrs: int
     daemons: tuple[str, ...]
-    line: str  # the lead block's text after the kind
+    text: str  # the lead block's words after the kind, before the daemons it lists
     subject: str  # short, for the subject line
     command: str = ""  # the command that acts on it, or ""
+    listed: tuple[str, ...] = ()  # daemons named after the text (a template cuts them to fit)
+
+    @property
+    def line(self) -> str:
+        """The whole line after the kind: the text, then the daemons it lists."""
+        return f"{self.text}: {', '.join(self.listed)}" if self.listed else self.text
 
     @property
     def rank(self) -> int:
@@ -101,12 +105,6 @@ def single(g: GroupReport) -> str | None:
     if len(g.addrs) == 1 and not g.more_addrs and g.level == "exact":
         return g.addrs[0][0]
     return None
-
-
-def daemon_list(daemons: Iterable[str]) -> str:
-    names = list(daemons)
-    shown = ", ".join(names[:LISTED_DAEMONS])
-    return shown + (f" +{len(names) - LISTED_DAEMONS}" if len(names) > LISTED_DAEMONS else "")
 
 
 def _plural(n: int, word: str, plural: str = "") -> str:
@@ -173,10 +171,10 @@ def scan_stories(found: list[Scan]) -> list[Story]:
             s.events,
             1,
             s.daemons,
-            f"{s.target} tried {len(s.daemons)} daemons, {s.events:,} refused: "
-            f"{daemon_list(s.daemons)}",
+            f"{s.target} tried {len(s.daemons)} daemons, {s.events:,} refused",
             f"scan from {s.target} ({len(s.daemons)} daemons)",
             s.silence,
+            s.daemons,
         )
         for s in found
         if s.kind == "daemons"
@@ -192,10 +190,10 @@ def sweep_stories(found: list[Scan]) -> list[Story]:
             s.events,
             s.addrs,
             s.daemons,
-            f"{s.target}: {_plural(s.addrs, 'address', 'addresses')}, "
-            f"{s.events:,} refused: {daemon_list(s.daemons)}",
+            f"{s.target}: {_plural(s.addrs, 'address', 'addresses')}, {s.events:,} refused",
             f"sweep of {s.target} ({s.addrs:,} addresses)",
             s.silence,
+            s.daemons,
         )
         for s in found
         if s.kind == "sweep"
@@ -227,7 +225,7 @@ def brute_force(groups: list[GroupReport], threshold: int) -> list[Story]:
             1,
             (daemon,),
             f"{addr} on {daemon}: {n:,} refused",
-            f"brute force from {addr} on {daemon} ({n:,} refused)",
+            f"brute force from {addr} on {daemon} ({n:,} tries)",
             silence_command((daemon,), addr),
         )
         for addr, (daemon, n) in ranked
@@ -285,9 +283,10 @@ def repeat_offenders(seen: dict[str, _Address]) -> list[Story]:
             s.events,
             1,
             s.daemons,
-            f"{addr} {s.status}, {s.events:,} refused: {daemon_list(s.daemons)}",
-            f"{addr} again ({s.status}, {s.events:,} refused)",
+            f"{addr} {s.status}, {s.events:,} refused",
+            f"{s.status} offender {addr} ({s.events:,} tries)",
             silence_command(s.daemons, addr),
+            s.daemons,
         )
         for addr, s in ranked
     ]
@@ -310,9 +309,10 @@ def probes(seen: dict[str, _Address]) -> list[Story]:
             events,
             n,
             names,
-            f"{_plural(n, 'other new address', 'other new addresses')}, {events:,} refused: "
-            f"{daemon_list(names)}",
+            f"{_plural(n, 'other new address', 'other new addresses')}, {events:,} refused",
             f"{_plural(n, 'probe')} ({events:,} refused)",
+            "",
+            names,
         )
     ]
 
@@ -342,7 +342,7 @@ def held_back(digest: Digest) -> list[Story]:
                 digest.held,
                 0,
                 (),
-                f"{digest.held:,} events held back by the rate limit, sent late{merged}",
+                f"{_plural(digest.held, 'event')} held back by the rate limit, sent late{merged}",
                 f"{digest.held:,} held back",
             )
         )
@@ -354,7 +354,7 @@ def held_back(digest: Digest) -> list[Story]:
                 digest.silenced,
                 0,
                 (),
-                f"{digest.silenced:,} events silenced since the previous digest, not listed",
+                f"{_plural(digest.silenced, 'event')} silenced since the last digest, not listed",
                 f"{digest.silenced:,} silenced",
                 "wrapalert silence list",
             )
