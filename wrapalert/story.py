@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from wrapalert.model import Digest, GroupReport
-from wrapalert.scanrule import ScanSignal, network
+from wrapalert.scanrule import ScanRule, ScanSignal, network
 
 KINDS = ("scan", "sweep", "brute force", "repeat", "probes", "untrusted", "held", "silenced")
 LEADS = KINDS[:4]  # the kinds a subject names; the others are counts
@@ -386,3 +387,45 @@ def stories(digest: Digest, rule: StoryRule, window_start: float) -> list[Story]
     told += untrusted(active)
     told += held_back(digest)
     return told
+
+
+# -- held records: the forwarding sinks' summaries ----------------------------------------
+
+
+def _tally(value: object) -> dict[str, int]:
+    """A held record's {value: count} object, whatever reached it, as plain counts."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): n for k, n in value.items() if isinstance(n, int) and n > 0}
+
+
+def held_story(record: Mapping[str, object], scan: ScanRule, brute_force: int) -> str:
+    """The story a forwarding sink's "held" record tells, or "" when none applies.
+
+    A held record counts the events a sink's rate limit folded together, by client
+    address and daemon. By the same numbers as the digest's stories (`[scan]`, `[story]
+    brute_force`), when the held span fits the scan window: one address with `daemons`
+    daemons is a scan; one address with `brute_force` events for one daemon is a brute
+    force; `sources` addresses listed, all of one /24 or /64, are a sweep. Records of
+    untrusted reports tell no story: their names are the sender's to choose."""
+    if record.get("trusted") is False:
+        return ""
+    clients, daemons = _tally(record.get("clients")), _tally(record.get("daemons"))
+    others = record.get("other_clients")
+    first, last = record.get("first"), record.get("last")
+    in_window = (
+        isinstance(first, int | float) and isinstance(last, int | float)
+    ) and last - first <= scan.window
+    if len(clients) == 1 and not others:
+        ((addr, n),) = clients.items()
+        if in_window and len(daemons) >= scan.daemons:
+            return f"scan from {addr} ({len(daemons)} daemons)"
+        if len(daemons) == 1 and n >= brute_force:
+            return f"brute force from {addr} on {next(iter(daemons))} ({n:,} tries)"
+    nets = {network(addr) for addr in clients}
+    if in_window and len(nets) == 1 and len(clients) >= scan.sources:
+        (net,) = nets
+        if net is not None:
+            more = "+" if others else ""
+            return f"sweep of {net} ({len(clients)}{more} addresses)"
+    return ""

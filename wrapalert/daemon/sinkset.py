@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 
 import structlog
 
@@ -23,6 +24,7 @@ from wrapalert.model import Digest, alert_test_report
 from wrapalert.pipeline.deliver import MergeHook, ResultHook, SinkWorker, WorkerState
 from wrapalert.pipeline.forward import ForwardWorker
 from wrapalert.sinks.base import DigestLook, EventSink, Sink
+from wrapalert.story import held_story
 
 log = structlog.get_logger()
 
@@ -58,6 +60,9 @@ class SinkSet:
                     per_second=rates.get(sink.name) or cfg.limits.events_per_second,
                     clock=clock,
                     backoff=backoff,
+                    describe_held=partial(
+                        held_story, scan=cfg.scan.rule, brute_force=cfg.story.brute_force
+                    ),
                 )
             else:
                 self.workers[sink.name] = SinkWorker(

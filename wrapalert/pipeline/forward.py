@@ -7,7 +7,9 @@ Each forwarding sink gets one `ForwardWorker`. Overload behaviour, written down:
   with first and last time, in fixed memory;
 * when tokens come back, the held count goes out as one record
   `{"type": "held", "events": N, ...}` (it costs one token), so the records'
-  event counts always add up to the events offered: nothing dropped;
+  event counts always add up to the events offered: nothing dropped; it
+  names its daemons and client addresses (bounded) and, when one applies,
+  its `story` (a scan, a sweep, a brute force: `describe_held`);
 * at most `buffer_max` records wait for the sink; past that, events are held
   as above, so a stuck sink costs bounded memory;
 * a transient sink failure is retried with the backoff every worker shares
@@ -31,6 +33,8 @@ from wrapalert.pipeline.retry import Backoff, pause, retry
 from wrapalert.sinks.base import EventSink, TransientSinkError, close_sink
 
 log = structlog.get_logger()
+
+HELD_CLIENTS = 64  # client addresses a held record lists (a sweep's are many); others counted
 
 RECORD_FIELDS = (
     "daemon",
@@ -89,6 +93,7 @@ class ForwardState:
     held_first: float = 0.0
     held_last: float = 0.0
     tokens: float | None = None
+    held_clients: Tally = field(default_factory=lambda: Tally(HELD_CLIENTS))
 
 
 class ForwardWorker:
@@ -105,8 +110,10 @@ class ForwardWorker:
         batch: int = 500,
         interval: float = 0.2,
         backoff: tuple[float, float] = (1.0, 300.0),
+        describe_held: Callable[[dict[str, object]], str] | None = None,
     ) -> None:
         self.sink = sink
+        self.describe_held = describe_held  # a held record's story (wrapalert.story.held_story)
         self.on_result = on_result
         self.clock = clock
         self.now = clock.now
@@ -118,6 +125,7 @@ class ForwardWorker:
         self.buffer: list[dict[str, object]] = []
         self.held = 0
         self.held_daemons = Tally()
+        self.held_clients = Tally(HELD_CLIENTS)
         self.held_first = self.held_last = 0.0
         self.sent_events = 0
         self.failed_events = 0
@@ -143,6 +151,7 @@ class ForwardWorker:
         self.held += 1
         self.held_last = now
         self.held_daemons.add(event.get("daemon"))
+        self.held_clients.add(event.get("client_addr"))
 
     def close(self) -> None:
         """Send what is buffered and held (past the rate, once), then let `run` return."""
@@ -160,8 +169,10 @@ class ForwardWorker:
             self.held_first,
             self.held_last,
             self.bucket.tokens,
+            self.held_clients,
         )
         self.buffer, self.held, self.held_daemons = [], 0, Tally()
+        self.held_clients = Tally(HELD_CLIENTS)
         self.close()
         return state
 
@@ -173,6 +184,7 @@ class ForwardWorker:
             self.held += state.held
             self.held_last = max(self.held_last, state.held_last)
             self.held_daemons.merge(state.held_daemons)
+            self.held_clients.merge(state.held_clients)
         if state.tokens is not None:
             self.bucket.tokens = min(self.bucket.rate, state.tokens)
         if self.buffer:
@@ -199,18 +211,23 @@ class ForwardWorker:
             return
         if not self._closed and not self.bucket.take(self.now()):
             return
-        self.buffer.append(
-            {
-                "type": "held",
-                "events": self.held,
-                "first": round(self.held_first, 6),
-                "last": round(self.held_last, 6),
-                "daemons": dict(self.held_daemons.top()),
-                "other_daemons": self.held_daemons.other,
-            }
-        )
+        record: dict[str, object] = {
+            "type": "held",
+            "events": self.held,
+            "first": round(self.held_first, 6),
+            "last": round(self.held_last, 6),
+            "daemons": dict(self.held_daemons.top()),
+            "other_daemons": self.held_daemons.other,
+            "clients": dict(self.held_clients.top()),
+            "other_clients": self.held_clients.other,
+        }
+        story = self.describe_held(record) if self.describe_held is not None else ""
+        if story:
+            record["story"] = story
+        self.buffer.append(record)
         self.held = 0
         self.held_daemons = Tally()
+        self.held_clients = Tally(HELD_CLIENTS)
 
     async def _send(self, records: list[dict[str, object]]) -> None:
         events = sum(_events(r) for r in records)

@@ -175,6 +175,7 @@ class _Group:
     users: Counter[str] = field(default_factory=Counter)
     uids: Counter[str] = field(default_factory=Counter)
     daemons: Counter[str] = field(default_factory=Counter)
+    stories: Counter[str] = field(default_factory=Counter)  # of held records: see story.py
 
     def seen(self, first: float, last: float, events: int = 1) -> None:
         self.events += events
@@ -217,6 +218,7 @@ def build_alerts(
             other = record.get("other_daemons")
             if isinstance(other, int) and other > 0:
                 group.daemons["other"] += other
+            _count(group.stories, record.get("story"))
         # Another type is a newer record this sink does not know: nothing to alert on.
     return [_alert(dict(labels), group, static, resolve_after) for labels, group in groups.items()]
 
@@ -248,6 +250,7 @@ def _alert(
         ("user", group.users),
         ("uid", group.uids),
         ("daemons", group.daemons),
+        ("story", group.stories),
     ):
         if counts:
             annotations[name] = _listing(counts, with_counts=name == "daemons")
@@ -263,8 +266,9 @@ def _alert(
 def _summary(labels: dict[str, str], group: _Group) -> str:
     host = labels.get("host", "")
     if labels["alertname"] == "WrapalertHeld":
+        story = f" ({_listing(group.stories)})" if group.stories else ""
         return (
-            f"{group.events} events held back by the rate limit on {host}: "
+            f"{group.events} events held back by the rate limit on {host}{story}: "
             "counted, not forwarded one by one"
         )
     verb = "allowed" if labels["alertname"] == "WrapalertAllowed" else "refused"
