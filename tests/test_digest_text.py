@@ -50,6 +50,18 @@ def test_source_row_lists_every_daemon_of_its_address() -> None:
     assert "      4 " in rows[0]
 
 
+def test_sources_are_sorted_by_severity_then_count() -> None:
+    """A critical source comes first whatever its count; the rest follow busiest first."""
+    d = digest("d=sshd a=192.0.2.1 count=9\nd=sshd a=192.0.2.2 count=5\nd=sshd a=192.0.2.3")
+    groups = tuple(
+        replace(g, severity="critical") if g.label("client_addr") == "192.0.2.3" else g
+        for g in d.groups
+    )
+    rows = [line.split(" ", 1)[0] for line in text(replace(d, groups=groups)).splitlines()]
+    rows = [addr for addr in rows if addr.startswith("192.0.2.")]
+    assert rows == ["192.0.2.3", "192.0.2.1", "192.0.2.2"]
+
+
 @pytest.mark.parametrize(
     ("reason", "age_before_window", "earlier_events", "shown"),
     [

@@ -148,8 +148,11 @@ def _level(g: GroupReport) -> str:
 _WORST = ("persistent", "repeat", "new")
 
 
-def _row(key: str, groups: list[GroupReport], window_start: float, persistent: float) -> Source:
-    """One row over `groups` (all of one address, one swept network, or one group)."""
+def _row(
+    label: str, shape: str, groups: list[GroupReport], window_start: float, persistent: float
+) -> Source:
+    """One row over `groups`: all those of one address, of one swept network, or one group
+    of several addresses (`shape` "address", "network" or "group")."""
     daemons: Counter[str] = Counter()
     names: Counter[str] = Counter()
     addrs: set[str] = set()
@@ -159,14 +162,11 @@ def _row(key: str, groups: list[GroupReport], window_start: float, persistent: f
         addrs.update(a for a, _ in g.addrs)
     ordered = tuple(d for d, _ in sorted(daemons.items(), key=lambda kv: (-kv[1], kv[0])))
     statuses = {story.status(g, window_start, persistent) for g in groups}
-    first = groups[0]
-    one = story.single(first) is not None
-    swept = "/" in key
+    alone = groups[0] if len(groups) == 1 else None  # its labels are the row's
     known_name = names.most_common(1)[0][0] if names else ""
-    name = f"{len(addrs):,} addresses" if swept else known_name
     return Source(
-        addr=key,
-        name=name,
+        addr=label,
+        name=f"{len(addrs):,} addresses" if shape == "network" else known_name,
         daemons=ordered,
         events=sum(g.events for g in groups),
         total=sum(g.total for g in groups),
@@ -174,11 +174,11 @@ def _row(key: str, groups: list[GroupReport], window_start: float, persistent: f
         last_seen=max(g.last_seen for g in groups),
         since=min(g.group_first_seen for g in groups),
         status=next(s for s in _WORST if s in statuses),
-        labels=labels_text(first.labels) if len(groups) == 1 else "",
-        extra=labels_text(tuple(kv for kv in first.labels if kv[0] not in _COLUMNS))
-        if len(groups) == 1
+        labels=labels_text(alone.labels) if alone else "",
+        extra=labels_text(tuple(kv for kv in alone.labels if kv[0] not in _COLUMNS))
+        if alone
         else "",
-        silence=silence_command(ordered, key) if one or swept else "",
+        silence=silence_command(ordered, label) if shape != "group" else "",
         severity=highest(g.severity for g in groups),
     )
 
@@ -192,22 +192,24 @@ def sources_table(
     """The rows: one per address (its groups together), one per swept network (its
     addresses folded), one per group of several addresses; by severity, story, count."""
     sweeps = {s.actor for s in told if s.kind == "sweep"}
-    kinds = {s.actor: s.kind for s in reversed(told) if s.actor}
-    rows: dict[str, list[GroupReport]] = defaultdict(list)
+    kinds = {s.actor: s.kind for s in reversed(told) if s.actor}  # the most severe wins
+    # (shape, label, the group's key for a group row) -> its groups
+    rows: dict[tuple[str, str, tuple[str, ...]], list[GroupReport]] = defaultdict(list)
     for g in trusted:
         if _level(g) != "exact":
             continue  # rolled up: the roll-ups list tells it
         addr = story.single(g)
         if addr is None:
             head = g.addrs[0][0] if g.addrs else "?"
-            rows[f"{head} +{max(len(g.addrs) - 1, 0)}\0{g.key}"].append(g)
-            continue
-        net = network(addr)
-        rows[net if net in sweeps else addr].append(g)
+            rows["group", f"{head} +{max(len(g.addrs) - 1, 0)}", g.key].append(g)
+        elif (net := network(addr)) in sweeps and net is not None:
+            rows["network", net, ()].append(g)
+        else:
+            rows["address", addr, ()].append(g)
     out = []
-    for key, groups in rows.items():
-        row = _row(key.split("\0", 1)[0], groups, window_start, persistent)
-        out.append(replace(row, story=kinds.get(row.addr, "")))
+    for (shape, label, _), groups in rows.items():
+        row = _row(label, shape, groups, window_start, persistent)
+        out.append(replace(row, story=kinds.get(label, "") if shape != "group" else ""))
     rank = {kind: i for i, kind in enumerate(story.KINDS)}
     return sorted(
         out,
