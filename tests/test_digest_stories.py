@@ -67,7 +67,7 @@ def through_daemon(
             for daemon, addr in before:
                 await asyncio.to_thread(client, f"d={daemon}", f"a={addr}", sock)
             if before:
-                server.flush()
+                await flush_when_ingested(server, len(before))
                 await seen.wait_events(len(before))
             if silence:
                 await server.silences.add({"matchers": list(silence), "seconds": 3600})
@@ -79,6 +79,15 @@ def through_daemon(
 
     status = asyncio.run(scenario())
     return Outcome(maildir_messages(cfg.daemon.state_dir.parent / "Maildir"), status)
+
+
+async def flush_when_ingested(server: Server, count: int) -> None:
+    """Flush once the daemon holds `count` events: the client returns when its datagram is
+    queued, which can be before the daemon has read it (nothing signals that moment)."""
+    flushed = 0
+    async with asyncio.timeout(10):
+        while (flushed := flushed + server.flush()) < count:  # noqa: ASYNC110 - no event marks ingestion
+            await asyncio.sleep(0.01)
 
 
 def lead(outcome: Outcome, kind: str) -> list[str]:
