@@ -279,6 +279,10 @@ def test_untrusted_flood_is_counted_apart_and_never_quoted_first(sockdir: Path) 
     before_marker = text.split(marker, 1)[0]
     assert "CRITICAL" not in before_marker
     assert "10.66." not in before_marker
+    html_before = body(msg, "html").split("40 untrusted reports from uid 65534, see below", 1)
+    assert len(html_before) == 2
+    assert "CRITICAL" not in html_before[0]
+    assert "10.66." not in html_before[0]
     reported = sum(
         int(m["X-Wrapalert-Events"]) + int(m["X-Wrapalert-Untrusted"]) for m in out.mails
     )
