@@ -8,6 +8,7 @@ import pytest
 
 from wrapalert import config
 from wrapalert.config import ConfigError
+from wrapalert.story import StoryRule
 
 
 def test_missing_default_file_means_built_in_defaults(
@@ -158,11 +159,21 @@ def test_toml_syntax_error_names_the_line() -> None:
         ('[[sink]]\ntype = "smtp"\ntimeout = 0\n', "must be more than 0"),
         ('[[sink]]\ntype = "maildir"\n[[sink]]\ntype = "maildir"\n', "duplicate sink name"),
         ("[mystery]\nx = 1\n", "unknown table or key 'mystery'"),
+        ("[story]\nbrute_force = 1\n", "out of range"),
+        ('[story]\npersistent = "0s"\n', "must be more than 0"),
+        ("[story]\nsweep = 3\n", "sweep"),
     ],
 )
 def test_bad_values_are_explained(text: str, fragment: str) -> None:
     """Each kind of bad value gets a message saying what is wrong with it."""
     assert fragment in error_for(text)
+
+
+def test_story_table_sets_the_digest_story_thresholds() -> None:
+    """`[story]` sets the brute-force count and the persistent age that digests use."""
+    cfg = config.loads('[story]\nbrute_force = 50\npersistent = "2h"\n')
+    assert cfg.story.rule == StoryRule(brute_force=50, persistent=7200.0)
+    assert config.Config().story.rule == StoryRule()
 
 
 def test_socket_mode_accepts_octal_strings() -> None:

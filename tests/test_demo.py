@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import threading
@@ -11,7 +12,8 @@ from conftest import WRAPALERT, libwrap_available, maildir_messages, require
 
 
 def test_demo_shows_a_digest_within_a_minute(sockdir: Path) -> None:
-    """The demo prints the hook line, refuses a burst through libwrap, and shows the digest."""
+    """The demo prints the hook line, refuses a burst through libwrap, and shows the digest,
+    which leads with its stories."""
     require(libwrap_available(), "libwrap0 is not installed (apt-get install libwrap0)")
     demo = sockdir / "demo"
     proc = subprocess.Popen(
@@ -41,5 +43,7 @@ def test_demo_shows_a_digest_within_a_minute(sockdir: Path) -> None:
     assert f"simulate -c {demo}/wrapalert.toml" in out
     assert "libwrap refused 12 of 12 connections" in out
     assert "X-Wrapalert-Events: 12" in out
+    assert "X-Wrapalert-Untrusted: 0" in out
+    assert re.search(r"^(SCAN|SWEEP|BRUTE FORCE|REPEAT|PROBES) +\S", out, re.MULTILINE)
     (msg,) = maildir_messages(demo / "Maildir")
     assert msg["X-Wrapalert-Events"] == "12"

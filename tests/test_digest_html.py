@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import require
 
-from wrapalert import config
+from wrapalert import config, story
 from wrapalert.mail import Renderer
 from wrapalert.model import Digest
 from wrapalert.preview import build_digest, parse_events, sample_digest
@@ -177,7 +177,8 @@ def test_html_loads_nothing_and_runs_nothing() -> None:
 
 
 def test_html_has_what_the_text_part_has() -> None:
-    """Every source, scan, silence command and untrusted report of the text part is in the HTML."""
+    """Every story, source, silence command and untrusted report of the text part is in the
+    HTML."""
     d = sample_digest(config.Config(), NOW)
     msg = Renderer("wrapalert@localhost", ("root",)).render(d)
     plain = msg.get_body(("plain",))
@@ -187,9 +188,11 @@ def test_html_has_what_the_text_part_has() -> None:
     needles = [
         "203.0.113.7",
         "2001:db8::66",
-        "scanner.exampl",  # the text part cuts names to its column
+        "scanner.exa",  # the text part cuts names to its column
         "198.51.100.0/24: 16 addresses",
-        "wrapalert silence add --for 2h daemon=sshd client=203.0.113.7",
+        "wrapalert silence add --for 2h client=203.0.113.7",
+        "wrapalert silence add --for 2h daemon=sshd client=192.0.2.200",
+        *(s.line[:60] for s in story.stories(d, story.StoryRule(), d.window[0])),
         "reported by uid 1000, untrusted: 1 events",
         "Refused connections per 2 min",
     ]

@@ -86,10 +86,13 @@ def test_refusals_become_one_digest_with_exact_counts(sockdir: Path) -> None:
     assert msg["Auto-Submitted"] == "auto-generated"
     assert msg["Message-ID"].startswith("<")
     text = body(msg)
-    # Each (daemon, address) group is named with its own count.
-    for (daemon, addr), count in plan.items():
+    # One row per address, its total first, then each daemon with its own count.
+    for addr in ADDRS:
         shown = addr.removeprefix("::ffff:")
-        row = rf"^{re.escape(shown)} +\S+ +{re.escape(daemon)} +{count} .* new$"
+        mine = {d: n for (d, a), n in plan.items() if a == addr}
+        by_count = sorted(mine.items(), key=lambda kv: (-kv[1], kv[0]))
+        daemons = ", ".join(f"{re.escape(d)} {n}" for d, n in by_count)
+        row = rf"^{re.escape(shown)} +\S+ +{sum(mine.values())} \S+ +new +{daemons}$"
         assert re.search(row, text, re.MULTILINE), row
     html = body(msg, "html")
     for daemon in DAEMONS:

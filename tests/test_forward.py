@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,10 @@ from wrapalert.config import (
 from wrapalert.daemon.server import Server
 from wrapalert.model import Event
 from wrapalert.pipeline.forward import ForwardWorker
+from wrapalert.scanrule import ScanRule
 from wrapalert.sinks.base import TransientSinkError
 from wrapalert.sinks.jsonl import JsonlSink
+from wrapalert.story import held_story
 
 
 class Records:
@@ -70,6 +73,27 @@ def test_over_the_rate_events_are_held_and_summed_not_dropped() -> None:
     assert held["events"] == 90
     assert held["daemons"] == {"sshd": 45, "vsftpd": 45}
     assert events_in(sink.batches) == 100
+
+
+def test_held_record_names_its_clients_and_story() -> None:
+    """A held record lists its client addresses and, when one applies, names its story by
+    the daemon's numbers: one address hammering sshd past `[story] brute_force`."""
+    clock = ManualClock(1000.0)
+    sink = Records(clock)
+    describe = partial(held_story, scan=ScanRule(600.0, 3, 16), brute_force=20)
+    worker = ForwardWorker(sink, per_second=10, clock=clock, describe_held=describe)
+    for _ in range(40):
+        worker.offer(ev())
+
+    async def scenario() -> None:
+        task = asyncio.create_task(worker.run())
+        worker.close()
+        await task
+
+    asyncio.run(scenario())
+    (held,) = [r for _, batch in sink.batches for r in batch if r["type"] == "held"]
+    assert (held["clients"], held["other_clients"]) == ({"192.0.2.1": 30}, 0)
+    assert held["story"] == "brute force from 192.0.2.1 on sshd (30 tries)"
 
 
 def test_records_never_exceed_the_rate() -> None:

@@ -10,6 +10,7 @@ from email.message import EmailMessage
 
 from wrapalert.mail import THREAD_REFS, Renderer, header_text, msgid_domain, qualify
 from wrapalert.model import Digest, GroupReport
+from wrapalert.story import StoryRule
 
 
 def report(
@@ -54,6 +55,7 @@ def test_digest_headers() -> None:
     )
     msg = reparse(Renderer("wrapalert@localhost", ("root",)).render(d))
     assert msg["X-Wrapalert-Events"] == "6"
+    assert msg["X-Wrapalert-Untrusted"] == "0"
     assert msg["X-Wrapalert-Sources"] == "2"
     assert msg["X-Wrapalert-Held"] == "0"
     assert msg["X-Wrapalert-Host"] == "web1"
@@ -105,12 +107,12 @@ def test_untrusted_groups_are_marked() -> None:
 
 
 def test_subject_is_bounded() -> None:
-    """However many daemons, the subject stays one line of at most 120 characters."""
+    """However many daemons, the subject stays one line of at most 78 characters."""
     groups = tuple(report(f"daemon{i:03d}", events=1) for i in range(200))
     msg = Renderer("wrapalert@localhost", ("root",)).render(
         Digest(host="web1", created=1.0, groups=groups)
     )
-    assert len(msg["Subject"]) <= 120
+    assert len(msg["Subject"]) <= 78
 
 
 def test_bare_local_parts_are_qualified() -> None:
@@ -123,29 +125,41 @@ def test_header_text_removes_controls() -> None:
     """header_text turns control characters into single spaces and bounds the length."""
     assert header_text("a\r\n\tb\x00c") == "a b c"
     assert len(header_text("x" * 500)) == 120
+    assert len(header_text("x" * 500, 78)) == 78
 
 
-def test_subject_counts_new_sources_only() -> None:
-    """The subject's "(N new)" counts the addresses of first-time groups, not repeats."""
+def test_headline_counts_new_sources_only() -> None:
+    """The headline's "N new" counts the addresses of first-time groups, not repeats; the
+    subject tells the repeat."""
     groups = (report(addr="192.0.2.1"), replace(report(addr="192.0.2.2"), reason="new activity"))
     msg = Renderer("a@b", ("root",)).render(Digest(host="web1", created=1.0, groups=groups))
-    assert msg["Subject"] == "[wrapalert] web1: 6 refused from 2 sources (1 new): sshd"
+    plain = msg.get_body(("plain",))
+    assert plain is not None
+    assert plain.get_content().startswith(
+        "wrapalert on web1: 6 refused connections from 2 sources, 1 new\n"
+    )
+    assert msg["Subject"] == (
+        "[wrapalert] web1: repeat offender 192.0.2.2 (3 tries); 6 refused, 2 sources"
+    )
 
 
 def test_subject_names_untrusted_sources() -> None:
-    """Untrusted reports are counted apart in the subject, so a forgery never looks real."""
+    """Untrusted reports are counted apart in the subject (reports, not sources), so a
+    forgery never looks real."""
     groups = (report(addr="192.0.2.1"), report(addr="192.0.2.9", trusted=False))
     msg = Renderer("a@b", ("root",)).render(Digest(host="web1", created=1.0, groups=groups))
-    assert "(1 new, 1 untrusted)" in msg["Subject"]
+    assert msg["Subject"].startswith(
+        "[wrapalert] web1: 3 refused from 1 source (1 new, 3 untrusted)"
+    )
+    assert "192.0.2.9" not in msg["Subject"]
 
 
 def test_subject_cuts_the_daemon_list_between_names() -> None:
     """Daemons that do not fit end the subject as "…", never half a name."""
     groups = tuple(report(f"daemon-number-{i:02d}", events=50 - i) for i in range(20))
-    subject = Renderer("a@b", ("root",)).render(Digest(host="web1", created=1.0, groups=groups))[
-        "Subject"
-    ]
-    assert len(subject) <= 120
+    renderer = Renderer("a@b", ("root",), story=StoryRule(brute_force=1000))  # no story to tell
+    subject = renderer.render(Digest(host="web1", created=1.0, groups=groups))["Subject"]
+    assert len(subject) <= 78
     assert subject.endswith(", …")
     names = subject.split(": ", 2)[2].removesuffix(", …").split(", ")
     assert names == [f"daemon-number-{i:02d}" for i in range(len(names))]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import WRAPALERT
 
-from wrapalert import config
-from wrapalert.preview import EventsError, build_digest, parse_events
+from wrapalert import config, story
+from wrapalert.preview import EventsError, build_digest, parse_events, sample_digest
 
 NOW = 1_700_000_000.0
 
@@ -24,13 +24,16 @@ def preview(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 def test_sample_preview_prints_subject_and_text() -> None:
-    """Without --events, preview prints the built-in sample's subject and text part."""
+    """Without --events, preview prints the built-in sample's subject and text part, which
+    tells a story of every kind."""
     result = preview()
     assert result.returncode == 0, result.stderr
     out = result.stdout.decode()
     assert out.startswith("Subject: [wrapalert] ")
-    assert "\nTop sources\n" in out
-    assert "\nScans\n" in out
+    assert "\nSources\n" in out
+    block = out.split("\nDaemons: ", 1)[1].split("\n\n", 2)[1]
+    told = [line[:12].strip() for line in block.splitlines() if not line.startswith(" ")]
+    assert told == [kind.upper() for kind in story.KINDS]
     assert "reported by uid 1000, untrusted: 1 events" in out
 
 
@@ -70,8 +73,9 @@ def test_events_file_counts_reach_the_digest(tmp_path: Path) -> None:
     result = preview("-c", str(cfg), "--events", str(events))
     assert result.returncode == 0, result.stderr
     out = result.stdout.decode()
-    assert "13 refused from 1 source (1 new): sshd, vsftpd" in out
-    assert "203.0.113.7 tried 2 daemons (sshd, vsftpd): 13 refused" in out
+    assert "Subject: [wrapalert] " in out
+    assert "scan from 203.0.113.7 (2 daemons); 13 refused, 1 source\n" in out
+    assert "SCAN        203.0.113.7 tried 2 daemons, 13 refused: sshd, vsftpd\n" in out
 
 
 def test_bad_lines_are_reported_with_their_numbers(tmp_path: Path) -> None:
@@ -102,7 +106,8 @@ def test_preview_uses_the_configured_templates(tmp_path: Path) -> None:
     cfg.write_text(f'[digest]\ntemplate_dir = "{tmp_path}"\n')
     result = preview("-c", str(cfg))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.decode().startswith("Subject: Custom: 162 on ")
+    total = sample_digest(config.Config()).trusted_events
+    assert result.stdout.decode().startswith(f"Subject: Custom: {total} on ")
 
 
 def test_events_are_aggregated_in_time_order() -> None:

@@ -237,6 +237,21 @@ def test_held_records_become_one_held_alert(alertmanager: Alertmanager, host: st
     assert moment(alert["startsAt"]) == pytest.approx(t, abs=0.002)
 
 
+def test_held_alert_names_the_story_of_its_records(alertmanager: Alertmanager, host: str) -> None:
+    """A held record that names its story (a brute force) puts it in the WrapalertHeld
+    alert's summary and in a `story` annotation."""
+    t = time.time()
+    story = "brute force from 203.0.113.5 on sshd (90 tries)"
+    held: list[dict[str, object]] = [
+        {"type": "held", "events": 90, "first": t, "last": t + 5, "daemons": {"sshd": 90},
+         "clients": {"203.0.113.5": 90}, "story": story},
+    ]  # fmt: skip
+    asyncio.run(sink(alertmanager.url, host=host).send_records(held))
+    (alert,) = alertmanager.alerts(host)
+    assert alert["annotations"]["story"] == story
+    assert f"on {host} ({story}): counted" in alert["annotations"]["summary"]
+
+
 HOSTILE = [
     'sshd", "alertname": "Forged',
     'sshd"} , {"labels": {"x": "y"}}] ',

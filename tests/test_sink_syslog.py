@@ -385,6 +385,24 @@ socket = "{rsyslog.socket}"
         assert (pairs["trusted"], pairs["uid"]) == ("true", str(os.getuid()))
 
 
+def test_daemon_held_line_names_the_brute_force(sockdir: Path, rsyslog: Rsyslog) -> None:
+    """Past the sink's rate, the held line the daemon sends names the story its events
+    tell: one address refused by sshd more than `[story] brute_force` times."""
+    path = write_config(
+        sockdir,
+        extra="[limits]\nevents_per_second = 1\n[story]\nbrute_force = 5\n",
+        sinks=f"""
+[[sink]]
+type = "syslog"
+socket = "{rsyslog.socket}"
+""",
+    )
+    report_through_daemon(config.load(path), ["203.0.113.5"] * 7, then=lambda: rsyslog.wait(2))
+    lines = [parse_text(m["msg"][1:]) for m in rsyslog.messages()]
+    held = [pairs for word, pairs in lines if word == "held"]
+    assert [pairs["story"] for pairs in held] == ["brute force from 203.0.113.5 on sshd (6 tries)"]
+
+
 # -- receivers that are missing, wrong or stalled (plain sockets: no rsyslog needed) -----
 
 

@@ -42,6 +42,7 @@ from wrapalert.match import (
     parse_network,
 )
 from wrapalert.scanrule import ScanRule
+from wrapalert.story import StoryRule
 
 DEFAULT_PATH = Path("/etc/wrapalert/wrapalert.toml")
 HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
@@ -197,6 +198,18 @@ SCAN_KEYS: KeyDocs = {
 
 
 @dataclass(frozen=True)
+class StoryConfig:
+    """The digest's story thresholds (wrapalert/story.py); scans and sweeps are `[scan]`'s."""
+
+    brute_force: int = 20  # refusals of one address by one daemon in one digest
+    persistent: float = 3600.0  # known this long before a digest's window: "persistent"
+
+    @property
+    def rule(self) -> StoryRule:
+        return StoryRule(self.brute_force, self.persistent)
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     """First matching route wins: it sets a group's severity and the sinks it goes to."""
 
@@ -273,6 +286,7 @@ class Config:
     routes: tuple[RouteConfig, ...] = ()
     scan: ScanConfig = field(default_factory=ScanConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    story: StoryConfig = field(default_factory=StoryConfig)
 
 
 def load(path: Path | None = None) -> Config:
@@ -331,7 +345,17 @@ class _Parser:
         return header
 
     def config(self, data: dict[str, Any]) -> Config:
-        known = {"daemon", "digest", "limits", "sink", "ignore", "route", "scan", "metrics"}
+        known = {
+            "daemon",
+            "digest",
+            "limits",
+            "sink",
+            "ignore",
+            "route",
+            "scan",
+            "metrics",
+            "story",
+        }
         for name in data:
             if name not in known:
                 raise ConfigError(f"{self.source}: unknown table or key {name!r}")
@@ -357,7 +381,10 @@ class _Parser:
         routes = tuple(self._route(raw, i, set(names)) for i, raw in enumerate(routes_raw))
         scan = self._section(data, "scan", ScanConfig, self._scan)
         metrics = self._section(data, "metrics", MetricsConfig, self._metrics)
-        return Config(daemon, digest, limits, sinks, self.source, ignore, routes, scan, metrics)
+        story = self._section(data, "story", StoryConfig, self._story)
+        return Config(
+            daemon, digest, limits, sinks, self.source, ignore, routes, scan, metrics, story
+        )
 
     def _section(
         self,
@@ -465,6 +492,17 @@ class _Parser:
         cfg = MetricsConfig(textfile=textfile, interval=t.duration("interval", d.interval))
         if cfg.interval < 1:
             raise t.error("interval", "must be at least 1s")
+        t.done()
+        return cfg
+
+    def _story(self, t: _Table) -> StoryConfig:
+        d = StoryConfig()
+        cfg = StoryConfig(
+            brute_force=t.count("brute_force", d.brute_force, minimum=2, maximum=1_000_000),
+            persistent=t.duration("persistent", d.persistent),
+        )
+        if cfg.persistent <= 0:
+            raise t.error("persistent", "must be more than 0")
         t.done()
         return cfg
 

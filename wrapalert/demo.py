@@ -70,7 +70,7 @@ Digests appear here {cfg.digest.group_wait:g} s after the first refusal. Ctrl-C 
 """,
         flush=True,
     )
-    renderer = Renderer("wrapalert@localhost", ("you",), cfg.digest.template_dir)
+    renderer = Renderer("wrapalert@localhost", ("you",), cfg.digest.template_dir, cfg.story.rule)
 
     def show(sink: str, digest: Digest, error: Exception | None) -> None:
         if error is not None:
@@ -80,7 +80,10 @@ Digests appear here {cfg.digest.group_wait:g} s after the first refusal. Ctrl-C 
         body = msg.get_body(("plain",))
         text = body.get_content() if body is not None else ""
         print(f"\n=== digest delivered to {sink} ===")
-        for header in ("Subject", "X-Wrapalert-Events", "X-Wrapalert-Sources", "X-Wrapalert-Held"):
+        for header in (
+            "Subject",
+            *(f"X-Wrapalert-{n}" for n in ("Events", "Untrusted", "Sources", "Held")),
+        ):
             print(f"{header}: {msg[header]}")
         print(f"\n{text}", flush=True)
 

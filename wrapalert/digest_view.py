@@ -1,4 +1,4 @@
-"""The digest as templates see it: sources, scans, roll-ups, a timeline, in a dict.
+"""The digest as templates see it: stories, sources, scans, roll-ups, a timeline, in a dict.
 
 Pure functions of a Digest (no I/O), so the text and HTML templates stay
 simple and this logic is tested with plain values. `context` documents
@@ -7,21 +7,22 @@ every key the templates may use.
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from wrapalert import story
+from wrapalert.match import highest, severity_rank
 from wrapalert.model import TIMELINE_BUCKET, Digest, GroupReport
 from wrapalert.pipeline.aggregate import OVERFLOW
-from wrapalert.scanrule import ScanSignal, network
+from wrapalert.scanrule import network
+from wrapalert.story import SILENCE_FOR, Story, StoryRule, silence_command
 
 TOP_SOURCES = 30  # rows in the sources table; the rest are summed in one line
 LIST_MAX = 20  # scans, roll-ups and untrusted reports listed; the rest are summed
-PERSISTENT_AFTER = 3600.0  # a group older than this before the window is "persistent"
+PERSISTENT_AFTER = StoryRule().persistent  # the default of `[story] persistent`
 TIMELINE_SLOTS = 20  # bars in the chart at most; buckets are merged to fit
-SILENCE_FOR = "2h"
 _STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440)  # minutes per bar
 _COLUMNS = frozenset({"daemon", "client_addr"})  # labels the sources table shows as columns
 
@@ -46,12 +47,15 @@ def cell(value: object, width: int) -> str:
 
 
 def fit(names: list[str], width: int) -> str:
-    """As many of `names` as fit in `width` characters, joined by ", ", then "…"."""
+    """As many of `names` as fit in `width` characters, joined by ", ", then ", …" when
+    some are left out (within `width` too); a first name with no room is cut (its start
+    says more than "…" alone)."""
     out = ""
     for i, name in enumerate(names):
         joined = f"{out}, {name}" if i else name
-        if len(joined) > width:
-            return f"{out}, …" if out else "…"
+        more = i + 1 < len(names)
+        if len(joined) + (3 if more else 0) > width:
+            return f"{out}, …" if out else clip(name, width)
         out = joined
     return out
 
@@ -63,6 +67,12 @@ def tally(pairs: list[tuple[str, int]]) -> list[str]:
 
 def labels_text(labels: tuple[tuple[str, str], ...]) -> str:
     return "  ".join(f"{field}={value}" for field, value in labels)
+
+
+def clip(value: object, width: int) -> str:
+    """`value` in at most `width` characters, cut with an ellipsis."""
+    text = str(value)
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
 def duration(seconds: float) -> str:
@@ -82,11 +92,13 @@ def duration(seconds: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """One row of the top-sources table: a trusted group as the reader sees it."""
+    """One row of the sources table: a trusted address (over all its groups), a swept
+    network (its addresses folded into one row), or a group of several addresses."""
 
-    addr: str  # the group's address, or its busiest one and "+N"
-    name: str  # its most frequent known name, or ""
-    daemons: tuple[str, ...]
+    addr: str  # the address, the network, or a group's busiest address and "+N"
+    name: str  # its most frequent known name, "N addresses" for a network, or ""
+    daemons: tuple[str, ...]  # busiest first
+    daemon_counts: tuple[tuple[str, int], ...]  # the same, each with its refusals
     events: int
     total: int
     first_seen: float
@@ -96,18 +108,8 @@ class Source:
     labels: str
     extra: str  # group_by labels the columns do not show, such as user=...
     silence: str  # the command that silences it, or "" (no usable address)
-
-
-@dataclass(frozen=True, slots=True)
-class Scan:
-    """A scan the daemon's detector signalled (wrapalert.scanrule): one address trying
-    several daemons (addrs == 1), or a sweep of one /24 or /64; numbers from this digest."""
-
-    target: str
-    addrs: int
-    events: int
-    daemons: tuple[str, ...]
-    silence: str
+    severity: str = "warning"  # the highest route severity of its groups
+    story: str = ""  # the kind of the story that tells it, or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,24 +139,8 @@ class Slot:
 
 
 def status(g: GroupReport, window_start: float) -> str:
-    """new: first report of the group (a flush counts as new when nothing came before it);
-    persistent: already seen over PERSISTENT_AFTER before this digest's window, and still
-    active (it is in this digest); repeat: reported before, more recently."""
-    if g.reason == "new group" or (g.reason == "shutdown flush" and g.total == g.events):
-        return "new"
-    if g.group_first_seen < window_start - PERSISTENT_AFTER:
-        return "persistent"
-    return "repeat"
-
-
-def silence_command(daemons: tuple[str, ...] | list[str], client: str) -> str:
-    """The `wrapalert silence add` line for a source, shell-quoted (values are attacker text)."""
-    if client in ("unknown", ""):
-        return ""
-    argv = ["wrapalert", "silence", "add", "--for", SILENCE_FOR]
-    if len(daemons) == 1:
-        argv.append(f"daemon={daemons[0]}")
-    return shlex.join([*argv, f"client={client}"])
+    """The group's status by the default `[story] persistent` (see story.status)."""
+    return story.status(g, window_start, PERSISTENT_AFTER)
 
 
 def _level(g: GroupReport) -> str:
@@ -162,73 +148,78 @@ def _level(g: GroupReport) -> str:
     return "overflow" if g.key[:1] == (OVERFLOW,) else g.level
 
 
-def _source(g: GroupReport, window_start: float) -> Source:
-    addrs = [a for a, _ in g.addrs]
-    single = len(addrs) == 1 and not g.more_addrs
-    addr = addrs[0] if single else f"{addrs[0] if addrs else '?'} +{max(len(addrs) - 1, 0)}"
-    daemons = tuple(d for d, _ in g.daemons)
-    names = known(g.names)
+_WORST = ("persistent", "repeat", "new")
+
+
+def _row(
+    label: str, shape: str, groups: list[GroupReport], window_start: float, persistent: float
+) -> Source:
+    """One row over `groups`: all those of one address, of one swept network, or one group
+    of several addresses (`shape` "address", "network" or "group")."""
+    daemons: Counter[str] = Counter()
+    names: Counter[str] = Counter()
+    addrs: set[str] = set()
+    for g in groups:
+        daemons.update(dict(g.daemons))
+        names.update({n: c for n, c in g.names if n not in ("unknown", "")})
+        addrs.update(a for a, _ in g.addrs)
+    counted = tuple(sorted(daemons.items(), key=lambda kv: (-kv[1], kv[0])))
+    ordered = tuple(d for d, _ in counted)
+    statuses = {story.status(g, window_start, persistent) for g in groups}
+    alone = groups[0] if len(groups) == 1 else None  # its labels are the row's
+    known_name = names.most_common(1)[0][0] if names else ""
     return Source(
-        addr=addr,
-        name=names[0] if names else "",
-        daemons=daemons,
-        events=g.events,
-        total=g.total,
-        first_seen=g.first_seen,
-        last_seen=g.last_seen,
-        since=g.group_first_seen,
-        status=status(g, window_start),
-        labels=labels_text(g.labels),
-        extra=labels_text(tuple(kv for kv in g.labels if kv[0] not in _COLUMNS)),
-        silence=silence_command(daemons, addrs[0]) if single else "",
+        addr=label,
+        name=f"{len(addrs):,} addresses" if shape == "network" else known_name,
+        daemons=ordered,
+        daemon_counts=counted,
+        events=sum(g.events for g in groups),
+        total=sum(g.total for g in groups),
+        first_seen=min(g.first_seen for g in groups),
+        last_seen=max(g.last_seen for g in groups),
+        since=min(g.group_first_seen for g in groups),
+        status=next(s for s in _WORST if s in statuses),
+        labels=labels_text(alone.labels) if alone else "",
+        extra=labels_text(tuple(kv for kv in alone.labels if kv[0] not in _COLUMNS))
+        if alone
+        else "",
+        silence=silence_command(ordered, label) if shape != "group" else "",
+        severity=highest(g.severity for g in groups),
     )
 
 
-def _signals(groups: list[GroupReport]) -> dict[str, ScanSignal]:
-    """The detector's signals in these groups by target; of two for one target (it can
-    signal again after a quiet window), the one that saw more addresses."""
-    signals: dict[str, ScanSignal] = {}
-    for values in (values for g in groups for values in g.scan):
-        signal = ScanSignal.from_tuple(values)
-        seen = signals.get(signal.target) if signal is not None else None
-        if signal is not None and (seen is None or signal.sources > seen.sources):
-            signals[signal.target] = signal
-    return signals
-
-
-def scans(groups: list[GroupReport]) -> list[Scan]:
-    """The scans the daemon's detector signalled into these groups, one row per target,
-    busiest first. Nothing else is called a scan: the detector counts within its `[scan]`
-    window, possibly across digests, and `status` counts the same signals.
-
-    A row's events and addresses are this digest's, of the groups the target covers;
-    its daemons are those the detector saw and those in this digest."""
-    signals = _signals(groups)
-    if not signals:
-        return []
-    sweeps = any(s.kind == "sweep" for s in signals.values())
-    # target -> (address, its events, daemons of its group when they are the address's)
-    covered: dict[str, list[tuple[str, int, tuple[str, ...]]]] = defaultdict(list)
-    for g in groups:
-        own = len(g.addrs) == 1 and not g.more_addrs  # the group's daemons are the address's
-        names = tuple(d for d, _ in g.daemons)
-        for addr, n in g.addrs:
-            if addr in signals:
-                covered[addr].append((addr, n, names if own else ()))
-            net = network(addr) if sweeps else None
-            if net is not None and net in signals:
-                covered[net].append((addr, n, names))
-    out = []
-    for target, signal in signals.items():
-        rows = covered[target]
-        daemons = tuple(sorted({*signal.daemons, *(d for _, _, ds in rows for d in ds)}))
-        if signal.kind == "daemons":
-            addrs, silence = 1, silence_command((), target)
+def sources_table(
+    trusted: list[GroupReport],
+    told: list[Story],
+    window_start: float,
+    persistent: float = PERSISTENT_AFTER,
+) -> list[Source]:
+    """The rows: one per address (its groups together), one per swept network (its
+    addresses folded), one per group of several addresses; by severity, story, count."""
+    sweeps = {s.actor for s in told if s.kind == "sweep"}
+    kinds = {s.actor: s.kind for s in reversed(told) if s.actor}  # the most severe wins
+    # (shape, label, the group's key for a group row) -> its groups
+    rows: dict[tuple[str, str, tuple[str, ...]], list[GroupReport]] = defaultdict(list)
+    for g in trusted:
+        if _level(g) != "exact":
+            continue  # rolled up: the roll-ups list tells it
+        addr = story.single(g)
+        if addr is None:
+            head = g.addrs[0][0] if g.addrs else "?"
+            rows["group", f"{head} +{max(len(g.addrs) - 1, 0)}", g.key].append(g)
+        elif (net := network(addr)) in sweeps and net is not None:
+            rows["network", net, ()].append(g)
         else:
-            addrs = max(signal.sources, len({a for a, _, _ in rows}))
-            silence = silence_command(daemons, target)
-        out.append(Scan(target, addrs, sum(n for _, n, _ in rows), daemons, silence))
-    return sorted(out, key=lambda s: (-s.events, s.target))
+            rows["address", addr, ()].append(g)
+    out = []
+    for (shape, label, _), groups in rows.items():
+        row = _row(label, shape, groups, window_start, persistent)
+        out.append(replace(row, story=kinds.get(label, "") if shape != "group" else ""))
+    rank = {kind: i for i, kind in enumerate(story.KINDS)}
+    return sorted(
+        out,
+        key=lambda r: (-severity_rank(r.severity), rank.get(r.story, 99), -r.events, r.addr),
+    )
 
 
 def rollups(groups: list[GroupReport]) -> list[Rollup]:
@@ -292,36 +283,45 @@ def timeline(groups: list[GroupReport], slots: int = TIMELINE_SLOTS) -> tuple[fl
     ]
 
 
-def context(digest: Digest) -> dict[str, Any]:
-    """What templates see (filters: when, hms, thousands, known, cell, fit, tally, duration).
+def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
+    """What templates see (filters: when, hms, thousands, known, cell, fit, tally, duration,
+    clip).
 
-    digest, host; events, sources (as the X-Wrapalert-* headers count them); new_sources
-    (addresses of trusted groups whose status is "new"); untrusted_sources (addresses in
-    untrusted reports); start, end (the window of the new events); daemons: [(name, count)];
-    held, silenced, merged; flushed (groups sent early at shutdown); sources_table: [Source]
-    (trusted, not rolled up, busiest first, at most TOP_SOURCES) with more_groups and
-    more_events for the rest; scans: [Scan] and more_scans; rollups: [Rollup], more_rollups,
-    more_rollup_events; untrusted_shown: [GroupReport], more_untrusted,
-    more_untrusted_events; quiet: [GroupReport] (groups with nothing new since their last
-    report, now forgotten); step, timeline: [Slot]; silence_for; top_silence (the command
-    for the busiest source that has one, or ""); groups, trusted_groups, untrusted_groups:
-    [GroupReport], every report. Lists hold at most LIST_MAX unless said otherwise.
+    Only trusted reports are counted or named before the untrusted story's line (issue 15):
+    digest, host; events, sources (trusted, as X-Wrapalert-Events and -Sources count them);
+    untrusted_events (as X-Wrapalert-Untrusted counts them); new_sources (addresses of
+    trusted groups whose status is "new"); untrusted_sources (addresses in untrusted
+    reports); start, end (the window of the new trusted events, else of all); daemons:
+    [(name, count)] (trusted); stories: [story.Story], most severe first, and lead (the
+    first of a kind in story.LEADS, or None); held, silenced, merged; flushed (groups sent early at
+    shutdown); sources_table: [Source] (see `sources_table`, at most TOP_SOURCES) with
+    more_groups and more_events for the rest; scans: [Scan] and more_scans; rollups:
+    [Rollup], more_rollups, more_rollup_events; untrusted_shown: [GroupReport],
+    more_untrusted, more_untrusted_events; quiet: [GroupReport] (groups with nothing new
+    since their last report, now forgotten); step, timeline: [Slot] (trusted events);
+    silence_for; top_silence (the command for the first row that has one, or "");
+    groups, trusted_groups, untrusted_groups: [GroupReport], every report. Lists hold at
+    most LIST_MAX unless said otherwise.
     """
+    rule = rule or StoryRule()
     groups = sorted(digest.groups, key=lambda g: (-g.events, g.key))
     quiet = [g for g in groups if g.reason == "repeat"]
     active = [g for g in groups if g.reason != "repeat"]
     trusted = [g for g in active if g.trusted]
     untrusted = [g for g in active if not g.trusted]
     daemons: Counter[str] = Counter()
-    for g in active:
+    for g in trusted:
         daemons.update(dict(g.daemons))
-    start = min((g.first_seen for g in active), default=digest.created)
-    end = max((g.last_seen for g in active), default=digest.created)
-    rows = [g for g in trusted if _level(g) == "exact"]
-    table = [_source(g, start) for g in rows[:TOP_SOURCES]]
+    timed = trusted or active
+    start = min((g.first_seen for g in timed), default=digest.created)
+    end = max((g.last_seen for g in timed), default=digest.created)
+    told = story.stories(digest, rule, start)
+    rows = sources_table(trusted, told, start, rule.persistent)
+    table = rows[:TOP_SOURCES]
     silences = [s.silence for s in table if s.silence]
-    step, slots = timeline(active)
-    found, rolled = scans(trusted), rollups(trusted)
+    step, slots = timeline(trusted)
+    found, rolled = story.scans(trusted), rollups(trusted)
+    persistent = rule.persistent
     return {
         "digest": digest,
         "host": digest.host,
@@ -329,10 +329,15 @@ def context(digest: Digest) -> dict[str, Any]:
         "trusted_groups": [g for g in groups if g.trusted],
         "untrusted_groups": [g for g in groups if not g.trusted],
         "daemons": sorted(daemons.items(), key=lambda kv: (-kv[1], kv[0])),
-        "events": digest.events,
-        "sources": digest.sources,
-        "new_sources": len({a for g in trusted if status(g, start) == "new" for a, _ in g.addrs}),
+        "events": digest.trusted_events,
+        "untrusted_events": digest.untrusted_events,
+        "sources": digest.trusted_sources,
+        "new_sources": len(
+            {a for g in trusted if story.status(g, start, persistent) == "new" for a, _ in g.addrs}
+        ),
         "untrusted_sources": len({a for g in untrusted for a, _ in g.addrs}),
+        "stories": told,
+        "lead": next((s for s in told if s.kind in story.LEADS), None),
         "held": digest.held,
         "silenced": digest.silenced,
         "merged": digest.merged,
@@ -342,7 +347,7 @@ def context(digest: Digest) -> dict[str, Any]:
         "end": end,
         "sources_table": table,
         "more_groups": len(rows[TOP_SOURCES:]),
-        "more_events": sum(g.events for g in rows[TOP_SOURCES:]),
+        "more_events": sum(r.events for r in rows[TOP_SOURCES:]),
         "scans": found[:LIST_MAX],
         "more_scans": len(found[LIST_MAX:]),
         "rollups": rolled[:LIST_MAX],

@@ -29,12 +29,24 @@ import jinja2
 import structlog
 from jinja2.sandbox import SandboxedEnvironment
 
-from wrapalert.digest_view import cell, context, duration, fit, known, local_time, short_time, tally
+from wrapalert.digest_view import (
+    cell,
+    clip,
+    context,
+    duration,
+    fit,
+    known,
+    local_time,
+    short_time,
+    tally,
+)
 from wrapalert.model import Digest
+from wrapalert.story import StoryRule
 
 log = structlog.get_logger()
 
-SUBJECT_MAX = 120
+SUBJECT_MAX = 78  # characters of header text: one line on an 80-column screen
+HEADER_MAX = 120
 MAX_LINE = 998  # RFC 5322 2.1.1: bytes per line, CRLF excluded
 THREAD_REFS = 10  # group thread ids in References: the largest groups of the digest
 _PACKAGE_TEMPLATES = Path(__file__).with_name("templates")
@@ -65,7 +77,27 @@ class _Fact(UnstructuredHeader, BaseHeader):
         return super().fold(policy=policy)
 
 
+class _Subject(UnstructuredHeader, BaseHeader):
+    """The subject, folded at its last spaces before 78 columns while it is ASCII.
+
+    The stock folder moves a subject that fits one continuation line whole onto it,
+    so strict parsers read it back with a leading space."""
+
+    def fold(self, *, policy: Policy) -> str:
+        value = str(self)
+        if not value.isascii() or any(len(word) > SUBJECT_MAX for word in value.split(" ")):
+            return super().fold(policy=policy)
+        lines, line = [], f"{self.name}:"
+        for word in value.split(" "):
+            if len(line) + 1 + len(word) > SUBJECT_MAX and line.strip():
+                lines.append(line)
+                line = ""
+            line += f" {word}"
+        return f"{policy.linesep}".join([*lines, line]) + policy.linesep
+
+
 _headers = HeaderRegistry()
+_headers.map_to_type("subject", _Subject)
 _headers.map_to_type("x-wrapalert-host", _Fact)
 _headers.map_to_type("references", _MessageIds)
 _headers.map_to_type("in-reply-to", _MessageIds)
@@ -79,7 +111,7 @@ def template_dirs(extra: Path | None = None) -> list[str]:
     return [str(d) for d in dirs if d.is_dir()]
 
 
-def header_text(value: str, limit: int = SUBJECT_MAX) -> str:
+def header_text(value: str, limit: int = HEADER_MAX) -> str:
     """One safe header line: control characters become spaces, runs collapse, length bounded."""
     text = " ".join(value.translate(_CONTROL).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -140,6 +172,7 @@ def _environment(loader: jinja2.BaseLoader, *, html: bool) -> SandboxedEnvironme
         fit=fit,
         tally=tally,
         duration=duration,
+        clip=clip,
     )
     return env
 
@@ -163,7 +196,9 @@ def _bare(name: str, ctx: dict[str, Any]) -> str:
         f"{ctx['sources']:,} sources (the digest template failed: see wrapalert's log)"
     )
     if name == "subject.j2":
-        return f"[wrapalert] {line}"
+        return (
+            f"[wrapalert] {ctx['events']:,} refused, {ctx['sources']:,} sources (template failed)"
+        )
     return f"<p>{escape(line)}</p>" if name.endswith(".html.j2") else line + "\n"
 
 
@@ -171,8 +206,13 @@ class Renderer:
     """Turns a Digest into an EmailMessage; one per sink (sender and recipients differ)."""
 
     def __init__(
-        self, from_addr: str, to: tuple[str, ...], template_dir: Path | None = None
+        self,
+        from_addr: str,
+        to: tuple[str, ...],
+        template_dir: Path | None = None,
+        story: StoryRule | None = None,
     ) -> None:
+        self.story = story or StoryRule()
         self.host = socket.gethostname()
         self.from_addr = qualify(from_addr, self.host)
         self.to = tuple(qualify(a, self.host) for a in to)
@@ -214,8 +254,8 @@ class Renderer:
         )
 
     def render(self, digest: Digest) -> EmailMessage:
-        ctx = context(digest)
-        subject = header_text(self.part("subject.j2", ctx))
+        ctx = context(digest, self.story)
+        subject = header_text(self.part("subject.j2", ctx), SUBJECT_MAX)
         text = self.part("mail.txt.j2", ctx)
         html = self.part("mail.html.j2", ctx)
         domain = msgid_domain(digest.host)
@@ -232,8 +272,10 @@ class Renderer:
             msg["In-Reply-To"] = threads[0]
             msg["References"] = " ".join(threads)
         msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
-        msg["X-Wrapalert-Events"] = str(digest.events)
-        msg["X-Wrapalert-Sources"] = str(digest.sources)
+        # Trusted reports only; untrusted ones are counted apart, so the two add up.
+        msg["X-Wrapalert-Events"] = str(ctx["events"])
+        msg["X-Wrapalert-Untrusted"] = str(ctx["untrusted_events"])
+        msg["X-Wrapalert-Sources"] = str(ctx["sources"])
         msg["X-Wrapalert-Held"] = str(digest.held)
         msg["X-Wrapalert-Host"] = header_text(digest.host, 200)
         # For filters: the highest route severity, and how many scans the digest found.

@@ -124,11 +124,24 @@ class Digest:
         return sum(g.events for g in self.groups)
 
     @property
+    def trusted_events(self) -> int:
+        """New events reported by trusted uids: what X-Wrapalert-Events counts."""
+        return sum(g.events for g in self.groups if g.trusted)
+
+    @property
+    def untrusted_events(self) -> int:
+        """New events reported by other uids: what X-Wrapalert-Untrusted counts."""
+        return sum(g.events for g in self.groups if not g.trusted)
+
+    @property
     def sources(self) -> int:
-        """Distinct client addresses in this digest: those listed, plus each group's
-        unlisted ones (counted, or estimated, by the group)."""
-        listed = {addr for g in self.groups for addr, _ in g.addrs}
-        return len(listed) + sum(max(0, g.sources - len(g.addrs)) for g in self.groups)
+        """Distinct client addresses in this digest (see `count_sources`)."""
+        return count_sources(self.groups)
+
+    @property
+    def trusted_sources(self) -> int:
+        """Distinct client addresses of trusted reports: what X-Wrapalert-Sources counts."""
+        return count_sources(tuple(g for g in self.groups if g.trusted))
 
     @property
     def severity(self) -> str:
@@ -146,6 +159,13 @@ class Digest:
         if not active:
             return (self.created, self.created)
         return (min(g.first_seen for g in active), max(g.last_seen for g in active))
+
+
+def count_sources(groups: tuple[GroupReport, ...]) -> int:
+    """Distinct client addresses in `groups`: those listed, plus each group's unlisted
+    ones (counted, or estimated, by the group)."""
+    listed = {addr for g in groups for addr, _ in g.addrs}
+    return len(listed) + sum(max(0, g.sources - len(g.addrs)) for g in groups)
 
 
 def alert_test_report(now: float) -> GroupReport:

@@ -3,9 +3,10 @@
 An events file holds one refused connection per line, written like the
 client's arguments (`d=sshd a=192.0.2.1 n=host.example`; long names such as
 `daemon=sshd` work too). Blank lines and `#` comments are skipped; values may
-be shell-quoted. Three more keys shape the preview: `ago=5m` (when, before
+be shell-quoted. Four more keys shape the preview: `ago=5m` (when, before
 now; default now), `uid=N` (the sender: trusted when in `trusted_uids`;
-default the first of them) and `count=N` (the line stands for N events).
+default the first of them), `count=N` (the line stands for N events) and
+`before=3h` (its group was reported before, first seen that long ago).
 Every line is checked by the daemon's own parser (wire.parse), and the
 digest comes from the daemon's own Aggregator: what the preview shows is
 what the daemon would send.
@@ -28,13 +29,17 @@ from wrapalert.pipeline.scan import ScanDetector
 from wrapalert.sinks import registry
 
 MAX_COUNT = 100_000  # per line: a preview is not a load test
-PREVIEW_KEYS = frozenset({"ago", "uid", "count"})
+PREVIEW_KEYS = frozenset({"ago", "uid", "count", "before"})
 _SHORT = {long: short for short, long in wire.FIELDS.items()}
 
-# What the daemon's detector calls a scan with the default `[scan]` (3 daemons or 16
-# addresses of one /24 within 10 minutes), so the sample's Scans section is the real one.
+# Every story kind (wrapalert/story.py): what the daemon's detector calls a scan with the
+# default `[scan]` (3 daemons or 16 addresses of one /24 within 10 minutes), a brute force
+# by the default `[story]` (20 refusals by one daemon), a repeat offender, probes and an
+# untrusted report; sample_digest adds held and silenced counts.
 SAMPLE = (
     """\
+# A brute force: one address, many refusals by sshd.
+d=sshd a=192.0.2.200 n=guess.example.com ago=12m count=180
 # One scanner trying four services over half an hour, three of them within 10 minutes.
 d=sshd a=203.0.113.7 n=scanner.example.net ago=31m count=40
 d=sshd a=203.0.113.7 n=scanner.example.net ago=24m count=55
@@ -46,6 +51,8 @@ d=sshd a=203.0.113.7 n=scanner.example.net ago=2m count=17
 """
     + "".join(f"d=sshd a=198.51.100.{10 + i} ago={15 - i // 2}m\n" for i in range(16))
     + """\
+# Reported before, first seen three hours ago, and back.
+d=in.ftpd a=198.18.7.42 ago=3m count=4 before=3h
 # Two more sources, one of them over IPv6, one with a mismatching reverse name.
 d=in.ftpd a=2001:db8::66 n=paranoid ago=6m count=9
 d=sshd a=192.0.2.33 n=mail.example.org ago=1m count=2
@@ -71,6 +78,7 @@ class Planned:
     ago: float
     uid: int | None
     count: int
+    before: float | None = None  # reported before, first seen this many seconds ago
 
 
 def parse_line(line: str) -> Planned:
@@ -99,7 +107,8 @@ def parse_line(line: str) -> Planned:
     count = int(extra.get("count", "1"))
     if not 1 <= count <= MAX_COUNT:
         raise ValueError(f"count must be 1 to {MAX_COUNT}")
-    return Planned(fields, ago, uid, count)
+    before = config.parse_duration(extra["before"]) if "before" in extra else None
+    return Planned(fields, ago, uid, count, before)
 
 
 def parse_events(text: str, name: str = "events") -> list[Planned]:
@@ -136,14 +145,32 @@ def build_digest(
         event = Event(dict(p.fields), received=at, uid=uid, trusted=uid in trusted_uids)
         for _ in range(p.count):
             agg.add(event, now=at)
-    # force=True takes every group at once, labelled "shutdown flush"; no group of a
-    # preview was reported before, so "new group" is what the daemon's timer would say.
-    reports = [replace(r, reason="new group") for r in agg.collect(now, force=True)]
+    # force=True takes every group at once, labelled "shutdown flush"; a group of a
+    # preview was not reported before unless a line says `before`, so "new group" is
+    # what the daemon's timer would say, else "new activity" since that first sight.
+    before = {_pair(p.fields): p.before for p in planned if p.before is not None}
+    reports = []
+    for r in agg.collect(now, force=True):
+        seen = before.get(_pair(dict(r.labels)))
+        if seen is None:
+            reports.append(replace(r, reason="new group"))
+        else:
+            first = min(r.group_first_seen, now - seen)
+            reports.append(
+                replace(r, reason="new activity", group_first_seen=first, total=r.total + 1)
+            )
     return Digest(host=host or socket.gethostname(), created=now, groups=tuple(reports))
 
 
+def _pair(fields: dict[str, str]) -> tuple[str, str]:
+    return (fields.get("daemon", ""), fields.get("client_addr", ""))
+
+
 def sample_digest(cfg: config.Config, now: float | None = None) -> Digest:
-    return build_digest(parse_events(SAMPLE, "sample"), cfg, time.time() if now is None else now)
+    """The sample's digest, with some events held back by the mail rate limit and some
+    silenced, as after a busy hour: every story kind appears."""
+    digest = build_digest(parse_events(SAMPLE, "sample"), cfg, time.time() if now is None else now)
+    return replace(digest, held=40, silenced=12, merged=2, id="")
 
 
 def renderer_for(cfg: config.Config) -> Renderer:
@@ -151,8 +178,8 @@ def renderer_for(cfg: config.Config) -> Renderer:
     for sink in cfg.sinks:
         mail = registry.of(sink).mail
         if mail is not None:
-            return Renderer(*mail(sink), cfg.digest.template_dir)
-    return Renderer("wrapalert@localhost", ("root",), cfg.digest.template_dir)
+            return Renderer(*mail(sink), cfg.digest.template_dir, cfg.story.rule)
+    return Renderer("wrapalert@localhost", ("root",), cfg.digest.template_dir, cfg.story.rule)
 
 
 def show(msg: EmailMessage, fmt: str) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 
 import structlog
 
@@ -23,7 +24,8 @@ from wrapalert.model import Digest, alert_test_report
 from wrapalert.pipeline.deliver import MergeHook, ResultHook, SinkWorker, WorkerState
 from wrapalert.pipeline.forward import ForwardWorker, scan_record
 from wrapalert.scanrule import ScanSignal
-from wrapalert.sinks.base import BanSink, EventSink, Sink
+from wrapalert.sinks.base import BanSink, DigestLook, EventSink, Sink
+from wrapalert.story import held_story
 
 log = structlog.get_logger()
 
@@ -52,8 +54,8 @@ class SinkSet:
         backoff = (cfg.limits.retry_min, cfg.limits.retry_max)
         rates = {s.name: sink_registry.events_per_second(s) for s in cfg.sinks}
         if built is None:
-            host, template_dir = cfg.daemon.hostname, cfg.digest.template_dir
-            built = [sink_registry.build(s, template_dir, host=host) for s in cfg.sinks]
+            look, host = DigestLook(cfg.digest.template_dir, cfg.story.rule), cfg.daemon.hostname
+            built = [sink_registry.build(s, look, host=host) for s in cfg.sinks]
         for sink in built:
             if isinstance(sink, BanSink):
                 self.banners[sink.name] = sink
@@ -67,6 +69,9 @@ class SinkSet:
                     untrusted_per_second=min(rate, cfg.limits.untrusted_events_per_second),
                     clock=clock,
                     backoff=backoff,
+                    describe_held=partial(
+                        held_story, scan=cfg.scan.rule, brute_force=cfg.story.brute_force
+                    ),
                 )
             else:
                 self.workers[sink.name] = SinkWorker(

@@ -12,7 +12,9 @@ Each forwarding sink gets one `ForwardWorker`. Overload behaviour, written down:
   that class), so the records' event counts always add up to the events
   offered: nothing dropped, trusted and untrusted never summed together.
   An untrusted held record names its daemons under `untrusted_daemons`:
-  those names are whatever a local user sent;
+  those names are whatever a local user sent, and
+  its client addresses (bounded) and, for trusted events where one applies,
+  its `story` (a scan, a sweep, a brute force: `describe_held`);
 * at most `buffer_max` records wait for the sink; past that, events are held
   as above, so a stuck sink costs bounded memory;
 * a transient sink failure is retried with the backoff every worker shares
@@ -37,6 +39,8 @@ from wrapalert.scanrule import ScanSignal
 from wrapalert.sinks.base import EventSink, TransientSinkError, close_sink
 
 log = structlog.get_logger()
+
+HELD_CLIENTS = 64  # client addresses a held record lists (a sweep's are many); others counted
 
 RECORD_FIELDS = (
     "daemon",
@@ -104,15 +108,17 @@ class Held:
     trusted: bool
     events: int = 0
     daemons: Tally = field(default_factory=Tally)
+    clients: Tally = field(default_factory=lambda: Tally(HELD_CLIENTS))
     first: float = 0.0
     last: float = 0.0
 
-    def add(self, now: float, daemon: str) -> None:
+    def add(self, now: float, daemon: str, client: str) -> None:
         if not self.events:
             self.first = now
         self.events += 1
         self.last = now
         self.daemons.add(daemon)
+        self.clients.add(client)
 
     def merge(self, other: Held) -> None:
         if not other.events:
@@ -121,6 +127,7 @@ class Held:
         self.events += other.events
         self.last = max(self.last, other.last)
         self.daemons.merge(other.daemons)
+        self.clients.merge(other.clients)
 
     def release(self) -> dict[str, object]:
         """The "held" record, and start counting afresh. An untrusted class's daemon
@@ -135,7 +142,10 @@ class Held:
             names: dict(self.daemons.top()),
             "other_daemons": self.daemons.other,
         }
-        self.events, self.daemons = 0, Tally()
+        if self.trusted:  # an untrusted sender's addresses are its own invention
+            record["clients"] = dict(self.clients.top())
+            record["other_clients"] = self.clients.other
+        self.events, self.daemons, self.clients = 0, Tally(), Tally(HELD_CLIENTS)
         return record
 
 
@@ -166,8 +176,10 @@ class ForwardWorker:
         batch: int = 500,
         interval: float = 0.2,
         backoff: tuple[float, float] = (1.0, 300.0),
+        describe_held: Callable[[dict[str, object]], str] | None = None,
     ) -> None:
         self.sink = sink
+        self.describe_held = describe_held  # a held record's story (wrapalert.story.held_story)
         self.on_result = on_result
         self.clock = clock
         self.now = clock.now
@@ -208,7 +220,8 @@ class ForwardWorker:
             if len(self.buffer) >= self.batch:
                 self._wake.set()
             return
-        (self.held_trusted if event.trusted else self.held_untrusted).add(now, event.get("daemon"))
+        held = self.held_trusted if event.trusted else self.held_untrusted
+        held.add(now, event.get("daemon"), event.get("client_addr"))
 
     @property
     def held(self) -> int:
@@ -282,7 +295,11 @@ class ForwardWorker:
             if not held.events or len(self.buffer) >= self.buffer_max:
                 continue
             if self._closed or bucket.take(self.now()):
-                self.buffer.append(held.release())
+                record = held.release()
+                story = self.describe_held(record) if held.trusted and self.describe_held else ""
+                if story:
+                    record["story"] = story
+                self.buffer.append(record)
 
     async def _send(self, records: list[dict[str, object]]) -> None:
         events = sum(_events(r) for r in records)

@@ -223,6 +223,7 @@ class _Group:
     uids: Counter[str] = field(default_factory=Counter)
     daemons: Counter[str] = field(default_factory=Counter)
     sources: int = 0  # a sweep's addresses
+    stories: Counter[str] = field(default_factory=Counter)  # of held records: see story.py
 
     def seen(self, first: float, last: float, events: int = 1) -> None:
         self.events += events
@@ -296,6 +297,8 @@ def _add_held(
     other = record.get("other_daemons")
     if isinstance(other, int) and other > 0:
         group.daemons["other"] += other
+    if trust == "trusted":  # an untrusted held record has no story: its text is a user's
+        _count(group.stories, record.get("story"))
 
 
 def _event_labels(record: dict[str, object], host: str) -> tuple[tuple[str, str], ...]:
@@ -347,6 +350,7 @@ def _alert(
         ("user", group.users),
         ("uid", group.uids),
         ("daemons", group.daemons),
+        ("story", group.stories),
     ):
         if counts:
             annotations[name] = _listing(counts, with_counts=name == "daemons" and not scan)
@@ -369,8 +373,9 @@ def _summary(labels: dict[str, str], group: _Group) -> str:
             what = f"{group.sources} addresses in {labels['network']} were refused"
         return f"scan on {host}: {what}"
     if labels["alertname"] == "WrapalertHeld":
+        story = f" ({_listing(group.stories)})" if group.stories else ""
         text = (
-            f"{group.events} events held back by the rate limit on {host}: "
+            f"{group.events} events held back by the rate limit on {host}{story}: "
             "counted, not forwarded one by one"
         )
         return f"UNTRUSTED reports: {text}" if labels.get("trust") == "untrusted" else text

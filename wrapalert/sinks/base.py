@@ -8,10 +8,22 @@ until the configuration changes). Sinks never import the daemon or the CLI.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from wrapalert.banrule import BanRule
 from wrapalert.model import Digest
+from wrapalert.story import StoryRule
+
+
+@dataclass(frozen=True)
+class DigestLook:
+    """What a digest sink renders with, from the config: `[digest] template_dir` and the
+    `[story]` thresholds (scans come with the digest, from the detector)."""
+
+    template_dir: Path | None = None
+    story: StoryRule = field(default_factory=StoryRule)
 
 
 class SinkError(Exception):

@@ -13,7 +13,8 @@ value holding a newline. Each entry has:
   at 64 KiB: WRAPALERT_TYPE (event or held), WRAPALERT_DAEMON,
   WRAPALERT_CLIENT_ADDR, WRAPALERT_CLIENT_NAME, WRAPALERT_USER,
   WRAPALERT_TRUSTED (true/false), WRAPALERT_UID, ...; a held record has
-  WRAPALERT_EVENTS, _FIRST, _LAST, _DAEMONS (JSON) and _OTHER_DAEMONS.
+  WRAPALERT_EVENTS, _FIRST, _LAST, _DAEMONS and _CLIENTS (JSON), _OTHER_DAEMONS,
+  _OTHER_CLIENTS and, when its events tell one, _STORY (wrapalert.story.held_story).
 
 An entry too large for a datagram (EMSGSIZE or ENOBUFS) goes as a sealed
 memfd passed with SCM_RIGHTS, as sd_journal_send() does. Overload: as for

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from wrapalert.confparse import Key, KeyDocs, Table
 from wrapalert.model import Digest
-from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+from wrapalert.sinks.base import DigestLook, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import DigestSinkType
 
 if TYPE_CHECKING:  # jinja2 is imported by build(), not by parsing a config
@@ -46,10 +46,10 @@ def describe(cfg: MaildirSinkConfig) -> str:
     return f"maildir {cfg.path}"
 
 
-def build(cfg: MaildirSinkConfig, template_dir: Path | None) -> MaildirSink:
+def build(cfg: MaildirSinkConfig, look: DigestLook) -> MaildirSink:
     from wrapalert.mail import Renderer  # noqa: PLC0415 - jinja2 only once a sink is built
 
-    return MaildirSink(cfg, Renderer(cfg.from_addr, cfg.to, template_dir))
+    return MaildirSink(cfg, Renderer(cfg.from_addr, cfg.to, look.template_dir, look.story))
 
 
 class MaildirSink:

@@ -23,10 +23,10 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.util import find_spec
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from wrapalert.confparse import EventSinkConfig, KeyDocs, SinkConfig, Table
+from wrapalert.sinks.base import DigestLook
 
 if TYPE_CHECKING:
     from wrapalert.sinks.base import EventSink, Sink
@@ -44,7 +44,7 @@ class DigestSinkType(Generic[C]):
     config: type[C]  # a frozen dataclass with a `name`; its defaults are the table's
     parse: Callable[[Table], C]  # reads its keys; "type" and leftover keys are handled here
     describe: Callable[[C], str]  # check-config's text after "sink NAME: "
-    build: Callable[[C, Path | None], Sink]  # (config, [digest] template_dir)
+    build: Callable[[C, DigestLook], Sink]  # (config, [digest] template_dir and [story])
     # Sender and recipients of its mail, which `preview` renders; None: it sends no mail.
     mail: Callable[[C], tuple[str, tuple[str, ...]]] | None = None
     # Its keys for wrapalert.toml(5) (wrapalert/manpage.py), in the order the page lists them.
@@ -129,7 +129,7 @@ def known() -> str:
 
 
 def build(
-    cfg: SinkConfig, template_dir: Path | None = None, *, host: str | None = None
+    cfg: SinkConfig, look: DigestLook | None = None, *, host: str | None = None
 ) -> Sink | EventSink:
     """The sink for one `[[sink]]` table: a digest sink or an event (forwarding) sink.
     `host`: the name it gives this host (None: the system's); digests carry their own."""
@@ -138,7 +138,7 @@ def build(
         if host is not None and descriptor.build_for_host is not None:
             return descriptor.build_for_host(cfg, host)
         return descriptor.build(cfg)
-    return descriptor.build(cfg, template_dir)
+    return descriptor.build(cfg, look or DigestLook())
 
 
 def events_per_second(cfg: SinkConfig) -> float | None:

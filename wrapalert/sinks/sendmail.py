@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wrapalert.confparse import Key, KeyDocs, Table
 from wrapalert.model import Digest
-from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+from wrapalert.sinks.base import DigestLook, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import DigestSinkType
 
 if TYPE_CHECKING:  # jinja2 is imported by build(), not by parsing a config
@@ -61,10 +60,10 @@ def describe(cfg: SendmailSinkConfig) -> str:
     return f"sendmail {' '.join(cfg.command)} to {', '.join(cfg.to)}"
 
 
-def build(cfg: SendmailSinkConfig, template_dir: Path | None) -> SendmailSink:
+def build(cfg: SendmailSinkConfig, look: DigestLook) -> SendmailSink:
     from wrapalert.mail import Renderer  # noqa: PLC0415 - jinja2 only once a sink is built
 
-    return SendmailSink(cfg, Renderer(cfg.from_addr, cfg.to, template_dir))
+    return SendmailSink(cfg, Renderer(cfg.from_addr, cfg.to, look.template_dir, look.story))
 
 
 class SendmailSink:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wrapalert.confparse import Key, KeyDocs, Table
 from wrapalert.model import Digest
-from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+from wrapalert.sinks.base import DigestLook, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import DigestSinkType
 
 if TYPE_CHECKING:  # jinja2 is imported by build(), not by parsing a config
@@ -57,10 +56,10 @@ def describe(cfg: SmtpSinkConfig) -> str:
     return f"smtp {cfg.host}:{cfg.port} tls={cfg.tls} to {', '.join(cfg.to)}"
 
 
-def build(cfg: SmtpSinkConfig, template_dir: Path | None) -> SmtpSink:
+def build(cfg: SmtpSinkConfig, look: DigestLook) -> SmtpSink:
     from wrapalert.mail import Renderer  # noqa: PLC0415 - jinja2 only once a sink is built
 
-    return SmtpSink(cfg, Renderer(cfg.from_addr, cfg.to, template_dir))
+    return SmtpSink(cfg, Renderer(cfg.from_addr, cfg.to, look.template_dir, look.story))
 
 
 class SmtpSink:

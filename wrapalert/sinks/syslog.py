@@ -9,7 +9,7 @@ octet-counted frames (RFC 6587) on one TCP connection, reopened after an error.
 TEXT (`message_text`, also journald's MESSAGE) is one grep-friendly line:
 
     refused verdict=deny trusted=true uid=0 daemon=sshd client_addr=203.0.113.5 ... host=web1
-    held events=90 first=1714564800.5 last=1714564830.25 daemons=sshd:45,vsftpd:45 other_daemons=0
+    held events=90 story="brute force from 203.0.113.5 on sshd (90 tries)" first=1714564800.5 ...
 
 Every value is hostile. Anything but printable ASCII is escaped as Python's
 ``unicode_escape`` writes it (``\\n``, ``\\x1b``, ``\\xe9``, ``\\u2028``), ``\\`` and
@@ -169,7 +169,16 @@ EVENT_ORDER = (
     "received",
 )
 # trusted first, as for events: a long line loses its tail, never whose count it is.
-HELD_ORDER = ("trusted", "events", "first", "last", "daemons", "untrusted_daemons", "other_daemons")
+HELD_ORDER = (
+    "trusted",
+    "events",
+    "story",
+    "first",
+    "last",
+    "daemons",
+    "untrusted_daemons",
+    "other_daemons",
+)
 _KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _PLAIN = frozenset(chr(c) for c in range(0x20, 0x7F)) - {"\\", '"'}
 _QUOTE = frozenset(' "=\\')
