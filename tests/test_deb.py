@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import maildir_messages, receiver, require, wait_until, write_config
+from test_packaging import EXPOSURE_MAX, EXPOSURE_MAX_NFTABLES
 
 from wrapalert import config, hostsdeny
 
@@ -148,9 +149,10 @@ def installed_wrapalert(
 
 
 def parse_depends(field: str) -> dict[str, str | None]:
-    """Depends without alternatives: package -> its `>=` version (None when unversioned)."""
+    """Depends: package -> its `>=` version (None when unversioned); each alternative of
+    an unversioned `a | b` counts as a package."""
     out: dict[str, str | None] = {}
-    for item in field.split(","):
+    for item in field.replace("|", ",").split(","):
         match = re.fullmatch(r"\s*([a-z0-9.+-]+)(?::any)?\s*(?:\(>=\s*([^)\s]+)\s*\))?\s*", item)
         assert match, f"unexpected Depends entry {item!r}"
         name, version = match.groups()
@@ -263,6 +265,17 @@ def test_removal_stops_the_socket_and_purge_removes_state(control_files: dict[st
     state database and the spool."""
     assert "deb-systemd-invoke stop 'wrapalert.socket'" in control_files["prerm"]
     assert "rm -rf /var/lib/wrapalert /var/spool/wrapalert" in control_files["postrm"]
+
+
+def test_postinst_makes_the_user_before_the_spool(
+    control_files: dict[str, str], contents: dict[str, str]
+) -> None:
+    """The package ships its sysusers.d entry, and postinst makes the wrapalert user
+    before tmpfiles gives it the spool (a missing user would fail that line)."""
+    assert "/usr/lib/sysusers.d/wrapalert.conf" in contents
+    postinst = control_files["postinst"]
+    assert "systemd-sysusers" in postinst
+    assert postinst.index("systemd-sysusers") < postinst.index("--create wrapalert.conf")
 
 
 def test_postinst_creates_the_spool(control_files: dict[str, str]) -> None:
@@ -410,15 +423,41 @@ systemctl is-system-running --wait
 systemctl is-enabled wrapalert.socket wrapalert.service > /wa-result/enabled
 systemctl is-active wrapalert.socket wrapalert.service > /wa-result/before
 stat -c '%a %n' /run/wrapalert/notify.sock /var/spool/wrapalert > /wa-result/modes
+stat -c '%a %U %G %n' /var/spool/wrapalert /var/spool/wrapalert/0 /var/lib/wrapalert \\
+    /run/wrapalert/control.sock > /wa-result/owners
+# Who the daemon runs as, and with which capabilities.
+id -u wrapalert > /wa-result/uid
+grep -E '^(Uid|Gid|CapPrm|CapEff|CapBnd|CapAmb):' \\
+    /proc/$(systemctl show -P MainPID wrapalert.service)/status > /wa-result/proc
+# The daemon down (and the socket with it): root's and nobody's clients spool.
+systemctl stop wrapalert.socket wrapalert.service
+wrapalert-notify d=sshd a=198.51.100.1
+setpriv --reuid=nobody --regid=nogroup --clear-groups wrapalert-notify d=in.ftpd a=198.51.100.2
+find /var/spool/wrapalert -name '*.wa1' -printf '%m %u %g %h\\n' | sort > /wa-result/spooled
+systemctl start wrapalert.socket wrapalert.service
+for i in $(seq 150); do
+    wrapalert status --json > /wa-result/ingested.json && grep -q '"spooled": 2' \\
+        /wa-result/ingested.json && break
+    sleep 0.2
+done
+find /var/spool/wrapalert -name '*.wa1' > /wa-result/left
 # Two daemons' refusals from two addresses, through the real libwrap and the hook line.
 wrapalert simulate --count 1 --daemons sshd,in.ftpd --from 203.0.113.7,2001:db8::66
 for i in $(seq 450); do
-    wrapalert status --json > /wa-result/status.json && grep -q '"delivered": [1-9]' \\
-        /wa-result/status.json && break
+    wrapalert status --json > /wa-result/status.json && grep -q '"received": 6,' \\
+        /wa-result/status.json && grep -q '"delivered": [1-9]' /wa-result/status.json && break
     sleep 0.2
 done
 systemctl is-active wrapalert.socket wrapalert.service > /wa-result/after
 cp /var/mail/mail /wa-result/mailbox
+# The service's exposure as the real systemd rates it, plain and with the nftables
+# drop-in (loaded, not started: nftables is not installed here).
+systemd-analyze security --no-pager wrapalert.service > /wa-result/security
+mkdir -p /etc/systemd/system/wrapalert.service.d
+cp /usr/share/doc/wrapalert/examples/wrapalert-nftables.conf \\
+    /etc/systemd/system/wrapalert.service.d/nftables.conf
+systemctl daemon-reload
+systemd-analyze security --no-pager wrapalert.service > /wa-result/security-nftables
 journalctl -b --no-pager -u wrapalert.socket -u wrapalert.service > /wa-result/journal
 systemctl poweroff
 """
@@ -435,6 +474,13 @@ WantedBy=multi-user.target
 """
 
 
+def exposure(report: str) -> float:
+    """The overall exposure level in a `systemd-analyze security` report."""
+    match = re.search(r"Overall exposure level for wrapalert.service: ([0-9.]+)", report)
+    assert match, report
+    return float(match.group(1))
+
+
 def nspawn(tree: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     # --register=no --keep-unit: no machined or host systemd needed (PLATFORM.md).
     argv = ["systemd-nspawn", "-q", "-D", str(tree), "--register=no", "--keep-unit", *args]
@@ -444,8 +490,10 @@ def nspawn(tree: Path, *args: str, timeout: float) -> subprocess.CompletedProces
 @pytest.mark.skipif(not NSPAWN, reason="opt-in: WRAPALERT_NSPAWN=1 (debootstrap, minutes)")
 def test_boots_in_bookworm_under_systemd(deb: Path, tmp_path: Path) -> None:
     """Installed with apt into a bookworm and booted under systemd-nspawn: the socket is
-    enabled and listening, the service starts on the first refusal that the real libwrap
-    hands to the hook, counts every event, and mails a digest through the local MTA."""
+    enabled and listening, the service runs as user wrapalert without capabilities,
+    ingests what root's and nobody's clients spooled while it was down, counts every
+    refusal the real libwrap hands to the hook, mails a digest through the local MTA,
+    and systemd-analyze security rates it as README says."""
     for tool, package in (("debootstrap", "debootstrap"), ("systemd-nspawn", "systemd-container")):
         require(shutil.which(tool) is not None, f"{tool} not found (apt-get install {package})")
     require(os.geteuid() == 0, "debootstrap and systemd-nspawn need root")
@@ -488,11 +536,38 @@ def test_boots_in_bookworm_under_systemd(deb: Path, tmp_path: Path) -> None:
         assert result("enabled").split() == ["enabled", "enabled"], context
         assert result("before").split() == ["active", "active"], context  # started at boot
         assert result("modes").split() == [
-            "666", "/run/wrapalert/notify.sock", "1777", "/var/spool/wrapalert",
+            "666", "/run/wrapalert/notify.sock", "3777", "/var/spool/wrapalert",
         ]  # fmt: skip
+        assert result("owners").splitlines() == [
+            "3777 wrapalert wrapalert /var/spool/wrapalert",
+            "2770 root wrapalert /var/spool/wrapalert/0",
+            "755 wrapalert wrapalert /var/lib/wrapalert",
+            "600 wrapalert wrapalert /run/wrapalert/control.sock",
+        ], context
+        # The daemon: user wrapalert, real, effective, saved and file system uid; no
+        # capability in any set.
+        uid = result("uid").strip()
+        proc = dict(line.split(":", 1) for line in result("proc").splitlines())
+        assert proc["Uid"].split() == [uid] * 4, context
+        for capabilities in ("CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(proc[capabilities], 16) == 0, (capabilities, proc)
+        # Spooled while the daemon was down: root's in its own dir, nobody's in the shared
+        # one, both 0640 in group wrapalert; both ingested once it started, none left.
+        assert result("spooled").splitlines() == [
+            "640 nobody wrapalert /var/spool/wrapalert",
+            "640 root wrapalert /var/spool/wrapalert/0",
+        ], context
+        ingested = json.loads(result("ingested.json") or "{}")
+        assert (ingested.get("spooled"), ingested.get("untrusted")) == (2, 1), context
+        assert result("left") == "", context
+        assert "spool_private_unavailable" not in result("journal"), context
         status = json.loads(result("status.json") or "{}")
-        assert (status.get("received"), status.get("rejected")) == (4, {}), context
+        assert (status.get("received"), status.get("rejected")) == (6, {}), context
         assert status["sinks"]["smtp"]["delivered"] >= 1, context
+        # systemd-analyze security in the booted system: what README reports.
+        plain, nftables = exposure(result("security")), exposure(result("security-nftables"))
+        assert plain <= EXPOSURE_MAX, result("security")
+        assert nftables <= EXPOSURE_MAX_NFTABLES, result("security-nftables")
         assert result("after").split() == ["active", "active"], context
         mails = list(mailbox.mbox(results / "mailbox"))
         assert mails, context

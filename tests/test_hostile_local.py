@@ -113,7 +113,7 @@ def test_a_local_user_cannot_fill_a_trusted_uids_spool(sockdir: Path) -> None:
 
 def test_a_squatter_on_a_trusted_uids_spool_name_is_removed(sockdir: Path) -> None:
     """A directory uid 65534 made at `spool/0` before the daemon's first start is removed
-    and counted; the daemon's own, 0700 and root's, takes its place."""
+    and counted; the daemon's own, root's and the spool's group's, 2770, takes its place."""
     cfg = make_config(sockdir)
     spool = shared_spool(cfg)
     squat = spool / str(os.geteuid())
@@ -122,7 +122,8 @@ def test_a_squatter_on_a_trusted_uids_spool_name_is_removed(sockdir: Path) -> No
 
     server = start_and_stop(Server(cfg))
     st = squat.lstat()
-    assert (stat.S_ISDIR(st.st_mode), st.st_uid, stat.S_IMODE(st.st_mode)) == (True, 0, 0o700)
+    assert (stat.S_ISDIR(st.st_mode), st.st_uid, stat.S_IMODE(st.st_mode)) == (True, 0, 0o2770)
+    assert st.st_gid == spool.stat().st_gid
     assert server.stats.rejected["spool_squatter"] == 1
 
 
@@ -236,20 +237,63 @@ def test_a_hard_link_of_a_root_owned_file_is_never_trusted(sockdir: Path) -> Non
     assert not (spool / "1.1.wa1").exists()
 
 
-@pytest.mark.parametrize(
-    ("mode", "reason"), [(0o666, "spool_file_mode"), (0o640, "spool_file_mode")]
-)
+@pytest.mark.parametrize(("mode", "group"), [(0o666, 0), (0o660, 0), (0o644, 0), (0o640, NOBODY)])
 def test_a_spool_file_others_may_read_or_write_is_refused(
-    sockdir: Path, mode: int, reason: str
+    sockdir: Path, mode: int, group: int
 ) -> None:
-    """A root-owned spool file anyone else may read or write is not root's word."""
+    """A root-owned spool file anyone else may write, or read (but the spool's group), is
+    not root's word."""
     cfg = make_config(sockdir)
     spool = shared_spool(cfg)
     path = spool / "1.1.wa1"
     path.write_bytes(encode({"d": "sshd", "a": "192.0.2.1"}))
     path.chmod(mode)
+    os.chown(path, 0, group)
     server = start_and_stop(Server(cfg))
-    assert (server.stats.received, server.stats.rejected[reason]) == (0, 1)
+    assert (server.stats.received, server.stats.rejected["spool_file_mode"]) == (0, 1)
+
+
+def test_a_spool_file_the_spools_group_may_read_is_accepted(sockdir: Path) -> None:
+    """A root-owned spool file that only the spool's group (the daemon's) may also read,
+    as the client makes it in a setgid spool, is root's word."""
+    cfg = make_config(sockdir)
+    spool = shared_spool(cfg)
+    os.chown(spool, 0, NOBODY)
+    path = spool / "1.1.wa1"
+    path.write_bytes(encode({"d": "sshd", "a": "192.0.2.1"}))
+    path.chmod(0o640)
+    os.chown(path, 0, NOBODY)
+    server = start_and_stop(Server(cfg))
+    assert (server.stats.received, server.stats.untrusted, dict(server.stats.rejected)) == (
+        1,
+        0,
+        {},
+    )
+
+
+def test_the_client_uses_an_own_dir_only_the_spools_group_may_also_write(
+    sockdir: Path,
+) -> None:
+    """`spool/<euid>` group-writable by the spool's group (the package's 2770
+    root:wrapalert) is the client's private spool, and the file it makes there is 0640
+    in that group; group-writable by any other group, it is not."""
+    cfg = make_config(sockdir)
+    spool = shared_spool(cfg)
+    spool.chmod(0o3777)
+    os.chown(spool, 0, NOBODY)
+    own = spool / str(os.geteuid())
+    own.mkdir()
+    os.chown(own, 0, NOBODY)
+    own.chmod(0o2770)
+    client("d=sshd", f"socket={cfg.daemon.socket}", f"spool={spool}")
+    (spooled,) = own.iterdir()
+    st = spooled.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, NOBODY)
+    spooled.unlink()
+    os.chown(own, 0, OTHER)
+    client("d=sshd", f"socket={cfg.daemon.socket}", f"spool={spool}")
+    assert list(own.iterdir()) == []
+    assert len([p for p in spool.iterdir() if p.name.endswith(".wa1")]) == 1
 
 
 def test_a_file_in_a_trusted_dir_owned_by_another_uid_is_refused(sockdir: Path) -> None:

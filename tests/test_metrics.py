@@ -4,6 +4,7 @@ metrics`, and the shipped alert rules, checked and unit-tested by promtool."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 from dataclasses import replace
@@ -116,6 +117,17 @@ def test_the_file_is_replaced_atomically_and_readable_by_node_exporter(tmp_path:
     assert prom.stat().st_ino != inode
     assert prom.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["wrapalert.prom"]
+
+
+def test_the_file_is_0644_under_the_units_umask(tmp_path: Path) -> None:
+    """Under the service's UMask=0077 the file is still 0644: node_exporter can read it."""
+    prom = tmp_path / "wrapalert.prom"
+    old = os.umask(0o077)
+    try:
+        metrics.write(prom, "a 1\n")
+    finally:
+        os.umask(old)
+    assert prom.stat().st_mode & 0o777 == 0o644
 
 
 def test_a_moved_textfile_removes_the_old_one(tmp_path: Path) -> None:

@@ -605,6 +605,18 @@ def test_spool_file_is_mode_0600_even_with_umask_0(paths: Paths) -> None:
     assert stat.S_IMODE(spool_file.stat().st_mode) == 0o600
 
 
+def test_spool_file_in_a_setgid_spool_is_0640_in_its_group_even_with_umask_077(
+    paths: Paths,
+) -> None:
+    """In a setgid spool (the package's: its group is the daemon's) the file is made 0640,
+    so that group may read it, whatever umask the client inherited."""
+    paths.spool.chmod(0o2700)
+    client(paths, "d=sshd", umask=0o077)
+    (spool_file,) = spooled(paths.spool)
+    st = spool_file.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, paths.spool.stat().st_gid)
+
+
 def test_spool_file_is_complete_and_visible_under_its_final_name(paths: Paths) -> None:
     """Only the renamed file is left: no dot name, named time.pid.wa1 after the client."""
     result = client(paths, "d=sshd")

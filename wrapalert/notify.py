@@ -13,8 +13,10 @@ wrapped daemon runs as, so this file is the hot path and the attack surface:
   line passes 0, logger having waited already); one syslog line when spooling
   fails too. Never silent;
 * the spool file goes to ``SPOOL/<euid>/`` when that is a directory this euid
-  owns that nobody else may write (the daemon makes one for each trusted uid,
-  so no other user can fill it), else to the shared sticky ``SPOOL``. A
+  owns that nobody else may write but the spool's group (the daemon's; the
+  package makes root's, so no other user can fill it), else to the shared
+  sticky ``SPOOL``. In a setgid spool directory the file is made 0640 (its
+  group is then the daemon's, which reads it without privileges), else 0600. A
   fallback to syslog appends one byte to ``<euid>.syslog`` in that directory,
   so the daemon can count what it will never see;
 * never reads stdin, never writes stdout/stderr, always exits 0, and an
@@ -129,7 +131,10 @@ def open_spool(directory: str) -> int:
     except OSError:
         return shared
     st = posix.fstat(own)
-    if st.st_uid == euid and not st.st_mode & 0o022:
+    # Writable by its group only when that is the spool's (the daemon's) group: the same
+    # rule as the daemon's (daemon/spool.py, private_enough).
+    group_ok = not st.st_mode & 0o020 or st.st_gid == posix.fstat(shared).st_gid
+    if st.st_uid == euid and not st.st_mode & 0o002 and group_ok:
         posix.close(shared)
         return own
     posix.close(own)  # someone else's, or writable by others: no better than the shared one
@@ -165,6 +170,7 @@ def spool(payload: bytes, directory: str, now: float) -> bool:
             dir_fd=dir_fd,
         )
         try:
+            readable_by_spool_group(fd, dir_fd)
             written = posix.write(fd, payload)
         except OSError:
             # A full disk (ENOSPC, EFBIG): remove the dot file below, like a short write.
@@ -185,6 +191,15 @@ def spool(payload: bytes, directory: str, now: float) -> bool:
         return True
     finally:
         posix.close(dir_fd)
+
+
+def readable_by_spool_group(fd: int, dir_fd: int) -> None:
+    """In a setgid spool directory the new file has the directory's group, the daemon's:
+    make it 0640 so that the daemon reads it without privileges (fchmod, not the open's
+    mode, which the inherited umask may cut). Elsewhere it stays 0600."""
+    directory = posix.fstat(dir_fd)
+    if directory.st_mode & 0o2000 and posix.fstat(fd).st_gid == directory.st_gid:
+        posix.fchmod(fd, 0o640)
 
 
 def mark_fallback(dir_fd: int) -> None:

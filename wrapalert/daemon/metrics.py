@@ -188,8 +188,10 @@ def write(path: Path, text: str) -> None:
     """Replace `path` with `text` atomically: a temporary file beside it, then a rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        # 0644: node_exporter runs as another user and must read it.
+        # 0644: node_exporter runs as another user and must read it. fchmod too, as the
+        # open's mode passes through the umask (the unit's UMask=0077 would make it 0600).
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         tmp.replace(path)

@@ -3,22 +3,31 @@
 Layout (README, "Threat model"):
 
 * `spool_dir` itself: shared, sticky and world-writable, for every uid;
-* `spool_dir/<uid>/` for each trusted uid: a directory that uid owns, mode
-  0700, made here (at start and on every pass, whoever squatted the name
-  first is removed). A client whose euid owns such a directory spools there,
-  so no other local user can fill a trusted uid's spool. Made once, it stays
-  when the daemon stops: it works while the daemon is down or restarting.
+* `spool_dir/<uid>/` for each trusted uid: a directory that uid owns, group
+  the spool's (`spool_dir`'s group, the daemon's), mode 2770, made here when
+  the daemon may give it away (as root), else by tmpfiles (the package makes
+  root's); at start and on every pass, whoever squatted the name first is
+  removed. A client whose euid owns such a directory, which nobody but that
+  uid and the spool's group may write, spools there, so no other local user
+  can fill a trusted uid's spool. Made once, it stays when the daemon stops:
+  it works while the daemon is down or restarting.
+
+The spool's group is how a daemon without capabilities reads and removes
+other uids' files: the directories are setgid, so every file made in them
+belongs to that group, and the client makes its files 0640 there (readable by
+the group, writable by nobody but their owner). The daemon owns `spool_dir`
+itself, which lets it remove any entry of the sticky directory.
 
 Clients spool when the socket is missing and when its queue is full, so the
 spool is read at start, every `spool_scan_interval` and at shutdown. Its
 files are removed only once their events are committed (the names are
 committed with them, so a crash in between counts nothing twice). Anything
 may be in the shared directory: a file is accepted only when it is regular,
-has one link, mode 0600 or stricter and belongs to the uid it is attributed
-to; everything else is rejected and counted by reason. Dot files (a client
-mid-write) are removed and counted once their inode change time or their
-mtime is more than `STALE_DOT_FILE` from now (so at once when dated in the
-future or the past). A client that
+has one link, mode 0600 or stricter (0640 when its group is the spool's) and
+belongs to the uid it is attributed to; everything else is rejected and
+counted by reason. Dot files (a client mid-write) are removed and counted
+once their inode change time or their mtime is more than `STALE_DOT_FILE`
+from now (so at once when dated in the future or the past). A client that
 had to fall back to syslog appended a byte to `<uid>.syslog`: each pass
 renames such a marker aside and counts it once no client can still be
 writing to it. What cannot be removed (a directory someone filled, say) is
@@ -61,7 +70,7 @@ STALE_DOT_FILE = 60.0  # seconds: a client writes its dot file in microseconds
 # whole run is bounded to 0.25 s, so by then no client still has it open.
 MARKER_SETTLE = 1.0
 MARKER_MAX = 100_000  # fallbacks one marker may claim (it is the size of a file)
-PRIVATE_MODE = 0o700
+PRIVATE_MODE = 0o2770  # owner and the spool's group; setgid: files get that group
 _MARKER = re.compile("([0-9]{1,10})[.]syslog")
 _COUNTING = re.compile("[.]([0-9]{1,10})[.]syslog[.][0-9]{1,20}")
 
@@ -154,7 +163,11 @@ class Spool:
         `now` is the kernel's wall clock (time.time), never the daemon's injected one:
         it is compared with file times."""
         trusted = sorted(self.intake.trusted)
-        one = _Pass(now, skip, {str(uid) for uid in trusted}, dict(self._cursors))
+        try:
+            group = self.path.stat().st_gid
+        except OSError:
+            group = None
+        one = _Pass(now, skip, {str(uid) for uid in trusted}, dict(self._cursors), group)
         one.directory(self.path, None)
         for uid in trusted:
             if self._ensure_private(uid, one.result.rejected):
@@ -192,46 +205,86 @@ class Spool:
             self.stuck.add(name)
 
     def _ensure_private(self, uid: int, rejected: Counter[str]) -> bool:
-        """Make `spool_dir/<uid>` a directory `uid` owns, mode 0700; True once it is."""
+        """Make `spool_dir/<uid>` a directory `uid` owns, group the spool's, mode 2770 (or
+        find it made so); True once it is one the daemon may read and clients may trust."""
         path = self.path / str(uid)
+        try:
+            group = self.path.stat().st_gid
+        except OSError:
+            return False
         for _ in range(3):  # a squatter may race us: a few tries, then the next pass
             try:
                 st = path.lstat()
             except FileNotFoundError:
-                if _make_private(path, uid):
+                if _make_private(path, uid, group):
                     continue
+                self._unavailable(uid, path, "the daemon cannot chown (not root)")
                 return False
             except OSError:
                 return False
             if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
-                if st.st_mode & 0o7777 != PRIVATE_MODE:
-                    _chmod(path, PRIVATE_MODE)
-                return True
+                return self._usable(uid, path, st, group)
             if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
                 # Ours, but we may not give it away (no CAP_CHOWN): clients of `uid`
-                # use the shared spool. Say so once.
-                if uid not in self._warned:
-                    self._warned.add(uid)
-                    log.warning(
-                        "spool_private_unavailable",
-                        path=str(path),
-                        uid=uid,
-                        hint="the daemon cannot chown; create it owned by that uid, mode 0700",
-                    )
+                # use the shared spool.
+                self._unavailable(uid, path, "the daemon cannot chown")
                 return False
             rejected["spool_squatter"] += 1  # another user's entry on a trusted uid's name
             log.warning("spool_squatter_removed", path=str(path), owner=st.st_uid, uid=uid)
             _remove_tree(path, st)
         return False
 
+    def _usable(self, uid: int, path: Path, st: os.stat_result, group: int) -> bool:
+        """`uid`'s own directory, found: give it the spool's group and mode 2770 if we may
+        (root); True if nobody else may fill it and the daemon may read and clean it."""
+        if (st.st_mode & 0o7777, st.st_gid) != (PRIVATE_MODE, group):
+            _fix_private(path, group)  # only root may (and need only root's)
+            with contextlib.suppress(OSError):
+                st = path.lstat()
+        if not (stat.S_ISDIR(st.st_mode) and st.st_uid == uid and private_enough(st, group)):
+            self._unavailable(uid, path, "others may write it")
+            return False
+        if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            self._unavailable(uid, path, "the daemon may not read and clean it")
+            return False
+        return True
+
+    def _unavailable(self, uid: int, path: Path, why: str) -> None:
+        """No private spool for `uid` (its clients use the shared one): say so once."""
+        if uid in self._warned:
+            return
+        self._warned.add(uid)
+        log.warning(
+            "spool_private_unavailable",
+            path=str(path),
+            uid=uid,
+            why=why,
+            hint="make it owned by that uid, group the spool's, mode 2770 "
+            f"(tmpfiles: d {path} 2770 {uid} wrapalert -)",
+        )
+
+
+def private_enough(st: os.stat_result, group: int | None) -> bool:
+    """A trusted uid's own directory that nobody else may fill: not writable by others,
+    and writable by its group only when that group is the spool's (the daemon's). The
+    client applies the same rule (notify.open_spool)."""
+    mode = st.st_mode
+    return not mode & 0o002 and (not mode & 0o020 or st.st_gid == group)
+
 
 class _Pass:
     """One pass over the spool's directories: what it read, swept and set aside."""
 
     def __init__(
-        self, now: float, skip: set[str], private_names: set[str], cursors: dict[str, str]
+        self,
+        now: float,
+        skip: set[str],
+        private_names: set[str],
+        cursors: dict[str, str],
+        group: int | None = None,
     ) -> None:
         self.now = now
+        self.group = group  # the spool's group: files it may read are the daemon's to read
         self.skip = skip
         self.private_names = private_names
         self.budget = SPOOL_BATCH
@@ -262,7 +315,7 @@ class _Pass:
             elif prefix + name not in self.skip:
                 events.append(name)
         for name in heapq.nsmallest(self.budget, events):  # oldest first: names are times
-            data, uid, reason = _read_spool_file(path / name, owner)
+            data, uid, reason = _read_spool_file(path / name, owner, self.group)
             self.result.files.append(SpoolFile(prefix + name, data, uid, reason))
         self.budget -= min(self.budget, len(events))
 
@@ -297,7 +350,7 @@ class _Pass:
                 if now - st.st_ctime < MARKER_SETTLE:
                     continue  # a client may still be appending: the next pass counts it
                 uid = int(counting[1])
-                if _refusal(st, uid) is None and owner in {None, uid}:
+                if _refusal(st, uid, self.group) is None and owner in {None, uid}:
                     result.fallbacks[uid] += min(st.st_size, MARKER_MAX)
                 else:
                     result.rejected["bad_fallback_marker"] += 1
@@ -314,20 +367,32 @@ def remove_all(directory: Path, names: list[str]) -> list[str]:
     return [name for name in names if not _remove(directory / name)]
 
 
-def _make_private(path: Path, uid: int) -> bool:
-    """mkdir, then give it to `uid`; True when there is now something to look at."""
+def _make_private(path: Path, uid: int, group: int) -> bool:
+    """As root: mkdir, then give it to `uid` and the spool's group; True when there is
+    now something to look at. Without CAP_CHOWN nothing is made: a directory the daemon
+    owns would be no client's (tmpfiles makes it instead)."""
+    if uid != os.geteuid() and os.geteuid() != 0:
+        return False
     try:
-        path.mkdir(mode=PRIVATE_MODE)
+        path.mkdir(mode=0o700)
     except FileExistsError:
         return True  # raced: look at what is there
     except OSError as exc:
         log.warning("spool_private_unavailable", path=str(path), uid=uid, error=str(exc))
         return False
-    _chmod(path, PRIVATE_MODE)  # mkdir's mode passed through the umask
-    if uid != os.geteuid():
-        with contextlib.suppress(OSError):  # the next look says so (spool_private_unavailable)
-            os.chown(path, uid, -1)
+    with contextlib.suppress(OSError):  # the next look says so (spool_private_unavailable)
+        os.chown(path, uid, group, follow_symlinks=False)
+    _chmod(path, PRIVATE_MODE)  # after chown, which may clear the setgid bit
     return True
+
+
+def _fix_private(path: Path, group: int) -> None:
+    """Give a trusted uid's directory the spool's group and mode 2770, if we may (root)."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError):
+        os.chown(path, -1, group, follow_symlinks=False)
+    _chmod(path, PRIVATE_MODE)
 
 
 def _chmod(path: Path, mode: int) -> None:
@@ -354,22 +419,26 @@ def _set_aside(directory: Path, name: str, now: float) -> None:
         (directory / name).rename(directory / f".{name}.{int(now * 1e6)}")
 
 
-def _refusal(st: os.stat_result, owner: int | None) -> str | None:
+def _refusal(st: os.stat_result, owner: int | None, group: int | None = None) -> str | None:
     """Why a spool file cannot speak for anyone, or None: it must be a small regular file
-    with one link (a hard link brings someone else's file in), mode 0600 or stricter,
-    and, in a trusted uid's own directory, owned by that uid."""
+    with one link (a hard link brings someone else's file in), mode 0600 or stricter
+    (0640 when its group is the spool's, `group`: the daemon reads it so), and, in a
+    trusted uid's own directory, owned by that uid."""
     if not stat.S_ISREG(st.st_mode) or st.st_size > wire.MAX_DATAGRAM:
         return "bad_spool_file"
     if st.st_nlink != 1:
         return "spool_hard_link"
-    if st.st_mode & 0o7177:
+    readable = 0o040 if group is not None and st.st_gid == group else 0
+    if st.st_mode & 0o7177 & ~readable:
         return "spool_file_mode"
     if owner is not None and st.st_uid != owner:
         return "spool_file_owner"
     return None
 
 
-def _read_spool_file(path: Path, owner: int | None) -> tuple[bytes | None, int | None, str]:
+def _read_spool_file(
+    path: Path, owner: int | None, group: int | None = None
+) -> tuple[bytes | None, int | None, str]:
     """A spool file's bytes and the uid it speaks for (its owner, kernel-verified like a
     sender's credentials), or None and why it is refused (`_refusal`)."""
     try:
@@ -379,7 +448,7 @@ def _read_spool_file(path: Path, owner: int | None) -> tuple[bytes | None, int |
     try:
         # Checked before reading: a directory opens fine, and then fails to be read.
         st = os.fstat(fd)
-        reason = _refusal(st, owner)
+        reason = _refusal(st, owner, group)
         if reason is not None:
             return None, st.st_uid, reason
         return os.read(fd, wire.MAX_DATAGRAM + 1), st.st_uid, ""
