@@ -373,3 +373,27 @@ def test_an_untrusted_group_never_shares_a_key_with_a_trusted_one() -> None:
     agg.add(forged, now=0.0)
     reports = agg.collect(100.0)
     assert sorted((r.trusted, r.events) for r in reports) == [(False, 1), (True, 1)]
+
+
+def test_a_group_forgotten_and_made_anew_in_one_commit_window_is_saved_not_deleted() -> None:
+    """A quiet group's repeat forgets it; an event for its key before the next commit
+    makes it anew, and the state store is told to save it, not to delete it."""
+    agg = Aggregator(CFG, 100)
+    agg.add(ev(), now=1000.0)
+    agg.collect(1010.0)
+    list(agg.take_changes())  # committed
+    (repeat,) = agg.collect(1010.0 + 3600.0)
+    assert repeat.reason == "repeat"
+    agg.add(ev(), now=4700.0)
+    changes = dict(agg.take_changes())
+    state = changes[("sshd", "192.0.2.1")]
+    assert state is not None
+    assert state["new"] == 1
+
+
+def test_changes_are_taken_once() -> None:
+    """What take_changes gave is not given again: the next commit stages only news."""
+    agg = Aggregator(CFG, 100)
+    agg.add(ev(), now=1000.0)
+    assert [key for key, _ in agg.take_changes()] == [("sshd", "192.0.2.1")]
+    assert list(agg.take_changes()) == []

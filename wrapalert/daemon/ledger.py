@@ -28,7 +28,7 @@ from wrapalert.sinks.base import TransientSinkError
 log = structlog.get_logger()
 
 DeliveryHook = Callable[[str, Digest, Exception | None], None]
-GroupChanges = Callable[[], list[tuple[tuple[str, ...], dict[str, Any] | None]]]
+GroupChanges = Callable[[], Iterable[tuple[tuple[str, ...], dict[str, Any] | None]]]
 HOUR = 3600.0
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -425,16 +425,16 @@ class Aggregator:
         key = (OVERFLOW,) if event.trusted else (OVERFLOW, "untrusted")
         return key, 3, groups.get(key)
 
-    def take_changes(self) -> list[tuple[Key, dict[str, Any] | None]]:
+    def take_changes(self) -> Iterator[tuple[Key, dict[str, Any] | None]]:
         """The groups changed (their state) or gone (None) since the last call: what
-        the state store saves at its next commit."""
-        changes: list[tuple[Key, dict[str, Any] | None]] = [
-            (key, self.export(key)) for key in self.dirty
-        ]
-        changes += [(key, None) for key in self.dropped]
-        self.dirty.clear()
-        self.dropped.clear()
-        return changes
+        the state store saves at its next commit. One at a time: a flood's ten thousand
+        changed groups never sit in memory as plain data all at once."""
+        dirty, dropped = self.dirty, self.dropped
+        self.dirty, self.dropped = set(), set()
+        for key in dropped - dirty:  # in both: forgotten, then made anew since
+            yield key, None
+        for key in dirty:
+            yield key, self.export(key)
 
     def export_all(self) -> list[dict[str, Any]]:
         """Every group as `restore` takes them: the state a successor starts from."""
