@@ -30,10 +30,8 @@ openssh-server, libwrap0 and a cpuacct cgroup (v1).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -44,7 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_model
+import machine as bench_machine
+from machine import tool_version
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -286,28 +285,16 @@ def run_inside(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def tool_version(argv: list[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=5)
-    except OSError:
-        return "missing"
-    return (done.stdout.strip() or done.stderr.strip()).splitlines()[0]
-
-
 def machine() -> dict[str, object]:
-    uname = platform.uname()
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "kernel": f"{uname.release} {uname.version}",
-        "cpu_model": cpu_model(),
-        "nproc": len(os.sched_getaffinity(0)),
-        "python": sys.version.split()[0],
-        "nft": tool_version(["nft", "--version"]),
-        "sshd": tool_version(["dpkg-query", "-W", "-f", "${Version}", "openssh-server"]),
-        "libwrap0": tool_version(["dpkg-query", "-W", "-f", "${Version}", "libwrap0"]),
-        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
-    }
+    def package(name: str) -> str:
+        return tool_version(["dpkg-query", "-W", "-f", "${Version}", name]) or "missing"
+
+    return bench_machine.machine(
+        nft=tool_version(["nft", "--version"]) or "missing",
+        sshd=package("openssh-server"),
+        libwrap0=package("libwrap0"),
+        loadavg=Path("/proc/loadavg").read_text().split()[:3],
+    )
 
 
 def markdown(report: dict[str, object], args: argparse.Namespace) -> str:
