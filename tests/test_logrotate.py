@@ -4,8 +4,11 @@ record is lost or split: the sink reopens the file for every batch."""
 from __future__ import annotations
 
 import asyncio
+import grp
 import gzip
 import json
+import os
+import pwd
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -67,7 +70,13 @@ def test_logrotate_with_the_packaged_config_loses_no_record(tmp_path: Path) -> N
     conf = tmp_path / "wrapalert.logrotate"
     text = LOGROTATE.read_text()
     assert text.count("/var/log/wrapalert/") == 1
-    conf.write_text(text.replace("/var/log/wrapalert/", f"{logs}/"))
+    # The package's user exists only where the package is installed: rotate as whoever
+    # runs the test, which owns the files here as the daemon owns them there.
+    assert text.count("su wrapalert wrapalert") == 1
+    me = f"su {pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name}"
+    conf.write_text(
+        text.replace("/var/log/wrapalert/", f"{logs}/").replace("su wrapalert wrapalert", me)
+    )
     conf.chmod(0o644)  # logrotate skips a config others may write
 
     def rotate() -> None:
