@@ -350,7 +350,8 @@ class _Pass:
                 if now - st.st_ctime < MARKER_SETTLE:
                     continue  # a client may still be appending: the next pass counts it
                 uid = int(counting[1])
-                if _refusal(st, uid, self.group) is None and owner in {None, uid}:
+                # One byte per fallback: no datagram's size limit (MARKER_MAX caps the count).
+                if _refusal(st, uid, self.group, None) is None and owner in {None, uid}:
                     result.fallbacks[uid] += min(st.st_size, MARKER_MAX)
                 else:
                     result.rejected["bad_fallback_marker"] += 1
@@ -419,12 +420,17 @@ def _set_aside(directory: Path, name: str, now: float) -> None:
         (directory / name).rename(directory / f".{name}.{int(now * 1e6)}")
 
 
-def _refusal(st: os.stat_result, owner: int | None, group: int | None = None) -> str | None:
+def _refusal(
+    st: os.stat_result,
+    owner: int | None,
+    group: int | None = None,
+    size_limit: int | None = wire.MAX_DATAGRAM,
+) -> str | None:
     """Why a spool file cannot speak for anyone, or None: it must be a small regular file
     with one link (a hard link brings someone else's file in), mode 0600 or stricter
     (0640 when its group is the spool's, `group`: the daemon reads it so), and, in a
     trusted uid's own directory, owned by that uid."""
-    if not stat.S_ISREG(st.st_mode) or st.st_size > wire.MAX_DATAGRAM:
+    if not stat.S_ISREG(st.st_mode) or (size_limit is not None and st.st_size > size_limit):
         return "bad_spool_file"
     if st.st_nlink != 1:
         return "spool_hard_link"
