@@ -5,9 +5,19 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
+
+import pytest
+from conftest import require
+from timing import ManualClock
 
 from wrapalert import wire
 from wrapalert.daemon import spool as spool_mod
+
+if TYPE_CHECKING:
+    from wrapalert.daemon.intake import Intake
+    from wrapalert.daemon.store import Store
 
 
 def test_a_fallback_marker_larger_than_a_datagram_is_counted(tmp_path: Path) -> None:
@@ -23,3 +33,32 @@ def test_a_fallback_marker_larger_than_a_datagram_is_counted(tmp_path: Path) -> 
     one.directory(tmp_path, None)
     assert one.result.fallbacks == {uid: fallbacks}
     assert not one.result.rejected
+
+
+def test_junk_in_the_shared_spool_cannot_starve_a_trusted_uids_own_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass reads SPOOL_BATCH files: a local user who keeps that many junk files in the
+    shared spool (cheap: each pass removes them) must not leave root's own spool unread,
+    pass after pass, until it is full and root's events go to syslog."""
+    require(os.geteuid() == 0, "making a trusted uid's own spool dir needs root")
+    monkeypatch.setattr(spool_mod, "SPOOL_BATCH", 5)
+    shared = tmp_path / "spool"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    intake = SimpleNamespace(trusted=frozenset({0}), count_junk=lambda _junk: None)
+    spool = spool_mod.Spool(
+        shared,
+        intake=cast("Intake", intake),
+        store=cast("Store", None),
+        commit=lambda: True,
+        clock=ManualClock(),
+    )
+    spool.ensure()
+    own = shared / "0"
+    (own / "9.1.wa1").write_bytes(b"WA1\nd=sshd\na=192.0.2.1\n")
+    (own / "9.1.wa1").chmod(0o600)
+    for i in range(spool_mod.SPOOL_BATCH):
+        (shared / f"1.{i}.wa1").write_bytes(b"junk")
+    found = spool.scan(time.time(), set())
+    assert "0/9.1.wa1" in [f.name for f in found.files]

@@ -168,10 +168,12 @@ class Spool:
         except OSError:
             group = None
         one = _Pass(now, skip, {str(uid) for uid in trusted}, dict(self._cursors), group)
-        one.directory(self.path, None)
+        # Trusted uids' own dirs first: junk anyone keeps in the shared one must not spend
+        # the pass's read budget before they are read.
         for uid in trusted:
             if self._ensure_private(uid, one.result.rejected):
                 one.directory(self.path / str(uid), uid)
+        one.directory(self.path, None)
         return one.result
 
     def apply(self, result: ScanResult) -> None:
