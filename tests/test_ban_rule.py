@@ -3,6 +3,7 @@ sink's config, the state schema and the digest's Banned section."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -12,13 +13,17 @@ from conftest import body, one_group
 
 from wrapalert import config
 from wrapalert.banrule import BanRule, BanTargetError, local_addresses
+from wrapalert.clock import SystemClock
+from wrapalert.daemon import control
+from wrapalert.daemon.bans import Bans
+from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import SCHEMA_VERSION, Store
 from wrapalert.digest_view import context
 from wrapalert.mail import Renderer
 from wrapalert.model import Event, digest_from_json, digest_to_json
 from wrapalert.pipeline.ban import BanCounter, BanStage
 from wrapalert.pipeline.stage import Flow
-from wrapalert.sinks.nftables import NftablesSinkConfig
+from wrapalert.sinks.nftables import NftablesSink, NftablesSinkConfig
 
 
 def test_ipv6_sources_are_banned_by_network() -> None:
@@ -192,3 +197,16 @@ def test_digest_text_and_html_show_the_banned_section() -> None:
 def test_digest_without_bans_has_no_banned_section() -> None:
     """No ban notes: no Banned heading."""
     assert context(one_group())["banned"] == []
+
+
+@pytest.mark.parametrize("seconds", [True, "3600", 0, -5, 400 * 86400])
+def test_a_manual_ban_needs_a_real_duration(tmp_path: Path, seconds: object) -> None:
+    """`ban add` refuses a duration that is a boolean, a string, not positive or over a
+    year, before anything reaches the kernel."""
+    store = Store(tmp_path)
+    store.open()
+    bans = Bans(store, SystemClock(), Stats())
+    bans.configure(NftablesSink(NftablesSinkConfig(nft="/nonexistent/nft")))
+    with pytest.raises(control.ControlError, match="seconds"):  # not the kernel's error
+        asyncio.run(bans.api_add({"addr": "203.0.113.7", "seconds": seconds}))
+    assert bans.active == {}

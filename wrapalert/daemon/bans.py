@@ -342,7 +342,10 @@ class Bans:
         sink = self._require_sink()
         target = self._target(req.get("addr"))
         seconds = req.get("seconds", self.rule.ban_for)
-        if not isinstance(seconds, int | float) or not 0 < seconds <= MAX_MANUAL:
+        # JSON true is an int to Python: a duration must be a number, never a boolean.
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise control.ControlError("a ban's duration is a number of seconds")
+        if not 0 < seconds <= MAX_MANUAL:
             raise control.ControlError("a ban lasts more than 0 seconds and at most a year")
         if self.rule.allowed(target):
             raise control.ControlError(f"{target} is allowlisted: it is never banned")
