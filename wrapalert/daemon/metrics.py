@@ -131,9 +131,7 @@ def _lines(status: Status, *, now: float, started: float, build: str) -> Iterato
     yield _family(
         "wrapalert_events_rejected_total", "counter", "Datagrams or spool files rejected, by why."
     )
-    for reason, count in sorted(rejected.items()) if isinstance(rejected, Mapping) else ():
-        if (value := _number(count)) is not None:
-            yield f'wrapalert_events_rejected_total{{reason="{escape(str(reason))}"}} {value}\n'
+    yield from _by_reason("wrapalert_events_rejected_total", rejected)
     for key, name, text in GAUGES:
         yield _family(name, "gauge", text)
         yield f"{name} {_number(status.get(key)) or 0}\n"
@@ -179,9 +177,14 @@ def _bans(bans: object) -> Iterator[str]:
     yield _family(
         "wrapalert_bans_refused_total", "counter", "Bans refused, by why (allowlisted, cap)."
     )
-    for reason, count in sorted(refused.items()) if isinstance(refused, Mapping) else ():
+    yield from _by_reason("wrapalert_bans_refused_total", refused)
+
+
+def _by_reason(name: str, counts: object) -> Iterator[str]:
+    """One sample per reason of a {reason: count} object, the reason escaped as a label."""
+    for reason, count in sorted(counts.items()) if isinstance(counts, Mapping) else ():
         if (value := _number(count)) is not None:
-            yield f'wrapalert_bans_refused_total{{reason="{escape(str(reason))}"}} {value}\n'
+            yield f'{name}{{reason="{escape(str(reason))}"}} {value}\n'
 
 
 def write(path: Path, text: str) -> None:
