@@ -187,6 +187,17 @@ input(type="imtcp" address="127.0.0.1" port="{tcp}" ruleset="capture")
         wait_until(lambda: len(self.messages()) >= count, 15, f"{count} messages in rsyslog")
         return self.messages()
 
+    def raw_lines(self, count: int) -> list[str]:
+        """raw.log's lines, once at least `count` are there: rsyslog writes each action's
+        file on its own, so messages.jsonl can be complete while raw.log is still empty."""
+        path = self.dir / "raw.log"
+
+        def lines() -> list[str]:
+            return path.read_text().splitlines() if path.exists() else []
+
+        wait_until(lambda: len(lines()) >= count, 15, f"{count} lines in raw.log")
+        return lines()
+
     def sink(self, **kw: Any) -> SyslogSink:
         """A syslog sink on this receiver's local socket (or as `kw` says)."""
         return make_sink(**{"socket": self.socket} | kw)
@@ -268,7 +279,9 @@ def test_hostile_values_cannot_forge_a_line_or_a_field(rsyslog: Rsyslog) -> None
     send(sink, EVENT | HOSTILE, HELD)  # the held record behind it: proof nothing else came
     messages = rsyslog.wait(2)
     assert len(messages) == 2
-    assert len((rsyslog.dir / "raw.log").read_text().splitlines()) == 2
+    raw_lines = rsyslog.raw_lines(2)
+    assert len(raw_lines) == 2
+    assert raw_lines[1].endswith(HELD_TEXT)  # the held record is last: no line came between
     raw = messages[0]["raw"]
     assert raw.isascii()
     assert all(" " <= c <= "~" for c in raw), f"control character in {raw!r}"
