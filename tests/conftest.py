@@ -8,6 +8,7 @@ import email
 import email.policy
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -252,13 +253,23 @@ batch_window = "500ms"
     return path
 
 
+def _delivery_order(path: Path) -> tuple[int, int, int, str]:
+    """A Maildir name's time (seconds, microseconds) and sequence number, as numbers: as
+    text, M99999 sorts after M100000 and Q9 after Q10, and the oldest mail came last."""
+    found = re.fullmatch(r"(\d+)\.M(\d+)P\d+Q(\d+)\..*", path.name)
+    if found is None:
+        return (0, 0, 0, path.name)  # not the sink's name: delivered by something else
+    sec, usec, seq = found.groups()
+    return (int(sec), int(usec), int(seq), path.name)
+
+
 def maildir_messages(maildir: Path) -> list[EmailMessage]:
     """Every message delivered into `maildir`/new, oldest first."""
     new = maildir / "new"
     if not new.is_dir():
         return []
     out = []
-    for path in sorted(new.iterdir()):
+    for path in sorted(new.iterdir(), key=_delivery_order):
         msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
         assert isinstance(msg, EmailMessage)
         out.append(msg)

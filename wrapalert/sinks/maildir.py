@@ -76,7 +76,8 @@ class MaildirSink:
             raise TransientSinkError(f"maildir {self.path}: {exc}") from exc
         now = time.time()
         host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-        name = f"{int(now)}.M{int(now * 1e6) % 1000000}P{os.getpid()}Q{next(_seq)}.{host}"
+        # Microseconds zero-padded: within a second, names then sort in delivery order.
+        name = f"{int(now)}.M{int(now * 1e6) % 1000000:06d}P{os.getpid()}Q{next(_seq)}.{host}"
         tmp = self.path / "tmp" / name
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
