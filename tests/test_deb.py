@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tarfile
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -429,6 +429,7 @@ stat -c '%a %U %G %n' /var/spool/wrapalert /var/spool/wrapalert/0 /var/lib/wrapa
 id -u wrapalert > /wa-result/uid
 grep -E '^(Uid|Gid|CapPrm|CapEff|CapBnd|CapAmb):' \\
     /proc/$(systemctl show -P MainPID wrapalert.service)/status > /wa-result/proc
+cat /proc/$(systemctl show -P MainPID wrapalert.service)/uid_map > /wa-result/uid_map
 # The daemon down (and the socket with it): root's and nobody's clients spool.
 systemctl stop wrapalert.socket wrapalert.service
 wrapalert-notify d=sshd a=198.51.100.1
@@ -441,13 +442,20 @@ for i in $(seq 150); do
     sleep 0.2
 done
 find /var/spool/wrapalert -name '*.wa1' > /wa-result/left
+# A regular user's report: in the daemon's user namespace that user reads as 65534.
+useradd --no-create-home --uid 1000 wa-user
+setpriv --reuid=wa-user --regid=wa-user --clear-groups wrapalert-notify d=vsftpd a=198.51.100.3
 # Two daemons' refusals from two addresses, through the real libwrap and the hook line.
 wrapalert simulate --count 1 --daemons sshd,in.ftpd --from 203.0.113.7,2001:db8::66
 for i in $(seq 450); do
-    wrapalert status --json > /wa-result/status.json && grep -q '"received": 6,' \\
+    wrapalert status --json > /wa-result/status.json && grep -q '"received": 7,' \\
         /wa-result/status.json && grep -q '"delivered": [1-9]' /wa-result/status.json && break
     sleep 0.2
 done
+# Trusting a uid the daemon's namespace hides: the reload is refused, the service runs on.
+sed -i 's/^\\[daemon\\]$/[daemon]\\ntrusted_uids = [0, 1000]/' /etc/wrapalert/wrapalert.toml
+systemctl reload wrapalert.service
+sleep 1
 systemctl is-active wrapalert.socket wrapalert.service > /wa-result/after
 cp /var/mail/mail /wa-result/mailbox
 # The service's exposure as the real systemd rates it, plain and with the nftables
@@ -487,10 +495,28 @@ def nspawn(tree: Path, *args: str, timeout: float) -> subprocess.CompletedProces
     return run(argv, timeout=timeout)
 
 
+def assert_least_privilege(result: Callable[[str], str], context: str) -> None:
+    """What the boot test saw of the running daemon: its uids, capabilities, user namespace."""
+    # The daemon: user wrapalert, real, effective, saved and file system uid; no
+    # capability in any set.
+    uid = result("uid").strip()
+    proc = dict(line.split(":", 1) for line in result("proc").splitlines())
+    assert proc["Uid"].split() == [uid] * 4, context
+    for capabilities in ("CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(proc[capabilities], 16) == 0, (capabilities, proc)
+    # In a user namespace of its own (PrivateUsers=yes) that maps root and wrapalert
+    # only: every other user's credentials and files read as 65534 there.
+    assert [line.split() for line in result("uid_map").splitlines()] == [
+        ["0", "0", "1"],
+        [uid, uid, "1"],
+    ], context
+
+
 @pytest.mark.skipif(not NSPAWN, reason="opt-in: WRAPALERT_NSPAWN=1 (debootstrap, minutes)")
 def test_boots_in_bookworm_under_systemd(deb: Path, tmp_path: Path) -> None:
     """Installed with apt into a bookworm and booted under systemd-nspawn: the socket is
-    enabled and listening, the service runs as user wrapalert without capabilities,
+    enabled and listening, the service runs as user wrapalert without capabilities in a
+    user namespace of its own (a reload trusting a uid it hides is refused),
     ingests what root's and nobody's clients spooled while it was down, counts every
     refusal the real libwrap hands to the hook, mails a digest through the local MTA,
     and systemd-analyze security rates it as README says."""
@@ -544,13 +570,7 @@ def test_boots_in_bookworm_under_systemd(deb: Path, tmp_path: Path) -> None:
             "755 wrapalert wrapalert /var/lib/wrapalert",
             "600 wrapalert wrapalert /run/wrapalert/control.sock",
         ], context
-        # The daemon: user wrapalert, real, effective, saved and file system uid; no
-        # capability in any set.
-        uid = result("uid").strip()
-        proc = dict(line.split(":", 1) for line in result("proc").splitlines())
-        assert proc["Uid"].split() == [uid] * 4, context
-        for capabilities in ("CapPrm", "CapEff", "CapBnd", "CapAmb"):
-            assert int(proc[capabilities], 16) == 0, (capabilities, proc)
+        assert_least_privilege(result, context)
         # Spooled while the daemon was down: root's in its own dir, nobody's in the shared
         # one, both 0640 in group wrapalert; both ingested once it started, none left.
         assert result("spooled").splitlines() == [
@@ -562,7 +582,11 @@ def test_boots_in_bookworm_under_systemd(deb: Path, tmp_path: Path) -> None:
         assert result("left") == "", context
         assert "spool_private_unavailable" not in result("journal"), context
         status = json.loads(result("status.json") or "{}")
-        assert (status.get("received"), status.get("rejected")) == (6, {}), context
+        assert (status.get("received"), status.get("rejected")) == (7, {}), context
+        assert status.get("untrusted") == 2, context  # nobody's spooled report, wa-user's
+        # A reload trusting uid 1000, which the namespace hides: refused, named, kept.
+        assert "reload_refused" in result("journal"), context
+        assert "trusted_uids [1000]: " in result("journal"), context
         assert status["sinks"]["smtp"]["delivered"] >= 1, context
         # systemd-analyze security in the booted system: what README reports.
         plain, nftables = exposure(result("security")), exposure(result("security-nftables"))

@@ -93,9 +93,10 @@ DAEMON_KEYS: KeyDocs = {
     "read at start and every spool_scan_interval.",
     "control_socket": "The stream socket (mode 0600) for status, flush, test-alert and silences.",
     "trusted_uids": "Senders (kernel-verified uids) whose events are alerts; events from "
-    "other uids are kept apart and marked untrusted. Under the packaged service (user "
-    "wrapalert) a non-root uid's own spool directory needs a tmpfiles.d line: "
-    "d /var/spool/wrapalert/UID 2770 UID wrapalert -.",
+    "other uids are kept apart and marked untrusted. The packaged service runs with "
+    "PrivateUsers=yes and sees no uid but root and its own: a non-root uid here needs "
+    "PrivateUsers=no in a drop-in (else the daemon refuses the config) and its own spool "
+    "directory, a tmpfiles.d line: d /var/spool/wrapalert/UID 2770 UID wrapalert -.",
     "socket_mode": Key(
         "Mode of the socket when the daemon binds it: every wrapped service's user must "
         "write to it; trust comes from the kernel's credentials.",

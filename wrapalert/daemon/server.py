@@ -33,6 +33,7 @@ from pathlib import Path
 import structlog
 
 from wrapalert import config as config_mod
+from wrapalert import userns
 from wrapalert.clock import Clock, SystemClock
 from wrapalert.config import Config
 from wrapalert.daemon import api, metrics, systemd
@@ -71,7 +72,7 @@ class Server:
         config_path: Path | None = None,
     ) -> None:
         # config_path None: the default path, where a missing file means the defaults.
-        self.cfg = cfg
+        self.cfg = cfg = _visible(cfg)
         self.config_path = config_path
         self.clock = clock or SystemClock(now)
         self.now = self.clock.now
@@ -134,7 +135,7 @@ class Server:
             return False
         systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
-            new = config_mod.load(self.config_path)
+            new = _visible(config_mod.load(self.config_path))
         except config_mod.ConfigError as exc:
             log.error("reload_refused", error=str(exc), keeping=self.cfg.source)
             systemd.notify("READY=1\nSTATUS=reload refused: config error, old config kept")
@@ -326,3 +327,12 @@ class Server:
         ledger.since_commit += self.intake.drain()
         if ledger.since_commit >= COMMIT_EVERY:
             ledger.commit()
+
+
+def _visible(cfg: Config) -> Config:
+    """`cfg`, if this daemon can tell each of its trusted uids apart (userns.py): in a
+    user namespace that hides one, that uid's reports would pass for untrusted."""
+    problem = userns.check_trusted(cfg.daemon.trusted_uids)
+    if problem is not None:
+        raise config_mod.ConfigError(f"{cfg.source}: {problem}")
+    return cfg

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import structlog
 
-from wrapalert import wire
+from wrapalert import userns, wire
 from wrapalert.clock import Clock
 from wrapalert.daemon.intake import Intake
 from wrapalert.daemon.store import Store
@@ -120,6 +120,7 @@ class Spool:
         self.stuck: set[str] = set()
         self._warned: set[int] = set()
         self._cursors: dict[str, str] = {}
+        self._seen = userns.ranges()  # a process's user namespace never changes
 
     def ensure(self) -> None:
         """Create the spool dir if we can: sticky and world-writable, as clients run as anyone."""
@@ -167,7 +168,8 @@ class Spool:
             group = self.path.stat().st_gid
         except OSError:
             group = None
-        one = _Pass(now, skip, {str(uid) for uid in trusted}, dict(self._cursors), group)
+        names = {str(uid) for uid in trusted}
+        one = _Pass(now, skip, names, dict(self._cursors), group, seen=self._seen)
         # Trusted uids' own dirs first: junk anyone keeps in the shared one must not spend
         # the pass's read budget before they are read.
         for uid in trusted:
@@ -284,6 +286,8 @@ class _Pass:
         private_names: set[str],
         cursors: dict[str, str],
         group: int | None = None,
+        *,
+        seen: list[tuple[int, int]] | None = None,
     ) -> None:
         self.now = now
         self.group = group  # the spool's group: files it may read are the daemon's to read
@@ -291,6 +295,7 @@ class _Pass:
         self.private_names = private_names
         self.budget = SPOOL_BATCH
         self.result = ScanResult(cursors=cursors)
+        self.seen = seen  # the uids our user namespace shows (userns.py); None: all
 
     def directory(self, path: Path, owner: int | None) -> None:
         """The shared directory (`owner` None: a file speaks for its owner) or a trusted
@@ -351,7 +356,9 @@ class _Pass:
             if counting is not None:
                 if now - st.st_ctime < MARKER_SETTLE:
                     continue  # a client may still be appending: the next pass counts it
-                uid = int(counting[1])
+                # The uid the name claims, as our user namespace shows its owner: under
+                # PrivateUsers=yes another user's marker reads as 65534, like its datagrams.
+                uid = userns.seen_as(int(counting[1]), self.seen)
                 # One byte per fallback: no datagram's size limit (MARKER_MAX caps the count).
                 if _refusal(st, uid, self.group, None) is None and owner in {None, uid}:
                     result.fallbacks[uid] += min(st.st_size, MARKER_MAX)
