@@ -501,6 +501,50 @@ def test_a_stuck_sink_does_not_stop_shutdown_and_is_delivered_next_start(
     assert msg["Message-ID"].startswith(f"<{digest_id}@")
 
 
+def test_a_stopping_daemon_queues_no_datagram_it_would_drop(sockdir: Path) -> None:
+    """Self-bound, once shutdown has drained its socket (here while a hung MTA holds the
+    sinks for shutdown_grace), a send fails, by path and on a socket connected before:
+    the client then spools the event, where a datagram queued now would die at close."""
+    hole = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    sink = smtp_sink(hole.getsockname()[1]).replace('timeout = "500ms"', 'timeout = "1h"')
+    path = write_config(sockdir, sinks=sink)
+    interval = 'spool_scan_interval = "200ms"'
+    path.write_text(path.read_text().replace(interval, f'{interval}\nshutdown_grace = "1s"'))
+    event = encode({"d": "sshd", "a": "192.0.2.1"})
+
+    async def scenario() -> tuple[OSError | None, OSError | None, dict[str, object]]:
+        server = Server(config.load(path), config_path=path)
+        sock = str(server.cfg.daemon.socket)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as connected:
+            async with Running(server):
+                connected.connect(sock)
+                connected.send(event)  # a digest for the hung MTA: shutdown waits the grace
+                await wait_for_status(server, lambda s: s["received"] == 1)
+                server.stop()
+                await asyncio.sleep(0.3)  # in the grace: the socket is drained
+                errors: list[OSError | None] = []
+                for send in (lambda: connected.send(event), lambda: probe_send(sock, event)):
+                    try:
+                        send()
+                        errors.append(None)
+                    except OSError as exc:
+                        errors.append(exc)
+        return errors[0], errors[1], server.status()
+
+    try:
+        on_connected, by_path, status = asyncio.run(scenario())
+    finally:
+        hole.close()
+    assert isinstance(on_connected, BrokenPipeError), on_connected
+    assert isinstance(by_path, FileNotFoundError), by_path
+    assert status["received"] == 1
+
+
+def probe_send(path: str, data: bytes) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(data, path)
+
+
 def test_the_mail_cap_holds_across_a_restart(sockdir: Path) -> None:
     """With mails_per_hour = 1, a second digest waits in the outbox through a restart: the
     cap counts the mail sent before it, and SIGTERM does not send past it."""

@@ -130,6 +130,17 @@ class Intake:
         self.log_limit = LogLimit()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 
+    def refuse_new(self, bound: Path | None) -> None:
+        """At shutdown, on a socket we bound ourselves: from now on a send fails (ENOENT by
+        path, EPIPE on a connected socket), so the client spools the event instead of
+        queueing a datagram that close() would drop. What is queued stays to be drained.
+        systemd's socket outlives us and keeps what queues for the next start: untouched."""
+        if bound is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            bound.unlink()
+        self.sock.shutdown(socket.SHUT_RD)
+
     def close(self, unlink: Path | None = None) -> None:
         """Close the socket; remove `unlink`, the path we bound it at (not systemd's)."""
         self.sock.close()

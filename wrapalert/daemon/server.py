@@ -275,6 +275,8 @@ class Server:
         if ctl is not None:
             ctl.close()
         loop.remove_reader(intake.sock.fileno())
+        intake.refuse_new(self._bound)  # from here on, senders spool: nothing queues unread
+        self._bound = None  # unlinked: a successor may bind the path while we finish
         intake.drain(limit=SHUTDOWN_DRAIN)  # what the kernel already queued is ours
         for name in ("scheduler", "spool", "heartbeat", "metrics", "bans"):
             self._tasks[name].cancel()
