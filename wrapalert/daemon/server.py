@@ -14,7 +14,8 @@ Reload (SIGHUP): a new pipeline and a new set of sinks are built from the new
 Config and take the old ones' state over, through the same export/restore
 path the state database uses. A bad config is refused and the old one kept.
 
-Shutdown (SIGTERM/SIGINT): stop intake, read what the kernel already queued
+Shutdown (SIGTERM/SIGINT): stop intake (a socket we bound is unlinked and shut
+for reading, so later senders spool), read what the kernel already queued
 and what is in the spool, flush every group with news, give the sinks
 `shutdown_grace` seconds, commit. What is still undelivered stays in the
 outbox for the next start.
