@@ -9,13 +9,25 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, Deliveries, Running, client, make_config, require, wait_until
+from conftest import (
+    PYTHON,
+    WRAPALERT,
+    Deliveries,
+    Running,
+    client,
+    make_config,
+    require,
+    wait_until,
+    write_config,
+)
 
 from wrapalert import config, notify
 from wrapalert.daemon import spool as spool_mod
@@ -125,6 +137,40 @@ def test_a_squatter_on_a_trusted_uids_spool_name_is_removed(sockdir: Path) -> No
     assert (stat.S_ISDIR(st.st_mode), st.st_uid, stat.S_IMODE(st.st_mode)) == (True, 0, 0o2770)
     assert st.st_gid == spool.stat().st_gid
     assert server.stats.rejected["spool_squatter"] == 1
+
+
+def test_a_squatter_that_cannot_be_removed_is_counted_and_logged_once(sockdir: Path) -> None:
+    """A squatter on root's spool name that even root cannot remove (here a mount point,
+    in the daemon's own mount namespace) is counted and logged once, not on every pass,
+    and the daemon says once that root's clients use the shared spool."""
+    require(os.geteuid() == 0, "the squatter is made as another uid and mounted over")
+    unshare = shutil.which("unshare") or ""
+    require(bool(unshare), "unshare is missing (apt-get install util-linux)")
+    path = write_config(sockdir)  # trusts this uid (0), passes every 200 ms
+    spool = sockdir / "spool"
+    spool.mkdir()
+    spool.chmod(0o1777)
+    squat = spool / "0"
+    as_user(NOBODY, "import os, sys; os.mkdir(sys.argv[1], 0o777)", str(squat))
+    script = 'mount -t tmpfs -o uid=65534,mode=0777 none "$1" && shift && exec "$@"'
+    argv = [unshare, "-m", "--propagation", "private", "sh", "-c", script, "sh", str(squat)]
+    with (sockdir / "daemon.log").open("w") as out:
+        proc = subprocess.Popen([*argv, WRAPALERT, "run", "-c", str(path)], stdout=out, stderr=out)
+    try:
+        wait_until((sockdir / "control.sock").exists, 20, "the daemon's control socket")
+        time.sleep(1.5)  # about seven passes
+        answer = subprocess.run(
+            [WRAPALERT, "status", "--json", "-c", str(path)],
+            capture_output=True, text=True, timeout=20, check=True,
+        )  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    log = (sockdir / "daemon.log").read_text()
+    assert json.loads(answer.stdout)["rejected"] == {"spool_squatter": 1}, log
+    assert log.count("spool_squatter_stays") == 1, log
+    assert log.count("spool_private_unavailable") == 1, log
+    assert "spool_squatter_removed" not in log
 
 
 def test_fresh_dot_files_cannot_hide_stale_ones_from_the_sweep(

@@ -121,6 +121,7 @@ class Spool:
         self._warned: set[int] = set()
         self._cursors: dict[str, str] = {}
         self._seen = userns.ranges()  # a process's user namespace never changes
+        self._squatters: dict[int, tuple[int, int]] = {}  # uid -> the entry that stays
 
     def ensure(self) -> None:
         """Create the spool dir if we can: sticky and world-writable, as clients run as anyone."""
@@ -233,9 +234,27 @@ class Spool:
                 # use the shared spool.
                 self._unavailable(uid, path, "the daemon cannot chown")
                 return False
-            rejected["spool_squatter"] += 1  # another user's entry on a trusted uid's name
+            if not self._evict(uid, path, st, rejected):
+                break  # it stays: trying again now would fail again
+        return False
+
+    def _evict(self, uid: int, path: Path, st: os.stat_result, rejected: Counter[str]) -> bool:
+        """Remove another user's entry on a trusted uid's name; True if it went. Counted
+        and logged once per entry: one that cannot be removed (say, a directory whose
+        content is not ours to delete) must not count and log again on every pass."""
+        entry = (st.st_dev, st.st_ino)
+        first = self._squatters.get(uid) != entry
+        if first:
+            rejected["spool_squatter"] += 1
+        error = _remove_tree(path, st)
+        if error is None:
+            self._squatters.pop(uid, None)
             log.warning("spool_squatter_removed", path=str(path), owner=st.st_uid, uid=uid)
-            _remove_tree(path, st)
+            return True
+        if first:
+            log.warning("spool_squatter_stays", path=str(path), owner=st.st_uid, error=error)
+            self._unavailable(uid, path, "another user's entry there cannot be removed")
+        self._squatters[uid] = entry
         return False
 
     def _usable(self, uid: int, path: Path, st: os.stat_result, group: int) -> bool:
@@ -410,15 +429,17 @@ def _chmod(path: Path, mode: int) -> None:
         path.chmod(mode, follow_symlinks=False)
 
 
-def _remove_tree(path: Path, st: os.stat_result) -> None:
-    """Remove whatever squats a private dir's name (rmtree never follows symlinks)."""
+def _remove_tree(path: Path, st: os.stat_result) -> str | None:
+    """Remove whatever squats a private dir's name (rmtree never follows symlinks); None
+    if it went, else why not."""
     try:
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(path)
         else:
             path.unlink()
     except OSError as exc:
-        log.warning("spool_squatter_stays", path=str(path), error=str(exc))
+        return str(exc)
+    return None
 
 
 def _set_aside(directory: Path, name: str, now: float) -> None:
