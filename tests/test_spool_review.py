@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, cast
@@ -14,6 +15,8 @@ from timing import ManualClock
 
 from wrapalert import wire
 from wrapalert.daemon import spool as spool_mod
+
+YEAR_2100 = 4102444800
 
 if TYPE_CHECKING:
     from wrapalert.daemon.intake import Intake
@@ -62,3 +65,24 @@ def test_junk_in_the_shared_spool_cannot_starve_a_trusted_uids_own_dir(
         (shared / f"1.{i}.wa1").write_bytes(b"junk")
     found = spool.scan(time.time(), set())
     assert "0/9.1.wa1" in [f.name for f in found.files]
+
+
+def test_a_trusted_uids_dir_swapped_for_a_symlink_leads_nowhere(tmp_path: Path) -> None:
+    """Between the check of `spool/<uid>` and the pass (or the removal after a commit),
+    its owner may swap it for a symlink to another directory: neither the sweep nor the
+    removal follows it there (a root-run daemon would delete what it finds)."""
+    uid = os.geteuid()
+    spool, victim = tmp_path / "spool", tmp_path / "victim"
+    spool.mkdir()
+    victim.mkdir()
+    stale = victim / ".stale"  # a dot file the sweep would remove as stale junk
+    stale.write_bytes(b"")
+    os.utime(stale, (YEAR_2100, YEAR_2100))
+    (victim / "1700000000.000001.wa1").write_bytes(b"not a spool file of ours")
+    (spool / str(uid)).symlink_to(victim)
+    one = spool_mod._Pass(time.time(), set(), {str(uid)}, {}, None)
+    one.directory(spool / str(uid), uid)
+    assert (one.result.files, one.result.rejected) == ([], Counter())
+    stay = spool_mod.remove_all(spool, [f"{uid}/1700000000.000001.wa1"])
+    assert stay == [f"{uid}/1700000000.000001.wa1"]
+    assert sorted(p.name for p in victim.iterdir()) == [".stale", "1700000000.000001.wa1"]

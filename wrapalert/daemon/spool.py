@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import heapq
 import os
 import re
@@ -318,30 +319,41 @@ class _Pass:
 
     def directory(self, path: Path, owner: int | None) -> None:
         """The shared directory (`owner` None: a file speaks for its owner) or a trusted
-        uid's own (every file must be that uid's)."""
+        uid's own (every file must be that uid's). Everything in it is reached through
+        one descriptor of it: a uid that swaps its own directory for a symlink between
+        the check and the pass cannot point a root-run daemon at another directory."""
         prefix = "" if owner is None else f"{owner}/"
         try:
-            with os.scandir(path) as entries:
-                names = [e.name for e in entries]
+            fd = open_dir(path, owner)
         except FileNotFoundError:
             return
         except OSError as exc:
             log.error("spool_unreadable", path=str(path), error=str(exc))
             return
+        try:
+            self._read(fd, prefix, owner)
+        finally:
+            os.close(fd)
+
+    def _read(self, fd: int, prefix: str, owner: int | None) -> None:
+        try:
+            names = os.listdir(fd)
+        except OSError:
+            return
         # No sorted() over all names: one C call that holds the GIL (and so stalls the
         # event loop) for tens of ms at 100,000; heapq.nsmallest yields it as it goes.
         dots = [n for n in names if n.startswith(".") and prefix + n not in self.skip]
-        self._sweep(path, prefix, self._window(prefix, dots), owner)
+        self._sweep(fd, prefix, self._window(prefix, dots), owner)
         events = []
         for name in names:
             if name.startswith(".") or (owner is None and name in self.private_names):
                 continue  # dot files are swept; a trusted uid's own dir is read as such
             if _MARKER.fullmatch(name):
-                _set_aside(path, name, self.now)
+                _set_aside(fd, name, self.now)
             elif prefix + name not in self.skip:
                 events.append(name)
         for name in heapq.nsmallest(self.budget, events):  # oldest first: names are times
-            data, uid, reason = _read_spool_file(path / name, owner, self.group)
+            data, uid, reason = _read_spool_file(fd, name, owner, self.group)
             self.result.files.append(SpoolFile(prefix + name, data, uid, reason))
         self.budget -= min(self.budget, len(events))
 
@@ -357,7 +369,7 @@ class _Pass:
             self.result.cursors[prefix] = window[-1]
         return window
 
-    def _sweep(self, directory: Path, prefix: str, dots: list[str], owner: int | None) -> None:
+    def _sweep(self, fd: int, prefix: str, dots: list[str], owner: int | None) -> None:
         """Dot files: count settled fallback markers; remove (and count) the rest unless
         both their times are within STALE_DOT_FILE of now, as a client's write in
         progress has them. Anyone can set a file's mtime (to the year 2100, say), but
@@ -366,9 +378,8 @@ class _Pass:
         within a minute of its last change."""
         now, result = self.now, self.result
         for name in dots:
-            path = directory / name
             try:
-                st = path.lstat()
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except OSError:
                 continue
             counting = _COUNTING.fullmatch(name)
@@ -387,13 +398,40 @@ class _Pass:
                 continue  # a client's write in progress: both times are about now
             else:
                 result.rejected["stale_spool_file"] += 1
-            if not _remove(path):
+            if not _remove(fd, name):
                 result.stuck.append(prefix + name)  # counted once: skipped from now on
 
 
 def remove_all(directory: Path, names: list[str]) -> list[str]:
-    """Remove these spool entries; return those that must stay (runs in a thread)."""
-    return [name for name in names if not _remove(directory / name)]
+    """Remove these spool entries (`name` or `<uid>/name`); return those that must stay
+    (runs in a thread). A trusted uid's own directory is opened as in the pass."""
+    stay = []
+    by_dir: dict[str, list[str]] = {}
+    for entry in names:
+        sub, _, name = entry.rpartition("/")
+        by_dir.setdefault(sub, []).append(name)
+    for sub, entries in by_dir.items():
+        prefix = f"{sub}/" if sub else ""
+        try:
+            fd = open_dir(directory / sub if sub else directory, int(sub) if sub else None)
+        except (OSError, ValueError):
+            stay += [prefix + name for name in entries]
+            continue
+        try:
+            stay += [prefix + name for name in entries if not _remove(fd, name)]
+        finally:
+            os.close(fd)
+    return stay
+
+
+def open_dir(path: Path, owner: int | None) -> int:
+    """A descriptor of the directory at `path`, never through a symlink at its last step,
+    and, for a trusted uid's own (`owner`), only if that uid owns it (else OSError)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if owner is not None and os.fstat(fd).st_uid != owner:
+        os.close(fd)
+        raise PermissionError(errno.EPERM, "not owned by its uid", str(path))
+    return fd
 
 
 def _make_private(path: Path, uid: int, group: int) -> bool:
@@ -442,12 +480,12 @@ def _remove_tree(path: Path, st: os.stat_result) -> str | None:
     return None
 
 
-def _set_aside(directory: Path, name: str, now: float) -> None:
+def _set_aside(fd: int, name: str, now: float) -> None:
     """Rename a fallback marker to a dot name the sweep counts once it has settled; new
     fallbacks start a new marker, so none is counted twice or lost."""
     # Gone already, or not ours to move: the next pass looks again.
     with contextlib.suppress(OSError):
-        (directory / name).rename(directory / f".{name}.{int(now * 1e6)}")
+        os.rename(name, f".{name}.{int(now * 1e6)}", src_dir_fd=fd, dst_dir_fd=fd)
 
 
 def _refusal(
@@ -473,12 +511,13 @@ def _refusal(
 
 
 def _read_spool_file(
-    path: Path, owner: int | None, group: int | None = None
+    dir_fd: int, name: str, owner: int | None, group: int | None = None
 ) -> tuple[bytes | None, int | None, str]:
     """A spool file's bytes and the uid it speaks for (its owner, kernel-verified like a
     sender's credentials), or None and why it is refused (`_refusal`)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError:
         return None, None, "bad_spool_file"
     try:
@@ -494,15 +533,15 @@ def _read_spool_file(
         os.close(fd)
 
 
-def _remove(path: Path) -> bool:
+def _remove(dir_fd: int, name: str) -> bool:
     """Remove a spool entry, file or (empty) directory; False if it must stay."""
     try:
-        path.unlink()
+        os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
         return True
     except IsADirectoryError:
         try:
-            path.rmdir()
+            os.rmdir(name, dir_fd=dir_fd)
         except OSError:
             return False
     except OSError:
