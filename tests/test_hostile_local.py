@@ -211,6 +211,27 @@ def test_the_client_ignores_an_own_dir_others_may_write(sockdir: Path) -> None:
     assert len([p for p in spool.iterdir() if p.name.endswith(".wa1")]) == 1
 
 
+@pytest.mark.parametrize(
+    ("mode", "why"),
+    [(0o700, "no group access"), (0o770, "not setgid"), (0o2750, "group may not write")],
+)
+def test_the_client_passes_by_an_own_dir_the_daemon_could_not_empty(
+    sockdir: Path, mode: int, why: str
+) -> None:
+    """A `spool/<euid>` in the spool's group that is not 2770 (setgid, group rwx) is one a
+    daemon that is not root could not read or clean (a file made there would not even be
+    in its group): the client uses the shared spool, as the daemon expects."""
+    cfg = make_config(sockdir)
+    spool = shared_spool(cfg)
+    own = spool / str(os.geteuid())
+    own.mkdir()
+    os.chown(own, os.geteuid(), spool.stat().st_gid)
+    own.chmod(mode)
+    client("d=sshd", f"socket={cfg.daemon.socket}", f"spool={spool}")
+    assert list(own.iterdir()) == [], why
+    assert len([p for p in spool.iterdir() if p.name.endswith(".wa1")]) == 1
+
+
 def test_an_untrusted_syslog_fallback_is_counted(sockdir: Path) -> None:
     """When uid 4242 has filled the shared spool, uid 65534's event goes to syslog; the
     marker it leaves makes the daemon count one untrusted fallback in status."""

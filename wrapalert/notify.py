@@ -131,13 +131,13 @@ def open_spool(directory: str) -> int:
     except OSError:
         return shared
     st = posix.fstat(own)
-    # Writable by its group only when that is the spool's (the daemon's) group: the same
-    # rule as the daemon's (daemon/spool.py, private_enough).
-    group_ok = not st.st_mode & 0o020 or st.st_gid == posix.fstat(shared).st_gid
+    # The daemon's rule (daemon/spool.py, private_enough): not writable by others; the
+    # spool's group with rwx, and setgid, so the daemon may read and remove what we write.
+    group_ok = st.st_gid == posix.fstat(shared).st_gid and st.st_mode & 0o2070 == 0o2070
     if st.st_uid == euid and not st.st_mode & 0o002 and group_ok:
         posix.close(shared)
         return own
-    posix.close(own)  # someone else's, or writable by others: no better than the shared one
+    posix.close(own)  # someone else's, writable by others or not the daemon's to read
     return shared
 
 

@@ -266,7 +266,7 @@ class Spool:
             with contextlib.suppress(OSError):
                 st = path.lstat()
         if not (stat.S_ISDIR(st.st_mode) and st.st_uid == uid and private_enough(st, group)):
-            self._unavailable(uid, path, "others may write it")
+            self._unavailable(uid, path, "not 2770 in the spool's group (clients pass it by)")
             return False
         if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
             self._unavailable(uid, path, "the daemon may not read and clean it")
@@ -289,11 +289,12 @@ class Spool:
 
 
 def private_enough(st: os.stat_result, group: int | None) -> bool:
-    """A trusted uid's own directory that nobody else may fill: not writable by others,
-    and writable by its group only when that group is the spool's (the daemon's). The
-    client applies the same rule (notify.open_spool)."""
+    """A trusted uid's own directory that nobody else may fill and the daemon may empty:
+    not writable by others; its group the spool's (the daemon's), with rwx; setgid, so
+    the files made in it are the daemon's to read. The client applies the same rule
+    (notify.open_spool): a directory the daemon would not read gets no event."""
     mode = st.st_mode
-    return not mode & 0o002 and (not mode & 0o020 or st.st_gid == group)
+    return not mode & 0o002 and st.st_gid == group and mode & 0o2070 == 0o2070
 
 
 class _Pass:
