@@ -339,6 +339,25 @@ def test_ban_reaches_the_digest_through_real_libwrap(
     assert "wrapalert ban del 203.0.113.16" in content
 
 
+def test_ban_notes_wait_for_the_next_digest_across_a_restart(
+    daemon: Callable[..., Daemon], sockdir: Path
+) -> None:
+    """A ban made by hand while nothing else is reported waits for the next digest in the
+    state database: the first digest after a restart still tells it."""
+    d = daemon('ban_for = "1h"')
+    done = d.ban("add", "203.0.113.18")
+    assert done.returncode == 0, done.stderr
+    assert d.proc.stop() == 0
+    assert maildir_messages(sockdir / "Maildir") == []  # no news at the stop: no digest
+    d.start()
+    d.report("198.51.100.9", 1)  # below the threshold: no ban of its own
+    wait_until(lambda: maildir_messages(sockdir / "Maildir") != [], 15, "the digest")
+    (msg,) = maildir_messages(sockdir / "Maildir")
+    text = msg.get_body(("plain",))
+    assert text is not None
+    assert "203.0.113.18 banned: " in text.get_content()
+
+
 def test_reload_keeps_bans_and_applies_the_new_threshold(daemon: Callable[..., Daemon]) -> None:
     """After SIGHUP with threshold 5 the earlier ban stays, and 3 refusals no longer ban."""
     d = daemon()

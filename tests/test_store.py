@@ -123,3 +123,22 @@ def test_unwritable_state_dir_keeps_changes_staged_and_says_why(tmp_path: Path) 
     assert store.commit()
     assert store.error is None
     assert opened(blocker).load().counters == {"received": 7}
+
+
+def test_ban_notes_come_back_and_a_damaged_row_costs_only_them(tmp_path: Path) -> None:
+    """The ban notes for the next digest survive a reopen; a row that is not what we wrote
+    reads as no notes (the bans themselves are in their own table)."""
+    store = opened(tmp_path)
+    assert store.ban_notes() == ([], 0)
+    store.stage_ban_notes([("banned", "203.0.113.9", "by hand", 1714564800.5)], 2)
+    assert store.commit()
+    store.close()
+    store = opened(tmp_path)
+    assert store.ban_notes() == ([("banned", "203.0.113.9", "by hand", 1714564800.5)], 2)
+    store.close()
+    for damaged in ("{", '{"notes": [["banned", "x"]]}', '{"notes": 5}', "[1]", '{"more": "x"}'):
+        with sqlite3.connect(tmp_path / DB_NAME) as db:
+            db.execute("UPDATE meta SET value = ? WHERE key = 'ban_notes'", (damaged,))
+        store = opened(tmp_path)
+        assert store.ban_notes() == ([], 0), damaged
+        store.close()

@@ -132,8 +132,10 @@ class Bans:
         return stage
 
     def load(self) -> None:
-        """The bans the state database holds (at start, before any event is accepted)."""
+        """The bans the state database holds (at start, before any event is accepted), and
+        the notes on them no digest has carried yet."""
         now = self.clock.now()
+        self.notes, self.more_notes = self.store.ban_notes()
         for target, reason, since, until, dry_run in self.store.bans():
             ban = Ban(target, reason, since, until, dry_run)
             if until <= now:
@@ -232,13 +234,16 @@ class Bans:
             self.notes.append(note)
         else:
             self.more_notes += 1
+        self.store.stage_ban_notes(self.notes, self.more_notes)
 
     def take_notes(self) -> tuple[Note, ...]:
         """What happened to bans since the last digest (the digest's "Banned" section)."""
         notes = list(self.notes)
         if self.more_notes:
             notes.append(("more", str(self.more_notes), "", 0.0))
-        self.notes, self.more_notes = [], 0
+        if notes:
+            self.notes, self.more_notes = [], 0
+            self.store.stage_ban_notes([], 0)  # committed with the digest that carries them
         return tuple(notes)
 
     # -- the task -------------------------------------------------------------------

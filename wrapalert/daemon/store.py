@@ -102,7 +102,7 @@ class Store:
         self.moved_aside: Path | None = None
         self._groups: dict[str, str | None] = {}
         self._ops: list[tuple[str, tuple[Any, ...]]] = []
-        self._counters: str | None = None
+        self._meta: dict[str, str] = {}  # meta rows to write at the next commit
         self.commits = 0
 
     # -- opening ---------------------------------------------------------
@@ -219,7 +219,12 @@ class Store:
         self._groups[json.dumps(key)] = None if state is None else json.dumps(state)
 
     def stage_counters(self, counters: dict[str, Any]) -> None:
-        self._counters = json.dumps(counters, sort_keys=True)
+        self._meta["counters"] = json.dumps(counters, sort_keys=True)
+
+    def stage_ban_notes(self, notes: list[tuple[str, str, str, float]], more: int) -> None:
+        """What happened to bans since the last digest, for the next one: taken in the
+        same commit as the digest that carries them, so a restart loses none."""
+        self._meta["ban_notes"] = json.dumps({"notes": notes, "more": more})
 
     def stage_enqueue(self, sink: str, digest: Digest) -> None:
         self._ops.append(
@@ -265,7 +270,7 @@ class Store:
 
     @property
     def staged(self) -> bool:
-        return bool(self._groups or self._ops or self._counters)
+        return bool(self._groups or self._ops or self._meta)
 
     # -- writing ---------------------------------------------------------
 
@@ -290,8 +295,8 @@ class Store:
                     db.execute("INSERT OR REPLACE INTO groups VALUES (?, ?)", (key, state))
             for sql, args in self._ops:
                 db.execute(sql, args)
-            if self._counters is not None:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('counters', ?)", (self._counters,))
+            for key, value in self._meta.items():
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -300,7 +305,7 @@ class Store:
             return False
         self._groups.clear()
         self._ops.clear()
-        self._counters = None
+        self._meta.clear()
         self.commits += 1
         self._recovered()
         return True
@@ -394,6 +399,18 @@ class Store:
             return []
         rows = self.db.execute("SELECT target, reason, since, until, dry_run FROM bans")
         return [(t, r, s, u, bool(d)) for t, r, s, u, d in rows]
+
+    def ban_notes(self) -> tuple[list[tuple[str, str, str, float]], int]:
+        """The ban notes no digest has carried yet (`stage_ban_notes`); none if unreadable."""
+        if self.db is None:
+            return [], 0
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'ban_notes'").fetchone()
+        try:
+            saved = json.loads(row[0]) if row else {}
+            notes = [(str(a), str(t), str(r), float(u)) for a, t, r, u in saved.get("notes", [])]
+            return notes, int(saved.get("more", 0))
+        except (TypeError, ValueError, AttributeError):
+            return [], 0  # a damaged row costs a digest's Banned notes, nothing else
 
     def ban_log(self, limit: int = 100) -> list[tuple[float, str, str, str, float | None]]:
         """The latest ban_log rows, newest first."""
