@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -105,6 +106,22 @@ def test_check_config_reports_ok_and_summary(sockdir: Path) -> None:
     assert result.returncode == 0
     assert result.stdout.startswith(f"ok: {sockdir}/wrapalert.toml")
     assert f"sink maildir: maildir {sockdir}/Maildir" in result.stdout
+
+
+def test_check_config_notes_trusted_uids_the_packaged_service_cannot_see(
+    sockdir: Path,
+) -> None:
+    """A non-root trusted uid is valid, but the packaged service (PrivateUsers=yes)
+    refuses it: check-config says so and names the fix; with root alone it says nothing."""
+    path = write_config(sockdir)
+    text = path.read_text()
+    path.write_text(re.sub(r"trusted_uids = \[\d+\]", "trusted_uids = [0, 1000]", text))
+    result = wrapalert("check-config", "-c", str(path))
+    assert result.returncode == 0
+    assert "note: trusted uids [1000] are not root" in result.stdout
+    assert "PrivateUsers=no" in result.stdout
+    path.write_text(re.sub(r"trusted_uids = \[\d+\]", "trusted_uids = [0]", text))
+    assert "note:" not in wrapalert("check-config", "-c", str(path)).stdout
 
 
 def test_check_config_names_the_problem(sockdir: Path) -> None:

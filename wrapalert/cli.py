@@ -290,6 +290,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"  socket {cfg.daemon.socket}, spool {cfg.daemon.spool_dir}, "
         f"trusted uids {list(cfg.daemon.trusted_uids)}"
     )
+    if others := [uid for uid in cfg.daemon.trusted_uids if uid != 0]:
+        # Not an error here: only the running service knows its user namespace.
+        print(
+            f"  note: trusted uids {others} are not root; the packaged service "
+            "(PrivateUsers=yes) refuses them unless a drop-in sets PrivateUsers=no"
+        )
     print(
         f"  group by {', '.join(d.group_by)}; wait {d.group_wait:g}s, "
         f"interval {d.group_interval:g}s, repeat {d.repeat_interval:g}s"
