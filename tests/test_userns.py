@@ -46,6 +46,8 @@ def test_private_users_hides_all_but_root_and_the_service_user(tmp_path: Path) -
     assert "uid 65534, untrusted" in problem
     assert "PrivateUsers=no" in problem
     assert userns.check_trusted([0], private) is None
+    # Every hidden user reads as 65534 there: trusting 65534 would trust them all.
+    assert userns.unmapped([65534], private) == [65534]
 
 
 def test_an_unreadable_map_hides_nothing(tmp_path: Path) -> None:
