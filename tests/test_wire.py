@@ -187,7 +187,7 @@ _ALPHABET = st.text(
 @given(
     values=st.fixed_dictionaries(
         dict.fromkeys(("d", "p", "c", "a", "n", "s", "t", "H"), _ALPHABET),
-        optional={"u": _ALPHABET},
+        optional=dict.fromkeys(("A", "r", "R", "i", "u"), _ALPHABET),
     ),
     addr=st.sampled_from(
         [
@@ -210,7 +210,7 @@ def test_the_hook_shape_fast_path_agrees_with_the_general_parser(
     """The client's usual datagram takes a one-regex path; it must decide exactly as the
     line-by-line parser does: same fields, or the same rejection."""
     values.update(a=addr, p=pid, t=when)
-    order = ("d", "p", "c", "a", "n", "s", "u", "t", "H")
+    order = ("d", "p", "c", "a", "n", "s", "A", "r", "R", "i", "u", "t", "H")
     data = wire.encode({key: values[key] for key in order if key in values})
     assert wire._HOOK_SHAPE.fullmatch(data.decode()) or not all(
         0 < len(v) <= wire.MAX_VALUE for v in values.values()
