@@ -22,6 +22,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Self
 
+import netns
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -488,3 +489,34 @@ def jsonl_events(base: Path) -> list[dict[str, Any]]:
         return []
     records = [json.loads(line) for line in path.read_text().splitlines()]
     return [r for r in records if r.get("type") == "event"]
+
+
+def _netns_possible() -> bool:
+    try:
+        done = subprocess.run(
+            ["unshare", "-n", "true"], capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@pytest.fixture
+def network() -> Iterator[netns.Network]:
+    """The daemon's network namespace and one for the remote hosts (tests/netns.py), with
+    nftables at hand."""
+    require(os.geteuid() == 0, "private network namespaces and nftables need root")
+    require(shutil.which("nft") is not None, "nft is missing (apt-get install nftables)")
+    require(shutil.which("nsenter") is not None, "nsenter is missing (util-linux)")
+    require(_netns_possible(), "unshare -n is not permitted here")
+    net = netns.Network()
+    yield net
+    net.close()
+
+
+@pytest.fixture
+def peers(network: netns.Network) -> Iterator[netns.Peers]:
+    """Real TCP connections into the daemon's namespace from any address."""
+    connections = netns.Peers(network)
+    yield connections
+    connections.close()

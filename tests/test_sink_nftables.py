@@ -1,16 +1,18 @@
 """The nftables sink against the real kernel, in a private network namespace.
 
 The daemon (`wrapalert run`) runs inside a namespace that a holder process
-keeps alive, so the table can be inspected after the daemon stops; reports
-come through the real client (and once through real libwrap), and the test
-reads the kernel's sets with `nft -j` inside the namespace. Needs root,
-nftables and unshare (CI has all three: a skip there is a failure).
+keeps alive, so the table can be inspected after the daemon stops; the test
+reads the kernel's sets with `nft -j` inside the namespace. Reports come
+through the real client (and once through real libwrap and tcpd), each for a
+real TCP connection from its address (tests/netns.py: a second namespace
+stands for the remote hosts), as the daemon bans only sources whose
+handshake the kernel saw. Needs root, nftables and unshare (CI has all
+three: a skip there is a failure).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -25,46 +27,24 @@ from conftest import (
     WRAPALERT,
     DaemonProcess,
     client,
-    libwrap_available,
     maildir_messages,
     require,
     wait_until,
     write_config,
 )
+from netns import HOST4, Network, Peers
+from wrapped import Inetd, missing
 
 from wrapalert import config
 from wrapalert.cli import hosts_deny_line
-from wrapalert.libwrap import LibWrap
 
 TABLE = "wrapalert"
 
 
-def _netns_possible() -> bool:
-    try:
-        done = subprocess.run(
-            ["unshare", "-n", "true"], capture_output=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
 @pytest.fixture
-def netns() -> Iterator[int]:
-    """The pid of a process holding a fresh network namespace (lo up)."""
-    require(os.geteuid() == 0, "a private network namespace and nftables need root")
-    require(shutil.which("nft") is not None, "nft is missing (apt-get install nftables)")
-    require(shutil.which("nsenter") is not None, "nsenter is missing (util-linux)")
-    require(_netns_possible(), "unshare -n is not permitted here")
-    holder = subprocess.Popen(["unshare", "-n", "sleep", "600"])
-    try:
-        ours = Path("/proc/self/ns/net").readlink()
-        wait_until(lambda: Path(f"/proc/{holder.pid}/ns/net").readlink() != ours, 10, "unshare")
-        in_ns(holder.pid, "ip", "link", "set", "lo", "up")
-        yield holder.pid
-    finally:
-        holder.kill()
-        holder.wait()
+def netns(network: Network) -> int:
+    """The pid of a process holding the daemon's network namespace (lo up)."""
+    return network.host
 
 
 def in_ns(pid: int, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -101,7 +81,7 @@ def elements(pid: int) -> dict[str, dict[str, Any]]:
 class Daemon:
     """`wrapalert run` in the namespace with a Maildir and an nftables sink."""
 
-    def __init__(self, base: Path, pid: int, nft: str = "", group_wait: str = "500ms") -> None:
+    def __init__(self, base: Path, peers: Peers, nft: str = "", group_wait: str = "500ms") -> None:
         sinks = (
             f'[[sink]]\ntype = "maildir"\npath = "{base}/Maildir"\n\n'
             f'[[sink]]\ntype = "nftables"\n{nft}\n'
@@ -109,7 +89,8 @@ class Daemon:
         if "threshold" not in nft:
             sinks += "threshold = 3\n"
         self.base = base
-        self.pid = pid
+        self.peers = peers
+        self.pid = peers.network.host
         self.config = write_config(base, sinks=sinks, group_wait=group_wait)
         self.proc = DaemonProcess(base, self.config)
         (base / "notify.sock").chmod(0o666)  # uid 65534 must be able to send
@@ -125,10 +106,20 @@ class Daemon:
     def report(
         self, addr: str, count: int = 3, *, user: int | None = None, daemon: str = "sshd"
     ) -> None:
-        """`count` refusals of `addr` through the real client; waits until all arrived."""
+        """`count` refusals of `addr` through the real client, each for a real TCP
+        connection from `addr` (its %A, %R and %r); waits until all arrived."""
         before = self.status()["received"]
         for _ in range(count):
-            client(f"d={daemon}", f"a={addr}", f"socket={self.base}/notify.sock", user=user)
+            server, server_port, client_port = self.peers.connect(addr)
+            client(
+                f"d={daemon}",
+                f"a={addr}",
+                f"A={server}",
+                f"R={server_port}",
+                f"r={client_port}",
+                f"socket={self.base}/notify.sock",
+                user=user,
+            )
         wait_until(lambda: self.status()["received"] >= before + count, 10, "the reports")
 
     def ban(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -142,11 +133,11 @@ class Daemon:
 
 
 @pytest.fixture
-def daemon(netns: int, sockdir: Path) -> Iterator[Callable[..., Daemon]]:
+def daemon(peers: Peers, sockdir: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
     def start(nft: str = "", group_wait: str = "500ms") -> Daemon:
-        started.append(Daemon(sockdir, netns, nft, group_wait))
+        started.append(Daemon(sockdir, peers, nft, group_wait))
         return started[-1]
 
     yield start
@@ -176,50 +167,35 @@ def test_an_ipv6_source_is_banned_by_its_network(daemon: Callable[..., Daemon]) 
     wait_until(lambda: "2001:db8:7:8::/64" in elements(d.pid), 10, "the ban")
 
 
-LISTEN = (
-    "import socket, time; s = socket.socket(); s.bind(('10.9.0.1', 8022)); s.listen(64)\n"
-    "time.sleep(60)"
+# From the remote side: a new connection to the daemon's namespace, 1.5 s to complete.
+CONNECT = (
+    "import socket, sys; s = socket.socket(); s.settimeout(1.5); s.bind((sys.argv[1], 0))\n"
+    "try:\n    s.connect((sys.argv[2], int(sys.argv[3]))); print('connected')\n"
+    "except OSError as e:\n    print(type(e).__name__)"
 )
 
 
-def test_banned_address_is_dropped_while_another_connects(daemon: Callable[..., Daemon]) -> None:
-    """A TCP connection from the banned address times out; one from its neighbour connects."""
+def test_banned_address_is_dropped_while_another_connects(
+    daemon: Callable[..., Daemon], network: Network, peers: Peers
+) -> None:
+    """A new TCP connection from the banned address times out; one from its neighbour
+    connects; `ban del` frees the address at once."""
     d = daemon()
-    # Added after the daemon started: this host's own addresses (read at start) are never banned.
-    for addr in ("10.9.0.1", "10.9.0.2", "10.9.0.3"):
-        in_ns(d.pid, "ip", "addr", "add", f"{addr}/32", "dev", "lo")
-    listener = subprocess.Popen(
-        [
-            "nsenter",
-            "-t",
-            str(d.pid),
-            "-n",
-            PYTHON,
-            "-c",
-            LISTEN,
-        ]
-    )
-    try:
-        connect = (
-            "import socket, sys; s = socket.socket(); s.settimeout(1.5); s.bind((sys.argv[1], 0))\n"
-            "try:\n    s.connect(('10.9.0.1', 8022)); print('connected')\n"
-            "except OSError as e:\n    print(type(e).__name__)"
-        )
-        wait_until(
-            lambda: in_ns(d.pid, PYTHON, "-c", connect, "10.9.0.3").stdout.strip() == "connected",
-            10,
-        )
-        d.report("10.9.0.2")
-        wait_until(lambda: "10.9.0.2" in elements(d.pid), 10, "the ban")
-        assert in_ns(d.pid, PYTHON, "-c", connect, "10.9.0.2").stdout.strip() == "TimeoutError"
-        assert in_ns(d.pid, PYTHON, "-c", connect, "10.9.0.3").stdout.strip() == "connected"
-        done = d.ban("del", "10.9.0.2")
-        assert done.returncode == 0, done.stderr
-        # `ban del` returned: the address is free at once, no waiting.
-        assert in_ns(d.pid, PYTHON, "-c", connect, "10.9.0.2").stdout.strip() == "connected"
-    finally:
-        listener.kill()
-        listener.wait()
+    network.add_peer_address("10.78.0.3")
+
+    def attempt(source: str) -> str:
+        port = str(peers.listener.port)
+        done = network.run(network.peer, PYTHON, "-c", CONNECT, source, HOST4, port)
+        return done.stdout.strip()
+
+    d.report("10.78.0.2")
+    wait_until(lambda: "10.78.0.2" in elements(d.pid), 10, "the ban")
+    assert attempt("10.78.0.2") == "TimeoutError"
+    assert attempt("10.78.0.3") == "connected"
+    done = d.ban("del", "10.78.0.2")
+    assert done.returncode == 0, done.stderr
+    # `ban del` returned: the address is free at once, no waiting.
+    assert attempt("10.78.0.2") == "connected"
 
 
 def test_ban_expires_in_the_kernel_and_in_the_books(daemon: Callable[..., Daemon]) -> None:
@@ -290,8 +266,8 @@ def test_restart_keeps_bans_and_state_consistent(daemon: Callable[..., Daemon]) 
     listed = json.loads(d.ban("list", "--json").stdout)
     assert [b["target"] for b in listed] == ["203.0.113.14"]
     assert d.status()["bans"]["active"] == 1
-    # The same source reported again is not banned twice.
-    d.report("203.0.113.14")
+    # The restart put the ban back; it made no new one. (The banned source itself can
+    # no longer connect, so it makes no more refusals to count.)
     assert d.status()["bans"]["added"] == 1
 
 
@@ -318,18 +294,23 @@ def test_scan_across_daemons_bans_at_once(daemon: Callable[..., Daemon]) -> None
 
 
 def test_ban_reaches_the_digest_through_real_libwrap(
-    daemon: Callable[..., Daemon], sockdir: Path
+    daemon: Callable[..., Daemon], network: Network, peers: Peers, sockdir: Path
 ) -> None:
-    """Refusals through real libwrap's spawn ban the source, and the digest says so."""
-    require(libwrap_available(), "libwrap0 is not installed (apt-get install libwrap0)")
+    """Refused TCP connections through real tcpd (under inetd, its libwrap running the
+    default hosts.deny line) ban the source, and the digest says so."""
+    reason = missing("inetd")
+    require(reason is None, reason or "")
     d = daemon('ban_for = "1h"', group_wait="3s")
-    (sockdir / "hosts.allow").write_text("")
-    line = hosts_deny_line(config.load(d.config), PYTHON)
-    (sockdir / "hosts.deny").write_text(line + "\n")
-    wrap = LibWrap(sockdir / "hosts.allow", sockdir / "hosts.deny")
-    for _ in range(3):
-        assert not wrap.allowed("sshd", "203.0.113.16")
-    wait_until(lambda: "203.0.113.16" in elements(d.pid), 15, "the ban")
+    service = Inetd(sockdir, ["{port} stream tcp nowait root {tcpd} in.fingerd"], network.host)
+    service.set_deny(hosts_deny_line(config.load(d.config), PYTHON, daemons="in.fingerd"))
+    service.start()
+    try:
+        network.add_peer_address("203.0.113.16")
+        for _ in range(3):
+            peers.remote.connect("203.0.113.16", HOST4, service.port)
+        wait_until(lambda: "203.0.113.16" in elements(d.pid), 15, "the ban")
+    finally:
+        service.stop()
     wait_until(lambda: maildir_messages(sockdir / "Maildir") != [], 15, "the digest")
     text = maildir_messages(sockdir / "Maildir")[0].get_body(("plain",))
     assert text is not None
@@ -337,6 +318,7 @@ def test_ban_reaches_the_digest_through_real_libwrap(
     assert "Banned" in content
     assert "203.0.113.16 banned: 3 refusals, until" in content
     assert "wrapalert ban del 203.0.113.16" in content
+    assert d.status()["evidence"]["tcp"] == 3
 
 
 def test_ban_notes_wait_for_the_next_digest_across_a_restart(

@@ -1,0 +1,137 @@
+"""Forged sources never ban, tried as an attacker would; a real TCP attacker still is banned.
+
+Real inetd runs tcpd-wrapped UDP services (in.tftpd, in.talkd, in.ntalkd: the kind of
+datagram service libwrap guards) and one TCP service (in.fingerd) in the daemon's network
+namespace, with the default hosts.deny line refusing every client, so each refusal runs
+real logger and, when it fails, the real client, as root. libwrap takes a UDP client's
+address from the datagram, so:
+
+* from a second namespace, root forges IPv4 datagrams (a raw socket, IP_HDRINCL) and
+  IPv6 ones (IPV6_TRANSPARENT) from addresses of its choosing, three services each: on
+  the threshold (3) and as a "scan" of three daemons, they would ban those addresses;
+* a local user (uid 65534, setpriv) forges IPv6 datagrams with IPV6_FREEBIND to the
+  host's own ::1, which root's hook then reports as trusted.
+
+Every forged refusal is reported (trusted, marked udp) and none bans; in the same run a
+TCP client refused three times by in.fingerd is banned.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, maildir_messages, require, wait_until
+from netns import HOST4, HOST6, Network, Peers
+from test_sink_nftables import Daemon, elements
+from wrapped import Inetd, missing
+
+from wrapalert import config
+from wrapalert.cli import hosts_deny_line
+
+UDP_DAEMONS = ("in.tftpd", "in.talkd", "in.ntalkd")
+FORGED4, FORGED6, FORGED_LOCAL = "203.0.113.66", "2001:db8:66::1", "2001:db8:77::1"
+FORGED = (FORGED4, FORGED6, FORGED_LOCAL)
+ATTACKER = "203.0.113.9"
+
+# Root in the remote namespace: an IPv4 datagram with any source (IP_HDRINCL; the kernel
+# fills in the header's length, id and checksum; a UDP checksum of 0 means none).
+RAW4 = """
+import socket, struct, sys
+source, dest = sys.argv[1], sys.argv[2]
+sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for port in map(int, sys.argv[3:]):
+    payload = b"\\x00\\x01forged\\x00octet\\x00"
+    udp = struct.pack("!HHHH", 4444, port, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     socket.inet_aton(source), socket.inet_aton(dest))
+    sock.sendto(ip + udp, (dest, 0))
+"""
+# An IPv6 datagram from an address that is not ours: IPV6_TRANSPARENT (75) needs
+# CAP_NET_ADMIN, IPV6_FREEBIND (78) nothing at all.
+FREE6 = """
+import socket, sys
+option, source, dest = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+for port in map(int, sys.argv[4:]):
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, option, 1)
+    sock.bind((source, 4444))
+    sock.sendto(b"\\x00\\x01forged\\x00octet\\x00", (dest, port))
+    sock.close()
+"""
+IPV6_TRANSPARENT, IPV6_FREEBIND = 75, 78
+
+
+@pytest.fixture
+def services(network: Network, sockdir: Path) -> Iterator[Inetd]:
+    """inetd in the daemon's namespace: three tcpd-wrapped UDP services for IPv4 forgeries,
+    three for IPv6 ones from outside, three for the local user's, then in.fingerd (TCP)."""
+    reason = missing("inetd")
+    require(reason is None, reason or "")
+    require(shutil.which("setpriv") is not None, "setpriv is missing (util-linux)")
+    lines = [
+        *(f"{{port}} dgram udp4 wait root {{tcpd}} {name}" for name in UDP_DAEMONS),
+        *(f"{{port}} dgram udp6 wait root {{tcpd}} {name}" for name in UDP_DAEMONS * 2),
+        "{port} stream tcp nowait root {tcpd} in.fingerd",
+    ]
+    inetd = Inetd(sockdir / "inetd", lines, network.host)
+    (sockdir / "inetd").mkdir()
+    yield inetd
+    inetd.stop()
+
+
+@pytest.fixture
+def daemon(peers: Peers, sockdir: Path) -> Iterator[Daemon]:
+    """The daemon with an nftables sink: threshold 3, and a scan of 3 daemons bans too."""
+    started = Daemon(sockdir, peers, "threshold = 3\nscan = true\n", group_wait="2s")
+    yield started
+    started.proc.close()
+
+
+def test_forged_udp_sources_never_ban_and_a_tcp_attacker_still_is(
+    network: Network, peers: Peers, services: Inetd, daemon: Daemon, sockdir: Path
+) -> None:
+    """Nine forged refusals (IPv4 and IPv6 from outside, IPv6 from a local user, each a
+    scan of three daemons past the threshold) are reported as trusted udp reports and ban
+    nothing; three refused TCP connections from a real client ban it."""
+    services.set_deny(hosts_deny_line(config.load(daemon.config), PYTHON))
+    services.start()
+    v4, v6, local = services.ports[0:3], services.ports[3:6], services.ports[6:9]
+    send: Callable[..., object] = network.run
+    send(network.peer, PYTHON, "-c", RAW4, FORGED4, HOST4, *map(str, v4))
+    send(network.peer, PYTHON, "-c", FREE6, str(IPV6_TRANSPARENT), FORGED6, HOST6,
+         *map(str, v6))  # fmt: skip
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON]
+    send(network.host, *as_nobody, "-c", FREE6, str(IPV6_FREEBIND), FORGED_LOCAL, "::1",
+         *map(str, local))  # fmt: skip
+    wait_until(lambda: daemon.status()["received"] >= 9, 30, "the nine forged refusals")
+    evidence = daemon.status()["evidence"]
+    assert evidence == {"error": None, "udp": 9}  # each refusal's datagram, not a handshake
+    network.add_peer_address(ATTACKER)  # a real remote host
+    for _ in range(3):
+        peers.remote.connect(ATTACKER, HOST4, services.ports[9])
+    wait_until(lambda: ATTACKER in elements(daemon.pid), 15, "the TCP attacker's ban")
+    status = daemon.status()
+    assert status["untrusted"] == 0  # root's hook reported every forgery: trusted
+    assert status["evidence"]["tcp"] == 3
+    assert set(elements(daemon.pid)) == {ATTACKER}
+    assert status["bans"]["added"] == 1
+    # Every forged source is in a digest, marked; none is told as more than a report.
+    wait_until(lambda: all(row(sockdir, f) for f in FORGED), 20, "the forged rows")
+    for forged in FORGED:
+        assert row(sockdir, forged)[1].strip() == "udp: source address not verified"
+
+
+def row(base: Path, addr: str) -> list[str]:
+    """The digests' sources row for `addr` and the line under it ([] before a digest
+    lists it)."""
+    lines = [
+        line
+        for msg in maildir_messages(base / "Maildir")
+        if (part := msg.get_body(("plain",))) is not None
+        for line in str(part.get_content()).splitlines()
+    ]
+    at = next((i for i, line in enumerate(lines) if line.startswith(addr + " ")), None)
+    return [] if at is None else lines[at : at + 2]
