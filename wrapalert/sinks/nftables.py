@@ -271,7 +271,8 @@ def _parse_element(elem: Any) -> tuple[str, float]:  # noqa: ANN401 - nft's JSON
 
 KEYS: KeyDocs = {
     "name": "The sink's name in status, routes and logs; unique among the sinks.",
-    "threshold": "Trusted refusals from one source within window that ban it.",
+    "threshold": "Trusted refusals from one source within window that ban it; only "
+    "those whose TCP handshake the kernel saw count (never a UDP service's).",
     "window": "The sliding window in which threshold refusals must fall.",
     "ban_for": "How long a ban lasts; the kernel expires it, so no ban outlives it.",
     "ipv6_prefix": "IPv6 sources are banned by network: this prefix length.",
@@ -280,7 +281,8 @@ KEYS: KeyDocs = {
     "max_bans": "Bans in force at most; past it, new bans are refused and counted.",
     "mode": '"enforce" drops in the kernel; "dry-run" reports what it would ban.',
     "table": "The inet table the daemon owns (two sets and one input chain).",
-    "scan": "Whether a scan across daemons from one address bans it at once.",
+    "scan": "Whether a scan across daemons from one address bans it at once (counted "
+    "from handshake-proven refusals, as threshold).",
     "nft": "The nft program that applies the changes.",
 }
 
