@@ -29,7 +29,7 @@ from wrapalert import hostsdeny
 from wrapalert.daemon import twins as twins_mod
 from wrapalert.daemon.server import Server
 from wrapalert.daemon.store import Store
-from wrapalert.daemon.twins import KEEP, WINDOW, Twins
+from wrapalert.daemon.twins import KEEP, SAVE, Twins
 from wrapalert.libwrap import LibWrap
 
 
@@ -45,15 +45,14 @@ def fields(hook: str = "4242", port: str = "50000", **more: str) -> dict[str, st
     }
 
 
-def test_the_second_copy_within_the_window_is_one() -> None:
-    """The same identity from the same uid again, its time within WINDOW, is a copy; the
-    client's own time (`t`) is what is compared, not when it arrived."""
+def test_the_second_arrival_within_keep_is_a_copy() -> None:
+    """The same identity from the same uid again, arriving within KEEP of the first, is a
+    copy, however far apart the copies' own times (logger's waited in the queue); past
+    KEEP it is a new refusal."""
     twins = Twins()
-    assert not twins.copy(0, fields(), 100.0, 100.0, trusted=True)
-    copy = fields(time=str(100.0 + WINDOW - 1))
-    assert twins.copy(0, copy, 100.0 + KEEP - 1, 100.0 + KEEP - 1, trusted=True)
-    late = fields(time=str(100.0 + WINDOW + 1))
-    assert not twins.copy(0, late, 150.0, 150.0, trusted=True)  # a new refusal
+    assert not twins.copy(0, fields(), 100.0, trusted=True)
+    assert twins.copy(0, fields(time="50.0"), 100.0 + KEEP - 1, trusted=True)
+    assert not twins.copy(0, fields(), 100.0 + KEEP + 1, trusted=True)
 
 
 @pytest.mark.parametrize(
@@ -69,67 +68,69 @@ def test_the_second_copy_within_the_window_is_one() -> None:
 def test_any_other_part_of_the_identity_makes_a_new_refusal(other: dict[str, str]) -> None:
     """Shell pid, client port, daemon pid, daemon and address each tell refusals apart."""
     twins = Twins()
-    assert not twins.copy(0, fields(), 100.0, 100.0, trusted=True)
-    assert not twins.copy(0, fields() | other, 100.1, 100.1, trusted=True)
+    assert not twins.copy(0, fields(), 100.0, trusted=True)
+    assert not twins.copy(0, fields() | other, 100.1, trusted=True)
 
 
 def test_reports_without_an_identity_are_never_copies() -> None:
     """An older line's reports (no `i`) are each counted, however alike."""
     twins = Twins()
     plain = {"daemon": "sshd", "client_addr": "203.0.113.7"}
-    assert not any(twins.copy(0, dict(plain), 100.0, 100.0, trusted=True) for _ in range(3))
+    assert not any(twins.copy(0, dict(plain), 100.0, trusted=True) for _ in range(3))
 
 
 def test_another_uid_never_makes_a_copy_of_roots_report() -> None:
     """A local user who sends root's identity first only has its own report remembered:
     root's report that follows is no copy."""
     twins = Twins()
-    assert not twins.copy(65534, fields(), 100.0, 100.0, trusted=False)
-    assert not twins.copy(0, fields(), 100.1, 100.1, trusted=True)
-    assert twins.copy(0, fields(), 100.2, 100.2, trusted=True)
+    assert not twins.copy(65534, fields(), 100.0, trusted=False)
+    assert not twins.copy(0, fields(), 100.1, trusted=True)
+    assert twins.copy(0, fields(), 100.2, trusted=True)
 
 
 def test_the_memory_is_bounded_and_a_flood_of_strangers_keeps_roots(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """At most MAX_KEPT identities per trust class, the oldest forgotten first; untrusted
-    identities never push a trusted one out; past KEEP an identity is forgotten."""
+    identities never push a trusted one out."""
     monkeypatch.setattr(twins_mod, "MAX_KEPT", 4)
     twins = Twins()
-    twins.copy(0, fields("1"), 100.0, 100.0, trusted=True)
+    twins.copy(0, fields("1"), 100.0, trusted=True)
     for i in range(100):
-        twins.copy(65534, fields(str(1000 + i)), 100.0, 100.0, trusted=False)
+        twins.copy(65534, fields(str(1000 + i)), 100.0, trusted=False)
     assert len(twins.untrusted.seen) <= 4
-    assert twins.copy(0, fields("1"), 100.5, 100.5, trusted=True)  # root's still known
+    assert twins.copy(0, fields("1"), 100.5, trusted=True)  # root's still known
     for i in range(2, 7):
-        twins.copy(0, fields(str(i)), 101.0, 101.0, trusted=True)
+        twins.copy(0, fields(str(i)), 101.0, trusted=True)
     assert len(twins.trusted.seen) <= 4
-    assert not twins.copy(0, fields("1"), 101.0, 101.0, trusted=True)  # forgotten: counted
-    twins.copy(0, fields("9"), 102.0, 102.0, trusted=True)
-    assert not twins.copy(0, fields("9"), 102.0, 102.0 + KEEP + 1, trusted=True)
+    assert not twins.copy(0, fields("1"), 101.0, trusted=True)  # forgotten: counted
 
 
 def test_trusted_identities_survive_a_restart_through_the_state_database(
     tmp_path: Path,
 ) -> None:
-    """What a commit saves (the last WINDOW seconds' trusted identities) comes back at
-    start: the copy that waited in the spool is still known for one."""
+    """What a commit saves (the trusted identities of the last SAVE seconds) comes back at
+    start, kept KEEP from then: the copy that waited through a long downtime in the spool
+    is still known for one."""
     store = Store(tmp_path)
     store.open()
     twins = Twins()
-    twins.copy(0, fields("1"), 100.0, 100.0, trusted=True)
-    twins.copy(65534, fields("2"), 100.0, 100.0, trusted=False)  # memory only
+    twins.copy(0, fields("0"), 100.0 - SAVE - 1, trusted=True)  # too old to save
+    twins.copy(0, fields("1"), 100.0, trusted=True)
+    twins.copy(65534, fields("2"), 100.0, trusted=False)  # memory only
     assert twins.dirty
-    store.stage_twins(twins.saved(100.5))
+    saved = twins.saved(100.5)
+    assert [key[1] for key, _ in saved] == ["1"]
+    store.stage_twins(saved)
     assert not twins.dirty
     assert store.commit()
     store.close()
     again = Store(tmp_path)
     again.open()
     restored = Twins()
-    restored.restore(again.twins(), 500.0)
-    assert restored.copy(0, fields("1", time="100.2"), 500.0, 500.0, trusted=True)
-    assert not restored.copy(65534, fields("2", time="100.2"), 500.0, 500.0, trusted=False)
+    restored.restore(again.twins(), 3600.0)
+    assert restored.copy(0, fields("1"), 3600.0 + KEEP - 1, trusted=True)
+    assert not restored.copy(65534, fields("2"), 3600.0, trusted=False)
 
 
 def test_a_damaged_saved_row_costs_only_the_recognition(tmp_path: Path) -> None:

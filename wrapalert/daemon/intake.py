@@ -189,7 +189,7 @@ class Intake:
                 continue
             trusted = uid in trusted_uids
             received = now()
-            if copy(uid, fields, received, received, trusted=trusted):
+            if copy(uid, fields, received, trusted=trusted):
                 stats.duplicates += 1
                 continue
             stats.received += 1
@@ -213,7 +213,7 @@ class Intake:
             return False
         trusted = uid in self.trusted
         received = self.now()
-        if self.twins.copy(uid, fields, received, received, trusted=trusted):
+        if self.twins.copy(uid, fields, received, trusted=trusted):
             self.stats.duplicates += 1
             return False
         self.stats.received += 1

@@ -2,35 +2,46 @@
 
 The default line is `( timeout 0.1 logger ... || python3 notify.py ... ) &`
 (hostsdeny.py). When timeout kills a logger that had already sent (on a
-loaded machine it was slow to exit), `||` runs the client too, and the same
-refusal arrives twice: over the socket, or through the spool when the
-client found the queue full. Both halves carry `i=$$`, the pid of the shell
-libwrap ran (in the `( )` subshell `$$` is still that shell's). With the
-sender's kernel uid, the daemon pid, the daemon, the client address and the
-client port that makes the refusal's identity. A report whose identity was
-seen before, and whose time (the client's `t`, else its arrival) lies
-within WINDOW of the first's, is a copy: counted in `duplicates`, dropped
-before anything counts it.
+loaded machine it was slow to exit, or its send to a full queue went through
+just as the time ran out), `||` runs the client too, and the same refusal
+arrives twice: over the socket, or through the spool when the client found
+the queue full. Both halves carry `i=$$`, the pid of the shell libwrap ran
+(in the `( )` subshell `$$` is still that shell's). With the sender's kernel
+uid, the daemon pid, the daemon, the client address and the client port that
+makes the refusal's identity. A report whose identity arrived before, within
+KEEP seconds, is a copy: counted in `duplicates`, dropped before anything
+counts it.
+
+Arrival, not the reports' own times: logger's copy carries none, and it may
+wait in the socket's queue (a busy daemon, a daemon restarting under systemd)
+while the client's copy goes through the spool, so the two can arrive in
+either order and seconds apart (`bench/exactly_once.py` saw more than ten
+under load 20). Two distinct refusals share an identity only if both pids
+came round again (pid_max: 32768 on small machines, a few processes per
+refusal) for the same address and client port within KEEP: the later one
+would be dropped, an undercount of at most one refusal in thousands, never
+a double count.
 
 Keyed by the kernel's uid: a local user who sends root's identity first
 makes a copy of its own report only (another uid), never one of root's.
-Reports without `i` (older lines, hosts_ctl, other senders) are never
-taken for copies.
+Reports without `i` (older lines, hosts_ctl, other senders) are never taken
+for copies.
 
 Bounded, written down: at most MAX_KEPT identities per trust class, trusted
-uids apart (no local user's flood pushes root's out), each kept for KEEP
-seconds after it was seen; past the bound the oldest are forgotten first,
-and a copy of one forgotten counts twice (at MAX_KEPT refusals a minute and
-more; a real service forks a process per refusal, far fewer).
+uids apart (no local user's flood pushes root's out), each kept KEEP
+seconds after it arrived; past the bound the oldest are forgotten first,
+and a copy of one forgotten counts twice (at MAX_KEPT refusals within KEEP;
+a real service forks a process per refusal, far fewer).
 
-Across restarts: the trusted identities of the last WINDOW seconds go into
-the state database with each commit that follows a new one (`dirty`), in
-the same transaction as the events they belong to, and come back at start
-(kept KEEP from then): a copy the client spooled while the daemon stopped
-is still known for one when the next start ingests the spool. A crash loses
-what arrived since the last commit, identities and events alike: an
-original lost that way is not counted, and its copy then counts once.
-Untrusted identities live in memory only.
+Across restarts: the trusted identities that arrived in the last SAVE
+seconds (at most PERSIST_MAX, the newest) go into the state database with
+each commit that follows a new one (`dirty`), in the same transaction as
+the events they belong to, and come back at start (kept KEEP from then): a
+copy the client spooled, or logger queued in a socket systemd holds, while
+the daemon stopped is still known for one when the next start reads it. A
+crash loses what arrived since the last commit, identities and events
+alike: an original lost that way is not counted, and its copy then counts
+once. Untrusted identities live in memory only.
 """
 
 from __future__ import annotations
@@ -38,25 +49,25 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
-WINDOW = 10.0  # seconds between a refusal's two copies' times, at most
-KEEP = 120.0  # seconds an identity is remembered (a spool pass, a restart's ingest)
+KEEP = 120.0  # seconds an identity is remembered after it arrived
+SAVE = 30.0  # seconds of arrivals a commit saves (a copy follows its original closely)
 MAX_KEPT = 65_536  # identities per trust class
 PERSIST_MAX = 4096  # trusted identities saved at a commit, the newest
 Identity = tuple[int | None, str, str, str, str, str]  # uid, i, p, d, a, r
-Saved = tuple[Identity, float]  # and the first copy's time
+Saved = tuple[Identity, float]  # and when it arrived
 
 
 class _Memory:
-    """Identities with the first copy's time, in the order seen, and when each goes."""
+    """Identities in the order they arrived, each with its arrival."""
 
     __slots__ = ("seen",)
 
     def __init__(self) -> None:
-        self.seen: OrderedDict[Identity, tuple[float, float]] = OrderedDict()  # (time, until)
+        self.seen: OrderedDict[Identity, float] = OrderedDict()
 
     def prune(self, now: float) -> None:
         seen = self.seen
-        while seen and (len(seen) >= MAX_KEPT or next(iter(seen.values()))[1] < now):
+        while seen and (len(seen) >= MAX_KEPT or next(iter(seen.values())) < now - KEEP):
             seen.popitem(last=False)
 
 
@@ -68,11 +79,9 @@ class Twins:
         self.untrusted = _Memory()
         self.dirty = False  # trusted identities not yet in the state database
 
-    def copy(
-        self, uid: int | None, fields: dict[str, str], received: float, now: float, *, trusted: bool
-    ) -> bool:
-        """Whether this report is a copy of one seen (then drop it); else remember it.
-        `received` is when it arrived, `now` the clock for the memory's bound."""
+    def copy(self, uid: int | None, fields: dict[str, str], now: float, *, trusted: bool) -> bool:
+        """Whether this report, arriving `now`, is a copy of one that arrived before (then
+        drop it); else remember it."""
         hook = fields.get("hook_pid")
         if hook is None:
             return False
@@ -85,35 +94,32 @@ class Twins:
             get("client_addr", ""),
             get("client_port", ""),
         )
-        when = get("time")
-        at = received if when is None else float(when)
         memory = self.trusted if trusted else self.untrusted
         memory.prune(now)
-        first = memory.seen.get(key)
-        if first is not None and abs(at - first[0]) <= WINDOW:
+        if key in memory.seen:
             return True
-        memory.seen[key] = (at, now + KEEP)
-        memory.seen.move_to_end(key)
+        memory.seen[key] = now
         if trusted:
             self.dirty = True
         return False
 
     def saved(self, now: float) -> list[Saved]:
-        """The trusted identities seen in the last WINDOW seconds, whose copies may still
-        come: what a commit saves."""
+        """The trusted identities that arrived in the last SAVE seconds, whose copies may
+        still come: what a commit saves."""
         self.dirty = False
         recent: list[Saved] = []
-        # Newest first, in the order seen (when each was seen is `until` - KEEP): stop at
-        # the first seen before the window, so a commit never walks the whole memory.
-        for key, (at, until) in reversed(self.trusted.seen.items()):
-            if until - KEEP < now - WINDOW or len(recent) >= PERSIST_MAX:
+        # Newest first, in the order they arrived: stop at the first one before the
+        # horizon, so a commit never walks the whole memory.
+        for key, arrived in reversed(self.trusted.seen.items()):
+            if arrived < now - SAVE or len(recent) >= PERSIST_MAX:
                 break
-            recent.append((key, at))
+            recent.append((key, arrived))
         recent.reverse()
         return recent
 
     def restore(self, saved: Iterable[Saved], now: float) -> None:
-        """Identities a previous run saved; each is kept KEEP from now."""
-        for key, at in saved:
-            self.trusted.seen[key] = (at, now + KEEP)
+        """Identities a previous run saved; each is kept KEEP from now (the downtime does
+        not count: the copies waited through it too)."""
+        for key, _arrived in saved:
+            self.trusted.seen[key] = now
         self.trusted.prune(now)
