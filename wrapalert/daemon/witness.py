@@ -75,8 +75,15 @@ class Witness:
 
     def check(self, event: Event) -> None:
         """Decide `event.transport`, and count why."""
-        outcome = self._outcome(event)
-        event.transport = outcome if outcome in TRANSPORTS else "unknown"
+        # The flood's path first (a local user's reports, an older line's): no lookup.
+        if not event.trusted:
+            outcome = "unchecked"
+        elif "server_port" not in event.fields:
+            outcome = "no_ports"
+        else:
+            outcome = self._outcome(event)
+            if outcome in TRANSPORTS:
+                event.transport = outcome
         self.stats.evidence[outcome] += 1
 
     def _outcome(self, event: Event) -> str:
