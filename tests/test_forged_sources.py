@@ -96,7 +96,7 @@ def test_forged_udp_sources_never_ban_and_a_tcp_attacker_still_is(
     """Nine forged refusals (IPv4 and IPv6 from outside, IPv6 from a local user, each a
     scan of three daemons past the threshold) are reported as trusted udp reports and ban
     nothing; three refused TCP connections from a real client ban it."""
-    services.set_deny(hosts_deny_line(config.load(daemon.config), PYTHON))
+    services.set_deny(hosts_deny_line(config.load(daemon.config), PYTHON, form="durable"))
     services.start()
     v4, v6, local = services.ports[0:3], services.ports[3:6], services.ports[6:9]
     send: Callable[..., object] = network.run

@@ -302,7 +302,8 @@ def test_ban_reaches_the_digest_through_real_libwrap(
     require(reason is None, reason or "")
     d = daemon('ban_for = "1h"', group_wait="3s")
     service = Inetd(sockdir, ["{port} stream tcp nowait root {tcpd} in.fingerd"], network.host)
-    service.set_deny(hosts_deny_line(config.load(d.config), PYTHON, daemons="in.fingerd"))
+    line = hosts_deny_line(config.load(d.config), PYTHON, daemons="in.fingerd", form="durable")
+    service.set_deny(line)
     service.start()
     try:
         network.add_peer_address("203.0.113.16")
