@@ -18,6 +18,7 @@ import pytest
 from conftest import PYTHON, require
 
 from wrapalert import sockdiag
+from wrapalert.cli import format_status, status_exit
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.witness import LATE, Witness
 from wrapalert.model import Event
@@ -280,3 +281,38 @@ def test_the_lookup_needs_no_privilege_in_a_user_namespace(listener: socket.sock
             capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
     assert (done.returncode, done.stdout.strip()) == (0, "tcp"), done.stderr
+
+
+def base_status(**extra: object) -> dict[str, object]:
+    """A status object as the daemon makes it, with `extra` keys."""
+    return {
+        "received": 9,
+        "rejected": {},
+        "untrusted": 0,
+        "spooled": 0,
+        "groups": 1,
+        "pending_events": 0,
+        "outbox": 0,
+        "digests": 1,
+        "sinks": {},
+        "state": {"ok": True, "path": "/var/lib/wrapalert/state.db"},
+        **extra,
+    }
+
+
+def test_status_says_what_was_verified_and_fails_when_banning_is_blind() -> None:
+    """`wrapalert status` counts verified, udp and unknown sources (with why) and the
+    duplicates dropped; with an enforcing nftables sink and a kernel that does not answer
+    it names the error and exits 1 (banning is off in fact), else 0."""
+    evidence = {"error": None, "tcp": 5, "udp": 2, "no_ports": 1, "late": 1}
+    bans = {"mode": "enforce", "active": 0, "added": 0, "would_ban": 0, "expired": 0,
+            "lifted": 0, "refused": {}}  # fmt: skip
+    fine = base_status(evidence=evidence, duplicates=3, bans=bans)
+    text = format_status(fine)
+    assert "verified (tcp)           5   (udp 2, unknown 2: late 1, no_ports 1)" in text
+    assert "duplicates               3" in text
+    assert status_exit(fine) == 0
+    blind = base_status(evidence={**evidence, "error": "sock_diag: errno 22"}, bans=bans)
+    assert "EVIDENCE UNAVAILABLE: sock_diag: errno 22: no refusal can ban" in format_status(blind)
+    assert status_exit(blind) == 1
+    assert status_exit(base_status(evidence=blind["evidence"])) == 0  # no banning to lose

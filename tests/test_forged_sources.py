@@ -19,6 +19,7 @@ TCP client refused three times by in.fingerd is banned.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +31,9 @@ from wrapped import Inetd, missing
 
 from wrapalert import config
 from wrapalert.cli import hosts_deny_line
+from wrapalert.daemon.stats import Stats
+from wrapalert.daemon.witness import Witness
+from wrapalert.model import Event
 
 UDP_DAEMONS = ("in.tftpd", "in.talkd", "in.ntalkd")
 FORGED4, FORGED6, FORGED_LOCAL = "203.0.113.66", "2001:db8:66::1", "2001:db8:77::1"
@@ -135,3 +139,20 @@ def row(base: Path, addr: str) -> list[str]:
     ]
     at = next((i for i, line in enumerate(lines) if line.startswith(addr + " ")), None)
     return [] if at is None else lines[at : at + 2]
+
+
+def test_a_connection_in_another_network_namespace_is_unknown(peers: Peers) -> None:
+    """A wrapped service in another network namespace than the daemon's: its connection is
+    not in the daemon's tables, so its refusal is unknown (never banning), never tcp."""
+    server, server_port, client_port = peers.connect("203.0.113.5")  # into HOST
+    fields = {
+        "daemon": "sshd",
+        "client_addr": "203.0.113.5",
+        "client_port": str(client_port),
+        "server_addr": server,
+        "server_port": str(server_port),
+    }
+    event = Event(fields, time.time(), uid=0, trusted=True)
+    stats = Stats()
+    Witness(stats, time.time).check(event)  # from this test's own namespace
+    assert (event.transport, dict(stats.evidence)) == ("unknown", {"gone": 1})
