@@ -129,3 +129,9 @@ def check_allow(values: Iterable[str]) -> str | None:
         except ValueError:
             return f"{value!r} is not a network (use CIDR, e.g. 192.0.2.0/24)"
     return None
+
+
+def overlapping(target: str, nets: Iterable[IPNetwork]) -> IPNetwork | None:
+    """The first of `nets` the target overlaps (either holds the other), or None."""
+    net = ipaddress.ip_network(target, strict=False)
+    return next((n for n in nets if n.version == net.version and net.overlaps(n)), None)
