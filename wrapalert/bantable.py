@@ -47,6 +47,7 @@ grows with the set (per-element commands made a 30,000-ban re-sync take 19 s).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -158,37 +159,33 @@ class Layout:
     # -- where a target lives --------------------------------------------------
 
     def place(self, target: str) -> tuple[str, Any]:
-        """(set name, nft value) for a target of the ban rule."""
-        net = ipaddress.ip_network(target, strict=False)
-        addr = str(net.network_address)
-        if net.version == 4:
-            if net.prefixlen == 32:
+        """(set name, nft value) for a target of the ban rule: "a.b.c.d", "a.b.c.0/N" or
+        "v6net/N", as BanRule writes them (canonical: read by their text, no parsing, as
+        a reconcile does it for every ban)."""
+        addr, _, length = target.partition("/")
+        if ":" not in addr:
+            if not length or length == "32":
                 return "ban4", addr
-            return "ban4net", {"prefix": {"addr": addr, "len": net.prefixlen}}
-        if net.prefixlen == self.ipv6_prefix:
+            return "ban4net", {"prefix": {"addr": addr, "len": int(length)}}
+        bits = int(length or 128)
+        if bits == self.ipv6_prefix:
             return "ban6net", addr
-        if net.prefixlen == 128:
+        if bits == 128:
             return "ban6host", addr
-        return "ban6", {"prefix": {"addr": addr, "len": net.prefixlen}}
+        return "ban6", {"prefix": {"addr": addr, "len": bits}}
 
     def key(self, set_name: str, value: Any) -> str:  # noqa: ANN401 - nft's JSON
         """The target a listed element stands for (what `place` made it from); an element
         nothing here would make gets a key no target has, so it counts as extra."""
         if isinstance(value, dict) and "prefix" in value:
             prefix = value["prefix"]
-            return str(ipaddress.ip_network(f"{prefix['addr']}/{prefix['len']}", strict=False))
+            return f"{canonical(str(prefix['addr']))}/{prefix['len']}"
         if not isinstance(value, str):
             return f"unknown {value!r}"
-        try:
-            ip = ipaddress.ip_address(value)
-        except ValueError:
-            return f"unknown {value!r}"
-        if set_name == "ban4":
-            return str(ip)
-        length = self.ipv6_prefix if set_name == "ban6net" else ip.max_prefixlen
-        if ip.version == 4 and length == 32:
-            return str(ip)
-        return f"{ip}/{length}"
+        addr = canonical(value)
+        if ":" not in addr:
+            return addr if set_name == "ban4" else f"{addr}/32"
+        return f"{addr}/{self.ipv6_prefix if set_name == 'ban6net' else 128}"
 
     # -- commands --------------------------------------------------------------
 
@@ -391,6 +388,15 @@ class Layout:
             if commands:
                 transactions.append(commands)
         return transactions
+
+
+def canonical(addr: str) -> str:
+    """An address as Python writes it. nft prints what inet_ntop writes: the same, but for
+    the IPv4-embedding ranges (::ffff:1.2.3.4, ::1.2.3.4), which only then need parsing."""
+    if "." in addr and ":" in addr:
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.IPv6Address(addr))
+    return addr.lower()
 
 
 def timed_value(value: Any, seconds: float) -> Command:  # noqa: ANN401 - nft's JSON

@@ -281,9 +281,10 @@ class Bans:
             sink = self.sink
             if sink is not None and not self.rule.dry_run:
                 try:
+                    if self.kernel.synced:
+                        await self._apply_queued(sink)  # first: a new ban must not wait
                     if self.clock.now() >= self._reconcile_at or not self.kernel.synced:
                         await self._reconcile(sink)
-                    await self._apply_queued(sink)
                     self._kernel_ok()
                     following = self.backoff.pauses()
                 except SinkError as exc:

@@ -154,7 +154,9 @@ class NftablesSink:
         out = await self._run(["-j", "list", "table", "inet", name], None, absent_ok=True)
         if out is None:
             return KernelTable(exists=False)
-        return Layout(name, self.layout.ipv6_prefix).parse(json.loads(out or "{}"))
+        # 100,000 bans are megabytes of JSON: parsed beside the event loop, not on it.
+        layout = Layout(name, self.layout.ipv6_prefix)
+        return await asyncio.to_thread(lambda: layout.parse(json.loads(out or "{}")))
 
     async def transaction(self, commands: list[Command]) -> None:
         """One nft transaction: all of it or nothing."""
