@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wrapalert import hostaddr, sessions
-from wrapalert.banrule import overlapping
+from wrapalert.banrule import IPNetwork, overlapping
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,12 @@ class Protected:
 
 
 class Shield:
-    """Reads, at each `check`, the host's addresses and the logged-in sessions' peers."""
+    """Reads, at each `check`, the host's addresses and the logged-in sessions' peers.
+
+    The sessions are parsed again only when their files changed: logind replaces a
+    session's file by a rename (the directory's mtime moves), utmp is rewritten in place
+    (its own mtime moves). The addresses have no such marker and are asked for each time
+    (one netlink dump, ~0.1 ms: bench/results/host_reads.md)."""
 
     def __init__(
         self,
@@ -39,15 +44,33 @@ class Shield:
         self.addresses = addresses
         self.sessions_dir = sessions_dir
         self.utmp = utmp
+        self._seen: tuple[object, ...] | None = None  # the files' stamps when last read
+        self._peers: dict[IPNetwork, sessions.Peer] = {}
 
     def check(self, target: str) -> Protected | None:
         """Why `target` must not be banned now, or None."""
-        own = [ipaddress.ip_network(a) for a in self.addresses()]
+        own = [ipaddress.ip_network(a, strict=False) for a in self.addresses()]
         if (hit := overlapping(target, own)) is not None:
             return Protected("allowlisted", f"this host's address {hit.network_address}")
-        peers = [*sessions.logind_peers(self.sessions_dir), *sessions.utmp_peers(self.utmp)]
-        nets = {ipaddress.ip_network(p.addr): p for p in peers}
-        if (hit := overlapping(target, nets)) is not None:
-            peer = nets[hit]
+        peers = self._session_peers()
+        if (hit := overlapping(target, peers)) is not None:
+            peer = peers[hit]
             return Protected("session", f"logged in from {peer.addr}: {peer.who}")
         return None
+
+    def _session_peers(self) -> dict[IPNetwork, sessions.Peer]:
+        seen = (_stamp(self.sessions_dir), _stamp(self.utmp))
+        if seen != self._seen:
+            peers = [*sessions.logind_peers(self.sessions_dir), *sessions.utmp_peers(self.utmp)]
+            self._peers = {ipaddress.ip_network(p.addr): p for p in peers}
+            self._seen = seen
+        return self._peers
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file (or a directory's list) changes; None if it is absent."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
