@@ -284,3 +284,20 @@ def test_a_manual_ban_needs_a_real_duration(tmp_path: Path, seconds: object) -> 
     with pytest.raises(control.ControlError, match="seconds"):  # not the kernel's error
         asyncio.run(bans.api_add({"addr": "203.0.113.7", "seconds": seconds}))
     assert bans.active == {}
+
+
+def test_digest_says_when_bans_are_not_enforced_and_when_repaired() -> None:
+    """Notes that bans are not in the kernel (with the error) and that the table was
+    repaired reach both parts of the digest."""
+    notes = (
+        ("unenforced", "2 ban(s)", "nft: Operation not permitted: install the drop-in", 1e9),
+        ("repaired", "wrapalert", "the table was missing; 2 missing", 1e9 + 30),
+    )
+    digest = replace(one_group(created=1_700_000_000.0), banned=notes, id="")
+    msg = Renderer("wrapalert@localhost", ("root",)).render(digest)
+    text, html = body(msg, "plain"), body(msg, "html")
+    assert "NOT ENFORCED: 2 ban(s) not in the kernel since" in text
+    assert "install the drop-in" in text
+    assert "table inet wrapalert repaired at" in text
+    assert "not enforced" in html
+    assert "table repaired at" in html
