@@ -281,17 +281,19 @@ class Bans:
             sink = self.sink
             if sink is not None and not self.rule.dry_run:
                 try:
-                    if self.kernel.synced:
-                        await self._apply_queued(sink)  # first: a new ban must not wait
-                    if self.clock.now() >= self._reconcile_at or not self.kernel.synced:
-                        await self._reconcile(sink)
+                    due = self.clock.now() >= self._reconcile_at or not self.kernel.synced
+                    if not due:
+                        await self._apply_queued(sink)  # the fast path: no listing
+                    else:
+                        await self._reconcile(sink)  # queued bans included
                     self._kernel_ok()
                     following = self.backoff.pauses()
                 except SinkError as exc:
-                    delay = min(following(), sink.reconcile)
-                    self._kernel_failed(exc, delay)
-                    self._reconcile_at = 0.0  # the next try compares and repairs everything
-                delay = self._until_reconcile(delay)
+                    pause = min(following(), sink.reconcile)
+                    self._kernel_failed(exc, pause)
+                    # The next try, after the pause, compares and repairs everything.
+                    self._reconcile_at = self.clock.now() + pause
+                delay = max(0.0, self._reconcile_at - self.clock.now())
             self._expire_due()
             soonest = min(self.settled.values(), default=None)
             if soonest is not None:
@@ -302,13 +304,17 @@ class Bans:
                     await self._wake.wait()
             self._wake.clear()
 
-    def _until_reconcile(self, delay: float | None) -> float:
-        wait = max(0.0, self._reconcile_at - self.clock.now())
-        return wait if delay is None else min(delay, wait)
-
     def _want(self) -> dict[str, float]:
         """The bans the kernel must hold: target -> until."""
         return {b.target: b.until for b in self.active.values() if not b.dry_run}
+
+    def _settled_bans(self) -> dict[str, float]:
+        """The bans the kernel must hold by now: not those queued for the next batch
+        (unless the kernel refused the last change: then every ban counts)."""
+        want = self._want()
+        if self.last_error is not None:
+            return want
+        return {t: until for t, until in want.items() if t not in self._to_add}
 
     async def _reconcile(self, sink: BanSink) -> None:
         now = self.clock.now()
@@ -366,7 +372,7 @@ class Bans:
             return
         try:
             async with self.clock.timeout(STATUS_BUDGET):
-                drift = await self.kernel.check(self._want(), self.clock.now())
+                drift = await self.kernel.check(self._settled_bans(), self.clock.now())
         except (SinkError, TimeoutError) as exc:
             log.warning("ban_kernel_check_failed", error=str(exc) or "timeout")
             return
@@ -385,7 +391,7 @@ class Bans:
                 if self.rule.dry_run:
                     await sink.send_records([])
                     return {sink.name: "delivered"}
-                drift = await self.kernel.check(self._want(), self.clock.now())
+                drift = await self.kernel.check(self._settled_bans(), self.clock.now())
         except SinkError as exc:
             return {sink.name: f"failed: {exc}"}
         except TimeoutError:
