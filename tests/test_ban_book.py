@@ -54,6 +54,31 @@ def test_refusals_name_why_and_are_remembered_for_their_time(tmp_path: Path) -> 
     assert refused["192.0.2.10"] == "3 refusals; allowlisted"
 
 
+def test_bans_the_rule_would_not_make_are_lifted_at_start(tmp_path: Path) -> None:
+    """At start (and reload), bans of now-allowlisted targets and automatic bans of a
+    NAT64 network (an earlier version banned 64:ff9b::/64: every translated client) are
+    lifted; a network banned by hand stays."""
+    store = Store(tmp_path / "state")
+    store.open()
+    for target, reason in (
+        ("64:ff9b::/64", "10 refusals"),
+        ("198.51.100.9", "10 refusals"),
+        ("2002::/16", "by hand"),
+        ("203.0.113.7", "10 refusals"),
+    ):
+        store.stage_ban(target, reason, 1.0, 4e9, dry_run=False)
+    assert store.commit()
+    store.close()
+    bans = book(tmp_path, SystemClock(), allow=("198.51.100.9",))
+    bans.load()
+    assert sorted(bans.active) == ["2002::/16", "203.0.113.7"]
+    lifted = {n[1]: n[2] for n in bans.notes if n[0] == "lifted"}
+    assert lifted == {
+        "64:ff9b::/64": "a network of NAT64, Teredo or 6to4 addresses",
+        "198.51.100.9": "allowlisted",
+    }
+
+
 def failing_nft(tmp_path: Path) -> tuple[Path, Path]:
     """An nft that counts its runs and fails each one as nft does."""
     calls = tmp_path / "calls"

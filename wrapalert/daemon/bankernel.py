@@ -120,11 +120,6 @@ class KernelSync:
             return
         try:
             kernel = await self.sink.read()
-        except TableInUseError:
-            raise
-        except PermanentSinkError as exc:
-            log.error("ban_kernel_unavailable", error=str(exc))
-            return
         except Exception as exc:  # noqa: BLE001 - the reconcile retries and reports it
             log.error("ban_kernel_unavailable", error=str(exc))
             return

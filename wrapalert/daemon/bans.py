@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from wrapalert.banrule import BanRule, BanTargetError
+from wrapalert.banrule import SHARED_PREFIXES, BanRule, BanTargetError
 from wrapalert.clock import Clock
 from wrapalert.daemon import control
 from wrapalert.daemon.bankernel import KernelSync
@@ -124,6 +125,7 @@ class Bans:
         self.sink = sink
         if sink is not None:
             self.rule = sink.rule
+            self._lift_forbidden()  # the new allowlist holds for bans in force too
         self._reconcile_at = 0.0  # a new or reloaded sink: compare with the kernel at once
         self._wake.set()
 
@@ -156,6 +158,25 @@ class Bans:
                 continue
             self.active[target] = ban
             self.settled[target] = until
+        self._lift_forbidden()
+
+    def _lift_forbidden(self) -> None:
+        """Lift bans the rule in force would not make: targets allowlisted since (an entry
+        added, then a restart or reload), and automatic bans of a network of shared
+        addresses (a NAT64 /64 an earlier version made: every translated client)."""
+        now = self.clock.now()
+        for ban in list(self.active.values()):
+            if self.rule.allowed(ban.target):
+                self._lift(ban, now, "allowlisted")
+            elif ban.reason != "by hand" and self._shared_network(ban.target):
+                self._lift(ban, now, "a network of NAT64, Teredo or 6to4 addresses")
+
+    @staticmethod
+    def _shared_network(target: str) -> bool:
+        net = ipaddress.ip_network(target, strict=False)
+        if isinstance(net, ipaddress.IPv4Network) or net.prefixlen == 128:
+            return False
+        return any(net.overlaps(p) for p in SHARED_PREFIXES)
 
     # -- decisions ----------------------------------------------------------------
 
