@@ -10,283 +10,166 @@ nftables and unshare (CI has all three: a skip there is a failure).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import (
-    PYTHON,
-    WRAPALERT,
-    DaemonProcess,
-    client,
-    libwrap_available,
-    maildir_messages,
-    require,
-    wait_until,
-    write_config,
+from conftest import PYTHON, WRAPALERT, libwrap_available, maildir_messages, require, wait_until
+from nftns import (
+    HOST4,
+    NEIGHBOUR4,
+    PEER4,
+    TABLE,
+    Daemons,
+    Netns,
+    connect,
+    elements,
+    link,
+    listen,
+    require_netns,
 )
 
 from wrapalert import config
 from wrapalert.cli import hosts_deny_line
 from wrapalert.libwrap import LibWrap
 
-TABLE = "wrapalert"
 
-
-def _netns_possible() -> bool:
-    try:
-        done = subprocess.run(
-            ["unshare", "-n", "true"], capture_output=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
+@pytest.fixture
+def host() -> Iterator[Netns]:
+    """The namespace the daemon runs in."""
+    require_netns()
+    ns = Netns()
+    yield ns
+    ns.close()
 
 
 @pytest.fixture
-def netns() -> Iterator[int]:
-    """The pid of a process holding a fresh network namespace (lo up)."""
-    require(os.geteuid() == 0, "a private network namespace and nftables need root")
-    require(shutil.which("nft") is not None, "nft is missing (apt-get install nftables)")
-    require(shutil.which("nsenter") is not None, "nsenter is missing (util-linux)")
-    require(_netns_possible(), "unshare -n is not permitted here")
-    holder = subprocess.Popen(["unshare", "-n", "sleep", "600"])
-    try:
-        ours = Path("/proc/self/ns/net").readlink()
-        wait_until(lambda: Path(f"/proc/{holder.pid}/ns/net").readlink() != ours, 10, "unshare")
-        in_ns(holder.pid, "ip", "link", "set", "lo", "up")
-        yield holder.pid
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-def in_ns(pid: int, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run a command inside the namespace."""
-    return subprocess.run(
-        ["nsenter", "-t", str(pid), "-n", *argv],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=check,
-    )
-
-
-def elements(pid: int) -> dict[str, dict[str, Any]]:
-    """The kernel's ban sets: target -> {"timeout", "expires"}; empty without the table."""
-    found: dict[str, dict[str, Any]] = {}
-    for name in ("ban4", "ban6"):
-        done = in_ns(pid, "nft", "-j", "list", "set", "inet", TABLE, name, check=False)
-        if done.returncode != 0:
-            continue
-        for item in json.loads(done.stdout)["nftables"]:
-            for elem in item.get("set", {}).get("elem", []):
-                inner = elem["elem"]
-                val = inner["val"]
-                target = (
-                    f"{val['prefix']['addr']}/{val['prefix']['len']}"
-                    if "prefix" in str(val)
-                    else val
-                )
-                found[target] = inner
-    return found
-
-
-class Daemon:
-    """`wrapalert run` in the namespace with a Maildir and an nftables sink."""
-
-    def __init__(self, base: Path, pid: int, nft: str = "", group_wait: str = "500ms") -> None:
-        sinks = (
-            f'[[sink]]\ntype = "maildir"\npath = "{base}/Maildir"\n\n'
-            f'[[sink]]\ntype = "nftables"\n{nft}\n'
-        )
-        if "threshold" not in nft:
-            sinks += "threshold = 3\n"
-        self.base = base
-        self.pid = pid
-        self.config = write_config(base, sinks=sinks, group_wait=group_wait)
-        self.proc = DaemonProcess(base, self.config)
-        (base / "notify.sock").chmod(0o666)  # uid 65534 must be able to send
-        self.start()
-
-    def start(self) -> None:
-        self.proc.start(prefix=("nsenter", "-t", str(self.pid), "-n"))
-        wait_until(lambda: self.status()["bans"]["last_error"] is None, 10, "the first sync")
-
-    def status(self) -> dict[str, Any]:
-        return self.proc.status()
-
-    def report(
-        self, addr: str, count: int = 3, *, user: int | None = None, daemon: str = "sshd"
-    ) -> None:
-        """`count` refusals of `addr` through the real client; waits until all arrived."""
-        before = self.status()["received"]
-        for _ in range(count):
-            client(f"d={daemon}", f"a={addr}", f"socket={self.base}/notify.sock", user=user)
-        wait_until(lambda: self.status()["received"] >= before + count, 10, "the reports")
-
-    def ban(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [WRAPALERT, "ban", *args, "-c", str(self.config)],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
+def peer(host: Netns) -> Iterator[Netns]:
+    """A second namespace joined to the host by a veth pair: a remote host."""
+    ns = Netns()
+    link(host, ns)
+    yield ns
+    ns.close()
 
 
 @pytest.fixture
-def daemon(netns: int, sockdir: Path) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
-    def start(nft: str = "", group_wait: str = "500ms") -> Daemon:
-        started.append(Daemon(sockdir, netns, nft, group_wait))
-        return started[-1]
-
-    yield start
-    for d in started:
-        d.proc.close()
+def daemon(host: Netns, sockdir: Path) -> Iterator[Daemons]:
+    started = Daemons(sockdir, host)
+    yield started
+    started.close()
 
 
 def test_past_threshold_the_source_is_in_the_set_with_a_timeout(
-    daemon: Callable[..., Daemon],
+    daemon: Daemons,
 ) -> None:
     """Three trusted refusals put the source into the kernel set with ban_for as its timeout."""
     d = daemon('ban_for = "1h"')
     d.report("203.0.113.7", 2)
-    assert elements(d.pid) == {}
+    assert elements(d.ns) == {}
     d.report("203.0.113.7", 1)
-    wait_until(lambda: "203.0.113.7" in elements(d.pid), 10, "the ban")
-    assert elements(d.pid)["203.0.113.7"]["timeout"] == 3600
+    wait_until(lambda: "203.0.113.7" in elements(d.ns), 10, "the ban")
+    assert elements(d.ns)["203.0.113.7"]["timeout"] == 3600
     bans = d.status()["bans"]
     assert (bans["active"], bans["added"]) == (1, 1)
     assert "ban_added" in d.proc.log()  # the daemon's log line, which journald keeps
 
 
-def test_an_ipv6_source_is_banned_by_its_network(daemon: Callable[..., Daemon]) -> None:
+def test_an_ipv6_source_is_banned_by_its_network(daemon: Daemons) -> None:
     """IPv6 refusals ban the source's /64 in the IPv6 set."""
     d = daemon()
     d.report("2001:db8:7:8::42")
-    wait_until(lambda: "2001:db8:7:8::/64" in elements(d.pid), 10, "the ban")
+    wait_until(lambda: "2001:db8:7:8::/64" in elements(d.ns), 10, "the ban")
 
 
-LISTEN = (
-    "import socket, time; s = socket.socket(); s.bind(('10.9.0.1', 8022)); s.listen(64)\n"
-    "time.sleep(60)"
-)
-
-
-def test_banned_address_is_dropped_while_another_connects(daemon: Callable[..., Daemon]) -> None:
-    """A TCP connection from the banned address times out; one from its neighbour connects."""
+def test_banned_address_is_dropped_while_another_connects(daemon: Daemons, peer: Netns) -> None:
+    """A new TCP connection from the banned address times out; one from its neighbour on
+    the same remote host connects; after `ban del` the address connects at once."""
     d = daemon()
-    # Added after the daemon started: this host's own addresses (read at start) are never banned.
-    for addr in ("10.9.0.1", "10.9.0.2", "10.9.0.3"):
-        in_ns(d.pid, "ip", "addr", "add", f"{addr}/32", "dev", "lo")
-    listener = subprocess.Popen(
-        [
-            "nsenter",
-            "-t",
-            str(d.pid),
-            "-n",
-            PYTHON,
-            "-c",
-            LISTEN,
-        ]
-    )
+    server = listen(d.ns, HOST4, 8022)
     try:
-        connect = (
-            "import socket, sys; s = socket.socket(); s.settimeout(1.5); s.bind((sys.argv[1], 0))\n"
-            "try:\n    s.connect(('10.9.0.1', 8022)); print('connected')\n"
-            "except OSError as e:\n    print(type(e).__name__)"
-        )
-        wait_until(
-            lambda: in_ns(d.pid, PYTHON, "-c", connect, "10.9.0.3").stdout.strip() == "connected",
-            10,
-        )
-        d.report("10.9.0.2")
-        wait_until(lambda: "10.9.0.2" in elements(d.pid), 10, "the ban")
-        assert in_ns(d.pid, PYTHON, "-c", connect, "10.9.0.2").stdout.strip() == "TimeoutError"
-        assert in_ns(d.pid, PYTHON, "-c", connect, "10.9.0.3").stdout.strip() == "connected"
-        done = d.ban("del", "10.9.0.2")
+        assert connect(peer, NEIGHBOUR4, HOST4, 8022).startswith("connected")
+        d.report(PEER4)
+        wait_until(lambda: PEER4 in elements(d.ns), 10, "the ban")
+        assert connect(peer, PEER4, HOST4, 8022) == "TimeoutError"
+        assert connect(peer, NEIGHBOUR4, HOST4, 8022).startswith("connected")
+        done = d.ban("del", PEER4)
         assert done.returncode == 0, done.stderr
         # `ban del` returned: the address is free at once, no waiting.
-        assert in_ns(d.pid, PYTHON, "-c", connect, "10.9.0.2").stdout.strip() == "connected"
+        assert connect(peer, PEER4, HOST4, 8022).startswith("connected")
     finally:
-        listener.kill()
-        listener.wait()
+        server.kill()
+        server.wait()
 
 
-def test_ban_expires_in_the_kernel_and_in_the_books(daemon: Callable[..., Daemon]) -> None:
+def test_ban_expires_in_the_kernel_and_in_the_books(daemon: Daemons) -> None:
     """With ban_for 2s the kernel drops the element and status counts one expiry."""
     d = daemon('ban_for = "2s"')
     d.report("203.0.113.8")
-    wait_until(lambda: "203.0.113.8" in elements(d.pid), 10, "the ban")
-    wait_until(lambda: "203.0.113.8" not in elements(d.pid), 10, "the kernel's expiry")
+    wait_until(lambda: "203.0.113.8" in elements(d.ns), 10, "the ban")
+    wait_until(lambda: "203.0.113.8" not in elements(d.ns), 10, "the kernel's expiry")
     wait_until(lambda: d.status()["bans"]["expired"] == 1, 10, "the book's expiry")
     assert d.status()["bans"]["active"] == 0
 
 
-def test_untrusted_reports_never_ban(daemon: Callable[..., Daemon]) -> None:
+def test_untrusted_reports_never_ban(daemon: Daemons) -> None:
     """Reports sent as uid 65534 past the threshold ban nothing."""
     require(shutil.which("setpriv") is not None, "setpriv is missing (util-linux)")
     d = daemon()
     d.report("203.0.113.9", 6, user=65534)
     assert d.status()["untrusted"] == 6
     time.sleep(0.5)  # a ban would reach the kernel within the batch interval
-    assert elements(d.pid) == {}
+    assert elements(d.ns) == {}
     assert d.status()["bans"]["added"] == 0
 
 
-def test_allowlisted_and_loopback_sources_are_refused(daemon: Callable[..., Daemon]) -> None:
+def test_allowlisted_and_loopback_sources_are_refused(daemon: Daemons) -> None:
     """Configured allow networks and loopback are never banned; each refusal is counted."""
     d = daemon('allow = ["198.51.100.0/24"]')
     d.report("198.51.100.9")
     d.report("127.0.0.9")
     wait_until(lambda: d.status()["bans"]["refused"].get("allowlisted") == 2, 10, "refusals")
-    assert elements(d.pid) == {}
+    assert elements(d.ns) == {}
     done = d.ban("add", "198.51.100.10")
     assert done.returncode == 1
     assert "allowlisted" in done.stderr
 
 
-def test_dry_run_reports_and_touches_nothing(daemon: Callable[..., Daemon]) -> None:
+def test_dry_run_reports_and_touches_nothing(daemon: Daemons) -> None:
     """In dry-run the would-be ban is counted and listed, and no table is created."""
     d = daemon('mode = "dry-run"')
     d.report("203.0.113.10")
     wait_until(lambda: d.status()["bans"]["would_ban"] == 1, 10, "the decision")
-    assert TABLE not in in_ns(d.pid, "nft", "list", "tables").stdout
+    assert TABLE not in d.ns.run("nft", "list", "tables").stdout
     listed = json.loads(d.ban("list", "--json").stdout)
     assert [(b["target"], b["dry_run"]) for b in listed] == [("203.0.113.10", True)]
 
 
-def test_max_bans_caps_the_set(daemon: Callable[..., Daemon]) -> None:
+def test_max_bans_caps_the_set(daemon: Daemons) -> None:
     """With max_bans 2, a third source is refused and counted, not banned."""
     d = daemon("max_bans = 2")
     for addr in ("203.0.113.11", "203.0.113.12", "203.0.113.13"):
         d.report(addr)
     wait_until(lambda: d.status()["bans"]["refused"].get("cap") == 1, 10, "the cap")
-    wait_until(lambda: len(elements(d.pid)) == 2, 10, "two bans")
-    assert "203.0.113.13" not in elements(d.pid)
+    wait_until(lambda: len(elements(d.ns)) == 2, 10, "two bans")
+    assert "203.0.113.13" not in elements(d.ns)
 
 
-def test_restart_keeps_bans_and_state_consistent(daemon: Callable[..., Daemon]) -> None:
+def test_restart_keeps_bans_and_state_consistent(daemon: Daemons) -> None:
     """The table outlives a stop; after an emptied ruleset a restart puts the ban back."""
     d = daemon('ban_for = "1h"')
     d.report("203.0.113.14")
-    wait_until(lambda: "203.0.113.14" in elements(d.pid), 10, "the ban")
+    wait_until(lambda: "203.0.113.14" in elements(d.ns), 10, "the ban")
     assert d.proc.stop() == 0
-    assert "203.0.113.14" in elements(d.pid)  # left in place, with its own expiry
-    in_ns(d.pid, "nft", "flush", "ruleset")  # as a reboot would leave it
-    assert elements(d.pid) == {}
+    assert "203.0.113.14" in elements(d.ns)  # left in place, with its own expiry
+    d.ns.run("nft", "flush", "ruleset")  # as a reboot would leave it
+    assert elements(d.ns) == {}
     d.start()
-    wait_until(lambda: "203.0.113.14" in elements(d.pid), 10, "the ban back")
-    assert elements(d.pid)["203.0.113.14"]["timeout"] <= 3600
+    wait_until(lambda: "203.0.113.14" in elements(d.ns), 10, "the ban back")
+    assert elements(d.ns)["203.0.113.14"]["timeout"] <= 3600
     listed = json.loads(d.ban("list", "--json").stdout)
     assert [b["target"] for b in listed] == ["203.0.113.14"]
     assert d.status()["bans"]["active"] == 1
@@ -295,31 +178,29 @@ def test_restart_keeps_bans_and_state_consistent(daemon: Callable[..., Daemon]) 
     assert d.status()["bans"]["added"] == 1
 
 
-def test_ban_add_list_and_flush_by_hand(daemon: Callable[..., Daemon]) -> None:
+def test_ban_add_list_and_flush_by_hand(daemon: Daemons) -> None:
     """`ban add --for 2h` bans at once with that timeout; `ban flush` empties both sets."""
     d = daemon()
     done = d.ban("add", "2001:db8:5::7", "--for", "2h")
     assert done.returncode == 0, done.stderr
-    assert elements(d.pid)["2001:db8:5::/64"]["timeout"] == 7200
+    assert elements(d.ns)["2001:db8:5::/64"]["timeout"] == 7200
     assert "2001:db8:5::/64" in d.ban("list").stdout
     assert d.ban("flush").returncode == 0
-    assert elements(d.pid) == {}
+    assert elements(d.ns) == {}
     assert d.status()["bans"]["lifted"] == 1
 
 
-def test_scan_across_daemons_bans_at_once(daemon: Callable[..., Daemon]) -> None:
+def test_scan_across_daemons_bans_at_once(daemon: Daemons) -> None:
     """One address refused by three daemons is banned on the scan signal, below threshold."""
     d = daemon("threshold = 10")
     for name in ("sshd", "in.ftpd", "vsftpd"):
         d.report("203.0.113.15", 1, daemon=name)
-    wait_until(lambda: "203.0.113.15" in elements(d.pid), 10, "the ban")
+    wait_until(lambda: "203.0.113.15" in elements(d.ns), 10, "the ban")
     listed = json.loads(d.ban("list", "--json").stdout)
     assert listed[0]["reason"].startswith("scan")
 
 
-def test_ban_reaches_the_digest_through_real_libwrap(
-    daemon: Callable[..., Daemon], sockdir: Path
-) -> None:
+def test_ban_reaches_the_digest_through_real_libwrap(daemon: Daemons, sockdir: Path) -> None:
     """Refusals through real libwrap's spawn ban the source, and the digest says so."""
     require(libwrap_available(), "libwrap0 is not installed (apt-get install libwrap0)")
     d = daemon('ban_for = "1h"', group_wait="3s")
@@ -329,7 +210,7 @@ def test_ban_reaches_the_digest_through_real_libwrap(
     wrap = LibWrap(sockdir / "hosts.allow", sockdir / "hosts.deny")
     for _ in range(3):
         assert not wrap.allowed("sshd", "203.0.113.16")
-    wait_until(lambda: "203.0.113.16" in elements(d.pid), 15, "the ban")
+    wait_until(lambda: "203.0.113.16" in elements(d.ns), 15, "the ban")
     wait_until(lambda: maildir_messages(sockdir / "Maildir") != [], 15, "the digest")
     text = maildir_messages(sockdir / "Maildir")[0].get_body(("plain",))
     assert text is not None
@@ -340,7 +221,7 @@ def test_ban_reaches_the_digest_through_real_libwrap(
 
 
 def test_ban_notes_wait_for_the_next_digest_across_a_restart(
-    daemon: Callable[..., Daemon], sockdir: Path
+    daemon: Daemons, sockdir: Path
 ) -> None:
     """A ban made by hand while nothing else is reported waits for the next digest in the
     state database: the first digest after a restart still tells it."""
@@ -358,24 +239,24 @@ def test_ban_notes_wait_for_the_next_digest_across_a_restart(
     assert "203.0.113.18 banned: " in text.get_content()
 
 
-def test_reload_keeps_bans_and_applies_the_new_threshold(daemon: Callable[..., Daemon]) -> None:
+def test_reload_keeps_bans_and_applies_the_new_threshold(daemon: Daemons) -> None:
     """After SIGHUP with threshold 5 the earlier ban stays, and 3 refusals no longer ban."""
     d = daemon()
     d.report("203.0.113.17")
-    wait_until(lambda: "203.0.113.17" in elements(d.pid), 10, "the ban")
+    wait_until(lambda: "203.0.113.17" in elements(d.ns), 10, "the ban")
     d.config.write_text(d.config.read_text().replace("threshold = 3", "threshold = 5"))
     d.proc.signal(signal.SIGHUP)
     d.proc.wait_for("READY=1")
-    assert "203.0.113.17" in elements(d.pid)
+    assert "203.0.113.17" in elements(d.ns)
     assert [b["target"] for b in json.loads(d.ban("list", "--json").stdout)] == ["203.0.113.17"]
     d.report("203.0.113.18", 3)
     time.sleep(0.5)  # a ban would reach the kernel within the batch interval
-    assert "203.0.113.18" not in elements(d.pid)
+    assert "203.0.113.18" not in elements(d.ns)
     d.report("203.0.113.18", 2)
-    wait_until(lambda: "203.0.113.18" in elements(d.pid), 10, "the ban under the new rule")
+    wait_until(lambda: "203.0.113.18" in elements(d.ns), 10, "the ban under the new rule")
 
 
-def test_test_alert_checks_the_table(daemon: Callable[..., Daemon]) -> None:
+def test_test_alert_checks_the_table(daemon: Daemons) -> None:
     """`wrapalert test-alert` says the nftables sink delivered once its table exists."""
     d = daemon()
     done = subprocess.run(
@@ -387,7 +268,7 @@ def test_test_alert_checks_the_table(daemon: Callable[..., Daemon]) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "nftables  delivered" in done.stdout
-    in_ns(d.pid, "nft", "delete", "table", "inet", TABLE)
+    d.ns.run("nft", "delete", "table", "inet", TABLE)
     done = subprocess.run(
         [WRAPALERT, "test-alert", "-c", str(d.config)],
         capture_output=True,
@@ -399,12 +280,12 @@ def test_test_alert_checks_the_table(daemon: Callable[..., Daemon]) -> None:
     assert "nftables  failed" in done.stdout
 
 
-def test_a_deleted_table_comes_back_with_the_next_ban(daemon: Callable[..., Daemon]) -> None:
+def test_a_deleted_table_comes_back_with_the_next_ban(daemon: Daemons) -> None:
     """After someone deletes the table, the next ban re-creates it with every active ban."""
     d = daemon()
     d.report("203.0.113.19")
-    wait_until(lambda: "203.0.113.19" in elements(d.pid), 10, "the first ban")
-    in_ns(d.pid, "nft", "delete", "table", "inet", TABLE)
+    wait_until(lambda: "203.0.113.19" in elements(d.ns), 10, "the first ban")
+    d.ns.run("nft", "delete", "table", "inet", TABLE)
     d.report("203.0.113.20")
-    wait_until(lambda: {"203.0.113.19", "203.0.113.20"} <= set(elements(d.pid)), 15, "both bans")
+    wait_until(lambda: {"203.0.113.19", "203.0.113.20"} <= set(elements(d.ns)), 15, "both bans")
     assert d.status()["bans"]["last_error"] is None

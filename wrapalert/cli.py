@@ -77,9 +77,16 @@ def _ban_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's private subparse
         "add", help="ban an address (IPv6: its network) now, e.g. add 203.0.113.7 --for 2h"
     )
     _config_arg(ban_add)
-    ban_add.add_argument("addr", metavar="ADDR")
+    ban_add.add_argument("addr", metavar="ADDR", help="an address, or a network")
     ban_add.add_argument(
         "--for", dest="duration", default=None, metavar="DURATION", help="default: ban_for"
+    )
+    ban_add.add_argument(
+        "--force",
+        action="store_true",
+        help="ban a network wider than one IPv4 address or than ipv6_prefix, a network of "
+        "NAT64, Teredo or 6to4 addresses (each stands for many clients), or the peer of a "
+        "logged-in session",
     )
     ban_del = ban_sub.add_parser("del", help="lift a ban now")
     _config_arg(ban_del)
@@ -227,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from wrapalert import logs
+    from wrapalert.daemon.bankernel import TableInUseError
     from wrapalert.daemon.server import Server
     from wrapalert.daemon.store import StateError
 
@@ -234,7 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
     try:
         asyncio.run(Server(cfg, config_path=args.config).run())
-    except (OSError, StateError) as exc:
+    except (OSError, StateError, TableInUseError) as exc:
         print(f"wrapalert: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
     return EXIT_OK
@@ -397,7 +405,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(format_status(status))
     state = status.get("state", {})
     failing = any(s.get("held_failed") for s in status.get("sinks", {}).values())
-    return EXIT_PROBLEM if failing or not state.get("ok", True) else EXIT_OK
+    return EXIT_PROBLEM if failing or not state.get("ok", True) or bans_failing(status) else EXIT_OK
+
+
+def bans_failing(status: dict[str, Any]) -> bool:
+    """Whether the nftables sink does not enforce what its book holds: the kernel refuses
+    changes, or bans the book holds are not in the kernel."""
+    bans = status.get("bans") or {}
+    kernel = bans.get("kernel") or {}
+    return bool(bans.get("last_error")) or kernel.get("in_sync") is False
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -438,6 +454,19 @@ def format_status(status: dict[str, Any]) -> str:
             f" would ban {bans['would_ban']:,}, expired {bans['expired']:,}, lifted"
             f" {bans['lifted']:,}, refused: {refused})"
         )
+        kernel = bans.get("kernel") or {}
+        if kernel.get("in_sync") is False:
+            lines.append(
+                f"                NOT IN THE KERNEL: {kernel['missing']:,} of {bans['active']:,} "
+                f"bans are not dropped (table inet {kernel['table']}: "
+                f"{printable(str(kernel['found']))}); repairing"
+            )
+        elif kernel.get("in_sync"):
+            repairs = ", ".join(f"{k} {v}" for k, v in sorted(kernel["repairs"].items()))
+            lines.append(
+                f"                kernel: in step (table inet {kernel['table']}, checked every "
+                f"{kernel['reconcile_every']:g}s; repaired: {repairs or 'nothing'})"
+            )
         if bans.get("last_error"):
             lines.append(f"                last kernel error: {printable(str(bans['last_error']))}")
     state = status["state"]
@@ -510,6 +539,8 @@ def cmd_ban(args: argparse.Namespace) -> int:
                 except (TypeError, ValueError) as exc:
                     print(f"wrapalert: {exc}", file=sys.stderr)
                     return EXIT_USAGE
+            if args.force:
+                extra["force"] = True
             ban = control.request(path, "ban_add", addr=args.addr, **extra)
             what = "would be banned (dry-run)" if ban["dry_run"] else "banned"
             print(f"{ban['target']} {what} until {_local(ban['until'])}")
