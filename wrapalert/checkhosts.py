@@ -604,6 +604,21 @@ class _Linter:
         )
 
 
+def runs_wrapalert(text: str) -> bool:
+    """Whether a rule's spawn hands the event to wrapalert (its client or logger with WA1):
+    the line `hosts-deny-line --install` replaces and `--uninstall` removes."""
+    first = split_at(text)
+    second = split_at(first[1]) if first else None
+    for field in split_options(second[1]) if second else []:
+        option = parse_option(field)
+        if option.keyword != "spawn" or option.value is None:
+            continue
+        words = shell_words(expand(option.value.strip())) or []
+        if any(_is_client(w) or _is_logger(w, words[i:]) for i, w in enumerate(words)):
+            return True
+    return False
+
+
 def _after(words: list[str], flag: str) -> str | None:
     """The word after `flag`, if any."""
     for i, word in enumerate(words[:-1]):

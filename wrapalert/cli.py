@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wrapalert import config, hostsdeny, match, notify
 
+if TYPE_CHECKING:
+    from wrapalert import hookinstall
+    from wrapalert.checkhosts import Finding
+
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+HOSTS_ALLOW, HOSTS_DENY = Path("/etc/hosts.allow"), Path("/etc/hosts.deny")
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +68,49 @@ def _hosts_deny_line_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's priv
         default=sys.executable,
         metavar="PATH",
         help="interpreter the hook runs (default: this one)",
+    )
+    edit = line.add_argument_group(
+        "writing it into the tables",
+        "--install writes the line into hosts.deny (an outdated one is replaced) and the "
+        "--allow entries into hosts.allow, atomically, with a backup (FILE.wrapalert-bak). "
+        "It refuses (exit 2) when the result would refuse ssh to the client of the SSH "
+        "session it runs in, or when hosts.allow would let nobody reach sshd; it then says "
+        "which line to add to hosts.allow.",
+    )
+    how = edit.add_mutually_exclusive_group()
+    how.add_argument(
+        "--install", action="store_true", help="write the line into hosts.deny (see above)"
+    )
+    how.add_argument(
+        "--uninstall", action="store_true", help="remove wrapalert's line(s) from hosts.deny"
+    )
+    edit.add_argument(
+        "--allow",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="ADDR",
+        help="with --install: also let these reach sshd, in hosts.allow: addresses, networks "
+        "(192.0.2.0/24, 2001:db8::/32) or host names (which need DNS at login time)",
+    )
+    edit.add_argument(
+        "--force",
+        action="store_true",
+        help="with --install: write even when the result would lock ssh users out",
+    )
+    edit.add_argument(
+        "--allow-file",
+        type=Path,
+        default=HOSTS_ALLOW,
+        metavar="FILE",
+        help=f"the hosts.allow to read and write (default {HOSTS_ALLOW})",
+    )
+    edit.add_argument(
+        "--deny-file",
+        type=Path,
+        default=HOSTS_DENY,
+        metavar="FILE",
+        help=f"the hosts.deny to read and write (default {HOSTS_DENY})",
     )
 
 
@@ -156,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check-hosts", help="lint hosts.allow and hosts.deny for rules libwrap silently breaks"
     )
     _config_arg(hosts)
-    hosts.add_argument("--allow", type=Path, default=Path("/etc/hosts.allow"), metavar="FILE")
-    hosts.add_argument("--deny", type=Path, default=Path("/etc/hosts.deny"), metavar="FILE")
+    hosts.add_argument("--allow", type=Path, default=HOSTS_ALLOW, metavar="FILE")
+    hosts.add_argument("--deny", type=Path, default=HOSTS_DENY, metavar="FILE")
 
     sim = sub.add_parser(
         "simulate",
@@ -243,6 +292,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_hosts_deny_line(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     form: hostsdeny.Form = "logger" if args.logger else "client" if args.client else "durable"
+    if (args.allow or args.force) and not args.install:
+        print("wrapalert: --allow and --force go with --install", file=sys.stderr)
+        return EXIT_USAGE
+    if args.uninstall:
+        return _uninstall(args.deny_file)
+    from wrapalert import lockout
+
     try:
         line = hosts_deny_line(
             cfg,
@@ -252,10 +308,104 @@ def cmd_hosts_deny_line(args: argparse.Namespace) -> int:
             form=form,
             logger=args.logger or hostsdeny.LOGGER,
         )
+        patterns = [lockout.allow_pattern(addr) for addr in args.allow]
     except ValueError as exc:
         print(f"wrapalert: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(line)
+    if not args.install:
+        print(line)
+        return EXIT_OK
+    return _install(args, line, patterns)
+
+
+def _edit_command(args: argparse.Namespace) -> str:
+    """`wrapalert hosts-deny-line` with the options that name this config and these files."""
+    command = "wrapalert hosts-deny-line"
+    if args.config is not None:
+        command += f" -c {args.config}"
+    if args.allow_file != HOSTS_ALLOW:
+        command += f" --allow-file {args.allow_file}"
+    if args.deny_file != HOSTS_DENY:
+        command += f" --deny-file {args.deny_file}"
+    return command
+
+
+def _install(args: argparse.Namespace, line: str, patterns: list[str]) -> int:
+    """Write the line (and the --allow entries) unless that locks ssh users out."""
+    from wrapalert import hookinstall, lockout
+
+    allow_path, deny_path = args.allow_file, args.deny_file
+    try:
+        allow_before = hookinstall.read(allow_path)
+        deny_before = hookinstall.read(deny_path)
+    except hookinstall.InstallError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    allow = hookinstall.with_allowed(allow_before or b"", [lockout.allow_line(p) for p in patterns])
+    deny = hookinstall.with_hook(deny_before or b"", line)
+    session = lockout.ssh_session(os.environ)
+    tables = lockout.Tables(allow.data, deny.data, str(allow_path), str(deny_path))
+    risks = lockout.findings(tables, session, command=_edit_command(args))
+    for risk in risks:
+        print(risk.render(), file=sys.stderr)
+    if risks and not args.force:
+        print(
+            "wrapalert: nothing written: these tables would lock ssh users out (see above); "
+            "--force writes them anyway",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    same = hookinstall.find(deny.data)
+    try:
+        _apply(allow_path, allow, allow_before, "already allows them" if patterns else "")
+        _apply(deny_path, deny, deny_before, f"the wrapalert line is already there (line {same})")
+    except hookinstall.InstallError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    daemon = "sshd" if args.daemons == "ALL" else args.daemons.split(",")[0].strip()
+    first = hookinstall.shadowing(deny.data, daemon)
+    if first is not None:
+        print(
+            f"wrapalert: note: {deny_path} line {first.line} ({lockout.shorten(first.text)}) "
+            f"refuses {daemon} first: the hook never runs for the clients it names; move the "
+            "wrapalert line above it",
+            file=sys.stderr,
+        )
+    if risks:
+        print("wrapalert: written anyway (--force): ssh users are locked out", file=sys.stderr)
+    elif session is not None:
+        print(f"ssh from this session's client {session.client} stays allowed.")
+    else:
+        print(f"no SSH session found: checked that {allow_path} lets a client reach sshd.")
+    return EXIT_OK
+
+
+def _apply(path: Path, edit: hookinstall.Edit, before: bytes | None, unchanged: str) -> None:
+    from wrapalert import hookinstall
+
+    if not edit.changed:
+        if unchanged:
+            print(f"{path}: {unchanged}")
+        return
+    backup = hookinstall.replace(path, edit.data, before=before)
+    kept = f" (the previous contents: {backup})" if backup else ""
+    print(f"{path}: {'; '.join(edit.changes)}{kept}")
+
+
+def _uninstall(deny_path: Path) -> int:
+    from wrapalert import hookinstall
+
+    try:
+        before = hookinstall.read(deny_path)
+        edit = hookinstall.without_hook(before or b"")
+        if not edit.changed:
+            print(f"{deny_path}: no wrapalert line; nothing to remove")
+            return EXIT_OK
+        backup = hookinstall.replace(deny_path, edit.data, before=before)
+    except hookinstall.InstallError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    print(f"{deny_path}: {'; '.join(edit.changes)} (the previous contents: {backup})")
     return EXIT_OK
 
 
@@ -330,12 +480,31 @@ def cmd_check_hosts(args: argparse.Namespace) -> int:
         command=command,
     )
     findings = checkhosts.check_files(args.allow, args.deny, installation)
+    edit = command
+    if args.allow != HOSTS_ALLOW:
+        edit += f" --allow-file {args.allow}"
+    if args.deny != HOSTS_DENY:
+        edit += f" --deny-file {args.deny}"
+    findings += _lockout(args.allow, args.deny, edit)
     for finding in findings:
         print(finding.render())
     errors = sum(f.severity == "error" for f in findings)
     warnings = len(findings) - errors
     print(f"{args.allow}, {args.deny}: {errors} error(s), {warnings} warning(s)")
     return EXIT_PROBLEM if errors else EXIT_OK
+
+
+def _lockout(allow: Path, deny: Path, command: str) -> list[Finding]:
+    """The lock-out risks of these tables (none when one cannot be read: that is reported)."""
+    from wrapalert import hookinstall, lockout
+
+    try:
+        tables = lockout.Tables(
+            hookinstall.read(allow) or b"", hookinstall.read(deny) or b"", str(allow), str(deny)
+        )
+    except hookinstall.InstallError:
+        return []
+    return lockout.findings(tables, lockout.ssh_session(os.environ), command=command)
 
 
 def printable(text: str) -> str:

@@ -492,6 +492,29 @@ _VALUE_CHECKS: dict[str, Callable[[str], str | None]] = {
 }
 
 
+def names_clients(allow: bytes, daemon: str) -> int | None:
+    """The first hosts.allow line that lets some client reach `daemon`: its daemon list
+    matches, it names a client before any EXCEPT, and its options refuse nobody. None
+    when there is none (before a line error, which ends the table)."""
+    matcher = _Matcher(Request(daemon, Endpoint()), None)
+    for record in records(allow):
+        if record.error is not None:
+            return None
+        first = split_at(record.text, ":")
+        if record.text.startswith("#") or first is None:
+            continue
+        daemons, rest = first
+        clients = split_at(rest, ":")
+        named = _tokens(clients[0] if clients else rest)
+        if not named or _eq(named[0], "EXCEPT"):
+            continue
+        if matcher.list_match(_tokens(daemons), matcher.server_match):
+            verdict, _ = matcher.options(record)
+            if verdict != "deny":
+                return record.line
+    return None
+
+
 # --- the decision ---------------------------------------------------------------------
 
 
