@@ -787,3 +787,13 @@ def test_command_names_the_command_for_the_current_line(sockdir: Path, tmp_path:
     result = check_hosts("-c", str(cfg), *tables(tmp_path, ADMINS, old.encode()))
     assert result.returncode == 0
     assert f"fix: print the current one with: wrapalert hosts-deny-line -c {cfg} " in result.stdout
+
+
+def test_lint_knows_debians_aclexec_option(tmp_path: Path) -> None:
+    """aclexec (Debian's) is an option, not an error; its program is checked like spawn's."""
+    assert lint(b"sshd: ALL : aclexec /bin/true\n", "allow") == []
+    (line, severity, message) = lint(b"sshd: ALL : aclexec /nonexistent/check %a\n", "allow")[0]
+    assert (line, severity) == (1, "error")
+    assert message.startswith("/nonexistent/check does not exist")
+    libwrap = wrap(tmp_path, allow=b"sshd: ALL : aclexec /bin/true\n", deny=DENY_ALL)
+    assert libwrap.allowed(DAEMON, CLIENT)

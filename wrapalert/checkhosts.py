@@ -60,10 +60,11 @@ OPTIONS = {
     "allow": "none",
     "deny": "none",
     "banners": "need",
+    "aclexec": "need",  # Debian's: runs a command whose exit status decides the match
 }
 MUST_BE_LAST = frozenset({"allow", "deny", "twist"})
-EXPANDED = frozenset({"spawn", "twist", "setenv"})  # libwrap applies %-expansion to these
-COMMANDS = frozenset({"spawn", "twist"})  # run with /bin/sh -c
+EXPANDED = frozenset({"spawn", "twist", "setenv", "aclexec"})  # libwrap %-expands these
+COMMANDS = frozenset({"spawn", "twist", "aclexec"})  # run with /bin/sh -c
 # The %-expansions Debian's libwrap knows; any other `%X` expands to nothing.
 EXPANSIONS = frozenset("aAcdhHnNprRsu")
 _MARK = "\ue000"  # stands for an expansion inside shell words (libwrap fills it in later)

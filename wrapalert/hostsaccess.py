@@ -58,8 +58,6 @@ _NOT_INADDR = re.compile(r"[^0-9./]")
 _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _INADDR_NONE = 0xFFFFFFFF
 _DIGITS, _HEX, _C_SPACE = "0123456789", "0123456789abcdefABCDEF", " \t\n\v\f\r"
-# Debian's option table knows one more than the upstream one the linter lists.
-_OPTIONS = {**OPTIONS, "aclexec": "need"}
 _FACILITIES = frozenset(
     ("kern", "user", "mail", "daemon", "auth", "lpr", "news", "uucp", "cron")
 ) | {f"local{n}" for n in range(8)}
@@ -414,7 +412,7 @@ class _Matcher:
 
 def _option_error(keyword: str, value: str | None, *, last: bool) -> str | None:
     """What makes libwrap jump out of a rule's options with a refusal, or None."""
-    need = _OPTIONS.get(keyword)
+    need = OPTIONS.get(keyword)
     if need is None:
         return f"unknown option {keyword!r}"
     if need == "need" and value is None:
