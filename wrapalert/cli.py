@@ -198,8 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_arg(test)
 
-    check = sub.add_parser("check-config", help="validate the configuration and print a summary")
+    check = sub.add_parser(
+        "check-config",
+        help="validate the configuration and print a summary, with where root's mail "
+        "(the digests) really goes",
+    )
     _config_arg(check)
+    check.add_argument(
+        "--mail",
+        action="store_true",
+        help="print only where the digests to root really go (nothing when no sink mails root "
+        "through this host's MTA)",
+    )
 
     hosts = sub.add_parser(
         "check-hosts", help="lint hosts.allow and hosts.deny for rules libwrap silently breaks"
@@ -434,6 +444,10 @@ def hosts_deny_line(
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
+    if args.mail:
+        for note in mail_notes(cfg):
+            print(note[2:])
+        return EXIT_OK
     d = cfg.digest
     print(f"ok: {cfg.source}")
     print(
@@ -458,7 +472,36 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     for sink in cfg.sinks:
         print(f"  sink {sink.name}: {registry.describe(sink)}")
+    for note in mail_notes(cfg):
+        print(note)
     return EXIT_OK
+
+
+def mail_notes(cfg: config.Config, root: Path = Path("/")) -> list[str]:
+    """Where root's mail really goes, for the sinks that mail root through this host's MTA
+    (smtp to this host, sendmail): a warning when no person reads it."""
+    import socket
+
+    from wrapalert import mailroute
+    from wrapalert.sinks.sendmail import SendmailSinkConfig
+    from wrapalert.sinks.smtp import SmtpSinkConfig
+
+    names = (*mailroute.local_names(root, cfg.daemon.hostname), socket.gethostname())
+    sinks = [
+        s.name
+        for s in cfg.sinks
+        if (isinstance(s, SmtpSinkConfig) and mailroute.is_local(s.host, names))
+        or isinstance(s, SendmailSinkConfig)
+        if mailroute.to_root(s.to, names)
+    ]
+    if not sinks:
+        return []
+    route = mailroute.root_route(root)
+    label = "warning" if route.reaches_person is False else "note"
+    lines = [f"  {label}: sink {', '.join(sinks)} mails root, and {route.where}"]
+    if route.fix:
+        lines.append(f"    fix: {route.fix}")
+    return lines
 
 
 def cmd_check_hosts(args: argparse.Namespace) -> int:
@@ -734,6 +777,9 @@ def cmd_test_alert(args: argparse.Namespace) -> int:
     width = max(map(len, results))
     for name, result in results.items():
         print(f"{name:<{width}}  {printable(result)}")
+    # "delivered" means the MTA took it: say where root's copy ends.
+    for note in mail_notes(config.load(args.config)):
+        print(note.strip() if not note.startswith("    ") else note[2:])
     return EXIT_OK if all(r == "delivered" for r in results.values()) else EXIT_PROBLEM
 
 
