@@ -413,12 +413,12 @@ def test_status_and_flush_commands(daemon: DaemonProcess, sockdir: Path) -> None
     flushed = subprocess.run(
         [WRAPALERT, "flush", "-c", cfg], capture_output=True, text=True, check=True, timeout=30
     )
-    assert "flushed: 1 events, queued as a digest" in flushed.stdout
+    assert "flushed: 1 event, queued as a digest" in flushed.stdout
     wait_until(lambda: len(maildir_messages(sockdir / "Maildir")) == 1, what="the digest")
     human = subprocess.run(
         [WRAPALERT, "status", "-c", cfg], capture_output=True, text=True, check=True, timeout=30
     )
-    assert "sink maildir: delivered 1 (1 events)" in human.stdout
+    assert "sink maildir: delivered 1 (1 event)" in human.stdout
 
 
 def test_status_without_a_daemon_says_so(sockdir: Path) -> None:

@@ -137,11 +137,46 @@ def _ban_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's private subparse
     _config_arg(ban_flush)
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked (the metadata costs an import)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:  # noqa: ANN401 - argparse's
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        print(f"wrapalert {version()}")
+        parser.exit()
+
+
+def version() -> str:
+    """This installation's version (its package metadata)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("wrapalert")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed as a package)"
+
+
+NOTIFY_USAGE = """\
+usage: wrapalert notify KEY=VALUE...
+
+The per-connection client, run by the hosts.deny line for each refused connection
+(the same code as notify.py): it sends one event to the daemon's socket, spools it
+when the daemon is down, and falls back to syslog. Keys: d (daemon), p (pid), u
+(user), c (client), a (address), n (name), h (host), s (server), A (server address),
+r (port), v (verdict); socket=PATH and spool=PATH configure the client itself. It
+parses no options (an expansion may begin with '-'), writes nothing and always exits
+0. Print the line that runs it with: wrapalert hosts-deny-line. See wrapalert(8).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wrapalert",
         description="Turn TCP wrappers' refused connections into quiet, reliable digests.",
     )
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     run = sub.add_parser("run", help="run the daemon in the foreground")
@@ -151,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "notify",
-        help="the per-connection client (KEY=VALUE..., see DESIGN.md); always exits 0",
+        help="the per-connection client (KEY=VALUE..., as the hosts.deny line passes them: "
+        "see wrapalert(8)); always exits 0",
     )
 
     _hosts_deny_line_parser(sub)
@@ -258,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["notify"]:
+        if args_list[1:] in (["-h"], ["--help"]):  # a hook line passes KEY=VALUE words only
+            print(NOTIFY_USAGE, end="")
+            return EXIT_OK
         # No option parsing for the client: an expansion may begin with "-".
         notify.main(args_list[1:])
     args = build_parser().parse_args(args_list)
@@ -599,8 +638,27 @@ def ask(args: argparse.Namespace, cmd: str) -> dict[str, Any] | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    reply = ask(args, "status")
-    if reply is None:
+    from wrapalert.daemon import control
+
+    cfg = config.load(args.config)
+    try:
+        reply = control.request(cfg.daemon.control_socket, "status")
+    except control.NotRunningError as exc:
+        if not control.listening(cfg.daemon.socket):
+            print(f"wrapalert: {exc}", file=sys.stderr)
+            return EXIT_PROBLEM
+        # Socket activation: systemd holds the socket and starts the daemon on the first
+        # event; until then there is no daemon to ask, and nothing is wrong.
+        if args.json:
+            print(json.dumps({"idle": True, "socket": str(cfg.daemon.socket)}, indent=2))
+        else:
+            print(
+                f"wrapalert is idle: {cfg.daemon.socket} is listening (socket activation) and "
+                "starts the daemon on the first refused connection; no counters until then"
+            )
+        return EXIT_OK
+    except control.ControlError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
     status = reply["status"]
     if args.json:
@@ -633,9 +691,11 @@ def format_status(status: dict[str, Any]) -> str:
         f"digests         {status['digests']:>10,}",
     ]
     for name, sink in sorted(status["sinks"].items()):
+        events = sink["events_delivered"]
         line = (
-            f"sink {name}: delivered {sink['delivered']:,} ({sink['events_delivered']:,} "
-            f"events), failed {sink['failed']:,}, queued {sink['queued']:,}"
+            f"sink {name}: delivered {sink['delivered']:,} ({events:,} "
+            f"event{'s' if events != 1 else ''}), failed {sink['failed']:,}, "
+            f"queued {sink['queued']:,}"
         )
         if sink.get("held_failed"):
             line += f", {sink['held_failed']} set aside until reload"
@@ -760,7 +820,11 @@ def cmd_flush(args: argparse.Namespace) -> int:
     if reply is None:
         return EXIT_PROBLEM
     if reply["digests"]:
-        print(f"flushed: {reply['events']:,} events, queued as a digest to each sink they route to")
+        events = reply["events"]
+        print(
+            f"flushed: {events:,} event{'s' if events != 1 else ''}, queued as a digest to each "
+            "sink they route to"
+        )
     else:
         print("nothing pending")
     return EXIT_OK
