@@ -531,3 +531,22 @@ def test_check_hosts_reports_a_deny_line_with_an_empty_hosts_allow(sockdir: Path
     assert result.returncode == 1
     assert "nobody could log in by ssh" in result.stdout
     assert result.stdout.splitlines()[-1].endswith(": 1 error(s), 0 warning(s)")
+
+
+@pytest.mark.parametrize(
+    ("value", "client"),
+    [
+        ("fe80::1%eth0 50000 fe80::2%eth0 22", "fe80::1"),
+        ("2001:DB8::5 50000 2001:db8::1 22", "2001:db8::5"),
+        ("not-an-address 1 2 3", None),
+        ("", None),
+    ],
+)
+def test_session_addresses_are_canonical_and_hostile_ones_ignored(
+    value: str, client: str | None
+) -> None:
+    """A zone is dropped, case folded; anything that is no address is no session."""
+    found = lockout.ssh_session({"SSH_CONNECTION": value})
+    assert (found.client if found else None) == client
+    if found is not None:
+        assert lockout.findings(tables(""), found, command="w")  # and the check runs on it

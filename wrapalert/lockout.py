@@ -97,8 +97,9 @@ def _session(env: Mapping[str, str], where: str) -> Session | None:
 
 
 def _address(text: str) -> str | None:
+    """The address, canonical, without an interface zone (libwrap's matching ignores it)."""
     try:
-        return str(ipaddress.ip_address(text))
+        return str(ipaddress.ip_address(text.partition("%")[0]))
     except ValueError:
         return None
 
