@@ -312,22 +312,32 @@ def test_errors_reach_the_journal_at_priority_err(journald: Journald, sockdir: P
     path = write_config(sockdir)
     stream = journal_stderr(journald.sockets, "wrapalert")
     st = os.fstat(stream.fileno())
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(sockdir / "systemd.sock"))
+    notify.settimeout(60)
     proc = subprocess.Popen(
         [WRAPALERT, "run", "-c", str(path)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=stream.fileno(),
-        env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+        env={
+            **os.environ,
+            "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}",
+            "NOTIFY_SOCKET": str(sockdir / "systemd.sock"),
+        },
     )
     stream.close()
     try:
-        wait_until((sockdir / "control.sock").exists, 20, "the daemon")
+        # READY=1 comes once SIGHUP is handled (before it, SIGHUP would end the daemon).
+        while b"READY=1" not in notify.recv(4096):
+            pass
         path.write_text(path.read_text().replace('group_wait = "500ms"', 'group_wait = "soon"'))
         proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "reload_refused" in _journal(journald, "-p", "err"), 20, "the error")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
+        notify.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

@@ -27,7 +27,7 @@ from conftest import (
     write_config,
 )
 
-from wrapalert import config, logs, preview
+from wrapalert import cli, config, logs, preview
 from wrapalert.daemon.server import Server
 from wrapalert.mail import Renderer
 from wrapalert.model import Digest, alert_test_report
@@ -217,14 +217,14 @@ def test_notify_help_is_never_taken_from_a_hook_line() -> None:
 
 
 @pytest.mark.parametrize(("given", "seconds"), [("600", 600.0), ("1.5", 1.5), ("10m", 600.0)])
-def test_plain_seconds_are_a_duration(given: str, seconds: float) -> None:
-    assert config.parse_duration(given) == seconds
+def test_plain_seconds_are_a_duration_on_the_command_line(given: str, seconds: float) -> None:
+    assert cli.duration(given) == seconds
 
 
 @pytest.mark.parametrize("bad", ["-600", "1e3", "inf", "nan", " 600", "600 s", ""])
 def test_other_numbers_are_not(bad: str) -> None:
     with pytest.raises(ValueError, match="duration"):
-        config.parse_duration(bad)
+        cli.duration(bad)
 
 
 def test_ban_add_for_plain_seconds_is_accepted(sockdir: Path) -> None:

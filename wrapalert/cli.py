@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -589,6 +590,14 @@ def _lockout(allow: Path, deny: Path, command: str) -> list[Finding]:
     return lockout.findings(tables, lockout.ssh_session(os.environ), command=command)
 
 
+def duration(text: str) -> float:
+    """A duration given on the command line: "2h", "30m", ... or plain seconds ("600"),
+    which TOML writes as a number (a quoted "600" in the config file stays refused)."""
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return config.parse_duration(float(text))
+    return config.parse_duration(text)
+
+
 def printable(text: str) -> str:
     """Text from outside (a server's error message) safe for a terminal: anything not
     printable, C1 controls and bidi overrides included, shown as "?"."""
@@ -732,7 +741,7 @@ def cmd_silence(args: argparse.Namespace) -> int:
     try:
         if args.action == "add":
             try:
-                seconds = config.parse_duration(args.duration)
+                seconds = duration(args.duration)
                 matchers = [str(match.Matcher.parse(m)) for m in args.matchers]
             except (TypeError, ValueError) as exc:  # MatcherError is a ValueError
                 print(f"wrapalert: {exc}", file=sys.stderr)
@@ -778,7 +787,7 @@ def cmd_ban(args: argparse.Namespace) -> int:
             extra: dict[str, Any] = {}
             if args.duration is not None:
                 try:
-                    extra["seconds"] = config.parse_duration(args.duration)
+                    extra["seconds"] = duration(args.duration)
                 except (TypeError, ValueError) as exc:
                     print(f"wrapalert: {exc}", file=sys.stderr)
                     return EXIT_USAGE

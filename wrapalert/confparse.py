@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_SECONDS = re.compile(r"\d+(?:\.\d+)?")  # "600" on a command line: plain seconds
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -66,7 +65,7 @@ def parse_duration(value: object) -> float:
     """Seconds from "500ms", "10s", "5m", "4h", "1d", "1h30m" or a plain number of seconds."""
     if isinstance(value, bool):
         raise TypeError(f"bad duration {value!r}")
-    if isinstance(value, int | float) or (isinstance(value, str) and _SECONDS.fullmatch(value)):
+    if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and value and _DURATION.sub("", value) == "":
         seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(value))
