@@ -300,7 +300,8 @@ def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
     [Rollup], more_rollups, more_rollup_events; untrusted_shown: [GroupReport],
     more_untrusted, more_untrusted_events; quiet: [GroupReport] (groups with nothing new
     since their last report, now forgotten); step, timeline: [Slot] (trusted events);
-    silence_for; top_silence (the command for the first row that has one, or "");
+    silence_for; top_silence (the command that silences the busiest row that has one, or
+    ""; shown under every sources table);
     groups, trusted_groups, untrusted_groups: [GroupReport], every report. Lists hold at
     most LIST_MAX unless said otherwise.
     """
@@ -320,7 +321,8 @@ def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
     told = story.stories(digest, rule, start)
     rows = sources_table(trusted, told, start, rule.persistent)
     table = rows[:TOP_SOURCES]
-    silences = [s.silence for s in table if s.silence]
+    # The busiest row (not the first: rows sort by severity) that can be silenced at all.
+    silences = [s.silence for s in sorted(table, key=lambda s: -s.events) if s.silence]
     step, slots = timeline(trusted)
     found, rolled = story.scans(trusted), rollups(trusted)
     persistent = rule.persistent
