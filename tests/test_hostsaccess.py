@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,9 @@ from wrapalert.hostsaccess import Endpoint, Request
 
 ORACLE = str(Path(__file__).with_name("libwrap_oracle.py"))
 DENY_ALL = "ALL: ALL\n"
-HOSTFILE = "/tmp/wa-hostsaccess-clients"  # a /file pattern's file: fixed, tables name it
+# A /file pattern's file: the case tables below name it, so its path is fixed per run.
+_HOSTDIR = Path(tempfile.mkdtemp(prefix="wa-hostsaccess-"))
+HOSTFILE = str(_HOSTDIR / "clients")
 
 
 def case(
@@ -81,9 +86,11 @@ def disagreements(cases: list[dict[str, str]]) -> list[tuple[dict[str, str], boo
     return [(c, r, model(c)) for c, r in zip(cases, real, strict=True) if model(c).allowed != r]
 
 
-@pytest.fixture(autouse=True)
-def _hostfile() -> None:
+@pytest.fixture(autouse=True, scope="module")
+def _hostfile() -> Iterator[None]:
     Path(HOSTFILE).write_text("10.0.0.1 192.0.2.5\n[2001:db8::5]\n")
+    yield
+    shutil.rmtree(_HOSTDIR, ignore_errors=True)
 
 
 NAMED = [
