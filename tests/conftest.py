@@ -222,14 +222,22 @@ def receiver(path: Path) -> socket.socket:
 
 
 WRAPALERT = str(Path(sys.executable).with_name("wrapalert"))
+# Appended to a config whose sinks take no digests: says that is meant (else refused).
+NO_DIGESTS = "\n[digest]\nenabled = false\n"
 NOTIFY = str(Path(__file__).resolve().parent.parent / "wrapalert" / "notify.py")
 
 
 def write_config(
-    base: Path, *, group_wait: str = "500ms", extra: str = "", sinks: str | None = None
+    base: Path,
+    *,
+    group_wait: str = "500ms",
+    extra: str = "",
+    sinks: str | None = None,
+    digests: bool = True,
 ) -> Path:
     """A TOML config under `base` (paths, short timers, a Maildir sink unless `sinks` says
-    otherwise) for `wrapalert run` or `Server(config_path=...)`."""
+    otherwise) for `wrapalert run` or `Server(config_path=...)`. `digests=False`: `sinks`
+    take none, and the config says that is meant."""
     if sinks is None:
         sinks = f'[[sink]]\ntype = "maildir"\npath = "{base}/Maildir"\n'
 
@@ -247,6 +255,7 @@ spool_scan_interval = "200ms"
 group_wait = "{group_wait}"
 group_interval = "2s"
 batch_window = "500ms"
+{"" if digests else "enabled = false"}
 
 {sinks}
 {extra}""")
@@ -478,7 +487,7 @@ def cfg_path(sockdir: Path) -> Path:
         f'[[sink]]\ntype = "jsonl"\npath = "{sockdir}/events.jsonl"\nevents_per_second = 100000\n'
     )
     (sockdir / "spool").mkdir()
-    return write_config(sockdir, sinks=sinks)
+    return write_config(sockdir, sinks=sinks, digests=False)
 
 
 def jsonl_events(base: Path) -> list[dict[str, Any]]:

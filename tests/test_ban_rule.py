@@ -10,7 +10,7 @@ from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
-from conftest import body, one_group
+from conftest import NO_DIGESTS, body, one_group
 
 from wrapalert import config
 from wrapalert.banrule import BanRule, BanTargetError, normalise_allow
@@ -182,7 +182,7 @@ def test_config_reads_the_nftables_sink(tmp_path: Path) -> None:
     path.write_text(
         '[[sink]]\ntype = "nftables"\nthreshold = 5\nwindow = "1m"\nban_for = "2h"\n'
         'ipv6_prefix = 56\nallow = ["10.0.0.0/8"]\nmax_bans = 7\nmode = "dry-run"\n'
-        'table = "wa_test"\n'
+        'table = "wa_test"\n' + NO_DIGESTS
     )
     (sink,) = config.load(path).sinks
     assert sink == NftablesSinkConfig(
@@ -210,7 +210,7 @@ def test_config_reads_the_nftables_sink(tmp_path: Path) -> None:
 def test_config_refuses_bad_nftables_keys(tmp_path: Path, line: str) -> None:
     """A bad mode, allow network, table name or threshold, or a rate, is a config error."""
     path = tmp_path / "w.toml"
-    path.write_text(f'[[sink]]\ntype = "nftables"\n{line}\n')
+    path.write_text(f'[[sink]]\ntype = "nftables"\n{line}\n{NO_DIGESTS}')
     with pytest.raises(config.ConfigError):
         config.load(path)
 
@@ -218,7 +218,9 @@ def test_config_refuses_bad_nftables_keys(tmp_path: Path, line: str) -> None:
 def test_config_refuses_a_second_nftables_sink(tmp_path: Path) -> None:
     """Two nftables sinks would fight over bans: the second is a config error."""
     path = tmp_path / "w.toml"
-    path.write_text('[[sink]]\ntype = "nftables"\n\n[[sink]]\ntype = "nftables"\nname = "b"\n')
+    path.write_text(
+        '[[sink]]\ntype = "nftables"\n\n[[sink]]\ntype = "nftables"\nname = "b"\n' + NO_DIGESTS
+    )
     with pytest.raises(config.ConfigError, match="only one nftables sink"):
         config.load(path)
 

@@ -193,7 +193,7 @@ def test_html_has_what_the_text_part_has() -> None:
         "wrapalert silence add --for 2h client=203.0.113.7",
         "wrapalert silence add --for 2h daemon=sshd client=192.0.2.200",
         *(s.line[:60] for s in story.stories(d, story.StoryRule(), d.window[0])),
-        "reported by uid 1000, untrusted: 1 events",
+        "reported by uid 1000, untrusted: 1 event,",
         "Refused connections per 2 min",
     ]
     for needle in needles:

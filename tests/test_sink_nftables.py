@@ -190,6 +190,14 @@ def test_ban_add_list_and_flush_by_hand(daemon: Daemons) -> None:
     assert d.status()["bans"]["lifted"] == 1
 
 
+def test_ban_add_for_600_bans_for_600_seconds(daemon: Daemons) -> None:
+    """Through the daemon and the kernel: `ban add --for 600` is a 600-second ban."""
+    d = daemon()
+    done = d.ban("add", "203.0.113.21", "--for", "600")
+    assert done.returncode == 0, done.stderr
+    assert elements(d.ns)["203.0.113.21"]["timeout"] == 600
+
+
 def test_scan_across_daemons_bans_at_once(daemon: Daemons) -> None:
     """One address refused by three daemons is banned on the scan signal, below threshold."""
     d = daemon("threshold = 10")

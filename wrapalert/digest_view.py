@@ -293,8 +293,9 @@ def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
     trusted groups whose status is "new"); untrusted_sources (addresses in untrusted
     reports); start, end (the window of the new trusted events, else of all); daemons:
     [(name, count)] (trusted); stories: [story.Story], most severe first, and lead (the
-    first of a kind in story.LEADS, or None); held, silenced, merged; flushed (groups sent early at
-    shutdown); sources_table: [Source] (see `sources_table`, at most TOP_SOURCES) with
+    first of a kind in story.LEADS, or None); held, silenced, merged; flushed (groups sent
+    early at shutdown), flushed_by_hand (by `wrapalert flush`); test (a test-alert: its group
+    is no source); sources_table: [Source] (see `sources_table`, at most TOP_SOURCES) with
     more_groups and more_events for the rest; scans: [Scan] and more_scans; rollups:
     [Rollup], more_rollups, more_rollup_events; untrusted_shown: [GroupReport],
     more_untrusted, more_untrusted_events; quiet: [GroupReport] (groups with nothing new
@@ -307,7 +308,8 @@ def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
     rule = rule or StoryRule()
     groups = sorted(digest.groups, key=lambda g: (-g.events, g.key))
     quiet = [g for g in groups if g.reason == "repeat"]
-    active = [g for g in groups if g.reason != "repeat"]
+    # A test-alert's group reports nothing: no source row, no count.
+    active = [g for g in groups if g.reason not in ("repeat", "test")]
     trusted = [g for g in active if g.trusted]
     untrusted = [g for g in active if not g.trusted]
     daemons: Counter[str] = Counter()
@@ -344,6 +346,7 @@ def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
         "silenced": digest.silenced,
         "merged": digest.merged,
         "flushed": sum(g.reason == "shutdown flush" for g in groups),
+        "flushed_by_hand": sum(g.reason == "manual flush" for g in groups),
         "test": any(g.reason == "test" for g in groups),
         "start": start,
         "end": end,

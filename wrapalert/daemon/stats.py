@@ -71,7 +71,7 @@ class Stats:
         sinks: dict[str, dict[str, object]],
         state: dict[str, object],
     ) -> dict[str, object]:
-        """The `wrapalert status --json` object (DESIGN.md names its keys)."""
+        """The `wrapalert status --json` object (the design contract names its keys)."""
         return {
             "received": self.received,
             "rejected": dict(self.rejected),
