@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:  # noqa: PLR0915 - one s
         inetd.set_deny(f"{current}\n{old}")
         inetd.start()
         ports = dict(zip(VARIANTS, inetd.ports, strict=True))
-        attacker = Connector(network, network.peer)
+        attacker = Connector(network.peer)
         stop_stalls = threading.Event()
         stalls = threading.Thread(
             target=stall, args=(daemon.pid, args.stall_every, args.stall_for, stop_stalls)

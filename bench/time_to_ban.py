@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         inetd.set_deny(hosts_deny_line(config.load(cfg_path), sys.executable, form="durable"))
         inetd.start()
         watch = Watch(network)
-        attacker = Connector(network, network.peer)
+        attacker = Connector(network.peer)
         for i in range(2 * args.bans):
             variant = ("idle", "loaded")[(i // args.block) % 2]
             want_hogs = args.hogs if variant == "loaded" else 0

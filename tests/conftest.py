@@ -22,7 +22,6 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Self
 
-import netns
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -223,14 +222,22 @@ def receiver(path: Path) -> socket.socket:
 
 
 WRAPALERT = str(Path(sys.executable).with_name("wrapalert"))
+# Appended to a config whose sinks take no digests: says that is meant (else refused).
+NO_DIGESTS = "\n[digest]\nenabled = false\n"
 NOTIFY = str(Path(__file__).resolve().parent.parent / "wrapalert" / "notify.py")
 
 
 def write_config(
-    base: Path, *, group_wait: str = "500ms", extra: str = "", sinks: str | None = None
+    base: Path,
+    *,
+    group_wait: str = "500ms",
+    extra: str = "",
+    sinks: str | None = None,
+    digests: bool = True,
 ) -> Path:
     """A TOML config under `base` (paths, short timers, a Maildir sink unless `sinks` says
-    otherwise) for `wrapalert run` or `Server(config_path=...)`."""
+    otherwise) for `wrapalert run` or `Server(config_path=...)`. `digests=False`: `sinks`
+    take none, and the config says that is meant."""
     if sinks is None:
         sinks = f'[[sink]]\ntype = "maildir"\npath = "{base}/Maildir"\n'
 
@@ -248,6 +255,7 @@ spool_scan_interval = "200ms"
 group_wait = "{group_wait}"
 group_interval = "2s"
 batch_window = "500ms"
+{"" if digests else "enabled = false"}
 
 {sinks}
 {extra}""")
@@ -479,7 +487,7 @@ def cfg_path(sockdir: Path) -> Path:
         f'[[sink]]\ntype = "jsonl"\npath = "{sockdir}/events.jsonl"\nevents_per_second = 100000\n'
     )
     (sockdir / "spool").mkdir()
-    return write_config(sockdir, sinks=sinks)
+    return write_config(sockdir, sinks=sinks, digests=False)
 
 
 def jsonl_events(base: Path) -> list[dict[str, Any]]:
@@ -489,34 +497,3 @@ def jsonl_events(base: Path) -> list[dict[str, Any]]:
         return []
     records = [json.loads(line) for line in path.read_text().splitlines()]
     return [r for r in records if r.get("type") == "event"]
-
-
-def _netns_possible() -> bool:
-    try:
-        done = subprocess.run(
-            ["unshare", "-n", "true"], capture_output=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
-@pytest.fixture
-def network() -> Iterator[netns.Network]:
-    """The daemon's network namespace and one for the remote hosts (tests/netns.py), with
-    nftables at hand."""
-    require(os.geteuid() == 0, "private network namespaces and nftables need root")
-    require(shutil.which("nft") is not None, "nft is missing (apt-get install nftables)")
-    require(shutil.which("nsenter") is not None, "nsenter is missing (util-linux)")
-    require(_netns_possible(), "unshare -n is not permitted here")
-    net = netns.Network()
-    yield net
-    net.close()
-
-
-@pytest.fixture
-def peers(network: netns.Network) -> Iterator[netns.Peers]:
-    """Real TCP connections into the daemon's namespace from any address."""
-    connections = netns.Peers(network)
-    yield connections
-    connections.close()

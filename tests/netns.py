@@ -9,7 +9,8 @@ a command in one.
 
 `Connector` opens real TCP connections from a given source address and keeps them open
 (the refused service holds its end while the hook runs): the kernel has then seen that
-address complete a handshake, which is what the daemon's evidence check looks for.
+address complete a handshake, which is what the daemon's evidence check looks for;
+`Listener` is a service that holds what it accepts.
 
 Stdlib only: benches import it too. Needs root (namespaces, veth).
 """
@@ -62,7 +63,7 @@ class Network:
         return self._peer.pid
 
     def enter(self, pid: int) -> list[str]:
-        return ["nsenter", "-t", str(pid), "-n"]
+        return enter(pid)
 
     def run(self, pid: int, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -136,12 +137,18 @@ while True:
 """
 
 
-class Connector:
-    """TCP connections from chosen source addresses in one namespace, kept open."""
+def enter(pid: int) -> list[str]:
+    """The command prefix that runs a command in process `pid`'s network namespace."""
+    return ["nsenter", "-t", str(pid), "-n"]
 
-    def __init__(self, network: Network, pid: int) -> None:
+
+class Connector:
+    """TCP connections from chosen source addresses in one namespace (that process `pid`
+    holds), kept open."""
+
+    def __init__(self, pid: int) -> None:
         self.proc = subprocess.Popen(
-            [*network.enter(pid), sys.executable, "-I", "-S", "-c", _CONNECTOR],
+            [*enter(pid), sys.executable, "-I", "-S", "-c", _CONNECTOR],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -165,11 +172,12 @@ class Connector:
 
 
 class Listener:
-    """A TCP service in HOST that accepts and holds every connection (no libwrap)."""
+    """A TCP service in the namespace that process `pid` holds: it accepts on [::]:`port`
+    (both families; 0: a free port) and holds every connection (no libwrap)."""
 
-    def __init__(self, network: Network, port: int = 0) -> None:
+    def __init__(self, pid: int, port: int = 0) -> None:
         self.proc = subprocess.Popen(
-            [*network.enter(network.host), sys.executable, "-I", "-S", "-c", _HOLDER, str(port)],
+            [*enter(pid), sys.executable, "-I", "-S", "-c", _HOLDER, str(port)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -180,30 +188,3 @@ class Listener:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-class Peers:
-    """Real TCP connections into HOST's listener from any address: PEER's for remote
-    ones (added on demand), HOST's own loopback for 127.0.0.0/8 and ::1."""
-
-    def __init__(self, network: Network) -> None:
-        self.network = network
-        self.listener = Listener(network)
-        self.remote = Connector(network, network.peer)
-        self.local = Connector(network, network.host)
-
-    def connect(self, source: str) -> tuple[str, int, int]:
-        """A connection from `source`: (the server address it reached, the server port,
-        the client port), what libwrap's %A, %R and %r would say of it."""
-        ip = ipaddress.ip_address(source)
-        port = self.listener.port
-        if ip.is_loopback:
-            dest = "::1" if ip.version == 6 else "127.0.0.1"
-            return dest, port, self.local.connect(source, dest, port)
-        self.network.add_peer_address(source)
-        dest = HOST6 if ip.version == 6 else HOST4
-        return dest, port, self.remote.connect(source, dest, port)
-
-    def close(self) -> None:
-        for part in (self.remote, self.local, self.listener):
-            part.close()

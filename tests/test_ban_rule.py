@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from dataclasses import replace
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
-from conftest import body, one_group
+from conftest import NO_DIGESTS, body, one_group
 
 from wrapalert import config
-from wrapalert.banrule import BanRule, BanTargetError, local_addresses
+from wrapalert.banrule import BanRule, BanTargetError, normalise_allow
 from wrapalert.clock import SystemClock
 from wrapalert.daemon import control
 from wrapalert.daemon.bans import Bans
@@ -36,10 +37,10 @@ def test_ipv6_sources_are_banned_by_network() -> None:
     assert BanRule().target("unknown") is None
 
 
-def test_loopback_link_local_own_and_configured_networks_are_allowlisted() -> None:
-    """Loopback, link-local, this host's addresses and `allow` are never banned."""
-    rule = BanRule(allow=("198.51.100.0/24",), local=("192.0.2.10",))
-    for target in ("127.0.0.2", "169.254.1.1", "192.0.2.10", "198.51.100.9", "fe80::/64"):
+def test_loopback_link_local_and_configured_networks_are_allowlisted() -> None:
+    """Loopback, link-local and `allow` are never banned."""
+    rule = BanRule(allow=("198.51.100.0/24",))
+    for target in ("127.0.0.2", "169.254.1.1", "198.51.100.9", "fe80::/64"):
         assert rule.allowed(target), target
     assert not rule.allowed("192.0.2.11")
     assert rule.allowed(rule.target("::1") or "")
@@ -52,20 +53,93 @@ def test_an_ipv6_network_holding_an_allowed_address_is_not_banned() -> None:
 
 
 def test_operator_targets_are_checked_and_widened() -> None:
-    """`ban add` takes an address or an IPv6 network (widened to ipv6_prefix); not IPv4 nets."""
+    """`ban add` takes an address or a network; an IPv6 one narrower than ipv6_prefix is
+    widened to it, and names are refused."""
     rule = BanRule()
     assert rule.parse_target("2001:db8:5::7") == "2001:db8:5::/64"
     assert rule.parse_target("2001:db8:5::/96") == "2001:db8:5::/64"
-    assert rule.parse_target("2001:db8::/32") == "2001:db8::/32"
-    with pytest.raises(BanTargetError):
-        rule.parse_target("192.0.2.0/24")
-    with pytest.raises(BanTargetError):
+    assert rule.parse_target("203.0.113.7/32") == "203.0.113.7"
+    with pytest.raises(BanTargetError, match="not an IP address"):
         rule.parse_target("example.org")
 
 
-def test_local_addresses_include_loopback() -> None:
-    """This host's addresses are read from /proc (loopback is always among them)."""
-    assert "127.0.0.1" in local_addresses()
+@pytest.mark.parametrize(
+    ("text", "forced"),
+    [
+        ("2001:db8::/32", "2001:db8::/32"),  # wider than ipv6_prefix
+        ("192.0.2.0/24", "192.0.2.0/24"),  # an IPv4 network
+        ("::ffff:192.0.2.0/120", "192.0.2.0/24"),  # the same, written IPv4-mapped
+        ("64:ff9b::/96", "64:ff9b::/96"),  # every NAT64 client
+        ("2002:c000:204::/48", "2002:c000:204::/48"),  # a 6to4 site
+        ("4000::/2", "4000::/2"),  # a quarter of the IPv6 internet
+    ],
+)
+def test_wide_operator_targets_need_force(text: str, forced: str) -> None:
+    """Networks wider than one IPv4 address or than ipv6_prefix, and networks of a shared
+    prefix, are refused with the hint to --force, and taken as written with it."""
+    rule = BanRule()
+    with pytest.raises(BanTargetError, match="--force"):
+        rule.parse_target(text)
+    assert rule.parse_target(text, force=True) == forced
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ("64:ff9b::203.0.113.7", "64:ff9b::cb00:7107/128"),  # NAT64, well-known prefix
+        ("64:ff9b:1:2:3:4:cb00:7107", "64:ff9b:1:2:3:4:cb00:7107/128"),  # NAT64, local use
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001:0:4136:e378:8000:63bf:3fff:fdd2/128"),
+        ("2002:cb00:7107::1", "2002:cb00:7107::1/128"),  # 6to4
+        ("2001:db8:7:8::42", "2001:db8:7:8::/64"),  # an ordinary source: its /64
+    ],
+)
+def test_translated_sources_are_banned_as_one_address(source: str, target: str) -> None:
+    """NAT64, Teredo and 6to4 sources are banned as their single address, never their /64
+    (which holds every client behind the gateway)."""
+    assert BanRule().target(source) == target
+    assert BanRule().parse_target(source) == target
+
+
+def test_a_wide_prefix_never_holds_a_shared_one() -> None:
+    """With ipv6_prefix 16 a source next to Teredo's 2001::/32 gets a network narrowed
+    until it no longer holds Teredo; elsewhere it gets the /16."""
+    rule = BanRule(ipv6_prefix=16)
+    target = rule.target("2001:db8::1")
+    assert target == "2001:800::/21"
+    assert not ip_network("2001::/32").subnet_of(ip_network(target))  # type: ignore[arg-type]
+    assert rule.target("2003::1") == "2003::/16"
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("::ffff:192.0.2.7", "192.0.2.7/32"),
+        ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ("::ffff:c000:207", "192.0.2.7/32"),
+        ("192.0.2.1/24", "192.0.2.0/24"),
+        ("fe80::1%eth0", "fe80::1/128"),
+        ("2001:db8::/48", "2001:db8::/48"),
+    ],
+)
+def test_allow_entries_are_normalised(written: str, read: str) -> None:
+    """IPv4-mapped allow entries (as sshd and ss print dual-stack peers) are read as the
+    IPv4 networks they mean; host bits and zones are dropped."""
+    assert normalise_allow([written]) == (read,)
+
+
+def test_a_mapped_allow_entry_protects_the_ipv4_source() -> None:
+    """An allow entry written ::ffff:a.b.c.d keeps a.b.c.d from a ban (it was ignored)."""
+    rule = BanRule(allow=("::ffff:198.51.100.9",))
+    assert rule.allowed(rule.target("198.51.100.9") or "")
+    assert rule.allowed(rule.target("::ffff:198.51.100.9") or "")
+    assert not rule.allowed("198.51.100.10")
+
+
+def test_an_allow_entry_mixing_mapped_and_plain_ipv6_is_refused() -> None:
+    """An IPv6 network holding the whole mapped range and more is refused, saying how to
+    write it."""
+    with pytest.raises(ValueError, match="write the IPv4 part as IPv4"):
+        normalise_allow(["::ffff:0:0/80"])
 
 
 def test_counter_needs_threshold_refusals_within_the_window() -> None:
@@ -167,7 +241,7 @@ def test_config_reads_the_nftables_sink(tmp_path: Path) -> None:
     path.write_text(
         '[[sink]]\ntype = "nftables"\nthreshold = 5\nwindow = "1m"\nban_for = "2h"\n'
         'ipv6_prefix = 56\nallow = ["10.0.0.0/8"]\nmax_bans = 7\nmode = "dry-run"\n'
-        'table = "wa_test"\n'
+        'table = "wa_test"\n' + NO_DIGESTS
     )
     (sink,) = config.load(path).sinks
     assert sink == NftablesSinkConfig(
@@ -195,7 +269,7 @@ def test_config_reads_the_nftables_sink(tmp_path: Path) -> None:
 def test_config_refuses_bad_nftables_keys(tmp_path: Path, line: str) -> None:
     """A bad mode, allow network, table name or threshold, or a rate, is a config error."""
     path = tmp_path / "w.toml"
-    path.write_text(f'[[sink]]\ntype = "nftables"\n{line}\n')
+    path.write_text(f'[[sink]]\ntype = "nftables"\n{line}\n{NO_DIGESTS}')
     with pytest.raises(config.ConfigError):
         config.load(path)
 
@@ -203,7 +277,9 @@ def test_config_refuses_bad_nftables_keys(tmp_path: Path, line: str) -> None:
 def test_config_refuses_a_second_nftables_sink(tmp_path: Path) -> None:
     """Two nftables sinks would fight over bans: the second is a config error."""
     path = tmp_path / "w.toml"
-    path.write_text('[[sink]]\ntype = "nftables"\n\n[[sink]]\ntype = "nftables"\nname = "b"\n')
+    path.write_text(
+        '[[sink]]\ntype = "nftables"\n\n[[sink]]\ntype = "nftables"\nname = "b"\n' + NO_DIGESTS
+    )
     with pytest.raises(config.ConfigError, match="only one nftables sink"):
         config.load(path)
 
@@ -269,3 +345,20 @@ def test_a_manual_ban_needs_a_real_duration(tmp_path: Path, seconds: object) -> 
     with pytest.raises(control.ControlError, match="seconds"):  # not the kernel's error
         asyncio.run(bans.api_add({"addr": "203.0.113.7", "seconds": seconds}))
     assert bans.active == {}
+
+
+def test_digest_says_when_bans_are_not_enforced_and_when_repaired() -> None:
+    """Notes that bans are not in the kernel (with the error) and that the table was
+    repaired reach both parts of the digest."""
+    notes = (
+        ("unenforced", "2 ban(s)", "nft: Operation not permitted: install the drop-in", 1e9),
+        ("repaired", "wrapalert", "the table was missing; 2 missing", 1e9 + 30),
+    )
+    digest = replace(one_group(created=1_700_000_000.0), banned=notes, id="")
+    msg = Renderer("wrapalert@localhost", ("root",)).render(digest)
+    text, html = body(msg, "plain"), body(msg, "html")
+    assert "NOT ENFORCED: 2 ban(s) not in the kernel since" in text
+    assert "install the drop-in" in text
+    assert "table inet wrapalert repaired at" in text
+    assert "not enforced" in html
+    assert "table repaired at" in html

@@ -10,6 +10,7 @@ hosts_ctl returns and nothing needs polling.
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import socket
 import subprocess
@@ -668,6 +669,9 @@ def test_lint_a_durable_line_whose_logger_socket_differs_is_an_error(sockdir: Pa
 
 
 def check_hosts(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command, outside any SSH session (an empty SSH_CONNECTION says so): the lock-out
+    check then asks only that hosts.allow lets some client reach sshd."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
     return subprocess.run(
         [WRAPALERT, "check-hosts", *args],
         capture_output=True,
@@ -675,7 +679,13 @@ def check_hosts(*args: str) -> subprocess.CompletedProcess[str]:
         check=False,
         timeout=30,
         stdin=subprocess.DEVNULL,
+        env={**env, "SSH_CONNECTION": ""},
     )
+
+
+# A hosts.allow that lets the admins' network reach sshd: without one, a hosts.deny line
+# for ALL daemons locks everyone out of ssh, and check-hosts says so (tests/test_hook_install.py).
+ADMINS = b"sshd : 192.0.2.0/255.255.255.0\n"
 
 
 def tables(tmp_path: Path, allow: bytes, deny: bytes) -> list[str]:
@@ -690,7 +700,7 @@ def test_command_exits_0_for_this_installations_line(sockdir: Path, tmp_path: Pa
     line = subprocess.run(
         [WRAPALERT, "hosts-deny-line", "-c", str(cfg)], capture_output=True, check=True
     ).stdout
-    result = check_hosts("-c", str(cfg), *tables(tmp_path, b"", line))
+    result = check_hosts("-c", str(cfg), *tables(tmp_path, ADMINS, line))
     assert result.returncode == 0
     assert result.stdout.splitlines()[-1].endswith(": 0 error(s), 0 warning(s)")
 
@@ -706,7 +716,7 @@ def test_command_exits_1_and_names_file_line_severity_and_fix(tmp_path: Path) ->
 
 def test_command_exits_0_with_warnings_only(tmp_path: Path) -> None:
     """Warnings alone (here a spawn without '&') are printed but exit 0."""
-    result = check_hosts(*tables(tmp_path, b"", f"ALL: ALL: spawn {SLEEP} 1\n".encode()))
+    result = check_hosts(*tables(tmp_path, ADMINS, f"ALL: ALL: spawn {SLEEP} 1\n".encode()))
     assert result.returncode == 0
     assert ":1: warning: spawn without a trailing '&'" in result.stdout
 
@@ -737,7 +747,7 @@ def test_command_compares_with_the_config_given(sockdir: Path, tmp_path: Path) -
     line = subprocess.run(
         [WRAPALERT, "hosts-deny-line", "-c", str(a)], capture_output=True, check=True
     ).stdout
-    files = tables(tmp_path, b"", line)
+    files = tables(tmp_path, ADMINS, line)
     assert check_hosts("-c", str(a), *files).returncode == 0
     assert check_hosts("-c", str(b), *files).returncode == 1
 
@@ -790,6 +800,16 @@ def test_command_names_the_command_for_the_current_line(sockdir: Path, tmp_path:
     """An outdated line is a warning (exit 0) whose fix is hosts-deny-line with the same -c."""
     cfg = write_config(sockdir)
     old = OLD_LOGGER_LINE.format(sock=sockdir / "notify.sock") + "\n"
-    result = check_hosts("-c", str(cfg), *tables(tmp_path, b"", old.encode()))
+    result = check_hosts("-c", str(cfg), *tables(tmp_path, ADMINS, old.encode()))
     assert result.returncode == 0
     assert f"fix: print the current one with: wrapalert hosts-deny-line -c {cfg} " in result.stdout
+
+
+def test_lint_knows_debians_aclexec_option(tmp_path: Path) -> None:
+    """aclexec (Debian's) is an option, not an error; its program is checked like spawn's."""
+    assert lint(b"sshd: ALL : aclexec /bin/true\n", "allow") == []
+    (line, severity, message) = lint(b"sshd: ALL : aclexec /nonexistent/check %a\n", "allow")[0]
+    assert (line, severity) == (1, "error")
+    assert message.startswith("/nonexistent/check does not exist")
+    libwrap = wrap(tmp_path, allow=b"sshd: ALL : aclexec /bin/true\n", deny=DENY_ALL)
+    assert libwrap.allowed(DAEMON, CLIENT)

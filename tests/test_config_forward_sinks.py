@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import NO_DIGESTS
 
 from wrapalert import config
 from wrapalert.config import ConfigError, JournaldSinkConfig, SyslogSinkConfig
@@ -17,13 +18,13 @@ SOURCE = "/etc/wrapalert/wrapalert.toml"
 
 
 def sink_for(text: str) -> config.SinkConfig:
-    (sink,) = config.loads(text, SOURCE).sinks
+    (sink,) = config.loads(text + NO_DIGESTS, SOURCE).sinks
     return sink
 
 
 def error_for(text: str) -> str:
     with pytest.raises(ConfigError) as info:
-        config.loads(text, SOURCE)
+        config.loads(text + NO_DIGESTS, SOURCE)
     return str(info.value)
 
 
@@ -77,7 +78,8 @@ type = "journald"
 socket = "/run/systemd/journal/socket"
 events_per_second = 0.5
 timeout = "250ms"
-""",
+"""
+        + NO_DIGESTS,
         SOURCE,
     )
     remote, local, journald = cfg.sinks
@@ -184,6 +186,8 @@ def test_unknown_type_lists_the_new_sinks() -> None:
 def test_both_default_names_can_coexist_with_jsonl() -> None:
     """syslog, journald and jsonl side by side keep their default names, all distinct."""
     cfg = config.loads(
-        '[[sink]]\ntype = "syslog"\n[[sink]]\ntype = "journald"\n[[sink]]\ntype = "jsonl"\n', SOURCE
+        '[[sink]]\ntype = "syslog"\n[[sink]]\ntype = "journald"\n[[sink]]\ntype = "jsonl"\n'
+        + NO_DIGESTS,
+        SOURCE,
     )
     assert [s.name for s in cfg.sinks] == ["syslog", "journald", "jsonl"]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from conftest import NO_DIGESTS
 
 from wrapalert import config
 from wrapalert.config import AlertmanagerSinkConfig, ConfigError, WebhookSinkConfig
 
 
 def sink(table: str) -> config.SinkConfig:
-    (cfg,) = config.loads(f"[[sink]]\n{table}\n", "wa.toml").sinks
+    (cfg,) = config.loads(f"[[sink]]\n{table}\n{NO_DIGESTS}", "wa.toml").sinks
     return cfg
 
 

@@ -193,9 +193,18 @@ def test_html_has_what_the_text_part_has() -> None:
         "wrapalert silence add --for 2h client=203.0.113.7",
         "wrapalert silence add --for 2h daemon=sshd client=192.0.2.200",
         *(s.line[:60] for s in story.stories(d, story.StoryRule(), d.window[0])),
-        "reported by uid 1000, untrusted: 1 events",
+        "reported by uid 1000, untrusted: 1 event,",
         "Refused connections per 2 min",
     ]
     for needle in needles:
         assert needle in text
         assert needle in shown
+
+
+def test_html_names_the_command_for_the_busiest_source() -> None:
+    """The HTML part, like the text part, says how to silence the busiest source even when
+    no story carries a command, and escapes it (quotes are attacker-adjacent text)."""
+    events = parse_events("d=sshd a=192.0.2.1 count=2\nd=vsftpd a=192.0.2.9 count=3")
+    page = html_part(build_digest(events, config.Config(), NOW, host="web1"))
+    assert "To silence the busiest source for 2h:" in page
+    assert "wrapalert silence add --for 2h daemon=vsftpd client=192.0.2.9" in page

@@ -220,10 +220,26 @@ def test_silence_command_is_shell_quoted() -> None:
         daemons=((hostile, 20),),
     )
     out = text(replace(d, groups=(group,)))
+    lines = [line for line in out.splitlines() if "wrapalert silence add" in line]
+    assert len(lines) == 2  # the brute-force story's command and the sources table's
+    for line in lines:
+        assert "'daemon=sshd;reboot'" in line
+        assert shlex.split(line) == [
+            "wrapalert", "silence", "add", "--for", "2h", "daemon=sshd;reboot",
+            "client=203.0.113.7",
+        ]  # fmt: skip
+
+
+def test_every_sources_table_names_the_command_for_its_busiest_source() -> None:
+    """A digest with no story still says how to silence its busiest source (issue 20's
+    regression: only scan, sweep and brute-force stories used to carry the command)."""
+    d = digest("d=sshd a=192.0.2.1 count=2\nd=vsftpd a=192.0.2.9 count=3\nd=sshd a=192.0.2.5")
+    assert not [g for g in d.groups if g.events >= 20]  # below every story's threshold
+    out = text(d)
+    assert "To silence the busiest source for 2h:" in out
     (line,) = [line for line in out.splitlines() if "wrapalert silence add" in line]
-    assert "'daemon=sshd;reboot'" in line
     assert shlex.split(line) == [
-        "wrapalert", "silence", "add", "--for", "2h", "daemon=sshd;reboot", "client=203.0.113.7",
+        "wrapalert", "silence", "add", "--for", "2h", "daemon=vsftpd", "client=192.0.2.9",
     ]  # fmt: skip
 
 

@@ -413,12 +413,12 @@ def test_status_and_flush_commands(daemon: DaemonProcess, sockdir: Path) -> None
     flushed = subprocess.run(
         [WRAPALERT, "flush", "-c", cfg], capture_output=True, text=True, check=True, timeout=30
     )
-    assert "flushed: 1 events, queued as a digest" in flushed.stdout
+    assert "flushed: 1 event, queued as a digest" in flushed.stdout
     wait_until(lambda: len(maildir_messages(sockdir / "Maildir")) == 1, what="the digest")
     human = subprocess.run(
         [WRAPALERT, "status", "-c", cfg], capture_output=True, text=True, check=True, timeout=30
     )
-    assert "sink maildir: delivered 1 (1 events)" in human.stdout
+    assert "sink maildir: delivered 1 (1 event)" in human.stdout
 
 
 def test_status_without_a_daemon_says_so(sockdir: Path) -> None:
@@ -628,7 +628,9 @@ def test_reload_during_shutdown_is_ignored(sockdir: Path) -> None:
 
 def test_forwarded_counts_survive_a_restart(sockdir: Path) -> None:
     """A forwarding sink's delivered count is persisted like the others."""
-    path = write_config(sockdir, sinks=f'[[sink]]\ntype = "jsonl"\npath = "{sockdir}/e.jsonl"\n')
+    path = write_config(
+        sockdir, sinks=f'[[sink]]\ntype = "jsonl"\npath = "{sockdir}/e.jsonl"\n', digests=False
+    )
 
     async def once() -> dict[str, Any]:
         server = Server(config.load(path))

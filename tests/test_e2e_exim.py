@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import os
@@ -28,12 +29,14 @@ from conftest import (
     require,
 )
 
+from wrapalert import mailroute
 from wrapalert.cli import hosts_deny_line
 from wrapalert.config import SendmailSinkConfig, SmtpSinkConfig
 from wrapalert.daemon.server import Server
 from wrapalert.libwrap import LibWrap
 from wrapalert.sinks import build
 from wrapalert.sinks.sendmail import SendmailSink
+from wrapalert.sinks.smtp import SmtpSink
 
 MAIL_SPOOL = Path("/var/mail")
 
@@ -41,6 +44,14 @@ MAIL_SPOOL = Path("/var/mail")
 @pytest.fixture
 def exim(tmp_path: Path) -> Iterator[int]:
     """exim4 (Debian's default config) listening on a free loopback port; yields the port."""
+    with running_exim(tmp_path) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def running_exim(tmp_path: Path, aliases: Path | None = None) -> Iterator[int]:
+    """exim4 on a free loopback port; with `aliases`, in a mount namespace of its own where
+    that file is /etc/aliases (the host's stays as it is)."""
     binary = shutil.which("exim4") or "/usr/sbin/exim4"
     require(Path(binary).exists(), "exim4 is not installed (apt-get install exim4-daemon-light)")
     require(os.geteuid() == 0, "running exim4 as a daemon needs root")
@@ -48,8 +59,13 @@ def exim(tmp_path: Path) -> Iterator[int]:
     run_dir.mkdir(exist_ok=True)
     shutil.chown(run_dir, "Debian-exim")
     port = free_port()
+    argv = [binary, "-bdf", "-q30m", "-oX", str(port), "-oP", str(tmp_path / "exim.pid")]
+    if aliases is not None:
+        script = 'mount --bind "$1" /etc/aliases && shift && exec "$@"'
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                str(aliases), *argv]  # fmt: skip
     proc = subprocess.Popen(
-        [binary, "-bdf", "-q30m", "-oX", str(port), "-oP", str(tmp_path / "exim.pid")],
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -138,3 +154,54 @@ def test_the_sendmail_sink_delivers_through_exims_sendmail() -> None:
     assert box.parent == MAIL_SPOOL
     assert msg["X-Wrapalert-Events"] == "4"
     assert re.search(r"^192\.0\.2\.44 +\S+ +4 \S+ \w+ +sshd$", body(msg), re.MULTILINE)
+
+
+def mail_root(port: int, host: str = "127.0.0.1") -> Path:
+    """Send one digest to root through the smtp sink; the mailbox exim put it in."""
+    digest = one_group(2, addr="192.0.2.45")
+    sink = build(SmtpSinkConfig(host=host, port=port, to=("root",), timeout=10))
+    assert isinstance(sink, SmtpSink)
+    asyncio.run(sink.send(digest))
+    box, _ = find_in_mailboxes(f"<{digest.id}@")
+    return box
+
+
+def test_roots_mailbox_is_where_mailroute_says(exim: int) -> None:
+    """On this host as it is: the digest to root lands in the mailbox mailroute predicts
+    (stock Debian: /var/mail/mail, the mail4root router's), or, when an alias sends root's
+    mail elsewhere, not in mail4root's file."""
+    route = mailroute.root_route(Path("/"))
+    require(route.mta == "exim4", f"the local MTA is {route.mta}, not exim4")
+    box = mail_root(exim)
+    if route.mailbox is not None:
+        assert box.resolve() == route.mailbox.resolve()
+    else:
+        assert route.reaches_person is not False
+
+
+def test_a_root_alias_moves_roots_mail_where_mailroute_says(tmp_path: Path) -> None:
+    """With `root: daemon` in a private /etc/aliases, exim delivers root's digest to
+    /var/mail/daemon, and mailroute, reading the same aliases, says so."""
+    aliases = tmp_path / "aliases"
+    aliases.write_text("postmaster: root\nroot: daemon\n")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "usr/sbin").mkdir(parents=True)
+    (root / "var").mkdir()
+    (root / "etc/aliases").symlink_to(aliases)
+    (root / "etc/exim4").symlink_to("/etc/exim4")
+    (root / "usr/sbin/exim4").symlink_to(shutil.which("exim4") or "/usr/sbin/exim4")
+    (root / "var/mail").symlink_to(MAIL_SPOOL)
+    route = mailroute.root_route(root)
+    assert route.reaches_person is True
+    assert route.mailbox is not None
+    target = MAIL_SPOOL / "daemon"
+    existed = target.exists()
+    try:
+        with running_exim(tmp_path, aliases) as port:
+            box = mail_root(port)
+        assert box == target
+        assert route.mailbox.resolve() == target
+    finally:
+        if not existed:
+            target.unlink(missing_ok=True)

@@ -192,7 +192,9 @@ def test_one_fleet_notification_per_source_across_a_two_peer_cluster(
                 home = sockdir / host
                 home.mkdir()
                 path = write_config(
-                    home, sinks=f'[[sink]]\ntype = "alertmanager"\nurls = [{urls}]\n'
+                    home,
+                    sinks=f'[[sink]]\ntype = "alertmanager"\nurls = [{urls}]\n',
+                    digests=False,
                 )
                 text = replace_once(
                     path.read_text(), "[daemon]\n", f'[daemon]\nhostname = "{host}"\n'

@@ -18,15 +18,17 @@ TCP client refused three times by in.fingerd is banned.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import PYTHON, maildir_messages, require, wait_until
-from netns import HOST4, HOST6, Network, Peers
-from test_sink_nftables import Daemon, elements
+from netns import enter
+from nftns import HOST4, HOST6, Daemon, Netns, Sources, elements, link, require_netns
 from wrapped import Inetd, missing
 
 from wrapalert import config
@@ -69,7 +71,25 @@ IPV6_TRANSPARENT, IPV6_FREEBIND = 75, 78
 
 
 @pytest.fixture
-def services(network: Network, sockdir: Path) -> Iterator[Inetd]:
+def host() -> Iterator[Netns]:
+    """The namespace the daemon and the wrapped services run in."""
+    require_netns()
+    ns = Netns()
+    yield ns
+    ns.close()
+
+
+@pytest.fixture
+def peer(host: Netns) -> Iterator[Netns]:
+    """A second namespace joined to the host by a veth pair: where root forges from."""
+    ns = Netns()
+    link(host, ns)
+    yield ns
+    ns.close()
+
+
+@pytest.fixture
+def services(host: Netns, sockdir: Path) -> Iterator[Inetd]:
     """inetd in the daemon's namespace: three tcpd-wrapped UDP services for IPv4 forgeries,
     three for IPv6 ones from outside, three for the local user's, then in.fingerd (TCP)."""
     reason = missing("inetd")
@@ -80,22 +100,23 @@ def services(network: Network, sockdir: Path) -> Iterator[Inetd]:
         *(f"{{port}} dgram udp6 wait root {{tcpd}} {name}" for name in UDP_DAEMONS * 2),
         "{port} stream tcp nowait root {tcpd} in.fingerd",
     ]
-    inetd = Inetd(sockdir / "inetd", lines, network.host)
+    inetd = Inetd(sockdir / "inetd", lines, host.pid)
     (sockdir / "inetd").mkdir()
     yield inetd
     inetd.stop()
 
 
 @pytest.fixture
-def daemon(peers: Peers, sockdir: Path) -> Iterator[Daemon]:
+def daemon(host: Netns, sockdir: Path) -> Iterator[Daemon]:
     """The daemon with an nftables sink: threshold 3, and a scan of 3 daemons bans too."""
-    started = Daemon(sockdir, peers, "threshold = 3\nscan = true\n", group_wait="2s")
+    started = Daemon(sockdir, host, "threshold = 3\nscan = true\n", group_wait="2s")
     yield started
     started.proc.close()
+    started.sources.close()
 
 
 def test_forged_udp_sources_never_ban_and_a_tcp_attacker_still_is(
-    network: Network, peers: Peers, services: Inetd, daemon: Daemon, sockdir: Path
+    host: Netns, peer: Netns, services: Inetd, daemon: Daemon, sockdir: Path
 ) -> None:
     """Nine forged refusals (IPv4 and IPv6 from outside, IPv6 from a local user, each a
     scan of three daemons past the threshold) are reported as trusted udp reports and ban
@@ -103,24 +124,20 @@ def test_forged_udp_sources_never_ban_and_a_tcp_attacker_still_is(
     services.set_deny(hosts_deny_line(config.load(daemon.config), PYTHON, form="durable"))
     services.start()
     v4, v6, local = services.ports[0:3], services.ports[3:6], services.ports[6:9]
-    send: Callable[..., object] = network.run
-    send(network.peer, PYTHON, "-c", RAW4, FORGED4, HOST4, *map(str, v4))
-    send(network.peer, PYTHON, "-c", FREE6, str(IPV6_TRANSPARENT), FORGED6, HOST6,
-         *map(str, v6))  # fmt: skip
+    peer.run(PYTHON, "-c", RAW4, FORGED4, HOST4, *map(str, v4))
+    peer.run(PYTHON, "-c", FREE6, str(IPV6_TRANSPARENT), FORGED6, HOST6, *map(str, v6))
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON]
-    send(network.host, *as_nobody, "-c", FREE6, str(IPV6_FREEBIND), FORGED_LOCAL, "::1",
-         *map(str, local))  # fmt: skip
+    host.run(*as_nobody, "-c", FREE6, str(IPV6_FREEBIND), FORGED_LOCAL, "::1", *map(str, local))
     wait_until(lambda: daemon.status()["received"] >= 9, 30, "the nine forged refusals")
     evidence = daemon.status()["evidence"]
     assert evidence == {"error": None, "udp": 9}  # each refusal's datagram, not a handshake
-    network.add_peer_address(ATTACKER)  # a real remote host
-    for _ in range(3):
-        peers.remote.connect(ATTACKER, HOST4, services.ports[9])
-    wait_until(lambda: ATTACKER in elements(daemon.pid), 15, "the TCP attacker's ban")
+    for _ in range(3):  # a real remote host, refused by in.fingerd through tcpd
+        daemon.sources.connect(ATTACKER, services.ports[9])
+    wait_until(lambda: ATTACKER in elements(daemon.ns), 15, "the TCP attacker's ban")
     status = daemon.status()
     assert status["untrusted"] == 0  # root's hook reported every forgery: trusted
     assert status["evidence"]["tcp"] == 3
-    assert set(elements(daemon.pid)) == {ATTACKER}
+    assert set(elements(daemon.ns)) == {ATTACKER}
     assert status["bans"]["added"] == 1
     # Every forged source is in a digest, marked; none is told as more than a report.
     wait_until(lambda: all(row(sockdir, f) for f in FORGED), 20, "the forged rows")
@@ -141,18 +158,39 @@ def row(base: Path, addr: str) -> list[str]:
     return [] if at is None else lines[at : at + 2]
 
 
-def test_a_connection_in_another_network_namespace_is_unknown(peers: Peers) -> None:
+def test_a_connection_in_another_network_namespace_is_unknown(host: Netns) -> None:
     """A wrapped service in another network namespace than the daemon's: its connection is
     not in the daemon's tables, so its refusal is unknown (never banning), never tcp."""
-    server, server_port, client_port = peers.connect("203.0.113.5")  # into HOST
-    fields = {
-        "daemon": "sshd",
-        "client_addr": "203.0.113.5",
-        "client_port": str(client_port),
-        "server_addr": server,
-        "server_port": str(server_port),
-    }
-    event = Event(fields, time.time(), uid=0, trusted=True)
-    stats = Stats()
-    Witness(stats, time.time).check(event)  # from this test's own namespace
-    assert (event.transport, dict(stats.evidence)) == ("unknown", {"gone": 1})
+    sources = Sources(host)
+    try:
+        server, server_port, client_port = sources.connect("203.0.113.5")  # into HOST
+        fields = {
+            "daemon": "sshd",
+            "client_addr": "203.0.113.5",
+            "client_port": str(client_port),
+            "server_addr": server,
+            "server_port": str(server_port),
+        }
+        here = Event(dict(fields), time.time(), uid=0, trusted=True)
+        stats = Stats()
+        Witness(stats, time.time).check(here)  # from this test's own namespace
+        assert (here.transport, dict(stats.evidence)) == ("unknown", {"gone": 1})
+        there = subprocess.run(  # the same report, checked in HOST: its connection is there
+            [*enter(host.pid), PYTHON, "-c", CHECK, json.dumps(fields)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert there.stdout.strip() == "tcp", there.stderr
+    finally:
+        sources.close()
+
+
+# Run in a namespace: the daemon's own check of the report given as JSON.
+CHECK = """
+import json, sys, time
+from wrapalert.daemon.stats import Stats
+from wrapalert.daemon.witness import Witness
+from wrapalert.model import Event
+event = Event(json.loads(sys.argv[1]), time.time(), uid=0, trusted=True)
+Witness(Stats(), time.time).check(event)
+print(event.transport)
+"""

@@ -124,6 +124,25 @@ def test_evidence_and_duplicates_are_exported() -> None:
     assert 'outcome="error"' not in text
 
 
+def test_bans_not_in_the_kernel_and_repairs_are_exported() -> None:
+    """Bans the kernel does not enforce, a refusing kernel and what the reconcile repaired
+    are metrics (promtool accepts them); in dry-run (no kernel object) only the error."""
+    kernel = {"in_sync": False, "missing": 2, "repairs": {"table": 1, "missing": 5}}
+    bans = {"active": 2, "added": 2, "refused": {}, "mode": "enforce"}
+    status: dict[str, object] = {"bans": {**bans, "last_error": "nft: no", "kernel": kernel}}
+    text = metrics.render(status, now=2.0, started=1.0, build="1.0")
+    done = check_metrics(text)
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = samples(text)
+    assert got["wrapalert_bans_unenforced"] == 2
+    assert got["wrapalert_bans_kernel_error"] == 1
+    assert got['wrapalert_bans_kernel_repairs_total{reason="table"}'] == 1
+    assert got['wrapalert_bans_kernel_repairs_total{reason="missing"}'] == 5
+    dry = metrics.render({"bans": {**bans, "mode": "dry-run"}}, now=2.0, started=1.0, build="1")
+    assert "wrapalert_bans_kernel_error 0" in dry
+    assert "wrapalert_bans_unenforced" not in dry
+
+
 def test_the_file_is_replaced_atomically_and_readable_by_node_exporter(tmp_path: Path) -> None:
     """Each write is a new file renamed over the old (never rewritten in place), mode 0644,
     with no temporary file left beside it."""
@@ -179,7 +198,7 @@ def test_example_rules_pass_promtool() -> None:
         [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 7 rules found" in done.stdout
+    assert "SUCCESS: 8 rules found" in done.stdout
 
 
 RULE_TESTS = """\
@@ -197,7 +216,24 @@ tests:
         values: 0x5 1x30
       - series: wrapalert_evidence_ok{{instance="web1"}}
         values: 1x5 0x30
+      # Two bans not in the kernel at minutes 10 and 11, repaired; then from 31 on.
+      - series: wrapalert_bans_unenforced{{instance="web1"}}
+        values: 0x9 2x1 0x18 2x30
+      - series: wrapalert_bans_kernel_error{{instance="web1"}}
+        values: 0x60
     alert_rule_test:
+      - eval_time: 12m
+        alertname: WrapalertBansNotEnforced
+        exp_alerts: []
+      - eval_time: 33m
+        alertname: WrapalertBansNotEnforced
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: web1}}
+            exp_annotations:
+              summary: "wrapalert on web1 does not enforce its bans in the kernel"
+              description: >-
+                wrapalert status says why (NOT IN THE KERNEL, last kernel error); without
+                the nftables drop-in the service may not change the firewall.
       - eval_time: 5m
         alertname: WrapalertDaemonDown
         exp_alerts: []
@@ -248,8 +284,8 @@ tests:
 
 def test_example_rules_fire_when_they_should(tmp_path: Path) -> None:
     """promtool's rule unit tests: a daemon that stopped writing, an outbox non-empty for
-    an hour, a sink failing for 15 minutes and evidence unavailable for 10 each raise their
-    alert, and not before."""
+    an hour, a sink failing for 15 minutes, bans unenforced for 2 minutes and evidence
+    unavailable for 10 each raise their alert, and not before."""
     tests = tmp_path / "rules_test.yml"
     tests.write_text(RULE_TESTS.format(rules=RULES))
     done = subprocess.run(

@@ -34,7 +34,7 @@ def test_sample_preview_prints_subject_and_text() -> None:
     block = out.split("\nDaemons: ", 1)[1].split("\n\n", 2)[1]
     told = [line[:12].strip() for line in block.splitlines() if not line.startswith(" ")]
     assert told == [kind.upper() for kind in story.KINDS]
-    assert "reported by uid 1000, untrusted: 1 events" in out
+    assert "reported by uid 1000, untrusted: 1 event," in out
 
 
 def test_html_preview_is_the_html_part() -> None:

@@ -109,7 +109,7 @@ def test_adopts_a_socket_passed_the_systemd_way(sockdir: Path) -> None:
     # systemd-socket-activate does not set SO_PASSCRED (PassCredentials=yes does): the
     # activating datagram arrives without credentials, so it is untrusted. The daemon turns
     # SO_PASSCRED on when it adopts the socket, so the second one is trusted.
-    assert "reported by uid unknown, untrusted: 1 events" in text
+    assert "reported by uid unknown, untrusted: 1 event," in text
     assert re.search(r"^192\.0\.2\.1 +\S+ +1 \S+ new +sshd$", text, re.MULTILINE)
     assert "(shutdown flush): 2 groups." in text
     assert sock.exists()  # systemd's socket: not ours to remove

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import NO_DIGESTS
 
 from wrapalert import config
 from wrapalert.config import SyslogSinkConfig, WebhookSinkConfig
@@ -94,7 +95,7 @@ def test_host_names_the_resolver_cannot_take_are_refused_at_load(tmp_path: Path,
         f'type = "webhook"\nurl = "https://{bad}/hook"',
         f'type = "syslog"\naddress = "{bad}:514"',
     ):
-        path.write_text(f"[[sink]]\n{table}\n")
+        path.write_text(f"[[sink]]\n{table}\n{NO_DIGESTS}")
         with pytest.raises(config.ConfigError) as caught:
             config.load(path)
         assert str(path) in str(caught.value)
@@ -156,7 +157,7 @@ def test_a_header_given_twice_in_different_case_is_refused(tmp_path: Path) -> No
     path = tmp_path / "wrapalert.toml"
     path.write_text(
         '[[sink]]\ntype = "webhook"\nurl = "https://hooks.example/x"\n'
-        'headers = { Authorization = "Bearer a", authorization = "Bearer b" }\n'
+        'headers = { Authorization = "Bearer a", authorization = "Bearer b" }\n' + NO_DIGESTS
     )
     with pytest.raises(config.ConfigError, match="given twice"):
         config.load(path)

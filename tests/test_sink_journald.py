@@ -8,7 +8,9 @@ import asyncio
 import errno
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import report_through_daemon, require, wait_until, write_config
+from conftest import WRAPALERT, report_through_daemon, require, wait_until, write_config
 from test_sink_syslog import EVENT, EVENT_TEXT, HELD, HELD_TEXT, HOSTILE, make_sink, ticking
 
 from wrapalert import config
@@ -234,7 +236,9 @@ def test_daemon_forwards_refused_connections_to_journald(sockdir: Path, journald
     """Configured with a journald sink, the daemon stores one entry per refused connection
     with the client's values in WRAPALERT_ fields."""
     path = write_config(
-        sockdir, sinks=f'[[sink]]\ntype = "journald"\nsocket = "{journald.socket}"\n'
+        sockdir,
+        sinks=f'[[sink]]\ntype = "journald"\nsocket = "{journald.socket}"\n',
+        digests=False,
     )
     cfg = config.load(path)
 
@@ -287,3 +291,70 @@ def test_stalled_journald_never_blocks(sockdir: Path) -> None:
     assert "took nothing for 0.3s" in str(error)
     assert 0.3 <= elapsed < 3
     assert ticks >= 10
+
+
+# --- the daemon's own log lines, through a journal stream ------------------------------------
+
+
+def journal_stderr(sockets: Path, identifier: str) -> socket.socket:
+    """What systemd makes of StandardError=journal: a stream to journald, with the header
+    sd_journal_stream_fd() sends (priority info, level prefixes parsed)."""
+    stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stream.connect(str(sockets / "stdout"))
+    stream.sendall(f"{identifier}\n\n6\n1\n0\n0\n0\n".encode())
+    stream.shutdown(socket.SHUT_RD)
+    return stream
+
+
+def test_errors_reach_the_journal_at_priority_err(journald: Journald, sockdir: Path) -> None:
+    """Under systemd (stderr a journal stream named in JOURNAL_STREAM), a refused reload is
+    stored at priority 3, so `journalctl -p err` finds it; info lines stay at 6."""
+    path = write_config(sockdir)
+    stream = journal_stderr(journald.sockets, "wrapalert")
+    st = os.fstat(stream.fileno())
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(sockdir / "systemd.sock"))
+    notify.settimeout(60)
+    proc = subprocess.Popen(
+        [WRAPALERT, "run", "-c", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stream.fileno(),
+        env={
+            **os.environ,
+            "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}",
+            "NOTIFY_SOCKET": str(sockdir / "systemd.sock"),
+        },
+    )
+    stream.close()
+    try:
+        # READY=1 comes once SIGHUP is handled (before it, SIGHUP would end the daemon).
+        while b"READY=1" not in notify.recv(4096):
+            pass
+        path.write_text(path.read_text().replace('group_wait = "500ms"', 'group_wait = "soon"'))
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload_refused" in _journal(journald, "-p", "err"), 20, "the error")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        notify.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    entries = [json.loads(line) for line in _journal(journald).splitlines()]
+    by_event = {re.search(r"event='(\w+)'", e["MESSAGE"]).group(1): e for e in entries}  # type: ignore[union-attr]
+    assert by_event["reload_refused"]["PRIORITY"] == "3"
+    assert all(e["MESSAGE"].startswith("timestamp=") for e in entries)  # the prefix consumed
+    infos = [e for e in entries if "level='info'" in e["MESSAGE"]]
+    assert infos
+    assert {e["PRIORITY"] for e in infos} == {"6"}
+
+
+def _journal(receiver: Journald, *args: str) -> str:
+    return subprocess.run(
+        [*JOURNALCTL, str(receiver.journal), *args, "SYSLOG_IDENTIFIER=wrapalert"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=20,
+    ).stdout

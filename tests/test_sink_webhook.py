@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Self
 
 import pytest
-from conftest import free_port, report_through_daemon, require, write_config
+from conftest import NO_DIGESTS, free_port, report_through_daemon, require, write_config
 
 from wrapalert import config
 from wrapalert.config import WebhookSinkConfig
@@ -367,7 +367,9 @@ def test_the_host_header_and_path_come_from_the_url(url: str, host_header: str, 
 
 def test_build_makes_a_forwarding_sink() -> None:
     """A [[sink]] type = "webhook" table builds a sink the daemon forwards records to."""
-    cfg = config.loads('[[sink]]\ntype = "webhook"\nurl = "https://chat.example/hook"\n')
+    cfg = config.loads(
+        '[[sink]]\ntype = "webhook"\nurl = "https://chat.example/hook"\n' + NO_DIGESTS
+    )
     assert isinstance(build(cfg.sinks[0]), EventSink)
 
 

@@ -64,6 +64,9 @@ def test_client_output_parses() -> None:
     [
         ("::ffff:127.0.0.1", "127.0.0.1"),
         ("2001:DB8::1", "2001:db8::1"),
+        ("::1:0", "::1:0"),  # glibc's inet_ntop says ::0.1.0.0 (IPv4-compatible form)
+        ("::0.1.0.0", "::1:0"),
+        ("::1", "::1"),
         ("fe80::1%eth0", "fe80::1%eth0"),
         ("unknown", "unknown"),
         ("paranoid", "unknown"),

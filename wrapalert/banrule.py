@@ -1,24 +1,33 @@
 """What may be banned, and as what: the one definition the ban stage, the ban book and
 the `ban` commands share.
 
-A ban's *target* is what goes into the kernel set: an IPv4 address, or the
-IPv6 network of `ipv6_prefix` bits holding the source (an IPv6 host picks a
-new address in its /64 at will, so banning one address would ban nothing).
-A target is never banned when it overlaps the allowlist: the configured
-`allow` networks plus, always, loopback, link-local, unspecified and this
-host's own addresses (read from /proc when the rule is built: at start and
-at each reload).
+A ban's *target* is what goes into the kernel: an IPv4 address, or the IPv6
+network of `ipv6_prefix` bits holding the source (an IPv6 host picks a new
+address in its /64 at will, so banning one address would ban nothing).
+Except where many unrelated clients share a prefix: an address in NAT64
+(64:ff9b::/96, 64:ff9b:1::/48), Teredo (2001::/32), 6to4 (2002::/16) or the
+IPv4-translated and -compatible ranges embeds one IPv4 client (or tunnel
+end), and its /64 holds many; such a source is banned as its single address
+(/128), and no widened network may contain one of those prefixes (with
+`ipv6_prefix` below 32 the network is narrowed until it does not).
 
-Pure except `local_addresses`, which reads /proc; stdlib only.
+A target is never banned when it overlaps the allowlist: the configured
+`allow` networks plus, always, loopback, link-local and unspecified. This
+host's own addresses and the peers of logged-in sessions are checked too, but
+they change while the daemon runs: shield.py reads them at each decision.
+
+`ban add` takes what an operator types: an address (made a target as above)
+or a network. Wider than one IPv4 address, wider than `ipv6_prefix`, or any
+network of a shared prefix but a single address, needs `force`.
+
+Pure, stdlib only.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -32,32 +41,78 @@ ALWAYS_ALLOWED = (
     "fe80::/10",
     "::ffff:0:0/96",  # IPv4-mapped: the daemon normalises these to IPv4 before they get here
 )
+# IPv6 prefixes whose addresses stand for many unrelated clients: each address embeds an
+# IPv4 client or tunnel end, so a network of them would ban everyone behind the gateway.
+SHARED_PREFIXES: dict[ipaddress.IPv6Network, str] = {
+    ipaddress.IPv6Network("64:ff9b::/96"): "NAT64",
+    ipaddress.IPv6Network("64:ff9b:1::/48"): "NAT64 (local use)",
+    ipaddress.IPv6Network("2001::/32"): "Teredo",
+    ipaddress.IPv6Network("2002::/16"): "6to4",
+    ipaddress.IPv6Network("::ffff:0:0:0/96"): "IPv4-translated",
+    ipaddress.IPv6Network("::/96"): "IPv4-compatible",
+}
+MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 MODES = ("enforce", "dry-run")
 
 
-def local_addresses(proc: Path = Path("/proc/net")) -> tuple[str, ...]:
-    """This host's addresses in the current network namespace (IPv4 from fib_trie's
-    local routes, IPv6 from if_inet6); empty where /proc says nothing."""
+class BanTargetError(ValueError):
+    """Not an address or network that can be banned (the text says why and what to do)."""
+
+
+def shared_prefix(net: IPNetwork) -> ipaddress.IPv6Network | None:
+    """The shared prefix `net` lies in, or None."""
+    if isinstance(net, ipaddress.IPv4Network):
+        return None
+    return next((p for p in SHARED_PREFIXES if net.subnet_of(p)), None)
+
+
+def _narrowed(ip: ipaddress.IPv6Address, prefixlen: int) -> ipaddress.IPv6Network:
+    """The network of `prefixlen` bits holding `ip`, made longer until it contains no
+    shared prefix (only an `ipv6_prefix` below 32 can reach one from outside it)."""
+    net = ipaddress.IPv6Network((ip, prefixlen), strict=False)
+    while net.prefixlen < 128 and any(p.subnet_of(net) for p in SHARED_PREFIXES):
+        net = ipaddress.IPv6Network((ip, net.prefixlen + 1), strict=False)
+    return net
+
+
+def unmapped(net: IPNetwork) -> IPNetwork:
+    """An IPv4-mapped network (`::ffff:a.b.c.d/104`) as the IPv4 network it means."""
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(MAPPED):
+        low = int(net.network_address) & 0xFFFF_FFFF
+        return ipaddress.IPv4Network((low, net.prefixlen - 96))
+    return net
+
+
+def normalise_allow(values: Iterable[str]) -> tuple[str, ...]:
+    """The `allow` list as networks the rule compares with: IPv4-mapped entries become
+    IPv4 (`::ffff:192.0.2.7` is how sshd and `ss` print a dual-stack peer, which
+    reaches the ban rule as 192.0.2.7), host bits and zones dropped, duplicates
+    removed. ValueError, saying how to write it, for what is not a network."""
     found: list[str] = []
-    try:
-        lines = (proc / "fib_trie").read_text().splitlines()
-    except OSError:
-        lines = []
-    for before, line in itertools.pairwise(lines):
-        # "|-- 10.0.0.1" followed by "/32 host LOCAL": that address is ours.
-        if "host LOCAL" in line and "|--" in before:
-            found.append(before.rsplit(" ", 1)[-1])
-    try:
-        for line in (proc / "if_inet6").read_text().splitlines():
-            raw = line.split()[0]
-            found.append(str(ipaddress.IPv6Address(int(raw, 16))))
-    except (OSError, ValueError, IndexError):
-        pass
+    for value in values:
+        try:
+            net = ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a network (use CIDR, e.g. 192.0.2.0/24)") from None
+        if isinstance(net, ipaddress.IPv6Network):
+            net = ipaddress.IPv6Network((net.network_address.packed, net.prefixlen))  # no zone
+            if 0 < net.prefixlen < 96 and MAPPED.subnet_of(net):
+                raise ValueError(
+                    f"{value!r} mixes IPv4-mapped addresses with IPv6 ones: write the IPv4 "
+                    "part as IPv4 (e.g. 192.0.2.0/24) and the IPv6 part on its own"
+                )
+        found.append(str(unmapped(net)))
     return tuple(dict.fromkeys(found))
 
 
-class BanTargetError(ValueError):
-    """Not an address or network that can be banned."""
+def _networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+def overlapping(target: str, nets: Iterable[IPNetwork]) -> IPNetwork | None:
+    """The first of `nets` the target overlaps (either holds the other), or None."""
+    net = ipaddress.ip_network(target, strict=False)
+    return next((n for n in nets if n.version == net.version and net.overlaps(n)), None)
 
 
 @dataclass(frozen=True)
@@ -72,60 +127,81 @@ class BanRule:
     max_bans: int = 10_000
     mode: str = "enforce"  # or "dry-run": decide and report, touch nothing
     scan: bool = True  # a "daemons" scan signal (one address, many daemons) bans at once
-    local: tuple[str, ...] = field(default=(), compare=False)  # this host's addresses
     _nets: tuple[IPNetwork, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        nets = [ipaddress.ip_network(n, strict=False) for n in (*ALWAYS_ALLOWED, *self.allow)]
-        nets += [ipaddress.ip_network(a) for a in self.local]
-        object.__setattr__(self, "_nets", tuple(nets))
+        nets = _networks((*ALWAYS_ALLOWED, *normalise_allow(self.allow)))
+        object.__setattr__(self, "_nets", nets)
 
     @property
     def dry_run(self) -> bool:
         return self.mode == "dry-run"
 
     def target(self, addr: str) -> str | None:
-        """The set element for a client address: "a.b.c.d" or "net/prefix"; None for
-        what is not an address ("unknown", a name)."""
+        """The target for a client address: "a.b.c.d", "net/prefix", or "addr/128" in a
+        shared prefix; None for what is not an address ("unknown", a name)."""
         try:
             ip = ipaddress.ip_address(addr.partition("%")[0])
         except ValueError:
             return None
-        if isinstance(ip, ipaddress.IPv6Address):
-            if ip.ipv4_mapped is not None:
-                return str(ip.ipv4_mapped)
-            return str(ipaddress.IPv6Network((ip, self.ipv6_prefix), strict=False))
-        return str(ip)
+        if isinstance(ip, ipaddress.IPv4Address):
+            return str(ip)
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(self._widened(ipaddress.IPv6Network(ip)))
 
-    def parse_target(self, text: str) -> str:
-        """A target given by an operator: an address, or an IPv6 network (widened to
-        `ipv6_prefix` at least). BanTargetError otherwise."""
+    def _widened(self, net: ipaddress.IPv6Network) -> ipaddress.IPv6Network:
+        """A network no wider than it must be: `ipv6_prefix` bits, a single address in a
+        shared prefix, never holding a shared prefix."""
+        if shared_prefix(net) is not None:
+            return net if net.prefixlen == 128 else ipaddress.IPv6Network(net.network_address)
+        return _narrowed(net.network_address, min(net.prefixlen, self.ipv6_prefix))
+
+    def parse_target(self, text: str, *, force: bool = False) -> str:
+        """A target given by an operator: an address, or a network (an IPv6 one narrower
+        than `ipv6_prefix` is widened to it). Wider ones need `force`. BanTargetError
+        otherwise, saying why and what to write."""
         if "/" not in text:
             target = self.target(text)
             if target is None:
                 raise BanTargetError(f"{text!r} is not an IP address")
             return target
         try:
-            net = ipaddress.ip_network(text, strict=False)
+            net = unmapped(ipaddress.ip_network(text.strip(), strict=False))
         except ValueError:
             raise BanTargetError(f"{text!r} is not an address or network") from None
         if isinstance(net, ipaddress.IPv4Network):
-            if net.prefixlen != 32:
-                raise BanTargetError("IPv4 bans are single addresses")
-            return str(net.network_address)
-        return str(net.supernet(new_prefix=min(net.prefixlen, self.ipv6_prefix)))
+            if net.prefixlen == 32:
+                return str(net.network_address)
+            if not force:
+                raise BanTargetError(
+                    f"{net} is a network: IPv4 bans are single addresses "
+                    "(--force bans the whole network)"
+                )
+            return str(net)
+        return str(self._operator_network(net, force=force))
+
+    def _operator_network(
+        self, net: ipaddress.IPv6Network, *, force: bool
+    ) -> ipaddress.IPv6Network:
+        net = ipaddress.IPv6Network((net.network_address.packed, net.prefixlen))  # no zone
+        shared = shared_prefix(net)
+        if shared is not None and net.prefixlen < 128:
+            if not force:
+                raise BanTargetError(
+                    f"{net} lies in {SHARED_PREFIXES[shared]} {shared}, whose addresses stand "
+                    "for many clients: ban single addresses there (--force bans the network)"
+                )
+            return net
+        if net.prefixlen < self.ipv6_prefix:
+            if not force:
+                raise BanTargetError(
+                    f"{net} is wider than ipv6_prefix (/{self.ipv6_prefix}): "
+                    "--force bans the whole network"
+                )
+            return net
+        return self._widened(net)
 
     def allowed(self, target: str) -> bool:
         """Whether the target overlaps the allowlist (then it is never banned)."""
-        net = ipaddress.ip_network(target, strict=False)
-        return any(net.version == a.version and net.overlaps(a) for a in self._nets)
-
-
-def check_allow(values: Iterable[str]) -> str | None:
-    """Why a configured allow list is unusable, or None."""
-    for value in values:
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            return f"{value!r} is not a network (use CIDR, e.g. 192.0.2.0/24)"
-    return None
+        return overlapping(target, self._nets) is not None

@@ -61,10 +61,11 @@ OPTIONS = {
     "allow": "none",
     "deny": "none",
     "banners": "need",
+    "aclexec": "need",  # Debian's: runs a command whose exit status decides the match
 }
 MUST_BE_LAST = frozenset({"allow", "deny", "twist"})
-EXPANDED = frozenset({"spawn", "twist", "setenv"})  # libwrap applies %-expansion to these
-COMMANDS = frozenset({"spawn", "twist"})  # run with /bin/sh -c
+EXPANDED = frozenset({"spawn", "twist", "setenv", "aclexec"})  # libwrap %-expands these
+COMMANDS = frozenset({"spawn", "twist", "aclexec"})  # run with /bin/sh -c
 # The %-expansions Debian's libwrap knows; any other `%X` expands to nothing.
 EXPANSIONS = frozenset("aAcdhHnNprRsu")
 _MARK = "\ue000"  # stands for an expansion inside shell words (libwrap fills it in later)
@@ -613,6 +614,21 @@ class _Linter:
             f"outdated wrapalert line: {why}",
             f"print the current one with: {installation.command}{flags}",
         )
+
+
+def runs_wrapalert(text: str) -> bool:
+    """Whether a rule's spawn hands the event to wrapalert (its client or logger with WA1):
+    the line `hosts-deny-line --install` replaces and `--uninstall` removes."""
+    first = split_at(text)
+    second = split_at(first[1]) if first else None
+    for field in split_options(second[1]) if second else []:
+        option = parse_option(field)
+        if option.keyword != "spawn" or option.value is None:
+            continue
+        words = shell_words(expand(option.value.strip())) or []
+        if any(_is_client(w) or _is_logger(w, words[i:]) for i, w in enumerate(words)):
+            return True
+    return False
 
 
 def _after(words: list[str], flag: str) -> str | None:

@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wrapalert import config, hostsdeny, match, notify
 
+if TYPE_CHECKING:
+    from wrapalert import hookinstall
+    from wrapalert.checkhosts import Finding
+
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+HOSTS_ALLOW, HOSTS_DENY = Path("/etc/hosts.allow"), Path("/etc/hosts.deny")
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +70,49 @@ def _hosts_deny_line_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's priv
         metavar="PATH",
         help="interpreter the hook runs (default: this one)",
     )
+    edit = line.add_argument_group(
+        "writing it into the tables",
+        "--install writes the line into hosts.deny (an outdated one is replaced) and the "
+        "--allow entries into hosts.allow, atomically, with a backup (FILE.wrapalert-bak). "
+        "It refuses (exit 2) when the result would refuse ssh to the client of the SSH "
+        "session it runs in, or when hosts.allow would let nobody reach sshd; it then says "
+        "which line to add to hosts.allow.",
+    )
+    how = edit.add_mutually_exclusive_group()
+    how.add_argument(
+        "--install", action="store_true", help="write the line into hosts.deny (see above)"
+    )
+    how.add_argument(
+        "--uninstall", action="store_true", help="remove wrapalert's line(s) from hosts.deny"
+    )
+    edit.add_argument(
+        "--allow",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="ADDR",
+        help="with --install: also let these reach sshd, in hosts.allow: addresses, networks "
+        "(192.0.2.0/24, 2001:db8::/32) or host names (which need DNS at login time)",
+    )
+    edit.add_argument(
+        "--force",
+        action="store_true",
+        help="with --install: write even when the result would lock ssh users out",
+    )
+    edit.add_argument(
+        "--allow-file",
+        type=Path,
+        default=HOSTS_ALLOW,
+        metavar="FILE",
+        help=f"the hosts.allow to read and write (default {HOSTS_ALLOW})",
+    )
+    edit.add_argument(
+        "--deny-file",
+        type=Path,
+        default=HOSTS_DENY,
+        metavar="FILE",
+        help=f"the hosts.deny to read and write (default {HOSTS_DENY})",
+    )
 
 
 def _ban_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's private subparsers type
@@ -77,9 +127,16 @@ def _ban_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's private subparse
         "add", help="ban an address (IPv6: its network) now, e.g. add 203.0.113.7 --for 2h"
     )
     _config_arg(ban_add)
-    ban_add.add_argument("addr", metavar="ADDR")
+    ban_add.add_argument("addr", metavar="ADDR", help="an address, or a network")
     ban_add.add_argument(
         "--for", dest="duration", default=None, metavar="DURATION", help="default: ban_for"
+    )
+    ban_add.add_argument(
+        "--force",
+        action="store_true",
+        help="ban a network wider than one IPv4 address or than ipv6_prefix, a network of "
+        "NAT64, Teredo or 6to4 addresses (each stands for many clients), or the peer of a "
+        "logged-in session",
     )
     ban_del = ban_sub.add_parser("del", help="lift a ban now")
     _config_arg(ban_del)
@@ -88,11 +145,47 @@ def _ban_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's private subparse
     _config_arg(ban_flush)
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked (the metadata costs an import)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:  # noqa: ANN401 - argparse's
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        print(f"wrapalert {version()}")
+        parser.exit()
+
+
+def version() -> str:
+    """This installation's version (its package metadata)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("wrapalert")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed as a package)"
+
+
+NOTIFY_USAGE = """\
+usage: wrapalert notify KEY=VALUE...
+
+The per-connection client, run by the hosts.deny line for each refused connection
+(the same code as notify.py): it sends one event to the daemon's socket, spools it
+when the daemon is down, and falls back to syslog. Keys: d (daemon), p (pid), u
+(user), c (client), a (address), n (name), h (host), s (server), A (server address),
+r (port), R (server port), i (the hook's shell pid), v (verdict); socket=PATH and
+spool=PATH configure the client itself. It
+parses no options (an expansion may begin with '-'), writes nothing and always exits
+0. Print the line that runs it with: wrapalert hosts-deny-line. See wrapalert(8).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wrapalert",
         description="Turn TCP wrappers' refused connections into quiet, reliable digests.",
     )
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     run = sub.add_parser("run", help="run the daemon in the foreground")
@@ -102,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "notify",
-        help="the per-connection client (KEY=VALUE..., see DESIGN.md); always exits 0",
+        help="the per-connection client (KEY=VALUE..., as the hosts.deny line passes them: "
+        "see wrapalert(8)); always exits 0",
     )
 
     _hosts_deny_line_parser(sub)
@@ -149,15 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_arg(test)
 
-    check = sub.add_parser("check-config", help="validate the configuration and print a summary")
+    check = sub.add_parser(
+        "check-config",
+        help="validate the configuration and print a summary, with where root's mail "
+        "(the digests) really goes",
+    )
     _config_arg(check)
+    check.add_argument(
+        "--mail",
+        action="store_true",
+        help="print only where the digests to root really go (nothing when no sink mails root "
+        "through this host's MTA)",
+    )
 
     hosts = sub.add_parser(
         "check-hosts", help="lint hosts.allow and hosts.deny for rules libwrap silently breaks"
     )
     _config_arg(hosts)
-    hosts.add_argument("--allow", type=Path, default=Path("/etc/hosts.allow"), metavar="FILE")
-    hosts.add_argument("--deny", type=Path, default=Path("/etc/hosts.deny"), metavar="FILE")
+    hosts.add_argument("--allow", type=Path, default=HOSTS_ALLOW, metavar="FILE")
+    hosts.add_argument("--deny", type=Path, default=HOSTS_DENY, metavar="FILE")
 
     sim = sub.add_parser(
         "simulate",
@@ -199,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["notify"]:
+        if args_list[1:] in (["-h"], ["--help"]):  # a hook line passes KEY=VALUE words only
+            print(NOTIFY_USAGE, end="")
+            return EXIT_OK
         # No option parsing for the client: an expansion may begin with "-".
         notify.main(args_list[1:])
     args = build_parser().parse_args(args_list)
@@ -227,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from wrapalert import logs
+    from wrapalert.daemon.bankernel import TableInUseError
     from wrapalert.daemon.server import Server
     from wrapalert.daemon.store import StateError
 
@@ -234,7 +342,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
     try:
         asyncio.run(Server(cfg, config_path=args.config).run())
-    except (OSError, StateError) as exc:
+    except (OSError, StateError, TableInUseError) as exc:
         print(f"wrapalert: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
     return EXIT_OK
@@ -243,6 +351,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_hosts_deny_line(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     form: hostsdeny.Form = "logger" if args.logger else "client" if args.client else "durable"
+    if (args.allow or args.force) and not args.install:
+        print("wrapalert: --allow and --force go with --install", file=sys.stderr)
+        return EXIT_USAGE
+    if args.uninstall:
+        return _uninstall(args.deny_file)
+    from wrapalert import lockout
+
     try:
         line = hosts_deny_line(
             cfg,
@@ -252,10 +367,104 @@ def cmd_hosts_deny_line(args: argparse.Namespace) -> int:
             form=form,
             logger=args.logger or hostsdeny.LOGGER,
         )
+        patterns = [lockout.allow_pattern(addr) for addr in args.allow]
     except ValueError as exc:
         print(f"wrapalert: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(line)
+    if not args.install:
+        print(line)
+        return EXIT_OK
+    return _install(args, line, patterns)
+
+
+def _edit_command(args: argparse.Namespace) -> str:
+    """`wrapalert hosts-deny-line` with the options that name this config and these files."""
+    command = "wrapalert hosts-deny-line"
+    if args.config is not None:
+        command += f" -c {args.config}"
+    if args.allow_file != HOSTS_ALLOW:
+        command += f" --allow-file {args.allow_file}"
+    if args.deny_file != HOSTS_DENY:
+        command += f" --deny-file {args.deny_file}"
+    return command
+
+
+def _install(args: argparse.Namespace, line: str, patterns: list[str]) -> int:
+    """Write the line (and the --allow entries) unless that locks ssh users out."""
+    from wrapalert import hookinstall, lockout
+
+    allow_path, deny_path = args.allow_file, args.deny_file
+    try:
+        allow_before = hookinstall.read(allow_path)
+        deny_before = hookinstall.read(deny_path)
+    except hookinstall.InstallError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    allow = hookinstall.with_allowed(allow_before or b"", [lockout.allow_line(p) for p in patterns])
+    deny = hookinstall.with_hook(deny_before or b"", line)
+    session = lockout.ssh_session(os.environ)
+    tables = lockout.Tables(allow.data, deny.data, str(allow_path), str(deny_path))
+    risks = lockout.findings(tables, session, command=_edit_command(args))
+    for risk in risks:
+        print(risk.render(), file=sys.stderr)
+    if risks and not args.force:
+        print(
+            "wrapalert: nothing written: these tables would lock ssh users out (see above); "
+            "--force writes them anyway",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    same = hookinstall.find(deny.data)
+    try:
+        _apply(allow_path, allow, allow_before, "already allows them" if patterns else "")
+        _apply(deny_path, deny, deny_before, f"the wrapalert line is already there (line {same})")
+    except hookinstall.InstallError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    daemon = "sshd" if args.daemons == "ALL" else args.daemons.split(",")[0].strip()
+    first = hookinstall.shadowing(deny.data, daemon)
+    if first is not None:
+        print(
+            f"wrapalert: note: {deny_path} line {first.line} ({lockout.shorten(first.text)}) "
+            f"refuses {daemon} first: the hook never runs for the clients it names; move the "
+            "wrapalert line above it",
+            file=sys.stderr,
+        )
+    if risks:
+        print("wrapalert: written anyway (--force): ssh users are locked out", file=sys.stderr)
+    elif session is not None:
+        print(f"ssh from this session's client {session.client} stays allowed.")
+    else:
+        print(f"no SSH session found: checked that {allow_path} lets a client reach sshd.")
+    return EXIT_OK
+
+
+def _apply(path: Path, edit: hookinstall.Edit, before: bytes | None, unchanged: str) -> None:
+    from wrapalert import hookinstall
+
+    if not edit.changed:
+        if unchanged:
+            print(f"{path}: {unchanged}")
+        return
+    backup = hookinstall.replace(path, edit.data, before=before)
+    kept = f" (the previous contents: {backup})" if backup else ""
+    print(f"{path}: {'; '.join(edit.changes)}{kept}")
+
+
+def _uninstall(deny_path: Path) -> int:
+    from wrapalert import hookinstall
+
+    try:
+        before = hookinstall.read(deny_path)
+        edit = hookinstall.without_hook(before or b"")
+        if not edit.changed:
+            print(f"{deny_path}: no wrapalert line; nothing to remove")
+            return EXIT_OK
+        backup = hookinstall.replace(deny_path, edit.data, before=before)
+    except hookinstall.InstallError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    print(f"{deny_path}: {'; '.join(edit.changes)} (the previous contents: {backup})")
     return EXIT_OK
 
 
@@ -284,6 +493,10 @@ def hosts_deny_line(
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
+    if args.mail:
+        for note in mail_notes(cfg):
+            print(note[2:])
+        return EXIT_OK
     d = cfg.digest
     print(f"ok: {cfg.source}")
     print(
@@ -308,7 +521,36 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     for sink in cfg.sinks:
         print(f"  sink {sink.name}: {registry.describe(sink)}")
+    for note in mail_notes(cfg):
+        print(note)
     return EXIT_OK
+
+
+def mail_notes(cfg: config.Config, root: Path = Path("/")) -> list[str]:
+    """Where root's mail really goes, for the sinks that mail root through this host's MTA
+    (smtp to this host, sendmail): a warning when no person reads it."""
+    import socket
+
+    from wrapalert import mailroute
+    from wrapalert.sinks.sendmail import SendmailSinkConfig
+    from wrapalert.sinks.smtp import SmtpSinkConfig
+
+    names = (*mailroute.local_names(root, cfg.daemon.hostname), socket.gethostname())
+    sinks = [
+        s.name
+        for s in cfg.sinks
+        if (isinstance(s, SmtpSinkConfig) and mailroute.is_local(s.host, names))
+        or isinstance(s, SendmailSinkConfig)
+        if mailroute.to_root(s.to, names)
+    ]
+    if not sinks:
+        return []
+    route = mailroute.root_route(root)
+    label = "warning" if route.reaches_person is False else "note"
+    lines = [f"  {label}: sink {', '.join(sinks)} mails root, and {route.where}"]
+    if route.fix:
+        lines.append(f"    fix: {route.fix}")
+    return lines
 
 
 def cmd_check_hosts(args: argparse.Namespace) -> int:
@@ -330,12 +572,39 @@ def cmd_check_hosts(args: argparse.Namespace) -> int:
         command=command,
     )
     findings = checkhosts.check_files(args.allow, args.deny, installation)
+    edit = command
+    if args.allow != HOSTS_ALLOW:
+        edit += f" --allow-file {args.allow}"
+    if args.deny != HOSTS_DENY:
+        edit += f" --deny-file {args.deny}"
+    findings += _lockout(args.allow, args.deny, edit)
     for finding in findings:
         print(finding.render())
     errors = sum(f.severity == "error" for f in findings)
     warnings = len(findings) - errors
     print(f"{args.allow}, {args.deny}: {errors} error(s), {warnings} warning(s)")
     return EXIT_PROBLEM if errors else EXIT_OK
+
+
+def _lockout(allow: Path, deny: Path, command: str) -> list[Finding]:
+    """The lock-out risks of these tables (none when one cannot be read: that is reported)."""
+    from wrapalert import hookinstall, lockout
+
+    try:
+        tables = lockout.Tables(
+            hookinstall.read(allow) or b"", hookinstall.read(deny) or b"", str(allow), str(deny)
+        )
+    except hookinstall.InstallError:
+        return []
+    return lockout.findings(tables, lockout.ssh_session(os.environ), command=command)
+
+
+def duration(text: str) -> float:
+    """A duration given on the command line: "2h", "30m", ... or plain seconds ("600"),
+    which TOML writes as a number (a quoted "600" in the config file stays refused)."""
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return config.parse_duration(float(text))
+    return config.parse_duration(text)
 
 
 def printable(text: str) -> str:
@@ -387,8 +656,27 @@ def ask(args: argparse.Namespace, cmd: str) -> dict[str, Any] | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    reply = ask(args, "status")
-    if reply is None:
+    from wrapalert.daemon import control
+
+    cfg = config.load(args.config)
+    try:
+        reply = control.request(cfg.daemon.control_socket, "status")
+    except control.NotRunningError as exc:
+        if not control.listening(cfg.daemon.socket):
+            print(f"wrapalert: {exc}", file=sys.stderr)
+            return EXIT_PROBLEM
+        # Socket activation: systemd holds the socket and starts the daemon on the first
+        # event; until then there is no daemon to ask, and nothing is wrong.
+        if args.json:
+            print(json.dumps({"idle": True, "socket": str(cfg.daemon.socket)}, indent=2))
+        else:
+            print(
+                f"wrapalert is idle: {cfg.daemon.socket} is listening (socket activation) and "
+                "starts the daemon on the first refused connection; no counters until then"
+            )
+        return EXIT_OK
+    except control.ControlError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
     status = reply["status"]
     if args.json:
@@ -400,14 +688,25 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def status_exit(status: dict[str, Any]) -> int:
     """`wrapalert status`'s exit code: 1 when something needs a person (a sink's digests
-    set aside, a state held in memory only, banning on but no source verifiable)."""
+    set aside, a state held in memory only, bans the kernel does not hold, banning on but
+    no source verifiable)."""
     state = status.get("state", {})
     failing = any(s.get("held_failed") for s in status.get("sinks", {}).values())
     # Banning is on but no source can be verified (the kernel does not answer): off, in fact.
     blind = (status.get("bans") or {}).get("mode") == "enforce" and bool(
         (status.get("evidence") or {}).get("error")
     )
-    return EXIT_PROBLEM if failing or blind or not state.get("ok", True) else EXIT_OK
+    if failing or blind or not state.get("ok", True) or bans_failing(status):
+        return EXIT_PROBLEM
+    return EXIT_OK
+
+
+def bans_failing(status: dict[str, Any]) -> bool:
+    """Whether the nftables sink does not enforce what its book holds: the kernel refuses
+    changes, or bans the book holds are not in the kernel."""
+    bans = status.get("bans") or {}
+    kernel = bans.get("kernel") or {}
+    return bool(bans.get("last_error")) or kernel.get("in_sync") is False
 
 
 def _evidence_lines(evidence: dict[str, Any]) -> list[str]:
@@ -452,9 +751,11 @@ def format_status(status: dict[str, Any]) -> str:
         f"digests         {status['digests']:>10,}",
     ]
     for name, sink in sorted(status["sinks"].items()):
+        events = sink["events_delivered"]
         line = (
-            f"sink {name}: delivered {sink['delivered']:,} ({sink['events_delivered']:,} "
-            f"events), failed {sink['failed']:,}, queued {sink['queued']:,}"
+            f"sink {name}: delivered {sink['delivered']:,} ({events:,} "
+            f"event{'s' if events != 1 else ''}), failed {sink['failed']:,}, "
+            f"queued {sink['queued']:,}"
         )
         if sink.get("held_failed"):
             line += f", {sink['held_failed']} set aside until reload"
@@ -469,6 +770,19 @@ def format_status(status: dict[str, Any]) -> str:
             f" would ban {bans['would_ban']:,}, expired {bans['expired']:,}, lifted"
             f" {bans['lifted']:,}, refused: {refused})"
         )
+        kernel = bans.get("kernel") or {}
+        if kernel.get("in_sync") is False:
+            lines.append(
+                f"                NOT IN THE KERNEL: {kernel['missing']:,} of {bans['active']:,} "
+                f"bans are not dropped (table inet {kernel['table']}: "
+                f"{printable(str(kernel['found']))}); repairing"
+            )
+        elif kernel.get("in_sync"):
+            repairs = ", ".join(f"{k} {v}" for k, v in sorted(kernel["repairs"].items()))
+            lines.append(
+                f"                kernel: in step (table inet {kernel['table']}, checked every "
+                f"{kernel['reconcile_every']:g}s; repaired: {repairs or 'nothing'})"
+            )
         if bans.get("last_error"):
             lines.append(f"                last kernel error: {printable(str(bans['last_error']))}")
     state = status["state"]
@@ -491,7 +805,7 @@ def cmd_silence(args: argparse.Namespace) -> int:
     try:
         if args.action == "add":
             try:
-                seconds = config.parse_duration(args.duration)
+                seconds = duration(args.duration)
                 matchers = [str(match.Matcher.parse(m)) for m in args.matchers]
             except (TypeError, ValueError) as exc:  # MatcherError is a ValueError
                 print(f"wrapalert: {exc}", file=sys.stderr)
@@ -537,10 +851,12 @@ def cmd_ban(args: argparse.Namespace) -> int:
             extra: dict[str, Any] = {}
             if args.duration is not None:
                 try:
-                    extra["seconds"] = config.parse_duration(args.duration)
+                    extra["seconds"] = duration(args.duration)
                 except (TypeError, ValueError) as exc:
                     print(f"wrapalert: {exc}", file=sys.stderr)
                     return EXIT_USAGE
+            if args.force:
+                extra["force"] = True
             ban = control.request(path, "ban_add", addr=args.addr, **extra)
             what = "would be banned (dry-run)" if ban["dry_run"] else "banned"
             print(f"{ban['target']} {what} until {_local(ban['until'])}")
@@ -579,7 +895,11 @@ def cmd_flush(args: argparse.Namespace) -> int:
     if reply is None:
         return EXIT_PROBLEM
     if reply["digests"]:
-        print(f"flushed: {reply['events']:,} events, queued as a digest to each sink they route to")
+        events = reply["events"]
+        print(
+            f"flushed: {events:,} event{'s' if events != 1 else ''}, queued as a digest to each "
+            "sink they route to"
+        )
     else:
         print("nothing pending")
     return EXIT_OK
@@ -596,6 +916,9 @@ def cmd_test_alert(args: argparse.Namespace) -> int:
     width = max(map(len, results))
     for name, result in results.items():
         print(f"{name:<{width}}  {printable(result)}")
+    # "delivered" means the MTA took it: say where root's copy ends.
+    for note in mail_notes(config.load(args.config)):
+        print(note.strip() if not note.startswith("    ") else note[2:])
     return EXIT_OK if all(r == "delivered" for r in results.values()) else EXIT_PROBLEM
 
 

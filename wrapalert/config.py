@@ -125,6 +125,8 @@ class DigestConfig:
     # Groups that fall due within this window of each other share one digest.
     batch_window: float = 1.0
     template_dir: Path | None = None
+    # False: no digest sink on purpose (else a config without one is refused).
+    enabled: bool = True
 
 
 DIGEST_KEYS: KeyDocs = {
@@ -138,6 +140,11 @@ DIGEST_KEYS: KeyDocs = {
         "A directory whose subject.j2, mail.txt.j2 or mail.html.j2 replace the built-in templates.",
         default="unset: the built-in templates",
     ),
+    "enabled": "Whether digests are meant to reach a mailbox. Any [[sink]] table replaces the "
+    "default smtp sink, so a configuration whose sinks take no digests (none of smtp, "
+    "sendmail, maildir) is refused, at start and at reload, unless this says false: say so "
+    "when Alertmanager or a log shipper is where refusals are read. With false, a digest "
+    "sink is refused instead.",
 }
 
 
@@ -385,9 +392,47 @@ class _Parser:
         scan = self._section(data, "scan", ScanConfig, self._scan)
         metrics = self._section(data, "metrics", MetricsConfig, self._metrics)
         story = self._section(data, "story", StoryConfig, self._story)
+        self._digest_sinks(sinks, digest, explicit=bool(sinks_raw))
         return Config(
             daemon, digest, limits, sinks, self.source, ignore, routes, scan, metrics, story
         )
+
+    def _digest_sinks(
+        self, sinks: tuple[SinkConfig, ...], digest: DigestConfig, *, explicit: bool
+    ) -> None:
+        """A [[sink]] table replaces the default smtp sink: one that leaves no sink taking
+        digests must say it means it ([digest] enabled = false), and that key no sink that
+        takes them."""
+        from wrapalert.sinks import registry  # noqa: PLC0415 - sinks are imported when first needed
+
+        kinds = [registry.of(sink).kind for sink in sinks]
+        types = ", ".join(t.name for t in registry.all_types() if t.kind == "digest")
+        if digest.enabled and "digest" not in kinds:
+            line = self.locate("sink", 0, "type")
+            where = f"{self.source}:{line}" if line else self.source
+            raise ConfigError(
+                f"{where}: [[sink]]: no sink takes digests ({types}), so refused connections "
+                "would reach no mailbox: a [[sink]] table replaces the default smtp sink. "
+                'Add it back:\n\n[[sink]]\ntype = "smtp"\nto = ["root"]\n\n'
+                "or, if no digest is meant, set enabled = false in [digest]"
+            )
+        if not digest.enabled:
+            if not explicit:
+                raise self.error(
+                    "digest",
+                    None,
+                    "enabled",
+                    "false, but without [[sink]] tables the default smtp sink takes digests: "
+                    "name the sinks you want",
+                )
+            taking = [s.name for s, kind in zip(sinks, kinds, strict=True) if kind == "digest"]
+            if taking:
+                raise self.error(
+                    "digest",
+                    None,
+                    "enabled",
+                    f"false, but sink {taking[0]!r} takes digests: remove one of the two",
+                )
 
     def _section(
         self,
@@ -441,6 +486,7 @@ class _Parser:
             repeat_interval=t.duration("repeat_interval", d.repeat_interval),
             batch_window=t.duration("batch_window", d.batch_window),
             template_dir=Path(template_dir) if template_dir else None,
+            enabled=t.get("enabled", d.enabled, bool),
         )
         t.done()
         return cfg

@@ -315,21 +315,24 @@ def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
     trusted groups whose status is "new"); untrusted_sources (addresses in untrusted
     reports); start, end (the window of the new trusted events, else of all); daemons:
     [(name, count)] (trusted); stories: [story.Story], most severe first, and lead (the
-    first of a kind in story.LEADS, or None); held, silenced, merged; flushed (groups sent early at
-    shutdown); sources_table: [Source] (see `sources_table`, at most TOP_SOURCES) with
+    first of a kind in story.LEADS, or None); held, silenced, merged; flushed (groups sent
+    early at shutdown), flushed_by_hand (by `wrapalert flush`); test (a test-alert: its group
+    is no source); sources_table: [Source] (see `sources_table`, at most TOP_SOURCES) with
     more_groups and more_events for the rest; scans: [Scan] and more_scans; rollups:
     [Rollup], more_rollups, more_rollup_events; untrusted_shown: [GroupReport],
     more_untrusted, more_untrusted_events; quiet: [GroupReport] (groups with nothing new
     since their last report, now forgotten); step, timeline: [Slot] (trusted events);
-    silence_for; top_silence (the command for the first row that has one, or "");
-    unverified (whether a row of the table carries the not-verified marker);
+    silence_for; top_silence (the command that silences the busiest row that has one, or
+    ""; shown under every sources table); unverified (whether a row of the table carries
+    the not-verified marker);
     groups, trusted_groups, untrusted_groups: [GroupReport], every report. Lists hold at
     most LIST_MAX unless said otherwise.
     """
     rule = rule or StoryRule()
     groups = sorted(digest.groups, key=lambda g: (-g.events, g.key))
     quiet = [g for g in groups if g.reason == "repeat"]
-    active = [g for g in groups if g.reason != "repeat"]
+    # A test-alert's group reports nothing: no source row, no count.
+    active = [g for g in groups if g.reason not in ("repeat", "test")]
     trusted = [g for g in active if g.trusted]
     untrusted = [g for g in active if not g.trusted]
     daemons: Counter[str] = Counter()
@@ -341,7 +344,8 @@ def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
     told = story.stories(digest, rule, start)
     rows = sources_table(trusted, told, start, rule.persistent)
     table = rows[:TOP_SOURCES]
-    silences = [s.silence for s in table if s.silence]
+    # The busiest row (not the first: rows sort by severity) that can be silenced at all.
+    silences = [s.silence for s in sorted(table, key=lambda s: -s.events) if s.silence]
     step, slots = timeline(trusted)
     found, rolled = story.scans(trusted), rollups(trusted)
     persistent = rule.persistent
@@ -365,6 +369,7 @@ def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
         "silenced": digest.silenced,
         "merged": digest.merged,
         "flushed": sum(g.reason == "shutdown flush" for g in groups),
+        "flushed_by_hand": sum(g.reason == "manual flush" for g in groups),
         "test": any(g.reason == "test" for g in groups),
         "start": start,
         "end": end,

@@ -1,15 +1,59 @@
-"""structlog set-up, done once by the entry point."""
+"""structlog set-up, done once by the entry point.
+
+Under systemd, stderr is a stream to journald, which stores every line at the
+unit's default priority (info) unless the line starts with `<N>`, a syslog
+priority (SyslogLevelPrefix=yes, the default). So when stderr is the journal's
+stream (systemd names it in JOURNAL_STREAM), each line gets the prefix of its
+level, and `journalctl -p err -u wrapalert` finds the errors.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
 
 import structlog
 
+# structlog's method names -> syslog priorities (sd-daemon(3)).
+PRIORITY = {
+    "critical": 2,
+    "fatal": 2,
+    "exception": 3,
+    "error": 3,
+    "err": 3,
+    "warning": 4,
+    "warn": 4,
+    "notice": 5,
+    "info": 6,
+    "msg": 6,
+    "debug": 7,
+}
 
-def configure(fmt: str = "kv", level: str = "info") -> None:
-    """key=value (default; journald adds time and unit) or JSON lines, to stderr."""
+
+def journal_stream(stream: TextIO = sys.stderr, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether `stream` is the journal's: the device:inode systemd put in JOURNAL_STREAM
+    (a child that inherited the variable but not the stream does not match)."""
+    expected = environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return bool(expected) and expected == f"{st.st_dev}:{st.st_ino}"
+
+
+class LevelPrefix:
+    """The last processor: `<N>` before the rendered line, N the level's syslog priority."""
+
+    def __call__(self, _logger: object, method_name: str, rendered: Any) -> str:  # noqa: ANN401 - the renderer's output
+        return f"<{PRIORITY.get(method_name, 6)}>{rendered}"
+
+
+def configure(fmt: str = "kv", level: str = "info", *, journal: bool | None = None) -> None:
+    """key=value (default; journald adds time and unit) or JSON lines, to stderr; with
+    `<N>` priority prefixes when stderr is the journal (`journal`: None detects it)."""
     renderer: structlog.types.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=True)
@@ -17,13 +61,16 @@ def configure(fmt: str = "kv", level: str = "info") -> None:
         renderer = structlog.processors.KeyValueRenderer(
             key_order=["timestamp", "level", "event"], drop_missing=True
         )
+    processors: list[structlog.types.Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        renderer,
+    ]
+    if journal_stream() if journal is None else journal:
+        processors.append(LevelPrefix())
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,

@@ -75,7 +75,7 @@ class GroupReport:
 
     key: tuple[str, ...]
     labels: tuple[tuple[str, str], ...]  # group_by field -> value
-    reason: str  # "new group" | "new activity" | "shutdown flush"
+    reason: str  # "new group" | "new activity" | "shutdown flush" | "manual flush" (| "test")
     events: int  # new since the last notification
     total: int  # since the group was created
     first_seen: float  # of the new events

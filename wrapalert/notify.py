@@ -22,7 +22,7 @@ wrapped daemon runs as, so this file is the hot path and the attack surface:
 * never reads stdin, never writes stdout/stderr, always exits 0, and an
   interval timer ends it after 250 ms whatever happens.
 
-The wire format is DESIGN.md's ``WA1``: a tag line, then ``key=value`` lines.
+The wire format is ``WA1`` (wire.py reads it): a tag line, then ``key=value`` lines.
 """
 
 import _signal  # type: ignore[import-not-found]  # no stubs; `signal` would import enum (ms)
@@ -30,7 +30,7 @@ import posix
 import sys
 import time
 
-# Short wire keys the client forwards (DESIGN.md, "Wire keys").
+# Short wire keys the client forwards (`wrapalert notify --help` lists them).
 FIELDS = frozenset("dpucanhsArRiv")
 SOCKET = "/run/wrapalert/notify.sock"
 SPOOL = "/var/spool/wrapalert"

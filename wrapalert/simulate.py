@@ -59,5 +59,6 @@ def _direct(daemons: list[str], addrs: list[str], count: int, line: str) -> int:
                     *settings,
                 ]
                 subprocess.run(argv, check=False, stdin=subprocess.DEVNULL)
-    print(f"sent {count * len(daemons) * len(addrs)} events with the client.")
+    sent = count * len(daemons) * len(addrs)
+    print(f"sent {sent} event{'s' if sent != 1 else ''} with the client.")
     return 0

@@ -29,6 +29,7 @@ from wrapalert.scanrule import ScanRule, ScanSignal, network
 KINDS = ("scan", "sweep", "brute force", "repeat", "probes", "untrusted", "held", "silenced")
 LEADS = KINDS[:4]  # the kinds a subject names; the others are counts
 SILENCE_FOR = "2h"
+FLUSHES = ("shutdown flush", "manual flush")  # reasons of a report sent before its timer
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,7 @@ def status(g: GroupReport, window_start: float, persistent: float = 3600.0) -> s
     """new: first report of the group (a flush counts as new when nothing came before it);
     persistent: already seen over `persistent` seconds before this digest's window, and
     still active (it is in this digest); repeat: reported before, more recently."""
-    if g.reason == "new group" or (g.reason == "shutdown flush" and g.total == g.events):
+    if g.reason == "new group" or (g.reason in FLUSHES and g.total == g.events):
         return "new"
     if g.group_first_seen < window_start - persistent:
         return "persistent"
@@ -172,8 +173,8 @@ def scan_stories(found: list[Scan]) -> list[Story]:
             s.events,
             1,
             s.daemons,
-            f"{s.target} tried {len(s.daemons)} daemons, {s.events:,} refused",
-            f"scan from {s.target} ({len(s.daemons)} daemons)",
+            f"{s.target} tried {_plural(len(s.daemons), 'daemon')}, {s.events:,} refused",
+            f"scan from {s.target} ({_plural(len(s.daemons), 'daemon')})",
             s.silence,
             s.daemons,
         )
@@ -192,7 +193,7 @@ def sweep_stories(found: list[Scan]) -> list[Story]:
             s.addrs,
             s.daemons,
             f"{s.target}: {_plural(s.addrs, 'address', 'addresses')}, {s.events:,} refused",
-            f"sweep of {s.target} ({s.addrs:,} addresses)",
+            f"sweep of {s.target} ({_plural(s.addrs, 'address', 'addresses')})",
             s.silence,
             s.daemons,
         )
@@ -226,7 +227,7 @@ def brute_force(groups: list[GroupReport], threshold: int) -> list[Story]:
             1,
             (daemon,),
             f"{addr} on {daemon}: {n:,} refused",
-            f"brute force from {addr} on {daemon} ({n:,} tries)",
+            f"brute force from {addr} on {daemon} ({_plural(n, 'try', 'tries')})",
             silence_command((daemon,), addr),
         )
         for addr, (daemon, n) in ranked
@@ -285,7 +286,7 @@ def repeat_offenders(seen: dict[str, _Address]) -> list[Story]:
             1,
             s.daemons,
             f"{addr} {s.status}, {s.events:,} refused",
-            f"{s.status} offender {addr} ({s.events:,} tries)",
+            f"{s.status} offender {addr} ({_plural(s.events, 'try', 'tries')})",
             silence_command(s.daemons, addr),
             s.daemons,
         )

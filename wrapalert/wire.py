@@ -41,6 +41,7 @@ VERDICTS = frozenset({"deny", "allow"})
 UNKNOWN = frozenset({"unknown", "paranoid", ""})
 
 _SPLIT = operator.methodcaller("split", "=", 1)
+_V4_COMPATIBLE = bytes(12)
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 _ADDR_CACHE: dict[str, str] = {}
 # An IPv6 zone: an interface name (at most IFNAMSIZ - 1 = 15 bytes) or a scope number.
@@ -239,6 +240,10 @@ def _canonical(addr: str) -> str:
         raise WireError("bad_addr") from None
     if packed.startswith(_V4_MAPPED):
         return socket.inet_ntop(socket.AF_INET, packed[12:])
+    if packed.startswith(_V4_COMPATIBLE):
+        # glibc prints ::/96 in the deprecated IPv4-compatible form (::1:0 as ::0.1.0.0);
+        # ipaddress's form is the canonical one every other part compares with.
+        return str(ipaddress.IPv6Address(packed))
     return socket.inet_ntop(socket.AF_INET6, packed)
 
 

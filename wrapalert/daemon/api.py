@@ -111,6 +111,8 @@ def handlers(
     """The control socket's commands, by name."""
 
     async def on_status(_req: dict[str, Any]) -> dict[str, Any]:
+        if bans is not None:
+            await bans.refresh()  # what the kernel holds now, not at the last reconcile
         return {"status": status()}
 
     async def on_flush(_req: dict[str, Any]) -> dict[str, Any]:

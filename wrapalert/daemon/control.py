@@ -29,6 +29,22 @@ class ControlError(Exception):
     """The daemon could not be asked, or said no."""
 
 
+class NotRunningError(ControlError):
+    """Nothing listens on the control socket: no daemon runs (or, socket-activated, none
+    has started yet)."""
+
+
+def listening(path: Path) -> bool:
+    """Whether a datagram socket at `path` has a reader: systemd's, while a socket-activated
+    service is idle, or a running daemon's. Connecting sends nothing, so it starts nothing."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(str(path))
+    except OSError:
+        return False
+    return True
+
+
 async def serve(path: Path, handlers: dict[str, Handler]) -> asyncio.Server:
     """Listen on `path` (replacing a stale socket) with the given command handlers."""
     _clear_stale(path)
@@ -90,7 +106,7 @@ def request(path: Path, cmd: str, **args: Any) -> dict[str, Any]:  # noqa: ANN40
                     break
                 data += chunk
     except (FileNotFoundError, ConnectionRefusedError):
-        raise ControlError(f"wrapalert is not running (no daemon at {path})") from None
+        raise NotRunningError(f"wrapalert is not running (no daemon at {path})") from None
     except PermissionError:
         raise ControlError(f"{path}: permission denied (the control socket is 0600)") from None
     except OSError as exc:

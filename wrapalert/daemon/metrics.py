@@ -181,9 +181,33 @@ def _bans(bans: object) -> Iterator[str]:
         yield f"{name} {_number(bans.get(key)) or 0}\n"
     refused = bans.get("refused")
     yield _family(
-        "wrapalert_bans_refused_total", "counter", "Bans refused, by why (allowlisted, cap)."
+        "wrapalert_bans_refused_total",
+        "counter",
+        "Bans refused, by why (allowlisted, session, cap).",
     )
     yield from _by_reason("wrapalert_bans_refused_total", refused)
+    yield _family(
+        "wrapalert_bans_kernel_error",
+        "gauge",
+        "1 while the kernel refuses the ban table's changes.",
+    )
+    yield f"wrapalert_bans_kernel_error {int(bool(bans.get('last_error')))}\n"
+    kernel = bans.get("kernel")
+    if not isinstance(kernel, Mapping):
+        return  # dry-run: the kernel is not asked
+    yield _family(
+        "wrapalert_bans_unenforced",
+        "gauge",
+        "Bans the book holds that the kernel did not drop at the last look (0 when in step).",
+    )
+    yield f"wrapalert_bans_unenforced {_number(kernel.get('missing')) or 0}\n"
+    yield _family(
+        "wrapalert_bans_kernel_repairs_total",
+        "counter",
+        "What the reconcile put back under a running daemon, by kind (table, declaration, "
+        "missing, extra, expiry).",
+    )
+    yield from _by_reason("wrapalert_bans_kernel_repairs_total", kernel.get("repairs"))
 
 
 def _evidence(evidence: object) -> Iterator[str]:

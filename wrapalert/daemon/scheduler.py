@@ -67,9 +67,11 @@ class Scheduler:
             self.collect(force=False, why="due")
 
     def collect(self, *, force: bool, why: str) -> list[GroupReport]:
-        """Dispatch what is due (with `force`, every group with news); the reports."""
+        """Dispatch what is due (with `force`, every group with news: `why` "flush" is
+        `wrapalert flush`, anything else the shutdown); the reports."""
         pipeline, _ = self.current()
-        reports = pipeline.aggregator.collect(self.clock.now(), force=force)
+        reason = "manual flush" if why == "flush" else "shutdown flush"
+        reports = pipeline.aggregator.collect(self.clock.now(), force=force, reason=reason)
         self.dispatch(reports, why)
         return reports
 

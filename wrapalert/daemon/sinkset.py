@@ -179,7 +179,8 @@ class SinkSet:
 
     async def test_alert(self, host: str, now: float) -> dict[str, str]:
         """A test notification to every sink now, past routes and rate limits: per sink,
-        "delivered" or why not. It reports no events, so no count changes."""
+        "delivered" or why not. It reports no events, so no count changes. The ban sink
+        is the ban book's to answer (daemon/bans.py: is every ban in the kernel)."""
         digest = Digest(host, now, (alert_test_report(now),))
         record: dict[str, object] = {
             "type": "event",
@@ -197,7 +198,6 @@ class SinkSet:
             name: w.sink.send(digest) for name, w in self.workers.items()
         }
         sends |= {name: f.sink.send_records([record]) for name, f in self.forwarders.items()}
-        sends |= {name: b.send_records([record]) for name, b in self.banners.items()}
         tasks = {asyncio.ensure_future(job): name for name, job in sends.items()}
         results: dict[str, str] = {}
         if tasks:

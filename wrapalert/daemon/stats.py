@@ -33,9 +33,13 @@ class Stats:
     digests: int = 0
     bans: int = 0  # bans put into the kernel (nftables sink), automatic and by hand
     bans_dry_run: int = 0  # bans decided in mode = "dry-run": reported, not made
-    bans_refused: Counter[str] = field(default_factory=Counter)  # why not: allowlisted, cap
+    bans_refused: Counter[str] = field(default_factory=Counter)  # allowlisted, session, cap
     bans_expired: int = 0
     bans_lifted: int = 0  # ended early: `wrapalert ban del` or `flush`
+    # What the kernel lost under a running daemon and the reconcile put back, by kind:
+    # "table" (re-made), "declaration" (sets, chain or rules), elements "missing" (added),
+    # "extra" (removed), "expiry" (timeouts set right).
+    ban_repairs: Counter[str] = field(default_factory=Counter)
     delivered: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
     events_delivered: Counter[str] = field(default_factory=Counter)
@@ -73,7 +77,7 @@ class Stats:
         sinks: dict[str, dict[str, object]],
         state: dict[str, object],
     ) -> dict[str, object]:
-        """The `wrapalert status --json` object (DESIGN.md names its keys)."""
+        """The `wrapalert status --json` object (the design contract names its keys)."""
         return {
             "received": self.received,
             "rejected": dict(self.rejected),

@@ -247,6 +247,11 @@ class Store:
             return []  # a damaged row costs the copies' recognition after a restart, no more
         return out
 
+    def stage_ban_tables(self, tables: list[str]) -> None:
+        """The nftables tables the daemon keeps (an earlier one is removed once a new
+        `table` holds the bans, also after a restart)."""
+        self._meta["ban_tables"] = json.dumps(tables)
+
     def stage_enqueue(self, sink: str, digest: Digest) -> None:
         self._ops.append(
             (
@@ -432,6 +437,18 @@ class Store:
             return notes, int(saved.get("more", 0))
         except (TypeError, ValueError, AttributeError):
             return [], 0  # a damaged row costs a digest's Banned notes, nothing else
+
+    def ban_tables(self) -> list[str]:
+        """The tables `stage_ban_tables` recorded (the staged value first); none if unreadable."""
+        staged = self._meta.get("ban_tables")
+        if staged is None and self.db is not None:
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'ban_tables'").fetchone()
+            staged = row[0] if row else None
+        try:
+            tables = json.loads(staged) if staged else []
+        except ValueError:
+            return []
+        return [t for t in tables if isinstance(t, str)] if isinstance(tables, list) else []
 
     def ban_log(self, limit: int = 100) -> list[tuple[float, str, str, str, float | None]]:
         """The latest ban_log rows, newest first."""

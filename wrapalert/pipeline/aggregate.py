@@ -255,17 +255,17 @@ class Aggregator:
             heapq.heappop(self._heap)
         return None
 
-    def collect(self, now: float, *, force: bool = False) -> list[GroupReport]:
+    def collect(
+        self, now: float, *, force: bool = False, reason: str = "shutdown flush"
+    ) -> list[GroupReport]:
         """Reports of the groups due by `now`, with those due within the batch window after it.
 
-        With `force`, every group with news (shutdown, flush). Nothing is sent
-        early on its own: the window only lets near-due groups join a digest
-        that goes out anyway.
+        With `force`, every group with news, each report giving `reason` ("shutdown
+        flush", "manual flush"). Nothing is sent early on its own: the window only
+        lets near-due groups join a digest that goes out anyway.
         """
         if force:
-            return [
-                self._report(g, now, "shutdown flush") for g in list(self.groups.values()) if g.new
-            ]
+            return [self._report(g, now, reason) for g in list(self.groups.values()) if g.new]
         first = self.next_due()
         if first is None or first > now:
             return []  # nothing is due: the window only gathers groups to go along

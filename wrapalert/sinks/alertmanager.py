@@ -371,7 +371,8 @@ def _summary(labels: dict[str, str], group: _Group) -> str:
     host = labels.get("host", "")
     if labels["alertname"] == "WrapalertScan":
         if labels["kind"] == "daemons":
-            what = f"{labels['client_addr']} tried {len(group.daemons)} daemons"
+            tried = len(group.daemons)
+            what = f"{labels['client_addr']} tried {tried} daemon{'s' if tried != 1 else ''}"
             what += f" ({_listing(group.daemons)})"
         else:
             what = f"{group.sources} addresses in {labels['network']} were refused"
@@ -379,7 +380,8 @@ def _summary(labels: dict[str, str], group: _Group) -> str:
     if labels["alertname"] == "WrapalertHeld":
         story = f" ({_listing(group.stories)})" if group.stories else ""
         text = (
-            f"{group.events} events held back by the rate limit on {host}{story}: "
+            f"{group.events} event{'s' if group.events != 1 else ''} held back by the rate "
+            f"limit on {host}{story}: "
             "counted, not forwarded one by one"
         )
         return f"UNTRUSTED reports: {text}" if labels.get("trust") == "untrusted" else text

@@ -7,12 +7,13 @@ until the configuration changes). Sinks never import the daemon or the CLI.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from wrapalert.banrule import BanRule
+from wrapalert.bantable import Command, KernelTable, Layout
 from wrapalert.model import Digest
 from wrapalert.story import StoryRule
 
@@ -58,16 +59,20 @@ class EventSink(Protocol):
 @runtime_checkable
 class BanSink(Protocol):
     """A sink that carries ban decisions to a firewall (nftables.py). The daemon gives it
-    no events: the ban stage counts them and the ban book (daemon/bans.py) calls these."""
+    no events: the ban stage counts them and the ban book (daemon/bans.py) and its kernel
+    side (daemon/bankernel.py) call these."""
 
     name: str
     table: str
-    rule: BanRule  # the sink's policy, with this host's addresses as of its build
+    rule: BanRule  # the sink's policy
+    layout: Layout  # its table's sets and chain
+    reconcile: float  # seconds between comparisons of the kernel with the book
 
-    async def ensure(self, bans: Iterable[tuple[str, float]] | None = None) -> None: ...
-    async def apply(self, add: Iterable[tuple[str, float]], delete: Iterable[str] = ()) -> None: ...
+    async def read(self, table: str | None = None) -> KernelTable: ...
+    async def transaction(self, commands: list[Command]) -> None: ...
+    async def apply(self, add: Mapping[str, float], delete: Iterable[str] = ()) -> None: ...
     async def flush(self) -> None: ...
-    async def elements(self) -> dict[str, float]: ...
+    async def drop_table(self, table: str) -> None: ...
     async def send_records(self, records: list[dict[str, object]]) -> None: ...
 
 

@@ -1,0 +1,123 @@
+"""The ban book's policy without a kernel (dry-run, or an nft that fails): refusals for
+the allowlist, this host's addresses, sessions and the cap; the retry pace of a failing
+kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from test_shield import LOGIND_SESSION
+
+from wrapalert.clock import SystemClock
+from wrapalert.daemon.bans import Bans
+from wrapalert.daemon.stats import Stats
+from wrapalert.daemon.store import Store
+from wrapalert.pipeline.retry import Backoff
+from wrapalert.shield import Shield
+from wrapalert.sinks.nftables import NftablesSink, NftablesSinkConfig
+
+
+def book(tmp_path: Path, clock: SystemClock, **cfg: object) -> Bans:
+    """A ban book with its own state, this host at 192.0.2.10 and a session directory."""
+    store = Store(tmp_path / "state")
+    store.open()
+    (tmp_path / "sessions").mkdir(exist_ok=True)
+    shield = Shield(lambda: ("192.0.2.10",), tmp_path / "sessions", tmp_path / "utmp")
+    bans = Bans(store, clock, Stats(), shield=shield)
+    bans.configure(NftablesSink(NftablesSinkConfig(**cfg)))  # type: ignore[arg-type]
+    return bans
+
+
+def test_refusals_name_why_and_are_remembered_for_their_time(tmp_path: Path) -> None:
+    """The host's address is refused as allowlisted (for ban_for), a session's peer as
+    session (for a window, with who in the digest's note), a ban past max_bans as cap."""
+    bans = book(tmp_path, SystemClock(), mode="dry-run", max_bans=1, window=60.0, ban_for=3600.0)
+    (tmp_path / "sessions" / "c2").write_text(LOGIND_SESSION)  # from 203.0.113.50
+    now = 1000.0
+    bans.request("192.0.2.10", "3 refusals", now)
+    bans.request("203.0.113.50", "3 refusals", now)
+    bans.request("203.0.113.7", "3 refusals", now)  # the one ban max_bans allows
+    bans.request("203.0.113.8", "3 refusals", now)
+    assert bans.stats.bans_refused == {"allowlisted": 1, "session": 1, "cap": 1}
+    assert bans.settled == {
+        "192.0.2.10": now + 3600,
+        "203.0.113.50": now + 60,
+        "203.0.113.7": now + 3600,
+        "203.0.113.8": now + 60,
+    }
+    refused = {n[1]: n[2] for n in bans.notes if n[0] == "refused"}
+    assert refused["203.0.113.50"] == (
+        "3 refusals; session (logged in from 203.0.113.50: root via sshd (session c2))"
+    )
+    assert refused["192.0.2.10"] == "3 refusals; allowlisted"
+
+
+def test_bans_the_rule_would_not_make_are_lifted_at_start(tmp_path: Path) -> None:
+    """At start (and reload), bans of now-allowlisted targets and automatic bans of a
+    NAT64 network (an earlier version banned 64:ff9b::/64: every translated client) are
+    lifted; a network banned by hand stays."""
+    store = Store(tmp_path / "state")
+    store.open()
+    for target, reason in (
+        ("64:ff9b::/64", "10 refusals"),
+        ("198.51.100.9", "10 refusals"),
+        ("2002::/16", "by hand"),
+        ("203.0.113.7", "10 refusals"),
+    ):
+        store.stage_ban(target, reason, 1.0, 4e9, dry_run=False)
+    assert store.commit()
+    store.close()
+    bans = book(tmp_path, SystemClock(), allow=("198.51.100.9",))
+    bans.load()
+    assert sorted(bans.active) == ["2002::/16", "203.0.113.7"]
+    lifted = {n[1]: n[2] for n in bans.notes if n[0] == "lifted"}
+    assert lifted == {
+        "64:ff9b::/64": "a network of NAT64, Teredo or 6to4 addresses",
+        "198.51.100.9": "allowlisted",
+    }
+
+
+def failing_nft(tmp_path: Path) -> tuple[Path, Path]:
+    """An nft that counts its runs and fails each one as nft does."""
+    calls = tmp_path / "calls"
+    script = tmp_path / "nft"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"echo run >> {calls}\n"
+        'echo "Error: Could not process rule: Device or resource busy" >&2\n'
+        "exit 1\n"
+    )
+    script.chmod(0o755)
+    return script, calls
+
+
+def test_a_failing_kernel_is_retried_with_backoff_not_at_once(tmp_path: Path) -> None:
+    """While nft keeps failing, the book retries on the backoff (here 50 ms doubling to
+    400 ms), not in a tight loop; status says the ban is not in the kernel. Real time: the
+    retries are real nft runs, which virtual time would jump past (tests/timing.py)."""
+    script, calls = failing_nft(tmp_path)
+    clock = SystemClock()
+
+    async def main() -> Bans:
+        bans = book(tmp_path, clock, nft=str(script), reconcile=30.0)
+        bans.backoff = Backoff(0.05, 0.4)
+        bans.request("203.0.113.7", "3 refusals", clock.now())
+        task = asyncio.create_task(bans.run())
+        await asyncio.sleep(2.0)  # pauses of ~0.04, 0.08, 0.15, 0.3, then 0.2-0.4: ~8 tries
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return bans
+
+    bans = asyncio.run(main())
+    tries = len(calls.read_text().splitlines())
+    assert 4 <= tries <= 15, tries
+    status = bans.status()
+    assert status["last_error"] == "nft: Could not process rule: Device or resource busy"
+    kernel = status["kernel"]
+    assert isinstance(kernel, dict)
+    assert kernel["in_sync"] is False
+    assert kernel["missing"] == 1
+    assert [n[0] for n in bans.notes].count("unenforced") == 1  # once, not at every retry
