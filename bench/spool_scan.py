@@ -47,6 +47,8 @@ from wrapalert.daemon import spool as spool_mod  # noqa: E402
 from wrapalert.daemon.intake import Intake  # noqa: E402
 from wrapalert.daemon.stats import Stats  # noqa: E402
 from wrapalert.daemon.store import Store  # noqa: E402
+from wrapalert.daemon.twins import Twins  # noqa: E402
+from wrapalert.daemon.witness import Witness  # noqa: E402
 
 YEAR_2100 = 4102444800
 
@@ -115,6 +117,19 @@ def machine(directory: Path) -> dict[str, object]:
     }
 
 
+def idle_intake(sock: socket.socket) -> Intake:
+    """An intake for the pass to hand its files to; the events go nowhere."""
+    stats = Stats()
+    return Intake(
+        sock,
+        trusted_uids=(0,),
+        stats=stats,
+        accept=lambda _e: None,
+        twins=Twins(),
+        witness=Witness(stats, time.time),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--files", type=int, default=100_000)
@@ -129,7 +144,7 @@ def main() -> None:
     path = work / "spool"
     path.mkdir(mode=0o1777)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    intake = Intake(a, trusted_uids=(0,), stats=Stats(), accept=lambda _e: None)
+    intake = idle_intake(a)
     spool = spool_mod.Spool(
         path, intake=intake, store=Store(work / "state"), commit=lambda: True, clock=SYSTEM
     )

@@ -3,14 +3,17 @@ joined to it by a veth pair (a remote host), and the kernel's ban sets as nft li
 
 The daemon (`wrapalert run`) runs inside a namespace that a holder process
 keeps alive, so the table can be inspected after the daemon stops; reports
-come through the real client, and the sets are read with `nft -j` inside the
-namespace, parsed here (not by the sink's own parser, which is under test).
-Needs root, nftables, iproute2 and unshare (CI has them: a skip there is a
-failure).
+come through the real client, each for a real TCP connection from its
+address into the host (`Sources`: the daemon bans only sources whose
+handshake the kernel saw, daemon/witness.py), and the sets are read with
+`nft -j` inside the namespace, parsed here (not by the sink's own parser,
+which is under test). Needs root, nftables, iproute2 and unshare (CI has
+them: a skip there is a failure).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -19,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from conftest import PYTHON, WRAPALERT, DaemonProcess, client, require, wait_until, write_config
+from netns import Connector, Listener
 
 TABLE = "wrapalert"
 SETS = ("ban4", "ban4net", "ban6net", "ban6host", "ban6")
 HOST4, PEER4, NEIGHBOUR4 = "10.9.0.1", "10.9.0.2", "10.9.0.3"
 HOST6, PEER6, NEIGHBOUR6 = "fd00:9::1", "fd00:9:0:0::2", "fd00:9:0:1::3"
+# The host's end of the link to `Sources`' remote namespace, and that namespace's own.
+REMOTE_HOST4, REMOTE_HOST6, REMOTE4, REMOTE6 = "10.79.0.1", "fd79::1", "10.79.0.2", "fd79::2"
 
 LISTEN = (
     "import socket, sys, threading\n"
@@ -104,6 +110,7 @@ class Netns:
     def __init__(self) -> None:
         self.holder = subprocess.Popen(["unshare", "-n", "sleep", "600"])
         self.pid = self.holder.pid
+        self.linked: list[Netns] = []  # peers `link` joined to this one
         ours = Path("/proc/self/ns/net").readlink()
         wait_until(lambda: Path(f"/proc/{self.pid}/ns/net").readlink() != ours, 10, "unshare")
         self.run("ip", "link", "set", "lo", "up")
@@ -144,6 +151,81 @@ def link(host: Netns, peer: Netns) -> None:
     for addr in (f"{PEER6}/48", f"{NEIGHBOUR6}/48"):
         peer.run("ip", "-6", "addr", "add", addr, "dev", "wa1", "nodad")
     peer.run("ip", "link", "set", "wa1", "up")
+    host.linked.append(peer)
+
+
+def holds(ns: Netns, addr: str) -> bool:
+    """Whether `addr` is one of the namespace's own addresses."""
+    return bool(ns.run("ip", "-o", "addr", "show", "to", addr).stdout.strip())
+
+
+class Sources:
+    """Real TCP connections into the host from any address, one per report.
+
+    From the host itself for loopback and its own addresses; from a peer `link` joined to
+    it, for that peer's addresses; else from a remote namespace of its own (made at first
+    need, joined by veth wr0/wr1): the host's default routes lead there, and each address
+    is added to it when first used. Every connection is held open, as a refused service
+    holds it while its hook runs."""
+
+    def __init__(self, host: Netns) -> None:
+        self.host = host
+        self.remote: Netns | None = None
+        self.listener: Listener | None = None
+        self.connectors: dict[int, Connector] = {}
+
+    def connect(self, addr: str, port: int | None = None) -> tuple[str, int, int]:
+        """A connection from `addr` to `port` (default: a listener of its own): what
+        libwrap's %A, %R and %r would say of it (server address, server port, client port)."""
+        ip = ipaddress.ip_address(addr)
+        source = str(ip)
+        six = ip.version == 6
+        if port is None:
+            if self.listener is None:
+                self.listener = Listener(self.host.pid)
+            port = self.listener.port
+        if ip.is_loopback:
+            ns, dest = self.host, "::1" if six else "127.0.0.1"
+        elif holds(self.host, source):
+            ns, dest = self.host, source
+        elif peer := next((p for p in self.host.linked if holds(p, source)), None):
+            ns, dest = peer, HOST6 if six else HOST4
+        else:
+            ns, dest = self._remote(source), REMOTE_HOST6 if six else REMOTE_HOST4
+        if ns.pid not in self.connectors:
+            self.connectors[ns.pid] = Connector(ns.pid)
+        return dest, port, self.connectors[ns.pid].connect(source, dest, port)
+
+    def _remote(self, addr: str) -> Netns:
+        """The remote namespace, with `addr` among its addresses."""
+        if self.remote is None:
+            self.remote = remote = Netns()
+            host = self.host
+            host.run("ip", "link", "add", "wr0", "type", "veth", "peer", "name", "wr1",
+                     "netns", str(remote.pid))  # fmt: skip
+            for ns, dev, four, six in (
+                (host, "wr0", REMOTE_HOST4, REMOTE_HOST6),
+                (remote, "wr1", REMOTE4, REMOTE6),
+            ):
+                ns.run("ip", "addr", "add", f"{four}/24", "dev", dev)
+                ns.run("ip", "-6", "addr", "add", f"{six}/64", "dev", dev, "nodad")
+                ns.run("ip", "link", "set", dev, "up")
+                ns.run("ip", "route", "add", "default", "dev", dev)
+                ns.run("ip", "-6", "route", "add", "default", "dev", dev)
+        if not holds(self.remote, addr):
+            if ":" in addr:
+                self.remote.run("ip", "-6", "addr", "add", f"{addr}/128", "dev", "wr1", "nodad")
+            else:
+                self.remote.run("ip", "addr", "add", f"{addr}/32", "dev", "wr1")
+        return self.remote
+
+    def close(self) -> None:
+        for connector in self.connectors.values():
+            connector.close()
+        if self.listener is not None:
+            self.listener.close()
+        if self.remote is not None:
+            self.remote.close()
 
 
 def connect(ns: Netns, source: str, dest: str, port: int) -> str:
@@ -230,6 +312,7 @@ class Daemon:
         *,
         start: bool = True,
         extra: str = "",
+        sources: Sources | None = None,
     ) -> None:
         sinks = (
             f'[[sink]]\ntype = "maildir"\npath = "{base}/Maildir"\n\n'
@@ -242,6 +325,7 @@ class Daemon:
         self.ns = ns
         self.pid = ns.pid
         self.prefix = prefix  # runs inside the namespace, before the daemon (unshare -m ...)
+        self.sources = sources or Sources(ns)
         self.config = write_config(base, sinks=sinks, group_wait=group_wait, extra=extra)
         self.proc = DaemonProcess(base, self.config)
         (base / "notify.sock").chmod(0o666)  # uid 65534 must be able to send
@@ -269,10 +353,20 @@ class Daemon:
     def report(
         self, addr: str, count: int = 3, *, user: int | None = None, daemon: str = "sshd"
     ) -> None:
-        """`count` refusals of `addr` through the real client; waits until all arrived."""
+        """`count` refusals of `addr` through the real client, each for a real TCP
+        connection from `addr` (its %A, %R and %r); waits until all arrived."""
         before = self.status()["received"]
         for _ in range(count):
-            client(f"d={daemon}", f"a={addr}", f"socket={self.base}/notify.sock", user=user)
+            server, server_port, client_port = self.sources.connect(addr)
+            client(
+                f"d={daemon}",
+                f"a={addr}",
+                f"A={server}",
+                f"R={server_port}",
+                f"r={client_port}",
+                f"socket={self.base}/notify.sock",
+                user=user,
+            )
         wait_until(lambda: self.status()["received"] >= before + count, 10, "the reports")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -297,12 +391,14 @@ class Daemons:
         self.base = base
         self.ns = ns
         self.started: list[Daemon] = []
+        self.sources = Sources(ns)  # the connections behind every daemon's reports
 
     def __call__(self, nft: str = "", group_wait: str = "500ms", **kw: Any) -> Daemon:
         base = self.base if not self.started else self.base / f"d{len(self.started)}"
-        self.started.append(Daemon(base, self.ns, nft, group_wait, **kw))
+        self.started.append(Daemon(base, self.ns, nft, group_wait, sources=self.sources, **kw))
         return self.started[-1]
 
     def close(self) -> None:
         for d in self.started:
             d.proc.close()
+        self.sources.close()

@@ -24,6 +24,7 @@ from wrapalert.mail import Renderer
 from wrapalert.model import Event, digest_from_json, digest_to_json
 from wrapalert.pipeline.ban import BanCounter, BanStage
 from wrapalert.pipeline.stage import Flow
+from wrapalert.scanrule import ScanRule
 from wrapalert.sinks.nftables import NftablesSink, NftablesSinkConfig
 
 
@@ -150,10 +151,68 @@ def test_counter_needs_threshold_refusals_within_the_window() -> None:
     assert counter.hit("a", 13.0)
 
 
-def ev(addr: str, *, trusted: bool = True, at: float = 0.0) -> Event:
+def ev(
+    addr: str,
+    *,
+    trusted: bool = True,
+    at: float = 0.0,
+    transport: str = "tcp",
+    daemon: str = "sshd",
+) -> Event:
+    """An event as intake hands it on: by default trusted, its source vouched for by a
+    TCP handshake (daemon/witness.py)."""
     return Event(
-        {"daemon": "sshd", "client_addr": addr}, at, uid=0 if trusted else 65534, trusted=trusted
+        {"daemon": daemon, "client_addr": addr},
+        at,
+        uid=0 if trusted else 65534,
+        trusted=trusted,
+        transport=transport,
     )
+
+
+@pytest.mark.parametrize("transport", ["udp", "unknown"])
+def test_stage_counts_only_what_the_kernel_vouched_for(transport: str) -> None:
+    """Trusted reports whose source no TCP handshake proved (a UDP service's forgeable
+    client address, or no evidence at all) ask for nothing, however many."""
+    asked: list[tuple[str, str, float]] = []
+    stage = BanStage(BanRule(threshold=2), {}, lambda t, r, now: asked.append((t, r, now)))
+    for i in range(5):
+        assert stage(Flow(ev("203.0.113.7", at=i, transport=transport))) is not None
+    assert asked == []
+    stage(Flow(ev("203.0.113.7", at=10)))
+    stage(Flow(ev("203.0.113.7", at=11)))
+    assert asked == [("203.0.113.7", "2 refusals", 11)]  # the vouched ones alone
+
+
+def test_stage_bans_a_scan_across_daemons_it_vouched_for() -> None:
+    """Three daemons refusing one vouched-for address within [scan] window ban it at once,
+    below the threshold; the same spread of forged (udp) reports does not."""
+    rule = ScanRule(window=60.0, daemons=3, sources=16)
+    asked: list[tuple[str, str, float]] = []
+    stage = BanStage(BanRule(threshold=10), {}, lambda t, r, n: asked.append((t, r, n)), rule)
+    for i, daemon in enumerate(("in.tftpd", "in.talkd", "in.ntalkd")):
+        stage(Flow(ev("203.0.113.66", at=i, transport="udp", daemon=daemon)))
+    assert asked == []
+    for i, daemon in enumerate(("sshd", "in.ftpd", "vsftpd")):
+        stage(Flow(ev("203.0.113.9", at=100 + i, daemon=daemon)))
+    assert asked == [("203.0.113.9", "scan of 3 daemons", 102)]
+
+
+def test_stage_scan_needs_its_daemons_within_the_window() -> None:
+    """Three daemons spread over more than the window are no scan; without [scan] (or with
+    scan = false) the stage finds none."""
+    rule = ScanRule(window=60.0, daemons=3, sources=16)
+    asked: list[str] = []
+    stage = BanStage(BanRule(threshold=10), {}, lambda t, _r, _n: asked.append(t), rule)
+    for at, daemon in ((0, "sshd"), (50, "in.ftpd"), (100, "vsftpd")):
+        stage(Flow(ev("203.0.113.9", at=at, daemon=daemon)))
+    assert asked == []
+    for scan_off in (BanStage(BanRule(threshold=10), {}, lambda t, _r, _n: asked.append(t)),
+                     BanStage(BanRule(threshold=10, scan=False), {},
+                              lambda t, _r, _n: asked.append(t), rule)):  # fmt: skip
+        for daemon in ("sshd", "in.ftpd", "vsftpd"):
+            scan_off(Flow(ev("203.0.113.10", daemon=daemon)))
+    assert asked == []
 
 
 def test_stage_counts_only_trusted_events() -> None:

@@ -628,6 +628,22 @@ def test_lint_the_old_logger_line_is_outdated(sockdir: Path) -> None:
     )
 
 
+def test_lint_a_line_that_cannot_ban_or_counts_twice_is_outdated(sockdir: Path) -> None:
+    """A line whose events do not name the connection (no A=%A r=%r R=%R: the daemon
+    cannot find it in the kernel's table, so nothing it reports bans) is outdated, and so
+    is a durable line whose halves lack i=$$ (a killed logger's copy counts twice)."""
+    cfg = make_config(sockdir)
+    line = hosts_deny_line(cfg, PYTHON, daemons="sshd", form="durable")
+    (finding,) = wrapalert_findings(line.replace(" A=%A r=%r R=%R", ""), cfg)
+    assert "do not name the connection (A=%A r=%r R=%R)" in finding.message
+    assert finding.fix == "print the current one with: wrapalert hosts-deny-line --daemons sshd"
+    (finding,) = wrapalert_findings(line.replace(" i=$$", ""), cfg)
+    assert "its halves carry no i=$$" in finding.message
+    logger = hosts_deny_line(cfg, PYTHON, daemons="sshd", form="logger")
+    (finding,) = wrapalert_findings(logger.replace(" r=%r R=%R", ""), cfg)
+    assert finding.fix.endswith("--daemons sshd --logger")
+
+
 def test_lint_a_fallback_that_can_never_run_is_outdated(sockdir: Path) -> None:
     """A durable line whose logger lacks --socket-errors=on (so it never fails) is outdated."""
     cfg = make_config(sockdir)

@@ -31,7 +31,7 @@ def test_default_line_is_exact() -> None:
     line = hostsdeny.spawn_line("/usr/bin/python3", Path("/usr/lib/wa/notify.py"))
     assert line == (
         "ALL : ALL : spawn (/usr/bin/python3 -I -S /usr/lib/wa/notify.py "
-        "d=%d p=%p c=%c a=%a n=%n s=%s) &"
+        "d=%d p=%p c=%c a=%a n=%n s=%s A=%A r=%r R=%R) &"
     )
 
 

@@ -337,7 +337,7 @@ def test_installed_hosts_deny_line_names_the_packaged_client(installed: Path) ->
     result = installed_wrapalert(installed, "hosts-deny-line", "-c", str(conffile))
     assert result.returncode == 0, result.stderr
     client = hostsdeny.escape(str(installed / SITE / "wrapalert/notify.py"))
-    fields = "d=%d p=%p c=%c a=%a n=%n s=%s"
+    fields = "d=%d p=%p c=%c a=%a n=%n s=%s A=%A r=%r R=%R i=$$"
     assert result.stdout == (
         "ALL : ALL : spawn (/usr/bin/timeout 0.1 /usr/bin/logger --socket-errors=on -d "
         f"-u /run/wrapalert/notify.sock -t wrapalert -p authpriv.notice -- WA1 {fields} || "

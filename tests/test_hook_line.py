@@ -15,10 +15,10 @@ from wrapalert.libwrap import LibWrap
 
 NO_LIBWRAP = "libwrap0 is not installed (apt-get install libwrap0)"
 NO_LOGGER = "util-linux logger is not installed (apt-get install bsdutils)"
-FIELDS = "d=%d p=%p c=%c a=%a n=%n s=%s"
+FIELDS = "d=%d p=%p c=%c a=%a n=%n s=%s A=%A r=%r R=%R"
 LOGGER_PART = (
     "/usr/bin/timeout {wait} /usr/bin/logger --socket-errors=on -d -u /run/wrapalert/notify.sock "
-    f"-t wrapalert -p authpriv.notice -- WA1 {FIELDS}"
+    "-t wrapalert -p authpriv.notice -- WA1 {fields}"
 )
 
 
@@ -34,8 +34,8 @@ def test_durable_line_is_exact() -> None:
         "/usr/bin/python3", Path("/usr/lib/wa/notify.py"), socket=Path(notify.SOCKET)
     )
     assert line == (
-        f"ALL : ALL : spawn ({LOGGER_PART.format(wait='0.1')} || "
-        f"/usr/bin/python3 -I -S /usr/lib/wa/notify.py {FIELDS} wait=0) &"
+        f"ALL : ALL : spawn ({LOGGER_PART.format(wait='0.1', fields=FIELDS + ' i=$$')} || "
+        f"/usr/bin/python3 -I -S /usr/lib/wa/notify.py {FIELDS} i=$$ wait=0) &"
     )
 
 
@@ -43,15 +43,15 @@ def test_logger_line_is_exact() -> None:
     """The logger-only line is the durable line's first half, with a longer bound (no
     fallback: the bound only stops blocked loggers piling up)."""
     line = hostsdeny.logger_line(hostsdeny.LOGGER, Path(notify.SOCKET))
-    assert line == f"ALL : ALL : spawn ({LOGGER_PART.format(wait='0.2')}) &"
+    assert line == f"ALL : ALL : spawn ({LOGGER_PART.format(wait='0.2', fields=FIELDS)}) &"
 
 
 def test_ident_reaches_both_halves() -> None:
     """--ident adds u=%u to logger's message and to the client's fields, nowhere else."""
     line = hostsdeny.durable_line("/p", Path("/n.py"), socket=Path("/s"), ident=True)
     assert line.count("u=%u") == 2
-    assert "s=%s u=%u ||" in line
-    assert "s=%s u=%u socket=/s wait=0)" in line
+    assert "i=$$ u=%u ||" in line
+    assert "i=$$ u=%u socket=/s wait=0)" in line
 
 
 @pytest.mark.parametrize("form", ["durable", "client", "logger"])

@@ -106,6 +106,24 @@ def test_bans_are_exported_only_where_an_nftables_sink_runs() -> None:
     assert "wrapalert_bans" not in off
 
 
+def test_evidence_and_duplicates_are_exported() -> None:
+    """What the kernel said of each event's source, by outcome, whether it can answer, and
+    the hook's dropped second copies: promtool accepts them."""
+    status: dict[str, object] = {
+        "duplicates": 4,
+        "evidence": {"error": "sock_diag: errno 22", "tcp": 7, "udp": 2, "no_ports": 1},
+    }
+    text = metrics.render(status, now=2.0, started=1.0, build="1.0")
+    done = check_metrics(text)
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = samples(text)
+    assert got["wrapalert_events_duplicate_total"] == 4
+    assert got['wrapalert_evidence_total{outcome="tcp"}'] == 7
+    assert got['wrapalert_evidence_total{outcome="no_ports"}'] == 1
+    assert got["wrapalert_evidence_ok"] == 0
+    assert 'outcome="error"' not in text
+
+
 def test_bans_not_in_the_kernel_and_repairs_are_exported() -> None:
     """Bans the kernel does not enforce, a refusing kernel and what the reconcile repaired
     are metrics (promtool accepts them); in dry-run (no kernel object) only the error."""
@@ -180,7 +198,7 @@ def test_example_rules_pass_promtool() -> None:
         [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 7 rules found" in done.stdout
+    assert "SUCCESS: 8 rules found" in done.stdout
 
 
 RULE_TESTS = """\
@@ -196,6 +214,8 @@ tests:
         values: 1x90
       - series: wrapalert_sink_failing{{instance="web1",sink="mail"}}
         values: 0x5 1x30
+      - series: wrapalert_evidence_ok{{instance="web1"}}
+        values: 1x5 0x30
       # Two bans not in the kernel at minutes 10 and 11, repaired; then from 31 on.
       - series: wrapalert_bans_unenforced{{instance="web1"}}
         values: 0x9 2x1 0x18 2x30
@@ -247,13 +267,25 @@ tests:
               description: >-
                 Deliveries are retried with backoff; nothing is lost yet.
                 See: journalctl -u wrapalert.service
+      - eval_time: 14m
+        alertname: WrapalertEvidenceUnavailable
+        exp_alerts: []
+      - eval_time: 16m
+        alertname: WrapalertEvidenceUnavailable
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: web1}}
+            exp_annotations:
+              summary: "wrapalert on web1 cannot verify any source"
+              description: >-
+                The kernel does not answer its sock_diag lookups (wrapalert status shows
+                evidence.error): no refused connection is verified, so none can ban.
 """
 
 
 def test_example_rules_fire_when_they_should(tmp_path: Path) -> None:
     """promtool's rule unit tests: a daemon that stopped writing, an outbox non-empty for
-    an hour, a sink failing for 15 minutes and bans unenforced for 2 minutes each raise
-    their alert, and not before."""
+    an hour, a sink failing for 15 minutes, bans unenforced for 2 minutes and evidence
+    unavailable for 10 each raise their alert, and not before."""
     tests = tmp_path / "rules_test.yml"
     tests.write_text(RULE_TESTS.format(rules=RULES))
     done = subprocess.run(

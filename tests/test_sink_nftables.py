@@ -2,9 +2,11 @@
 
 The daemon (`wrapalert run`) runs inside a namespace that a holder process
 keeps alive, so the table can be inspected after the daemon stops; reports
-come through the real client (and once through real libwrap), and the test
-reads the kernel's sets with `nft -j` inside the namespace. Needs root,
-nftables and unshare (CI has all three: a skip there is a failure).
+come through the real client (and once through real libwrap and tcpd), each
+for a real TCP connection from its address (tests/nftns.py, `Sources`: the
+daemon bans only sources whose handshake the kernel saw), and the test reads
+the kernel's sets with `nft -j` inside the namespace. Needs root, nftables
+and unshare (CI has all three: a skip there is a failure).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, WRAPALERT, libwrap_available, maildir_messages, require, wait_until
+from conftest import PYTHON, WRAPALERT, maildir_messages, require, wait_until
 from nftns import (
     HOST4,
     NEIGHBOUR4,
@@ -32,10 +34,10 @@ from nftns import (
     listen,
     require_netns,
 )
+from wrapped import Inetd, missing
 
 from wrapalert import config
 from wrapalert.cli import hosts_deny_line
-from wrapalert.libwrap import LibWrap
 
 
 @pytest.fixture
@@ -173,8 +175,8 @@ def test_restart_keeps_bans_and_state_consistent(daemon: Daemons) -> None:
     listed = json.loads(d.ban("list", "--json").stdout)
     assert [b["target"] for b in listed] == ["203.0.113.14"]
     assert d.status()["bans"]["active"] == 1
-    # The same source reported again is not banned twice.
-    d.report("203.0.113.14")
+    # The restart put the ban back; it made no new one. (The banned source itself can
+    # no longer connect, so it makes no more refusals to count.)
     assert d.status()["bans"]["added"] == 1
 
 
@@ -209,16 +211,25 @@ def test_scan_across_daemons_bans_at_once(daemon: Daemons) -> None:
 
 
 def test_ban_reaches_the_digest_through_real_libwrap(daemon: Daemons, sockdir: Path) -> None:
-    """Refusals through real libwrap's spawn ban the source, and the digest says so."""
-    require(libwrap_available(), "libwrap0 is not installed (apt-get install libwrap0)")
+    """Refused TCP connections through real tcpd (under inetd, its libwrap running the
+    default hosts.deny line) ban the source, and the digest says so."""
+    reason = missing("inetd")
+    require(reason is None, reason or "")
     d = daemon('ban_for = "1h"', group_wait="3s")
-    (sockdir / "hosts.allow").write_text("")
-    line = hosts_deny_line(config.load(d.config), PYTHON)
-    (sockdir / "hosts.deny").write_text(line + "\n")
-    wrap = LibWrap(sockdir / "hosts.allow", sockdir / "hosts.deny")
-    for _ in range(3):
-        assert not wrap.allowed("sshd", "203.0.113.16")
-    wait_until(lambda: "203.0.113.16" in elements(d.ns), 15, "the ban")
+    service = Inetd(
+        sockdir / "inetd", ["{port} stream tcp nowait root {tcpd} in.fingerd"], d.ns.pid
+    )
+    (sockdir / "inetd").mkdir()
+    line = hosts_deny_line(config.load(d.config), PYTHON, daemons="in.fingerd", form="durable")
+    service.set_deny(line)
+    service.start()
+    try:
+        for _ in range(3):
+            d.sources.connect("203.0.113.16", service.port)
+        wait_until(lambda: "203.0.113.16" in elements(d.ns), 15, "the ban")
+    finally:
+        service.stop()
+    assert d.status()["evidence"]["tcp"] == 3
     wait_until(lambda: maildir_messages(sockdir / "Maildir") != [], 15, "the digest")
     text = maildir_messages(sockdir / "Maildir")[0].get_body(("plain",))
     assert text is not None

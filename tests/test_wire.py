@@ -190,7 +190,7 @@ _ALPHABET = st.text(
 @given(
     values=st.fixed_dictionaries(
         dict.fromkeys(("d", "p", "c", "a", "n", "s", "t", "H"), _ALPHABET),
-        optional={"u": _ALPHABET},
+        optional=dict.fromkeys(("A", "r", "R", "i", "u"), _ALPHABET),
     ),
     addr=st.sampled_from(
         [
@@ -213,7 +213,7 @@ def test_the_hook_shape_fast_path_agrees_with_the_general_parser(
     """The client's usual datagram takes a one-regex path; it must decide exactly as the
     line-by-line parser does: same fields, or the same rejection."""
     values.update(a=addr, p=pid, t=when)
-    order = ("d", "p", "c", "a", "n", "s", "u", "t", "H")
+    order = ("d", "p", "c", "a", "n", "s", "A", "r", "R", "i", "u", "t", "H")
     data = wire.encode({key: values[key] for key in order if key in values})
     assert wire._HOOK_SHAPE.fullmatch(data.decode()) or not all(
         0 < len(v) <= wire.MAX_VALUE for v in values.values()
@@ -280,3 +280,23 @@ def test_bad_logger_lines_are_rejected_with_a_reason(line: bytes, reason: str) -
     with pytest.raises(wire.WireError) as caught:
         wire.parse(line)
     assert caught.value.reason == reason
+
+
+def test_the_connection_and_the_hook_are_named_by_numbers() -> None:
+    """R (server port) and i (the hook shell's pid) become server_port and hook_pid, and
+    must be numbers like p and r; a port libwrap could not learn ("unknown") is absent."""
+    line = (
+        b"<85>Nov 26 11:02:13 wrapalert: WA1 d=sshd p=42 a=192.0.2.1 A=10.0.0.1 r=50000 R=22 i=4711"
+    )
+    fields = wire.parse(line)
+    assert (fields["server_port"], fields["client_port"], fields["hook_pid"]) == (
+        "22",
+        "50000",
+        "4711",
+    )
+    assert fields["server_addr"] == "10.0.0.1"
+    assert "client_port" not in wire.parse(b"WA1\nd=sshd\nr=unknown\n")
+    for bad in (b"R=2x", b"i=-1", b"i=unknown", b"R=12345678901"):
+        with pytest.raises(wire.WireError) as caught:
+            wire.parse(b"WA1\nd=sshd\n" + bad + b"\n")
+        assert caught.value.reason == "bad_number", bad

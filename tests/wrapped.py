@@ -98,7 +98,8 @@ class Wrapped:
         script = " && ".join(
             f"mount --bind {src} {dst}" for src, dst in mounts if Path(dst).exists()
         )
-        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", f'{script} && exec "$@"']
+        argv = [*self.prefix(), "unshare", "-m", "--propagation", "private", "sh", "-c"]
+        argv.append(f'{script} && exec "$@"')
         with (self.base / f"{self.service}.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 [*argv, "wrapped", *self._command()], stdin=subprocess.DEVNULL, stderr=log
@@ -110,6 +111,10 @@ class Wrapped:
                 log_text = (self.base / f"{self.service}.log").read_text(errors="replace")
                 raise RuntimeError(f"{self.service} did not start: {log_text[-2000:]}")
             time.sleep(0.05)
+
+    def prefix(self) -> list[str]:
+        """What runs the service's command elsewhere (another network namespace)."""
+        return []
 
     def _listening(self) -> bool:
         try:
@@ -143,3 +148,36 @@ class Wrapped:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+
+class Inetd(Wrapped):
+    """openbsd-inetd serving `lines` (inetd.conf lines, each with "{port}" for a port of
+    its own and "{tcpd}" for tcpd's path), inside the network namespace that process
+    `netns` holds; `ports[i]` is line i's port (`port` the first's)."""
+
+    def __init__(self, base: Path, lines: list[str], netns: int) -> None:
+        super().__init__(base, "inetd")
+        self.netns = netns
+        self.ports = [7000 + i for i in range(len(lines))]  # a fresh namespace: all free
+        self.port = self.ports[0]
+        self.lines = [
+            line.format(port=port, tcpd=TCPD) for line, port in zip(lines, self.ports, strict=True)
+        ]
+
+    def prefix(self) -> list[str]:
+        return ["nsenter", "-t", str(self.netns), "-n"]
+
+    def _command(self) -> list[str]:
+        (self.base / "inetd.conf").write_text("".join(line + "\n" for line in self.lines))
+        return [INETD, "-i", "-R", "100000", str(self.base / "inetd.conf")]
+
+    def _listening(self) -> bool:
+        """Every line's port is bound (TCP listening or UDP) in the namespace."""
+        done = subprocess.run(
+            [*self.prefix(), "ss", "-H", "-l", "-n", "-t", "-u"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        bound = {row.split()[4].rpartition(":")[2] for row in done.stdout.splitlines() if row}
+        return {str(port) for port in self.ports} <= bound

@@ -18,7 +18,8 @@ tests/test_check_hosts.py reproduces with the real library:
   parsed by the shell: the command does nothing and nobody is told;
 * a wrapalert line whose client, socket or spool is not this installation's, or
   one an older wrapalert printed (a logger without `timeout` blocks for ever on a
-  full queue; one without `--socket-errors=on` never lets the fallback spool).
+  full queue; one without `--socket-errors=on` never lets the fallback spool; one
+  without `A=%A r=%r R=%R` never bans; a durable one without `i=$$` counts twice).
 
 Parsing is pure (bytes in, findings out); the file system is reached only
 through `check_files` and the `Probe` it passes down.
@@ -593,6 +594,16 @@ class _Linter:
             why = (
                 "its logger runs without --socket-errors=on: it then exits 0 when nobody "
                 "reads the socket, so the client never spools and the event is lost"
+            )
+        elif not {"A=%A", "r=%r", "R=%R"} <= {show(w) for w in words}:
+            why = (
+                "its events do not name the connection (A=%A r=%r R=%R): the daemon cannot "
+                "find it in the kernel's TCP table, so none of them can ever ban"
+            )
+        elif form == "durable" and words.count("i=$$") < 2:  # one in each half
+            why = (
+                "its halves carry no i=$$: when timeout ends a logger that had already sent, "
+                "the client sends the refusal again and it is counted twice"
             )
         flags = "" if daemons == "ALL" else f" --daemons {daemons}"
         flags += " --ident" if ident else ""

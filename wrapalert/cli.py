@@ -173,7 +173,8 @@ The per-connection client, run by the hosts.deny line for each refused connectio
 (the same code as notify.py): it sends one event to the daemon's socket, spools it
 when the daemon is down, and falls back to syslog. Keys: d (daemon), p (pid), u
 (user), c (client), a (address), n (name), h (host), s (server), A (server address),
-r (port), v (verdict); socket=PATH and spool=PATH configure the client itself. It
+r (port), R (server port), i (the hook's shell pid), v (verdict); socket=PATH and
+spool=PATH configure the client itself. It
 parses no options (an expansion may begin with '-'), writes nothing and always exits
 0. Print the line that runs it with: wrapalert hosts-deny-line. See wrapalert(8).
 """
@@ -682,9 +683,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         print(format_status(status))
+    return status_exit(status)
+
+
+def status_exit(status: dict[str, Any]) -> int:
+    """`wrapalert status`'s exit code: 1 when something needs a person (a sink's digests
+    set aside, a state held in memory only, bans the kernel does not hold, banning on but
+    no source verifiable)."""
     state = status.get("state", {})
     failing = any(s.get("held_failed") for s in status.get("sinks", {}).values())
-    return EXIT_PROBLEM if failing or not state.get("ok", True) or bans_failing(status) else EXIT_OK
+    # Banning is on but no source can be verified (the kernel does not answer): off, in fact.
+    blind = (status.get("bans") or {}).get("mode") == "enforce" and bool(
+        (status.get("evidence") or {}).get("error")
+    )
+    if failing or blind or not state.get("ok", True) or bans_failing(status):
+        return EXIT_PROBLEM
+    return EXIT_OK
 
 
 def bans_failing(status: dict[str, Any]) -> bool:
@@ -693,6 +707,24 @@ def bans_failing(status: dict[str, Any]) -> bool:
     bans = status.get("bans") or {}
     kernel = bans.get("kernel") or {}
     return bool(bans.get("last_error")) or kernel.get("in_sync") is False
+
+
+def _evidence_lines(evidence: dict[str, Any]) -> list[str]:
+    """What the kernel said of the sources (daemon/witness.py): verified by a TCP handshake,
+    udp, or unknown and why; and its error while it cannot answer."""
+    counts = {k: v for k, v in evidence.items() if k != "error" and isinstance(v, int)}
+    why = {k: v for k, v in counts.items() if k not in ("tcp", "udp")}
+    reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(why.items())) or "none"
+    lines = [
+        (
+            f"verified (tcp)  {counts.get('tcp', 0):>10,}   (udp {counts.get('udp', 0):,}, "
+            f"unknown {sum(why.values()):,}: {reasons})"
+        )
+    ]
+    if evidence.get("error"):
+        error = printable(str(evidence["error"]))
+        lines.append(f"                EVIDENCE UNAVAILABLE: {error}: no refusal can ban")
+    return lines
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -706,6 +738,9 @@ def format_status(status: dict[str, Any]) -> str:
             f"from spool {status['spooled']:,})"
         ),
         f"rejected        {sum(rejected.values()):>10,}   ({reasons})",
+        # The hook line's second copy of one refusal (daemon/twins.py): dropped.
+        f"duplicates      {status.get('duplicates', 0):>10,}",
+        *_evidence_lines(status.get("evidence") or {}),
         # Events clients could neither send nor spool: they went to syslog, not to us.
         "to syslog       {:>10,}   (trusted {:,}, untrusted {:,})".format(
             sum(fallbacks.values()), fallbacks.get("trusted", 0), fallbacks.get("untrusted", 0)

@@ -110,6 +110,7 @@ class Source:
     silence: str  # the command that silences it, or "" (no usable address)
     severity: str = "warning"  # the highest route severity of its groups
     story: str = ""  # the kind of the story that tells it, or ""
+    unverified: str = ""  # the quiet marker when the kernel did not vouch for it, or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +137,26 @@ class Slot:
     trusted_width: int
     untrusted_width: int
     bar: str  # the same bar for the text part, at most 40 characters
+
+
+def unverified(groups: list[GroupReport]) -> str:
+    """The quiet marker for a row whose refusals the kernel did not vouch for (no completed
+    TCP handshake from that address was seen here: a UDP service's client address is
+    whatever the datagram said). "" when every refusal was vouched for, or for reports
+    made before transports were counted."""
+    counts: Counter[str] = Counter()
+    for g in groups:
+        counts.update(dict(g.transports))
+    other = {t: n for t, n in sorted(counts.items()) if t != "tcp"}
+    if not other:
+        return ""
+    if counts["tcp"]:
+        kinds = ", ".join(f"{t} {n:,}" for t, n in other.items())
+        share = f"{sum(other.values()):,} of {counts.total():,}"
+        return f"source address not verified for {share} ({kinds})"
+    if set(other) == {"udp"}:
+        return "udp: source address not verified"
+    return "source address not verified"
 
 
 def status(g: GroupReport, window_start: float) -> str:
@@ -185,6 +206,7 @@ def _row(
         else "",
         silence=silence_command(ordered, label) if shape != "group" else "",
         severity=highest(g.severity for g in groups),
+        unverified=unverified(groups),
     )
 
 
@@ -301,7 +323,8 @@ def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
     more_untrusted, more_untrusted_events; quiet: [GroupReport] (groups with nothing new
     since their last report, now forgotten); step, timeline: [Slot] (trusted events);
     silence_for; top_silence (the command that silences the busiest row that has one, or
-    ""; shown under every sources table);
+    ""; shown under every sources table); unverified (whether a row of the table carries
+    the not-verified marker);
     groups, trusted_groups, untrusted_groups: [GroupReport], every report. Lists hold at
     most LIST_MAX unless said otherwise.
     """
@@ -368,6 +391,7 @@ def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
         "silence_for": SILENCE_FOR,
         "top_silence": silences[0] if silences else "",
         "banned": banned(digest),  # the nftables sink's section (issue 12)
+        "unverified": any(s.unverified for s in table),
     }
 
 

@@ -7,8 +7,8 @@ threshold), and a read is cheap: bench/results/host_reads.md.
 
 Two sources, both of the daemon's own network namespace (the addresses it is
 reached at):
-- rtnetlink: one RTM_GETADDR dump on an AF_NETLINK socket (the nftables
-  drop-in allows that family; `nft` needs it anyway). IFA_LOCAL is the
+- rtnetlink: one RTM_GETADDR dump on an AF_NETLINK socket (the unit allows
+  that family, for the evidence lookups; `nft` needs it anyway). IFA_LOCAL is the
   host's own address (on a point-to-point link IFA_ADDRESS is the peer's),
   IFA_ADDRESS where there is no IFA_LOCAL (IPv6).
 - /proc/self/net (`fib_trie`'s local host routes, `if_inet6`), when netlink

@@ -9,12 +9,16 @@ unsafe byte in them with `_`.
 Three forms, one `( ... ) &` each (README, "The hosts.deny line"):
 
 * durable (the default): `timeout 0.1 logger --socket-errors=on ... || python3 -I -S
-  notify.py ... wait=0`. logger sends at C speed while the daemon reads; it exits 1
-  when the socket is missing or nobody is bound to it, and `timeout` kills it when
-  it blocks on a full queue (logger's socket is blocking and it has no timeout of
-  its own), so in both cases the Python client runs and spools. `wait=0`: logger
-  already waited for the queue, the client spools at once. Worst case a hook lives
-  LOGGER_WAIT plus the client's start and one spool write.
+  notify.py ... wait=0`. Both halves carry `i=$$`, the pid of the shell libwrap
+  runs (in the `( )` subshell `$$` is still that shell's): when `timeout` kills a
+  logger that had already sent, the client sends the same refusal again, and the
+  daemon drops the copy by that identity (daemon/twins.py). logger sends at C
+  speed while the daemon reads; it exits 1 when the socket is missing or nobody is
+  bound to it, and `timeout` kills it when it blocks on a full queue (logger's
+  socket is blocking and it has no timeout of its own), so in both cases the
+  Python client runs and spools. `wait=0`: logger already waited for the queue,
+  the client spools at once. Worst case a hook lives LOGGER_WAIT plus the
+  client's start and one spool write.
 * client: the Python client alone (a spool, no logger).
 * logger: logger alone, bounded by LOGGER_ALONE_WAIT; no spool, so an event is lost
   when the socket is missing or its queue stays full.
@@ -31,8 +35,23 @@ from wrapalert import notify
 
 Form = Literal["durable", "client", "logger"]
 MAX_LINE = 2046  # bytes; with its newline libwrap takes at most 2047 (checked by experiment)
-# Expansions the client forwards: wire key -> libwrap %-expansion.
-EXPANSIONS = (("d", "%d"), ("p", "%p"), ("c", "%c"), ("a", "%a"), ("n", "%n"), ("s", "%s"))
+# Expansions the client forwards: wire key -> libwrap %-expansion. %A, %r and %R
+# (server address, client port and server port: Debian's libwrap has the ports) name
+# the refused connection, which the daemon then looks up in the kernel's TCP table:
+# only a source that completed a handshake can be banned (daemon/witness.py).
+EXPANSIONS = (
+    ("d", "%d"),
+    ("p", "%p"),
+    ("c", "%c"),
+    ("a", "%a"),
+    ("n", "%n"),
+    ("s", "%s"),
+    ("A", "%A"),
+    ("r", "%r"),
+    ("R", "%R"),
+)
+# One refusal's identity in the durable line: the hook shell's pid (see the docstring).
+HOOK_ID = "i=$$"
 LOGGER = "/usr/bin/logger"
 TIMEOUT = "/usr/bin/timeout"  # coreutils (Essential): bounds logger's blocking send
 # Seconds logger may run before timeout ends it. A reading daemon drains the queue in
@@ -51,8 +70,10 @@ def escape(text: str) -> str:
     return shlex.quote(text).replace("%", "%%").replace(":", "\\:")
 
 
-def _fields(*, ident: bool) -> list[str]:
+def _fields(*, ident: bool, hook_id: bool = False) -> list[str]:
     words = [f"{key}={expansion}" for key, expansion in EXPANSIONS]
+    if hook_id:
+        words.append(HOOK_ID)
     if ident:
         # %u makes libwrap ask the client's identd first: up to 10 s, before the fork.
         words.append("u=%u")
@@ -68,11 +89,13 @@ def _entry(daemons: str, words: list[str]) -> str:
     return line
 
 
-def logger_words(logger: str, socket: Path, *, ident: bool, wait: str = LOGGER_WAIT) -> list[str]:
+def logger_words(
+    logger: str, socket: Path, *, ident: bool, wait: str = LOGGER_WAIT, hook_id: bool = False
+) -> list[str]:
     """util-linux logger sending the event as one syslog datagram, bounded by timeout."""
     words = [TIMEOUT, wait, escape(logger), "--socket-errors=on"]
     words += ["-d", "-u", escape(str(socket)), "-t", LOGGER_TAG, "-p", "authpriv.notice"]
-    return [*words, "--", "WA1", *_fields(ident=ident)]
+    return [*words, "--", "WA1", *_fields(ident=ident, hook_id=hook_id)]
 
 
 def client_words(
@@ -83,9 +106,11 @@ def client_words(
     socket: Path | None,
     spool: Path | None,
     settings: tuple[str, ...] = (),
+    hook_id: bool = False,
 ) -> list[str]:
     """The Python client; socket= and spool= only where they differ from its defaults."""
-    words = [escape(python), "-I", "-S", escape(str(client)), *_fields(ident=ident)]
+    fields = _fields(ident=ident, hook_id=hook_id)
+    words = [escape(python), "-I", "-S", escape(str(client)), *fields]
     if socket is not None and str(socket) != notify.SOCKET:
         words.append(escape(f"socket={socket}"))
     if spool is not None and str(spool) != notify.SPOOL:
@@ -123,8 +148,8 @@ def durable_line(
     spool: Path | None = None,
 ) -> str:
     """The default form: logger, and the client (which spools) when logger fails."""
-    first = logger_words(logger, socket, ident=ident)
+    first = logger_words(logger, socket, ident=ident, hook_id=True)
     fallback = client_words(
-        python, client, ident=ident, socket=socket, spool=spool, settings=("wait=0",)
+        python, client, ident=ident, socket=socket, spool=spool, settings=("wait=0",), hook_id=True
     )
     return _entry(daemons, [*first, "||", *fallback])

@@ -26,6 +26,9 @@ class Event:
     pid: int | None = None
     trusted: bool = True
     origin: str = "socket"  # or "spool"
+    # What the kernel vouches for (daemon/witness.py): "tcp" (a completed handshake from
+    # the client address), "udp" or "unknown". Only "tcp" ever counts toward a ban.
+    transport: str = "unknown"
 
     def get(self, name: str) -> str:
         return self.fields.get(name, "unknown")
@@ -95,6 +98,9 @@ class GroupReport:
     # The daemon's scan signals this group completed, each ScanSignal.as_tuple():
     # (kind, target, sources, first, last, *daemons) as text.
     scan: tuple[tuple[str, ...], ...] = ()
+    # The new events by what the kernel vouched for (Event.transport), sorted:
+    # (("tcp", 3), ("udp", 1)). Empty for reports made before it was counted.
+    transports: tuple[tuple[str, int], ...] = ()
 
     def label(self, name: str) -> str | None:
         return dict(self.labels).get(name)
@@ -253,11 +259,13 @@ def fold_reports(reports: list[GroupReport], limit: int = MAX_DIGEST_GROUPS) -> 
         return keep
     tallies = {name: Tally(MAX_DETAIL * 4) for name in ("daemons", "addrs", "names", "users")}
     timeline: Counter[float] = Counter()
+    transports: Counter[str] = Counter()
     for r in rest:
         for name, tally in tallies.items():
             for value, n in getattr(r, name):
                 tally.add(value, n)
         timeline.update(dict(r.timeline))
+        transports.update(dict(r.transports))
     tallies["addrs"].other += sum(r.more_addrs for r in rest)
     folded = GroupReport(
         key=("(more groups)",),
@@ -280,6 +288,7 @@ def fold_reports(reports: list[GroupReport], limit: int = MAX_DIGEST_GROUPS) -> 
         sources_exact=False,
         level="folded",
         severity=highest(r.severity for r in rest),
+        transports=tuple(sorted(transports.items())),
     )
     return [*keep, folded]
 
@@ -303,4 +312,5 @@ def _report_from_dict(data: dict[str, Any]) -> GroupReport:
     if data.get("sinks") is not None:
         data["sinks"] = tuple(data["sinks"])
     data["scan"] = tuple(tuple(signal) for signal in data.get("scan", ()))
+    data["transports"] = _pairs(data.get("transports", []))
     return GroupReport(**data)

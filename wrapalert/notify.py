@@ -31,7 +31,7 @@ import sys
 import time
 
 # Short wire keys the client forwards (`wrapalert notify --help` lists them).
-FIELDS = frozenset("dpucanhsArv")
+FIELDS = frozenset("dpucanhsArRiv")
 SOCKET = "/run/wrapalert/notify.sock"
 SPOOL = "/var/spool/wrapalert"
 SYSLOG = "/dev/log"

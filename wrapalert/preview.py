@@ -3,10 +3,13 @@
 An events file holds one refused connection per line, written like the
 client's arguments (`d=sshd a=192.0.2.1 n=host.example`; long names such as
 `daemon=sshd` work too). Blank lines and `#` comments are skipped; values may
-be shell-quoted. Four more keys shape the preview: `ago=5m` (when, before
+be shell-quoted. Five more keys shape the preview: `ago=5m` (when, before
 now; default now), `uid=N` (the sender: trusted when in `trusted_uids`;
-default the first of them), `count=N` (the line stands for N events) and
-`before=3h` (its group was reported before, first seen that long ago).
+default the first of them), `count=N` (the line stands for N events),
+`before=3h` (its group was reported before, first seen that long ago) and
+`transport=udp` (what the kernel vouched for, daemon/witness.py: `tcp`, the
+default, as for a refused TCP connection; `udp` or `unknown` show the
+digest's "not verified" marker).
 Every line is checked by the daemon's own parser (wire.parse), and the
 digest comes from the daemon's own Aggregator: what the preview shows is
 what the daemon would send.
@@ -29,7 +32,8 @@ from wrapalert.pipeline.scan import ScanDetector
 from wrapalert.sinks import registry
 
 MAX_COUNT = 100_000  # per line: a preview is not a load test
-PREVIEW_KEYS = frozenset({"ago", "uid", "count", "before"})
+PREVIEW_KEYS = frozenset({"ago", "uid", "count", "before", "transport"})
+TRANSPORTS = ("tcp", "udp", "unknown")
 _SHORT = {long: short for short, long in wire.FIELDS.items()}
 
 # Every story kind (wrapalert/story.py): what the daemon's detector calls a scan with the
@@ -56,6 +60,8 @@ d=in.ftpd a=198.18.7.42 ago=3m count=4 before=3h
 # Two more sources, one of them over IPv6, one with a mismatching reverse name.
 d=in.ftpd a=2001:db8::66 n=paranoid ago=6m count=9
 d=sshd a=192.0.2.33 n=mail.example.org ago=1m count=2
+# Refused by a UDP service (tftp through tcpd): its address is the datagram's word.
+d=in.tftpd a=203.0.113.66 ago=5m transport=udp
 # Sent by a local user, not a root service: reported apart, marked untrusted.
 d=sshd a=192.0.2.99 uid=1000 ago=4m
 """
@@ -79,6 +85,7 @@ class Planned:
     uid: int | None
     count: int
     before: float | None = None  # reported before, first seen this many seconds ago
+    transport: str = "tcp"  # what the kernel vouched for (Event.transport)
 
 
 def parse_line(line: str) -> Planned:
@@ -108,7 +115,10 @@ def parse_line(line: str) -> Planned:
     if not 1 <= count <= MAX_COUNT:
         raise ValueError(f"count must be 1 to {MAX_COUNT}")
     before = config.parse_duration(extra["before"]) if "before" in extra else None
-    return Planned(fields, ago, uid, count, before)
+    transport = extra.get("transport", "tcp")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
+    return Planned(fields, ago, uid, count, before, transport)
 
 
 def parse_events(text: str, name: str = "events") -> list[Planned]:
@@ -142,7 +152,8 @@ def build_digest(
     for p in sorted(planned, key=lambda p: -p.ago):
         uid = default_uid if p.uid is None else p.uid
         at = now - p.ago
-        event = Event(dict(p.fields), received=at, uid=uid, trusted=uid in trusted_uids)
+        trusted = uid in trusted_uids
+        event = Event(dict(p.fields), at, uid=uid, trusted=trusted, transport=p.transport)
         for _ in range(p.count):
             agg.add(event, now=at)
     # force=True takes every group at once, labelled "shutdown flush"; a group of a

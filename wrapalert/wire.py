@@ -30,6 +30,8 @@ FIELDS: dict[str, str] = {
     "s": "server",
     "A": "server_addr",
     "r": "client_port",
+    "R": "server_port",  # an extension of DESIGN.md's keys: libwrap's %R (Debian)
+    "i": "hook_pid",  # the hook's shell ($$): logger and the client in one line share it
     "v": "verdict",
     "t": "time",
     "H": "host",
@@ -52,17 +54,23 @@ _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!%+,
 _CONTROL_RE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 _SHORT_KEYS = frozenset(FIELDS)
 _LONG_NAME = FIELDS.__getitem__
-# The datagram the client sends for the line `wrapalert hosts-deny-line` prints (every
-# real event): its fields in that order, each non-empty and short enough. One C-level
-# match takes it apart; anything else, valid or not, goes the general way.
+# The datagram the client sends for a line `wrapalert hosts-deny-line` prints (every
+# real event): its fields in that order, each non-empty and short enough (A, r, R and
+# i are missing from older lines, u without --ident). One C-level match takes it apart;
+# anything else, valid or not, goes the general way.
+_OPTIONAL = frozenset("ArRiu")
 _HOOK_SHAPE = re.compile(
     "WA1\n"
     + "".join(
-        f"{'(?:' if key == 'u' else ''}{key}=(?P<{FIELDS[key]}>[^\n]{{1,{MAX_VALUE}}})\n"
-        f"{')?' if key == 'u' else ''}"
-        for key in ("d", "p", "c", "a", "n", "s", "u", "t", "H")
+        f"{'(?:' if key in _OPTIONAL else ''}{key}=(?P<{FIELDS[key]}>[^\n]{{1,{MAX_VALUE}}})\n"
+        f"{')?' if key in _OPTIONAL else ''}"
+        for key in ("d", "p", "c", "a", "n", "s", "A", "r", "R", "i", "u", "t", "H")
     )
 )
+_OPTIONAL_NAMES = tuple(FIELDS[key] for key in "ArRiu")
+# Numbers a datagram may carry: a pid or a port, at most 10 digits.
+_NUMBERS = ("daemon_pid", "client_port", "server_port", "hook_pid")
+_PORTS = frozenset({"client_port", "server_port"})
 # What util-linux `logger -d -u SOCKET -t wrapalert -- WA1 d=%d ...` sends (the hook's
 # C-speed variant): `<PRI>Mmm dd hh:mm:ss [host ]wrapalert[[pid]]: WA1 k=v k=v ...`.
 # The message is the WA1 datagram with spaces for newlines: libwrap's expansions never
@@ -107,8 +115,9 @@ def parse(data: bytes) -> dict[str, str]:
     hook = _HOOK_SHAPE.fullmatch(text)
     if hook is not None:
         fields = hook.groupdict()
-        if fields["user"] is None:
-            del fields["user"]  # the line without --ident: libwrap asks no identd
+        for name in _OPTIONAL_NAMES:
+            if fields[name] is None:
+                del fields[name]  # an older line, or one without --ident
         return normalise(fields)
     return _parse_lines(text, len(data))
 
@@ -174,13 +183,7 @@ def normalise(fields: dict[str, str]) -> dict[str, str]:
         fields["host"] = host.lower()
     if fields.setdefault("verdict", "deny") not in VERDICTS:
         raise WireError("bad_verdict")
-    # isdigit() is safe unguarded: values are ASCII, so only 0-9 pass it.
-    pid = get("daemon_pid")
-    if pid is not None and not (pid.isdigit() and len(pid) <= 10):
-        raise WireError("bad_number")
-    port = get("client_port")
-    if port is not None and not (port.isdigit() and len(port) <= 10):
-        raise WireError("bad_number")
+    _numbers(fields)
     when = get("time")
     if when is not None:
         try:
@@ -190,6 +193,18 @@ def normalise(fields: dict[str, str]) -> dict[str, str]:
         if not 0 <= seconds < 1e11:  # also rejects nan and inf
             raise WireError("bad_time")
     return fields
+
+
+def _numbers(fields: dict[str, str]) -> None:
+    """Pids and ports are numbers; a port libwrap could not learn ("unknown") is absent."""
+    for key in _NUMBERS:
+        number = fields.get(key)
+        # isdigit() is safe unguarded: values are ASCII, so only 0-9 pass it.
+        if number is not None and not (number.isdigit() and len(number) <= 10):
+            if number == "unknown" and key in _PORTS:
+                del fields[key]
+                continue
+            raise WireError("bad_number")
 
 
 def normalise_addr(addr: str) -> str:

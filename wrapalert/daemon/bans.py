@@ -1,15 +1,16 @@
 """The ban book: which sources are banned, why and until when; the kernel kept in step.
 
-Decisions come from the ban stage (a source past the threshold), from a
-scan signal ("daemons": one address refused by several daemons) and from
-`wrapalert ban add`. Each is checked here against the rule: an allowlisted
-target, one of this host's addresses or a logged-in session's peer (read
-afresh at each decision: shield.py) or a full book (`max_bans`) is refused,
-and the refusal recorded; in dry-run mode the ban is recorded as one that
-would have been made and nothing reaches the kernel. Every ban, refusal,
-expiry and lifting is staged in the state database (tables `bans` and
-`ban_log`, committed with the next group commit), counted in Stats, logged,
-and noted for the next digest's "Banned" section.
+Decisions come from the ban stage (a source past the threshold, or one
+address refused by several daemons: a scan; both counted from reports the
+kernel vouches for only, pipeline/ban.py) and from `wrapalert ban add`.
+Each is checked here against the rule: an allowlisted target, one of this
+host's addresses or a logged-in session's peer (read afresh at each
+decision: shield.py) or a full book (`max_bans`) is refused, and the
+refusal recorded; in dry-run mode the ban is recorded as one that would
+have been made and nothing reaches the kernel. Every ban, refusal, expiry
+and lifting is staged in the state database (tables `bans` and `ban_log`,
+committed with the next group commit), counted in Stats, logged, and noted
+for the next digest's "Banned" section.
 
 The kernel side (daemon/bankernel.py): automatic bans are queued and carried
 out by `run` in one nft transaction per batch; `ban add|del|flush` wait for
@@ -49,7 +50,7 @@ from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store
 from wrapalert.pipeline.ban import BanStage
 from wrapalert.pipeline.retry import Backoff
-from wrapalert.scanrule import ScanSignal
+from wrapalert.scanrule import ScanRule
 from wrapalert.shield import Protected, Shield
 from wrapalert.sinks.base import BanSink, SinkError
 
@@ -129,19 +130,22 @@ class Bans:
         self._reconcile_at = 0.0  # a new or reloaded sink: compare with the kernel at once
         self._wake.set()
 
-    def stage(self) -> BanStage | None:
-        """The pipeline's ban stage for the rule in force (its counts survive a reload that
-        keeps threshold and window)."""
+    def stage(self, scan: ScanRule | None = None) -> BanStage | None:
+        """The pipeline's ban stage for the rule in force, finding scans by `scan` (the
+        [scan] rule, None when off); its counts survive a reload that keeps threshold and
+        window (and the scan rule)."""
         if self.sink is None:
             self._stage = None
             return None
         old = self._stage
-        stage = BanStage(self.rule, self.settled, self.request)
+        stage = BanStage(self.rule, self.settled, self.request, scan)
         if old is not None and (old.rule.threshold, old.rule.window) == (
             self.rule.threshold,
             self.rule.window,
         ):
             stage.counter = old.counter
+        if old is not None and old.scans is not None and stage.scans is not None:
+            stage.scans = old.scans if old.scans.rule == stage.scans.rule else stage.scans
         self._stage = stage
         return stage
 
@@ -193,15 +197,6 @@ class Bans:
         if not rule.dry_run:
             self._to_add[target] = now + rule.ban_for
             self._wake.set()
-
-    def scan(self, signal: ScanSignal) -> None:
-        """A scan signal: one address refused by several daemons bans it at once (a sweep
-        names a network of many sources, each of which the threshold judges)."""
-        if self.sink is None or not self.rule.scan or signal.kind != "daemons":
-            return
-        target = self.rule.target(signal.target)
-        if target is not None and target not in self.settled:
-            self.request(target, f"scan of {len(signal.daemons)} daemons", self.clock.now())
 
     def _refusal(self, target: str) -> Protected | None:
         if self.rule.allowed(target):

@@ -5,7 +5,10 @@ datagrams per wake-up so timers and deliveries keep running under a flood
 (the rest waits in the kernel queue, whose overflow the client spools).
 Credentials come from SO_PASSCRED: pid 0 means none were attached.
 Bad input is counted by reason and logged at a bounded rate; it never
-stops intake.
+stops intake. A valid report then meets, in this order: `Twins` (the hook
+line's second copy of one refusal is dropped, daemon/twins.py) and the
+`Witness` (what the kernel says of its source: tcp, udp or unknown,
+daemon/witness.py), each batch of them with its own lookup budget.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import structlog
 from wrapalert import wire
 from wrapalert.daemon import systemd
 from wrapalert.daemon.stats import Stats
+from wrapalert.daemon.twins import Twins
+from wrapalert.daemon.witness import Witness
 from wrapalert.model import Event
 
 log = structlog.get_logger()
@@ -120,12 +125,16 @@ class Intake:
         trusted_uids: tuple[int, ...],
         stats: Stats,
         accept: Callable[[Event], None],
+        twins: Twins,
+        witness: Witness,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.sock = sock
         self.trusted = frozenset(trusted_uids)
         self.stats = stats
         self.accept = accept
+        self.twins = twins
+        self.witness = witness
         self.now = now
         self.log_limit = LogLimit()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -158,6 +167,8 @@ class Intake:
         recvmsg = self.sock.recvmsg
         parse, wire_error = wire.parse, wire.WireError
         trusted_uids, stats, accept, now = self.trusted, self.stats, self.accept, self.now
+        copy, check = self.twins.copy, self.witness.check
+        self.witness.new_batch()
         while limit is None or n < limit:
             try:
                 data, ancdata, flags, _ = recvmsg(wire.MAX_DATAGRAM + 1, _ANC_SIZE)
@@ -177,14 +188,21 @@ class Intake:
                 self.reject(exc.reason, uid)
                 continue
             trusted = uid in trusted_uids
+            received = now()
+            if copy(uid, fields, received, trusted=trusted):
+                stats.duplicates += 1
+                continue
             stats.received += 1
             if not trusted:
                 stats.untrusted += 1
-            accept(Event(fields, now(), uid, pid, trusted))
+            event = Event(fields, received, uid, pid, trusted)
+            check(event)
+            accept(event)
         return n
 
     def handle(self, data: bytes, *, uid: int | None, pid: int | None, origin: str) -> bool:
-        """Validate one datagram's bytes and pass the event on; False if rejected.
+        """Validate one datagram's bytes and pass the event on; False if rejected (or a
+        copy of one already passed on).
 
         (The socket's loop in `drain` does the same inline.)
         """
@@ -194,10 +212,16 @@ class Intake:
             self.reject(exc.reason, uid)
             return False
         trusted = uid in self.trusted
+        received = self.now()
+        if self.twins.copy(uid, fields, received, trusted=trusted):
+            self.stats.duplicates += 1
+            return False
         self.stats.received += 1
         if not trusted:
             self.stats.untrusted += 1
-        self.accept(Event(fields, self.now(), uid, pid, trusted, origin))
+        event = Event(fields, received, uid, pid, trusted, origin)
+        self.witness.check(event)
+        self.accept(event)
         return True
 
     def reject(self, reason: str, uid: int | None) -> None:
@@ -211,6 +235,7 @@ class Intake:
         returns how many events were accepted. Attribution is by the uid the pass
         found (the file's owner, checked against its private dir's)."""
         count = 0
+        self.witness.new_batch()
         for item in files:
             if item.data is None:
                 self.reject(item.reason, item.uid)

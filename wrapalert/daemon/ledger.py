@@ -1,4 +1,5 @@
-"""The daemon's books: its counters, and every change the state database must learn.
+"""The daemon's books: its counters, the refusals already counted (daemon/twins.py), and
+every change the state database must learn.
 
 Group changes, counters, outbox entries and delivery results are staged here
 and written in one transaction by `commit`: every `commit_interval` (group
@@ -20,6 +21,7 @@ from wrapalert.clock import Clock
 from wrapalert.daemon.intake import LogLimit
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Snapshot, Store
+from wrapalert.daemon.twins import Twins
 from wrapalert.model import Digest
 from wrapalert.pipeline.deliver import WorkerState
 from wrapalert.pipeline.scan import ScanSignal
@@ -41,6 +43,7 @@ class Ledger:
         self.on_delivery = on_delivery
         self.stats = Stats()
         self.group_changes: GroupChanges = list  # set by the owner: the pipeline in force
+        self.twins = Twins()  # refusals seen, whose hook's second copy is dropped (intake)
         self.since_commit = 0  # events accepted since: a flood commits early
         self._saved_counters = ""
         self._scan_log = LogLimit()
@@ -49,6 +52,7 @@ class Ledger:
         """The last run's state, and each digest sink's outbox and cap as a WorkerState."""
         snap = self.store.load()
         self.stats.restore(snap.counters)
+        self.twins.restore(self.store.twins(), self.clock.now())
         self._saved_counters = json.dumps(self.stats.to_dict(), sort_keys=True)
         states: dict[str, WorkerState] = defaultdict(WorkerState)
         for name in sinks:
@@ -68,6 +72,8 @@ class Ledger:
         store = self.store
         for key, state in self.group_changes():
             store.stage_group(key, state)
+        if self.twins.dirty:  # in the same transaction as the events they belong to
+            store.stage_twins(self.twins.saved(self.clock.now()))
         counters = json.dumps(self.stats.to_dict(), sort_keys=True)
         if counters != self._saved_counters:
             store.stage_counters(self.stats.to_dict())

@@ -43,6 +43,11 @@ Status = Mapping[str, object]
 COUNTERS = (
     ("received", "wrapalert_events_received_total", "Events accepted from the socket or spool."),
     ("untrusted", "wrapalert_events_untrusted_total", "Accepted events from untrusted uids."),
+    (
+        "duplicates",
+        "wrapalert_events_duplicate_total",
+        "Second copies of one refusal (the hook line's logger and client): dropped.",
+    ),
     ("spooled", "wrapalert_events_spooled_total", "Events ingested from the spool directory."),
     ("ignored", "wrapalert_events_ignored_total", "Events matching [ignore]: counted only."),
     ("silenced", "wrapalert_events_silenced_total", "Events matching an active silence."),
@@ -150,6 +155,7 @@ def _lines(status: Status, *, now: float, started: float, build: str) -> Iterato
         failing = isinstance(values, Mapping) and values.get("last_error") is not None
         yield f'wrapalert_sink_failing{{sink="{escape(str(sink))}"}} {int(failing)}\n'
     yield from _bans(status.get("bans"))
+    yield from _evidence(status.get("evidence"))
     state = status.get("state")
     ok = isinstance(state, Mapping) and state.get("ok") is True
     yield _family("wrapalert_state_ok", "gauge", "1 while the state database works, else 0.")
@@ -204,11 +210,26 @@ def _bans(bans: object) -> Iterator[str]:
     yield from _by_reason("wrapalert_bans_kernel_repairs_total", kernel.get("repairs"))
 
 
-def _by_reason(name: str, counts: object) -> Iterator[str]:
+def _evidence(evidence: object) -> Iterator[str]:
+    """What the kernel said of each event's source (daemon/witness.py), and whether it can
+    answer at all (a unit without AF_NETLINK cannot: then nothing can ban)."""
+    if not isinstance(evidence, Mapping):
+        return
+    name = "wrapalert_evidence_total"
+    yield _family(name, "counter", "Accepted events by what the kernel vouched for, by outcome.")
+    counts = {k: v for k, v in evidence.items() if k != "error"}
+    yield from _by_reason(name, counts, label="outcome")
+    yield _family(
+        "wrapalert_evidence_ok", "gauge", "1 while the kernel answers evidence lookups, else 0."
+    )
+    yield f"wrapalert_evidence_ok {int(evidence.get('error') is None)}\n"
+
+
+def _by_reason(name: str, counts: object, label: str = "reason") -> Iterator[str]:
     """One sample per reason of a {reason: count} object, the reason escaped as a label."""
     for reason, count in sorted(counts.items()) if isinstance(counts, Mapping) else ():
         if (value := _number(count)) is not None:
-            yield f'{name}{{reason="{escape(str(reason))}"}} {value}\n'
+            yield f'{name}{{{label}="{escape(str(reason))}"}} {value}\n'
 
 
 def write(path: Path, text: str) -> None:

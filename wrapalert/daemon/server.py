@@ -46,6 +46,7 @@ from wrapalert.daemon.sinkset import SinkSet
 from wrapalert.daemon.spool import Spool
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store
+from wrapalert.daemon.witness import Witness
 from wrapalert.pipeline import chain
 from wrapalert.scanrule import ScanSignal
 from wrapalert.sinks.base import EventSink, Sink
@@ -84,6 +85,7 @@ class Server:
         self.sinks = self._sinkset(cfg, sinks)
         self.bans = Bans(self.store, self.clock, self.stats)
         self.bans.configure(self.sinks.banner)
+        self.witness = Witness(self.stats, self.now)
         self.pipeline = self._pipeline(cfg, self.sinks)
         # A lambda: a reload replaces the pipeline, and with it the aggregator.
         self.ledger.group_changes = lambda: self.pipeline.aggregator.take_changes()  # noqa: PLW0108
@@ -120,7 +122,7 @@ class Server:
             outbox=self.sinks.outbox,
             sinks=self.sinks.status(),
             state=self.store.health(),
-        ) | {"bans": self.bans.status()}
+        ) | {"bans": self.bans.status(), "evidence": self.witness.status()}
 
     def flush(self) -> int:
         """Report every group with news now, whatever its timer says; how many events."""
@@ -238,6 +240,7 @@ class Server:
             self.store.close()
             if self.intake is not None:
                 self.intake.close(self._bound)
+            self.witness.close()
             log.info("stopped", **self.status())
 
     # -- lifecycle -------------------------------------------------------
@@ -255,6 +258,8 @@ class Server:
             trusted_uids=self.cfg.daemon.trusted_uids,
             stats=self.stats,
             accept=self.pipeline.accept,
+            twins=self.ledger.twins,
+            witness=self.witness,
             now=self.now,
         )
         self.spool = Spool(
@@ -319,14 +324,15 @@ class Server:
             on_scan=self._scan_found,
             previous=previous,
             previous_scan=previous_cfg.scan if previous_cfg else None,
-            ban=self.bans.stage(),
+            ban=self.bans.stage(cfg.scan.rule if cfg.scan.enabled else None),
         )
 
     # -- events and state ----------------------------------------------------
 
     def _scan_found(self, found: ScanSignal) -> None:
+        # Not a ban: the detector sees every trusted report, forged UDP ones too; the ban
+        # stage finds scans of its own among the kernel-vouched ones (pipeline/ban.py).
         self.ledger.scan_found(found)
-        self.bans.scan(found)
         self.sinks.scan(found)  # the sinks in force: a reload replaces them
 
     def _drain(self) -> None:

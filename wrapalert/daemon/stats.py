@@ -16,6 +16,12 @@ class Stats:
 
     received: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    # The hook line's second copy of a refusal (daemon/twins.py): dropped, not received.
+    duplicates: int = 0
+    # What the kernel said of each accepted event's source (daemon/witness.py), by
+    # outcome: tcp, udp, and why the others are unknown (no_ports, late, gone, reused,
+    # skipped, failed; unchecked: untrusted senders, never looked up).
+    evidence: Counter[str] = field(default_factory=Counter)
     untrusted: int = 0
     spooled: int = 0
     # Events clients sent to syslog because they could neither send nor spool, by
@@ -75,6 +81,7 @@ class Stats:
         return {
             "received": self.received,
             "rejected": dict(self.rejected),
+            "duplicates": self.duplicates,
             "untrusted": self.untrusted,
             "spooled": self.spooled,
             "syslog_fallbacks": dict(self.syslog_fallbacks),

@@ -33,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from wrapalert.daemon.twins import Saved
 from wrapalert.model import Digest, digest_from_json, digest_to_json
 
 log = structlog.get_logger()
@@ -225,6 +226,26 @@ class Store:
         """What happened to bans since the last digest, for the next one: taken in the
         same commit as the digest that carries them, so a restart loses none."""
         self._meta["ban_notes"] = json.dumps({"notes": notes, "more": more})
+
+    def stage_twins(self, saved: list[Saved]) -> None:
+        """The trusted refusals' identities whose second copy may still come (daemon/
+        twins.py), committed with the events they belong to."""
+        self._meta["twins"] = json.dumps([[*key, at] for key, at in saved])
+
+    def twins(self) -> list[Saved]:
+        """What `stage_twins` saved last; nothing if the row is not what we wrote."""
+        if self.db is None:
+            return []
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'twins'").fetchone()
+        out: list[Saved] = []
+        try:
+            for uid, hook, pid, daemon, addr, port, at in json.loads(row[0]) if row else []:
+                who = None if uid is None else int(uid)
+                key = (who, str(hook), str(pid), str(daemon), str(addr), str(port))
+                out.append((key, float(at)))
+        except (TypeError, ValueError):
+            return []  # a damaged row costs the copies' recognition after a restart, no more
+        return out
 
     def stage_ban_tables(self, tables: list[str]) -> None:
         """The nftables tables the daemon keeps (an earlier one is removed once a new

@@ -104,6 +104,8 @@ class _Group:
     fixed_addr: str | None = None
     # The scan signals it completed since its last report, each ScanSignal.as_tuple().
     scan: tuple[tuple[str, ...], ...] = ()
+    # New events by what the kernel vouched for (Event.transport): tcp, udp, unknown.
+    transports: dict[str, int] = field(default_factory=dict)
 
     def escalate(self, signal: ScanSignal, severity: str) -> None:
         self.scan = (*self.scan, signal.as_tuple())
@@ -222,6 +224,8 @@ class Aggregator:
             group.sources.add(addr)
         group.names.add(get("client_name", "unknown"))
         group.users.add(get("user", "unknown"))
+        transports = group.transports
+        transports[event.transport] = transports.get(event.transport, 0) + 1
         timeline = group.timeline
         bucket = now - now % TIMELINE_BUCKET
         if bucket in timeline:
@@ -308,6 +312,7 @@ class Aggregator:
         group.sources = Distinct()
         group.timeline = {}
         group.scan = ()
+        group.transports = {}
         return report
 
     def _repeat(self, group: _Group) -> GroupReport:
@@ -355,6 +360,7 @@ class Aggregator:
             severity=group.severity,
             sinks=group.sinks,
             scan=group.scan,
+            transports=tuple(sorted(group.transports.items())),
         )
 
     def _place(
@@ -453,6 +459,7 @@ class Aggregator:
         state["sinks"] = None if group.sinks is None else list(group.sinks)
         state["timeline"] = [[t, n] for t, n in group.timeline.items()]
         state["scan"] = [list(signal) for signal in group.scan]
+        state["transports"] = dict(group.transports)
         if group.fixed_daemon is not None or group.fixed_addr is not None:
             # Values the tallies imply but do not hold: a restore under another group_by
             # must count them for real (see _Group.unfix).
@@ -474,6 +481,7 @@ class Aggregator:
             group.sinks = None if sinks is None else tuple(sinks)
             group.timeline = {float(t): int(n) for t, n in state["timeline"]}
             group.scan = tuple(tuple(map(str, s)) for s in state.get("scan", ()))  # older: none
+            group.transports = {str(t): int(n) for t, n in state.get("transports", {}).items()}
             group.fixed_daemon, group.fixed_addr = state.get("fixed") or (None, None)
             if tuple(n for n, _ in group.labels) == self._group_by:
                 group.fix(self._group_by)

@@ -11,11 +11,21 @@ carries out decisions (few: at most one per target per `ban_for`).
 It runs before the mute stage on purpose: a silence hides a source from
 the digests, it does not protect the source from a ban (use `allow`).
 
-Only trusted events count: an untrusted report (any local user can send
-one, naming any address) never reaches the counter.
+Only trusted events whose source the kernel vouches for count: an
+untrusted report (any local user can send one, naming any address) and a
+report without a completed TCP handshake behind it (`Event.transport` other
+than "tcp": a UDP service's client address is whatever the datagram said,
+daemon/witness.py) never reach the counters.
+
+Scans: one address refused by `[scan] daemons` distinct daemons within
+`[scan] window` bans it at once (`scan = true`). The stage counts those
+daemons itself, from the same vouched-for events, rather than taking the
+digest's scan detector's word: that one sees every trusted report, forged
+UDP ones included.
 
 Bounded memory, written down: at most MAX_TRACKED targets, each holding at
-most `threshold` timestamps; past the bound the oldest targets are
+most `threshold` timestamps (and, for scans, as many addresses, each at most
+`[scan] daemons` daemon names); past the bound the oldest targets are
 forgotten (a slow attacker among a flood of new sources may need more
 refusals to be banned; the flood's own sources are counted all the same).
 """
@@ -27,6 +37,7 @@ from collections.abc import Callable
 
 from wrapalert.banrule import BanRule
 from wrapalert.pipeline.stage import Flow
+from wrapalert.scanrule import ScanRule
 
 MAX_TRACKED = 16_384
 BanHook = Callable[[str, str, float], None]  # (target, reason, now)
@@ -63,14 +74,52 @@ class BanCounter:
         return len(self.young) + len(self.old)
 
 
+class ScanCounter:
+    """Per-address daemons seen within the window: `hit` says when an address reaches the
+    scan rule's `daemons` (the rule's "daemons" kind, scanrule.py)."""
+
+    def __init__(self, rule: ScanRule) -> None:
+        self.rule = rule
+        self.young: dict[str, dict[str, float]] = {}
+        self.old: dict[str, dict[str, float]] = {}
+
+    def hit(self, addr: str, daemon: str, now: float) -> int:
+        """Count one refusal of `addr` by `daemon`; the number of daemons when that
+        completes a scan (and the address is forgotten), else 0."""
+        seen = self.young.get(addr)
+        if seen is None:
+            seen = self.old.pop(addr, None) or {}
+            if len(self.young) >= MAX_TRACKED // 2:
+                self.old, self.young = self.young, {}
+            self.young[addr] = seen
+        seen.pop(daemon, None)
+        seen[daemon] = now  # newest last
+        horizon = now - self.rule.window
+        for name in [d for d, t in seen.items() if t < horizon]:
+            del seen[name]
+        if not self.rule.reached("daemons", seen, now):
+            return 0  # so fewer than `daemons` names are kept, each within the window
+        del self.young[addr]
+        return len(seen)
+
+
 class BanStage:
-    """Counts each trusted event towards its source's ban; never stops an event."""
+    """Counts each trusted, kernel-vouched event towards its source's ban; never stops
+    an event."""
 
-    __slots__ = ("counter", "on_ban", "rule", "settled")
+    __slots__ = ("counter", "on_ban", "rule", "scans", "settled")
 
-    def __init__(self, rule: BanRule, settled: dict[str, float], on_ban: BanHook) -> None:
+    def __init__(
+        self,
+        rule: BanRule,
+        settled: dict[str, float],
+        on_ban: BanHook,
+        scan: ScanRule | None = None,
+    ) -> None:
         self.rule = rule
         self.counter = BanCounter(rule.threshold, rule.window)
+        # Scans ban at once only with `scan = true` and a [scan] in force.
+        self.scans = ScanCounter(scan) if scan is not None and rule.scan else None
         # target -> until: banned (or, in dry-run, would be), or refused a ban lately.
         # The book's own dict: read here, never written.
         self.settled = settled
@@ -78,11 +127,17 @@ class BanStage:
 
     def __call__(self, flow: Flow) -> Flow:
         event = flow.event
-        if not event.trusted:
-            return flow
-        target = self.rule.target(event.fields.get("client_addr", "unknown"))
+        if not event.trusted or event.transport != "tcp":
+            return flow  # no kernel-proven source: reported, never counted toward a ban
+        addr = event.fields.get("client_addr", "unknown")
+        target = self.rule.target(addr)
         if target is None or target in self.settled:
             return flow  # decided already: nothing to count until that expires
-        if self.counter.hit(target, event.received):
-            self.on_ban(target, f"{self.rule.threshold} refusals", event.received)
+        now = event.received
+        if self.counter.hit(target, now):
+            self.on_ban(target, f"{self.rule.threshold} refusals", now)
+        elif self.scans is not None:
+            daemons = self.scans.hit(addr, event.fields.get("daemon", "unknown"), now)
+            if daemons:
+                self.on_ban(target, f"scan of {daemons} daemons", now)
         return flow

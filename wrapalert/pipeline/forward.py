@@ -68,6 +68,9 @@ def event_record(event: Event) -> dict[str, object]:
         record["time"] = float(event.fields["time"])
     record["trusted"] = event.trusted
     record["uid"] = event.uid
+    # The daemon's finding, not the sender's word: "tcp" (a completed handshake from the
+    # client address), "udp" or "unknown" (daemon/witness.py).
+    record["transport"] = event.transport
     return record
 
 
@@ -111,14 +114,17 @@ class Held:
     clients: Tally = field(default_factory=lambda: Tally(HELD_CLIENTS))
     first: float = 0.0
     last: float = 0.0
+    unverified: int = 0  # events whose source the kernel did not vouch for (not "tcp")
 
-    def add(self, now: float, daemon: str, client: str) -> None:
+    def add(self, now: float, daemon: str, client: str, transport: str = "tcp") -> None:
         if not self.events:
             self.first = now
         self.events += 1
         self.last = now
         self.daemons.add(daemon)
         self.clients.add(client)
+        if transport != "tcp":
+            self.unverified += 1
 
     def merge(self, other: Held) -> None:
         if not other.events:
@@ -128,6 +134,7 @@ class Held:
         self.last = max(self.last, other.last)
         self.daemons.merge(other.daemons)
         self.clients.merge(other.clients)
+        self.unverified += other.unverified
 
     def release(self) -> dict[str, object]:
         """The "held" record, and start counting afresh. An untrusted class's daemon
@@ -145,7 +152,9 @@ class Held:
         if self.trusted:  # an untrusted sender's addresses are its own invention
             record["clients"] = dict(self.clients.top())
             record["other_clients"] = self.clients.other
+            record["unverified"] = self.unverified
         self.events, self.daemons, self.clients = 0, Tally(), Tally(HELD_CLIENTS)
+        self.unverified = 0
         return record
 
 
@@ -221,7 +230,7 @@ class ForwardWorker:
                 self._wake.set()
             return
         held = self.held_trusted if event.trusted else self.held_untrusted
-        held.add(now, event.get("daemon"), event.get("client_addr"))
+        held.add(now, event.get("daemon"), event.get("client_addr"), event.transport)
 
     @property
     def held(self) -> int:

@@ -10,7 +10,9 @@ transient otherwise.
 Each batch's event records collapse into one alert per label set:
 
     alertname  WrapalertRefused (verdict deny) or WrapalertAllowed (allow)
-    daemon, client_addr, host (this host), trust (trusted|untrusted)
+    daemon, client_addr, host (this host), trust (trusted|untrusted),
+    transport (tcp|udp|unknown: what the kernel vouched for; a udp or unknown
+    client_addr may be forged and never counts toward a ban)
     + the configured static `labels`
 
 with annotations `summary`, `events` (in this batch), `events_total`
@@ -310,6 +312,8 @@ def _event_labels(record: dict[str, object], host: str) -> tuple[tuple[str, str]
         ("client_addr", _value(record.get("client_addr"))),
         ("host", host),
         ("trust", trust),
+        # The daemon's finding (daemon/witness.py): "udp" and "unknown" sources may be forged.
+        ("transport", _value(record.get("transport"))),
     ]
     return tuple((name, value) for name, value in labels if value)  # empty means absent
 
@@ -390,6 +394,8 @@ def _summary(labels: dict[str, str], group: _Group) -> str:
     )
     if labels.get("trust") == "untrusted":
         text = f"UNTRUSTED report (uid {_listing(group.uids)}): {text}"
+    elif labels.get("transport") in ("udp", "unknown"):
+        text += f" (source address not verified: {labels['transport']})"
     return text
 
 

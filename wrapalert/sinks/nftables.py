@@ -228,15 +228,16 @@ def nft_error(stderr: str, returncode: int | None) -> str:
 def not_permitted(text: str) -> str:
     """nft's refusal, with what the packaged service needs: the drop-in."""
     return (
-        f"nft: {text}: the service may not change the firewall (it needs CAP_NET_ADMIN and "
-        f"AF_NETLINK): install the drop-in, cp {DROP_IN_SOURCE} {DROP_IN}, then "
+        f"nft: {text}: the service may not change the firewall (it needs CAP_NET_ADMIN): "
+        f"install the drop-in, cp {DROP_IN_SOURCE} {DROP_IN}, then "
         "systemctl daemon-reload && systemctl restart wrapalert"
     )
 
 
 KEYS: KeyDocs = {
     "name": "The sink's name in status, routes and logs; unique among the sinks.",
-    "threshold": "Trusted refusals from one source within window that ban it.",
+    "threshold": "Trusted refusals from one source within window that ban it; only "
+    "those whose TCP handshake the kernel saw count (never a UDP service's).",
     "window": "The sliding window in which threshold refusals must fall.",
     "ban_for": "How long a ban lasts; the kernel expires it, so no ban outlives it.",
     "ipv6_prefix": "IPv6 sources are banned by network: this prefix length. Sources in "
@@ -251,7 +252,8 @@ KEYS: KeyDocs = {
     "table": "The inet table the daemon owns (its sets and one input chain); a table used "
     "before is removed once this one holds the bans, and a table another running wrapalert "
     "keeps is refused.",
-    "scan": "Whether a scan across daemons from one address bans it at once.",
+    "scan": "Whether a scan across daemons from one address bans it at once (counted "
+    "from handshake-proven refusals, as threshold).",
     "reconcile": "How often the kernel's table is compared with the bans and repaired "
     "(a flushed ruleset, a deleted table, a missing or extra element); also after every "
     "failed change.",

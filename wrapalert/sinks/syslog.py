@@ -154,6 +154,7 @@ EVENT_ORDER = (
     "verdict",
     "trusted",
     "uid",
+    "transport",
     "daemon",
     "client_addr",
     "client_name",
@@ -172,6 +173,7 @@ EVENT_ORDER = (
 HELD_ORDER = (
     "trusted",
     "events",
+    "unverified",
     "story",
     "first",
     "last",
