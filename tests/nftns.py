@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,19 @@ def link(host: Netns, peer: Netns) -> None:
     for addr in (f"{PEER6}/48", f"{NEIGHBOUR6}/48"):
         peer.run("ip", "-6", "addr", "add", addr, "dev", "wa1", "nodad")
     peer.run("ip", "link", "set", "wa1", "up")
+    settled(host, "wa0")
+    settled(peer, "wa1")
     host.linked.append(peer)
+
+
+def settled(ns: Netns, dev: str) -> None:
+    """Wait until `dev`'s IPv6 addresses leave DAD (its link-local one takes about a
+    second): until then a datagram sent across can vanish, and a forged-source test
+    missed a third of its refusals."""
+    deadline = time.monotonic() + 10
+    while ns.run("ip", "-6", "addr", "show", "dev", dev, "tentative").stdout.strip():
+        assert time.monotonic() < deadline, f"{dev}'s IPv6 addresses stay tentative"
+        time.sleep(0.05)
 
 
 def holds(ns: Netns, addr: str) -> bool:
@@ -212,6 +225,8 @@ class Sources:
                 ns.run("ip", "link", "set", dev, "up")
                 ns.run("ip", "route", "add", "default", "dev", dev)
                 ns.run("ip", "-6", "route", "add", "default", "dev", dev)
+            settled(host, "wr0")
+            settled(remote, "wr1")
         if not holds(self.remote, addr):
             if ":" in addr:
                 self.remote.run("ip", "-6", "addr", "add", f"{addr}/128", "dev", "wr1", "nodad")
