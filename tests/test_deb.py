@@ -371,10 +371,10 @@ def test_purge_without_nft_or_its_tables_says_nothing(sandbox: Sandbox) -> None:
 
 def test_removal_names_the_hosts_deny_line_left_behind(sandbox: Sandbox) -> None:
     """On remove, a wrapalert line still in /etc/hosts.deny is named, with the command that
-    takes it out; a commented-out one is not a line."""
+    takes it out; a commented-out one, or a host merely named wrapalert, is not one."""
     (sandbox.root / "etc/hosts.deny").write_text(
-        "# wrapalert: see README\nsshd: 192.0.2.1\n"
-        "ALL : ALL : spawn (/usr/bin/python3 -I -S /usr/lib/python3/dist-packages/wrapalert/"
+        "# ALL : ALL : spawn wrapalert, see README\nsshd: wrapalert.example.org\n"
+        "ALL : ALL : SPAWN (/usr/bin/python3 -I -S /usr/lib/python3/dist-packages/wrapalert/"
         "notify.py d=%d a=%a) &\n"
     )
     result = sandbox.run("sh /postrm remove\n")
