@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-bookworm lint check bench clean
+.PHONY: run test test-bookworm test-trixie lint check bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -43,6 +43,13 @@ $(BOOKWORM)/.installed: pyproject.toml
 
 test-bookworm: $(BOOKWORM)/.installed
 	$(BOOKWORM)/bin/pytest $(PYTEST_ARGS)
+
+## test-trixie: the suite inside a debootstrapped Debian 13 tree, on trixie's python3 3.13
+## with its aiosmtplib, jinja2, structlog, pytest and system packages from apt (root,
+## network; the tree is made once, a few minutes, and kept in $(TRIXIE_TREE))
+TRIXIE_TREE ?= /var/tmp/wrapalert-trixie
+test-trixie:
+	.ci/trixie-tree $(TRIXIE_TREE) /opt/wrapalert-venv/bin/python -m pytest $(PYTEST_ARGS)
 
 ## man: regenerate wrapalert.toml(5) from the config definitions (tests/test_manpage.py
 ## checks the committed page is up to date)
@@ -87,3 +94,9 @@ deb:
 	cp "$$work"/*.deb $(DEB_DIST)/
 	$(LINTIAN) $(DEB_FILE)
 	@echo "deb: $(DEB_FILE)"
+
+## lintian-trixie: trixie's lintian on the package `make deb` built (in the trixie tree of
+## test-trixie): the one .deb must be clean on both releases
+.PHONY: lintian-trixie
+lintian-trixie: deb
+	.ci/trixie-tree $(TRIXIE_TREE) $(LINTIAN) $(DEB_FILE)

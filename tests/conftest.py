@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
@@ -219,6 +220,35 @@ def receiver(path: Path) -> socket.socket:
     sock.bind(str(path))
     path.chmod(0o666)
     return sock
+
+
+@contextmanager
+def filled(path: Path) -> Iterator[None]:
+    """The datagram socket at `path` with its receive queue full, whatever
+    net.unix.max_dgram_qlen says (the kernel's 10, or systemd's 512).
+
+    A sender also stops at its own send buffer (about 270 small datagrams), which is
+    not a full queue: a new sender takes over until even a fresh one gets EAGAIN.
+    The queued datagrams stay after the senders close at the end."""
+    senders: list[socket.socket] = []
+    try:
+        for _ in range(1000):
+            sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            senders.append(sender)
+            sender.setblocking(False)
+            try:
+                sender.sendto(b"filler", str(path))
+            except BlockingIOError:
+                break  # even a fresh sender's first datagram: the queue is full
+            with suppress(BlockingIOError):
+                for _ in range(100_000):
+                    sender.sendto(b"filler", str(path))
+        else:
+            pytest.fail(f"the receive queue of {path} never filled up")
+        yield
+    finally:
+        for sender in senders:
+            sender.close()
 
 
 WRAPALERT = str(Path(sys.executable).with_name("wrapalert"))

@@ -1,8 +1,9 @@
 """The Debian package: built once with `make deb`, inspected with dpkg-deb and lintian, then
 run from an extracted tree on Debian's own python3 and libraries (never installed on the host).
 
-WRAPALERT_NSPAWN=1 adds a test that installs the .deb with apt into a debootstrapped bookworm
-and boots it under systemd-nspawn (minutes, network, root).
+WRAPALERT_NSPAWN=1 adds a test that installs the .deb with apt into a debootstrapped trixie
+and bookworm (WRAPALERT_NSPAWN_RELEASES) and boots each under systemd-nspawn (minutes,
+network, root).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import subprocess
 import tarfile
 import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,8 @@ BOOKWORM = {
 }
 PLAIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 NSPAWN = os.environ.get("WRAPALERT_NSPAWN") == "1"
+# The releases the boot test installs the package into (space-separated).
+NSPAWN_RELEASES = os.environ.get("WRAPALERT_NSPAWN_RELEASES", "trixie bookworm").split()
 
 
 def run(
@@ -161,16 +164,18 @@ def parse_depends(field: str) -> dict[str, str | None]:
 
 
 def test_units_and_tmpfiles_are_the_checked_ones(contents: dict[str, str], tree: Path) -> None:
-    """The systemd units go to /lib/systemd/system and the spool's tmpfiles entry to
-    /usr/lib/tmpfiles.d, byte for byte as packaging/ holds them."""
+    """The systemd units go to /usr/lib/systemd/system and the spool's tmpfiles entry to
+    /usr/lib/tmpfiles.d, byte for byte as packaging/ holds them; nothing goes to /lib
+    (trixie's lintian: aliased-location; dpkg: "/lib/systemd/system not empty" at purge)."""
     shipped = {
-        "/lib/systemd/system/wrapalert.socket": ROOT / "packaging/systemd/wrapalert.socket",
-        "/lib/systemd/system/wrapalert.service": ROOT / "packaging/systemd/wrapalert.service",
+        "/usr/lib/systemd/system/wrapalert.socket": ROOT / "packaging/systemd/wrapalert.socket",
+        "/usr/lib/systemd/system/wrapalert.service": ROOT / "packaging/systemd/wrapalert.service",
         "/usr/lib/tmpfiles.d/wrapalert.conf": ROOT / "packaging/tmpfiles/wrapalert.conf",
     }
     for path, source in shipped.items():
         assert path in contents
         assert (tree / path.lstrip("/")).read_bytes() == source.read_bytes()
+    assert [path for path in contents if path.split("/")[1] in ("lib", "bin", "sbin")] == []
 
 
 def test_man_page_covers_both_commands(contents: dict[str, str]) -> None:
@@ -190,7 +195,8 @@ def test_commands_run_on_debians_python(contents: dict[str, str], tree: Path) ->
     for name in ("wrapalert", "wrapalert-notify"):
         assert contents[f"/usr/bin/{name}"].startswith("-rwxr-xr-x")
         first = (tree / "usr/bin" / name).read_text().splitlines()[0]
-        assert first == f"#!{SYSTEM_PYTHON}"
+        # bookworm's dh-python writes "#!/usr/bin/python3", trixie's "#! /usr/bin/python3".
+        assert first in (f"#!{SYSTEM_PYTHON}", f"#! {SYSTEM_PYTHON}")
 
 
 def test_templates_and_client_ship_inside_the_package(contents: dict[str, str]) -> None:
@@ -260,11 +266,126 @@ def test_both_units_are_enabled_and_only_the_socket_started(
     assert "deb-systemd-invoke stop" not in control_files.get("preinst", "")
 
 
-def test_removal_stops_the_socket_and_purge_removes_state(control_files: dict[str, str]) -> None:
-    """prerm stops the socket (and with it the service) on remove; postrm purge deletes the
-    state database and the spool."""
+def test_removal_stops_the_socket(control_files: dict[str, str]) -> None:
+    """prerm stops the socket (and with it the service) on remove."""
     assert "deb-systemd-invoke stop 'wrapalert.socket'" in control_files["prerm"]
-    assert "rm -rf /var/lib/wrapalert /var/spool/wrapalert" in control_files["postrm"]
+
+
+# Builds a root for the package's maintainer scripts in a private mount and network
+# namespace: /usr is the extracted package over the host's (a read-only overlay), /bin,
+# /lib... as on the host, /etc and /var our own, nft tables in a network namespace of
+# their own. Runs the script lines given on stdin in that root, then lists the tables.
+SANDBOX = r"""
+set -e
+root=$1 tree=$2
+mount -t overlay overlay -o "lowerdir=$tree/usr:/usr" "$root/usr"
+for dir in bin sbin lib lib32 lib64 libx32; do
+    if [ -d "/$dir" ] && [ ! -L "/$dir" ]; then
+        mkdir -p "$root/$dir"
+        mount --bind "/$dir" "$root/$dir"
+    fi
+done
+mount --rbind /dev "$root/dev"
+mount -t proc proc "$root/proc"
+for table in wrapalert from_config other_tool; do nft add table inet "$table"; done
+chroot "$root" /bin/sh -s
+echo "tables: $(nft list tables | tr '\n' ' ')"
+"""
+
+
+@dataclass
+class Sandbox:
+    """A root for the package's maintainer scripts (see SANDBOX)."""
+
+    root: Path
+    tree: Path
+    scripts: dict[str, str]
+
+    def run(self, lines: str) -> subprocess.CompletedProcess[str]:
+        for name, text in self.scripts.items():
+            (self.root / name).write_text(text)
+        return subprocess.run(
+            ["unshare", "--mount", "--net", "--propagation", "private",
+             "sh", "-c", SANDBOX, "sh", str(self.root), str(self.tree)],
+            input=lines, capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+
+
+def own_part(script: str) -> str:
+    """A maintainer script up to debhelper's first section: the package's own lines (the
+    rest stops units and cleans dpkg's records, which a sandbox has not got)."""
+    return script.split("# Automatically added by", 1)[0]
+
+
+@pytest.fixture
+def sandbox(installed: Path, control_files: dict[str, str], tmp_path: Path) -> Sandbox:
+    """A root with the package's /usr, an empty /var, an /etc with its configuration."""
+    require(os.geteuid() == 0, "mount and network namespaces need root")
+    require(shutil.which("nft") is not None, "nft not found (apt-get install nftables)")
+    root = tmp_path / "root"
+    for name in ("usr", "dev", "proc", "tmp", "etc/wrapalert", "var/lib/wrapalert"):
+        (root / name).mkdir(parents=True)
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        host = Path("/") / name
+        if host.is_symlink():  # merged /usr: the same link
+            (root / name).symlink_to(host.readlink())
+    (root / "var/spool/wrapalert").mkdir(parents=True)
+    (root / "etc/hosts.deny").write_text("# nothing of wrapalert's\n")
+    scripts = {name: own_part(control_files[name]) for name in ("prerm", "postrm")}
+    return Sandbox(root, installed, scripts)
+
+
+def test_purge_deletes_the_nft_tables_the_configuration_named(sandbox: Sandbox) -> None:
+    """On remove, prerm notes the nftables sink's table (postrm purge no longer has the
+    conffile); purge deletes it and the default table wrapalert, says so, leaves other
+    tables alone, and passes nft no name the configuration could not have held."""
+    (sandbox.root / "etc/wrapalert/wrapalert.toml").write_text(
+        '[[sink]]\ntype = "smtp"\n\n[[sink]]\ntype = "nftables"\ntable = "from_config"\n'
+    )
+    result = sandbox.run(
+        "set -e\n"
+        "sh /prerm remove\n"
+        "sh /postrm remove\n"
+        "echo 'x; touch /injected' >> /var/lib/wrapalert/nft-tables\n"
+        "rm /etc/wrapalert/wrapalert.toml\n"  # dpkg removes conffiles before postrm purge
+        "sh /postrm purge\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "wrapalert: deleted the nftables table inet from_config (its bans)",
+        "wrapalert: deleted the nftables table inet wrapalert (its bans)",
+        "tables: table inet other_tool ",
+    ], result.stderr
+    assert not (sandbox.root / "injected").exists()
+    assert not (sandbox.root / "var/lib/wrapalert").exists()
+    assert not (sandbox.root / "var/spool/wrapalert").exists()
+
+
+def test_purge_without_nft_or_its_tables_says_nothing(sandbox: Sandbox) -> None:
+    """Purge with no table of wrapalert's (and no note from prerm) deletes nothing and
+    succeeds quietly."""
+    result = sandbox.run("nft delete table inet wrapalert\nsh /postrm purge\n")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "tables: table inet from_config table inet other_tool \n"
+
+
+def test_removal_names_the_hosts_deny_line_left_behind(sandbox: Sandbox) -> None:
+    """On remove, a wrapalert line still in /etc/hosts.deny is named, with the command that
+    takes it out; a commented-out one, or a host merely named wrapalert, is not one."""
+    (sandbox.root / "etc/hosts.deny").write_text(
+        "# ALL : ALL : spawn wrapalert, see README\nsshd: wrapalert.example.org\n"
+        "ALL : ALL : SPAWN (/usr/bin/python3 -I -S /usr/lib/python3/dist-packages/wrapalert/"
+        "notify.py d=%d a=%a) &\n"
+    )
+    result = sandbox.run("sh /postrm remove\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "wrapalert: /etc/hosts.deny line 3 still hands refused connections to wrapalert, "
+        "which is no longer installed: delete it (`wrapalert hosts-deny-line --uninstall` "
+        "does that while wrapalert is installed).\n"
+    )
+    quiet = sandbox.run("sed -i 3d /etc/hosts.deny\nsh /postrm remove\n")
+    assert (quiet.returncode, quiet.stderr) == (0, "")
 
 
 def test_postinst_makes_the_user_before_the_spool(
@@ -467,6 +588,16 @@ cp /usr/share/doc/wrapalert/examples/wrapalert-nftables.conf \\
 systemctl daemon-reload
 systemd-analyze security --no-pager wrapalert.service > /wa-result/security-nftables
 journalctl -b --no-pager -u wrapalert.socket -u wrapalert.service > /wa-result/journal
+# Removal and purge, with the hook line in hosts.deny and nft tables of the default name,
+# of a configured one and of another tool (the container has its own network namespace).
+printf '\n[[sink]]\ntype = "smtp"\n\n[[sink]]\ntype = "nftables"\ntable = "wa_custom"\n' \
+    >> /etc/wrapalert/wrapalert.toml
+for table in wrapalert wa_custom other_tool; do nft add table inet $table; done
+wrapalert hosts-deny-line >> /etc/hosts.deny
+apt-get purge -y -q wrapalert > /wa-result/purge 2>&1
+nft list tables > /wa-result/tables
+ls -d /usr/lib/systemd/system/wrapalert.* /var/lib/wrapalert /var/spool/wrapalert \
+    /etc/wrapalert/wrapalert.toml > /wa-result/purged-left 2>/dev/null || true
 systemctl poweroff
 """
 CHECK_UNIT = """\
@@ -512,36 +643,53 @@ def assert_least_privilege(result: Callable[[str], str], context: str) -> None:
     ], context
 
 
+def assert_purged(result: Callable[[str], str]) -> None:
+    """What the boot test saw of `apt-get purge wrapalert`: the default and the configured
+    nft table deleted, another tool's kept; the hosts.deny line named once; units, state,
+    spool and conffile gone; and no dpkg warning (units in /lib/systemd/system gave
+    "directory '/lib/systemd/system' not empty so not removed")."""
+    purge = result("purge")
+    assert "deleted the nftables table inet wa_custom" in purge, purge
+    assert "deleted the nftables table inet wrapalert" in purge, purge
+    assert result("tables").split() == ["table", "inet", "other_tool"], purge
+    assert purge.count("still hands refused connections to wrapalert") == 1, purge
+    assert "warning" not in purge.lower(), purge
+    assert result("purged-left") == "", purge
+
+
 @pytest.mark.skipif(not NSPAWN, reason="opt-in: WRAPALERT_NSPAWN=1 (debootstrap, minutes)")
-def test_boots_in_bookworm_under_systemd(deb: Path, tmp_path: Path) -> None:
-    """Installed with apt into a bookworm and booted under systemd-nspawn: the socket is
-    enabled and listening, the service runs as user wrapalert without capabilities in a
-    user namespace of its own (a reload trusting a uid it hides is refused),
-    ingests what root's and nobody's clients spooled while it was down, counts every
-    refusal the real libwrap hands to the hook, mails a digest through the local MTA,
-    and systemd-analyze security rates it as README says."""
+@pytest.mark.parametrize("release", NSPAWN_RELEASES)
+def test_boots_under_systemd(deb: Path, tmp_path: Path, release: str) -> None:
+    """Installed with apt into a debootstrapped release and booted under systemd-nspawn:
+    the socket is enabled and listening, the service runs as user wrapalert without
+    capabilities in a user namespace of its own (a reload trusting a uid it hides is
+    refused), ingests what root's and nobody's clients spooled while it was down, counts
+    every refusal the real libwrap hands to the hook, mails a digest through the local
+    MTA, and systemd-analyze security rates it as README says. Purged, it deletes its
+    nft tables, names the hosts.deny line left behind, and leaves nothing, without a word
+    from dpkg."""
     for tool, package in (("debootstrap", "debootstrap"), ("systemd-nspawn", "systemd-container")):
         require(shutil.which(tool) is not None, f"{tool} not found (apt-get install {package})")
     require(os.geteuid() == 0, "debootstrap and systemd-nspawn need root")
-    tree, results = tmp_path / "bookworm", tmp_path / "results"
+    tree, results = tmp_path / release, tmp_path / "results"
     results.mkdir()
     mirror = os.environ.get("WRAPALERT_NSPAWN_MIRROR", "http://deb.debian.org/debian")
     try:
         bootstrap = run(
             ["debootstrap", "--variant=minbase", "--include=systemd,systemd-sysv,dbus",
-             "bookworm", str(tree), mirror],
+             release, str(tree), mirror],
             timeout=1200,
         )  # fmt: skip
         assert bootstrap.returncode == 0, bootstrap.stdout[-3000:] + bootstrap.stderr[-3000:]
         shutil.copy(deb, tree / "root" / deb.name)
         # apt, not dpkg -i: Depends and Recommends (libwrap0, the default MTA) resolve as
-        # they will for users.
+        # they will for users. nftables: the tables purge deletes.
         setup = nspawn(
             tree,
             "--setenv=DEBIAN_FRONTEND=noninteractive",
             "sh",
             "-c",
-            f"apt-get update -q && apt-get install -y -q /root/{deb.name}",
+            f"apt-get update -q && apt-get install -y -q /root/{deb.name} nftables",
             timeout=1200,
         )
         assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
@@ -552,7 +700,10 @@ def test_boots_in_bookworm_under_systemd(deb: Path, tmp_path: Path) -> None:
         (tree / "etc/systemd/system/multi-user.target.wants/wa-check.service").symlink_to(
             "/etc/systemd/system/wa-check.service"
         )
-        booted = nspawn(tree, "-b", f"--bind={results}:/wa-result", timeout=600)
+        # A network namespace of its own: the nft tables made inside are not the host's.
+        booted = nspawn(
+            tree, "-b", "--private-network", f"--bind={results}:/wa-result", timeout=600
+        )
 
         def result(name: str) -> str:
             path = results / name
@@ -596,6 +747,7 @@ def test_boots_in_bookworm_under_systemd(deb: Path, tmp_path: Path) -> None:
         mails = list(mailbox.mbox(results / "mailbox"))
         assert mails, context
         assert int(mails[0]["X-Wrapalert-Events"]) >= 1
+        assert_purged(result)
     finally:
         shutil.rmtree(tree, ignore_errors=True)  # about 400 MB
 

@@ -43,9 +43,12 @@ class Outcome:
 
 
 def story_config(sockdir: Path, **story: int) -> config.Config:
-    """Timers long enough that everything sent lands in the digest flushed at the stop."""
+    """Timers long enough that everything sent lands in the digest flushed at the stop; a
+    short host name of its own (the subject is cut at 78 characters, the system's name
+    could cut the story the tests read at its end)."""
     cfg = make_config(sockdir, group_wait=60.0, group_interval=600.0)
-    return replace(cfg, story=replace(config.StoryConfig(), **story))
+    daemon = replace(cfg.daemon, hostname="web1")
+    return replace(cfg, daemon=daemon, story=replace(config.StoryConfig(), **story))
 
 
 def through_daemon(

@@ -84,7 +84,7 @@ def test_refusals_become_one_digest_with_exact_counts(sockdir: Path) -> None:
     assert msg["X-Wrapalert-Held"] == "0"
     assert msg["X-Wrapalert-Host"]
     assert msg["Auto-Submitted"] == "auto-generated"
-    assert msg["Message-ID"].startswith("<")
+    assert msg["Message-ID"].strip().startswith("<")  # a long host name folds it
     text = body(msg)
     # One row per address, its total first, then each daemon with its own count.
     for addr in ADDRS:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import filled
 
 from wrapalert import notify
 
@@ -117,21 +118,8 @@ def listen() -> Iterator[Callable[[Path], socket.socket]]:
 def full_queue(paths: Paths, listen: Listen) -> Iterator[socket.socket]:
     """A live daemon socket that never reads, its queue filled until EAGAIN."""
     receiver = listen(paths.sock)
-    with fill(paths.sock):
+    with filled(paths.sock):
         yield receiver
-
-
-def fill(path: Path) -> socket.socket:
-    """Queue datagrams on the socket at `path` until it says EAGAIN; close after use."""
-    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    filler.setblocking(False)
-    for _ in range(100_000):
-        try:
-            filler.sendto(b"filler", str(path))
-        except BlockingIOError:
-            return filler
-    filler.close()
-    pytest.fail("the receive queue never filled up")
 
 
 def run_client(
@@ -895,7 +883,7 @@ def test_full_syslog_queue_does_not_hold_client(paths: Paths, syslog_only: socke
     The bound is 0.2 s, under the 250 ms timer that would end a blocked send,
     and about ten times a normal run.
     """
-    with fill(paths.log):
+    with filled(paths.log):
         result = client(paths, "d=sshd")
     assert result.elapsed < 0.2
     assert set(pending(syslog_only)) == {b"filler"}
@@ -1047,7 +1035,7 @@ def test_full_queue_and_read_only_spool_stay_within_budget(
             pytest.skip("running as root and setpriv (util-linux) is missing")
         prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
         os.chown(spool, NOBODY, NOBODY)
-    with fill(paths.sock):
+    with filled(paths.sock):
         result = run_client("d=sshd", *paths.settings(), prefix=prefix)
     assert (result.returncode, result.elapsed < WALL_BOUND) == (0, True)
     assert list(spool.iterdir()) == []  # it really could not write there
@@ -1060,13 +1048,8 @@ def test_running_out_of_time_still_leaves_a_syslog_line() -> None:
     try:
         full = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         full.bind(str(short / "n.sock"))
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler:
-            filler.setblocking(False)
-            try:
-                while True:
-                    filler.sendto(b"x", str(short / "n.sock"))
-            except BlockingIOError:
-                pass  # the queue is full: the client will retry for about 100 ms
+        with filled(short / "n.sock"):
+            pass  # the queue is full: the client will retry for about 100 ms
         log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         log.bind(str(short / "log.sock"))
         log.settimeout(5)

@@ -48,20 +48,20 @@ def test_units_verify_without_a_word(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
+def unit_root(tmp_path: Path) -> Path:
+    """A root holding the units where the package installs them, /usr/lib/systemd/system:
+    `security --root` reads them (and drop-ins) there and nothing of the host's /etc.
+    (systemd 257 no longer looks in <root>/lib/systemd/system.)"""
+    system = tmp_path / "usr" / "lib" / "systemd" / "system"
+    system.mkdir(parents=True)
+    units_here(system)
+    return tmp_path
+
+
 def test_service_is_hardened(tmp_path: Path) -> None:
     """The service's exposure, as systemd-analyze security rates it offline, stays low."""
-    here = units_here(tmp_path)
-    result = subprocess.run(
-        [analyze(), "security", "--offline=yes", "--no-pager", "wrapalert.service"],
-        cwd=here,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    match = re.search(r"Overall exposure level for wrapalert.service: ([0-9.]+)", result.stdout)
-    assert match, result.stdout + result.stderr
-    assert float(match.group(1)) <= EXPOSURE_MAX
+    exposure, _failed = _exposures(unit_root(tmp_path))
+    assert exposure <= EXPOSURE_MAX
 
 
 def test_socket_unit_matches_the_platform_facts() -> None:
@@ -149,9 +149,7 @@ def test_nftables_drop_in_adds_exactly_net_admin(tmp_path: Path) -> None:
     """The documented drop-in opens CAP_NET_ADMIN (bounding and ambient: the service is
     not root) and the host's user namespace (where the capability counts), and nothing
     else (AF_NETLINK, which nft speaks, the plain unit allows for its evidence lookups)."""
-    system = tmp_path / "lib" / "systemd" / "system"
-    system.mkdir(parents=True)
-    units_here(system)
+    unit_root(tmp_path)
     plain = _exposures(tmp_path)
     drop_ins = tmp_path / "etc" / "systemd" / "system" / "wrapalert.service.d"
     drop_ins.mkdir(parents=True)

@@ -69,11 +69,12 @@ def test_events_file_counts_reach_the_digest(tmp_path: Path) -> None:
     )
     # Two daemons make a scan only when [scan] says so: the preview uses the daemon's rule.
     cfg = tmp_path / "wrapalert.toml"
-    cfg.write_text("[scan]\ndaemons = 2\n")
+    # A short host name of its own: the system's could cut the subject's end (78 characters).
+    cfg.write_text('[daemon]\nhostname = "web1"\n\n[scan]\ndaemons = 2\n')
     result = preview("-c", str(cfg), "--events", str(events))
     assert result.returncode == 0, result.stderr
     out = result.stdout.decode()
-    assert "Subject: [wrapalert] " in out
+    assert "Subject: [wrapalert] web1: " in out  # the configured host name, as the daemon's
     assert "scan from 203.0.113.7 (2 daemons); 13 refused, 1 source\n" in out
     assert "SCAN        203.0.113.7 tried 2 daemons, 13 refused: sshd, vsftpd\n" in out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -32,6 +33,9 @@ from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 BINARY = "prometheus-alertmanager"
 # Every alert goes to a receiver that notifies nobody: the test reads the API instead.
 ROUTES = "route:\n  receiver: quiet\nreceivers:\n  - name: quiet\n"
+# A label name every Alertmanager refuses: 0.25 took only [a-zA-Z_][a-zA-Z0-9_]*, 0.28
+# takes any UTF-8 ("bad-name" too), none an empty one. Our own names are checked below.
+REFUSED_LABEL = ""
 
 
 def get(url: str, timeout: float = 5) -> bytes:
@@ -295,10 +299,38 @@ def test_a_refusal_from_alertmanager_is_permanent_with_its_words(
 ) -> None:
     """A label set Alertmanager refuses (a static label the config check would have stopped)
     gives a permanent error quoting Alertmanager's reason."""
-    am = sink(alertmanager.url, host=host, labels=(("bad-name", "x"),))
-    with pytest.raises(PermanentSinkError, match=r"HTTP 400 .*invalid label set.*bad-name"):
+    am = sink(alertmanager.url, host=host, labels=((REFUSED_LABEL, "x"),))
+    with pytest.raises(PermanentSinkError, match=r"HTTP 400 .*invalid label set"):
         asyncio.run(am.send_records([event()]))
     assert alertmanager.alerts(host) == []
+
+
+def test_every_label_name_we_send_is_a_classic_one() -> None:
+    """Every label name the sink sets, for every kind of record, and every static one the
+    config accepts, is a classic Prometheus name ([a-zA-Z_][a-zA-Z0-9_]*, not "__..."):
+    Alertmanagers before 0.28 refuse anything else, and 0.28 no longer does, so this
+    check is ours to make."""
+    records: list[dict[str, object]] = [
+        event(),
+        event(trusted=False),
+        event(verdict="allow"),
+        {"type": "scan", "kind": "daemons", "target": "192.0.2.9", "daemons": ["sshd"]},
+        {"type": "scan", "kind": "sweep", "target": "198.51.100.0/24", "sources": 16},
+        {"type": "held", "events": 3, "daemons": {"sshd": 3}},
+        {"type": "held", "events": 2, "trusted": False, "untrusted_daemons": {"x": 2}},
+    ]
+    cfg = config.loads(
+        '[[sink]]\ntype = "alertmanager"\nurls = ["http://127.0.0.1:9093"]\n'
+        'labels = { env = "prod", _team = "ops" }\n'
+    ).sinks[0]
+    assert isinstance(cfg, AlertmanagerSinkConfig)
+    alerts = build_alerts(records, host="web1", static=dict(cfg.labels), resolve_after=60, now=0)
+    names = {name for alert in alerts for name in alert["labels"]}  # type: ignore[attr-defined]
+    assert len(alerts) == len(records)
+    assert {"alertname", "host", "env", "_team", "kind", "network"} <= names
+    for name in names:
+        assert re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name), name
+        assert not name.startswith("__"), name
 
 
 def test_a_422_is_permanent() -> None:
@@ -333,7 +365,7 @@ def test_one_refusing_and_one_down_is_transient(alertmanager: Alertmanager, host
     """Permanent only when every Alertmanager refused for good: one that is down may come
     back and take the alerts, so the batch is retried."""
     down = f"http://127.0.0.1:{free_port()}"
-    am = sink(down, alertmanager.url, host=host, labels=(("bad-name", "x"),))
+    am = sink(down, alertmanager.url, host=host, labels=((REFUSED_LABEL, "x"),))
     with pytest.raises(TransientSinkError, match=r"Connection refused; .*HTTP 400"):
         asyncio.run(am.send_records([event()]))
 

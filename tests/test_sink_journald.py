@@ -44,8 +44,8 @@ RateLimitIntervalSec=0
 
 
 class Journald:
-    """systemd-journald run by hand in a private mount namespace (tmpfs on /run/systemd and
-    /run/log), its socket directory and its journal bind-mounted from a directory of ours,
+    """systemd-journald run by hand in a private mount namespace (a tmpfs on /run), its
+    socket directory and its journal bind-mounted from a directory of ours,
     so this process can send to it and `journalctl -D` can read what it stored."""
 
     def __init__(self) -> None:
@@ -61,12 +61,15 @@ class Journald:
 
     def start(self) -> None:
         """Start it and wait for its sd_notify READY=1: its sockets are open then."""
+        # A tmpfs on all of /run, not on /run/systemd and /run/log: those need not exist
+        # (a tree that systemd never booted has no /run/log). Our settings are the last
+        # drop-in, whatever /etc/systemd holds.
         script = (
-            "set -e; mount -t tmpfs tmpfs /run/systemd; mount -t tmpfs tmpfs /run/log;"
-            " mkdir -p /run/systemd/journal /run/log/journal;"
+            "set -e; mount -t tmpfs tmpfs /run;"
+            " mkdir -p /run/systemd/journal /run/log/journal /run/systemd/journald.conf.d;"
             ' mount --bind "$1/journal" /run/systemd/journal;'
             ' mount --bind "$1/log" /run/log/journal;'
-            ' mount --bind "$1/journald.conf" /etc/systemd/journald.conf;'
+            ' cp "$1/journald.conf" /run/systemd/journald.conf.d/zz-wrapalert-test.conf;'
             f" exec {JOURNALD}"
         )
         notify_path = self.dir / "notify.sock"

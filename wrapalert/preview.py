@@ -18,7 +18,6 @@ what the daemon would send.
 from __future__ import annotations
 
 import shlex
-import socket
 import time
 from dataclasses import dataclass, replace
 from email.message import EmailMessage
@@ -170,7 +169,7 @@ def build_digest(
             reports.append(
                 replace(r, reason="new activity", group_first_seen=first, total=r.total + 1)
             )
-    return Digest(host=host or socket.gethostname(), created=now, groups=tuple(reports))
+    return Digest(host=host or cfg.daemon.hostname, created=now, groups=tuple(reports))
 
 
 def _pair(fields: dict[str, str]) -> tuple[str, str]:
