@@ -8,6 +8,8 @@ network, root).
 
 from __future__ import annotations
 
+import email
+import email.policy
 import io
 import json
 import mailbox
@@ -20,6 +22,7 @@ import tarfile
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -573,6 +576,50 @@ for i in $(seq 450); do
         /wa-result/status.json && grep -q '"delivered": [1-9]' /wa-result/status.json && break
     sleep 0.2
 done
+# The first hour, as README's "Installing: the first hour" says, from an SSH session: the
+# admin at 127.0.0.5, someone elsewhere at 127.0.0.9 (every 127/8 address is this host's).
+useradd --create-home alice
+echo 'root: alice' >> /etc/aliases
+newaliases
+mkdir -p -m 700 /root/.ssh
+ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519
+cp /root/.ssh/id_ed25519.pub /root/.ssh/authorized_keys
+systemctl start ssh.service
+ssh_from() {
+    from=$1; shift
+    ssh -b "$from" -o BatchMode=yes -o StrictHostKeyChecking=no \
+        -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 root@127.0.0.1 "$@"
+}
+ssh_from 127.0.0.5 true; echo "before $?" > /wa-result/ssh
+# Without an allow entry for the admin, --install refuses (exit 2) and says what to add.
+ssh_from 127.0.0.5 wrapalert hosts-deny-line --install > /wa-result/install-refused 2>&1
+echo "refused $?" >> /wa-result/ssh
+ssh_from 127.0.0.5 wrapalert hosts-deny-line --install --allow 127.0.0.5 \
+    > /wa-result/install 2>&1
+echo "installed $?" >> /wa-result/ssh
+ssh_from 127.0.0.5 true; echo "admin $?" >> /wa-result/ssh
+date +%s > /wa-result/refused-at
+ssh_from 127.0.0.9 true; echo "elsewhere $?" >> /wa-result/ssh
+# Until a digest naming the refused client is in alice's mailbox (an earlier group's
+# digest may come first), then when it came. (Never create the mailbox: exim, delivering
+# as alice, could not write to one root made.)
+python3 - <<'EOF'
+import email, email.policy, mailbox, os, time
+deadline = time.time() + 120
+while time.time() < deadline:
+    box = mailbox.mbox("/var/mail/alice", create=False) if os.path.exists("/var/mail/alice") else ()
+    for message in box:
+        parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+        plain = parsed.get_body(("plain",))
+        if plain is not None and "127.0.0.9" in plain.get_content():
+            deadline = 0
+    time.sleep(0.2)
+EOF
+date +%s > /wa-result/mailed-at
+wrapalert status --json > /wa-result/first-hour.json
+journalctl -b --no-pager -u ssh.service > /wa-result/ssh-journal
+cp /var/mail/alice /wa-result/alice || true
+cp /etc/hosts.allow /etc/hosts.deny /wa-result/
 # Trusting a uid the daemon's namespace hides: the reload is refused, the service runs on.
 sed -i 's/^\\[daemon\\]$/[daemon]\\ntrusted_uids = [0, 1000]/' /etc/wrapalert/wrapalert.toml
 systemctl reload wrapalert.service
@@ -593,7 +640,7 @@ journalctl -b --no-pager -u wrapalert.socket -u wrapalert.service > /wa-result/j
 printf '\n[[sink]]\ntype = "smtp"\n\n[[sink]]\ntype = "nftables"\ntable = "wa_custom"\n' \
     >> /etc/wrapalert/wrapalert.toml
 for table in wrapalert wa_custom other_tool; do nft add table inet $table; done
-wrapalert hosts-deny-line >> /etc/hosts.deny
+# (The hook line is in hosts.deny since the first hour's --install.)
 apt-get purge -y -q wrapalert > /wa-result/purge 2>&1
 nft list tables > /wa-result/tables
 ls -d /usr/lib/systemd/system/wrapalert.* /var/lib/wrapalert /var/spool/wrapalert \
@@ -643,6 +690,36 @@ def assert_least_privilege(result: Callable[[str], str], context: str) -> None:
     ], context
 
 
+def assert_first_hour(
+    results: Path, result: Callable[[str], str], installed: str, context: str
+) -> None:
+    """What the boot test saw of README's first hour, followed from an SSH session: the
+    package's note on root's mail, --install refusing to lock the admin out and then
+    installing with the admin's entry, the admin still let in, a client elsewhere refused,
+    and that refusal's digest in the mailbox of the person /etc/aliases names, within a
+    minute."""
+    assert "/var/mail/mail" in installed, installed[-3000:]  # postinst: where root's mail goes
+    assert "hosts-deny-line --install --allow" in installed, installed[-3000:]
+    ssh = dict(line.split() for line in result("ssh").splitlines())
+    assert ssh == {
+        "before": "0", "refused": "2", "installed": "0", "admin": "0", "elsewhere": "255",
+    }, (ssh, result("install-refused"), result("install"), context)  # fmt: skip
+    assert "sshd : 127.0.0.5" in result("install-refused"), result("install-refused")
+    assert "sshd : 127.0.0.5" in result("hosts.allow")
+    assert "spawn" in result("hosts.deny")
+    bodies = []
+    for message in mailbox.mbox(results / "alice"):
+        digest = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+        assert isinstance(digest, EmailMessage)
+        plain = digest.get_body(("plain",))
+        assert plain is not None, digest
+        bodies.append(plain.get_content())
+    assert any("127.0.0.9" in body for body in bodies), (bodies, context)
+    assert not any("127.0.0.5" in body for body in bodies), bodies  # the admin's ssh passed
+    waited = int(result("mailed-at")) - int(result("refused-at"))
+    assert waited <= 60, waited
+
+
 def assert_purged(result: Callable[[str], str]) -> None:
     """What the boot test saw of `apt-get purge wrapalert`: the default and the configured
     nft table deleted, another tool's kept; the hosts.deny line named once; units, state,
@@ -689,7 +766,7 @@ def test_boots_under_systemd(deb: Path, tmp_path: Path, release: str) -> None:
             "--setenv=DEBIAN_FRONTEND=noninteractive",
             "sh",
             "-c",
-            f"apt-get update -q && apt-get install -y -q /root/{deb.name} nftables",
+            f"apt-get update -q && apt-get install -y -q /root/{deb.name} nftables openssh-server",
             timeout=1200,
         )
         assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
@@ -747,6 +824,7 @@ def test_boots_under_systemd(deb: Path, tmp_path: Path, release: str) -> None:
         mails = list(mailbox.mbox(results / "mailbox"))
         assert mails, context
         assert int(mails[0]["X-Wrapalert-Events"]) >= 1
+        assert_first_hour(results, result, setup.stdout, context)
         assert_purged(result)
     finally:
         shutil.rmtree(tree, ignore_errors=True)  # about 400 MB
