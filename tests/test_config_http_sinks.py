@@ -6,10 +6,12 @@ import pytest
 from conftest import NO_DIGESTS
 
 from wrapalert import config
-from wrapalert.config import AlertmanagerSinkConfig, ConfigError, WebhookSinkConfig
+from wrapalert.confparse import ConfigError, SinkConfig
+from wrapalert.sinks.alertmanager import AlertmanagerSinkConfig
+from wrapalert.sinks.webhook import WebhookSinkConfig
 
 
-def sink(table: str) -> config.SinkConfig:
+def sink(table: str) -> SinkConfig:
     (cfg,) = config.loads(f"[[sink]]\n{table}\n{NO_DIGESTS}", "wa.toml").sinks
     return cfg
 

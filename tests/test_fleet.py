@@ -28,6 +28,7 @@ from test_sink_alertmanager import get
 from test_sink_webhook import HttpServer, Reply
 
 from wrapalert import config
+from wrapalert.confparse import ConfigError
 from wrapalert.daemon.server import Server
 from wrapalert.pipeline.forward import _events, scan_record
 from wrapalert.scanrule import ScanSignal
@@ -256,7 +257,7 @@ def test_hostname_defaults_to_the_systems() -> None:
 
 def test_a_hostname_with_spaces_is_refused_with_its_line() -> None:
     """A host name that could not be a label or a Message-ID domain is a config error."""
-    with pytest.raises(config.ConfigError, match=r"<config>:2: \[daemon\] hostname: 'web 1'"):
+    with pytest.raises(ConfigError, match=r"<config>:2: \[daemon\] hostname: 'web 1'"):
         config.loads('[daemon]\nhostname = "web 1"\n')
 
 

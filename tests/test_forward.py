@@ -13,18 +13,16 @@ from conftest import make_config, report_through_daemon, write_config
 from timing import ManualClock
 
 from wrapalert import config
-from wrapalert.config import (
-    JournaldSinkConfig,
-    JsonlSinkConfig,
-    SyslogSinkConfig,
-    WebhookSinkConfig,
-)
+from wrapalert.confparse import ConfigError
 from wrapalert.daemon.server import Server
 from wrapalert.model import Event
 from wrapalert.pipeline.forward import ForwardWorker
 from wrapalert.scanrule import ScanRule
 from wrapalert.sinks.base import TransientSinkError
-from wrapalert.sinks.jsonl import JsonlSink
+from wrapalert.sinks.journald import JournaldSinkConfig
+from wrapalert.sinks.jsonl import JsonlSink, JsonlSinkConfig
+from wrapalert.sinks.syslog import SyslogSinkConfig
+from wrapalert.sinks.webhook import WebhookSinkConfig
 from wrapalert.story import held_story
 
 
@@ -261,5 +259,5 @@ def test_untrusted_events_per_second_is_read_from_limits() -> None:
 @pytest.mark.parametrize("value", ["0", "-1", "2e6", "true"])
 def test_a_bad_untrusted_events_per_second_is_refused(value: str) -> None:
     """Zero, negative, huge or non-numeric budgets are a config error naming the key."""
-    with pytest.raises(config.ConfigError, match="untrusted_events_per_second"):
+    with pytest.raises(ConfigError, match="untrusted_events_per_second"):
         config.loads(f"[limits]\nuntrusted_events_per_second = {value}\n", "t.toml")

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import (
+    NO_DIGESTS,
     free_port,
     report_through_daemon,
     require,
@@ -26,8 +27,12 @@ from conftest import (
 from test_sink_webhook import HttpServer, Reply
 
 from wrapalert import config
-from wrapalert.config import AlertmanagerSinkConfig
-from wrapalert.sinks.alertmanager import MAX_VALUE, AlertmanagerSink, build_alerts
+from wrapalert.sinks.alertmanager import (
+    MAX_VALUE,
+    AlertmanagerSink,
+    AlertmanagerSinkConfig,
+    build_alerts,
+)
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 
 BINARY = "prometheus-alertmanager"
@@ -321,7 +326,7 @@ def test_every_label_name_we_send_is_a_classic_one() -> None:
     ]
     cfg = config.loads(
         '[[sink]]\ntype = "alertmanager"\nurls = ["http://127.0.0.1:9093"]\n'
-        'labels = { env = "prod", _team = "ops" }\n'
+        'labels = { env = "prod", _team = "ops" }\n' + NO_DIGESTS
     ).sinks[0]
     assert isinstance(cfg, AlertmanagerSinkConfig)
     alerts = build_alerts(records, host="web1", static=dict(cfg.labels), resolve_after=60, now=0)

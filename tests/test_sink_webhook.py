@@ -22,11 +22,10 @@ import pytest
 from conftest import NO_DIGESTS, free_port, report_through_daemon, require, write_config
 
 from wrapalert import config
-from wrapalert.config import WebhookSinkConfig
 from wrapalert.sinks import build
 from wrapalert.sinks.base import EventSink, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.http import MESSAGE_CHARS, Target
-from wrapalert.sinks.webhook import WebhookSink
+from wrapalert.sinks.webhook import WebhookSink, WebhookSinkConfig
 
 RECORDS: list[dict[str, object]] = [
     {"type": "event", "daemon": "sshd", "client_addr": "192.0.2.1", "trusted": True, "uid": 0},
