@@ -28,7 +28,7 @@ from test_sink_alertmanager import get
 from test_sink_webhook import HttpServer, Reply
 
 from wrapalert import config
-from wrapalert.confparse import ConfigError
+from wrapalert.confparse import ConfigError, HttpUrl
 from wrapalert.daemon.server import Server
 from wrapalert.pipeline.forward import _events, scan_record
 from wrapalert.scanrule import ScanSignal
@@ -301,7 +301,9 @@ def refusal(at: float) -> dict[str, object]:
 def test_events_total_counts_every_batch_of_a_firing_alert() -> None:
     """events_total adds up the batches of one alert, while events names the newest one."""
     with HttpServer() as fake:
-        am = AlertmanagerSink(AlertmanagerSinkConfig(urls=(fake.url(""),)), host="web1")
+        am = AlertmanagerSink(
+            AlertmanagerSinkConfig(urls=(HttpUrl.parse(fake.url("")),)), host="web1"
+        )
         asyncio.run(am.send_records([refusal(100.0), refusal(101.0)]))
         asyncio.run(am.send_records([refusal(160.0)]))
         assert posted_totals(fake) == ["2", "3"]
@@ -312,7 +314,9 @@ def test_a_retried_batch_is_counted_once() -> None:
     """A batch every peer refused is sent again; its events enter the total only once."""
     with HttpServer() as fake:
         fake.replies = [Reply(503)]
-        am = AlertmanagerSink(AlertmanagerSinkConfig(urls=(fake.url(""),)), host="web1")
+        am = AlertmanagerSink(
+            AlertmanagerSinkConfig(urls=(HttpUrl.parse(fake.url("")),)), host="web1"
+        )
         batch = [refusal(100.0), refusal(101.0)]
         with pytest.raises(TransientSinkError):
             asyncio.run(am.send_records(batch))
@@ -323,7 +327,7 @@ def test_a_retried_batch_is_counted_once() -> None:
 def test_the_total_starts_again_after_the_alert_resolved() -> None:
     """Events after resolve_after of quiet make a new alert, whose total starts at them."""
     with HttpServer() as fake:
-        cfg = AlertmanagerSinkConfig(urls=(fake.url(""),), resolve_after=60.0)
+        cfg = AlertmanagerSinkConfig(urls=(HttpUrl.parse(fake.url("")),), resolve_after=60.0)
         am = AlertmanagerSink(cfg, host="web1")
         asyncio.run(am.send_records([refusal(100.0)]))
         asyncio.run(am.send_records([refusal(161.0)]))

@@ -13,7 +13,7 @@ from conftest import make_config, report_through_daemon, write_config
 from timing import ManualClock
 
 from wrapalert import config
-from wrapalert.confparse import ConfigError
+from wrapalert.confparse import ConfigError, HttpUrl
 from wrapalert.daemon.server import Server
 from wrapalert.model import Event
 from wrapalert.pipeline.forward import ForwardWorker
@@ -174,7 +174,7 @@ def test_each_forwarding_sink_gets_its_own_events_per_second(sockdir: Path) -> N
         sockdir,
         SyslogSinkConfig(events_per_second=7.0),
         JournaldSinkConfig(),
-        WebhookSinkConfig(url="http://127.0.0.1:9/hook", events_per_second=3.0),
+        WebhookSinkConfig(url=HttpUrl.parse("http://127.0.0.1:9/hook"), events_per_second=3.0),
     )
     server = Server(cfg)
     rates = {name: f.bucket.rate for name, f in server.sinks.forwarders.items()}
@@ -242,7 +242,7 @@ def test_untrusted_events_per_second_reaches_each_forwarder(sockdir: Path) -> No
     cfg = make_config(
         sockdir,
         JournaldSinkConfig(),
-        WebhookSinkConfig(url="http://127.0.0.1:9/", events_per_second=0.5),
+        WebhookSinkConfig(url=HttpUrl.parse("http://127.0.0.1:9/"), events_per_second=0.5),
     )
     server = Server(cfg)
     rates = {n: f.untrusted_bucket.rate for n, f in server.sinks.forwarders.items()}

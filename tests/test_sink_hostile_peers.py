@@ -14,7 +14,7 @@ import pytest
 from conftest import NO_DIGESTS
 
 from wrapalert import config
-from wrapalert.confparse import ConfigError
+from wrapalert.confparse import ConfigError, HttpUrl
 from wrapalert.sinks import build
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 from wrapalert.sinks.syslog import SyslogSink, SyslogSinkConfig, message_text
@@ -119,7 +119,9 @@ def test_a_hostile_servers_words_cannot_reach_the_terminal() -> None:
 
         server = await asyncio.start_server(hostile, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        sink = build(WebhookSinkConfig(url=f"http://127.0.0.1:{port}/hook", timeout=5.0))
+        sink = build(
+            WebhookSinkConfig(url=HttpUrl.parse(f"http://127.0.0.1:{port}/hook"), timeout=5.0)
+        )
         assert isinstance(sink, WebhookSink)
         try:
             await sink.send_records([{"type": "event", "daemon": "sshd"}])
@@ -230,7 +232,9 @@ def test_an_https_url_on_a_plain_http_port_is_a_config_problem() -> None:
 
         server = await asyncio.start_server(plain, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        sink = build(WebhookSinkConfig(url=f"https://127.0.0.1:{port}/hook", timeout=5.0))
+        sink = build(
+            WebhookSinkConfig(url=HttpUrl.parse(f"https://127.0.0.1:{port}/hook"), timeout=5.0)
+        )
         assert isinstance(sink, WebhookSink)
         try:
             await sink.send_records([{"type": "event", "daemon": "sshd"}])

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, TypeVar, overload
 
 from wrapalert.confparse import (
     MAX_SOCKET_PATH,
+    HttpUrl,
     Table,
     format_duration,
     mail_address,
@@ -245,6 +246,31 @@ class MailAddresses(Kind):
         if not values:
             raise ValueError("needs at least one recipient")
         return tuple(mail_address(v) for v in values)
+
+
+@dataclass(frozen=True)
+class Url(Kind):
+    """An http(s) URL to POST to."""
+
+    def convert(self, value: Any) -> HttpUrl:
+        return HttpUrl.parse(value)
+
+    def show(self, value: object) -> str:
+        return json.dumps(str(value))
+
+
+@dataclass(frozen=True)
+class Urls(Kind):
+    """A list of http(s) URLs to POST to."""
+
+    types: ClassVar[tuple[type, ...]] = (list,)
+
+    def convert(self, value: Any) -> tuple[HttpUrl, ...]:
+        return tuple(HttpUrl.parse(text) for text in Strings().convert(value))
+
+    def show(self, value: object) -> str:
+        texts = value if isinstance(value, tuple) else ()
+        return "[" + ", ".join(json.dumps(str(text)) for text in texts) + "]"
 
 
 @dataclass(frozen=True)

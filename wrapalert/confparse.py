@@ -81,24 +81,64 @@ def resolvable_name(host: str) -> bool:
     return True
 
 
-def url_problem(url: str) -> str | None:
-    """Why `url` cannot be POSTed to (None: it can): http(s), a host, nothing ambiguous."""
-    # urlsplit silently drops tabs and newlines: look before it does.
-    if not url.isascii() or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
-        return "must be ASCII without spaces or control characters (percent-encode them)"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - the property raises on a bad port
-    except ValueError as exc:
-        return f"is not a URL ({exc})"
-    checks = (
-        (parts.scheme not in ("http", "https"), "must start with http:// or https://"),
-        (not parts.hostname, "has no host"),
-        (not resolvable_name(parts.hostname or ""), "has a host name with an empty or long label"),
-        (parts.username is not None or parts.password is not None, "must not hold credentials"),
-        (bool(parts.fragment) or url.endswith("#"), "must not have a #fragment"),
-    )
-    return next((problem for failed, problem in checks if failed), None)
+@dataclass(frozen=True)
+class HttpUrl:
+    """An http(s) URL the forwarding sinks POST to, parsed once, when the config is read:
+    what the request needs of it (wrapalert/sinks/http.py)."""
+
+    text: str  # as written
+    tls: bool
+    host: str  # without brackets
+    port: int
+    path: str  # path and query, as the request line carries them ("/" for none)
+
+    @classmethod
+    def parse(cls, text: str) -> HttpUrl:
+        """ValueError, naming the URL and what is wrong, for one that cannot be POSTed to:
+        not http(s), no host, or anything ambiguous (spaces, credentials, a #fragment)."""
+        # urlsplit silently drops tabs and newlines: look before it does.
+        if not text.isascii() or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
+            problem = "must be ASCII without spaces or control characters (percent-encode them)"
+            raise ValueError(f"{text!r} {problem}")
+        try:
+            parts = urlsplit(text)
+            port = parts.port  # raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not a URL ({exc})") from None
+        host = parts.hostname or ""
+        checks = (
+            (parts.scheme not in ("http", "https"), "must start with http:// or https://"),
+            (not host, "has no host"),
+            (not resolvable_name(host), "has a host name with an empty or long label"),
+            (
+                parts.username is not None or parts.password is not None,
+                "must not hold credentials (they would show in logs)",
+            ),
+            (bool(parts.fragment) or text.endswith("#"), "must not have a #fragment"),
+        )
+        if wrong := next((problem for failed, problem in checks if failed), None):
+            raise ValueError(f"{text!r} {wrong}")
+        tls = parts.scheme == "https"
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return cls(text, tls, host, port or (443 if tls else 80), path)
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def host_header(self) -> str:
+        """Host: the port only when it is not the scheme's own, an IPv6 address bracketed."""
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        return shown if self.port == (443 if self.tls else 80) else f"{shown}:{self.port}"
+
+    @property
+    def origin(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host_header}"
+
+    def under(self, suffix: str) -> HttpUrl:
+        """This URL with `suffix` after its path (which must hold no query)."""
+        path = self.path.rstrip("/") + suffix
+        return HttpUrl(self.text.rstrip("/") + suffix, self.tls, self.host, self.port, path)
 
 
 def mail_address(value: str) -> str:

@@ -59,12 +59,12 @@ from wrapalert.confkeys import (
     POSITIVE,
     TIMEOUT,
     Pairs,
-    Strings,
+    Urls,
     setting,
     sink_name,
     sink_rate,
 )
-from wrapalert.confparse import url_problem
+from wrapalert.confparse import HttpUrl
 from wrapalert.sinks.base import PermanentSinkError, SinkError, TransientSinkError
 from wrapalert.sinks.http import Target, post
 from wrapalert.sinks.registry import EventSinkType
@@ -86,14 +86,14 @@ LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 ALERT_LABELS = frozenset({"alertname", "daemon", "client_addr", "host", "trust"})
 
 
-def _urls(urls: tuple[str, ...]) -> tuple[str, ...]:
+def _urls(urls: tuple[HttpUrl, ...]) -> tuple[HttpUrl, ...]:
     if not urls:
         raise ValueError("needs at least one Alertmanager URL")
     for url in urls:
         # The API path is appended to each URL: a query would end up in the middle.
-        if problem := url_problem(url) or ("must not have a ?query" if "?" in url else None):
-            raise ValueError(f"{url!r} {problem}")
-    if len(set(urls)) != len(urls):
+        if "?" in url.text:
+            raise ValueError(f"{url.text!r} must not have a ?query")
+    if len({url.text for url in urls}) != len(urls):
         raise ValueError("lists a URL twice (each would get every alert twice)")
     return urls
 
@@ -116,10 +116,10 @@ class AlertmanagerSinkConfig:
     """A forwarding sink: alerts POSTed to every Alertmanager of a cluster (API v2)."""
 
     name: str = sink_name("alertmanager")
-    urls: tuple[str, ...] = setting(
-        ("http://127.0.0.1:9093",),
+    urls: tuple[HttpUrl, ...] = setting(
+        (HttpUrl.parse("http://127.0.0.1:9093"),),
         "Every Alertmanager of the cluster: each gets every alert.",
-        Strings(),
+        Urls(),
         check=_urls,
     )
     timeout: float = setting(10.0, "How long one POST may take.", TIMEOUT)
@@ -133,7 +133,7 @@ class AlertmanagerSinkConfig:
 
 
 def describe(cfg: AlertmanagerSinkConfig) -> str:
-    return f"alertmanager {', '.join(cfg.urls)} (forwarding, alerts per label set)"
+    return f"alertmanager {', '.join(map(str, cfg.urls))} (forwarding, alerts per label set)"
 
 
 class Totals:
@@ -179,9 +179,7 @@ class AlertmanagerSink:
         now: Callable[[], float] = time.time,
     ) -> None:
         self.name = cfg.name
-        self.targets = [
-            Target.parse(url.rstrip("/") + API_PATH, timeout=cfg.timeout) for url in cfg.urls
-        ]
+        self.targets = [Target.of(url.under(API_PATH), timeout=cfg.timeout) for url in cfg.urls]
         self.resolve_after = cfg.resolve_after
         self.labels = dict(cfg.labels)
         self.host = host or socket.gethostname()

@@ -14,10 +14,9 @@ import json
 import re
 import socket
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from wrapalert.confkeys import TIMEOUT, Pairs, Text, required, setting, sink_name, sink_rate
-from wrapalert.confparse import url_problem
+from wrapalert.confkeys import TIMEOUT, Pairs, Url, required, setting, sink_name, sink_rate
+from wrapalert.confparse import HttpUrl
 from wrapalert.sinks.http import Target, post
 from wrapalert.sinks.registry import EventSinkType
 
@@ -26,12 +25,6 @@ VERSION = 1  # of the body's layout: a change that breaks readers bumps it
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Headers that frame the request (wrapalert.sinks.http sets them) or that the sink sets.
 _OWN_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
-
-
-def _url(url: str) -> str:
-    if problem := url_problem(url):
-        raise ValueError(f"{url!r} {problem}")
-    return url
 
 
 def _headers(headers: tuple[tuple[str, object], ...]) -> tuple[tuple[str, str], ...]:
@@ -59,10 +52,9 @@ def _headers(headers: tuple[tuple[str, object], ...]) -> tuple[tuple[str, str], 
 class WebhookSinkConfig:
     """A forwarding sink: records as one JSON POST per batch, for chat and paging tools."""
 
-    url: str = required(
+    url: HttpUrl = required(
         "Where each batch of records is POSTed as JSON (http or https).",
-        Text(),
-        check=_url,
+        Url(),
         missing="the webhook needs an http:// or https:// URL",
     )
     name: str = sink_name("webhook")
@@ -75,8 +67,7 @@ class WebhookSinkConfig:
 
 def describe(cfg: WebhookSinkConfig) -> str:
     # Only where it goes: webhook URLs often carry their secret in the path.
-    url = urlsplit(cfg.url)
-    return f"webhook {url.scheme}://{url.netloc}/... (forwarding, JSON batches)"
+    return f"webhook {cfg.url.origin}/... (forwarding, JSON batches)"
 
 
 class WebhookSink:
@@ -84,7 +75,7 @@ class WebhookSink:
 
     def __init__(self, cfg: WebhookSinkConfig, *, host: str | None = None) -> None:
         self.name = cfg.name
-        self.target = Target.parse(cfg.url, timeout=cfg.timeout, redact=True)
+        self.target = Target.of(cfg.url, timeout=cfg.timeout, redact=True)
         self.headers = cfg.headers
         self.host = host or socket.gethostname()
 
