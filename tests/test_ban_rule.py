@@ -258,6 +258,27 @@ def test_config_reads_the_nftables_sink(tmp_path: Path) -> None:
     )
 
 
+def test_the_allow_list_reaches_the_rule_parsed(tmp_path: Path) -> None:
+    """`allow` is read once into normalised networks (a mapped entry as IPv4, host bits
+    dropped), which the ban rule takes as they are."""
+    path = tmp_path / "w.toml"
+    path.write_text(
+        '[[sink]]\ntype = "nftables"\nallow = ["::ffff:198.51.100.9", "2001:db8::1/64"]\n'
+        + NO_DIGESTS
+    )
+    (sink,) = config.load(path).sinks
+    assert isinstance(sink, NftablesSinkConfig)
+    assert sink.allow == (
+        ipaddress.IPv4Network("198.51.100.9/32"),
+        ipaddress.IPv6Network("2001:db8::/64"),
+    )
+    rule = sink.rule
+    assert rule.allow is sink.allow
+    assert rule.allowed("198.51.100.9")
+    assert rule.allowed("2001:db8::/64")
+    assert not rule.allowed("198.51.100.10")
+
+
 @pytest.mark.parametrize(
     "line",
     [
