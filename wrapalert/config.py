@@ -3,8 +3,9 @@
 Each table is a frozen dataclass whose fields are its keys, each declared once
 with its words for wrapalert.toml(5), its type and its range
 (wrapalert/confkeys.py). The values are what the parts take as they are:
-seconds, paths, ipaddress networks (`[ignore] networks`), a `Selector`
-(`[[route]] match`). A missing file means built-in defaults. A bad file raises
+seconds, paths, ipaddress networks (`[ignore] networks`; the nftables sink's
+`allow`), a `Selector` (`[[route]] match`), `HttpUrl`s (the alertmanager and
+webhook sinks'). A missing file means built-in defaults. A bad file raises
 `ConfigError` whose message names the file, the line and the key, e.g.
 ``/etc/wrapalert/wrapalert.toml:12: [digest] group_wait: bad duration "ten"``.
 """
@@ -365,6 +366,8 @@ def _default_sinks() -> tuple[SinkConfig, ...]:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole file: a field per table (TABLES), the [[sink]]s and the [[route]]s."""
+
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     digest: DigestConfig = field(default_factory=DigestConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)

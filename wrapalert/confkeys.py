@@ -5,8 +5,8 @@ Every key of a config table is a field of the table's frozen dataclass, made by
 parsed value; `text` is what wrapalert.toml(5) says of the key
 (wrapalert/manpage.py); `kind` reads its TOML value: the types it may have, its
 range, what it becomes (seconds, a Path, a tuple). `check`, when given, takes
-the kind's value further (networks, a matcher list) and raises ValueError (or
-TypeError) naming the problem. `read(table, cls)` fills the dataclass from one table and
+the kind's value further (networks, a matcher list) and raises ValueError
+naming the problem. `read(table, cls)` fills the dataclass from one table and
 `keys(cls)` lists its keys; fields made otherwise are not keys.
 
 An absent key takes its field's default as it is: defaults are ours, checked
@@ -376,7 +376,7 @@ class Key:
         try:
             value = self.setting.kind.convert(value)
             return value if self.setting.check is None else self.setting.check(value)
-        except (TypeError, ValueError) as exc:  # a check's words for a bad type or value
+        except ValueError as exc:
             raise t.error(self.name, str(exc)) from None
 
 

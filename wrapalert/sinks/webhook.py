@@ -38,7 +38,7 @@ def _headers(headers: tuple[tuple[str, object], ...]) -> tuple[tuple[str, str], 
         if name.lower() in _OWN_HEADERS:
             raise ValueError(f"{name!r} is set by wrapalert")
         if not isinstance(value, str):
-            raise TypeError(f"{name}: expected a string")
+            raise ValueError(f"{name}: expected a string")  # noqa: TRY004 - the key's problem
         # A line break would let the value start a header (or a body) of its own.
         if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
             raise ValueError(f"{name}: holds a line break or control character")
