@@ -37,7 +37,7 @@ import machine as bench_machine
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from wrapalert import hostaddr, sessions  # noqa: E402 - after the path is set up
-from wrapalert.banrule import BanRule  # noqa: E402
+from wrapalert.banrule import BanRule, normalise_allow  # noqa: E402
 from wrapalert.shield import Shield  # noqa: E402
 
 SESSION = """\
@@ -76,7 +76,7 @@ def fixtures(base: Path, count: int) -> tuple[Path, Path]:
 def run(args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         directory, utmp = fixtures(Path(tmp), args.sessions)
-        rule = BanRule(allow=("192.0.2.0/24", "2001:db8::/32"))
+        rule = BanRule(allow=normalise_allow(["192.0.2.0/24", "2001:db8::/32"]))
         shield = Shield(sessions_dir=directory, utmp=utmp)
         variants: dict[str, Callable[[], object]] = {
             "rule": lambda: rule.allowed("203.0.113.7"),

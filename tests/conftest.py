@@ -27,9 +27,12 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from wrapalert import config
+from wrapalert.confparse import SinkConfig
 from wrapalert.daemon import control
 from wrapalert.daemon.server import Server
 from wrapalert.model import Digest, GroupReport
+from wrapalert.sinks.maildir import MaildirSinkConfig
+from wrapalert.sinks.smtp import SmtpSinkConfig
 
 # The interpreter the hook runs: a real one, never a pyenv shim (which is a shell script).
 PYTHON = sys.executable
@@ -64,7 +67,7 @@ def sockdir() -> Iterator[Path]:
 
 def make_config(
     base: Path,
-    *sinks: config.SinkConfig,
+    *sinks: SinkConfig,
     group_wait: float = 0.5,
     group_interval: float = 2.0,
     batch_window: float = 0.5,
@@ -87,7 +90,7 @@ def make_config(
             group_interval=group_interval,
             batch_window=batch_window,
         ),
-        sinks=sinks or (config.MaildirSinkConfig(path=base / "Maildir"),),
+        sinks=sinks or (MaildirSinkConfig(path=base / "Maildir"),),
     )
 
 
@@ -170,8 +173,8 @@ class SmtpServer:
         assert self.server is not None
         self.server.close()
 
-    def sink(self, **kw: Any) -> config.SmtpSinkConfig:
-        return replace(config.SmtpSinkConfig(host="127.0.0.1", port=self.port, timeout=5.0), **kw)
+    def sink(self, **kw: Any) -> SmtpSinkConfig:
+        return replace(SmtpSinkConfig(host="127.0.0.1", port=self.port, timeout=5.0), **kw)
 
 
 def one_group(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from test_shield import LOGIND_SESSION
 
+from wrapalert.banrule import normalise_allow
 from wrapalert.clock import SystemClock
 from wrapalert.daemon.bans import Bans
 from wrapalert.daemon.stats import Stats
@@ -69,7 +70,7 @@ def test_bans_the_rule_would_not_make_are_lifted_at_start(tmp_path: Path) -> Non
         store.stage_ban(target, reason, 1.0, 4e9, dry_run=False)
     assert store.commit()
     store.close()
-    bans = book(tmp_path, SystemClock(), allow=("198.51.100.9",))
+    bans = book(tmp_path, SystemClock(), allow=normalise_allow(["198.51.100.9"]))
     bans.load()
     assert sorted(bans.active) == ["2002::/16", "203.0.113.7"]
     lifted = {n[1]: n[2] for n in bans.notes if n[0] == "lifted"}

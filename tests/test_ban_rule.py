@@ -4,6 +4,7 @@ sink's config, the state schema and the digest's Banned section."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import sqlite3
 from dataclasses import replace
 from ipaddress import ip_network
@@ -15,6 +16,7 @@ from conftest import NO_DIGESTS, body, one_group
 from wrapalert import config
 from wrapalert.banrule import BanRule, BanTargetError, normalise_allow
 from wrapalert.clock import SystemClock
+from wrapalert.confparse import ConfigError
 from wrapalert.daemon import control
 from wrapalert.daemon.bans import Bans
 from wrapalert.daemon.stats import Stats
@@ -39,7 +41,7 @@ def test_ipv6_sources_are_banned_by_network() -> None:
 
 def test_loopback_link_local_and_configured_networks_are_allowlisted() -> None:
     """Loopback, link-local and `allow` are never banned."""
-    rule = BanRule(allow=("198.51.100.0/24",))
+    rule = BanRule(allow=normalise_allow(["198.51.100.0/24"]))
     for target in ("127.0.0.2", "169.254.1.1", "198.51.100.9", "fe80::/64"):
         assert rule.allowed(target), target
     assert not rule.allowed("192.0.2.11")
@@ -48,7 +50,7 @@ def test_loopback_link_local_and_configured_networks_are_allowlisted() -> None:
 
 def test_an_ipv6_network_holding_an_allowed_address_is_not_banned() -> None:
     """A /64 that overlaps an allowed host counts as allowlisted."""
-    rule = BanRule(allow=("2001:db8::5/128",))
+    rule = BanRule(allow=normalise_allow(["2001:db8::5/128"]))
     assert rule.allowed(rule.target("2001:db8::77") or "")
 
 
@@ -124,12 +126,12 @@ def test_a_wide_prefix_never_holds_a_shared_one() -> None:
 def test_allow_entries_are_normalised(written: str, read: str) -> None:
     """IPv4-mapped allow entries (as sshd and ss print dual-stack peers) are read as the
     IPv4 networks they mean; host bits and zones are dropped."""
-    assert normalise_allow([written]) == (read,)
+    assert normalise_allow([written]) == (ipaddress.ip_network(read),)
 
 
 def test_a_mapped_allow_entry_protects_the_ipv4_source() -> None:
     """An allow entry written ::ffff:a.b.c.d keeps a.b.c.d from a ban (it was ignored)."""
-    rule = BanRule(allow=("::ffff:198.51.100.9",))
+    rule = BanRule(allow=normalise_allow(["::ffff:198.51.100.9"]))
     assert rule.allowed(rule.target("198.51.100.9") or "")
     assert rule.allowed(rule.target("::ffff:198.51.100.9") or "")
     assert not rule.allowed("198.51.100.10")
@@ -249,11 +251,32 @@ def test_config_reads_the_nftables_sink(tmp_path: Path) -> None:
         window=60.0,
         ban_for=7200.0,
         ipv6_prefix=56,
-        allow=("10.0.0.0/8",),
+        allow=(ipaddress.IPv4Network("10.0.0.0/8"),),
         max_bans=7,
         mode="dry-run",
         table="wa_test",
     )
+
+
+def test_the_allow_list_reaches_the_rule_parsed(tmp_path: Path) -> None:
+    """`allow` is read once into normalised networks (a mapped entry as IPv4, host bits
+    dropped), which the ban rule takes as they are."""
+    path = tmp_path / "w.toml"
+    path.write_text(
+        '[[sink]]\ntype = "nftables"\nallow = ["::ffff:198.51.100.9", "2001:db8::1/64"]\n'
+        + NO_DIGESTS
+    )
+    (sink,) = config.load(path).sinks
+    assert isinstance(sink, NftablesSinkConfig)
+    assert sink.allow == (
+        ipaddress.IPv4Network("198.51.100.9/32"),
+        ipaddress.IPv6Network("2001:db8::/64"),
+    )
+    rule = sink.rule
+    assert rule.allow is sink.allow
+    assert rule.allowed("198.51.100.9")
+    assert rule.allowed("2001:db8::/64")
+    assert not rule.allowed("198.51.100.10")
 
 
 @pytest.mark.parametrize(
@@ -270,7 +293,7 @@ def test_config_refuses_bad_nftables_keys(tmp_path: Path, line: str) -> None:
     """A bad mode, allow network, table name or threshold, or a rate, is a config error."""
     path = tmp_path / "w.toml"
     path.write_text(f'[[sink]]\ntype = "nftables"\n{line}\n{NO_DIGESTS}')
-    with pytest.raises(config.ConfigError):
+    with pytest.raises(ConfigError):
         config.load(path)
 
 
@@ -280,7 +303,7 @@ def test_config_refuses_a_second_nftables_sink(tmp_path: Path) -> None:
     path.write_text(
         '[[sink]]\ntype = "nftables"\n\n[[sink]]\ntype = "nftables"\nname = "b"\n' + NO_DIGESTS
     )
-    with pytest.raises(config.ConfigError, match="only one nftables sink"):
+    with pytest.raises(ConfigError, match="only one nftables sink"):
         config.load(path)
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from wrapalert import config
-from wrapalert.config import ConfigError
+from wrapalert.confparse import ConfigError, parse_duration
+from wrapalert.sinks.smtp import SmtpSinkConfig
 from wrapalert.story import StoryRule
 
 
@@ -29,7 +30,7 @@ def test_missing_default_file_means_built_in_defaults(
     assert cfg.limits.mails_per_hour == 12
     assert cfg.limits.max_groups == 10000
     (sink,) = cfg.sinks
-    assert isinstance(sink, config.SmtpSinkConfig)
+    assert isinstance(sink, SmtpSinkConfig)
     assert (sink.host, sink.port, sink.tls, sink.to) == ("localhost", 25, "none", ("root",))
 
 
@@ -93,14 +94,14 @@ path = "/var/mail/wrapalert/Maildir"
 )
 def test_durations(text: object, seconds: float) -> None:
     """Durations take ms/s/m/h/d units, combinations, or plain seconds."""
-    assert config.parse_duration(text) == seconds
+    assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "10", "ten", "10x", "-5s", "5 s", True, -1, "1e3s"])
 def test_bad_durations(text: object) -> None:
     """Anything else is refused rather than guessed."""
     with pytest.raises((TypeError, ValueError)):
-        config.parse_duration(text)
+        parse_duration(text)
 
 
 def error_for(text: str) -> str:
@@ -184,5 +185,5 @@ def test_socket_mode_accepts_octal_strings() -> None:
 def test_group_by_may_not_name_a_field_twice(tmp_path: Path) -> None:
     path = tmp_path / "wrapalert.toml"
     path.write_text('[digest]\ngroup_by = ["daemon", "client_addr", "client_addr"]\n')
-    with pytest.raises(config.ConfigError, match="names a field twice"):
+    with pytest.raises(ConfigError, match="names a field twice"):
         config.load(path)

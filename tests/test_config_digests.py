@@ -11,7 +11,7 @@ import pytest
 from conftest import WRAPALERT, Running, write_config
 
 from wrapalert import config
-from wrapalert.config import ConfigError
+from wrapalert.confparse import ConfigError
 from wrapalert.daemon.server import Server
 
 NFT_ONLY = '[daemon]\nhostname = "h"\n\n[[sink]]\ntype = "nftables"\n'

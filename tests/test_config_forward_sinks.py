@@ -9,15 +9,15 @@ import pytest
 from conftest import NO_DIGESTS
 
 from wrapalert import config
-from wrapalert.config import ConfigError, JournaldSinkConfig, SyslogSinkConfig
+from wrapalert.confparse import ConfigError, SinkConfig
 from wrapalert.sinks import EventSink, build
-from wrapalert.sinks.journald import JournaldSink
-from wrapalert.sinks.syslog import SyslogSink
+from wrapalert.sinks.journald import JournaldSink, JournaldSinkConfig
+from wrapalert.sinks.syslog import SyslogSink, SyslogSinkConfig
 
 SOURCE = "/etc/wrapalert/wrapalert.toml"
 
 
-def sink_for(text: str) -> config.SinkConfig:
+def sink_for(text: str) -> SinkConfig:
     (sink,) = config.loads(text + NO_DIGESTS, SOURCE).sinks
     return sink
 
@@ -131,8 +131,8 @@ def test_syslog_addresses(address: str, parsed: tuple[str, int]) -> None:
         ('address = "c:514"\nsocket = "/dev/log"', "not both"),
         ('protocol = "tcp"', "only with address"),
         ('address = "c:514"\nprotocol = "relp"', 'use "udp" or "tcp"'),
-        ('facility = "kern"', "use one of user, mail, daemon, auth"),
-        ('facility = "LOCAL0"', "'LOCAL0': use one of"),
+        ('facility = "kern"', 'use "user", "mail", "daemon", "auth"'),
+        ('facility = "LOCAL0"', "'LOCAL0': use \"user\""),
         ('ident = "wrap alert"', 'use 1 to 32 letters, digits, ".", "_" or "-"'),
         ('ident = ""', "use 1 to 32 letters"),
         (f'ident = "{"w" * 33}"', "use 1 to 32 letters"),

@@ -6,10 +6,12 @@ import pytest
 from conftest import NO_DIGESTS
 
 from wrapalert import config
-from wrapalert.config import AlertmanagerSinkConfig, ConfigError, WebhookSinkConfig
+from wrapalert.confparse import ConfigError, HttpUrl, SinkConfig
+from wrapalert.sinks.alertmanager import AlertmanagerSink, AlertmanagerSinkConfig
+from wrapalert.sinks.webhook import WebhookSink, WebhookSinkConfig
 
 
-def sink(table: str) -> config.SinkConfig:
+def sink(table: str) -> SinkConfig:
     (cfg,) = config.loads(f"[[sink]]\n{table}\n{NO_DIGESTS}", "wa.toml").sinks
     return cfg
 
@@ -20,7 +22,7 @@ def test_alertmanager_defaults() -> None:
     cfg = sink('type = "alertmanager"')
     assert isinstance(cfg, AlertmanagerSinkConfig)
     assert cfg == AlertmanagerSinkConfig()
-    assert cfg.urls == ("http://127.0.0.1:9093",)
+    assert [str(url) for url in cfg.urls] == ["http://127.0.0.1:9093"]
     assert (cfg.timeout, cfg.resolve_after, cfg.labels) == (10.0, 900.0, ())
     assert cfg.events_per_second is None
 
@@ -36,7 +38,7 @@ labels = { env = "prod", team = "sec" }
 events_per_second = 20""")
     assert cfg == AlertmanagerSinkConfig(
         name="fleet",
-        urls=("http://am1:9093", "https://am2.example/prefix/"),
+        urls=(HttpUrl.parse("http://am1:9093"), HttpUrl.parse("https://am2.example/prefix/")),
         timeout=3.0,
         resolve_after=3600.0,
         labels=(("env", "prod"), ("team", "sec")),
@@ -53,13 +55,31 @@ timeout = 5
 headers = { Authorization = "Bearer abc", X-Team = "ops" }
 events_per_second = 2.5""")
     assert cfg == WebhookSinkConfig(
-        url="https://chat.example/hooks/T0/B0?x=1",
+        url=HttpUrl.parse("https://chat.example/hooks/T0/B0?x=1"),
         name="chat",
         timeout=5.0,
         headers=(("Authorization", "Bearer abc"), ("X-Team", "ops")),
         events_per_second=2.5,
     )
-    assert sink('type = "webhook"\nurl = "http://h/"') == WebhookSinkConfig(url="http://h/")
+    assert sink('type = "webhook"\nurl = "http://h/"') == WebhookSinkConfig(
+        HttpUrl.parse("http://h/")
+    )
+
+
+def test_urls_reach_the_sinks_parsed() -> None:
+    """A URL is parsed once, when the config is read: the sinks POST to the host, port and
+    path config found (the alertmanager's API path after each URL's own)."""
+    cfg = sink('type = "webhook"\nurl = "https://[2001:db8::7]:8443/hooks/T0?k=v"')
+    assert isinstance(cfg, WebhookSinkConfig)
+    assert (cfg.url.tls, cfg.url.host, cfg.url.port) == (True, "2001:db8::7", 8443)
+    target = WebhookSink(cfg).target
+    assert target.url is cfg.url
+    assert (target.url.host_header, target.url.path) == ("[2001:db8::7]:8443", "/hooks/T0?k=v")
+    assert target.display == "https://[2001:db8::7]:8443"  # the path holds the token
+    am = sink('type = "alertmanager"\nurls = ["http://am1:9093/prefix/", "http://am2"]')
+    assert isinstance(am, AlertmanagerSinkConfig)
+    posts = [(t.url.host, t.url.port, t.url.path) for t in AlertmanagerSink(am).targets]
+    assert posts == [("am1", 9093, "/prefix/api/v2/alerts"), ("am2", 80, "/api/v2/alerts")]
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from wrapalert import config
 from wrapalert.daemon.server import Server
 from wrapalert.model import Digest
 from wrapalert.sinks.base import TransientSinkError
+from wrapalert.sinks.jsonl import JsonlSinkConfig
 from wrapalert.wire import encode
 
 SLACK = 0.05  # virtual seconds: the loop's idle threshold and the commit tick
@@ -201,7 +202,7 @@ def test_reload_hands_groups_and_forwarding_to_the_new_pipeline(sockdir: Path) -
     """A reload while a group waits keeps it (one digest, every event, on its old timer),
     and the new pipeline forwards to the forwarding sink of the new config."""
     cfg = timing_config(sockdir, group_wait=30.0)
-    jsonl = config.JsonlSinkConfig(name="records", path=sockdir / "events.jsonl")
+    jsonl = JsonlSinkConfig(name="records", path=sockdir / "events.jsonl")
     cfg = replace(cfg, sinks=(*cfg.sinks, jsonl))
     clock = VirtualClock()
     delivered: list[tuple[float, Digest]] = []

@@ -41,6 +41,7 @@ from timing import VirtualClock
 from wrapalert import config
 from wrapalert.daemon.server import COMMIT_EVERY, Server
 from wrapalert.daemon.store import Store
+from wrapalert.sinks.maildir import MaildirSinkConfig
 from wrapalert.wire import encode
 
 FAST = """
@@ -584,8 +585,8 @@ def test_the_mail_cap_holds_across_a_restart(sockdir: Path) -> None:
 def test_a_sink_removed_by_reload_stops_and_can_come_back(sockdir: Path) -> None:
     """A reload that removes a sink retires its worker (no digests queue for it); one that
     brings it back starts a fresh worker that delivers."""
-    a = config.MaildirSinkConfig(name="a", path=sockdir / "A")
-    b = config.MaildirSinkConfig(name="b", path=sockdir / "B")
+    a = MaildirSinkConfig(name="a", path=sockdir / "A")
+    b = MaildirSinkConfig(name="b", path=sockdir / "B")
     both = make_config(sockdir, a, b, group_wait=0.1, group_interval=0.2, batch_window=0.0)
 
     async def scenario() -> None:

@@ -31,12 +31,11 @@ from conftest import (
 
 from wrapalert import mailroute
 from wrapalert.cli import hosts_deny_line
-from wrapalert.config import SendmailSinkConfig, SmtpSinkConfig
 from wrapalert.daemon.server import Server
 from wrapalert.libwrap import LibWrap
 from wrapalert.sinks import build
-from wrapalert.sinks.sendmail import SendmailSink
-from wrapalert.sinks.smtp import SmtpSink
+from wrapalert.sinks.sendmail import SendmailSink, SendmailSinkConfig
+from wrapalert.sinks.smtp import SmtpSink, SmtpSinkConfig
 
 MAIL_SPOOL = Path("/var/mail")
 

@@ -28,6 +28,7 @@ from test_sink_alertmanager import get
 from test_sink_webhook import HttpServer, Reply
 
 from wrapalert import config
+from wrapalert.confparse import ConfigError, HttpUrl
 from wrapalert.daemon.server import Server
 from wrapalert.pipeline.forward import _events, scan_record
 from wrapalert.scanrule import ScanSignal
@@ -256,7 +257,7 @@ def test_hostname_defaults_to_the_systems() -> None:
 
 def test_a_hostname_with_spaces_is_refused_with_its_line() -> None:
     """A host name that could not be a label or a Message-ID domain is a config error."""
-    with pytest.raises(config.ConfigError, match=r"<config>:2: \[daemon\] hostname: 'web 1'"):
+    with pytest.raises(ConfigError, match=r"<config>:2: \[daemon\] hostname: 'web 1'"):
         config.loads('[daemon]\nhostname = "web 1"\n')
 
 
@@ -300,7 +301,9 @@ def refusal(at: float) -> dict[str, object]:
 def test_events_total_counts_every_batch_of_a_firing_alert() -> None:
     """events_total adds up the batches of one alert, while events names the newest one."""
     with HttpServer() as fake:
-        am = AlertmanagerSink(AlertmanagerSinkConfig(urls=(fake.url(""),)), host="web1")
+        am = AlertmanagerSink(
+            AlertmanagerSinkConfig(urls=(HttpUrl.parse(fake.url("")),)), host="web1"
+        )
         asyncio.run(am.send_records([refusal(100.0), refusal(101.0)]))
         asyncio.run(am.send_records([refusal(160.0)]))
         assert posted_totals(fake) == ["2", "3"]
@@ -311,7 +314,9 @@ def test_a_retried_batch_is_counted_once() -> None:
     """A batch every peer refused is sent again; its events enter the total only once."""
     with HttpServer() as fake:
         fake.replies = [Reply(503)]
-        am = AlertmanagerSink(AlertmanagerSinkConfig(urls=(fake.url(""),)), host="web1")
+        am = AlertmanagerSink(
+            AlertmanagerSinkConfig(urls=(HttpUrl.parse(fake.url("")),)), host="web1"
+        )
         batch = [refusal(100.0), refusal(101.0)]
         with pytest.raises(TransientSinkError):
             asyncio.run(am.send_records(batch))
@@ -322,7 +327,7 @@ def test_a_retried_batch_is_counted_once() -> None:
 def test_the_total_starts_again_after_the_alert_resolved() -> None:
     """Events after resolve_after of quiet make a new alert, whose total starts at them."""
     with HttpServer() as fake:
-        cfg = AlertmanagerSinkConfig(urls=(fake.url(""),), resolve_after=60.0)
+        cfg = AlertmanagerSinkConfig(urls=(HttpUrl.parse(fake.url("")),), resolve_after=60.0)
         am = AlertmanagerSink(cfg, host="web1")
         asyncio.run(am.send_records([refusal(100.0)]))
         asyncio.run(am.send_records([refusal(161.0)]))

@@ -13,18 +13,16 @@ from conftest import make_config, report_through_daemon, write_config
 from timing import ManualClock
 
 from wrapalert import config
-from wrapalert.config import (
-    JournaldSinkConfig,
-    JsonlSinkConfig,
-    SyslogSinkConfig,
-    WebhookSinkConfig,
-)
+from wrapalert.confparse import ConfigError, HttpUrl
 from wrapalert.daemon.server import Server
 from wrapalert.model import Event
 from wrapalert.pipeline.forward import ForwardWorker
 from wrapalert.scanrule import ScanRule
 from wrapalert.sinks.base import TransientSinkError
-from wrapalert.sinks.jsonl import JsonlSink
+from wrapalert.sinks.journald import JournaldSinkConfig
+from wrapalert.sinks.jsonl import JsonlSink, JsonlSinkConfig
+from wrapalert.sinks.syslog import SyslogSinkConfig
+from wrapalert.sinks.webhook import WebhookSinkConfig
 from wrapalert.story import held_story
 
 
@@ -176,7 +174,7 @@ def test_each_forwarding_sink_gets_its_own_events_per_second(sockdir: Path) -> N
         sockdir,
         SyslogSinkConfig(events_per_second=7.0),
         JournaldSinkConfig(),
-        WebhookSinkConfig(url="http://127.0.0.1:9/hook", events_per_second=3.0),
+        WebhookSinkConfig(url=HttpUrl.parse("http://127.0.0.1:9/hook"), events_per_second=3.0),
     )
     server = Server(cfg)
     rates = {name: f.bucket.rate for name, f in server.sinks.forwarders.items()}
@@ -244,7 +242,7 @@ def test_untrusted_events_per_second_reaches_each_forwarder(sockdir: Path) -> No
     cfg = make_config(
         sockdir,
         JournaldSinkConfig(),
-        WebhookSinkConfig(url="http://127.0.0.1:9/", events_per_second=0.5),
+        WebhookSinkConfig(url=HttpUrl.parse("http://127.0.0.1:9/"), events_per_second=0.5),
     )
     server = Server(cfg)
     rates = {n: f.untrusted_bucket.rate for n, f in server.sinks.forwarders.items()}
@@ -261,5 +259,5 @@ def test_untrusted_events_per_second_is_read_from_limits() -> None:
 @pytest.mark.parametrize("value", ["0", "-1", "2e6", "true"])
 def test_a_bad_untrusted_events_per_second_is_refused(value: str) -> None:
     """Zero, negative, huge or non-numeric budgets are a config error naming the key."""
-    with pytest.raises(config.ConfigError, match="untrusted_events_per_second"):
+    with pytest.raises(ConfigError, match="untrusted_events_per_second"):
         config.loads(f"[limits]\nuntrusted_events_per_second = {value}\n", "t.toml")

@@ -32,6 +32,8 @@ from conftest import (
 from wrapalert import config, notify
 from wrapalert.daemon import spool as spool_mod
 from wrapalert.daemon.server import Server
+from wrapalert.sinks.jsonl import JsonlSinkConfig
+from wrapalert.sinks.maildir import MaildirSinkConfig
 from wrapalert.wire import encode
 
 NOBODY = 65534
@@ -392,8 +394,8 @@ def test_an_untrusted_flood_leaves_trusted_records_alone(sockdir: Path) -> None:
     jsonl = sockdir / "events.jsonl"
     cfg = make_config(
         sockdir,
-        config.MaildirSinkConfig(path=sockdir / "Maildir"),
-        config.JsonlSinkConfig(path=jsonl),
+        MaildirSinkConfig(path=sockdir / "Maildir"),
+        JsonlSinkConfig(path=jsonl),
     )
     flood = 2000
 

@@ -14,8 +14,11 @@ from conftest import WRAPALERT, Running, SmtpServer, make_config, write_config
 
 from wrapalert import config, mailroute
 from wrapalert.cli import mail_notes
-from wrapalert.config import MaildirSinkConfig, SendmailSinkConfig, SmtpSinkConfig
+from wrapalert.confparse import SinkConfig
 from wrapalert.daemon.server import Server
+from wrapalert.sinks.maildir import MaildirSinkConfig
+from wrapalert.sinks.sendmail import SendmailSinkConfig
+from wrapalert.sinks.smtp import SmtpSinkConfig
 
 DEBIAN_ALIASES = "# /etc/aliases\nmailer-daemon: postmaster\npostmaster: root\nnobody: root\n"
 MAIL4ROOT = """\
@@ -149,7 +152,7 @@ def test_recipients_that_are_root_on_this_host(
 # --- what the commands say --------------------------------------------------------------
 
 
-def cfg_with(*sinks: config.SinkConfig, base: Path) -> config.Config:
+def cfg_with(*sinks: SinkConfig, base: Path) -> config.Config:
     cfg = make_config(base, *sinks)
     return replace(cfg, daemon=replace(cfg.daemon, hostname="web1"))
 
@@ -174,9 +177,7 @@ def test_a_sendmail_sink_to_root_is_noted_too(tmp_path: Path) -> None:
         MaildirSinkConfig(path=Path("/tmp/M")),
     ],
 )
-def test_sinks_that_do_not_mail_root_here_get_no_note(
-    tmp_path: Path, sink: config.SinkConfig
-) -> None:
+def test_sinks_that_do_not_mail_root_here_get_no_note(tmp_path: Path, sink: SinkConfig) -> None:
     assert mail_notes(cfg_with(sink, base=tmp_path), exim(tmp_path / "root")) == []
 
 

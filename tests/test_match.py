@@ -72,10 +72,12 @@ def test_group_by_and_matchers_take_the_same_fields(field: str) -> None:
     assert cfg.digest.group_by == (field,)
 
 
-def imported_by(module: str) -> set[str]:
-    """The wrapalert modules a fresh interpreter loads to import `module`."""
+def imported_by(module: str, then: str = "", prefix: str = "wrapalert") -> set[str]:
+    """The modules (named from `prefix`) a fresh interpreter loads to import `module` and
+    run `then`."""
     code = (
-        f"import sys, {module}; print(*sorted(m for m in sys.modules if m.startswith('wrapalert')))"
+        f"import sys, {module}; {then or 'pass'}; "
+        f"print(*sorted(m for m in sys.modules if m.startswith({prefix!r})))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
@@ -87,6 +89,25 @@ def test_config_imports_neither_pipeline_nor_daemon() -> None:
     """config sits below the pipeline: the rules it validates with live below both."""
     loaded = imported_by("wrapalert.config")
     assert not {m for m in loaded if m.startswith(("wrapalert.pipeline", "wrapalert.daemon"))}
+
+
+SENDING = ("jinja2", "aiosmtplib", "structlog")
+
+
+@pytest.mark.parametrize(
+    "then",
+    [
+        "",
+        "wrapalert.config.loads('')",
+        'wrapalert.config.loads(\'[[sink]]\\ntype = "maildir"\\n[[route]]\\nseverity = "info"\')',
+    ],
+)
+def test_parsing_a_config_loads_nothing_that_sends(then: str) -> None:
+    """Importing config, and parsing a file whose sinks send mail, loads none of the
+    libraries that render, send or log (jinja2, aiosmtplib, structlog): a config is read
+    by every command (check-config, hosts-deny-line, status), and only the daemon sends."""
+    loaded = {m.split(".")[0] for m in imported_by("wrapalert.config", then, prefix="")}
+    assert not loaded & set(SENDING)
 
 
 def test_the_rule_modules_import_nothing_above_them() -> None:

@@ -17,6 +17,7 @@ from timing import EPOCH, VirtualClock, run
 
 from wrapalert import config
 from wrapalert.config import MetricsConfig
+from wrapalert.confparse import ConfigError
 from wrapalert.daemon import metrics
 from wrapalert.daemon.server import Server
 
@@ -188,7 +189,7 @@ def test_a_moved_textfile_removes_the_old_one(tmp_path: Path) -> None:
 
 def test_a_textfile_node_exporter_would_not_read_is_refused() -> None:
     """node_exporter reads only *.prom files: another name is a config error."""
-    with pytest.raises(config.ConfigError, match=r"textfile: .*must end in \.prom"):
+    with pytest.raises(ConfigError, match=r"textfile: .*must end in \.prom"):
         config.loads('[metrics]\ntextfile = "/var/lib/wrapalert.txt"\n')
 
 

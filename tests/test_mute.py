@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import subprocess
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from conftest import (
 )
 
 from wrapalert import config
+from wrapalert.confparse import ConfigError
 from wrapalert.daemon.server import Server
+from wrapalert.match import Matcher, MatcherError
 from wrapalert.model import Event
-from wrapalert.pipeline.mute import Matcher, MatcherError, Mute, Silence
+from wrapalert.pipeline.mute import Mute, Silence
 
 
 def ev(daemon: str = "sshd", addr: str = "203.0.113.9") -> Event:
@@ -61,7 +64,7 @@ def test_expired_silences_do_not_match() -> None:
 
 def test_ignore_lists_match_daemons_and_networks() -> None:
     """[ignore] networks and daemons make events "ignored", ahead of any silence."""
-    mute = Mute(networks=("10.0.0.0/8",), daemons=("in.identd",))
+    mute = Mute(networks=(ipaddress.ip_network("10.0.0.0/8"),), daemons=("in.identd",))
     mute.silences = [silence("daemon=in.identd")]
     assert mute.classify(ev("in.identd"), 1.0) == "ignored"
     assert mute.classify(ev(addr="10.1.2.3"), 1.0) == "ignored"
@@ -83,9 +86,23 @@ def test_bad_matchers_are_explained(text: str, message: str) -> None:
         Matcher.parse(text)
 
 
+def test_ignore_table_reaches_mute_parsed() -> None:
+    """[ignore] networks are ipaddress networks once config has read them: Mute takes them
+    as they are, and an address inside one (not the text) is what it ignores."""
+    cfg = config.loads('[ignore]\nnetworks = ["10.1.0.0/16", "2001:db8::1/64"]\n')
+    assert cfg.ignore.networks == (
+        ipaddress.IPv4Network("10.1.0.0/16"),
+        ipaddress.IPv6Network("2001:db8::/64"),
+    )
+    mute = Mute(cfg.ignore.networks, cfg.ignore.daemons)
+    assert mute.classify(ev(addr="10.1.200.3"), 1.0) == "ignored"
+    assert mute.classify(ev(addr="2001:db8::77"), 1.0) == "ignored"
+    assert mute.classify(ev(addr="10.2.0.1"), 1.0) is None
+
+
 def test_ignore_table_is_validated() -> None:
     """A bad network in [ignore] is a config error naming its line."""
-    with pytest.raises(config.ConfigError, match=r":2: \[ignore\] networks: 'ten' is not"):
+    with pytest.raises(ConfigError, match=r":2: \[ignore\] networks: 'ten' is not"):
         config.loads('[ignore]\nnetworks = ["ten"]\n', "f.toml")
 
 

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from timing import ManualClock
 
 from wrapalert.config import DigestConfig
+from wrapalert.match import Matcher
 from wrapalert.model import Digest, Event, GroupReport
 from wrapalert.pipeline.aggregate import Aggregator
 from wrapalert.pipeline.deliver import HOUR, SinkWorker
-from wrapalert.pipeline.mute import Matcher, Mute, Silence
+from wrapalert.pipeline.mute import Mute, Silence
 
 CFG = replace(
     DigestConfig(), group_wait=10.0, group_interval=60.0, repeat_interval=600.0, batch_window=2.0

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from pathlib import Path
 
 import pytest
 from conftest import Running, maildir_messages, write_config
 
 from wrapalert import config
-from wrapalert.config import ConfigError, RouteConfig
+from wrapalert.config import RouteConfig
+from wrapalert.confparse import ConfigError
 from wrapalert.daemon.server import Server
+from wrapalert.match import Matcher, Selector
 from wrapalert.model import Event
 from wrapalert.pipeline.route import Router
 from wrapalert.wire import encode
@@ -24,9 +27,9 @@ def test_first_matching_route_wins() -> None:
     """Routes are tried in order; the first whose matchers all match decides."""
     router = Router(
         (
-            RouteConfig(("daemon=sshd", "client=10.0.0.0/8"), "info", ("jsonl",)),
-            RouteConfig(("daemon=sshd",), "critical", None),
-            RouteConfig(("trust=untrusted",), "info", ("local",)),
+            RouteConfig(Selector.parse(["daemon=sshd", "client=10.0.0.0/8"]), "info", ("jsonl",)),
+            RouteConfig(Selector.parse(["daemon=sshd"]), "critical", None),
+            RouteConfig(Selector.parse(["trust=untrusted"]), "info", ("local",)),
         )
     )
     assert router.route(ev(addr="10.1.1.1")) == ("info", ("jsonl",))
@@ -35,12 +38,28 @@ def test_first_matching_route_wins() -> None:
     assert router.route(ev("ftpd")) == ("warning", None)
 
 
+def test_routes_reach_the_router_parsed() -> None:
+    """A [[route]]'s match list is a Selector once config has read it; the Router takes the
+    routes as they are."""
+    cfg = config.loads(
+        '[[route]]\nmatch = ["client=10.0.0.0/8", "trust=trusted"]\nseverity = "info"\n'
+        '[[route]]\nmatch = ["daemon=sshd"]\nseverity = "critical"\n'
+    )
+    assert cfg.routes[0].match == Selector(
+        (Matcher("client_addr", "10.0.0.0/8", ipaddress.IPv4Network("10.0.0.0/8")),), trust=True
+    )
+    router = Router(cfg.routes)
+    assert router.route(ev("sshd", "10.9.9.9")) == ("info", None)
+    assert router.route(ev("sshd", "10.9.9.9", trusted=False)) == ("critical", None)
+    assert router.route(ev("ftpd")) == ("warning", None)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ('[[route]]\nmatch = ["trust=maybe"]\n', "use trust=trusted or trust=untrusted"),
         ('[[route]]\nmatch = ["client=x"]\n', "not an address or network"),
-        ('[[route]]\nseverity = "urgent"\n', "use info, warning, critical"),
+        ('[[route]]\nseverity = "urgent"\n', 'use "info", "warning" or "critical"'),
         ('[[route]]\nsinks = ["pager"]\n', "no sink named 'pager'"),
     ],
 )

@@ -23,8 +23,8 @@ from wrapalert.mail import Renderer
 from wrapalert.model import Digest, Event, GroupReport, digest_from_json, digest_to_json
 from wrapalert.pipeline import scan as scan_mod
 from wrapalert.pipeline.aggregate import Aggregator
-from wrapalert.pipeline.scan import ScanDetector, ScanSignal, network
-from wrapalert.scanrule import ScanRule
+from wrapalert.pipeline.scan import ScanDetector
+from wrapalert.scanrule import ScanRule, ScanSignal, network
 from wrapalert.story import scans
 from wrapalert.wire import encode
 

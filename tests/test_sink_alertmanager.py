@@ -27,8 +27,13 @@ from conftest import (
 from test_sink_webhook import HttpServer, Reply
 
 from wrapalert import config
-from wrapalert.config import AlertmanagerSinkConfig
-from wrapalert.sinks.alertmanager import MAX_VALUE, AlertmanagerSink, build_alerts
+from wrapalert.confparse import HttpUrl
+from wrapalert.sinks.alertmanager import (
+    MAX_VALUE,
+    AlertmanagerSink,
+    AlertmanagerSinkConfig,
+    build_alerts,
+)
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 
 BINARY = "prometheus-alertmanager"
@@ -114,7 +119,8 @@ def host(request: pytest.FixtureRequest) -> str:
 
 
 def sink(*urls: str, host: str, **kw: Any) -> AlertmanagerSink:
-    return AlertmanagerSink(AlertmanagerSinkConfig(urls=urls, **kw), host=host)
+    cfg = AlertmanagerSinkConfig(urls=tuple(HttpUrl.parse(url) for url in urls), **kw)
+    return AlertmanagerSink(cfg, host=host)
 
 
 def event(addr: str = "192.0.2.1", at: float | None = None, **fields: Any) -> dict[str, object]:

@@ -14,11 +14,11 @@ import pytest
 from conftest import NO_DIGESTS
 
 from wrapalert import config
-from wrapalert.config import SyslogSinkConfig, WebhookSinkConfig
+from wrapalert.confparse import ConfigError, HttpUrl
 from wrapalert.sinks import build
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
-from wrapalert.sinks.syslog import SyslogSink, message_text
-from wrapalert.sinks.webhook import WebhookSink
+from wrapalert.sinks.syslog import SyslogSink, SyslogSinkConfig, message_text
+from wrapalert.sinks.webhook import WebhookSink, WebhookSinkConfig
 
 
 def established_to(port: int) -> int:
@@ -96,7 +96,7 @@ def test_host_names_the_resolver_cannot_take_are_refused_at_load(tmp_path: Path,
         f'type = "syslog"\naddress = "{bad}:514"',
     ):
         path.write_text(f"[[sink]]\n{table}\n{NO_DIGESTS}")
-        with pytest.raises(config.ConfigError) as caught:
+        with pytest.raises(ConfigError) as caught:
             config.load(path)
         assert str(path) in str(caught.value)
 
@@ -119,7 +119,9 @@ def test_a_hostile_servers_words_cannot_reach_the_terminal() -> None:
 
         server = await asyncio.start_server(hostile, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        sink = build(WebhookSinkConfig(url=f"http://127.0.0.1:{port}/hook", timeout=5.0))
+        sink = build(
+            WebhookSinkConfig(url=HttpUrl.parse(f"http://127.0.0.1:{port}/hook"), timeout=5.0)
+        )
         assert isinstance(sink, WebhookSink)
         try:
             await sink.send_records([{"type": "event", "daemon": "sshd"}])
@@ -159,7 +161,7 @@ def test_a_header_given_twice_in_different_case_is_refused(tmp_path: Path) -> No
         '[[sink]]\ntype = "webhook"\nurl = "https://hooks.example/x"\n'
         'headers = { Authorization = "Bearer a", authorization = "Bearer b" }\n' + NO_DIGESTS
     )
-    with pytest.raises(config.ConfigError, match="given twice"):
+    with pytest.raises(ConfigError, match="given twice"):
         config.load(path)
 
 
@@ -230,7 +232,9 @@ def test_an_https_url_on_a_plain_http_port_is_a_config_problem() -> None:
 
         server = await asyncio.start_server(plain, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        sink = build(WebhookSinkConfig(url=f"https://127.0.0.1:{port}/hook", timeout=5.0))
+        sink = build(
+            WebhookSinkConfig(url=HttpUrl.parse(f"https://127.0.0.1:{port}/hook"), timeout=5.0)
+        )
         assert isinstance(sink, WebhookSink)
         try:
             await sink.send_records([{"type": "event", "daemon": "sshd"}])

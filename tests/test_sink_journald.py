@@ -24,10 +24,9 @@ from conftest import WRAPALERT, report_through_daemon, require, wait_until, writ
 from test_sink_syslog import EVENT, EVENT_TEXT, HELD, HELD_TEXT, HOSTILE, make_sink, ticking
 
 from wrapalert import config
-from wrapalert.config import JournaldSinkConfig
 from wrapalert.sinks import EventSink, build
 from wrapalert.sinks.base import TransientSinkError
-from wrapalert.sinks.journald import MESSAGE_ID, JournaldSink, entry
+from wrapalert.sinks.journald import MESSAGE_ID, JournaldSink, JournaldSinkConfig, entry
 
 JOURNALD = Path("/lib/systemd/systemd-journald")
 UNSHARE = ("unshare", "--mount", "--propagation", "private")

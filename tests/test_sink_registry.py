@@ -14,7 +14,8 @@ from conftest import report_through_daemon, write_config
 
 import wrapalert.sinks
 from wrapalert import config
-from wrapalert.confparse import ConfigError, Table, rate
+from wrapalert.confkeys import Text, setting, sink_name, sink_rate
+from wrapalert.confparse import ConfigError
 from wrapalert.daemon.server import Server
 from wrapalert.model import Digest
 from wrapalert.sinks import registry
@@ -64,7 +65,6 @@ def test_registering_a_taken_name_is_refused() -> None:
     twin = DigestSinkType(
         name="smtp",
         config=ListDigestConfig,
-        parse=lambda _t: ListDigestConfig(),
         describe=lambda _c: "",
         build=lambda _c, _d: ListDigestSink(ListDigestConfig(), []),
     )
@@ -95,9 +95,9 @@ def test_kinds_follow_what_each_sink_takes() -> None:
 
 @dataclass(frozen=True)
 class ListEventConfig:
-    name: str = "records"
-    label: str = ""
-    events_per_second: float | None = None
+    name: str = sink_name("records")
+    label: str = setting("", "Written into every record.", Text())
+    events_per_second: float | None = sink_rate()
 
 
 @dataclass
@@ -117,7 +117,7 @@ class ListEventSink:
 
 @dataclass(frozen=True)
 class ListDigestConfig:
-    name: str = "digests"
+    name: str = sink_name("digests")
 
 
 @dataclass
@@ -135,14 +135,6 @@ class ListDigestSink:
         self.digests.append(digest)
 
 
-def parse_list_event(t: Table) -> ListEventConfig:
-    return ListEventConfig(
-        name=t.get("name", "records", str),
-        label=t.get("label", "", str),
-        events_per_second=rate(t),
-    )
-
-
 @dataclass
 class Received:
     records: list[dict[str, object]] = field(default_factory=list)
@@ -157,7 +149,6 @@ def list_sinks() -> Iterator[Received]:
         EventSinkType(
             name="test-records",
             config=ListEventConfig,
-            parse=parse_list_event,
             describe=lambda cfg: f"a list labelled {cfg.label}",
             build=lambda cfg: ListEventSink(cfg, received.records),
         )
@@ -167,7 +158,6 @@ def list_sinks() -> Iterator[Received]:
             DigestSinkType(
                 name="test-digests",
                 config=ListDigestConfig,
-                parse=lambda t: ListDigestConfig(name=t.get("name", "digests", str)),
                 describe=lambda _cfg: "a list of digests",
                 build=lambda cfg, _template_dir: ListDigestSink(cfg, received.digests),
             )
@@ -219,7 +209,7 @@ def test_a_registered_sink_is_described_and_rated_by_its_descriptor(
 def test_unknown_key_in_a_registered_sinks_table_is_refused(
     sockdir: Path, list_sinks: Received
 ) -> None:
-    """The registry, not the sink's parser, refuses keys the parser did not read."""
+    """The registry, not the sink's module, refuses keys its config class does not declare."""
     path = write_config(
         sockdir, sinks='[[sink]]\ntype = "test-records"\ncolour = "red"\n', digests=False
     )

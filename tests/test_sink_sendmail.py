@@ -12,10 +12,10 @@ import pytest
 from conftest import one_group
 
 from wrapalert import config
-from wrapalert.config import SendmailSinkConfig
+from wrapalert.confparse import ConfigError
 from wrapalert.sinks import build
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
-from wrapalert.sinks.sendmail import SendmailSink
+from wrapalert.sinks.sendmail import SendmailSink, SendmailSinkConfig
 
 
 def sink(*command: str, timeout: float = 10.0) -> SendmailSink:
@@ -94,6 +94,6 @@ def test_config_reads_and_checks_the_command(tmp_path: Path) -> None:
         ('["/usr/sbin/sendmail", "-t\\n"]', "control character"),
     ):
         path.write_text(f'[[sink]]\ntype = "sendmail"\ncommand = {command}\n')
-        with pytest.raises(config.ConfigError, match=words) as caught:
+        with pytest.raises(ConfigError, match=words) as caught:
             config.load(path)
         assert str(path) in str(caught.value)

@@ -27,12 +27,11 @@ from conftest import (
 )
 
 from wrapalert import config
-from wrapalert.config import SyslogSinkConfig
 from wrapalert.model import Event
 from wrapalert.pipeline.forward import ForwardWorker
 from wrapalert.sinks import EventSink, build
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
-from wrapalert.sinks.syslog import SyslogSink
+from wrapalert.sinks.syslog import SyslogSink, SyslogSinkConfig
 
 NO_RSYSLOG = "rsyslogd is not installed (apt-get install rsyslog)"
 

@@ -22,11 +22,11 @@ import pytest
 from conftest import NO_DIGESTS, free_port, report_through_daemon, require, write_config
 
 from wrapalert import config
-from wrapalert.config import WebhookSinkConfig
+from wrapalert.confparse import HttpUrl
 from wrapalert.sinks import build
 from wrapalert.sinks.base import EventSink, PermanentSinkError, TransientSinkError
-from wrapalert.sinks.http import MESSAGE_CHARS, Target
-from wrapalert.sinks.webhook import WebhookSink
+from wrapalert.sinks.http import MESSAGE_CHARS
+from wrapalert.sinks.webhook import WebhookSink, WebhookSinkConfig
 
 RECORDS: list[dict[str, object]] = [
     {"type": "event", "daemon": "sshd", "client_addr": "192.0.2.1", "trusted": True, "uid": 0},
@@ -131,7 +131,7 @@ def httpd() -> Iterator[HttpServer]:
 
 
 def send(url: str, records: list[dict[str, object]] | None = None, **kw: object) -> None:
-    cfg = WebhookSinkConfig(url=url, **kw)  # type: ignore[arg-type]
+    cfg = WebhookSinkConfig(url=HttpUrl.parse(url), **kw)  # type: ignore[arg-type]
     sink = WebhookSink(cfg, host="web1")
     asyncio.run(sink.send_records(RECORDS if records is None else records))
 
@@ -250,7 +250,9 @@ def post_to_raw(answer: Answer) -> None:
         server = await asyncio.start_server(answer, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         async with server:
-            sink = WebhookSink(WebhookSinkConfig(url=f"http://127.0.0.1:{port}/", timeout=5))
+            sink = WebhookSink(
+                WebhookSinkConfig(url=HttpUrl.parse(f"http://127.0.0.1:{port}/"), timeout=5)
+            )
             await sink.send_records(RECORDS)
 
     asyncio.run(scenario())
@@ -361,8 +363,8 @@ def test_a_line_break_in_a_header_never_reaches_the_wire(httpd: HttpServer) -> N
 def test_the_host_header_and_path_come_from_the_url(url: str, host_header: str, path: str) -> None:
     """Host carries the port only when it is not the scheme's own, brackets an IPv6 address,
     and an empty path is "/"."""
-    target = Target.parse(url, timeout=1)
-    assert (target.host_header, target.path) == (host_header, path)
+    parsed = HttpUrl.parse(url)
+    assert (parsed.host_header, parsed.path) == (host_header, path)
 
 
 def test_build_makes_a_forwarding_sink() -> None:

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from conftest import SmtpServer, free_port, maildir_messages, one_group
 
-from wrapalert.config import MaildirSinkConfig, SmtpSinkConfig
 from wrapalert.mail import Renderer
 from wrapalert.model import Digest
 from wrapalert.sinks import build
 from wrapalert.sinks.base import EventSink, PermanentSinkError, Sink, TransientSinkError
-from wrapalert.sinks.maildir import MaildirSink
+from wrapalert.sinks.maildir import MaildirSink, MaildirSinkConfig
+from wrapalert.sinks.smtp import SmtpSinkConfig
 
 
 def digest_sink(cfg: SmtpSinkConfig | MaildirSinkConfig) -> Sink:

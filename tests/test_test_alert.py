@@ -19,11 +19,13 @@ from conftest import (
 )
 from timing import VirtualClock
 
-from wrapalert import config
 from wrapalert.daemon import control
 from wrapalert.daemon.server import Server
 from wrapalert.mail import Renderer
 from wrapalert.model import Digest, alert_test_report
+from wrapalert.sinks.jsonl import JsonlSinkConfig
+from wrapalert.sinks.maildir import MaildirSinkConfig
+from wrapalert.sinks.smtp import SmtpSinkConfig
 
 
 def test_every_sink_is_tried_and_each_result_reported(sockdir: Path) -> None:
@@ -36,9 +38,9 @@ def test_every_sink_is_tried_and_each_result_reported(sockdir: Path) -> None:
             mta.handler.reply = "554 5.7.1 not today"
             cfg = make_config(
                 sockdir,
-                config.MaildirSinkConfig(path=sockdir / "Maildir"),
+                MaildirSinkConfig(path=sockdir / "Maildir"),
                 mta.sink(to=("root@localhost",)),
-                config.JsonlSinkConfig(path=events),
+                JsonlSinkConfig(path=events),
             )
             server = Server(cfg)
             async with Running(server):
@@ -75,7 +77,7 @@ def test_a_sink_that_never_answers_is_reported_not_waited_for(sockdir: Path) -> 
 
         mute = await asyncio.start_server(silent, "127.0.0.1", 0)
         port = mute.sockets[0].getsockname()[1]
-        smtp = config.SmtpSinkConfig(host="127.0.0.1", port=port, timeout=60.0)
+        smtp = SmtpSinkConfig(host="127.0.0.1", port=port, timeout=60.0)
         cfg = make_config(sockdir, smtp)
         try:
             # On virtual time: the 8 s budget passes as soon as the loop is idle. The

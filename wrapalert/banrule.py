@@ -52,6 +52,7 @@ SHARED_PREFIXES: dict[ipaddress.IPv6Network, str] = {
     ipaddress.IPv6Network("::/96"): "IPv4-compatible",
 }
 MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_ALWAYS = tuple(ipaddress.ip_network(n) for n in ALWAYS_ALLOWED)
 MODES = ("enforce", "dry-run")
 
 
@@ -83,12 +84,12 @@ def unmapped(net: IPNetwork) -> IPNetwork:
     return net
 
 
-def normalise_allow(values: Iterable[str]) -> tuple[str, ...]:
+def normalise_allow(values: Iterable[str]) -> tuple[IPNetwork, ...]:
     """The `allow` list as networks the rule compares with: IPv4-mapped entries become
     IPv4 (`::ffff:192.0.2.7` is how sshd and `ss` print a dual-stack peer, which
     reaches the ban rule as 192.0.2.7), host bits and zones dropped, duplicates
     removed. ValueError, saying how to write it, for what is not a network."""
-    found: list[str] = []
+    found: list[IPNetwork] = []
     for value in values:
         try:
             net = ipaddress.ip_network(value.strip(), strict=False)
@@ -101,12 +102,8 @@ def normalise_allow(values: Iterable[str]) -> tuple[str, ...]:
                     f"{value!r} mixes IPv4-mapped addresses with IPv6 ones: write the IPv4 "
                     "part as IPv4 (e.g. 192.0.2.0/24) and the IPv6 part on its own"
                 )
-        found.append(str(unmapped(net)))
+        found.append(unmapped(net))
     return tuple(dict.fromkeys(found))
-
-
-def _networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
 
 
 def overlapping(target: str, nets: Iterable[IPNetwork]) -> IPNetwork | None:
@@ -123,15 +120,15 @@ class BanRule:
     window: float = 600.0
     ban_for: float = 3600.0
     ipv6_prefix: int = 64
-    allow: tuple[str, ...] = ()  # CIDRs never banned (the ALWAYS_ALLOWED ones are added)
+    allow: tuple[IPNetwork, ...] = ()  # never banned, as normalise_allow gives them
+    # (the ALWAYS_ALLOWED ones are added)
     max_bans: int = 10_000
     mode: str = "enforce"  # or "dry-run": decide and report, touch nothing
     scan: bool = True  # a "daemons" scan signal (one address, many daemons) bans at once
     _nets: tuple[IPNetwork, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        nets = _networks((*ALWAYS_ALLOWED, *normalise_allow(self.allow)))
-        object.__setattr__(self, "_nets", nets)
+        object.__setattr__(self, "_nets", (*_ALWAYS, *self.allow))
 
     @property
     def dry_run(self) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wrapalert import config, hostsdeny, match, notify
+from wrapalert.confparse import ConfigError, parse_duration
 
 if TYPE_CHECKING:
     from wrapalert import hookinstall
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     }[args.verb]
     try:
         return handler(args)
-    except config.ConfigError as exc:
+    except ConfigError as exc:
         print(f"wrapalert: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
     except KeyboardInterrupt:
@@ -603,8 +604,8 @@ def duration(text: str) -> float:
     """A duration given on the command line: "2h", "30m", ... or plain seconds ("600"),
     which TOML writes as a number (a quoted "600" in the config file stays refused)."""
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return config.parse_duration(float(text))
-    return config.parse_duration(text)
+        return parse_duration(float(text))
+    return parse_duration(text)
 
 
 def printable(text: str) -> str:

@@ -1,43 +1,46 @@
-"""Configuration: TOML in, frozen dataclasses out, validated once at the edge.
+"""Configuration: TOML in, frozen dataclasses of typed values out, parsed once at the edge.
 
-A missing file means built-in defaults. A bad file raises `ConfigError` whose
-message names the file, the line and the key, e.g.
+Each table is a frozen dataclass whose fields are its keys, each declared once
+with its words for wrapalert.toml(5), its type and its range
+(wrapalert/confkeys.py). The values are what the parts take as they are:
+seconds, paths, ipaddress networks (`[ignore] networks`; the nftables sink's
+`allow`), a `Selector` (`[[route]] match`), `HttpUrl`s (the alertmanager and
+webhook sinks'). A missing file means built-in defaults. A bad file raises
+`ConfigError` whose message names the file, the line and the key, e.g.
 ``/etc/wrapalert/wrapalert.toml:12: [digest] group_wait: bad duration "ten"``.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from socket import gethostname  # not `import socket`: DaemonConfig has a field of that name
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-from wrapalert.confparse import MAX_SOCKET_PATH as MAX_SOCKET_PATH
-from wrapalert.confparse import ConfigError as ConfigError
-from wrapalert.confparse import Key, KeyDocs
-from wrapalert.confparse import SinkConfig as SinkConfig
-from wrapalert.confparse import Table as _Table
-from wrapalert.confparse import parse_duration as parse_duration
-
-if TYPE_CHECKING:  # the sink config classes, still importable from here (see __getattr__)
-    from wrapalert.sinks.alertmanager import AlertmanagerSinkConfig as AlertmanagerSinkConfig
-    from wrapalert.sinks.journald import JournaldSinkConfig as JournaldSinkConfig
-    from wrapalert.sinks.jsonl import JsonlSinkConfig as JsonlSinkConfig
-    from wrapalert.sinks.maildir import MaildirSinkConfig as MaildirSinkConfig
-    from wrapalert.sinks.sendmail import SendmailSinkConfig as SendmailSinkConfig
-    from wrapalert.sinks.smtp import SmtpSinkConfig as SmtpSinkConfig
-    from wrapalert.sinks.syslog import SyslogSinkConfig as SyslogSinkConfig
-    from wrapalert.sinks.webhook import WebhookSinkConfig as WebhookSinkConfig
-
+from wrapalert.confkeys import (
+    Choice,
+    Count,
+    Duration,
+    Flag,
+    Mode,
+    PathValue,
+    Rate,
+    Strings,
+    Text,
+    Uids,
+    read,
+    setting,
+)
+from wrapalert.confparse import ConfigError, SinkConfig, Table
 from wrapalert.match import (
     DEFAULT_SEVERITY,
     FIELDS,
     SEVERITIES,
-    MatcherError,
+    Fields,
+    IPNetwork,
     Selector,
     parse_network,
 )
@@ -45,151 +48,203 @@ from wrapalert.scanrule import ScanRule
 from wrapalert.story import StoryRule
 
 DEFAULT_PATH = Path("/etc/wrapalert/wrapalert.toml")
+# It goes into Message-IDs, mail headers and Alertmanager labels: a plain name.
 HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
-_T = TypeVar("_T")
-# Each sink's config class lives in its module (wrapalert/sinks/NAME.py); these names
-# stay importable from here, loaded on first use: importing config imports no sink.
-_SINK_CONFIGS = {
-    "AlertmanagerSinkConfig": "alertmanager",
-    "JournaldSinkConfig": "journald",
-    "JsonlSinkConfig": "jsonl",
-    "MaildirSinkConfig": "maildir",
-    "SendmailSinkConfig": "sendmail",
-    "SmtpSinkConfig": "smtp",
-    "SyslogSinkConfig": "syslog",
-    "WebhookSinkConfig": "webhook",
-}
-
-
-def __getattr__(name: str) -> object:
-    module = _SINK_CONFIGS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"wrapalert.sinks.{module}"), name)
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    socket: Path = Path("/run/wrapalert/notify.sock")
-    state_dir: Path = Path("/var/lib/wrapalert")
-    spool_dir: Path = Path("/var/spool/wrapalert")
-    control_socket: Path = Path("/run/wrapalert/control.sock")
-    trusted_uids: tuple[int, ...] = (0,)
-    socket_mode: int = 0o666
-    shutdown_grace: float = 10.0
-    # Group commit: state is written at least this often (and at once for digests).
-    commit_interval: float = 0.1
-    # Clients spool when our queue is full, not only when we are down: look again this often.
-    spool_scan_interval: float = 2.0
-    # The name digests, alerts and forwarded records give this host (one fleet, many names).
-    hostname: str = field(default_factory=gethostname)
+    """The daemon's sockets, directories and trust."""
 
-
-DAEMON_KEYS: KeyDocs = {
-    "socket": "The datagram socket the clients send to, when the daemon binds it itself "
-    "(under systemd, wrapalert.socket holds it). A restart applies a change.",
-    "state_dir": "Where the state database lives: counters, groups, the outbox, silences.",
-    "spool_dir": "Where clients leave events while the daemon is down or its queue is full; "
-    "read at start and every spool_scan_interval.",
-    "control_socket": "The stream socket (mode 0600) for status, flush, test-alert and silences.",
-    "trusted_uids": "Senders (kernel-verified uids) whose events are alerts; events from "
-    "other uids are kept apart and marked untrusted. The packaged service runs with "
-    "PrivateUsers=yes and sees no uid but root and its own: a non-root uid here needs "
-    "PrivateUsers=no in a drop-in (else the daemon refuses the config) and its own spool "
-    "directory, a tmpfiles.d line: d /var/spool/wrapalert/UID 2770 UID wrapalert -.",
-    "socket_mode": Key(
+    socket: Path = setting(
+        Path("/run/wrapalert/notify.sock"),
+        "The datagram socket the clients send to, when the daemon binds it itself "
+        "(under systemd, wrapalert.socket holds it). A restart applies a change.",
+        PathValue(socket=True),
+    )
+    state_dir: Path = setting(
+        Path("/var/lib/wrapalert"),
+        "Where the state database lives: counters, groups, the outbox, silences.",
+        PathValue(),
+    )
+    spool_dir: Path = setting(
+        Path("/var/spool/wrapalert"),
+        "Where clients leave events while the daemon is down or its queue is full; "
+        "read at start and every spool_scan_interval.",
+        PathValue(),
+    )
+    control_socket: Path = setting(
+        Path("/run/wrapalert/control.sock"),
+        "The stream socket (mode 0600) for status, flush, test-alert and silences.",
+        PathValue(socket=True),
+    )
+    trusted_uids: tuple[int, ...] = setting(
+        (0,),
+        "Senders (kernel-verified uids) whose events are alerts; events from "
+        "other uids are kept apart and marked untrusted. The packaged service runs with "
+        "PrivateUsers=yes and sees no uid but root and its own: a non-root uid here needs "
+        "PrivateUsers=no in a drop-in (else the daemon refuses the config) and its own spool "
+        "directory, a tmpfiles.d line: d /var/spool/wrapalert/UID 2770 UID wrapalert -.",
+        Uids(),
+    )
+    socket_mode: int = setting(
+        0o666,
         "Mode of the socket when the daemon binds it: every wrapped service's user must "
         "write to it; trust comes from the kernel's credentials.",
-        default='"0666"',
-    ),
-    "shutdown_grace": "Time the sinks get to deliver at shutdown; what is left stays in the "
-    "outbox for the next start.",
-    "commit_interval": "State is committed at least this often (group commit), and at once "
-    "for each digest.",
-    "spool_scan_interval": "How often the spool is read while running: clients also spool "
-    "when the queue is full.",
-    "hostname": Key(
-        "The name digests, alert labels and webhook payloads give this host; set it when "
+        Mode(),
+    )
+    shutdown_grace: float = setting(
+        10.0,
+        "Time the sinks get to deliver at shutdown; what is left stays in the "
+        "outbox for the next start.",
+        Duration(),
+    )
+    commit_interval: float = setting(
+        0.1,
+        "State is committed at least this often (group commit), and at once for each digest.",
+        Duration(),
+    )
+    spool_scan_interval: float = setting(
+        2.0,
+        "How often the spool is read while running: clients also spool when the queue is full.",
+        Duration(),
+    )
+    hostname: str = setting(
+        factory=gethostname,
+        text="The name digests, alert labels and webhook payloads give this host; set it when "
         "a fleet shares one Alertmanager. A restart applies a change.",
-        default="the system's host name",
-    ),
-}
+        kind=Text(HOSTNAME, "use letters, digits, '.', '-', '_'"),
+        shown="the system's host name",
+    )
+
+
+def _group_by(names: tuple[str, ...]) -> tuple[str, ...]:
+    for name in names:
+        if name not in FIELDS:
+            raise ValueError(f"unknown field {name!r}; use {sorted(FIELDS)}")
+    if not names:
+        raise ValueError("needs at least one field")
+    if len(set(names)) != len(names):
+        raise ValueError("names a field twice")
+    return names
+
+
+def _template_dir(text: str) -> Path | None:
+    return Path(text) if text else None
 
 
 @dataclass(frozen=True)
 class DigestConfig:
-    group_by: tuple[str, ...] = ("daemon", "client_addr")
-    group_wait: float = 10.0
-    group_interval: float = 300.0
-    repeat_interval: float = 4 * 3600.0
-    # Groups that fall due within this window of each other share one digest.
-    batch_window: float = 1.0
-    template_dir: Path | None = None
-    # False: no digest sink on purpose (else a config without one is refused).
-    enabled: bool = True
+    """How events are grouped into digests, and when they are sent."""
 
-
-DIGEST_KEYS: KeyDocs = {
-    "group_by": "The event fields that make a group: daemon, client_addr, client_name, "
-    "user, server, host, verdict.",
-    "group_wait": "A new group waits this long before its first digest.",
-    "group_interval": "Then new activity of a group is reported at most this often.",
-    "repeat_interval": "A group with no news is reported again after this long.",
-    "batch_window": "Groups due within this window of each other share one digest.",
-    "template_dir": Key(
+    group_by: tuple[str, ...] = setting(
+        ("daemon", "client_addr"),
+        "The event fields that make a group: daemon, client_addr, client_name, "
+        "user, server, host, verdict.",
+        Strings(),
+        check=_group_by,
+    )
+    group_wait: float = setting(
+        10.0, "A new group waits this long before its first digest.", Duration()
+    )
+    group_interval: float = setting(
+        300.0, "Then new activity of a group is reported at most this often.", Duration()
+    )
+    repeat_interval: float = setting(
+        4 * 3600.0, "A group with no news is reported again after this long.", Duration()
+    )
+    batch_window: float = setting(
+        1.0, "Groups due within this window of each other share one digest.", Duration()
+    )
+    template_dir: Path | None = setting(
+        None,
         "A directory whose subject.j2, mail.txt.j2 or mail.html.j2 replace the built-in templates.",
-        default="unset: the built-in templates",
-    ),
-    "enabled": "Whether digests are meant to reach a mailbox. Any [[sink]] table replaces the "
-    "default smtp sink, so a configuration whose sinks take no digests (none of smtp, "
-    "sendmail, maildir) is refused, at start and at reload, unless this says false: say so "
-    "when Alertmanager or a log shipper is where refusals are read. With false, a digest "
-    "sink is refused instead.",
-}
+        Text(),
+        check=_template_dir,
+        shown="unset: the built-in templates",
+    )
+    enabled: bool = setting(
+        True,
+        "Whether digests are meant to reach a mailbox. Any [[sink]] table replaces the "
+        "default smtp sink, so a configuration whose sinks take no digests (none of smtp, "
+        "sendmail, maildir) is refused, at start and at reload, unless this says false: say so "
+        "when Alertmanager or a log shipper is where refusals are read. With false, a digest "
+        "sink is refused instead.",
+        Flag(),
+    )
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    mails_per_hour: int = 12
-    max_groups: int = 10000
-    # Backoff between delivery attempts after a transient failure: doubles, jittered, capped.
-    retry_min: float = 1.0
-    retry_max: float = 300.0
-    # An untrusted uid's single group is reported at most this often after its first report.
-    untrusted_interval: float = 3600.0
-    # Forwarding sinks (one record per event): at most this many records a second each;
-    # past it, events are counted into a "held" record sent when the rate allows.
-    events_per_second: float = 100.0
-    # Untrusted events' own budget in every forwarding sink (never the trusted one's):
-    # a local user's flood costs at most this many records a second, and then held records.
-    untrusted_events_per_second: float = 1.0
+    """Caps and backoff."""
+
+    mails_per_hour: int = setting(
+        12,
+        "Digests per sink in any sliding hour (0: no cap); what waits is "
+        "merged into the next digest, which says how much it held back.",
+        Count(),
+    )
+    max_groups: int = setting(
+        10000,
+        "Groups kept in memory; past it, new sources roll up by network "
+        "(/24, /64), then into one overflow group. Counts are never lost.",
+        Count(minimum=1),
+    )
+    retry_min: float = setting(
+        1.0,
+        "First backoff after a transient delivery failure; it doubles, jittered.",
+        Duration(),
+    )
+    retry_max: float = setting(300.0, "Longest backoff between delivery attempts.", Duration())
+    untrusted_interval: float = setting(
+        3600.0, "An untrusted uid's group is reported at most this often.", Duration()
+    )
+    events_per_second: float = setting(
+        100.0,
+        "Records each forwarding sink sends per second at most; past it, "
+        "events are counted into one held record.",
+        Rate(),
+    )
+    untrusted_events_per_second: float = setting(
+        1.0,
+        "Untrusted events' own budget in each forwarding sink "
+        "(records a second); it never takes from the trusted one, and past it they are held "
+        "apart from trusted events.",
+        Rate(),
+    )
 
 
-LIMITS_KEYS: KeyDocs = {
-    "mails_per_hour": "Digests per sink in any sliding hour (0: no cap); what waits is "
-    "merged into the next digest, which says how much it held back.",
-    "max_groups": "Groups kept in memory; past it, new sources roll up by network "
-    "(/24, /64), then into one overflow group. Counts are never lost.",
-    "retry_min": "First backoff after a transient delivery failure; it doubles, jittered.",
-    "retry_max": "Longest backoff between delivery attempts.",
-    "untrusted_interval": "An untrusted uid's group is reported at most this often.",
-    "events_per_second": "Records each forwarding sink sends per second at most; past it, "
-    "events are counted into one held record.",
-    "untrusted_events_per_second": "Untrusted events' own budget in each forwarding sink "
-    "(records a second); it never takes from the trusted one, and past it they are held "
-    "apart from trusted events.",
-}
+def _retry_bounds(t: Table, cfg: LimitsConfig) -> None:
+    if cfg.retry_min <= 0 or cfg.retry_max < cfg.retry_min:
+        raise t.error("retry_max", "needs 0 < retry_min <= retry_max")
 
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """The daemon's scan detector (pipeline/scan.py)."""
+    """The scan detector."""
 
-    enabled: bool = True
-    window: float = 600.0  # seconds in which the distinct daemons or sources must fall
-    daemons: int = 3  # distinct daemons refusing one address
-    sources: int = 16  # distinct addresses refused in one /24 or /64
-    severity: str = "critical"  # the group that completes a scan is raised to at least this
+    enabled: bool = setting(True, "Whether the scan detector runs.", Flag())
+    window: float = setting(
+        600.0,
+        "The time in which the distinct daemons or sources of a scan must fall.",
+        Duration(inclusive=False),
+    )
+    daemons: int = setting(
+        3,
+        "Distinct daemons refusing one address that make a scan.",
+        Count(minimum=2, maximum=1000),
+    )
+    sources: int = setting(
+        16,
+        "Distinct addresses refused in one /24 or /64 that make a sweep.",
+        Count(minimum=2, maximum=1000),
+    )
+    severity: str = setting(
+        "critical",
+        "The group that completes a scan is raised to at least this severity "
+        "(info, warning, critical).",
+        Choice(SEVERITIES),
+    )
 
     @property
     def rule(self) -> ScanRule:
@@ -197,83 +252,107 @@ class ScanConfig:
         return ScanRule(self.window, self.daemons, self.sources)
 
 
-SCAN_KEYS: KeyDocs = {
-    "enabled": "Whether the scan detector runs.",
-    "window": "The time in which the distinct daemons or sources of a scan must fall.",
-    "daemons": "Distinct daemons refusing one address that make a scan.",
-    "sources": "Distinct addresses refused in one /24 or /64 that make a sweep.",
-    "severity": "The group that completes a scan is raised to at least this severity "
-    "(info, warning, critical).",
-}
-
-
 @dataclass(frozen=True)
 class StoryConfig:
-    """The digest's story thresholds (wrapalert/story.py); scans and sweeps are `[scan]`'s."""
+    """The thresholds of the digest's stories (scans and sweeps are [scan]'s)."""
 
-    brute_force: int = 20  # refusals of one address by one daemon in one digest
-    persistent: float = 3600.0  # known this long before a digest's window: "persistent"
+    brute_force: int = setting(
+        20,
+        "Refusals of one address by one daemon within one digest that tell a brute force.",
+        Count(minimum=2, maximum=1_000_000),
+    )
+    persistent: float = setting(
+        3600.0,
+        "A source known this long before a digest's window is persistent.",
+        Duration(inclusive=False),
+    )
 
     @property
     def rule(self) -> StoryRule:
         return StoryRule(self.brute_force, self.persistent)
 
 
+def _some(names: tuple[str, ...]) -> tuple[str, ...]:
+    if not names:
+        raise ValueError("empty: name at least one sink, or leave it out for all")
+    return names
+
+
 @dataclass(frozen=True)
 class RouteConfig:
-    """First matching route wins: it sets a group's severity and the sinks it goes to."""
+    """Routes, tried in order: the first whose matchers all match a new group sets its
+    severity and its sinks."""
 
-    match: tuple[str, ...] = ()  # field=value matchers, as for silences, plus trust=...
-    severity: str = DEFAULT_SEVERITY
-    sinks: tuple[str, ...] | None = None  # None: every sink
-
-
-ROUTE_KEYS: KeyDocs = {
-    "match": Key(
+    match: Selector = setting(
+        Selector(),
         "field=value matchers (as for silences; also trust=trusted|untrusted); all must "
         "match. The first matching [[route]] wins.",
-        default="[]: every event",
-    ),
-    "severity": "The severity of the groups this route matches (info, warning, critical).",
-    "sinks": Key(
+        Strings(),
+        check=Selector.parse,
+        shown="[]: every event",
+    )
+    severity: str = setting(
+        DEFAULT_SEVERITY,
+        "The severity of the groups this route matches (info, warning, critical).",
+        Choice(SEVERITIES),
+    )
+    sinks: tuple[str, ...] | None = setting(
+        None,
         "The sinks (by name) these groups go to.",
-        default="every sink",
-        example=["smtp"],
-    ),
-}
+        Strings(),
+        check=_some,
+        shown="every sink",
+    )
+
+    def matches(self, event: Fields) -> bool:
+        return self.match.matches(event)
+
+
+def _networks(texts: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    networks = []
+    for text in texts:
+        try:
+            networks.append(parse_network(text))
+        except ValueError:
+            raise ValueError(f"{text!r} is not a network (CIDR)") from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True)
 class IgnoreConfig:
-    """Events never notified (but counted): client networks and daemon names."""
+    """Events counted in status but never notified."""
 
-    networks: tuple[str, ...] = ()
-    daemons: tuple[str, ...] = ()
+    networks: tuple[IPNetwork, ...] = setting(
+        (),
+        "Client networks (CIDR) whose events are counted but never notified.",
+        Strings(),
+        check=_networks,
+    )
+    daemons: tuple[str, ...] = setting(
+        (), "Daemon names whose events are counted but never notified.", Strings()
+    )
 
 
-IGNORE_KEYS: KeyDocs = {
-    "networks": "Client networks (CIDR) whose events are counted but never notified.",
-    "daemons": "Daemon names whose events are counted but never notified.",
-}
+def _prom_file(path: Path) -> Path:
+    if not path.name.endswith(".prom"):  # node_exporter's textfile collector reads only these
+        raise ValueError(f"{str(path)!r}: the name must end in .prom")
+    return path
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """Prometheus metrics in a file for node_exporter's textfile collector (off: None)."""
+    """Prometheus metrics for node_exporter's textfile collector."""
 
-    textfile: Path | None = None
-    interval: float = 15.0
-
-
-METRICS_KEYS: KeyDocs = {
-    "textfile": Key(
+    textfile: Path | None = setting(
+        None,
         "A file, named *.prom, the daemon writes Prometheus metrics to (atomically, every "
         "interval), for node_exporter's textfile collector, e.g. "
         "/var/lib/prometheus/node-exporter/wrapalert.prom.",
-        default="unset: no metrics",
-    ),
-    "interval": "How often the file is written.",
-}
+        PathValue(),
+        check=_prom_file,
+        shown="unset: no metrics",
+    )
+    interval: float = setting(15.0, "How often the file is written.", Duration(minimum=1.0))
 
 
 def _default_sinks() -> tuple[SinkConfig, ...]:
@@ -287,6 +366,8 @@ def _default_sinks() -> tuple[SinkConfig, ...]:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole file: a field per table (TABLES), the [[sink]]s and the [[route]]s."""
+
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     digest: DigestConfig = field(default_factory=DigestConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -297,6 +378,21 @@ class Config:
     scan: ScanConfig = field(default_factory=ScanConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     story: StoryConfig = field(default_factory=StoryConfig)
+
+
+# The file's single tables, by name (each a field of Config of that name), and the
+# checks across one table's keys (each key is checked as it is read).
+TABLES: dict[str, type] = {
+    "daemon": DaemonConfig,
+    "digest": DigestConfig,
+    "limits": LimitsConfig,
+    "ignore": IgnoreConfig,
+    "scan": ScanConfig,
+    "metrics": MetricsConfig,
+    "story": StoryConfig,
+}
+_CHECKS: dict[str, Callable[[Table, Any], None]] = {"limits": _retry_bounds}
+ARRAYS = ("sink", "route")  # [[sink]] and [[route]]: Config's sinks and routes
 
 
 def load(path: Path | None = None) -> Config:
@@ -355,26 +451,11 @@ class _Parser:
         return header
 
     def config(self, data: dict[str, Any]) -> Config:
-        known = {
-            "daemon",
-            "digest",
-            "limits",
-            "sink",
-            "ignore",
-            "route",
-            "scan",
-            "metrics",
-            "story",
-        }
         for name in data:
-            if name not in known:
+            if name not in TABLES and name not in ARRAYS:
                 raise ConfigError(f"{self.source}: unknown table or key {name!r}")
-        daemon = self._section(data, "daemon", DaemonConfig, self._daemon)
-        digest = self._section(data, "digest", DigestConfig, self._digest)
-        limits = self._section(data, "limits", LimitsConfig, self._limits)
-        sinks_raw = data.get("sink", [])
-        if not isinstance(sinks_raw, list):
-            raise ConfigError(f"{self.source}: sink: use [[sink]] tables")
+        tables = {name: self._table(data, name, cls) for name, cls in TABLES.items()}
+        sinks_raw = self._array(data, "sink")
         sinks = tuple(self._sink(raw, i) for i, raw in enumerate(sinks_raw)) or Config().sinks
         names = [s.name for s in sinks]
         for i, name in enumerate(names):
@@ -384,18 +465,10 @@ class _Parser:
         if kinds.count("nftables") > 1:  # one table, one ban book: a second would fight it
             second = [i for i, k in enumerate(kinds) if k == "nftables"][1]
             raise self.error("sink", second, "type", "only one nftables sink may be configured")
-        ignore = self._section(data, "ignore", IgnoreConfig, self._ignore)
-        routes_raw = data.get("route", [])
-        if not isinstance(routes_raw, list):
-            raise ConfigError(f"{self.source}: route: use [[route]] tables")
+        routes_raw = self._array(data, "route")
         routes = tuple(self._route(raw, i, set(names)) for i, raw in enumerate(routes_raw))
-        scan = self._section(data, "scan", ScanConfig, self._scan)
-        metrics = self._section(data, "metrics", MetricsConfig, self._metrics)
-        story = self._section(data, "story", StoryConfig, self._story)
-        self._digest_sinks(sinks, digest, explicit=bool(sinks_raw))
-        return Config(
-            daemon, digest, limits, sinks, self.source, ignore, routes, scan, metrics, story
-        )
+        self._digest_sinks(sinks, tables["digest"], explicit=bool(sinks_raw))
+        return Config(sinks=sinks, routes=routes, source=self.source, **tables)
 
     def _digest_sinks(
         self, sinks: tuple[SinkConfig, ...], digest: DigestConfig, *, explicit: bool
@@ -406,8 +479,8 @@ class _Parser:
         from wrapalert.sinks import registry  # noqa: PLC0415 - sinks are imported when first needed
 
         kinds = [registry.of(sink).kind for sink in sinks]
-        types = ", ".join(t.name for t in registry.all_types() if t.kind == "digest")
         if digest.enabled and "digest" not in kinds:
+            types = ", ".join(t.name for t in registry.all_types() if t.kind == "digest")
             line = self.locate("sink", 0, "type")
             where = f"{self.source}:{line}" if line else self.source
             raise ConfigError(
@@ -434,172 +507,48 @@ class _Parser:
                     f"false, but sink {taking[0]!r} takes digests: remove one of the two",
                 )
 
-    def _section(
-        self,
-        data: dict[str, Any],
-        name: str,
-        default: Callable[[], _T],
-        build: Callable[[_Table], _T],
-    ) -> _T:
-        raw = data.get(name)
-        if raw is None:
-            return default()
+    def _table(self, data: dict[str, Any], name: str, cls: type[Any]) -> Any:  # noqa: ANN401 - one of TABLES
+        raw = data.get(name, {})
         if not isinstance(raw, dict):
             raise ConfigError(f"{self.source}: {name} must be a table")
-        return build(_Table(self, name, None, raw))
-
-    def _daemon(self, t: _Table) -> DaemonConfig:
-        d = DaemonConfig()
-        cfg = DaemonConfig(
-            socket=t.socket_path("socket", d.socket),
-            state_dir=t.path("state_dir", d.state_dir),
-            spool_dir=t.path("spool_dir", d.spool_dir),
-            control_socket=t.socket_path("control_socket", d.control_socket),
-            trusted_uids=tuple(t.int_list("trusted_uids", d.trusted_uids)),
-            socket_mode=t.mode("socket_mode", d.socket_mode),
-            shutdown_grace=t.duration("shutdown_grace", d.shutdown_grace),
-            commit_interval=t.duration("commit_interval", d.commit_interval),
-            spool_scan_interval=t.duration("spool_scan_interval", d.spool_scan_interval),
-            hostname=t.get("hostname", d.hostname, str),
-        )
-        if "hostname" in t.raw and not HOSTNAME.fullmatch(cfg.hostname):
-            # It goes into Message-IDs, mail headers and Alertmanager labels: a plain name.
-            raise t.error("hostname", f"{cfg.hostname!r}: use letters, digits, '.', '-', '_'")
+        t = Table(self, name, None, raw)
+        cfg = read(t, cls)
+        if check := _CHECKS.get(name):
+            check(t, cfg)
         t.done()
         return cfg
 
-    def _digest(self, t: _Table) -> DigestConfig:
-        d = DigestConfig()
-        group_by = tuple(t.str_list("group_by", d.group_by))
-        for name in group_by:
-            if name not in FIELDS:
-                raise t.error("group_by", f"unknown field {name!r}; use {sorted(FIELDS)}")
-        if not group_by:
-            raise t.error("group_by", "needs at least one field")
-        if len(set(group_by)) != len(group_by):
-            raise t.error("group_by", "names a field twice")
-        template_dir = t.get("template_dir", None, str)
-        cfg = DigestConfig(
-            group_by=group_by,
-            group_wait=t.duration("group_wait", d.group_wait),
-            group_interval=t.duration("group_interval", d.group_interval),
-            repeat_interval=t.duration("repeat_interval", d.repeat_interval),
-            batch_window=t.duration("batch_window", d.batch_window),
-            template_dir=Path(template_dir) if template_dir else None,
-            enabled=t.get("enabled", d.enabled, bool),
-        )
-        t.done()
-        return cfg
+    def _array(self, data: dict[str, Any], name: str) -> list[Any]:
+        raw = data.get(name, [])
+        if not isinstance(raw, list):
+            raise ConfigError(f"{self.source}: {name}: use [[{name}]] tables")
+        for index, table in enumerate(raw):
+            if not isinstance(table, dict):
+                raise ConfigError(f"{self.source}: [[{name}]] #{index + 1} must be a table")
+        return raw
 
-    def _limits(self, t: _Table) -> LimitsConfig:
-        d = LimitsConfig()
-        cfg = LimitsConfig(
-            mails_per_hour=t.count("mails_per_hour", d.mails_per_hour),
-            max_groups=t.count("max_groups", d.max_groups, minimum=1),
-            retry_min=t.duration("retry_min", d.retry_min),
-            retry_max=t.duration("retry_max", d.retry_max),
-            untrusted_interval=t.duration("untrusted_interval", d.untrusted_interval),
-            events_per_second=float(t.get("events_per_second", d.events_per_second, (int, float))),
-            untrusted_events_per_second=float(
-                t.get("untrusted_events_per_second", d.untrusted_events_per_second, (int, float))
-            ),
-        )
-        if not 0 < cfg.events_per_second <= 1e6:
-            raise t.error("events_per_second", "needs 0 < events_per_second <= 1000000")
-        if not 0 < cfg.untrusted_events_per_second <= 1e6:
-            raise t.error(
-                "untrusted_events_per_second", "needs 0 < untrusted_events_per_second <= 1000000"
-            )
-        if cfg.retry_min <= 0 or cfg.retry_max < cfg.retry_min:
-            raise t.error("retry_max", "needs 0 < retry_min <= retry_max")
-        t.done()
-        return cfg
-
-    def _scan(self, t: _Table) -> ScanConfig:
-        d = ScanConfig()
-        cfg = ScanConfig(
-            enabled=t.get("enabled", d.enabled, bool),
-            window=t.duration("window", d.window),
-            daemons=t.count("daemons", d.daemons, minimum=2, maximum=1000),
-            sources=t.count("sources", d.sources, minimum=2, maximum=1000),
-            severity=t.get("severity", d.severity, str),
-        )
-        if cfg.window <= 0:
-            raise t.error("window", "must be more than 0")
-        if cfg.severity not in SEVERITIES:
-            raise t.error("severity", f"{cfg.severity!r}: use {', '.join(SEVERITIES)}")
-        t.done()
-        return cfg
-
-    def _metrics(self, t: _Table) -> MetricsConfig:
-        d = MetricsConfig()
-        given = t.get("textfile", None, str)
-        textfile = None if given is None else t.path("textfile", Path(given))
-        if textfile is not None and not textfile.name.endswith(".prom"):
-            # node_exporter's textfile collector reads *.prom files only.
-            raise t.error("textfile", f"{str(textfile)!r}: the name must end in .prom")
-        cfg = MetricsConfig(textfile=textfile, interval=t.duration("interval", d.interval))
-        if cfg.interval < 1:
-            raise t.error("interval", "must be at least 1s")
-        t.done()
-        return cfg
-
-    def _story(self, t: _Table) -> StoryConfig:
-        d = StoryConfig()
-        cfg = StoryConfig(
-            brute_force=t.count("brute_force", d.brute_force, minimum=2, maximum=1_000_000),
-            persistent=t.duration("persistent", d.persistent),
-        )
-        if cfg.persistent <= 0:
-            raise t.error("persistent", "must be more than 0")
-        t.done()
-        return cfg
-
-    def _ignore(self, t: _Table) -> IgnoreConfig:
-        networks = t.str_list("networks", ())
-        for net in networks:
-            try:
-                parse_network(net)
-            except ValueError:
-                raise t.error("networks", f"{net!r} is not a network (CIDR)") from None
-        cfg = IgnoreConfig(tuple(networks), tuple(t.str_list("daemons", ())))
-        t.done()
-        return cfg
-
-    def _route(self, raw: object, index: int, sinks: set[str]) -> RouteConfig:
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{self.source}: [[route]] #{index + 1} must be a table")
-        t = _Table(self, "route", index, raw)
-        match = t.str_list("match", ())
-        try:
-            Selector.parse(match)
-        except MatcherError as exc:
-            raise t.error("match", str(exc)) from None
-        severity = t.get("severity", DEFAULT_SEVERITY, str)
-        if severity not in SEVERITIES:
-            raise t.error("severity", f"{severity!r}: use {', '.join(SEVERITIES)}")
-        targets = t.str_list("sinks", ()) if "sinks" in raw else None
-        if targets == []:
-            raise t.error("sinks", "empty: name at least one sink, or leave it out for all")
-        for name in targets or ():
+    def _route(self, raw: dict[str, Any], index: int, sinks: set[str]) -> RouteConfig:
+        t = Table(self, "route", index, raw)
+        cfg = read(t, RouteConfig)
+        for name in cfg.sinks or ():
             if name not in sinks:
                 raise t.error("sinks", f"no sink named {name!r}; sinks: {sorted(sinks)}")
         t.done()
-        return RouteConfig(tuple(match), severity, tuple(targets) if targets is not None else None)
+        return cfg
 
-    def _sink(self, raw: object, index: int) -> SinkConfig:
-        """A [[sink]] table, read by the parser its type's module declares."""
+    def _sink(self, raw: dict[str, Any], index: int) -> SinkConfig:
+        """A [[sink]] table, read into the config class its type's module declares."""
         from wrapalert.sinks import registry  # noqa: PLC0415 - sinks are imported when first needed
 
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{self.source}: [[sink]] #{index + 1} must be a table")
-        t = _Table(self, "sink", index, raw)
+        t = Table(self, "sink", index, raw)
         kind = t.get("type", None, str)
         if kind is None:
             raise t.error("type", f"missing; use {registry.known()}")
         sink_type = registry.get(kind)
         if sink_type is None:
             raise t.error("type", f"unknown sink type {kind!r}; use {registry.known()}")
-        cfg: SinkConfig = sink_type.parse(t)
+        cfg: SinkConfig = read(t, sink_type.config)
+        if sink_type.check is not None:
+            sink_type.check(t, cfg)
         t.done()
         return cfg

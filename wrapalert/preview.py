@@ -24,6 +24,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from wrapalert import config, wire
+from wrapalert.confparse import parse_duration
 from wrapalert.mail import Renderer
 from wrapalert.model import Digest, Event
 from wrapalert.pipeline.aggregate import Aggregator
@@ -108,12 +109,12 @@ def parse_line(line: str) -> Planned:
         fields = wire.parse(wire.encode(short))
     except wire.WireError as exc:
         raise ValueError(exc.reason) from None
-    ago = config.parse_duration(extra.get("ago", 0))
+    ago = parse_duration(extra.get("ago", 0))
     uid = int(extra["uid"]) if "uid" in extra else None
     count = int(extra.get("count", "1"))
     if not 1 <= count <= MAX_COUNT:
         raise ValueError(f"count must be 1 to {MAX_COUNT}")
-    before = config.parse_duration(extra["before"]) if "before" in extra else None
+    before = parse_duration(extra["before"]) if "before" in extra else None
     transport = extra.get("transport", "tcp")
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")

@@ -19,7 +19,8 @@ from wrapalert.clock import Clock
 from wrapalert.daemon import control
 from wrapalert.daemon.bans import Bans
 from wrapalert.daemon.store import Store
-from wrapalert.pipeline.mute import Matcher, MatcherError, Mute, Silence
+from wrapalert.match import Matcher, MatcherError
+from wrapalert.pipeline.mute import Mute, Silence
 
 log = structlog.get_logger()
 

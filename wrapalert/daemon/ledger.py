@@ -24,7 +24,7 @@ from wrapalert.daemon.store import Snapshot, Store
 from wrapalert.daemon.twins import Twins
 from wrapalert.model import Digest
 from wrapalert.pipeline.deliver import WorkerState
-from wrapalert.pipeline.scan import ScanSignal
+from wrapalert.scanrule import ScanSignal
 from wrapalert.sinks.base import TransientSinkError
 
 log = structlog.get_logger()

@@ -37,6 +37,7 @@ from wrapalert import config as config_mod
 from wrapalert import userns
 from wrapalert.clock import Clock, SystemClock
 from wrapalert.config import Config
+from wrapalert.confparse import ConfigError
 from wrapalert.daemon import api, metrics, systemd
 from wrapalert.daemon.bans import Bans
 from wrapalert.daemon.intake import Intake, take_socket
@@ -143,7 +144,7 @@ class Server:
         systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = _visible(config_mod.load(self.config_path))
-        except config_mod.ConfigError as exc:
+        except ConfigError as exc:
             log.error("reload_refused", error=str(exc), keeping=self.cfg.source)
             systemd.notify("READY=1\nSTATUS=reload refused: config error, old config kept")
             return False
@@ -348,5 +349,5 @@ def _visible(cfg: Config) -> Config:
     user namespace that hides one, that uid's reports would pass for untrusted."""
     problem = userns.check_trusted(cfg.daemon.trusted_uids)
     if problem is not None:
-        raise config_mod.ConfigError(f"{cfg.source}: {problem}")
+        raise ConfigError(f"{cfg.source}: {problem}")
     return cfg

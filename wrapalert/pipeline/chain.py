@@ -21,8 +21,9 @@ from wrapalert.pipeline.aggregate import Aggregator
 from wrapalert.pipeline.forward import ForwardWorker
 from wrapalert.pipeline.mute import Mute
 from wrapalert.pipeline.route import Router
-from wrapalert.pipeline.scan import ScanDetector, ScanSignal
+from wrapalert.pipeline.scan import ScanDetector
 from wrapalert.pipeline.stage import Chain, Flow, Stage
+from wrapalert.scanrule import ScanSignal
 
 MutedHook = Callable[[str], None]  # "ignored" or "silenced"
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wrapalert.match import Matcher, MatcherError, in_networks, parse_network
+from wrapalert.match import IPNetwork, Matcher, in_networks
 from wrapalert.model import Event
 
-__all__ = ["Matcher", "MatcherError", "Mute", "Silence"]  # the matchers: tests and the server
 _CACHE_MAX = 4096  # addresses whose network membership is remembered per Mute
 
 
@@ -31,8 +30,8 @@ class Silence:
 class Mute:
     """Decides, per event, whether it is ignored, silenced or goes on."""
 
-    def __init__(self, networks: tuple[str, ...] = (), daemons: tuple[str, ...] = ()) -> None:
-        self.networks = tuple(parse_network(n) for n in networks)
+    def __init__(self, networks: tuple[IPNetwork, ...] = (), daemons: tuple[str, ...] = ()) -> None:
+        self.networks = networks  # [ignore], as config parsed them
         self.daemons = frozenset(daemons)
         self.silences: list[Silence] = []
         self._in_ignored: dict[str, bool] = {}

@@ -3,30 +3,16 @@ the sinks it goes to. Decided once, from the event that creates the group."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from wrapalert.config import RouteConfig
-from wrapalert.match import DEFAULT_SEVERITY, Selector
+from wrapalert.match import DEFAULT_SEVERITY
 from wrapalert.model import Event
-
-__all__ = ["DEFAULT_SEVERITY", "Route", "Router"]
-
-
-@dataclass(frozen=True)
-class Route:
-    selector: Selector
-    severity: str
-    sinks: tuple[str, ...] | None
-
-    def matches(self, event: Event) -> bool:
-        return self.selector.matches(event)
 
 
 class Router:
     """Severity and sinks for a new group; with no routes, "warning" to every sink."""
 
     def __init__(self, routes: tuple[RouteConfig, ...] = ()) -> None:
-        self.routes = tuple(Route(Selector.parse(r.match), r.severity, r.sinks) for r in routes)
+        self.routes = routes  # their match lists parsed by config, once
 
     def route(self, event: Event) -> tuple[str, tuple[str, ...] | None]:
         for route in self.routes:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from wrapalert.scanrule import ScanRule, ScanSignal, network
 
-__all__ = ["MAX_TRACKED", "ScanDetector", "ScanSignal", "network"]  # ScanSignal: its old home
 MAX_TRACKED = 4096
 
 

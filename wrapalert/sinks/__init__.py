@@ -1,12 +1,13 @@
 """Sinks: where notifications go. One module per sink; wrapalert.sinks.registry collects them.
 
 To add a sink, write one module here (webhook.py is a short example):
-1. a frozen config dataclass with a `name` (and `events_per_second: float | None`
-   if it takes events), 2. `parse(t: Table)` reading its `[[sink]]` keys with the
-   wrapalert.confparse getters, 3. `describe(cfg)` for `check-config`, 4. the sink
-   class (`send(digest)` or `send_records(records)`, errors from sinks.base), and
-5. `SINK = EventSinkType(name="...", config=..., parse=..., describe=..., build=...)`
-   (or `DigestSinkType`, whose `build` also gets the template dir). Nothing else changes.
+1. a frozen config dataclass whose fields are its `[[sink]]` keys, each made by
+   wrapalert.confkeys (`sink_name(...)`, `setting(default, text, kind)`, and
+   `sink_rate()` if it takes events), 2. `describe(cfg)` for `check-config`, 3. the
+   sink class (`send(digest)` or `send_records(records)`, errors from sinks.base), and
+4. `SINK = EventSinkType(name="...", config=..., describe=..., build=...)` (or
+   `DigestSinkType`, whose `build` also gets the template dir; `check=` for a rule
+   across keys). Nothing else changes.
 """
 
 from __future__ import annotations

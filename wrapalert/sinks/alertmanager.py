@@ -55,7 +55,16 @@ from datetime import UTC, datetime
 
 import structlog
 
-from wrapalert.confparse import Key, KeyDocs, Table, rate, url_problem
+from wrapalert.confkeys import (
+    POSITIVE,
+    TIMEOUT,
+    Pairs,
+    Urls,
+    setting,
+    sink_name,
+    sink_rate,
+)
+from wrapalert.confparse import HttpUrl
 from wrapalert.sinks.base import PermanentSinkError, SinkError, TransientSinkError
 from wrapalert.sinks.http import Target, post
 from wrapalert.sinks.registry import EventSinkType
@@ -77,50 +86,54 @@ LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 ALERT_LABELS = frozenset({"alertname", "daemon", "client_addr", "host", "trust"})
 
 
+def _urls(urls: tuple[HttpUrl, ...]) -> tuple[HttpUrl, ...]:
+    if not urls:
+        raise ValueError("needs at least one Alertmanager URL")
+    for url in urls:
+        # The API path is appended to each URL: a query would end up in the middle.
+        if "?" in url.text:
+            raise ValueError(f"{url.text!r} must not have a ?query")
+    if len({url.text for url in urls}) != len(urls):
+        raise ValueError("lists a URL twice (each would get every alert twice)")
+    return urls
+
+
+def _labels(labels: tuple[tuple[str, object], ...]) -> tuple[tuple[str, str], ...]:
+    checked = []
+    for name, value in labels:
+        if not LABEL_NAME.fullmatch(name) or name.startswith("__"):
+            raise ValueError(f"{name!r} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+        if name in ALERT_LABELS:
+            raise ValueError(f"{name!r} is set by wrapalert; use another name")
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name}: expected a non-empty string")
+        checked.append((name, value))
+    return tuple(sorted(checked))
+
+
 @dataclass(frozen=True)
 class AlertmanagerSinkConfig:
     """A forwarding sink: alerts POSTed to every Alertmanager of a cluster (API v2)."""
 
-    name: str = "alertmanager"
-    urls: tuple[str, ...] = ("http://127.0.0.1:9093",)
-    timeout: float = 10.0
-    # An alert stays firing this long after its last event (endsAt = last seen + this).
-    resolve_after: float = 900.0
-    labels: tuple[tuple[str, str], ...] = ()  # extra static labels, e.g. (("env", "prod"),)
-    events_per_second: float | None = None  # None: [limits] events_per_second
-
-
-def parse(t: Table) -> AlertmanagerSinkConfig:
-    d = AlertmanagerSinkConfig()
-    urls = t.str_list("urls", d.urls)
-    if not urls:
-        raise t.error("urls", "needs at least one Alertmanager URL")
-    for url in urls:
-        # The API path is appended to each URL: a query would end up in the middle.
-        if problem := url_problem(url) or ("must not have a ?query" if "?" in url else None):
-            raise t.error("urls", f"{url!r} {problem}")
-    if len(set(urls)) != len(urls):
-        raise t.error("urls", "lists a URL twice (each would get every alert twice)")
-    labels = t.get("labels", {}, dict)
-    for name, value in labels.items():
-        if not LABEL_NAME.fullmatch(name) or name.startswith("__"):
-            raise t.error("labels", f"{name!r} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)")
-        if name in ALERT_LABELS:
-            raise t.error("labels", f"{name!r} is set by wrapalert; use another name")
-        if not isinstance(value, str) or not value:
-            raise t.error("labels", f"{name}: expected a non-empty string")
-    return AlertmanagerSinkConfig(
-        name=t.get("name", d.name, str),
-        urls=tuple(urls),
-        timeout=t.positive_duration("timeout", d.timeout),
-        resolve_after=t.positive_duration("resolve_after", d.resolve_after),
-        labels=tuple(sorted(labels.items())),
-        events_per_second=rate(t),
+    name: str = sink_name("alertmanager")
+    urls: tuple[HttpUrl, ...] = setting(
+        (HttpUrl.parse("http://127.0.0.1:9093"),),
+        "Every Alertmanager of the cluster: each gets every alert.",
+        Urls(),
+        check=_urls,
     )
+    timeout: float = setting(10.0, "How long one POST may take.", TIMEOUT)
+    resolve_after: float = setting(
+        900.0, "An alert stays firing this long after its last event.", POSITIVE
+    )
+    labels: tuple[tuple[str, str], ...] = setting(
+        (), 'Static labels added to every alert, e.g. { env = "prod" }.', Pairs(), check=_labels
+    )
+    events_per_second: float | None = sink_rate()
 
 
 def describe(cfg: AlertmanagerSinkConfig) -> str:
-    return f"alertmanager {', '.join(cfg.urls)} (forwarding, alerts per label set)"
+    return f"alertmanager {', '.join(map(str, cfg.urls))} (forwarding, alerts per label set)"
 
 
 class Totals:
@@ -166,9 +179,7 @@ class AlertmanagerSink:
         now: Callable[[], float] = time.time,
     ) -> None:
         self.name = cfg.name
-        self.targets = [
-            Target.parse(url.rstrip("/") + API_PATH, timeout=cfg.timeout) for url in cfg.urls
-        ]
+        self.targets = [Target.of(url.under(API_PATH), timeout=cfg.timeout) for url in cfg.urls]
         self.resolve_after = cfg.resolve_after
         self.labels = dict(cfg.labels)
         self.host = host or socket.gethostname()
@@ -433,24 +444,10 @@ def _rfc3339(seconds: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
-KEYS: KeyDocs = {
-    "name": "The sink's name in status, routes and logs; unique among the sinks.",
-    "urls": "Every Alertmanager of the cluster: each gets every alert.",
-    "timeout": "How long one POST may take.",
-    "resolve_after": "An alert stays firing this long after its last event.",
-    "labels": Key('Static labels added to every alert, e.g. { env = "prod" }.', default="{}"),
-    "events_per_second": Key(
-        "Records this sink sends per second at most.",
-        default="[limits] events_per_second",
-    ),
-}
-
 SINK = EventSinkType(
     name="alertmanager",
     config=AlertmanagerSinkConfig,
-    parse=parse,
     describe=describe,
     build=AlertmanagerSink,
     build_for_host=lambda cfg, host: AlertmanagerSink(cfg, host=host),
-    keys=KEYS,
 )

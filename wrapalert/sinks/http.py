@@ -29,9 +29,8 @@ import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from wrapalert.confparse import resolvable_name
+from wrapalert.confparse import HttpUrl
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 
 MAX_REPLY = 4096  # bytes of a failure's body read for its message
@@ -42,7 +41,6 @@ BODY_GRACE = 1.0  # seconds to read a failure's body once its status is known
 _STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})(?: ([^\r\n]*))?\r?\n")
 # Headers that frame the request: set by us alone.
 FRAMING_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _version() -> str:
@@ -61,52 +59,23 @@ class _BadReplyError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """Where to POST and how long to wait, parsed once; `display` is what messages show."""
+    """Where to POST (a URL config parsed) and how long to wait; `display` is what
+    messages show."""
 
-    tls: bool
-    host: str
-    port: int
-    path: str  # path and query, as the request line carries them
-    host_header: str
+    url: HttpUrl
     display: str
     timeout: float  # seconds for the whole exchange, connect to reply
     context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def parse(cls, url: str, *, timeout: float, redact: bool = False) -> Target:
-        """An http(s) URL; `redact` keeps path and query (often a token) out of messages."""
-        # urlsplit silently drops tabs and newlines: look before it does.
-        if not url.isascii() or any(c.isspace() or _CONTROL.match(c) for c in url):
-            raise ValueError("must be ASCII without spaces or control characters")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise ValueError("must start with http:// or https://")
-        if not parts.hostname:
-            raise ValueError("has no host")
-        if not resolvable_name(parts.hostname):
-            raise ValueError(f"host {parts.hostname!r} has an empty or over-long label")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("must not hold credentials (they would show in logs)")
-        if parts.fragment:
-            raise ValueError("must not have a #fragment")
-        tls = parts.scheme == "https"
-        default = 443 if tls else 80
-        port = parts.port or default  # .port raises ValueError when out of range
-        host = parts.hostname
-        shown = f"[{host}]" if ":" in host else host
-        host_header = shown if port == default else f"{shown}:{port}"
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        origin = f"{parts.scheme}://{host_header}"
+    def of(cls, url: HttpUrl, *, timeout: float, redact: bool = False) -> Target:
+        """`redact` keeps the path and query (often a token) out of messages."""
         return cls(
-            tls=tls,
-            host=host,
-            port=port,
-            path=path,
-            host_header=host_header,
-            display=origin if redact else origin + path,
+            url=url,
+            display=url.origin if redact else url.origin + url.path,
             timeout=timeout,
             # Made per target, not per module: the CA set is read when the sink is built.
-            context=ssl.create_default_context() if tls else None,
+            context=ssl.create_default_context() if url.tls else None,
         )
 
 
@@ -154,7 +123,7 @@ def _request(
     target: Target, body: bytes, headers: Sequence[tuple[str, str]], content_type: str
 ) -> bytes:
     framing = {
-        "Host": target.host_header,
+        "Host": target.url.host_header,
         "Content-Length": str(len(body)),
         "Connection": "close",
     }
@@ -162,7 +131,7 @@ def _request(
     # The framing is always ours (config refuses those names); the defaults can be replaced.
     extra = [(k, v) for k, v in headers if k.lower() not in FRAMING_HEADERS]
     given = {name.lower() for name, _ in extra}
-    lines = [f"POST {target.path} HTTP/1.1"]
+    lines = [f"POST {target.url.path} HTTP/1.1"]
     lines += [f"{k}: {v}" for k, v in framing.items()]
     lines += [f"{k}: {v}" for k, v in defaults.items() if k.lower() not in given]
     lines += [f"{k}: {v}" for k, v in extra]
@@ -180,10 +149,10 @@ def _request(
 async def _exchange(target: Target, request: bytes) -> tuple[int, str, bytes, asyncio.StreamWriter]:
     """Send the request; the reply's status, reason, failure body, and the open stream."""
     reader, writer = await asyncio.open_connection(
-        target.host,
-        target.port,
+        target.url.host,
+        target.url.port,
         ssl=target.context,
-        server_hostname=target.host if target.tls else None,
+        server_hostname=target.url.host if target.url.tls else None,
         limit=MAX_LINE,
     )
     try:

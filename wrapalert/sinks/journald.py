@@ -36,7 +36,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from wrapalert.confparse import Key, KeyDocs, Table, rate
+from wrapalert.confkeys import TIMEOUT, PathValue, setting, sink_name, sink_rate
 from wrapalert.sinks.registry import EventSinkType
 from wrapalert.sinks.syslog import (
     connect_unix,
@@ -59,20 +59,12 @@ _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_
 class JournaldSinkConfig:
     """A forwarding sink: one journal entry per event, native protocol, WRAPALERT_* fields."""
 
-    name: str = "journald"
-    socket: Path = Path("/run/systemd/journal/socket")
-    timeout: float = 5.0  # how long a send may wait for room in journald's queue
-    events_per_second: float | None = None  # None: [limits] events_per_second
-
-
-def parse(t: Table) -> JournaldSinkConfig:
-    d = JournaldSinkConfig()
-    return JournaldSinkConfig(
-        name=t.get("name", d.name, str),
-        socket=t.socket_path("socket", d.socket),
-        timeout=t.positive_duration("timeout", d.timeout),
-        events_per_second=rate(t),
+    name: str = sink_name("journald")
+    socket: Path = setting(
+        Path("/run/systemd/journal/socket"), "journald's native socket.", PathValue(socket=True)
     )
+    timeout: float = setting(5.0, "How long a send may wait for room in journald's queue.", TIMEOUT)
+    events_per_second: float | None = sink_rate()
 
 
 def describe(cfg: JournaldSinkConfig) -> str:
@@ -155,21 +147,9 @@ class JournaldSink:
             os.close(fd)
 
 
-KEYS: KeyDocs = {
-    "name": "The sink's name in status, routes and logs; unique among the sinks.",
-    "socket": "journald's native socket.",
-    "timeout": "How long a send may wait for room in journald's queue.",
-    "events_per_second": Key(
-        "Records this sink sends per second at most.",
-        default="[limits] events_per_second",
-    ),
-}
-
 SINK = EventSinkType(
     name="journald",
     config=JournaldSinkConfig,
-    parse=parse,
     describe=describe,
     build=JournaldSink,
-    keys=KEYS,
 )

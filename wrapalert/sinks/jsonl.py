@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from wrapalert.confparse import Key, KeyDocs, Table, rate
+from wrapalert.confkeys import PathValue, setting, sink_name, sink_rate
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import EventSinkType
 
@@ -22,17 +22,14 @@ from wrapalert.sinks.registry import EventSinkType
 class JsonlSinkConfig:
     """A forwarding sink: one JSON object per event, appended to a file for log shippers."""
 
-    name: str = "jsonl"
-    path: Path = Path("/var/log/wrapalert/events.jsonl")
-    events_per_second: float | None = None  # None: [limits] events_per_second
-
-
-def parse(t: Table) -> JsonlSinkConfig:
-    return JsonlSinkConfig(
-        name=t.get("name", "jsonl", str),
-        path=t.path("path", JsonlSinkConfig.path),
-        events_per_second=rate(t),
+    name: str = sink_name("jsonl")
+    path: Path = setting(
+        Path("/var/log/wrapalert/events.jsonl"),
+        "The file one JSON object per event is appended to "
+        "(rotated by /etc/logrotate.d/wrapalert).",
+        PathValue(),
     )
+    events_per_second: float | None = sink_rate()
 
 
 def describe(cfg: JsonlSinkConfig) -> str:
@@ -69,16 +66,4 @@ class JsonlSink:
             os.close(fd)
 
 
-KEYS: KeyDocs = {
-    "name": "The sink's name in status, routes and logs; unique among the sinks.",
-    "path": "The file one JSON object per event is appended to "
-    "(rotated by /etc/logrotate.d/wrapalert).",
-    "events_per_second": Key(
-        "Records this sink sends per second at most.",
-        default="[limits] events_per_second",
-    ),
-}
-
-SINK = EventSinkType(
-    name="jsonl", config=JsonlSinkConfig, parse=parse, describe=describe, build=JsonlSink, keys=KEYS
-)
+SINK = EventSinkType(name="jsonl", config=JsonlSinkConfig, describe=describe, build=JsonlSink)

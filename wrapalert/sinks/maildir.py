@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wrapalert.confparse import Key, KeyDocs, Table
+from wrapalert.confkeys import PathValue, mail_from, mail_to, setting, sink_name
 from wrapalert.model import Digest
 from wrapalert.sinks.base import DigestLook, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import DigestSinkType
@@ -26,20 +26,14 @@ _seq = itertools.count()
 class MaildirSinkConfig:
     """A digest sink: each digest written atomically into a Maildir (no MTA needed)."""
 
-    name: str = "maildir"
-    path: Path = Path("/var/mail/wrapalert/Maildir")
-    from_addr: str = "wrapalert@localhost"
-    to: tuple[str, ...] = ("root",)
-
-
-def parse(t: Table) -> MaildirSinkConfig:
-    d = MaildirSinkConfig()
-    return MaildirSinkConfig(
-        name=t.get("name", "maildir", str),
-        path=t.path("path", d.path),
-        from_addr=t.address("from", d.from_addr),
-        to=t.addresses("to", d.to),
+    name: str = sink_name("maildir")
+    path: Path = setting(
+        Path("/var/mail/wrapalert/Maildir"),
+        "The Maildir each digest is written into, atomically (created if missing).",
+        PathValue(),
     )
+    from_addr: str = mail_from()
+    to: tuple[str, ...] = mail_to()
 
 
 def describe(cfg: MaildirSinkConfig) -> str:
@@ -93,19 +87,10 @@ class MaildirSink:
         return final
 
 
-KEYS: KeyDocs = {
-    "name": "The sink's name in status, routes and logs; unique among the sinks.",
-    "path": "The Maildir each digest is written into, atomically (created if missing).",
-    "from": Key("The sender address of each digest.", field="from_addr"),
-    "to": "Recipients; a bare local part such as root is qualified with this host's name.",
-}
-
 SINK = DigestSinkType(
     name="maildir",
     config=MaildirSinkConfig,
-    parse=parse,
     describe=describe,
     build=build,
     mail=lambda cfg: (cfg.from_addr, cfg.to),
-    keys=KEYS,
 )

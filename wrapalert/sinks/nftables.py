@@ -32,15 +32,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from wrapalert.banrule import MODES, BanRule, normalise_allow
+from wrapalert.banrule import MODES, BanRule, IPNetwork, normalise_allow
 from wrapalert.bantable import Command, KernelTable, Layout
-from wrapalert.confparse import KeyDocs, Table
+from wrapalert.confkeys import (
+    POSITIVE,
+    Choice,
+    Count,
+    Flag,
+    PathValue,
+    Strings,
+    Text,
+    setting,
+    sink_name,
+)
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import EventSinkType
 
@@ -53,25 +63,80 @@ DROP_IN_SOURCE = "/usr/share/doc/wrapalert/examples/wrapalert-nftables.conf"
 # What nft says when the service may not change the firewall: no CAP_NET_ADMIN (in the
 # host's user namespace), or no AF_NETLINK socket (RestrictAddressFamilies).
 NOT_PERMITTED = ("Operation not permitted", "Address family not supported", "Permission denied")
-_TABLE_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
 @dataclass(frozen=True)
 class NftablesSinkConfig:
     """Bans past `threshold` trusted refusals within `window`, for `ban_for`, in the kernel."""
 
-    name: str = "nftables"
-    threshold: int = 10
-    window: float = 600.0
-    ban_for: float = 3600.0
-    ipv6_prefix: int = 64
-    allow: tuple[str, ...] = ()
-    max_bans: int = 10_000
-    mode: str = "enforce"
-    table: str = "wrapalert"
-    scan: bool = True  # a scan across daemons (one address) bans at once
-    reconcile: float = 30.0  # seconds between checks that the kernel holds the book's bans
-    nft: str = "/usr/sbin/nft"
+    name: str = sink_name("nftables")
+    threshold: int = setting(
+        10,
+        "Trusted refusals from one source within window that ban it; only "
+        "those whose TCP handshake the kernel saw count (never a UDP service's).",
+        Count(minimum=1, maximum=1_000_000),
+    )
+    window: float = setting(
+        600.0, "The sliding window in which threshold refusals must fall.", POSITIVE
+    )
+    ban_for: float = setting(
+        3600.0, "How long a ban lasts; the kernel expires it, so no ban outlives it.", POSITIVE
+    )
+    ipv6_prefix: int = setting(
+        64,
+        "IPv6 sources are banned by network: this prefix length. Sources in "
+        "NAT64 (64:ff9b::/96, 64:ff9b:1::/48), Teredo (2001::/32) and 6to4 (2002::/16), whose "
+        "networks hold many unrelated clients, are banned as their single address.",
+        Count(minimum=16, maximum=128),
+    )
+    allow: tuple[IPNetwork, ...] = setting(
+        (),
+        "CIDRs never banned (IPv4-mapped ones, ::ffff:a.b.c.d, are read as IPv4); "
+        "loopback, link-local, this host's own addresses and the peers of logged-in sessions "
+        "(logind, utmp) never are either, read afresh at each decision.",
+        Strings(),
+        check=normalise_allow,
+    )
+    max_bans: int = setting(
+        10_000,
+        f"Bans in force at most (1 to {MAX_BANS_LIMIT:,}: a re-sync of that many "
+        f"takes ~1.5 s of nft's {TIMEOUT:g}s); past it, new bans are refused and counted.",
+        Count(
+            minimum=1,
+            maximum=MAX_BANS_LIMIT,
+            why=f"more would not re-sync within nft's {TIMEOUT:g}s with a margin "
+            "(README, Banning in the kernel)",
+        ),
+    )
+    mode: str = setting(
+        "enforce",
+        '"enforce" drops in the kernel; "dry-run" reports what it would ban.',
+        Choice(MODES),
+    )
+    table: str = setting(
+        "wrapalert",
+        "The inet table the daemon owns (its sets and one input chain); a table used "
+        "before is removed once this one holds the bans, and a table another running wrapalert "
+        "keeps is refused.",
+        Text(_TABLE_NAME, "letters, digits and _ only (at most 64)"),
+    )
+    scan: bool = setting(
+        True,
+        "Whether a scan across daemons from one address bans it at once (counted "
+        "from handshake-proven refusals, as threshold).",
+        Flag(),
+    )
+    reconcile: float = setting(
+        30.0,
+        "How often the kernel's table is compared with the bans and repaired "
+        "(a flushed ruleset, a deleted table, a missing or extra element); also after every "
+        "failed change.",
+        POSITIVE,
+    )
+    nft: str = setting(
+        "/usr/sbin/nft", "The nft program that applies the changes.", PathValue(), check=str
+    )
     # Not a key: no rate limit stands between the ban stage and its counts (pipeline/ban.py);
     # the attribute is what every event sink's config has.
     events_per_second: float | None = None
@@ -90,44 +155,9 @@ class NftablesSinkConfig:
         )
 
 
-def parse(t: Table) -> NftablesSinkConfig:
-    d = NftablesSinkConfig
-    try:
-        allow = normalise_allow(t.str_list("allow", ()))
-    except ValueError as exc:
-        raise t.error("allow", str(exc)) from None
-    mode = t.get("mode", d.mode, str)
-    if mode not in MODES:
-        raise t.error("mode", f'{mode!r}: use "enforce" or "dry-run"')
-    table = t.get("table", d.table, str)
-    if not table or len(table) > 64 or not set(table) <= _TABLE_NAME:
-        raise t.error("table", f"{table!r}: letters, digits and _ only (at most 64)")
-    max_bans = t.get("max_bans", d.max_bans, int)
-    if not 1 <= max_bans <= MAX_BANS_LIMIT:
-        raise t.error(
-            "max_bans",
-            f"{max_bans} is out of range 1..{MAX_BANS_LIMIT:,}: more would not re-sync within "
-            f"nft's {TIMEOUT:g}s with a margin (README, Banning in the kernel)",
-        )
-    return NftablesSinkConfig(
-        name=t.get("name", d.name, str),
-        threshold=t.count("threshold", d.threshold, minimum=1, maximum=1_000_000),
-        window=t.positive_duration("window", d.window),
-        ban_for=t.positive_duration("ban_for", d.ban_for),
-        ipv6_prefix=t.count("ipv6_prefix", d.ipv6_prefix, minimum=16, maximum=128),
-        allow=allow,
-        max_bans=max_bans,
-        mode=mode,
-        table=table,
-        scan=t.get("scan", d.scan, bool),
-        reconcile=t.positive_duration("reconcile", d.reconcile),
-        nft=str(t.path("nft", Path(d.nft))),
-    )
-
-
 def describe(cfg: NftablesSinkConfig) -> str:
     what = "reports what it would ban" if cfg.mode == "dry-run" else "drops new connections of"
-    allow = f"; never bans {', '.join(cfg.allow)}" if cfg.allow else ""
+    allow = f"; never bans {', '.join(map(str, cfg.allow))}" if cfg.allow else ""
     return (
         f"nftables table inet {cfg.table}: {what} a source after {cfg.threshold} trusted "
         f"refusals within {cfg.window:g}s, for {cfg.ban_for:g}s (IPv6 by /{cfg.ipv6_prefix}), "
@@ -234,37 +264,9 @@ def not_permitted(text: str) -> str:
     )
 
 
-KEYS: KeyDocs = {
-    "name": "The sink's name in status, routes and logs; unique among the sinks.",
-    "threshold": "Trusted refusals from one source within window that ban it; only "
-    "those whose TCP handshake the kernel saw count (never a UDP service's).",
-    "window": "The sliding window in which threshold refusals must fall.",
-    "ban_for": "How long a ban lasts; the kernel expires it, so no ban outlives it.",
-    "ipv6_prefix": "IPv6 sources are banned by network: this prefix length. Sources in "
-    "NAT64 (64:ff9b::/96, 64:ff9b:1::/48), Teredo (2001::/32) and 6to4 (2002::/16), whose "
-    "networks hold many unrelated clients, are banned as their single address.",
-    "allow": "CIDRs never banned (IPv4-mapped ones, ::ffff:a.b.c.d, are read as IPv4); "
-    "loopback, link-local, this host's own addresses and the peers of logged-in sessions "
-    "(logind, utmp) never are either, read afresh at each decision.",
-    "max_bans": f"Bans in force at most (1 to {MAX_BANS_LIMIT:,}: a re-sync of that many "
-    f"takes ~1.5 s of nft's {TIMEOUT:g}s); past it, new bans are refused and counted.",
-    "mode": '"enforce" drops in the kernel; "dry-run" reports what it would ban.',
-    "table": "The inet table the daemon owns (its sets and one input chain); a table used "
-    "before is removed once this one holds the bans, and a table another running wrapalert "
-    "keeps is refused.",
-    "scan": "Whether a scan across daemons from one address bans it at once (counted "
-    "from handshake-proven refusals, as threshold).",
-    "reconcile": "How often the kernel's table is compared with the bans and repaired "
-    "(a flushed ruleset, a deleted table, a missing or extra element); also after every "
-    "failed change.",
-    "nft": "The nft program that applies the changes.",
-}
-
 SINK = EventSinkType(
     name="nftables",
     config=NftablesSinkConfig,
-    parse=parse,
     describe=describe,
     build=NftablesSink,
-    keys=KEYS,
 )

@@ -2,11 +2,12 @@
 
 A sink module declares, in one `SINK = DigestSinkType(...)` or
 `SINK = EventSinkType(...)`, its `type = "..."` name, its frozen config
-dataclass, the parser of its `[[sink]]` table, its line in `check-config` and
-how to build it. A look-up imports the module named like the type (or the
-config's own module) and, when that does not declare it, every module of
-this package once; `register` adds a type from elsewhere (a test module).
-So a config naming only smtp imports only the smtp sink.
+dataclass (whose fields are its `[[sink]]` keys: wrapalert/confkeys.py), its
+line in `check-config` and how to build it. A look-up imports the module
+named like the type (or the config's own module) and, when that does not
+declare it, every module of this package once; `register` adds a type from
+elsewhere (a test module). So a config naming only smtp imports only the smtp
+sink.
 
 config.py asks `get(type name)` while parsing; the daemon asks `build(cfg)`,
 `of(cfg).kind` and `events_per_second(cfg)`; check-config asks `describe(cfg)`
@@ -21,11 +22,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
-from wrapalert.confparse import EventSinkConfig, KeyDocs, SinkConfig, Table
+from wrapalert.confparse import EventSinkConfig, SinkConfig, Table
 from wrapalert.sinks.base import DigestLook
 
 if TYPE_CHECKING:
@@ -41,14 +42,13 @@ class DigestSinkType(Generic[C]):
 
     kind: ClassVar[Literal["digest"]] = "digest"
     name: str  # the `type = "..."` of its [[sink]] tables
-    config: type[C]  # a frozen dataclass with a `name`; its defaults are the table's
-    parse: Callable[[Table], C]  # reads its keys; "type" and leftover keys are handled here
+    config: type[C]  # a frozen dataclass with a `name`; its keys are the table's
     describe: Callable[[C], str]  # check-config's text after "sink NAME: "
     build: Callable[[C, DigestLook], Sink]  # (config, [digest] template_dir and [story])
     # Sender and recipients of its mail, which `preview` renders; None: it sends no mail.
     mail: Callable[[C], tuple[str, tuple[str, ...]]] | None = None
-    # Its keys for wrapalert.toml(5) (wrapalert/manpage.py), in the order the page lists them.
-    keys: KeyDocs = field(default_factory=dict)
+    # A check across its table's keys, once each is read (a ConfigError from `t.error`).
+    check: Callable[[Table, C], None] | None = None
 
     def events_per_second(self, _cfg: C) -> float | None:
         return None  # digests are capped per hour, by [limits] mails_per_hour
@@ -60,15 +60,14 @@ class EventSinkType(Generic[E]):
 
     kind: ClassVar[Literal["event"]] = "event"
     name: str
-    config: type[E]  # has `events_per_second: float | None` (read it with confparse.rate)
-    parse: Callable[[Table], E]
+    config: type[E]  # has `events_per_second: float | None` (confkeys.sink_rate)
     describe: Callable[[E], str]
     build: Callable[[E], EventSink]
     mail: ClassVar[None] = None
     # How to build it for a host named by [daemon] hostname, if what it sends names the
     # host (alert labels, a payload field); None: `build`, which needs no name.
     build_for_host: Callable[[E, str], EventSink] | None = None
-    keys: KeyDocs = field(default_factory=dict)  # as for DigestSinkType
+    check: Callable[[Table, E], None] | None = None  # as for DigestSinkType
 
     def events_per_second(self, cfg: E) -> float | None:
         """The table's own rate; None means [limits] events_per_second."""

@@ -15,7 +15,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from wrapalert.confparse import Key, KeyDocs, Table
+from wrapalert.confkeys import TIMEOUT, Strings, mail_from, mail_to, setting, sink_name
 from wrapalert.model import Digest
 from wrapalert.sinks.base import DigestLook, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import DigestSinkType
@@ -28,32 +28,29 @@ ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 STDERR_CHARS = 300
 
 
+def _command(command: tuple[str, ...]) -> tuple[str, ...]:
+    if not command or not command[0].startswith("/"):
+        raise ValueError("needs an absolute program first, e.g. /usr/sbin/sendmail")
+    for word in command:
+        if not word or any(ord(c) < 32 or ord(c) == 127 for c in word):
+            raise ValueError(f"{word!r}: empty, or holds a control character")
+    return command
+
+
 @dataclass(frozen=True)
 class SendmailSinkConfig:
     """A digest sink for hosts without an SMTP listener: the message piped to a command."""
 
-    name: str = "sendmail"
-    command: tuple[str, ...] = ("/usr/sbin/sendmail", "-t", "-oi")
-    from_addr: str = "wrapalert@localhost"
-    to: tuple[str, ...] = ("root",)
-    timeout: float = 60.0
-
-
-def parse(t: Table) -> SendmailSinkConfig:
-    d = SendmailSinkConfig()
-    command = tuple(t.str_list("command", d.command))
-    if not command or not command[0].startswith("/"):
-        raise t.error("command", "needs an absolute program first, e.g. /usr/sbin/sendmail")
-    for word in command:
-        if not word or any(ord(c) < 32 or ord(c) == 127 for c in word):
-            raise t.error("command", f"{word!r}: empty, or holds a control character")
-    return SendmailSinkConfig(
-        name=t.get("name", "sendmail", str),
-        command=command,
-        from_addr=t.address("from", d.from_addr),
-        to=t.addresses("to", d.to),
-        timeout=t.positive_duration("timeout", d.timeout),
+    name: str = sink_name("sendmail")
+    command: tuple[str, ...] = setting(
+        ("/usr/sbin/sendmail", "-t", "-oi"),
+        "The program and its arguments; the message is piped to it (not under NoNewPrivileges=).",
+        Strings(),
+        check=_command,
     )
+    from_addr: str = mail_from()
+    to: tuple[str, ...] = mail_to()
+    timeout: float = setting(60.0, "How long the command may run.", TIMEOUT)
 
 
 def describe(cfg: SendmailSinkConfig) -> str:
@@ -113,21 +110,10 @@ class SendmailSink:
         raise PermanentSinkError(problem)
 
 
-KEYS: KeyDocs = {
-    "name": "The sink's name in status, routes and logs; unique among the sinks.",
-    "command": "The program and its arguments; the message is piped to it (not under "
-    "NoNewPrivileges=).",
-    "from": Key("The sender address of each digest.", field="from_addr"),
-    "to": "Recipients; a bare local part such as root is qualified with this host's name.",
-    "timeout": "How long the command may run.",
-}
-
 SINK = DigestSinkType(
     name="sendmail",
     config=SendmailSinkConfig,
-    parse=parse,
     describe=describe,
     build=build,
     mail=lambda cfg: (cfg.from_addr, cfg.to),
-    keys=KEYS,
 )

@@ -6,7 +6,7 @@ import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from wrapalert.confparse import Key, KeyDocs, Table
+from wrapalert.confkeys import TIMEOUT, Choice, Count, Text, mail_from, mail_to, setting, sink_name
 from wrapalert.model import Digest
 from wrapalert.sinks.base import DigestLook, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import DigestSinkType
@@ -23,33 +23,24 @@ TLS_MODES = ("none", "starttls", "tls")
 class SmtpSinkConfig:
     """A digest sink: each digest sent as one mail over SMTP."""
 
-    name: str = "smtp"
-    host: str = "localhost"
-    port: int = 25
-    tls: str = "none"
-    from_addr: str = "wrapalert@localhost"
-    to: tuple[str, ...] = ("root",)
-    username: str | None = None
-    password: str | None = None
-    timeout: float = 30.0
-
-
-def parse(t: Table) -> SmtpSinkConfig:
-    d = SmtpSinkConfig()
-    tls = t.get("tls", d.tls, str)
-    if tls not in TLS_MODES:
-        raise t.error("tls", f'{tls!r}: use "none", "starttls" or "tls"')
-    return SmtpSinkConfig(
-        name=t.get("name", "smtp", str),
-        host=t.get("host", d.host, str),
-        port=t.count("port", d.port, minimum=1, maximum=65535),
-        tls=tls,
-        from_addr=t.address("from", d.from_addr),
-        to=t.addresses("to", d.to),
-        username=t.get("username", None, str),
-        password=t.get("password", None, str),
-        timeout=t.positive_duration("timeout", d.timeout),
+    name: str = sink_name("smtp")
+    host: str = setting("localhost", "The SMTP server.", Text())
+    port: int = setting(25, "Its port.", Count(minimum=1, maximum=65535))
+    tls: str = setting(
+        "none", "none, starttls or tls (implicit TLS, usually port 465).", Choice(TLS_MODES)
     )
+    from_addr: str = mail_from()
+    to: tuple[str, ...] = mail_to()
+    username: str | None = setting(
+        None, "For SMTP AUTH, with password.", Text(), shown="unset: no AUTH"
+    )
+    password: str | None = setting(
+        None,
+        "For SMTP AUTH; make the file readable by root only.",
+        Text(),
+        shown="unset: no AUTH",
+    )
+    timeout: float = setting(30.0, "How long one delivery attempt may take.", TIMEOUT)
 
 
 def describe(cfg: SmtpSinkConfig) -> str:
@@ -116,26 +107,10 @@ def _classify(code: int, text: str) -> Exception:
     return TransientSinkError(text)
 
 
-KEYS: KeyDocs = {
-    "name": "The sink's name in status, routes and logs; unique among the sinks.",
-    "host": "The SMTP server.",
-    "port": "Its port.",
-    "tls": "none, starttls or tls (implicit TLS, usually port 465).",
-    "from": Key("The sender address of each digest.", field="from_addr"),
-    "to": "Recipients; a bare local part such as root is qualified with this host's name.",
-    "username": Key("For SMTP AUTH, with password.", default="unset: no AUTH"),
-    "password": Key(
-        "For SMTP AUTH; make the file readable by root only.", default="unset: no AUTH"
-    ),
-    "timeout": "How long one delivery attempt may take.",
-}
-
 SINK = DigestSinkType(
     name="smtp",
     config=SmtpSinkConfig,
-    parse=parse,
     describe=describe,
     build=build,
     mail=lambda cfg: (cfg.from_addr, cfg.to),
-    keys=KEYS,
 )

@@ -44,7 +44,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from wrapalert.confparse import Key, KeyDocs, Table, rate, resolvable_name
+from wrapalert.confkeys import (
+    TIMEOUT,
+    Choice,
+    PathValue,
+    Text,
+    setting,
+    sink_name,
+    sink_rate,
+)
+from wrapalert.confparse import Table, resolvable_name
 from wrapalert.sinks.base import PermanentSinkError, SinkError, TransientSinkError
 from wrapalert.sinks.registry import EventSinkType
 
@@ -69,69 +78,60 @@ SYSLOG_IDENT = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")  # or an IPv4 address
 
 
-@dataclass(frozen=True)
-class SyslogSinkConfig:
-    """A forwarding sink: one syslog line per event, RFC 3164 to the local socket or
-    RFC 5424 over UDP or TCP to a collector (`address`)."""
-
-    name: str = "syslog"
-    socket: Path = Path("/dev/log")
-    address: tuple[str, int] | None = None  # (host, port) of a collector; None: `socket`
-    protocol: str = "udp"
-    facility: str = "authpriv"
-    ident: str = "wrapalert"
-    # How long a send may wait: for room in a full local queue, or to connect and write.
-    timeout: float = 5.0
-    events_per_second: float | None = None  # None: [limits] events_per_second
-
-
-def parse(t: Table) -> SyslogSinkConfig:
-    d = SyslogSinkConfig()
-    address = _parse_address(t) if "address" in t.raw else None
-    if address is not None and "socket" in t.raw:
-        raise t.error("address", "use socket (local) or address (a collector), not both")
-    if address is None and "protocol" in t.raw:
-        raise t.error("protocol", "only with address (the local socket takes datagrams)")
-    protocol = t.get("protocol", d.protocol, str)
-    if protocol not in SYSLOG_PROTOCOLS:
-        raise t.error("protocol", f'{protocol!r}: use "udp" or "tcp"')
-    facility = t.get("facility", d.facility, str)
-    if facility not in SYSLOG_FACILITIES:
-        raise t.error("facility", f"{facility!r}: use one of {', '.join(SYSLOG_FACILITIES)}")
-    ident = t.get("ident", d.ident, str)
-    if not SYSLOG_IDENT.fullmatch(ident):
-        raise t.error("ident", f'{ident!r}: use 1 to 32 letters, digits, ".", "_" or "-"')
-    return SyslogSinkConfig(
-        name=t.get("name", d.name, str),
-        socket=t.socket_path("socket", d.socket),
-        address=address,
-        protocol=protocol,
-        facility=facility,
-        ident=ident,
-        timeout=t.positive_duration("timeout", d.timeout),
-        events_per_second=rate(t),
-    )
-
-
-def _parse_address(t: Table) -> tuple[str, int]:
-    """Parse `address`: "host:port" or "[IPv6]:port" (514 is only a convention: no default)."""
-    text: str = t.get("address", None, str)
+def _address(text: str) -> tuple[str, int]:
+    """A collector: "host:port" or "[IPv6]:port" (514 is only a convention: no default)."""
     host, colon, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise t.error("address", f"{text!r}: [{host}] is not an IPv6 address") from None
+            raise ValueError(f"{text!r}: [{host}] is not an IPv6 address") from None
     elif ":" in host:
-        raise t.error("address", f'{text!r}: write IPv6 in brackets, e.g. "[2001:db8::1]:514"')
+        raise ValueError(f'{text!r}: write IPv6 in brackets, e.g. "[2001:db8::1]:514"')
     elif not _HOST_NAME.fullmatch(host) or not resolvable_name(host):
         host = ""
     if not colon or not host or not re.fullmatch(r"[0-9]{1,5}", port):
-        raise t.error("address", f'{text!r}: use "host:port", e.g. "collector.example:514"')
+        raise ValueError(f'{text!r}: use "host:port", e.g. "collector.example:514"')
     if not 1 <= int(port) <= 65535:
-        raise t.error("address", f"{text!r}: port {int(port)} is out of range 1..65535")
+        raise ValueError(f"{text!r}: port {int(port)} is out of range 1..65535")
     return host, int(port)
+
+
+@dataclass(frozen=True)
+class SyslogSinkConfig:
+    """A forwarding sink: one syslog line per event, RFC 3164 to the local socket or
+    RFC 5424 over UDP or TCP to a collector (`address`)."""
+
+    name: str = sink_name("syslog")
+    socket: Path = setting(
+        Path("/dev/log"), "The local syslog socket (RFC 3164 lines).", PathValue(socket=True)
+    )
+    address: tuple[str, int] | None = setting(
+        None,
+        "A collector as host:port or [IPv6]:port instead of the local socket (RFC 5424 lines).",
+        Text(),
+        check=_address,
+        shown="unset: the local socket",
+    )
+    protocol: str = setting("udp", "udp or tcp, with address.", Choice(SYSLOG_PROTOCOLS))
+    facility: str = setting("authpriv", "The syslog facility.", Choice(tuple(SYSLOG_FACILITIES)))
+    ident: str = setting(
+        "wrapalert",
+        "The syslog tag (ident).",
+        Text(SYSLOG_IDENT, 'use 1 to 32 letters, digits, ".", "_" or "-"'),
+    )
+    # How long a send may wait: for room in a full local queue, or to connect and write.
+    timeout: float = setting(5.0, "How long a send to a collector may take.", TIMEOUT)
+    events_per_second: float | None = sink_rate()
+
+
+def _check(t: Table, cfg: SyslogSinkConfig) -> None:
+    """The local socket or a collector: what is written must say which."""
+    if cfg.address is not None and "socket" in t.raw:
+        raise t.error("address", "use socket (local) or address (a collector), not both")
+    if cfg.address is None and "protocol" in t.raw:
+        raise t.error("protocol", "only with address (the local socket takes datagrams)")
 
 
 def describe(cfg: SyslogSinkConfig) -> str:
@@ -528,29 +528,10 @@ class SyslogSink:
             self._stream = None
 
 
-KEYS: KeyDocs = {
-    "name": "The sink's name in status, routes and logs; unique among the sinks.",
-    "socket": "The local syslog socket (RFC 3164 lines).",
-    "address": Key(
-        "A collector as host:port or [IPv6]:port instead of the local socket (RFC 5424 lines).",
-        default="unset: the local socket",
-        example="collector.example:514",
-    ),
-    "protocol": "udp or tcp, with address.",
-    "facility": "The syslog facility.",
-    "ident": "The syslog tag (ident).",
-    "timeout": "How long a send to a collector may take.",
-    "events_per_second": Key(
-        "Records this sink sends per second at most.",
-        default="[limits] events_per_second",
-    ),
-}
-
 SINK = EventSinkType(
     name="syslog",
     config=SyslogSinkConfig,
-    parse=parse,
     describe=describe,
     build=SyslogSink,
-    keys=KEYS,
+    check=_check,
 )
