@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import (
+    NO_DIGESTS,
     free_port,
     report_through_daemon,
     require,
@@ -321,7 +322,7 @@ def test_every_label_name_we_send_is_a_classic_one() -> None:
     ]
     cfg = config.loads(
         '[[sink]]\ntype = "alertmanager"\nurls = ["http://127.0.0.1:9093"]\n'
-        'labels = { env = "prod", _team = "ops" }\n'
+        'labels = { env = "prod", _team = "ops" }\n' + NO_DIGESTS
     ).sinks[0]
     assert isinstance(cfg, AlertmanagerSinkConfig)
     alerts = build_alerts(records, host="web1", static=dict(cfg.labels), resolve_after=60, now=0)
