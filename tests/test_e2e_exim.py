@@ -17,7 +17,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     PYTHON,
     Deliveries,
     Running,
@@ -37,6 +37,8 @@ from wrapalert.libwrap import LibWrap
 from wrapalert.sinks import build
 from wrapalert.sinks.sendmail import SendmailSink
 from wrapalert.sinks.smtp import SmtpSink
+
+pytestmark = pytest.mark.system
 
 MAIL_SPOOL = Path("/var/mail")
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     PYTHON,
     WRAPALERT,
     Deliveries,
@@ -33,6 +33,8 @@ from wrapalert import config, notify
 from wrapalert.daemon import spool as spool_mod
 from wrapalert.daemon.server import Server
 from wrapalert.wire import encode
+
+pytestmark = pytest.mark.system
 
 NOBODY = 65534
 OTHER = 4242  # a second ordinary uid, with no account: setpriv needs none

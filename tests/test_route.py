@@ -6,18 +6,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import Running, maildir_messages, write_config
+from helpers import Running, event, maildir_messages, write_config
 
 from wrapalert import config
 from wrapalert.config import ConfigError, RouteConfig
 from wrapalert.daemon.server import Server
-from wrapalert.model import Event
 from wrapalert.pipeline.route import Router
 from wrapalert.wire import encode
-
-
-def ev(daemon: str = "sshd", addr: str = "203.0.113.9", *, trusted: bool = True) -> Event:
-    return Event({"daemon": daemon, "client_addr": addr}, 0.0, uid=0, trusted=trusted)
 
 
 def test_first_matching_route_wins() -> None:
@@ -29,10 +24,10 @@ def test_first_matching_route_wins() -> None:
             RouteConfig(("trust=untrusted",), "info", ("local",)),
         )
     )
-    assert router.route(ev(addr="10.1.1.1")) == ("info", ("jsonl",))
-    assert router.route(ev()) == ("critical", None)
-    assert router.route(ev("ftpd", trusted=False)) == ("info", ("local",))
-    assert router.route(ev("ftpd")) == ("warning", None)
+    assert router.route(event(addr="10.1.1.1")) == ("info", ("jsonl",))
+    assert router.route(event()) == ("critical", None)
+    assert router.route(event("ftpd", trusted=False)) == ("info", ("local",))
+    assert router.route(event("ftpd")) == ("warning", None)
 
 
 @pytest.mark.parametrize(

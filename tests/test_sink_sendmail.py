@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import one_group
+from helpers import one_group
 
 from wrapalert import config
 from wrapalert.config import SendmailSinkConfig
