@@ -5,6 +5,8 @@ and a real state database, with recording sinks, on a manual clock or virtual ti
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,6 +68,17 @@ class Parts:
             banned=lambda: banned,
         )
 
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The sink workers and the scheduler's loop run, as in the daemon, until the
+        block ends."""
+        async with asyncio.TaskGroup() as tg:
+            self.sinks.start(tg)
+            timer = tg.create_task(self.scheduler.run())
+            yield
+            timer.cancel()
+            self.sinks.close()
+
     def due(self) -> None:
         self.scheduler.wake()
 
@@ -103,15 +116,11 @@ def test_a_new_groups_digest_goes_out_group_wait_after_its_first_event(sockdir: 
 
     async def scenario() -> float:
         start = clock.now()
-        async with asyncio.TaskGroup() as tg:
-            p.sinks.start(tg)
-            ticking = tg.create_task(p.scheduler.run())
+        async with p.running():
             p.pipeline.accept(event(at=clock.now()))
             await asyncio.sleep(4.0)
             p.pipeline.accept(event(at=clock.now()))
             await mail.wait(1, within=60.0)
-            ticking.cancel()
-            p.sinks.close()
         return start
 
     start = run(scenario())
@@ -129,15 +138,11 @@ def test_an_idle_scheduler_wakes_for_a_group_added_later(sockdir: Path) -> None:
 
     async def scenario() -> float:
         clock.now()  # virtual wall time starts here, not at its first reading
-        async with asyncio.TaskGroup() as tg:
-            p.sinks.start(tg)
-            ticking = tg.create_task(p.scheduler.run())
+        async with p.running():
             await asyncio.sleep(1000.0)  # nothing to wait for: no timer at all
             first = clock.now()
             p.pipeline.accept(event(at=first))
             await mail.wait(1, within=60.0)
-            ticking.cancel()
-            p.sinks.close()
         return first
 
     first = run(scenario())
@@ -245,12 +250,10 @@ def test_a_digest_is_in_the_outbox_before_its_sink_sees_it(sockdir: Path) -> Non
     p = Parts(sockdir, clock, mail)
 
     async def scenario() -> None:
-        async with asyncio.TaskGroup() as tg:
-            p.sinks.start(tg)
+        async with p.running():
             p.pipeline.accept(event(at=clock.now()))
             p.scheduler.collect(force=True, why="flush")
             await mail.wait(1, within=10.0)
-            p.sinks.close()
 
     run(scenario())
     assert mail.found == [True]
