@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-bookworm test-trixie lint check bench clean
+.PHONY: run test test-fast test-bookworm test-trixie lint check bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -25,6 +25,12 @@ run: $(STAMP)
 ## test: the whole test suite
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## test-fast: the unit tests only, in under a minute: no test marked `system` (root, a
+## system package, a network or mount namespace, or minutes), on every CPU (pytest-xdist),
+## a tenth of each fuzz budget
+test-fast: $(STAMP)
+	WRAPALERT_FUZZ_SCALE=$${WRAPALERT_FUZZ_SCALE:-0.1} $(BIN)/pytest -m "not system" -n auto $(PYTEST_ARGS)
 
 ## lint: ruff and mypy strict
 lint: $(STAMP)

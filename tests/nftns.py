@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import PYTHON, WRAPALERT, DaemonProcess, client, require, wait_until, write_config
+from helpers import PYTHON, WRAPALERT, DaemonProcess, client, require, wait_until, write_config
 from netns import Connector, Listener
 
 TABLE = "wrapalert"

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from test_shield import LOGIND_SESSION
+from helpers import LOGIND_SESSION
 
 from wrapalert.banrule import normalise_allow
 from wrapalert.clock import SystemClock

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, maildir_messages, require, wait_until
+from helpers import LOGIND_SESSION, PYTHON, maildir_messages, require, utmp_file, wait_until
 from nftns import (
     HOST4,
     HOST6,
@@ -35,7 +35,8 @@ from nftns import (
     require_netns,
     tables,
 )
-from test_shield import LOGIND_SESSION, utmp_file
+
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
-from conftest import NO_DIGESTS, body, one_group
+from helpers import NO_DIGESTS, body, event, one_group
 
 from wrapalert import config
 from wrapalert.banrule import BanRule, BanTargetError, normalise_allow
@@ -23,7 +23,7 @@ from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import SCHEMA_VERSION, Store
 from wrapalert.digest_view import context
 from wrapalert.mail import Renderer
-from wrapalert.model import Event, digest_from_json, digest_to_json
+from wrapalert.model import digest_from_json, digest_to_json
 from wrapalert.pipeline.ban import BanCounter, BanStage
 from wrapalert.pipeline.stage import Flow
 from wrapalert.scanrule import ScanRule
@@ -153,25 +153,6 @@ def test_counter_needs_threshold_refusals_within_the_window() -> None:
     assert counter.hit("a", 13.0)
 
 
-def ev(
-    addr: str,
-    *,
-    trusted: bool = True,
-    at: float = 0.0,
-    transport: str = "tcp",
-    daemon: str = "sshd",
-) -> Event:
-    """An event as intake hands it on: by default trusted, its source vouched for by a
-    TCP handshake (daemon/witness.py)."""
-    return Event(
-        {"daemon": daemon, "client_addr": addr},
-        at,
-        uid=0 if trusted else 65534,
-        trusted=trusted,
-        transport=transport,
-    )
-
-
 @pytest.mark.parametrize("transport", ["udp", "unknown"])
 def test_stage_counts_only_what_the_kernel_vouched_for(transport: str) -> None:
     """Trusted reports whose source no TCP handshake proved (a UDP service's forgeable
@@ -179,10 +160,10 @@ def test_stage_counts_only_what_the_kernel_vouched_for(transport: str) -> None:
     asked: list[tuple[str, str, float]] = []
     stage = BanStage(BanRule(threshold=2), {}, lambda t, r, now: asked.append((t, r, now)))
     for i in range(5):
-        assert stage(Flow(ev("203.0.113.7", at=i, transport=transport))) is not None
+        assert stage(Flow(event(addr="203.0.113.7", at=i, transport=transport))) is not None
     assert asked == []
-    stage(Flow(ev("203.0.113.7", at=10)))
-    stage(Flow(ev("203.0.113.7", at=11)))
+    stage(Flow(event(addr="203.0.113.7", at=10, transport="tcp")))
+    stage(Flow(event(addr="203.0.113.7", at=11, transport="tcp")))
     assert asked == [("203.0.113.7", "2 refusals", 11)]  # the vouched ones alone
 
 
@@ -193,10 +174,10 @@ def test_stage_bans_a_scan_across_daemons_it_vouched_for() -> None:
     asked: list[tuple[str, str, float]] = []
     stage = BanStage(BanRule(threshold=10), {}, lambda t, r, n: asked.append((t, r, n)), rule)
     for i, daemon in enumerate(("in.tftpd", "in.talkd", "in.ntalkd")):
-        stage(Flow(ev("203.0.113.66", at=i, transport="udp", daemon=daemon)))
+        stage(Flow(event(addr="203.0.113.66", at=i, transport="udp", daemon=daemon)))
     assert asked == []
     for i, daemon in enumerate(("sshd", "in.ftpd", "vsftpd")):
-        stage(Flow(ev("203.0.113.9", at=100 + i, daemon=daemon)))
+        stage(Flow(event(addr="203.0.113.9", at=100 + i, daemon=daemon, transport="tcp")))
     assert asked == [("203.0.113.9", "scan of 3 daemons", 102)]
 
 
@@ -207,13 +188,13 @@ def test_stage_scan_needs_its_daemons_within_the_window() -> None:
     asked: list[str] = []
     stage = BanStage(BanRule(threshold=10), {}, lambda t, _r, _n: asked.append(t), rule)
     for at, daemon in ((0, "sshd"), (50, "in.ftpd"), (100, "vsftpd")):
-        stage(Flow(ev("203.0.113.9", at=at, daemon=daemon)))
+        stage(Flow(event(addr="203.0.113.9", at=at, daemon=daemon, transport="tcp")))
     assert asked == []
     for scan_off in (BanStage(BanRule(threshold=10), {}, lambda t, _r, _n: asked.append(t)),
                      BanStage(BanRule(threshold=10, scan=False), {},
                               lambda t, _r, _n: asked.append(t), rule)):  # fmt: skip
         for daemon in ("sshd", "in.ftpd", "vsftpd"):
-            scan_off(Flow(ev("203.0.113.10", daemon=daemon)))
+            scan_off(Flow(event(addr="203.0.113.10", daemon=daemon, transport="tcp")))
     assert asked == []
 
 
@@ -222,10 +203,12 @@ def test_stage_counts_only_trusted_events() -> None:
     asked: list[tuple[str, str, float]] = []
     stage = BanStage(BanRule(threshold=2), {}, lambda t, r, now: asked.append((t, r, now)))
     for i in range(5):
-        assert stage(Flow(ev("203.0.113.7", trusted=False, at=i))) is not None
+        assert (
+            stage(Flow(event(addr="203.0.113.7", trusted=False, at=i, transport="tcp"))) is not None
+        )
     assert asked == []
-    stage(Flow(ev("203.0.113.7", at=10)))
-    stage(Flow(ev("203.0.113.7", at=11)))
+    stage(Flow(event(addr="203.0.113.7", at=10, transport="tcp")))
+    stage(Flow(event(addr="203.0.113.7", at=11, transport="tcp")))
     assert asked == [("203.0.113.7", "2 refusals", 11)]
 
 
@@ -233,7 +216,7 @@ def test_stage_skips_settled_targets() -> None:
     """A target already banned (or refused lately) is not counted again."""
     asked: list[str] = []
     stage = BanStage(BanRule(threshold=1), {"203.0.113.7": 99.0}, lambda t, _r, _n: asked.append(t))
-    stage(Flow(ev("203.0.113.7")))
+    stage(Flow(event(addr="203.0.113.7", transport="tcp")))
     assert asked == []
 
 

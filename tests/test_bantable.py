@@ -250,6 +250,7 @@ def from_nothing(want: dict[str, float]) -> list[list[dict[str, Any]]]:
     return LAYOUT.repair(gone, LAYOUT.diff(gone, want, ME), want, ME)
 
 
+@pytest.mark.system
 def test_real_nft_reads_back_in_step(ns: Netns) -> None:
     """Declared, repaired from nothing and listed by the real nft, the table is in step:
     the parser reads what nft prints (this nft's version) as the layout wrote it."""
@@ -270,6 +271,7 @@ def test_real_nft_reads_back_in_step(ns: Netns) -> None:
     assert set(kernel.targets) == set(want)
 
 
+@pytest.mark.system
 def test_real_nft_repairs_a_table_kept_with_interval_elements(ns: Netns) -> None:
     """A restart with the table kept (IPv6 interval elements in it) repairs only the
     difference: no flush, so nft 1.0.6's interval-set failure cannot happen."""

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     PYTHON,
     WRAPALERT,
     libwrap_available,
@@ -122,6 +122,7 @@ def test_lint_missing_final_newline_in_deny_is_an_error() -> None:
     assert "denies EVERY client" in message
 
 
+@pytest.mark.system
 def test_libwrap_missing_final_newline_in_deny_denies_every_client(tmp_path: Path) -> None:
     """libwrap denies a client no rule names when hosts.deny lacks its final newline."""
     assert allowed(tmp_path / "a", deny=NO_NEWLINE_DENY + b"\n")
@@ -138,6 +139,7 @@ def test_lint_missing_final_newline_in_allow_is_an_error() -> None:
     assert "ignored" in message
 
 
+@pytest.mark.system
 def test_libwrap_missing_final_newline_in_allow_denies_the_client_it_allows(
     tmp_path: Path,
 ) -> None:
@@ -154,6 +156,7 @@ def test_lint_file_ending_in_a_continuation_is_an_error() -> None:
     assert severities(ENDS_IN_CONTINUATION) == [(1, "error")]
 
 
+@pytest.mark.system
 def test_libwrap_file_ending_in_a_continuation_denies_every_client(tmp_path: Path) -> None:
     """libwrap denies everyone when hosts.deny ends in backslash-newline, despite the newline."""
     assert not allowed(tmp_path, deny=ENDS_IN_CONTINUATION)
@@ -168,12 +171,14 @@ def test_lint_line_of_2048_bytes_with_newline_is_an_error() -> None:
     assert severities(comment(2048)) == [(1, "error")]
 
 
+@pytest.mark.system
 def test_libwrap_line_of_2048_bytes_ends_hosts_allow(tmp_path: Path) -> None:
     """After a 2048-byte line (newline included) libwrap ignores the hosts.allow rules below it."""
     assert allowed(tmp_path / "a", allow=comment(2047) + ALLOW_CLIENT, deny=DENY_ALL)
     assert not allowed(tmp_path / "b", allow=comment(2048) + ALLOW_CLIENT, deny=DENY_ALL)
 
 
+@pytest.mark.system
 def test_libwrap_line_of_2048_bytes_in_deny_denies_every_client(tmp_path: Path) -> None:
     """A 2048-byte comment in hosts.deny denies a client no rule names."""
     other = b"ftpd: 198.51.100.1\n"
@@ -188,6 +193,7 @@ def test_lint_counts_continued_lines_joined() -> None:
     assert severities(continued(2048)) == [(1, "error")]
 
 
+@pytest.mark.system
 def test_libwrap_counts_continued_lines_joined(tmp_path: Path) -> None:
     """libwrap fails a continued rule of 2048 joined bytes and accepts one of 2047."""
     assert allowed(tmp_path / "a", deny=continued(2047))
@@ -209,6 +215,7 @@ def test_lint_old_style_command_is_an_error_with_spawn_as_fix(tmp_path: Path) ->
     assert finding.fix == f"write 'spawn ({TOUCH} {tmp_path / 'm'}) &'"
 
 
+@pytest.mark.system
 def test_libwrap_never_runs_an_old_style_command(tmp_path: Path) -> None:
     """libwrap refuses the keyword-less command: it never runs, while `spawn` runs it."""
     wrap(tmp_path, deny=old_style(tmp_path / "old")).allowed(DAEMON, CLIENT)
@@ -218,6 +225,7 @@ def test_libwrap_never_runs_an_old_style_command(tmp_path: Path) -> None:
     assert not (tmp_path / "old").exists()
 
 
+@pytest.mark.system
 def test_libwrap_option_error_in_allow_denies_the_client(tmp_path: Path) -> None:
     """An old-style rule in hosts.allow makes libwrap deny the very client it names."""
     good = f"{DAEMON}: {CLIENT} : spawn {TOUCH} {tmp_path / 'x'}\n".encode()
@@ -239,6 +247,7 @@ def test_lint_unescaped_colon_in_spawn_is_an_error() -> None:
     assert not [f for f in lint(colon_rule(Path("/o"), escaped=True)) if "':'" in f[2]]
 
 
+@pytest.mark.system
 def test_libwrap_cuts_the_command_at_an_unescaped_colon(tmp_path: Path) -> None:
     """libwrap runs the command only up to a bare ':'; '\\:' keeps the colon."""
     wrap(tmp_path, deny=colon_rule(tmp_path, escaped=False)).allowed(DAEMON, CLIENT)
@@ -257,6 +266,7 @@ def test_lint_unknown_expansion_is_a_warning() -> None:
     assert message.startswith("%Z is not a libwrap expansion")
 
 
+@pytest.mark.system
 def test_libwrap_unknown_expansion_expands_to_nothing(tmp_path: Path) -> None:
     """libwrap drops `%Z` entirely: x%Zy becomes xy."""
     wrap(tmp_path, deny=percent_z(tmp_path)).allowed(DAEMON, CLIENT)
@@ -271,6 +281,7 @@ def test_lint_spawn_without_ampersand_is_a_warning() -> None:
     assert lint(f"ALL : ALL : spawn {SLEEP} 0.3 &\n".encode()) == []
 
 
+@pytest.mark.system
 def test_libwrap_waits_for_a_spawn_without_ampersand(tmp_path: Path) -> None:
     """hosts_ctl returns only after `sleep 0.3` ends when the spawn has no '&'."""
     libwrap = wrap(tmp_path, deny=f"ALL : ALL : spawn {SLEEP} 0.3\n".encode())
@@ -279,6 +290,7 @@ def test_libwrap_waits_for_a_spawn_without_ampersand(tmp_path: Path) -> None:
     assert time.monotonic() - start >= 0.3
 
 
+@pytest.mark.system
 def test_libwrap_does_not_wait_for_a_spawn_with_ampersand(tmp_path: Path) -> None:
     """With '&' hosts_ctl returns long before a 1 s command ends.
 
@@ -358,6 +370,7 @@ def hosts_access_for(conn: socket.socket) -> bool:
     return bool(lib.hosts_access(request))
 
 
+@pytest.mark.system
 def test_libwrap_percent_u_waits_for_identd_even_with_ampersand(
     tmp_path: Path, identd: Identd
 ) -> None:
@@ -386,6 +399,7 @@ def test_lint_missing_program_is_an_error(tmp_path: Path) -> None:
         assert message.startswith(str(path))
 
 
+@pytest.mark.system
 def test_libwrap_runs_a_missing_program_to_status_127_and_a_non_executable_to_126(
     tmp_path: Path,
 ) -> None:
@@ -410,6 +424,7 @@ def test_lint_unbalanced_quote_is_an_error() -> None:
     assert severities(f"ALL : ALL : spawn ({TOUCH} 'x) &\n".encode()) == [(1, "error")]
 
 
+@pytest.mark.system
 def test_libwrap_spawn_with_unbalanced_quote_runs_nothing(tmp_path: Path) -> None:
     """libwrap hands the command to sh, which refuses it: the program never runs."""
     wrap(tmp_path, deny=f"ALL : ALL : spawn {TOUCH} {tmp_path}/q 'x\n".encode()).allowed(
@@ -425,6 +440,7 @@ def test_lint_keyword_case_does_not_matter() -> None:
     )
 
 
+@pytest.mark.system
 def test_libwrap_option_keywords_are_case_insensitive(tmp_path: Path) -> None:
     """libwrap runs `SPAWN` and `SpAwN` like `spawn` (PLATFORM.md: strcasecmp)."""
     for keyword in ("SPAWN", "SpAwN"):
@@ -439,6 +455,7 @@ def test_lint_misplaced_or_malformed_options_are_errors() -> None:
         assert "error" in [s for _, s in severities(f"ALL : ALL : {options}\n".encode())], options
 
 
+@pytest.mark.system
 def test_libwrap_misplaced_or_malformed_options_deny_in_allow(tmp_path: Path) -> None:
     """Each of those option errors turns a hosts.allow match into a denial."""
     for i, options in enumerate(("allow : spawn /bin/true", "allow x", "spawn", "frobnicate")):
@@ -456,6 +473,7 @@ def test_lint_comment_ending_in_backslash_is_a_warning() -> None:
     assert severities(SWALLOWED) == [(1, "warning")]
 
 
+@pytest.mark.system
 def test_libwrap_comment_ending_in_backslash_swallows_the_next_rule(tmp_path: Path) -> None:
     """libwrap joins the rule after a backslash-ended comment into it: the rule never applies."""
     assert allowed(tmp_path, deny=SWALLOWED)
@@ -469,6 +487,7 @@ def test_lint_indented_hash_is_a_warning() -> None:
     assert severities(INDENTED) == [(1, "warning")]
 
 
+@pytest.mark.system
 def test_libwrap_reads_an_indented_hash_line_as_a_rule(tmp_path: Path) -> None:
     """libwrap applies `  # sshd: CLIENT` as a rule: the client is denied."""
     assert not allowed(tmp_path, deny=INDENTED)
@@ -482,11 +501,13 @@ def test_lint_missing_separator_is_an_error() -> None:
     assert severities(NO_SEPARATOR) == [(1, "error")]
 
 
+@pytest.mark.system
 def test_libwrap_ignores_a_rule_without_separator(tmp_path: Path) -> None:
     """libwrap skips a rule without ':': the client it names is allowed."""
     assert allowed(tmp_path, deny=NO_SEPARATOR)
 
 
+@pytest.mark.system
 def test_libwrap_treats_missing_tables_as_empty(tmp_path: Path) -> None:
     """libwrap allows everyone when neither table exists, and check-hosts finds nothing."""
     require(libwrap_available(), NO_LIBWRAP)
@@ -571,6 +592,7 @@ def test_lint_line_without_daemon_field_is_an_error(sockdir: Path) -> None:
     assert (finding.severity, finding.message.startswith("no d=%d")) == ("error", True)
 
 
+@pytest.mark.system
 def test_libwrap_delivers_to_the_socket_in_the_line_not_the_config(
     sockdir: Path, tmp_path: Path
 ) -> None:
@@ -765,6 +787,7 @@ def test_lint_nul_byte_is_an_error() -> None:
     assert any(sev == "error" and "NUL" in msg for _, sev, msg in found)
 
 
+@pytest.mark.system
 def test_libwrap_nul_byte_denies_an_unrelated_client(tmp_path: Path) -> None:
     """What the NUL error predicts: a rule for in.ftpd with a NUL denies sshd to anyone."""
     require(libwrap_available(), "libwrap0 is not installed (apt-get install libwrap0)")
@@ -805,6 +828,7 @@ def test_command_names_the_command_for_the_current_line(sockdir: Path, tmp_path:
     assert f"fix: print the current one with: wrapalert hosts-deny-line -c {cfg} " in result.stdout
 
 
+@pytest.mark.system
 def test_lint_knows_debians_aclexec_option(tmp_path: Path) -> None:
     """aclexec (Debian's) is an option, not an error; its program is checked like spawn's."""
     assert lint(b"sshd: ALL : aclexec /bin/true\n", "allow") == []

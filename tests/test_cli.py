@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, WRAPALERT, libwrap_available, receiver, require, write_config
+from helpers import PYTHON, WRAPALERT, libwrap_available, receiver, require, write_config
 
 from wrapalert import hostsdeny, notify, wire
 from wrapalert.libwrap import LibWrap
@@ -70,6 +70,7 @@ def test_bad_daemon_list_is_refused() -> None:
     )
 
 
+@pytest.mark.system
 def test_escaped_line_works_in_real_libwrap(sockdir: Path, tmp_path: Path) -> None:
     """A client path with ':', '%' and a space still runs when libwrap spawns the line."""
     require(libwrap_available(), "libwrap0 is not installed (apt-get install libwrap0)")
@@ -150,6 +151,7 @@ def test_notify_verb_takes_no_options(sockdir: Path) -> None:
     assert wire.parse(data)["user"] == "--version"
 
 
+@pytest.mark.system
 def test_simulate_without_a_daemon_spools(sockdir: Path) -> None:
     """`wrapalert simulate` runs the real hook: with no daemon, the events land in the spool."""
     require(libwrap_available(), "libwrap0 is not installed (apt-get install libwrap0)")

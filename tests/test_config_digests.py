@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import WRAPALERT, Running, write_config
+from helpers import WRAPALERT, Running, write_config
 
 from wrapalert import config
 from wrapalert.confparse import ConfigError

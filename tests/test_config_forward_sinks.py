@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import NO_DIGESTS
+from helpers import NO_DIGESTS
 
 from wrapalert import config
 from wrapalert.confparse import ConfigError, SinkConfig

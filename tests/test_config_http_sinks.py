@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import NO_DIGESTS
+from helpers import NO_DIGESTS
 
 from wrapalert import config
 from wrapalert.confparse import ConfigError, HttpUrl, SinkConfig

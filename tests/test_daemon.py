@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     Deliveries,
     Running,
     body,
@@ -17,16 +17,13 @@ from conftest import (
     maildir_messages,
     make_config,
     require,
+    send_datagrams,
+    send_refusals,
     spool_files,
 )
 
 from wrapalert.daemon.server import Server
 from wrapalert.wire import encode
-
-
-def send(path: Path, data: bytes) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(data, str(path))
 
 
 def test_bad_datagrams_are_counted_by_reason_and_intake_goes_on(sockdir: Path) -> None:
@@ -48,8 +45,8 @@ def test_bad_datagrams_are_counted_by_reason_and_intake_goes_on(sockdir: Path) -
         server = Server(make_config(sockdir), on_delivery=seen)
         async with Running(server):
             for data in bad.values():
-                send(server.cfg.daemon.socket, data)
-            send(server.cfg.daemon.socket, encode({"d": "sshd", "a": "192.0.2.1"}))
+                send_datagrams(server.cfg.daemon.socket, data)
+            send_refusals(server.cfg.daemon.socket)
             await seen.wait_events(1)
         return server
 
@@ -59,6 +56,7 @@ def test_bad_datagrams_are_counted_by_reason_and_intake_goes_on(sockdir: Path) -
     assert status["received"] == 1
 
 
+@pytest.mark.system
 def test_events_from_other_uids_are_marked_untrusted_and_kept_apart(sockdir: Path) -> None:
     """A report sent as uid 65534 gets its own group, marked untrusted, next to the real one."""
     require(os.geteuid() == 0, "sending as another uid needs root (setpriv)")
@@ -82,6 +80,7 @@ def test_events_from_other_uids_are_marked_untrusted_and_kept_apart(sockdir: Pat
     assert "reported by uid 65534, untrusted" in text
 
 
+@pytest.mark.system
 def test_an_untrusted_uid_cannot_exceed_its_budget(sockdir: Path) -> None:
     """Thirty varied reports from uid 65534 make one group; after its report, more from that
     uid wait for untrusted_interval while a trusted group reports again within seconds."""
@@ -201,7 +200,7 @@ def test_a_stale_socket_file_is_replaced(sockdir: Path) -> None:
     async def scenario() -> Deliveries:
         seen = Deliveries()
         async with Running(Server(cfg, on_delivery=seen)):
-            send(cfg.daemon.socket, encode({"d": "sshd", "a": "192.0.2.1"}))
+            send_refusals(cfg.daemon.socket)
             await seen.wait_events(1)
         return seen
 

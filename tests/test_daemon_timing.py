@@ -10,67 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from conftest import Running, make_config
+from helpers import Mailbox, Running, make_config, send_refusals
 from timing import VirtualClock, run
 
 from wrapalert import config
 from wrapalert.daemon.server import Server
 from wrapalert.model import Digest
-from wrapalert.sinks.base import TransientSinkError
 from wrapalert.sinks.jsonl import JsonlSinkConfig
-from wrapalert.wire import encode
 
 SLACK = 0.05  # virtual seconds: the loop's idle threshold and the commit tick
-
-
-class Mailbox:
-    """A digest sink that records each digest with the virtual time it arrived; the first
-    `failures` sends fail transiently."""
-
-    def __init__(self, clock: VirtualClock, name: str = "mail", failures: int = 0) -> None:
-        self.name = name
-        self.clock = clock
-        self.failures = failures
-        self.attempts: list[float] = []
-        self.got: list[tuple[float, Digest]] = []
-        self.arrived = asyncio.Event()
-
-    async def send(self, digest: Digest) -> None:
-        self.attempts.append(self.clock.now())
-        if self.failures:
-            self.failures -= 1
-            raise TransientSinkError("421 try again")
-        self.got.append((self.clock.now(), digest))
-        self.arrived.set()
-
-    async def wait(self, count: int, within: float) -> None:
-        """Until `count` digests arrived, or `within` virtual seconds passed (a failure)."""
-        async with asyncio.timeout(within):
-            while len(self.got) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
-
-
-class Records:
-    """A forwarding sink that records the records it gets."""
-
-    def __init__(self, name: str = "records") -> None:
-        self.name = name
-        self.records: list[dict[str, object]] = []
-
-    async def send_records(self, records: list[dict[str, object]]) -> None:
-        self.records.extend(records)
-
-
-def send(cfg: config.Config, addr: str = "192.0.2.1", count: int = 1) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        for _ in range(count):
-            s.sendto(encode({"d": "sshd", "a": addr}), str(cfg.daemon.socket))
 
 
 def timing_config(base: Path, **digest: Any) -> config.Config:
@@ -95,9 +47,9 @@ def test_first_digest_waits_exactly_group_wait(sockdir: Path) -> None:
         mail = Mailbox(clock)
         async with Running(Server(cfg, sinks=[mail], clock=clock)):
             start = clock.now()
-            send(cfg)
+            send_refusals(cfg.daemon.socket)
             await asyncio.sleep(20)
-            send(cfg, count=2)
+            send_refusals(cfg.daemon.socket, count=2)
             await mail.wait(1, within=60)
         return start, mail.got
 
@@ -116,10 +68,10 @@ def test_later_activity_waits_for_group_interval(sockdir: Path) -> None:
     async def scenario() -> list[tuple[float, Digest]]:
         mail = Mailbox(clock)
         async with Running(Server(cfg, sinks=[mail], clock=clock)):
-            send(cfg)
+            send_refusals(cfg.daemon.socket)
             await mail.wait(1, within=30)
             await asyncio.sleep(1)
-            send(cfg, count=4)
+            send_refusals(cfg.daemon.socket, count=4)
             await mail.wait(2, within=300)
         return mail.got
 
@@ -138,7 +90,7 @@ def test_a_quiet_group_is_repeated_once_after_repeat_interval(sockdir: Path) -> 
         mail = Mailbox(clock)
         server = Server(cfg, sinks=[mail], clock=clock)
         async with Running(server):
-            send(cfg, count=2)
+            send_refusals(cfg.daemon.socket, count=2)
             await mail.wait(2, within=4000)
             await asyncio.sleep(4 * 3600)  # nothing more comes
             groups = len(server.pipeline.aggregator.groups)
@@ -164,7 +116,7 @@ def test_the_mail_cap_holds_digests_for_the_hour_and_loses_none(sockdir: Path) -
         mail = Mailbox(clock)
         async with Running(Server(cfg, sinks=[mail], clock=clock)):
             for i in range(6):  # a new source every ten minutes
-                send(cfg, addr=f"192.0.2.{i + 1}")
+                send_refusals(cfg.daemon.socket, addr=f"192.0.2.{i + 1}")
                 await asyncio.sleep(600)
             await mail.wait(3, within=7200)
         return mail.got
@@ -186,7 +138,7 @@ def test_transient_failures_are_retried_on_the_backoff(sockdir: Path) -> None:
     async def scenario() -> Mailbox:
         mail = Mailbox(clock, failures=3)
         async with Running(Server(cfg, sinks=[mail], clock=clock)):
-            send(cfg)
+            send_refusals(cfg.daemon.socket)
             await mail.wait(1, within=60)
         return mail
 
@@ -213,11 +165,11 @@ def test_reload_hands_groups_and_forwarding_to_the_new_pipeline(sockdir: Path) -
         )
         async with Running(server):
             start = clock.now()
-            send(cfg, count=2)
+            send_refusals(cfg.daemon.socket, count=2)
             await asyncio.sleep(10)
             server.apply(replace(cfg, limits=replace(cfg.limits, events_per_second=50.0)))
             assert server.sinks.forwarders["records"].bucket.rate == 50.0
-            send(cfg, count=3)
+            send_refusals(cfg.daemon.socket, count=3)
             await asyncio.sleep(25)
         return start
 

@@ -26,10 +26,19 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import maildir_messages, receiver, require, wait_until, write_config
-from test_packaging import EXPOSURE_MAX, EXPOSURE_MAX_NFTABLES
+from helpers import (
+    EXPOSURE_MAX,
+    EXPOSURE_MAX_NFTABLES,
+    maildir_messages,
+    receiver,
+    require,
+    wait_until,
+    write_config,
+)
 
 from wrapalert import config, hostsdeny
+
+pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTROL = ROOT / "packaging" / "debian" / "control"

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 
-from conftest import one_group
+from helpers import one_group
 from timing import ManualClock
 
 from wrapalert.model import Digest, merge_digests
@@ -28,10 +28,6 @@ class Sink:
         if self.failures:
             raise self.failures.pop(0)
         self.sent.append(digest)
-
-
-def digest(events: int, addr: str = "192.0.2.1", created: float = 0.0) -> Digest:
-    return one_group(events, addr=addr, created=created, host="h")
 
 
 class Results:
@@ -78,7 +74,7 @@ def test_digests_queued_together_go_out_as_one_mail() -> None:
     clock, sink, results = ManualClock(), Sink(), Results()
     worker = SinkWorker(sink, per_hour=2, on_result=results, clock=clock)
     for i in range(5):
-        worker.submit(digest(i + 1, addr=f"192.0.2.{i}"))
+        worker.submit(one_group(i + 1, addr=f"192.0.2.{i}"))
 
     asyncio.run(run_until(worker, lambda: len(sink.sent) == 1))
     assert [d.events for d in sink.sent] == [15]
@@ -92,11 +88,11 @@ def test_cap_holds_later_digests_until_the_hour_allows() -> None:
 
     async def scenario() -> None:
         task = asyncio.create_task(worker.run())
-        worker.submit(digest(1))
+        worker.submit(one_group(1))
         await until(lambda: len(sink.sent) == 1)
         start = clock.t
-        worker.submit(digest(2, addr="192.0.2.2"))
-        worker.submit(digest(3, addr="192.0.2.3"))
+        worker.submit(one_group(2, addr="192.0.2.2"))
+        worker.submit(one_group(3, addr="192.0.2.3"))
         await until(lambda: len(sink.sent) == 2)
         assert clock.t - start >= 3600.0 - 1e-6
         worker.close()
@@ -113,7 +109,7 @@ def test_transient_failures_are_retried_with_growing_backoff() -> None:
     clock, results = ManualClock(), Results()
     sink = Sink(failures=[TransientSinkError("421")] * 4)
     worker = SinkWorker(sink, per_hour=0, on_result=results, clock=clock, backoff=(1.0, 4.0))
-    worker.submit(digest(3))
+    worker.submit(one_group(3))
     asyncio.run(run_until(worker, lambda: sink.sent))
     assert sink.attempts == 5
     assert [e for _, _, e in results.items] == [None]
@@ -127,7 +123,7 @@ def test_permanent_failure_is_recorded_and_not_retried() -> None:
     clock, results = ManualClock(), Results()
     sink = Sink(failures=[PermanentSinkError("554 no")])
     worker = SinkWorker(sink, per_hour=0, on_result=results, clock=clock)
-    worker.submit(digest(2))
+    worker.submit(one_group(2))
     asyncio.run(run_until(worker, lambda: results.items))
     assert sink.attempts == 1
     ((name, events, error),) = results.items
@@ -140,7 +136,7 @@ def test_a_full_queue_merges_instead_of_dropping() -> None:
     clock, results = ManualClock(), Results()
     worker = SinkWorker(Sink(), per_hour=0, on_result=results, clock=clock, queue_max=3)
     for i in range(10):
-        worker.submit(digest(1, addr=f"192.0.2.{i}"))
+        worker.submit(one_group(1, addr=f"192.0.2.{i}"))
     assert worker.depth <= 3
     assert sum(d.events for d in worker.queue) == 10
 
@@ -161,7 +157,7 @@ def test_a_stuck_sink_does_not_hold_up_another() -> None:
     async def scenario() -> None:
         tasks = [asyncio.create_task(w.run()) for w in workers]
         for w in workers:
-            w.submit(digest(1))
+            w.submit(one_group(1))
         await until(lambda: bool(good.sent))
         for t in tasks:
             t.cancel()
@@ -185,9 +181,9 @@ def test_close_keeps_held_digests_queued_within_the_cap() -> None:
 
     async def scenario() -> None:
         task = asyncio.create_task(worker.run())
-        worker.submit(digest(1))
+        worker.submit(one_group(1))
         await until(lambda: bool(sink.sent))
-        worker.submit(digest(2, addr="192.0.2.9"))
+        worker.submit(one_group(2, addr="192.0.2.9"))
         for _ in range(10):
             await asyncio.sleep(0)
         assert len(sink.sent) == 1  # held by the cap
@@ -224,10 +220,10 @@ def test_a_queue_overflow_never_merges_the_digest_being_sent() -> None:
 
     async def scenario() -> None:
         task = asyncio.create_task(worker.run())
-        worker.submit(digest(10, "192.0.2.1"))
+        worker.submit(one_group(10, "192.0.2.1"))
         await until(lambda: worker.inflight is not None)
         for i in range(4):
-            worker.submit(digest(1, f"192.0.2.{i + 2}", created=float(i + 2)))
+            worker.submit(one_group(1, f"192.0.2.{i + 2}", created=float(i + 2)))
         sink.gate.set()
         await until(lambda: sum(d.events for d in sink.sent) >= 14)
         worker.close()
@@ -245,9 +241,9 @@ def test_a_retry_during_a_send_does_not_send_it_again() -> None:
 
     async def scenario() -> None:
         task = asyncio.create_task(worker.run())
-        worker.submit(digest(5, "192.0.2.1"))
+        worker.submit(one_group(5, "192.0.2.1"))
         await until(lambda: len(worker.failed) == 1)
-        worker.submit(digest(7, "192.0.2.2", created=2.0))
+        worker.submit(one_group(7, "192.0.2.2", created=2.0))
         await until(lambda: worker.inflight is not None)
         worker.retry_failed()
         sink.gate.set()
@@ -262,7 +258,8 @@ def test_a_retry_during_a_send_does_not_send_it_again() -> None:
 def test_merging_keeps_every_count() -> None:
     """A merged digest sums events, held and silenced counts of its parts."""
     parts = [
-        replace(digest(n, f"192.0.2.{n}", created=float(n)), silenced=n, held=1) for n in (1, 2, 3)
+        replace(one_group(n, f"192.0.2.{n}", created=float(n)), silenced=n, held=1)
+        for n in (1, 2, 3)
     ]
     merged = merge_digests(parts, 10.0)
     assert (merged.events, merged.silenced, merged.held, merged.merged) == (6, 6, 3, 3)

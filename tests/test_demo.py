@@ -8,7 +8,10 @@ import subprocess
 import threading
 from pathlib import Path
 
-from conftest import WRAPALERT, libwrap_available, maildir_messages, require
+import pytest
+from helpers import WRAPALERT, libwrap_available, maildir_messages, require
+
+pytestmark = pytest.mark.system
 
 
 def test_demo_shows_a_digest_within_a_minute(sockdir: Path) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import struct
-import subprocess
 import zlib
 from dataclasses import replace
-from html.parser import HTMLParser
 from pathlib import Path
 
-from conftest import require
+import pytest
+from helpers import chromium, elements
 
 from wrapalert import config, story
 from wrapalert.mail import Renderer
@@ -20,16 +18,6 @@ from wrapalert.preview import build_digest, parse_events, sample_digest
 NOW = 1_700_000_000.0
 HOSTILE = "<img src=x onerror=alert(1)>"
 BAR = (0xC0, 0x39, 0x2B)  # the chart's colour for trusted events
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
 
 
 def html_part(d: Digest) -> str:
@@ -37,17 +25,6 @@ def html_part(d: Digest) -> str:
     assert part is not None
     content: str = part.get_content()
     return content
-
-
-def chromium(tmp_path: Path, page: str, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """Headless Chromium on `page` (written to a file), with its own profile under tmp_path."""
-    binary = shutil.which("chromium")
-    require(binary is not None, "chromium is not installed (apt-get install chromium)")
-    assert binary is not None
-    path = tmp_path / "digest.html"
-    path.write_text(page, encoding="utf-8")
-    argv = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args]
-    return subprocess.run([*argv, path.as_uri()], capture_output=True, check=True, timeout=120)
 
 
 def png_rows(data: bytes) -> list[bytes]:
@@ -92,32 +69,6 @@ def png_rows(data: bytes) -> list[bytes]:
     return rows
 
 
-class Elements(HTMLParser):
-    """Every start tag and attribute name of a document."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: set[str] = set()
-        self.attrs: set[str] = set()
-        self.values: list[str] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.add(tag)
-        self.attrs.update(name for name, _ in attrs)
-        self.values.extend(value or "" for _, value in attrs)
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-
-def elements(page: str) -> Elements:
-    parser = Elements()
-    parser.feed(page)
-    parser.close()
-    return parser
-
-
 def hostile_digest() -> Digest:
     """Markup in every event value a digest shows (daemon, address, name, labels) and the host.
 
@@ -140,6 +91,7 @@ def hostile_digest() -> Digest:
     return replace(d, groups=(first, *d.groups[1:]))
 
 
+@pytest.mark.system
 def test_screenshot_shows_the_timeline_chart(tmp_path: Path) -> None:
     """Chromium renders the sample digest as a non-blank page whose chart bars are visible."""
     shot = tmp_path / "digest.png"
@@ -158,6 +110,7 @@ def test_screenshot_shows_the_timeline_chart(tmp_path: Path) -> None:
     assert widest >= 100  # the busiest bar spans over 100 pixels
 
 
+@pytest.mark.system
 def test_dom_holds_no_markup_from_events(tmp_path: Path) -> None:
     """Markup in event values and the host name is text in Chromium's DOM, never an element."""
     result = chromium(tmp_path, html_part(hostile_digest()), "--dump-dom")

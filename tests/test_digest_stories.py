@@ -11,15 +11,25 @@ from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from pathlib import Path
 
-from conftest import Deliveries, Running, body, client, maildir_messages, make_config, require
-from test_digest_html import chromium, elements
+import pytest
+from helpers import (
+    Deliveries,
+    Running,
+    body,
+    chromium,
+    client,
+    elements,
+    maildir_messages,
+    make_config,
+    require,
+    send_refusals,
+)
 from timing import VirtualClock, run
 
 from wrapalert import config
 from wrapalert.daemon.server import Server
 from wrapalert.mail import Renderer
 from wrapalert.model import Digest
-from wrapalert.wire import encode
 
 SCREEN = 24  # lines of an 80-column terminal: what root sees before scrolling
 Refusal = tuple[str, str]  # (daemon, client address)
@@ -179,6 +189,8 @@ def test_held_story_counts_what_the_mail_cap_held_back(sockdir: Path) -> None:
     block says how many of its events were held back (daemon on virtual time)."""
     cfg = make_config(sockdir, group_wait=1.0, group_interval=60.0, batch_window=0.0)
     cfg = replace(cfg, limits=replace(cfg.limits, mails_per_hour=1, retry_min=1.0))
+    # Periodic chores at their usual pace: each tick is a loop pass, an hour is many passes.
+    cfg = replace(cfg, daemon=replace(cfg.daemon, commit_interval=1.0, spool_scan_interval=60.0))
     clock = VirtualClock()
     got: list[Digest] = []
 
@@ -191,7 +203,7 @@ def test_held_story_counts_what_the_mail_cap_held_back(sockdir: Path) -> None:
     async def scenario() -> None:
         async with Running(Server(cfg, sinks=[Mailbox()], clock=clock)):
             for i in range(3):  # a new source every ten minutes
-                with_socket(cfg, f"192.0.2.{i + 1}")
+                send_refusals(cfg.daemon.socket, f"192.0.2.{i + 1}")
                 await asyncio.sleep(600)
             await asyncio.sleep(3600)
 
@@ -202,14 +214,6 @@ def test_held_story_counts_what_the_mail_cap_held_back(sockdir: Path) -> None:
     assert (
         "HELD        2 events held back by the rate limit, sent late (2 digests merged)" in screen
     )
-
-
-def with_socket(cfg: config.Config, addr: str) -> None:
-    """One datagram straight onto the daemon's socket, from inside the virtual-time loop."""
-    import socket  # noqa: PLC0415 - only the virtual-time test sends without the client
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(encode({"d": "sshd", "a": addr}), str(cfg.daemon.socket))
 
 
 def mixed(sockdir: Path) -> Outcome:
@@ -235,6 +239,7 @@ def mixed(sockdir: Path) -> Outcome:
     )
 
 
+@pytest.mark.system
 def test_mixed_digest_tells_every_story_on_the_first_screen(sockdir: Path) -> None:
     """With every kind at once, the first 24 lines of 80 columns hold the whole lead block,
     most severe first, and the top of the sources table."""
@@ -251,6 +256,7 @@ def test_mixed_digest_tells_every_story_on_the_first_screen(sockdir: Path) -> No
     assert out.last["Subject"].endswith(": scan from 192.0.2.9 (5 daemons); 37 refused, 22 sources")
 
 
+@pytest.mark.system
 def test_mixed_digest_html_shows_every_story_in_chromium(sockdir: Path, tmp_path: Path) -> None:
     """Chromium's DOM of the mixed digest's HTML part holds every story line of the text."""
     out = mixed(sockdir)
@@ -264,6 +270,7 @@ def test_mixed_digest_html_shows_every_story_in_chromium(sockdir: Path, tmp_path
         assert line.removesuffix("…") in shown
 
 
+@pytest.mark.system
 def test_untrusted_flood_is_counted_apart_and_never_quoted_first(sockdir: Path) -> None:
     """A flood from uid 65534 next to one real refusal: subject, headline and Daemons line
     name only the real one; X-Wrapalert-Untrusted counts the flood; no untrusted text comes

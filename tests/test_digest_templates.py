@@ -7,25 +7,21 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from helpers import preview_digest
 from structlog.testing import capture_logs
 
-from wrapalert import config
 from wrapalert.mail import Renderer, _Templates
-from wrapalert.model import Digest
-from wrapalert.preview import build_digest, parse_events
 
 NOW = 1_700_000_000.0
 BUILTIN_SUBJECT = "[wrapalert] web1: 3 refused from 1 source (1 new): sshd"
 
 
-def digest() -> Digest:
-    return build_digest(parse_events("d=sshd a=192.0.2.1 count=3"), config.Config(), NOW, "web1")
-
-
 def render_with(templates: Path) -> tuple[str, str, list[MutableMapping[str, Any]]]:
     """Subject and text part rendered with `templates` as template_dir, and the log entries."""
     with capture_logs() as logs:
-        msg = Renderer("wrapalert@localhost", ("root",), templates).render(digest())
+        msg = Renderer("wrapalert@localhost", ("root",), templates).render(
+            preview_digest("d=sshd a=192.0.2.1 count=3")
+        )
     plain = msg.get_body(("plain",))
     assert plain is not None
     return msg["Subject"], plain.get_content(), logs
@@ -83,7 +79,9 @@ def test_undefined_variable_falls_back_with_a_logged_error(tmp_path: Path) -> No
     """A user template naming a variable that does not exist is logged; ours renders that part."""
     (tmp_path / "mail.html.j2").write_text("<p>{{ no_such_thing }}</p>")
     with capture_logs() as logs:
-        msg = Renderer("a@b", ("root",), tmp_path).render(digest())
+        msg = Renderer("a@b", ("root",), tmp_path).render(
+            preview_digest("d=sshd a=192.0.2.1 count=3")
+        )
     html = msg.get_body(("html",))
     assert html is not None
     assert ">Sources</h2>" in html.get_content()
@@ -104,7 +102,7 @@ def test_mail_goes_out_even_when_our_templates_are_gone(tmp_path: Path) -> None:
     renderer = Renderer("a@b", ("root",))
     renderer.builtin = _Templates(jinja2.FileSystemLoader(str(tmp_path)))
     with capture_logs() as logs:
-        msg = renderer.render(digest())
+        msg = renderer.render(preview_digest("d=sshd a=192.0.2.1 count=3"))
     plain = msg.get_body(("plain",))
     assert plain is not None
     assert "3 refused from 1 sources" in plain.get_content()

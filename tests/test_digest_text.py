@@ -8,19 +8,15 @@ import time
 from dataclasses import replace
 
 import pytest
+from helpers import preview_digest
 
 from wrapalert import config
 from wrapalert.mail import Renderer
 from wrapalert.model import Digest, Event
 from wrapalert.pipeline.aggregate import Aggregator
-from wrapalert.preview import build_digest, parse_events, sample_digest
+from wrapalert.preview import parse_events, sample_digest
 
 NOW = 1_700_000_000.0
-
-
-def digest(lines: str, cfg: config.Config | None = None) -> Digest:
-    """The digest the real Aggregator makes of these events (preview's events format)."""
-    return build_digest(parse_events(lines), cfg or config.Config(), NOW, host="web1")
 
 
 def text(d: Digest) -> str:
@@ -36,7 +32,9 @@ def hms(seconds: float) -> str:
 
 def test_source_row_has_every_column() -> None:
     """A source's row shows address, name, its own count, last seen, status and daemons."""
-    out = text(digest("d=sshd a=203.0.113.7 n=scan.example ago=2m count=5\nd=sshd a=203.0.113.7"))
+    out = text(
+        preview_digest("d=sshd a=203.0.113.7 n=scan.example ago=2m count=5\nd=sshd a=203.0.113.7")
+    )
     row = f"203.0.113.7     scan.example      6 {hms(NOW)} new        sshd\n"
     assert row in out
 
@@ -44,7 +42,7 @@ def test_source_row_has_every_column() -> None:
 def test_source_row_lists_every_daemon_of_its_address() -> None:
     """One row per address: the groups of its daemons are one row, with each daemon and
     its count in it."""
-    out = text(digest("d=sshd a=203.0.113.7 count=3\nd=in.ftpd a=203.0.113.7"))
+    out = text(preview_digest("d=sshd a=203.0.113.7 count=3\nd=in.ftpd a=203.0.113.7"))
     rows = [line for line in out.splitlines() if line.startswith("203.0.113.7 ")]
     assert len(rows) == 1
     assert rows[0].endswith(" new        sshd 3, in.ftpd 1")
@@ -53,7 +51,7 @@ def test_source_row_lists_every_daemon_of_its_address() -> None:
 
 def test_sources_are_sorted_by_severity_then_count() -> None:
     """A critical source comes first whatever its count; the rest follow busiest first."""
-    d = digest("d=sshd a=192.0.2.1 count=9\nd=sshd a=192.0.2.2 count=5\nd=sshd a=192.0.2.3")
+    d = preview_digest("d=sshd a=192.0.2.1 count=9\nd=sshd a=192.0.2.2 count=5\nd=sshd a=192.0.2.3")
     groups = tuple(
         replace(g, severity="critical") if g.label("client_addr") == "192.0.2.3" else g
         for g in d.groups
@@ -77,7 +75,7 @@ def test_status_follows_reason_and_age(
     reason: str, age_before_window: float, earlier_events: int, shown: str
 ) -> None:
     """new = first report; persistent = seen over an hour before the window; else repeat."""
-    d = digest("d=sshd a=203.0.113.7 count=3")
+    d = preview_digest("d=sshd a=203.0.113.7 count=3")
     (g,) = d.groups
     g = replace(
         g,
@@ -99,7 +97,7 @@ def test_sample_digest_fits_80_columns() -> None:
 
 def test_summary_states_window_daemons_and_new_sources() -> None:
     """The summary says how many, from how many sources (how many new), when and which daemons."""
-    out = text(digest("d=sshd a=192.0.2.1 ago=3m count=4\nd=in.ftpd a=192.0.2.2"))
+    out = text(preview_digest("d=sshd a=192.0.2.1 ago=3m count=4\nd=in.ftpd a=192.0.2.2"))
     start = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(NOW - 180))
     end = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(NOW))
     assert out.startswith("wrapalert on web1: 5 refused connections from 2 sources, 2 new\n")
@@ -114,7 +112,7 @@ def test_overflow_group_is_a_rollup_not_a_source() -> None:
         digest=replace(config.DigestConfig(), group_by=("daemon",)),  # no network to roll up by
         limits=config.LimitsConfig(max_groups=2),
     )
-    d = digest("\n".join(f"d=d{i:02d} a=192.0.2.{i} count=2" for i in range(60)), cfg)
+    d = preview_digest("\n".join(f"d=d{i:02d} a=192.0.2.{i} count=2" for i in range(60)), cfg)
     (overflow,) = [g for g in d.groups if g.level == "overflow"]
     out = text(d)
     line = f"group=(overflow): {overflow.events} refused from {len(overflow.addrs)} addresses, "
@@ -127,7 +125,7 @@ def test_network_rollup_is_listed_with_its_count() -> None:
     cfg = replace(config.Config(), limits=config.LimitsConfig(max_groups=2))
     lines = ["d=sshd a=192.0.2.1", "d=sshd a=192.0.2.2"]
     lines += [f"d=sshd a=198.51.100.{i} count=2" for i in range(1, 6)]
-    out = text(digest("\n".join(lines), cfg))
+    out = text(preview_digest("\n".join(lines), cfg))
     assert (
         "daemon=sshd  client_addr=198.51.100.0/24: 10 refused from 5 addresses, "
         "rolled up by network\n"
@@ -138,7 +136,9 @@ def test_network_rollup_is_listed_with_its_count() -> None:
 def test_addresses_past_the_detail_bound_are_a_rollup() -> None:
     """A group with more addresses than it lists one by one says how many events those made."""
     cfg = replace(config.Config(), digest=replace(config.DigestConfig(), group_by=("daemon",)))
-    out = text(digest("\n".join(f"d=sshd a=10.0.{i // 200}.{i % 200}" for i in range(70)), cfg))
+    out = text(
+        preview_digest("\n".join(f"d=sshd a=10.0.{i // 200}.{i % 200}" for i in range(70)), cfg)
+    )
     assert "daemon=sshd: 6 of 70 refused came from addresses past the 64 listed\n" in out
 
 
@@ -151,7 +151,7 @@ def test_one_address_probing_several_daemons_is_a_scan() -> None:
     """An address refused by `[scan] daemons` daemons is told as a scan, with the command
     to silence it."""
     lines = "d=sshd a=203.0.113.7 count=3\nd=in.ftpd a=203.0.113.7\nd=sshd a=192.0.2.1"
-    out = text(digest(lines, scan_config(daemons=2)))
+    out = text(preview_digest(lines, scan_config(daemons=2)))
     assert "SCAN        203.0.113.7 tried 2 daemons, 4 refused: in.ftpd, sshd\n" in out
     assert "            wrapalert silence add --for 2h client=203.0.113.7\n" in out
     assert "192.0.2.1 tried" not in out
@@ -159,7 +159,7 @@ def test_one_address_probing_several_daemons_is_a_scan() -> None:
 
 def test_fewer_daemons_than_the_scan_threshold_are_no_scan() -> None:
     """Two daemons refusing one address are no scan under the default `[scan] daemons = 3`."""
-    d = digest("d=sshd a=203.0.113.7 count=3\nd=in.ftpd a=203.0.113.7")
+    d = preview_digest("d=sshd a=203.0.113.7 count=3\nd=in.ftpd a=203.0.113.7")
     assert "SCAN " not in text(d)
     assert Renderer("wrapalert@localhost", ("root",)).render(d)["X-Wrapalert-Scans"] == "0"
 
@@ -167,7 +167,7 @@ def test_fewer_daemons_than_the_scan_threshold_are_no_scan() -> None:
 def test_many_addresses_in_one_24_are_a_sweep() -> None:
     """`[scan] sources` addresses of one IPv4 /24 make a sweep; silencing it takes the prefix."""
     lines = "\n".join(f"d=sshd a=198.51.100.{i}" for i in (3, 40, 77, 200))
-    out = text(digest(lines, scan_config(sources=4)))
+    out = text(preview_digest(lines, scan_config(sources=4)))
     assert "SWEEP       198.51.100.0/24: 4 addresses, 4 refused: sshd\n" in out
     assert "            wrapalert silence add --for 2h daemon=sshd client=198.51.100.0/24\n" in out
 
@@ -175,28 +175,30 @@ def test_many_addresses_in_one_24_are_a_sweep() -> None:
 def test_many_addresses_in_one_64_are_a_sweep() -> None:
     """`[scan] sources` addresses of one IPv6 /64 make a sweep too."""
     lines = "\n".join(f"d=sshd a=2001:db8:0:1::{i:x}" for i in (1, 2, 0x50, 0xFFFF))
-    out = text(digest(lines, scan_config(sources=4)))
+    out = text(preview_digest(lines, scan_config(sources=4)))
     assert "SWEEP       2001:db8:0:1::/64: 4 addresses, 4 refused: sshd\n" in out
 
 
 def test_few_addresses_in_one_24_are_no_sweep() -> None:
     """Fewer addresses of one /24 than `[scan] sources` are not called a sweep."""
     out = text(
-        digest("\n".join(f"d=sshd a=198.51.100.{i}" for i in (3, 40, 77)), scan_config(sources=4))
+        preview_digest(
+            "\n".join(f"d=sshd a=198.51.100.{i}" for i in (3, 40, 77)), scan_config(sources=4)
+        )
     )
     assert "SWEEP" not in out
 
 
 def test_untrusted_reports_say_who_sent_them() -> None:
     """An untrusted report is listed apart, with the sender's uid and its count."""
-    out = text(digest("d=sshd a=192.0.2.1\nd=sshd a=192.0.2.9 uid=1000 count=2"))
+    out = text(preview_digest("d=sshd a=192.0.2.1\nd=sshd a=192.0.2.9 uid=1000 count=2"))
     assert "reported by uid 1000, untrusted: 2 events" in out
     assert "192.0.2.9" not in out.split("Untrusted reports", 1)[0]
 
 
 def test_held_merged_and_silenced_counts_are_shown() -> None:
     """Events held back by the rate limit and silenced events are stories of the lead block."""
-    d = replace(digest("d=sshd a=192.0.2.1 count=9"), held=7, merged=3, silenced=4)
+    d = replace(preview_digest("d=sshd a=192.0.2.1 count=9"), held=7, merged=3, silenced=4)
     out = text(d)
     assert "HELD        7 events held back by the rate limit, sent late (3 digests merged)\n" in out
     assert "SILENCED    4 events silenced since the last digest, not listed\n" in out
@@ -204,7 +206,7 @@ def test_held_merged_and_silenced_counts_are_shown() -> None:
 
 def test_zero_held_and_silenced_are_not_mentioned() -> None:
     """With nothing held back or silenced, the summary does not mention either."""
-    out = text(digest("d=sshd a=192.0.2.1"))
+    out = text(preview_digest("d=sshd a=192.0.2.1"))
     assert "rate limit" not in out
     assert "SILENCED" not in out
 
@@ -214,7 +216,7 @@ def test_silence_command_is_shell_quoted() -> None:
 
     wire.parse stops `;` long before a digest, so it is put in after: defence in depth.
     """
-    d = digest("d=sshd a=203.0.113.7 count=20")  # a brute force: its story has the command
+    d = preview_digest("d=sshd a=203.0.113.7 count=20")  # a brute force: its story has the command
     hostile = "sshd;reboot"
     group = replace(
         d.groups[0],
@@ -235,7 +237,9 @@ def test_silence_command_is_shell_quoted() -> None:
 def test_every_sources_table_names_the_command_for_its_busiest_source() -> None:
     """A digest with no story still says how to silence its busiest source (issue 20's
     regression: only scan, sweep and brute-force stories used to carry the command)."""
-    d = digest("d=sshd a=192.0.2.1 count=2\nd=vsftpd a=192.0.2.9 count=3\nd=sshd a=192.0.2.5")
+    d = preview_digest(
+        "d=sshd a=192.0.2.1 count=2\nd=vsftpd a=192.0.2.9 count=3\nd=sshd a=192.0.2.5"
+    )
     assert not [g for g in d.groups if g.events >= 20]  # below every story's threshold
     out = text(d)
     assert "To silence the busiest source for 2h:" in out
@@ -248,7 +252,7 @@ def test_every_sources_table_names_the_command_for_its_busiest_source() -> None:
 def test_sources_table_is_bounded() -> None:
     """Past TOP_SOURCES rows the remaining addresses are summed in one line."""
     # One address per /24: addresses of one network would be a sweep, one row.
-    out = text(digest("\n".join(f"d=sshd a=10.0.{i}.1 count={i}" for i in range(1, 41))))
+    out = text(preview_digest("\n".join(f"d=sshd a=10.0.{i}.1 count={i}" for i in range(1, 41))))
     rows = re.findall(r"^10\.0\.\d+\.1 .*$", out, re.MULTILINE)
     assert len(rows) == 30
     assert rows[0].startswith("10.0.40.1 ")
@@ -257,7 +261,9 @@ def test_sources_table_is_bounded() -> None:
 
 def test_timeline_bars_add_up_to_the_events() -> None:
     """The text timeline has one bar per interval and its counts add up to the digest's events."""
-    out = text(digest("d=sshd a=192.0.2.1 ago=9m count=5\nd=sshd a=192.0.2.2 ago=1m count=2"))
+    out = text(
+        preview_digest("d=sshd a=192.0.2.1 ago=9m count=5\nd=sshd a=192.0.2.2 ago=1m count=2")
+    )
     chart = out.split("Refused connections per 1 min\n", 1)[1].split("\n\n", 1)[0]
     counts = [int(line.split()[-1]) for line in chart.splitlines()]
     assert len(counts) in (9, 10)  # minute buckets: the first may start mid-minute

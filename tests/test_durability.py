@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import timing
 from aiosmtpd.controller import Controller
-from conftest import (
+from helpers import (
     WRAPALERT,
     DaemonProcess,
     Deliveries,
@@ -32,6 +32,7 @@ from conftest import (
     free_port,
     maildir_messages,
     make_config,
+    send_refusals,
     spool_files,
     wait_until,
     write_config,
@@ -116,6 +117,7 @@ def committed_events(sockdir: Path) -> int:
     return sum(json.loads(state)["total"] for (state,) in rows)
 
 
+@pytest.mark.system  # minutes: twenty daemons killed under load, about five seconds each
 @pytest.mark.parametrize("trial", range(20))
 def test_sigkill_under_load_loses_only_uncommitted_and_counts_once(
     daemon: DaemonProcess, sockdir: Path, trial: int
@@ -162,12 +164,6 @@ def in_process(sockdir: Path, port: int, extra: str = FAST) -> Server:
     return Server(config.load(path), config_path=path, clock=VirtualClock())
 
 
-def send_events(server: Server, count: int, addr: str = "192.0.2.1") -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        for _ in range(count):
-            s.sendto(encode({"d": "sshd", "a": addr}), str(server.cfg.daemon.socket))
-
-
 @pytest.mark.parametrize(
     "fault", ["421 4.3.2 shutting down", "451 4.3.0 try again", "drop", "stall"]
 )
@@ -180,7 +176,7 @@ def test_transient_smtp_faults_end_in_one_delivery(sockdir: Path, fault: str) ->
             smtp.handler.faults = [fault, fault]
             server = in_process(sockdir, smtp.port)
             async with Running(server):
-                send_events(server, 3)
+                send_refusals(server.cfg.daemon.socket, count=3)
                 await smtp.handler.wait(1)
                 await wait_for_status(server, lambda s: s["outbox"] == 0)
                 status = server.status()
@@ -201,7 +197,7 @@ def test_refused_connection_is_retried_until_the_server_starts(sockdir: Path) ->
     async def scenario() -> SmtpServer:
         server = in_process(sockdir, port)
         async with Running(server):
-            send_events(server, 2)
+            send_refusals(server.cfg.daemon.socket, count=2)
             await wait_for_status(server, lambda s: s["sinks"]["smtp"]["last_error"] is not None)
             async with SmtpServer(port) as smtp:
                 await smtp.handler.wait(1)
@@ -219,7 +215,7 @@ def test_permanent_failure_is_shown_and_retried_after_reload(sockdir: Path) -> N
             smtp.handler.reply = "554 5.7.1 policy"
             server = in_process(sockdir, smtp.port)
             async with Running(server):
-                send_events(server, 4)
+                send_refusals(server.cfg.daemon.socket, count=4)
                 await wait_for_status(server, lambda s: s["sinks"]["smtp"]["held_failed"] == 1)
                 failed = server.status()
                 attempts = smtp.handler.attempts
@@ -250,7 +246,7 @@ def test_a_long_mail_outage_loses_nothing(sockdir: Path) -> None:
         sent = 0
         async with Running(server):
             for wave in range(10):
-                send_events(server, wave + 1, addr=f"192.0.2.{wave % 3}")
+                send_refusals(server.cfg.daemon.socket, f"192.0.2.{wave % 3}", count=wave + 1)
                 sent += wave + 1
                 await asyncio.sleep(0.2)
             await wait_for_status(server, lambda s: s["pending_events"] == 0)
@@ -272,7 +268,7 @@ def test_bad_reload_keeps_the_old_config(sockdir: Path) -> None:
                 assert server.config_path is not None
                 server.config_path.write_text("[digest]\ngroup_wait = 'soon'\n")
                 assert not server.reload()
-                send_events(server, 1)
+                send_refusals(server.cfg.daemon.socket)
                 await smtp.handler.wait(1)
             return smtp
 
@@ -290,7 +286,7 @@ def test_reload_adds_a_sink(sockdir: Path) -> None:
                 with server.config_path.open("a") as f:
                     f.write(f'\n[[sink]]\ntype = "maildir"\npath = "{sockdir}/Maildir"\n')
                 assert server.reload()
-                send_events(server, 2)
+                send_refusals(server.cfg.daemon.socket, count=2)
                 await smtp.handler.wait(1)
                 await wait_for_status(server, lambda s: s["outbox"] == 0)
 
@@ -568,7 +564,7 @@ def test_the_mail_cap_holds_across_a_restart(sockdir: Path) -> None:
     async def run_once(addr: str) -> Server:
         server = Server(config.load(path), config_path=path, clock=clock)
         async with Running(server):
-            send_events(server, 1, addr=addr)
+            send_refusals(server.cfg.daemon.socket, addr)
             await wait_for_status(server, lambda s: s["pending_events"] == 0)
         return server
 
@@ -594,10 +590,10 @@ def test_a_sink_removed_by_reload_stops_and_can_come_back(sockdir: Path) -> None
         async with Running(server):
             server.apply(replace(both, sinks=(a,)))
             assert sorted(server.sinks.workers) == ["a"]
-            send_events(server, 1, addr="192.0.2.1")
+            send_refusals(server.cfg.daemon.socket, "192.0.2.1")
             await wait_for_status(server, lambda s: s["sinks"]["a"]["delivered"] == 1)
             server.apply(both)
-            send_events(server, 1, addr="192.0.2.2")
+            send_refusals(server.cfg.daemon.socket, "192.0.2.2")
             await wait_for_status(server, lambda s: s["sinks"].get("b", {}).get("delivered") == 1)
 
     timing.run(scenario())
@@ -649,7 +645,7 @@ def test_forwarded_counts_survive_a_restart(sockdir: Path) -> None:
     async def once() -> dict[str, Any]:
         server = Server(config.load(path))
         async with Running(server):
-            send_events(server, 2)
+            send_refusals(server.cfg.daemon.socket, count=2)
             await wait_for_status(server, lambda s: s["received"] >= 2)
         return server.status()
 

@@ -17,7 +17,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     PYTHON,
     Deliveries,
     Running,
@@ -36,6 +36,8 @@ from wrapalert.libwrap import LibWrap
 from wrapalert.sinks import build
 from wrapalert.sinks.sendmail import SendmailSink, SendmailSinkConfig
 from wrapalert.sinks.smtp import SmtpSink, SmtpSinkConfig
+
+pytestmark = pytest.mark.system
 
 MAIL_SPOOL = Path("/var/mail")
 

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     PYTHON,
     Deliveries,
     Running,
@@ -29,6 +29,8 @@ from wrapalert.cli import hosts_deny_line
 from wrapalert.daemon.server import Server
 from wrapalert.libwrap import LibWrap
 from wrapalert.model import Digest
+
+pytestmark = pytest.mark.system
 
 DAEMONS = ("sshd", "in.ftpd")
 ADDRS = ("203.0.113.7", "::ffff:198.51.100.23")  # the second as a dual-stack listener reports it

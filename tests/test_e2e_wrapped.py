@@ -9,10 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import WRAPALERT, DaemonProcess, jsonl_events, require, wait_until
+from helpers import WRAPALERT, DaemonProcess, jsonl_events, require, wait_until
 from wrapped import REFUSED_FROM, Wrapped, missing
 
 from wrapalert import hostsdeny
+
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture(params=["sshd", "inetd"])

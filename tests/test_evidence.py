@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import PYTHON, require
+from helpers import PYTHON, require
 
 from wrapalert import sockdiag
 from wrapalert.cli import format_status, status_exit
@@ -267,6 +267,7 @@ print(event.transport)
 """
 
 
+@pytest.mark.system
 def test_the_lookup_needs_no_privilege_in_a_user_namespace(listener: socket.socket) -> None:
     """In a user namespace of its own (the unit's PrivateUsers=yes), with no capability
     over the host's network, the daemon still finds the connection: "tcp"."""

@@ -13,19 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from helpers import (
+    HttpServer,
+    Reply,
     Running,
     SmtpServer,
     client,
     free_port,
+    http_get,
     maildir_messages,
     report_through_daemon,
     require,
     wait_until,
     write_config,
 )
-from test_sink_alertmanager import get
-from test_sink_webhook import HttpServer, Reply
 
 from wrapalert import config
 from wrapalert.confparse import ConfigError, HttpUrl
@@ -52,6 +53,7 @@ def amtool() -> str:
     return path
 
 
+@pytest.mark.system
 def test_example_alertmanager_config_passes_amtool() -> None:
     """The shipped alertmanager.yml, its template included, passes `amtool check-config`."""
     done = subprocess.run(
@@ -65,6 +67,7 @@ def test_example_alertmanager_config_passes_amtool() -> None:
     assert "1 templates" in done.stdout
 
 
+@pytest.mark.system
 def test_a_broken_template_fails_amtool(tmp_path: Path) -> None:
     """amtool is a real check here: the same config with a template that does not parse fails."""
     shutil.copy(EXAMPLES / "alertmanager.yml", tmp_path)
@@ -132,7 +135,7 @@ class Peer:
         """How many members this peer sees in a ready cluster (0 until it is ready)."""
         assert self.proc.poll() is None, self.log.read_text()
         try:
-            status = json.loads(get(f"{self.url}/api/v2/status", timeout=1))
+            status = json.loads(http_get(f"{self.url}/api/v2/status", timeout=1))
         except OSError:
             return 0
         cluster = status.get("cluster", {})
@@ -165,6 +168,7 @@ async def feed(servers: dict[str, Server], reports: list[tuple[str, str, str]]) 
         await asyncio.to_thread(client, f"d={daemon}", f"a={addr}", sock)
 
 
+@pytest.mark.system
 def test_one_fleet_notification_per_source_across_a_two_peer_cluster(
     cluster: tuple[list[Peer], HttpServer, Path], sockdir: Path
 ) -> None:

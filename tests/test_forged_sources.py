@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, maildir_messages, require, wait_until
+from helpers import PYTHON, maildir_messages, require, wait_until
 from netns import enter
 from nftns import HOST4, HOST6, Daemon, Netns, Sources, elements, link, require_netns
 from wrapped import Inetd, missing
@@ -36,6 +36,8 @@ from wrapalert.cli import hosts_deny_line
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.witness import Witness
 from wrapalert.model import Event
+
+pytestmark = pytest.mark.system
 
 UDP_DAEMONS = ("in.tftpd", "in.talkd", "in.ntalkd")
 FORGED4, FORGED6, FORGED_LOCAL = "203.0.113.66", "2001:db8:66::1", "2001:db8:77::1"

@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import make_config, report_through_daemon, write_config
+from helpers import event, make_config, report_through_daemon, write_config
 from timing import ManualClock
 
 from wrapalert import config
@@ -39,10 +39,6 @@ class Records:
         self.batches.append((self.clock.t, records))
 
 
-def ev(daemon: str = "sshd") -> Event:
-    return Event({"daemon": daemon, "client_addr": "192.0.2.1"}, 1000.0, uid=0)
-
-
 def events_in(batches: list[tuple[float, list[dict[str, object]]]]) -> int:
     return sum(int(r.get("events", 1)) for _, records in batches for r in records)  # type: ignore[call-overload]
 
@@ -54,7 +50,7 @@ def test_over_the_rate_events_are_held_and_summed_not_dropped() -> None:
     sink = Records(clock)
     worker = ForwardWorker(sink, per_second=10, clock=clock)
     for i in range(100):
-        worker.offer(ev("sshd" if i % 2 else "vsftpd"))
+        worker.offer(event("sshd" if i % 2 else "vsftpd", at=1000.0))
 
     async def scenario() -> None:
         task = asyncio.create_task(worker.run())
@@ -81,7 +77,7 @@ def test_held_record_names_its_clients_and_story() -> None:
     describe = partial(held_story, scan=ScanRule(600.0, 3, 16), brute_force=20)
     worker = ForwardWorker(sink, per_second=10, clock=clock, describe_held=describe)
     for _ in range(40):
-        worker.offer(ev())
+        worker.offer(event(at=1000.0))
 
     async def scenario() -> None:
         task = asyncio.create_task(worker.run())
@@ -105,7 +101,7 @@ def test_records_never_exceed_the_rate() -> None:
         task = asyncio.create_task(worker.run())
         for _ in range(200):  # 20 s of fake time, 10 events offered per fake 0.1 s
             for _ in range(10):
-                worker.offer(ev())
+                worker.offer(event(at=1000.0))
             clock.t += 0.1
             await asyncio.sleep(0)
         worker.close()
@@ -194,7 +190,7 @@ def test_an_untrusted_flood_never_spends_the_trusted_budget() -> None:
     for i in range(40):
         for _ in range(100):
             worker.offer(untrusted("CRITICAL:root-compromise"))
-        worker.offer(ev(f"sshd{i}"))
+        worker.offer(event(f"sshd{i}", at=1000.0))
 
     async def scenario() -> None:
         task = asyncio.create_task(worker.run())
@@ -222,7 +218,7 @@ def test_held_records_never_mix_trust_classes() -> None:
     sink = Records(clock)
     worker = ForwardWorker(sink, per_second=1, untrusted_per_second=1, clock=clock)
     for _ in range(5):
-        worker.offer(ev("sshd"))
+        worker.offer(event("sshd", at=1000.0))
         worker.offer(untrusted("evil"))
 
     async def scenario() -> None:

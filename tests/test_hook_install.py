@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, WRAPALERT, libwrap_available, require, write_config
+from helpers import PYTHON, WRAPALERT, libwrap_available, require, write_config
 
 from wrapalert import checkhosts, config, hookinstall, lockout
 from wrapalert.cli import hosts_deny_line
@@ -165,6 +165,7 @@ def test_hostile_allow_values_are_refused(hostile: str) -> None:
         lockout.allow_pattern(hostile)
 
 
+@pytest.mark.system
 def test_allow_patterns_match_in_real_libwrap() -> None:
     """Each converted pattern lets in the clients of its network and no other (hosts_ctl)."""
     cases = [
@@ -461,6 +462,7 @@ LOCKOUT_CASES = [
 ]
 
 
+@pytest.mark.system
 def test_the_lockout_verdict_is_real_libwraps_on_the_written_files(sockdir: Path) -> None:
     """For each case, --install refuses (exit 2) exactly when real libwrap, reading the files
     written (with --force where it refused), refuses the session's client for sshd."""

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, WRAPALERT, libwrap_available, receiver, require, write_config
+from helpers import PYTHON, WRAPALERT, libwrap_available, receiver, require, write_config
 
 from wrapalert import hostsdeny, notify, wire
 from wrapalert.libwrap import LibWrap
@@ -112,6 +112,7 @@ def spooled(spool: Path, count: int) -> list[Path]:
     return []
 
 
+@pytest.mark.system
 def test_durable_line_with_odd_paths_sends_then_spools(tmp_path: Path, sockdir: Path) -> None:
     """Through real libwrap, the escaped durable line runs logger to the socket while it is
     read, and the client into the spool once it is gone."""
@@ -131,6 +132,7 @@ def test_durable_line_with_odd_paths_sends_then_spools(tmp_path: Path, sockdir: 
     assert wire.parse(file.read_bytes())["client_addr"] == "192.0.2.6"
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("form", ["client", "logger"])
 def test_single_forms_with_odd_paths_reach_the_socket(
     form: hostsdeny.Form, tmp_path: Path, sockdir: Path

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from helpers import (
     PYTHON,
     WRAPALERT,
     DaemonProcess,
@@ -39,6 +39,8 @@ from conftest import (
 from wrapalert import config, hostsdeny
 from wrapalert.cli import hosts_deny_line
 from wrapalert.daemon import control
+
+pytestmark = pytest.mark.system
 
 PROBE = str(Path(__file__).with_name("hookprobe.py"))
 RUNNING_BUDGET = 0.25  # seconds a hook may live while the daemon runs (the bound)

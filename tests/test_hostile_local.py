@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     PYTHON,
     WRAPALERT,
     Deliveries,
@@ -35,6 +35,8 @@ from wrapalert.daemon.server import Server
 from wrapalert.sinks.jsonl import JsonlSinkConfig
 from wrapalert.sinks.maildir import MaildirSinkConfig
 from wrapalert.wire import encode
+
+pytestmark = pytest.mark.system
 
 NOBODY = 65534
 OTHER = 4242  # a second ordinary uid, with no account: setpriv needs none

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import libwrap_available, require
+from helpers import libwrap_available, require
 
 from wrapalert import hostsaccess
 from wrapalert.hostsaccess import Endpoint, Request
@@ -270,6 +270,7 @@ NAMED = [
 ]
 
 
+@pytest.mark.system
 def test_named_cases_get_libwrap_s_own_verdict() -> None:
     """Each pattern kind, list form, reader quirk and option error is decided as libwrap does."""
     assert disagreements(NAMED) == []
@@ -332,6 +333,7 @@ def table(rng: random.Random) -> str:
     return text
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("seed", range(4))
 def test_random_tables_get_libwrap_s_own_verdict(seed: int) -> None:
     """Random combinations of patterns, lists, options and line forms: the model agrees with

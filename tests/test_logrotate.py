@@ -14,7 +14,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import require
+import pytest
+from helpers import require
 
 from wrapalert.sinks.jsonl import JsonlSink, JsonlSinkConfig
 
@@ -59,6 +60,7 @@ def write_under_rotation(directory: Path, rotate: Callable[[], None]) -> None:
     asyncio.run(both())
 
 
+@pytest.mark.system
 def test_logrotate_with_the_packaged_config_loses_no_record(tmp_path: Path) -> None:
     """The real logrotate, forced to rotate six times with the packaged rules while the
     sink writes 10,000 records in batches, leaves every record exactly once, whole."""

@@ -8,35 +8,11 @@ import re
 from dataclasses import replace
 from email.message import EmailMessage
 
+from helpers import group_report
+
 from wrapalert.mail import THREAD_REFS, Renderer, header_text, msgid_domain, qualify
-from wrapalert.model import Digest, GroupReport
+from wrapalert.model import Digest
 from wrapalert.story import StoryRule
-
-
-def report(
-    daemon: str = "sshd",
-    addr: str = "192.0.2.1",
-    events: int = 3,
-    *,
-    trusted: bool = True,
-    name: str = "unknown",
-) -> GroupReport:
-    return GroupReport(
-        key=(daemon, addr),
-        labels=(("daemon", daemon), ("client_addr", addr)),
-        reason="new group",
-        events=events,
-        total=events,
-        first_seen=1_700_000_000.0,
-        last_seen=1_700_000_060.0,
-        group_first_seen=1_700_000_000.0,
-        trusted=trusted,
-        uid=0 if trusted else 1000,
-        daemons=((daemon, events),),
-        addrs=((addr, events),),
-        names=((name, events),),
-        users=(("unknown", events),),
-    )
 
 
 def reparse(msg: EmailMessage) -> EmailMessage:
@@ -51,7 +27,11 @@ def test_digest_headers() -> None:
     d = Digest(
         host="web1",
         created=1_700_000_100.0,
-        groups=(report(), report(addr="192.0.2.2", events=2), report("ftpd", events=1)),
+        groups=(
+            group_report(events=3),
+            group_report(addr="192.0.2.2", events=2),
+            group_report("ftpd", events=1),
+        ),
     )
     msg = reparse(Renderer("wrapalert@localhost", ("root",)).render(d))
     assert msg["X-Wrapalert-Events"] == "6"
@@ -68,17 +48,17 @@ def test_digest_headers() -> None:
 
 def test_same_digest_same_message_id() -> None:
     """Rendering a digest twice (a retry) gives the same Message-ID: duplicates are visible."""
-    d = Digest(host="web1", created=1.0, groups=(report(),))
+    d = Digest(host="web1", created=1.0, groups=(group_report(events=3),))
     r = Renderer("wrapalert@localhost", ("root",))
     assert r.render(d)["Message-ID"] == r.render(d)["Message-ID"]
-    other = Digest(host="web1", created=2.0, groups=(report(),))
+    other = Digest(host="web1", created=2.0, groups=(group_report(events=3),))
     assert r.render(other)["Message-ID"] != r.render(d)["Message-ID"]
 
 
 def test_event_text_cannot_inject_headers() -> None:
     """CR/LF in an event value never starts a new header (Bcc injection)."""
     evil = "sshd\r\nBcc: victim@example.com\r\nX-Evil: 1"
-    d = Digest(host="web1\r\nX-Host-Evil: 1", created=1.0, groups=(report(evil),))
+    d = Digest(host="web1\r\nX-Host-Evil: 1", created=1.0, groups=(group_report(evil, events=3),))
     msg = reparse(Renderer("wrapalert@localhost", ("root",)).render(d))
     assert msg["Bcc"] is None
     assert msg["X-Evil"] is None
@@ -88,7 +68,9 @@ def test_event_text_cannot_inject_headers() -> None:
 
 def test_html_part_escapes_event_text() -> None:
     """Markup in a client name is shown as text in the HTML part, never as markup."""
-    d = Digest(host="web1", created=1.0, groups=(report(addr="<script>alert(1)</script>"),))
+    d = Digest(
+        host="web1", created=1.0, groups=(group_report(addr="<script>alert(1)</script>", events=3),)
+    )
     msg = reparse(Renderer("wrapalert@localhost", ("root",)).render(d))
     html = msg.get_body(("html",))
     assert html is not None
@@ -99,7 +81,11 @@ def test_html_part_escapes_event_text() -> None:
 
 def test_untrusted_groups_are_marked() -> None:
     """Reports from untrusted uids are set apart and say who sent them."""
-    d = Digest(host="web1", created=1.0, groups=(report(), report(trusted=False)))
+    d = Digest(
+        host="web1",
+        created=1.0,
+        groups=(group_report(events=3), group_report(trusted=False, uid=1000, events=3)),
+    )
     msg = reparse(Renderer("wrapalert@localhost", ("root",)).render(d))
     text = msg.get_body(("plain",))
     assert text is not None
@@ -108,7 +94,7 @@ def test_untrusted_groups_are_marked() -> None:
 
 def test_subject_is_bounded() -> None:
     """However many daemons, the subject stays one line of at most 78 characters."""
-    groups = tuple(report(f"daemon{i:03d}", events=1) for i in range(200))
+    groups = tuple(group_report(f"daemon{i:03d}", events=1) for i in range(200))
     msg = Renderer("wrapalert@localhost", ("root",)).render(
         Digest(host="web1", created=1.0, groups=groups)
     )
@@ -131,7 +117,10 @@ def test_header_text_removes_controls() -> None:
 def test_headline_counts_new_sources_only() -> None:
     """The headline's "N new" counts the addresses of first-time groups, not repeats; the
     subject tells the repeat."""
-    groups = (report(addr="192.0.2.1"), replace(report(addr="192.0.2.2"), reason="new activity"))
+    groups = (
+        group_report(addr="192.0.2.1", events=3),
+        replace(group_report(addr="192.0.2.2", events=3), reason="new activity"),
+    )
     msg = Renderer("a@b", ("root",)).render(Digest(host="web1", created=1.0, groups=groups))
     plain = msg.get_body(("plain",))
     assert plain is not None
@@ -146,7 +135,10 @@ def test_headline_counts_new_sources_only() -> None:
 def test_subject_names_untrusted_sources() -> None:
     """Untrusted reports are counted apart in the subject (reports, not sources), so a
     forgery never looks real."""
-    groups = (report(addr="192.0.2.1"), report(addr="192.0.2.9", trusted=False))
+    groups = (
+        group_report(addr="192.0.2.1", events=3),
+        group_report(addr="192.0.2.9", trusted=False, uid=1000, events=3),
+    )
     msg = Renderer("a@b", ("root",)).render(Digest(host="web1", created=1.0, groups=groups))
     assert msg["Subject"].startswith(
         "[wrapalert] web1: 3 refused from 1 source (1 new, 3 untrusted)"
@@ -156,7 +148,7 @@ def test_subject_names_untrusted_sources() -> None:
 
 def test_subject_cuts_the_daemon_list_between_names() -> None:
     """Daemons that do not fit end the subject as "…", never half a name."""
-    groups = tuple(report(f"daemon-number-{i:02d}", events=50 - i) for i in range(20))
+    groups = tuple(group_report(f"daemon-number-{i:02d}", events=50 - i) for i in range(20))
     renderer = Renderer("a@b", ("root",), story=StoryRule(brute_force=1000))  # no story to tell
     subject = renderer.render(Digest(host="web1", created=1.0, groups=groups))["Subject"]
     assert len(subject) <= 78
@@ -167,7 +159,7 @@ def test_subject_cuts_the_daemon_list_between_names() -> None:
 
 def test_non_ascii_host_survives_the_subject() -> None:
     """A non-ASCII host name is RFC 2047-encoded on the wire and decodes back intact."""
-    d = Digest(host="wébserveur-ü", created=1.0, groups=(report(),))
+    d = Digest(host="wébserveur-ü", created=1.0, groups=(group_report(events=3),))
     msg = Renderer("a@b", ("root",)).render(d)
     raw = bytes(msg)
     assert raw.isascii()
@@ -178,8 +170,8 @@ def test_non_ascii_host_survives_the_subject() -> None:
 def test_digests_about_one_group_share_a_thread() -> None:
     """Two digests about the same group carry the same group msg-id in References."""
     r = Renderer("a@b", ("root",))
-    first = reparse(r.render(Digest(host="web1", created=1.0, groups=(report(),))))
-    later = reparse(r.render(Digest(host="web1", created=400.0, groups=(report(events=9),))))
+    first = reparse(r.render(Digest(host="web1", created=1.0, groups=(group_report(events=3),))))
+    later = reparse(r.render(Digest(host="web1", created=400.0, groups=(group_report(events=9),))))
     assert first["Message-ID"] != later["Message-ID"]
     assert first["In-Reply-To"] == later["In-Reply-To"]
     assert first["References"] == later["References"]
@@ -188,7 +180,7 @@ def test_digests_about_one_group_share_a_thread() -> None:
 
 def test_different_groups_have_different_threads() -> None:
     """Each group has its own thread id; a digest refers to all of its groups."""
-    a, b = report(addr="192.0.2.1", events=5), report(addr="192.0.2.2", events=2)
+    a, b = group_report(addr="192.0.2.1", events=5), group_report(addr="192.0.2.2", events=2)
     r = Renderer("a@b", ("root",))
     both = reparse(r.render(Digest(host="web1", created=1.0, groups=(a, b))))
     only_b = reparse(r.render(Digest(host="web1", created=1.0, groups=(b,))))
@@ -200,7 +192,7 @@ def test_different_groups_have_different_threads() -> None:
 
 def test_references_are_bounded() -> None:
     """A digest of hundreds of groups refers to at most THREAD_REFS of them."""
-    groups = tuple(report(addr=f"192.0.2.{i}", events=i + 1) for i in range(200))
+    groups = tuple(group_report(addr=f"192.0.2.{i}", events=i + 1) for i in range(200))
     msg = reparse(Renderer("a@b", ("root",)).render(Digest(host="w", created=1.0, groups=groups)))
     assert len(msg["References"].split()) == THREAD_REFS
 
@@ -208,7 +200,11 @@ def test_references_are_bounded() -> None:
 def test_long_thread_ids_are_never_encoded_words() -> None:
     """Msg-ids longer than a header line stay verbatim (encoded words would break threading)."""
     host = "h" * 180
-    d = Digest(host=host, created=1.0, groups=(report(), report(addr="192.0.2.2")))
+    d = Digest(
+        host=host,
+        created=1.0,
+        groups=(group_report(events=3), group_report(addr="192.0.2.2", events=3)),
+    )
     raw = bytes(Renderer("a@b", ("root",)).render(d))
     head = raw.split(b"\n\n", 1)[0].decode("ascii")
     refs = re.search(r"^References: (.*?)\n(?!\s)", head, re.MULTILINE | re.DOTALL)
@@ -230,6 +226,6 @@ def test_a_long_host_header_stays_matchable() -> None:
     """X-Wrapalert-Host is one plain line even for a long host name, so filters match it."""
     host = "mail-gateway-01.very-long-datacenter-subdomain-name.example-corporation.internal"
     msg = Renderer("wrapalert@localhost", ("root",)).render(
-        Digest(host=host, created=1.0, groups=(report(),))
+        Digest(host=host, created=1.0, groups=(group_report(events=3),))
     )
     assert f"\nX-Wrapalert-Host: {host}\n" in bytes(msg).decode().replace("\r\n", "\n")

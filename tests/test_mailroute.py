@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import WRAPALERT, Running, SmtpServer, make_config, write_config
+from helpers import WRAPALERT, Running, SmtpServer, make_config, write_config
 
 from wrapalert import config, mailroute
 from wrapalert.cli import mail_notes

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require
+from helpers import require
 
 from wrapalert import config, manpage
 from wrapalert.confparse import ConfigError
@@ -63,6 +63,7 @@ def test_the_pages_example_is_a_valid_config() -> None:
     assert cfg.metrics.textfile == Path("/var/lib/prometheus/node-exporter/wrapalert.prom")
 
 
+@pytest.mark.system
 def test_the_page_renders_without_warnings() -> None:
     """groff renders wrapalert.toml(5) with every warning enabled and says nothing."""
     groff = shutil.which("groff")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import event
 
 from wrapalert import config
 from wrapalert.match import (
@@ -17,11 +18,6 @@ from wrapalert.match import (
     highest,
     severity_rank,
 )
-from wrapalert.model import Event
-
-
-def ev(daemon: str = "sshd", addr: str = "203.0.113.9", *, trusted: bool = True) -> Event:
-    return Event({"daemon": daemon, "client_addr": addr}, 0.0, uid=0, trusted=trusted)
 
 
 def test_selector_takes_matchers_and_trust() -> None:
@@ -29,10 +25,10 @@ def test_selector_takes_matchers_and_trust() -> None:
     selector = Selector.parse(["daemon=sshd", "client=10.0.0.0/8", "trust=untrusted"])
     assert selector.trust is False
     assert [str(m) for m in selector.matchers] == ["daemon=sshd", "client_addr=10.0.0.0/8"]
-    assert selector.matches(ev(addr="10.1.2.3", trusted=False))
-    assert not selector.matches(ev(addr="10.1.2.3"))
-    assert not selector.matches(ev(addr="192.0.2.1", trusted=False))
-    assert Selector.parse([]).matches(ev(trusted=False))  # empty: everything
+    assert selector.matches(event(addr="10.1.2.3", trusted=False))
+    assert not selector.matches(event(addr="10.1.2.3"))
+    assert not selector.matches(event(addr="192.0.2.1", trusted=False))
+    assert Selector.parse([]).matches(event(trusted=False))  # empty: everything
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import Running, make_config, require
-from test_daemon_timing import Records, send
+from helpers import Records, Running, make_config, require, send_refusals
 from timing import EPOCH, VirtualClock, run
 
 from wrapalert import config
@@ -44,6 +43,7 @@ def samples(text: str) -> dict[str, float]:
     return {name: float(value) for name, value in lines}
 
 
+@pytest.mark.system
 def test_the_running_daemon_writes_metrics_promtool_accepts(sockdir: Path) -> None:
     """With [metrics] textfile set, the daemon writes the file every interval on its clock;
     promtool finds nothing to criticise and the counters follow the events."""
@@ -57,7 +57,7 @@ def test_the_running_daemon_writes_metrics_promtool_accepts(sockdir: Path) -> No
         async with Running(server):
             await asyncio.sleep(1)
             first = prom.read_text()
-            send(cfg, count=3)
+            send_refusals(cfg.daemon.socket, count=3)
             await asyncio.sleep(15)
             return first, prom.read_text()
 
@@ -75,6 +75,7 @@ def test_the_running_daemon_writes_metrics_promtool_accepts(sockdir: Path) -> No
     assert done.stdout + done.stderr == ""
 
 
+@pytest.mark.system
 def test_hostile_sink_names_and_reasons_stay_one_valid_sample_each() -> None:
     """Quotes, backslashes and newlines in label values are escaped: promtool accepts the
     file and each value is still one sample."""
@@ -91,6 +92,7 @@ def test_hostile_sink_names_and_reasons_stay_one_valid_sample_each() -> None:
     assert "wrapalert_state_ok 0\n" in text
 
 
+@pytest.mark.system
 def test_bans_are_exported_only_where_an_nftables_sink_runs() -> None:
     """The ban counters and the active gauge follow status's `bans` object; without an
     nftables sink (no mode) there is no ban metric at all."""
@@ -107,6 +109,7 @@ def test_bans_are_exported_only_where_an_nftables_sink_runs() -> None:
     assert "wrapalert_bans" not in off
 
 
+@pytest.mark.system
 def test_evidence_and_duplicates_are_exported() -> None:
     """What the kernel said of each event's source, by outcome, whether it can answer, and
     the hook's dropped second copies: promtool accepts them."""
@@ -125,6 +128,7 @@ def test_evidence_and_duplicates_are_exported() -> None:
     assert 'outcome="error"' not in text
 
 
+@pytest.mark.system
 def test_bans_not_in_the_kernel_and_repairs_are_exported() -> None:
     """Bans the kernel does not enforce, a refusing kernel and what the reconcile repaired
     are metrics (promtool accepts them); in dry-run (no kernel object) only the error."""
@@ -193,6 +197,7 @@ def test_a_textfile_node_exporter_would_not_read_is_refused() -> None:
         config.loads('[metrics]\ntextfile = "/var/lib/wrapalert.txt"\n')
 
 
+@pytest.mark.system
 def test_example_rules_pass_promtool() -> None:
     """The shipped alert rules pass `promtool check rules`."""
     done = subprocess.run(
@@ -283,6 +288,7 @@ tests:
 """
 
 
+@pytest.mark.system
 def test_example_rules_fire_when_they_should(tmp_path: Path) -> None:
     """promtool's rule unit tests: a daemon that stopped writing, an outbox non-empty for
     an hour, a sink failing for 15 minutes, bans unenforced for 2 minutes and evidence

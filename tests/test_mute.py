@@ -8,12 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     WRAPALERT,
     DaemonProcess,
     Deliveries,
     Running,
     client,
+    event,
     maildir_messages,
     make_config,
     wait_until,
@@ -24,12 +25,7 @@ from wrapalert import config
 from wrapalert.confparse import ConfigError
 from wrapalert.daemon.server import Server
 from wrapalert.match import Matcher, MatcherError
-from wrapalert.model import Event
 from wrapalert.pipeline.mute import Mute, Silence
-
-
-def ev(daemon: str = "sshd", addr: str = "203.0.113.9") -> Event:
-    return Event({"daemon": daemon, "client_addr": addr}, 0.0)
 
 
 def silence(*texts: str, expires: float = 100.0) -> Silence:
@@ -40,35 +36,49 @@ def test_client_matcher_takes_networks_and_addresses() -> None:
     """client= matches an address inside its CIDR network (IPv4 and IPv6) and nothing else."""
     mute = Mute()
     mute.silences = [silence("client=203.0.113.0/24"), silence("client=2001:db8::/32")]
-    assert mute.classify(ev(addr="203.0.113.200"), 1.0) == "silenced"
-    assert mute.classify(ev(addr="2001:db8:1::5"), 1.0) == "silenced"
-    assert mute.classify(ev(addr="198.51.100.1"), 1.0) is None
-    assert mute.classify(ev(addr="unknown"), 1.0) is None
+    assert mute.classify(event(addr="203.0.113.200"), 1.0) == "silenced"
+    assert mute.classify(event(addr="2001:db8:1::5"), 1.0) == "silenced"
+    assert mute.classify(event(addr="198.51.100.1"), 1.0) is None
+    assert mute.classify(event(addr="unknown"), 1.0) is None
 
 
 def test_every_matcher_of_a_silence_must_match() -> None:
     """daemon=sshd client=NET silences sshd from NET, not other daemons from it."""
     mute = Mute()
     mute.silences = [silence("daemon=sshd", "client=203.0.113.0/24")]
-    assert mute.classify(ev("sshd"), 1.0) == "silenced"
-    assert mute.classify(ev("vsftpd"), 1.0) is None
+    assert mute.classify(event("sshd", "203.0.113.9"), 1.0) == "silenced"
+    assert mute.classify(event("vsftpd", "203.0.113.9"), 1.0) is None
 
 
 def test_expired_silences_do_not_match() -> None:
     """A silence stops matching at its expiry time."""
     mute = Mute()
     mute.silences = [silence("daemon=sshd", expires=10.0)]
-    assert mute.classify(ev(), 9.9) == "silenced"
-    assert mute.classify(ev(), 10.0) is None
+    assert mute.classify(event(), 9.9) == "silenced"
+    assert mute.classify(event(), 10.0) is None
 
 
 def test_ignore_lists_match_daemons_and_networks() -> None:
     """[ignore] networks and daemons make events "ignored", ahead of any silence."""
     mute = Mute(networks=(ipaddress.ip_network("10.0.0.0/8"),), daemons=("in.identd",))
     mute.silences = [silence("daemon=in.identd")]
-    assert mute.classify(ev("in.identd"), 1.0) == "ignored"
-    assert mute.classify(ev(addr="10.1.2.3"), 1.0) == "ignored"
-    assert mute.classify(ev(), 1.0) is None
+    assert mute.classify(event("in.identd"), 1.0) == "ignored"
+    assert mute.classify(event(addr="10.1.2.3"), 1.0) == "ignored"
+    assert mute.classify(event(), 1.0) is None
+
+
+def test_ignore_table_reaches_mute_parsed() -> None:
+    """[ignore] networks are ipaddress networks once config has read them: Mute takes them
+    as they are, and an address inside one (not the text) is what it ignores."""
+    cfg = config.loads('[ignore]\nnetworks = ["10.1.0.0/16", "2001:db8::1/64"]\n')
+    assert cfg.ignore.networks == (
+        ipaddress.IPv4Network("10.1.0.0/16"),
+        ipaddress.IPv6Network("2001:db8::/64"),
+    )
+    mute = Mute(cfg.ignore.networks, cfg.ignore.daemons)
+    assert mute.classify(event(addr="10.1.200.3"), 1.0) == "ignored"
+    assert mute.classify(event(addr="2001:db8::77"), 1.0) == "ignored"
+    assert mute.classify(event(addr="10.2.0.1"), 1.0) is None
 
 
 @pytest.mark.parametrize(
@@ -84,20 +94,6 @@ def test_bad_matchers_are_explained(text: str, message: str) -> None:
     """A matcher that cannot work is refused with the reason."""
     with pytest.raises(MatcherError, match=message):
         Matcher.parse(text)
-
-
-def test_ignore_table_reaches_mute_parsed() -> None:
-    """[ignore] networks are ipaddress networks once config has read them: Mute takes them
-    as they are, and an address inside one (not the text) is what it ignores."""
-    cfg = config.loads('[ignore]\nnetworks = ["10.1.0.0/16", "2001:db8::1/64"]\n')
-    assert cfg.ignore.networks == (
-        ipaddress.IPv4Network("10.1.0.0/16"),
-        ipaddress.IPv6Network("2001:db8::/64"),
-    )
-    mute = Mute(cfg.ignore.networks, cfg.ignore.daemons)
-    assert mute.classify(ev(addr="10.1.200.3"), 1.0) == "ignored"
-    assert mute.classify(ev(addr="2001:db8::77"), 1.0) == "ignored"
-    assert mute.classify(ev(addr="10.2.0.1"), 1.0) is None
 
 
 def test_ignore_table_is_validated() -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import filled
+from helpers import filled
 
 from wrapalert import notify
 

@@ -7,15 +7,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from conftest import WRAPALERT, require
+import pytest
+from helpers import EXPOSURE_MAX, EXPOSURE_MAX_NFTABLES, WRAPALERT, require
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "packaging" / "systemd"
-# systemd-analyze security's 0-10 scale: 1.8 as root with two capabilities, 1.1 as user
-# wrapalert with none, 0.9 in a user namespace of its own, 1.0 with AF_NETLINK for the
-# evidence lookups (issue 14 asked for 1.0: README, "Running it as a service").
-EXPOSURE_MAX = 1.0
-EXPOSURE_MAX_NFTABLES = 1.4  # with the nftables drop-in (2.0 as root)
 
 
 def analyze() -> str:
@@ -33,6 +29,7 @@ def units_here(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.system
 def test_units_verify_without_a_word(tmp_path: Path) -> None:
     """systemd-analyze verify says nothing about the socket and service units (it exits 0
     even on unknown keys, so any output is a failure)."""
@@ -58,6 +55,7 @@ def unit_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.system
 def test_service_is_hardened(tmp_path: Path) -> None:
     """The service's exposure, as systemd-analyze security rates it offline, stays low."""
     exposure, _failed = _exposures(unit_root(tmp_path))
@@ -76,6 +74,7 @@ def test_socket_unit_matches_the_platform_facts() -> None:
     assert "Type=notify" in service
 
 
+@pytest.mark.system
 def test_man_page_renders_without_warnings() -> None:
     """groff renders wrapalert(8) with every warning enabled and says nothing."""
     groff = shutil.which("groff")
@@ -145,6 +144,7 @@ def test_spool_and_runtime_dirs_belong_to_the_daemon() -> None:
     }
 
 
+@pytest.mark.system
 def test_nftables_drop_in_adds_exactly_net_admin(tmp_path: Path) -> None:
     """The documented drop-in opens CAP_NET_ADMIN (bounding and ambient: the service is
     not root) and the host's user namespace (where the capability counts), and nothing

@@ -9,7 +9,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import WRAPALERT
+from helpers import WRAPALERT
 
 from wrapalert import config, story
 from wrapalert.preview import EventsError, build_digest, parse_events, sample_digest

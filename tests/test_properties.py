@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, replace
 from typing import Any
 
-from conftest import one_group
+from helpers import one_group
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from timing import ManualClock
@@ -124,10 +124,6 @@ def test_news_is_reported_at_most_once_per_group_interval(sequence: list[Step]) 
             last[report.key] = when
 
 
-def digest(events: int, n: int) -> Digest:
-    return one_group(events, addr=f"192.0.2.{n}", created=float(n), host="h")
-
-
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(0, 2000, allow_nan=False), min_size=1, max_size=60), st.integers(1, 5))
 def test_no_sink_exceeds_its_cap_and_nothing_is_dropped(gaps: list[float], cap: int) -> None:
@@ -147,7 +143,7 @@ def test_no_sink_exceeds_its_cap_and_nothing_is_dropped(gaps: list[float], cap: 
         task = asyncio.create_task(worker.run())
         for n, gap in enumerate(gaps):
             clock.t += gap
-            worker.submit(digest(n + 1, n))
+            worker.submit(one_group(n + 1, f"192.0.2.{n}", created=float(n)))
             for _ in range(5):
                 await asyncio.sleep(0)
         while worker.depth:  # let held digests go out as the fake hours pass

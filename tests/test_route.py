@@ -7,20 +7,15 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from conftest import Running, maildir_messages, write_config
+from helpers import Running, event, maildir_messages, write_config
 
 from wrapalert import config
 from wrapalert.config import RouteConfig
 from wrapalert.confparse import ConfigError
 from wrapalert.daemon.server import Server
 from wrapalert.match import Matcher, Selector
-from wrapalert.model import Event
 from wrapalert.pipeline.route import Router
 from wrapalert.wire import encode
-
-
-def ev(daemon: str = "sshd", addr: str = "203.0.113.9", *, trusted: bool = True) -> Event:
-    return Event({"daemon": daemon, "client_addr": addr}, 0.0, uid=0, trusted=trusted)
 
 
 def test_first_matching_route_wins() -> None:
@@ -32,10 +27,10 @@ def test_first_matching_route_wins() -> None:
             RouteConfig(Selector.parse(["trust=untrusted"]), "info", ("local",)),
         )
     )
-    assert router.route(ev(addr="10.1.1.1")) == ("info", ("jsonl",))
-    assert router.route(ev()) == ("critical", None)
-    assert router.route(ev("ftpd", trusted=False)) == ("info", ("local",))
-    assert router.route(ev("ftpd")) == ("warning", None)
+    assert router.route(event(addr="10.1.1.1")) == ("info", ("jsonl",))
+    assert router.route(event()) == ("critical", None)
+    assert router.route(event("ftpd", trusted=False)) == ("info", ("local",))
+    assert router.route(event("ftpd")) == ("warning", None)
 
 
 def test_routes_reach_the_router_parsed() -> None:
@@ -49,9 +44,9 @@ def test_routes_reach_the_router_parsed() -> None:
         (Matcher("client_addr", "10.0.0.0/8", ipaddress.IPv4Network("10.0.0.0/8")),), trust=True
     )
     router = Router(cfg.routes)
-    assert router.route(ev("sshd", "10.9.9.9")) == ("info", None)
-    assert router.route(ev("sshd", "10.9.9.9", trusted=False)) == ("critical", None)
-    assert router.route(ev("ftpd")) == ("warning", None)
+    assert router.route(event("sshd", "10.9.9.9")) == ("info", None)
+    assert router.route(event("sshd", "10.9.9.9", trusted=False)) == ("critical", None)
+    assert router.route(event("ftpd")) == ("warning", None)
 
 
 @pytest.mark.parametrize(

@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     Deliveries,
     Running,
     body,
+    event,
     maildir_messages,
     make_config,
     report_through_daemon,
+    send_datagrams,
 )
 
 from wrapalert.config import DigestConfig, ScanConfig
 from wrapalert.daemon.server import Server
 from wrapalert.mail import Renderer
-from wrapalert.model import Digest, Event, GroupReport, digest_from_json, digest_to_json
+from wrapalert.model import Digest, GroupReport, digest_from_json, digest_to_json
 from wrapalert.pipeline import scan as scan_mod
 from wrapalert.pipeline.aggregate import Aggregator
 from wrapalert.pipeline.scan import ScanDetector
@@ -109,10 +110,6 @@ def test_signal_round_trips_as_plain_text_and_damage_is_refused() -> None:
     assert ScanSignal.from_tuple(("sweep", "x", "many", "1.0", "2.0")) is None
 
 
-def event(addr: str, daemon: str, *, trusted: bool = True) -> Event:
-    return Event({"daemon": daemon, "client_addr": addr}, 0.0, uid=0, trusted=trusted)
-
-
 def aggregator(found: list[ScanSignal]) -> Aggregator:
     cfg = replace(DigestConfig(), group_wait=10.0, group_interval=300.0, batch_window=0.0)
     return Aggregator(cfg, 1000, scans=detector(), on_scan=found.append)
@@ -123,7 +120,7 @@ def test_the_group_completing_a_scan_is_marked_and_raised_to_critical() -> None:
     agg = aggregator(found)
     for t, name in ((0.0, "sshd"), (1.0, "in.ftpd"), (2.0, "in.telnetd")):
         for k in range(50):  # a flood per pair: the detector sees each pair once
-            agg.add(event("203.0.113.7", name), t + k / 100)
+            agg.add(event(name, "203.0.113.7"), t + k / 100)
     reports = {r.label("daemon"): r for r in agg.collect(100.0)}
     assert len(found) == 1
     marked = reports["in.telnetd"]
@@ -133,7 +130,7 @@ def test_the_group_completing_a_scan_is_marked_and_raised_to_critical() -> None:
     assert reports["sshd"].scan == ()
     assert sum(r.events for r in reports.values()) == 150  # counts untouched
     # Reported once: the next report of that group carries no stale signal.
-    agg.add(event("203.0.113.7", "in.telnetd"), 500.0)
+    agg.add(event("in.telnetd", "203.0.113.7"), 500.0)
     (again,) = agg.collect(1000.0)
     assert again.scan == ()
 
@@ -142,7 +139,7 @@ def test_untrusted_reports_never_signal_scans() -> None:
     found: list[ScanSignal] = []
     agg = aggregator(found)
     for name in ("a", "b", "c", "d"):
-        agg.add(event("203.0.113.7", name, trusted=False), 1.0)
+        agg.add(event(name, "203.0.113.7", trusted=False), 1.0)
     assert found == []
 
 
@@ -150,10 +147,10 @@ def test_a_scan_across_digests_is_found_by_the_daemon_not_by_one_digest() -> Non
     """sshd reported in one digest, ftpd and telnetd in the next: only the daemon sees 3."""
     found: list[ScanSignal] = []
     agg = aggregator(found)
-    agg.add(event("203.0.113.7", "sshd"), 0.0)
+    agg.add(event("sshd", "203.0.113.7"), 0.0)
     first = agg.collect(20.0)
-    agg.add(event("203.0.113.7", "in.ftpd"), 30.0)
-    agg.add(event("203.0.113.7", "in.telnetd"), 31.0)
+    agg.add(event("in.ftpd", "203.0.113.7"), 30.0)
+    agg.add(event("in.telnetd", "203.0.113.7"), 31.0)
     second = agg.collect(50.0)
     assert scans(first) == []
     (listed,) = scans(second)
@@ -171,7 +168,7 @@ def test_a_scan_across_digests_is_found_by_the_daemon_not_by_one_digest() -> Non
 def test_a_group_restored_from_an_older_state_has_no_signal() -> None:
     found: list[ScanSignal] = []
     agg = aggregator(found)
-    agg.add(event("192.0.2.1", "sshd"), 0.0)
+    agg.add(event("sshd", "192.0.2.1"), 0.0)
     state = agg.export(("sshd", "192.0.2.1"))
     assert state is not None
     del state["scan"]  # saved before the detector existed
@@ -180,11 +177,6 @@ def test_a_group_restored_from_an_older_state_has_no_signal() -> None:
     (report,) = fresh.collect(100.0)
     assert isinstance(report, GroupReport)
     assert report.scan == ()
-
-
-def send(path: Path, data: bytes) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(data, str(path))
 
 
 @pytest.mark.parametrize("enabled", [True, False])
@@ -198,7 +190,7 @@ def test_the_running_daemon_counts_logs_and_mails_a_scan(sockdir: Path, enabled:
         server = Server(cfg, on_delivery=seen)
         async with Running(server):
             for daemon in ("sshd", "in.ftpd", "in.telnetd"):
-                send(cfg.daemon.socket, encode({"d": daemon, "a": "203.0.113.7"}))
+                send_datagrams(cfg.daemon.socket, encode({"d": daemon, "a": "203.0.113.7"}))
             await seen.wait_events(3)
         return server
 
@@ -216,11 +208,11 @@ def test_a_reported_group_waking_up_is_seen_again() -> None:
     must see the two old pairs again when their groups wake, or it misses the scan."""
     found: list[ScanSignal] = []
     agg = aggregator(found)
-    agg.add(event("203.0.113.7", "sshd"), 0.0)
-    agg.add(event("203.0.113.7", "in.ftpd"), 1.0)
+    agg.add(event("sshd", "203.0.113.7"), 0.0)
+    agg.add(event("in.ftpd", "203.0.113.7"), 1.0)
     assert len(agg.collect(20.0)) == 2
     for t, name in ((1000.0, "sshd"), (1001.0, "in.ftpd"), (1002.0, "in.telnetd")):
-        agg.add(event("203.0.113.7", name), t)
+        agg.add(event(name, "203.0.113.7"), t)
     assert [s.daemons for s in found] == [("in.ftpd", "in.telnetd", "sshd")]
     assert found[0].first == 1000.0
 
@@ -230,14 +222,14 @@ def test_sources_rolled_up_by_network_are_left_to_the_roll_up() -> None:
     cfg = replace(DigestConfig(), group_wait=10.0, batch_window=0.0)
     small = Aggregator(cfg, 4, scans=detector(), on_scan=found.append)
     for i in range(4):
-        small.add(event(f"192.{i}.2.1", "sshd"), 0.0)  # the exact groups are all taken
+        small.add(event("sshd", f"192.{i}.2.1"), 0.0)  # the exact groups are all taken
     for i in range(20):
-        small.add(event(f"198.51.100.{i}", "sshd"), 1.0)
+        small.add(event("sshd", f"198.51.100.{i}"), 1.0)
     assert found == []
     assert [r.level for r in small.collect(100.0) if r.events == 20] == ["network"]
     large = Aggregator(cfg, 1000, scans=detector(), on_scan=found.append)
     for i in range(20):
-        large.add(event(f"198.51.100.{i}", "sshd"), 1.0)
+        large.add(event("sshd", f"198.51.100.{i}"), 1.0)
     assert [(s.kind, s.target) for s in found] == [("sweep", "198.51.100.0/24")]
 
 
@@ -260,7 +252,7 @@ def test_an_event_completing_two_scans_carries_both_into_the_digest() -> None:
         (700, "c", x),  # x's third daemon, and the /24 swept again after a quiet window
     ]
     for t, name, addr in steps:
-        agg.add(event(addr, name), float(t))
+        agg.add(event(name, addr), float(t))
         agg.collect(float(t))
     assert [s.kind for s in found if s.last == 700.0] == ["daemons", "sweep"]
     reports = agg.collect(720.0)

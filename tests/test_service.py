@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import WRAPALERT, body, client, maildir_messages, require, write_config
+from helpers import WRAPALERT, body, client, maildir_messages, require, write_config
 
 
 @contextmanager
@@ -65,6 +65,7 @@ def test_sigterm_flushes_pending_events_and_exits_zero(sockdir: Path) -> None:
     assert not (sockdir / "notify.sock").exists()  # ours: removed on exit
 
 
+@pytest.mark.system
 def test_adopts_a_socket_passed_the_systemd_way(sockdir: Path) -> None:
     """Under systemd-socket-activate the daemon reads the passed socket and leaves it in place."""
     activate = shutil.which("systemd-socket-activate")

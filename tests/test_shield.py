@@ -16,35 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require
+from helpers import LOGIND_SESSION, require, utmp_file
 from nftns import Netns, require_netns
 
 from wrapalert import hostaddr, sessions
 from wrapalert.shield import Protected, Shield
 
-# /run/systemd/sessions/c2 as systemd-logind 257 (Debian 13) wrote it for an ssh login
-# from 127.0.0.1 (a booted trixie tree under systemd-nspawn), the address changed.
-LOGIND_SESSION = """\
-# This is private data. Do not parse.
-UID=0
-USER=root
-ACTIVE=1
-IS_DISPLAY=0
-STATE=active
-REMOTE=1
-LEADER_FD_SAVED=1
-TYPE=tty
-ORIGINAL_TYPE=tty
-CLASS=user
-SCOPE=session-c2.scope
-FIFO=/run/systemd/sessions/c2.ref
-REMOTE_HOST=203.0.113.50
-SERVICE=sshd
-POSITION=0
-LEADER=75
-REALTIME=1796520494002894
-MONOTONIC=855785377
-"""
 # The same logind's record of a local (non-remote) session: no REMOTE_HOST.
 LOGIND_LOCAL = """\
 # This is private data. Do not parse.
@@ -58,22 +35,6 @@ CLASS=manager-early
 SERVICE=systemd-user
 LEADER=83
 """
-UTMPDUMP = """\
-[7] [12345] [ts/1] [root    ] [pts/1       ] [203.0.113.51        ] [203.0.113.51   ] [2026-12-06T01:00:00,000000+00:00]
-[7] [12346] [ts/2] [alice   ] [pts/2       ] [2001:db8::7         ] [2001:db8::7    ] [2026-12-06T01:00:00,000000+00:00]
-[8] [12347] [ts/3] [bob     ] [pts/3       ] [198.51.100.1        ] [198.51.100.1   ] [2026-12-06T01:00:00,000000+00:00]
-[7] [12348] [ts/4] [carol   ] [pts/4       ] [host.example        ] [0.0.0.0        ] [2026-12-06T01:00:00,000000+00:00]
-[7] [12349] [ts/5] [dave    ] [pts/5       ] [::ffff:198.51.100.2 ] [0.0.0.0        ] [2026-12-06T01:00:00,000000+00:00]
-"""  # noqa: E501 - utmpdump's own line format
-
-
-def utmp_file(tmp_path: Path, text: str = UTMPDUMP) -> Path:
-    """A utmp file written by utmpdump -r (util-linux, glibc's struct utmp)."""
-    require(shutil.which("utmpdump") is not None, "utmpdump is missing (util-linux)")
-    path = tmp_path / "utmp"
-    with path.open("wb") as out:
-        subprocess.run(["utmpdump", "-r"], input=text.encode(), stdout=out, check=True)
-    return path
 
 
 # -- the host's own addresses ----------------------------------------------------------
@@ -103,6 +64,7 @@ def ip_addresses(ns: Netns | None = None) -> set[str]:
     return {a["local"] for link in json.loads(out) for a in link.get("addr_info", [])}
 
 
+@pytest.mark.system
 def test_netlink_dump_parses_the_kernels_answer() -> None:
     """The real kernel's RTM_GETADDR answer parses to the addresses `ip addr` shows."""
     require(shutil.which("ip") is not None, "ip is missing (apt-get install iproute2)")
@@ -148,6 +110,7 @@ def ns() -> Iterator[Netns]:
     holder.close()
 
 
+@pytest.mark.system
 def test_an_address_added_later_is_seen_at_the_next_read(ns: Netns) -> None:
     """Read in a namespace, an address added after a first read is there at the next."""
     probe = "from wrapalert import hostaddr; print(' '.join(hostaddr.own_addresses()))"
@@ -187,6 +150,7 @@ def test_logind_directory_skips_fifos_and_unreadable_entries(tmp_path: Path) -> 
     assert sessions.logind_peers(tmp_path / "absent") == []
 
 
+@pytest.mark.system
 def test_utmp_records_give_their_peers(tmp_path: Path) -> None:
     """USER_PROCESS records give their addresses (IPv4 and IPv6, and a mapped host field
     as IPv4); dead processes and host names are skipped; `who --ips` agrees."""
@@ -212,6 +176,7 @@ def shield(tmp_path: Path, addresses: tuple[str, ...] = ()) -> Shield:
     return Shield(lambda: addresses, tmp_path / "sessions", tmp_path / "utmp")
 
 
+@pytest.mark.system
 def test_shield_refuses_own_addresses_and_session_peers(tmp_path: Path) -> None:
     """A target holding this host's address is "allowlisted"; one holding a session's
     peer is "session"; anything else is free."""

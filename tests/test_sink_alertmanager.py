@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from helpers import (
     NO_DIGESTS,
+    HttpServer,
+    Reply,
     free_port,
+    http_get,
     report_through_daemon,
     require,
     wait_until,
     write_config,
 )
-from test_sink_webhook import HttpServer, Reply
 
 from wrapalert import config
 from wrapalert.confparse import HttpUrl
@@ -42,13 +44,6 @@ ROUTES = "route:\n  receiver: quiet\nreceivers:\n  - name: quiet\n"
 # A label name every Alertmanager refuses: 0.25 took only [a-zA-Z_][a-zA-Z0-9_]*, 0.28
 # takes any UTF-8 ("bad-name" too), none an empty one. Our own names are checked below.
 REFUSED_LABEL = ""
-
-
-def get(url: str, timeout: float = 5) -> bytes:
-    """GET one of the test's own http:// URLs (an error status raises)."""
-    with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310 - our URL, http only
-        body: bytes = reply.read()
-        return body
 
 
 class Alertmanager:
@@ -82,7 +77,7 @@ class Alertmanager:
     def ready(self) -> bool:
         assert self.proc.poll() is None, self.log.read_text()
         try:
-            get(f"{self.url}/-/ready", timeout=1)
+            http_get(f"{self.url}/-/ready", timeout=1)
         except OSError:
             return False
         return True
@@ -90,7 +85,7 @@ class Alertmanager:
     def alerts(self, host: str) -> list[dict[str, Any]]:
         """The alerts this Alertmanager holds for reporting `host`, sorted by their labels."""
         query = urllib.parse.urlencode({"filter": f'host="{host}"'})
-        alerts: list[dict[str, Any]] = json.loads(get(f"{self.url}/api/v2/alerts?{query}"))
+        alerts: list[dict[str, Any]] = json.loads(http_get(f"{self.url}/api/v2/alerts?{query}"))
         return sorted(alerts, key=lambda a: sorted(a["labels"].items()))
 
     def stop(self) -> None:
@@ -140,6 +135,7 @@ def moment(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
+@pytest.mark.system
 def test_events_collapse_into_one_alert_per_label_set(
     alertmanager: Alertmanager, host: str
 ) -> None:
@@ -164,6 +160,7 @@ def test_events_collapse_into_one_alert_per_label_set(
     assert second["annotations"]["events"] == "1"
 
 
+@pytest.mark.system
 def test_starts_at_the_first_event_and_ends_resolve_after_the_last(
     alertmanager: Alertmanager, host: str
 ) -> None:
@@ -181,6 +178,7 @@ def test_starts_at_the_first_event_and_ends_resolve_after_the_last(
     assert alert["status"]["state"] == "active"
 
 
+@pytest.mark.system
 def test_a_later_batch_keeps_the_alert_firing_from_its_start(
     alertmanager: Alertmanager, host: str
 ) -> None:
@@ -196,6 +194,7 @@ def test_a_later_batch_keeps_the_alert_firing_from_its_start(
     assert alert["annotations"]["events"] == "1"
 
 
+@pytest.mark.system
 def test_untrusted_reports_are_a_separate_alert_that_says_so(
     alertmanager: Alertmanager, host: str
 ) -> None:
@@ -208,6 +207,7 @@ def test_untrusted_reports_are_a_separate_alert_that_says_so(
     assert untrusted["annotations"]["summary"].startswith("UNTRUSTED report (uid 1000): ")
 
 
+@pytest.mark.system
 def test_client_names_and_users_are_annotations(alertmanager: Alertmanager, host: str) -> None:
     """What varies within an alert (client names, users) is listed, most frequent first."""
     records = [
@@ -222,6 +222,7 @@ def test_client_names_and_users_are_annotations(alertmanager: Alertmanager, host
     assert "(b.example, a.example)" in alert["annotations"]["summary"]
 
 
+@pytest.mark.system
 def test_static_labels_join_every_alert(alertmanager: Alertmanager, host: str) -> None:
     """The configured labels are added to each alert, next to wrapalert's own."""
     am = sink(alertmanager.url, host=host, labels=(("env", "prod"), ("team", "sec")))
@@ -232,6 +233,7 @@ def test_static_labels_join_every_alert(alertmanager: Alertmanager, host: str) -
     assert alert["labels"]["alertname"] == "WrapalertRefused"
 
 
+@pytest.mark.system
 def test_held_records_become_one_held_alert(alertmanager: Alertmanager, host: str) -> None:
     """Events the rate limit held back arrive as one WrapalertHeld alert with their count,
     span and top daemons: counted, never lost."""
@@ -248,6 +250,7 @@ def test_held_records_become_one_held_alert(alertmanager: Alertmanager, host: st
     assert moment(alert["startsAt"]) == pytest.approx(t, abs=0.002)
 
 
+@pytest.mark.system
 def test_held_alert_names_the_story_of_its_records(alertmanager: Alertmanager, host: str) -> None:
     """A held record that names its story (a brute force) puts it in the WrapalertHeld
     alert's summary and in a `story` annotation."""
@@ -273,6 +276,7 @@ HOSTILE = [
 ]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     "value", HOSTILE, ids=["quote", "json", "newline", "promql", "uni", "long"]
 )
@@ -292,6 +296,7 @@ def test_hostile_values_arrive_as_data_never_as_labels(
     assert alert["annotations"]["user"] == value
 
 
+@pytest.mark.system
 def test_a_lone_surrogate_becomes_a_replacement_character(
     alertmanager: Alertmanager, host: str
 ) -> None:
@@ -301,6 +306,7 @@ def test_a_lone_surrogate_becomes_a_replacement_character(
     assert alert["labels"]["daemon"] == "ssh\ufffdd"
 
 
+@pytest.mark.system
 def test_a_refusal_from_alertmanager_is_permanent_with_its_words(
     alertmanager: Alertmanager, host: str
 ) -> None:
@@ -359,6 +365,7 @@ def test_an_unreachable_alertmanager_is_transient_at_once() -> None:
     assert time.monotonic() - start < 2
 
 
+@pytest.mark.system
 def test_one_of_two_alertmanagers_down_still_delivers(
     alertmanager: Alertmanager, host: str
 ) -> None:
@@ -368,6 +375,7 @@ def test_one_of_two_alertmanagers_down_still_delivers(
     assert len(alertmanager.alerts(host)) == 1
 
 
+@pytest.mark.system
 def test_one_refusing_and_one_down_is_transient(alertmanager: Alertmanager, host: str) -> None:
     """Permanent only when every Alertmanager refused for good: one that is down may come
     back and take the alerts, so the batch is retried."""
@@ -399,6 +407,7 @@ def test_records_of_an_unknown_type_make_no_alert_and_no_post() -> None:
         assert fake.requests == []
 
 
+@pytest.mark.system
 def test_daemon_raises_alerts_for_the_events_a_client_sends(
     sockdir: Path, alertmanager: Alertmanager
 ) -> None:
@@ -425,6 +434,7 @@ labels = {{ test = "{sockdir.name}" }}
     assert sum(int(a["annotations"]["events"]) for a in alerts) >= 1
 
 
+@pytest.mark.system
 def test_a_full_batch_of_distinct_sources_is_accepted_in_one_post(
     alertmanager: Alertmanager, host: str
 ) -> None:

@@ -20,8 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WRAPALERT, report_through_daemon, require, wait_until, write_config
-from test_sink_syslog import EVENT, EVENT_TEXT, HELD, HELD_TEXT, HOSTILE, make_sink, ticking
+from helpers import (
+    EVENT_RECORD,
+    EVENT_RECORD_TEXT,
+    HELD_RECORD,
+    HELD_RECORD_TEXT,
+    HOSTILE_FIELDS,
+    WRAPALERT,
+    report_through_daemon,
+    require,
+    send_records,
+    syslog_sink,
+    ticking,
+    wait_until,
+    write_config,
+)
 
 from wrapalert import config
 from wrapalert.sinks import EventSink, build
@@ -137,43 +150,44 @@ def text(value: object) -> str:
     return value
 
 
-def send(sink: JournaldSink, *records: dict[str, object]) -> None:
-    asyncio.run(sink.send_records(list(records)))
-
-
+@pytest.mark.system
 def test_event_round_trip_with_every_field(journald: Journald) -> None:
     """A trusted event becomes one entry: the syslog sink's text as MESSAGE, warning,
     authpriv, identifier wrapalert, our fixed MESSAGE_ID, and a WRAPALERT_ field for each
     record field, sent by us over the native protocol."""
-    send(journald.sink(), EVENT)
+    send_records(journald.sink(), EVENT_RECORD)
     (found,) = journald.wait(1)
-    assert found["MESSAGE"] == EVENT_TEXT
+    assert found["MESSAGE"] == EVENT_RECORD_TEXT
     assert (found["PRIORITY"], found["SYSLOG_FACILITY"]) == ("4", "10")
     assert (found["SYSLOG_IDENTIFIER"], found["MESSAGE_ID"]) == ("wrapalert", MESSAGE_ID)
     assert MESSAGE_ID == "e774a4dd995448ef9e0b04a228a15acb"
     assert (found["_TRANSPORT"], found["_PID"]) == ("journal", str(os.getpid()))
     ours = {k: v for k, v in found.items() if k.startswith("WRAPALERT_")}
-    expected = {f"WRAPALERT_{k.upper()}": str(v) for k, v in EVENT.items()}
+    expected = {f"WRAPALERT_{k.upper()}": str(v) for k, v in EVENT_RECORD.items()}
     expected["WRAPALERT_TRUSTED"] = "true"
     assert ours == expected
 
 
+@pytest.mark.system
 def test_untrusted_event_is_a_notice(journald: Journald) -> None:
     """An untrusted event is a notice (5) marked WRAPALERT_TRUSTED=false; a sender without
     credentials has no WRAPALERT_UID at all."""
-    send(journald.sink(), EVENT | {"trusted": False, "uid": None})
+    send_records(journald.sink(), EVENT_RECORD | {"trusted": False, "uid": None})
     (found,) = journald.wait(1)
     assert (found["PRIORITY"], found["WRAPALERT_TRUSTED"]) == ("5", "false")
     assert "WRAPALERT_UID" not in found
 
 
+@pytest.mark.system
 def test_hostile_values_cannot_forge_an_entry_or_a_field(journald: Journald) -> None:
     """A value holding newlines and would-be fields arrives whole in its own field
     (length-prefixed), MESSAGE stays one escaped line, and no field is forged or replaced;
     a value past 64 KiB is cut there."""
     forged = "x\nMESSAGE_ID=00000000000000000000000000000000\nPRIORITY=0\n_PID=1\n"
-    record = EVENT | HOSTILE | {"client_name": forged, "client": "y" * 100_000}
-    send(journald.sink(), record, HELD)  # the held entry behind it: proof nothing else came
+    record = EVENT_RECORD | HOSTILE_FIELDS | {"client_name": forged, "client": "y" * 100_000}
+    send_records(
+        journald.sink(), record, HELD_RECORD
+    )  # the held entry behind it: proof nothing else came
     found, held = journald.wait(2)
     assert len(journald.entries()) == 2
     assert (found["MESSAGE_ID"], found["PRIORITY"], found["_PID"]) == (
@@ -183,57 +197,61 @@ def test_hostile_values_cannot_forge_an_entry_or_a_field(journald: Journald) -> 
     )
     assert text(found["WRAPALERT_CLIENT_NAME"]) == forged
     for key in ("daemon", "client_addr", "user"):
-        assert text(found[f"WRAPALERT_{key.upper()}"]) == HOSTILE[key]
+        assert text(found[f"WRAPALERT_{key.upper()}"]) == HOSTILE_FIELDS[key]
     assert text(found["WRAPALERT_CLIENT"]) == "y" * 65536
     message = text(found["MESSAGE"])
     assert message.isascii()
     assert all(" " <= c <= "~" for c in message)
     assert message.startswith("refused verdict=deny trusted=true uid=0 daemon=")
-    assert held["MESSAGE"] == HELD_TEXT
+    assert held["MESSAGE"] == HELD_RECORD_TEXT
 
 
+@pytest.mark.system
 def test_held_record_counts_the_held_events(journald: Journald) -> None:
     """A held record is one warning entry whose fields say how many events were held, and
     from which daemons."""
-    send(journald.sink(), HELD)
+    send_records(journald.sink(), HELD_RECORD)
     (found,) = journald.wait(1)
-    assert (found["MESSAGE"], found["PRIORITY"]) == (HELD_TEXT, "4")
+    assert (found["MESSAGE"], found["PRIORITY"]) == (HELD_RECORD_TEXT, "4")
     assert (found["WRAPALERT_TYPE"], found["WRAPALERT_EVENTS"]) == ("held", "90")
     assert json.loads(found["WRAPALERT_DAEMONS"]) == {"sshd": 45, "vsftpd": 45}
     assert (found["WRAPALERT_FIRST"], found["WRAPALERT_LAST"]) == ("1714564800.5", "1714564830.25")
     assert found["WRAPALERT_OTHER_DAEMONS"] == "0"
 
 
+@pytest.mark.system
 def test_entry_too_large_for_a_datagram_goes_as_a_memfd(journald: Journald) -> None:
     """An entry larger than any datagram can be (the kernel says EMSGSIZE) still arrives,
     whole, passed as a sealed memfd."""
     big = {key: key[0] * 60_000 for key in ("user", "client", "server", "host")}
-    record = EVENT | big
+    record = EVENT_RECORD | big
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
         probe.connect(str(journald.socket))
         with pytest.raises(OSError, match="too long") as info:
             probe.send(entry(record))
         assert info.value.errno == errno.EMSGSIZE
-    send(journald.sink(), record)
+    send_records(journald.sink(), record)
     (found,) = journald.wait(1)
     for key, value in big.items():
         assert found[f"WRAPALERT_{key.upper()}"] == value
     assert found["WRAPALERT_DAEMON"] == "sshd"
 
 
+@pytest.mark.system
 def test_syslog_sink_lines_parse_in_journald(journald: Journald) -> None:
     """The syslog sink's RFC 3164 line, sent to journald's own syslog socket (what /dev/log
     is under systemd), is parsed into identifier, pid, facility, priority and MESSAGE."""
-    send_syslog = make_sink(socket=journald.dev_log)
-    asyncio.run(send_syslog.send_records([EVENT, EVENT | {"trusted": False}]))
+    send_syslog = syslog_sink(socket=journald.dev_log)
+    asyncio.run(send_syslog.send_records([EVENT_RECORD, EVENT_RECORD | {"trusted": False}]))
     trusted, untrusted = journald.wait(2)
     assert trusted["_TRANSPORT"] == "syslog"
     assert (trusted["SYSLOG_IDENTIFIER"], trusted["SYSLOG_PID"]) == ("wrapalert", str(os.getpid()))
     assert (trusted["SYSLOG_FACILITY"], trusted["PRIORITY"]) == ("10", "4")
-    assert trusted["MESSAGE"] == EVENT_TEXT
+    assert trusted["MESSAGE"] == EVENT_RECORD_TEXT
     assert untrusted["PRIORITY"] == "5"
 
 
+@pytest.mark.system
 def test_daemon_forwards_refused_connections_to_journald(sockdir: Path, journald: Journald) -> None:
     """Configured with a journald sink, the daemon stores one entry per refused connection
     with the client's values in WRAPALERT_ fields."""
@@ -270,7 +288,7 @@ def plain_sink(path: Path, **kw: Any) -> JournaldSink:
 def test_missing_socket_is_transient(sockdir: Path) -> None:
     """No journald (no socket file): a transient error, retried later."""
     with pytest.raises(TransientSinkError, match="No such file"):
-        send(plain_sink(sockdir / "absent"), EVENT)
+        send_records(plain_sink(sockdir / "absent"), EVENT_RECORD)
 
 
 def test_stale_socket_is_transient(sockdir: Path) -> None:
@@ -278,7 +296,7 @@ def test_stale_socket_is_transient(sockdir: Path) -> None:
     path = sockdir / "stale"
     socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).bind(str(path))  # closed at once
     with pytest.raises(TransientSinkError, match="refused"):
-        send(plain_sink(path), EVENT)
+        send_records(plain_sink(path), EVENT_RECORD)
 
 
 def test_stalled_journald_never_blocks(sockdir: Path) -> None:
@@ -288,7 +306,7 @@ def test_stalled_journald_never_blocks(sockdir: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stalled:
         stalled.bind(str(path))
         sink = plain_sink(path, timeout=0.3)
-        elapsed, ticks, error = asyncio.run(ticking(sink.send_records([EVENT] * 2000)))
+        elapsed, ticks, error = asyncio.run(ticking(sink.send_records([EVENT_RECORD] * 2000)))
     assert isinstance(error, TransientSinkError)
     assert "took nothing for 0.3s" in str(error)
     assert 0.3 <= elapsed < 3
@@ -308,6 +326,7 @@ def journal_stderr(sockets: Path, identifier: str) -> socket.socket:
     return stream
 
 
+@pytest.mark.system
 def test_errors_reach_the_journal_at_priority_err(journald: Journald, sockdir: Path) -> None:
     """Under systemd (stderr a journal stream named in JOURNAL_STREAM), a refused reload is
     stored at priority 3, so `journalctl -p err` finds it; info lines stay at 6."""

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, WRAPALERT, maildir_messages, require, wait_until
+from helpers import PYTHON, WRAPALERT, maildir_messages, require, wait_until
 from nftns import (
     HOST4,
     NEIGHBOUR4,
@@ -38,6 +38,8 @@ from wrapped import Inetd, missing
 
 from wrapalert import config
 from wrapalert.cli import hosts_deny_line
+
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture

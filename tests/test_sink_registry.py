@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import report_through_daemon, write_config
+from helpers import report_through_daemon, write_config
 
 import wrapalert.sinks
 from wrapalert import config

@@ -12,16 +12,24 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Iterator
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from helpers import (
+    EVENT_RECORD,
+    EVENT_RECORD_TEXT,
+    HELD_RECORD,
+    HELD_RECORD_TEXT,
+    HOSTILE_FIELDS,
     free_port,
+    free_udp_port,
     report_through_daemon,
     require,
+    send_records,
+    syslog_sink,
+    ticking,
     wait_until,
     write_config,
 )
@@ -29,78 +37,14 @@ from conftest import (
 from wrapalert import config
 from wrapalert.model import Event
 from wrapalert.pipeline.forward import ForwardWorker
-from wrapalert.sinks import EventSink, build
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
-from wrapalert.sinks.syslog import SyslogSink, SyslogSinkConfig
+from wrapalert.sinks.syslog import SyslogSink
 
 NO_RSYSLOG = "rsyslogd is not installed (apt-get install rsyslog)"
-
-# Every field an event record can have (pipeline/forward.py event_record), as the daemon
-# makes them, and the line the sink must turn it into.
-EVENT: dict[str, object] = {
-    "type": "event",
-    "received": 1714564800.25,
-    "daemon": "sshd",
-    "daemon_pid": "4242",
-    "user": "root",
-    "client": "root@scanner.example",
-    "client_addr": "203.0.113.5",
-    "client_name": "scanner.example",
-    "client_host": "scanner.example",
-    "server": "sshd@web1",
-    "server_addr": "192.0.2.10",
-    "client_port": "40022",
-    "verdict": "deny",
-    "host": "web1",
-    "time": 1714564799.5,
-    "trusted": True,
-    "uid": 0,
-}
-EVENT_TEXT = (
-    "refused verdict=deny trusted=true uid=0 daemon=sshd client_addr=203.0.113.5"
-    " client_name=scanner.example user=root client=root@scanner.example"
-    " client_host=scanner.example client_port=40022 server=sshd@web1"
-    " server_addr=192.0.2.10 daemon_pid=4242 host=web1 time=1714564799.5"
-    " received=1714564800.25"
-)
-HELD: dict[str, object] = {
-    "type": "held",
-    "events": 90,
-    "first": 1714564800.5,
-    "last": 1714564830.25,
-    "daemons": {"sshd": 45, "vsftpd": 45},
-    "other_daemons": 0,
-}
-HELD_TEXT = (
-    "held events=90 first=1714564800.5 last=1714564830.25 daemons=sshd:45,vsftpd:45 other_daemons=0"
-)
-# Values as hostile as a local user writing to the socket could make them.
-HOSTILE = {
-    "daemon": "sshd\nrefused daemon=forged trusted=true",
-    "client_addr": "198.51.100.7\r<0>forged[1]: root login",
-    "client_name": 'say "hi"\x1b[31m\x7f\x85 a=b\\',
-    "user": "zo\u00eb\u2028\u202e\U0001f600\x00",
-    "client": "x" * 10_000,
-}
-
-
-def make_sink(**kw: Any) -> SyslogSink:
-    """The forwarding sink `build` makes for a syslog config with `kw` set."""
-    sink = build(replace(SyslogSinkConfig(), **kw))
-    assert isinstance(sink, SyslogSink)
-    assert isinstance(sink, EventSink)
-    return sink
 
 
 def rsyslogd() -> str | None:
     return shutil.which("rsyslogd") or shutil.which("rsyslogd", path="/usr/sbin:/sbin")
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Rsyslog:
@@ -199,7 +143,7 @@ input(type="imtcp" address="127.0.0.1" port="{tcp}" ruleset="capture")
 
     def sink(self, **kw: Any) -> SyslogSink:
         """A syslog sink on this receiver's local socket (or as `kw` says)."""
-        return make_sink(**{"socket": self.socket} | kw)
+        return syslog_sink(**{"socket": self.socket} | kw)
 
     def close(self) -> None:
         self.stop()
@@ -220,10 +164,6 @@ def rsyslog() -> Iterator[Rsyslog]:
         receiver.close()
 
 
-def send(sink: SyslogSink, *records: dict[str, object]) -> None:
-    asyncio.run(sink.send_records(list(records)))
-
-
 def parse_text(text: str) -> tuple[str, dict[str, str]]:
     """The first word and the key=value pairs of a sink's line, unescaped; the pattern must
     cover the whole line, so a forged pair or a stray word fails here."""
@@ -237,30 +177,32 @@ def parse_text(text: str) -> tuple[str, dict[str, str]]:
     return match.group(1), pairs
 
 
+@pytest.mark.system
 def test_local_event_round_trip_with_every_field(rsyslog: Rsyslog) -> None:
     """A trusted event reaches rsyslog's local socket as one RFC 3164 line: authpriv.warning,
     ident wrapalert with our pid, and every record field in the key=value text."""
-    send(rsyslog.sink(), EVENT)
+    send_records(rsyslog.sink(), EVENT_RECORD)
     (msg,) = rsyslog.wait(1)
     assert msg["input"] == "imuxsock"
     assert (msg["pri"], msg["facility"], msg["severity"]) == ("84", "authpriv", "warning")
     assert (msg["app"], msg["procid"]) == ("wrapalert", str(os.getpid()))
-    assert msg["msg"] == " " + EVENT_TEXT  # RFC 3164: the space after "tag:" stays in msg
+    assert msg["msg"] == " " + EVENT_RECORD_TEXT  # RFC 3164: the space after "tag:" stays in msg
     stamp = time.strftime("%b %e %H:%M:%S", time.localtime(1714564800.25))
-    assert msg["raw"] == f"<84>{stamp} wrapalert[{os.getpid()}]: {EVENT_TEXT}"
-    word, pairs = parse_text(EVENT_TEXT)
+    assert msg["raw"] == f"<84>{stamp} wrapalert[{os.getpid()}]: {EVENT_RECORD_TEXT}"
+    word, pairs = parse_text(EVENT_RECORD_TEXT)
     assert word == "refused"
-    record_keys = set(EVENT) - {"type"}
+    record_keys = set(EVENT_RECORD) - {"type"}
     assert set(pairs) == record_keys
 
 
+@pytest.mark.system
 def test_untrusted_event_is_a_notice_with_the_configured_facility_and_ident(
     rsyslog: Rsyslog,
 ) -> None:
     """An untrusted event is one step less severe (notice), under the configured facility
     and ident; a sender without credentials shows uid=-."""
-    record = EVENT | {"trusted": False, "uid": None, "verdict": "allow"}
-    send(rsyslog.sink(facility="local3", ident="wa-test"), record)
+    record = EVENT_RECORD | {"trusted": False, "uid": None, "verdict": "allow"}
+    send_records(rsyslog.sink(facility="local3", ident="wa-test"), record)
     (msg,) = rsyslog.wait(1)
     pri = str(19 * 8 + 5)  # local3 is facility 19, notice severity 5
     assert (msg["pri"], msg["facility"], msg["severity"]) == (pri, "local3", "notice")
@@ -270,93 +212,101 @@ def test_untrusted_event_is_a_notice_with_the_configured_facility_and_ident(
     assert (pairs["trusted"], pairs["uid"]) == ("false", "-")
 
 
+@pytest.mark.system
 def test_hostile_values_cannot_forge_a_line_or_a_field(rsyslog: Rsyslog) -> None:
     """CR, LF, NUL, escape sequences, quotes, '=', backslashes, non-ASCII and huge values
     arrive escaped in one line of printable ASCII; unescaped, each value is the original
     (the huge one cut with '...'), and no forged pair appears."""
     sink = rsyslog.sink()
-    send(sink, EVENT | HOSTILE, HELD)  # the held record behind it: proof nothing else came
+    send_records(
+        sink, EVENT_RECORD | HOSTILE_FIELDS, HELD_RECORD
+    )  # the held record behind it: proof nothing else came
     messages = rsyslog.wait(2)
     assert len(messages) == 2
     raw_lines = rsyslog.raw_lines(2)
     assert len(raw_lines) == 2
-    assert raw_lines[1].endswith(HELD_TEXT)  # the held record is last: no line came between
+    assert raw_lines[1].endswith(HELD_RECORD_TEXT)  # the held record is last: no line came between
     raw = messages[0]["raw"]
     assert raw.isascii()
     assert all(" " <= c <= "~" for c in raw), f"control character in {raw!r}"
     assert len(raw.encode()) < 2100
     word, pairs = parse_text(messages[0]["msg"][1:])
     assert word == "refused"
-    assert set(pairs) == set(EVENT) - {"type"}
+    assert set(pairs) == set(EVENT_RECORD) - {"type"}
     for key in ("daemon", "client_addr", "client_name", "user"):
-        assert pairs[key] == HOSTILE[key]
+        assert pairs[key] == HOSTILE_FIELDS[key]
     assert pairs["client"] == "x" * 256 + "..."
     assert pairs["trusted"] == "true"  # the forged "trusted=true" stayed inside daemon's value
-    assert messages[1]["msg"] == " " + HELD_TEXT
+    assert messages[1]["msg"] == " " + HELD_RECORD_TEXT
 
 
+@pytest.mark.system
 def test_held_record_says_how_many_events_were_held(rsyslog: Rsyslog) -> None:
     """A held record becomes one warning line counting the held events per daemon."""
-    send(rsyslog.sink(), HELD)
+    send_records(rsyslog.sink(), HELD_RECORD)
     (msg,) = rsyslog.wait(1)
-    assert msg["msg"] == " " + HELD_TEXT
+    assert msg["msg"] == " " + HELD_RECORD_TEXT
     assert msg["severity"] == "warning"
 
 
+@pytest.mark.system
 def test_a_whole_batch_arrives_in_order(rsyslog: Rsyslog) -> None:
     """A batch of 300 records arrives whole, one message each, in order."""
-    records = [EVENT | {"client_port": str(i)} for i in range(300)]
-    send(rsyslog.sink(), *records)
+    records = [EVENT_RECORD | {"client_port": str(i)} for i in range(300)]
+    send_records(rsyslog.sink(), *records)
     messages = rsyslog.wait(300)
     ports = [parse_text(m["msg"][1:])[1]["client_port"] for m in messages]
     assert ports == [str(i) for i in range(300)]
 
 
+@pytest.mark.system
 def test_remote_udp_is_rfc5424(rsyslog: Rsyslog) -> None:
     """To a collector over UDP each record is one RFC 5424 datagram: version 1, the event's
     time, this host, app wrapalert, our pid, MSGID refused or held, no structured data."""
     sink = rsyslog.sink(address=("127.0.0.1", rsyslog.udp), protocol="udp")
-    send(sink, EVENT, HELD)
+    send_records(sink, EVENT_RECORD, HELD_RECORD)
     event, held = rsyslog.wait(2)
     assert event["input"] == "imudp"
     assert (event["version"], event["pri"], event["app"]) == ("1", "84", "wrapalert")
     assert (event["procid"], event["msgid"], event["sd"]) == (str(os.getpid()), "refused", "-")
     assert event["hostname"] == socket.gethostname()
     assert event["time"] == "2024-05-01T12:00:00.250000Z"
-    assert event["msg"] == EVENT_TEXT
+    assert event["msg"] == EVENT_RECORD_TEXT
     assert (held["msgid"], held["time"], held["msg"]) == (
         "held",
         "2024-05-01T12:00:30.250000Z",
-        HELD_TEXT,
+        HELD_RECORD_TEXT,
     )
 
 
+@pytest.mark.system
 def test_remote_tcp_uses_octet_counting(rsyslog: Rsyslog) -> None:
     """Over TCP records are octet-counted frames (RFC 6587) on one connection: a value with
     a newline cannot split a frame, and every record is its own message."""
     sink = rsyslog.sink(address=("127.0.0.1", rsyslog.tcp), protocol="tcp")
 
     async def scenario() -> None:
-        await sink.send_records([EVENT, EVENT | HOSTILE])
-        await sink.send_records([HELD])
+        await sink.send_records([EVENT_RECORD, EVENT_RECORD | HOSTILE_FIELDS])
+        await sink.send_records([HELD_RECORD])
         assert sink._stream is not None  # one connection, kept
 
     asyncio.run(scenario())
     messages = rsyslog.wait(3)
     assert [m["input"] for m in messages] == ["imtcp"] * 3
-    assert messages[0]["msg"] == EVENT_TEXT
-    assert parse_text(messages[1]["msg"])[1]["daemon"] == HOSTILE["daemon"]
-    assert messages[2]["msg"] == HELD_TEXT
+    assert messages[0]["msg"] == EVENT_RECORD_TEXT
+    assert parse_text(messages[1]["msg"])[1]["daemon"] == HOSTILE_FIELDS["daemon"]
+    assert messages[2]["msg"] == HELD_RECORD_TEXT
     assert len(messages) == 3
 
 
+@pytest.mark.system
 def test_tcp_reconnects_after_the_collector_restarts(rsyslog: Rsyslog) -> None:
     """When the collector closes the connection the sink opens a new one; while it is down,
     a send is a transient error."""
     sink = rsyslog.sink(address=("127.0.0.1", rsyslog.tcp), protocol="tcp", timeout=2.0)
 
     async def scenario() -> None:
-        await sink.send_records([EVENT])
+        await sink.send_records([EVENT_RECORD])
         await asyncio.to_thread(rsyslog.wait, 1)
         assert sink._stream is not None
         reader, _ = sink._stream
@@ -364,15 +314,16 @@ def test_tcp_reconnects_after_the_collector_restarts(rsyslog: Rsyslog) -> None:
         async with asyncio.timeout(10):
             assert await reader.read() == b""  # our side has seen the close
         with pytest.raises(TransientSinkError, match="refused"):
-            await sink.send_records([EVENT])
+            await sink.send_records([EVENT_RECORD])
         rsyslog.start()
-        await sink.send_records([HELD])
+        await sink.send_records([HELD_RECORD])
 
     asyncio.run(scenario())
     messages = rsyslog.wait(2)
-    assert [m["msg"] for m in messages] == [EVENT_TEXT, HELD_TEXT]
+    assert [m["msg"] for m in messages] == [EVENT_RECORD_TEXT, HELD_RECORD_TEXT]
 
 
+@pytest.mark.system
 def test_daemon_forwards_refused_connections_to_syslog(sockdir: Path, rsyslog: Rsyslog) -> None:
     """Configured with a syslog sink, the daemon sends one syslog line per refused
     connection, with the client's values and who reported it."""
@@ -398,6 +349,7 @@ socket = "{rsyslog.socket}"
         assert (pairs["trusted"], pairs["uid"]) == ("true", str(os.getuid()))
 
 
+@pytest.mark.system
 def test_daemon_held_line_names_the_brute_force(sockdir: Path, rsyslog: Rsyslog) -> None:
     """Past the sink's rate, the held line the daemon sends names the story its events
     tell: one address refused by sshd more than `[story] brute_force` times."""
@@ -423,7 +375,7 @@ socket = "{rsyslog.socket}"
 def test_missing_socket_is_transient(sockdir: Path) -> None:
     """No syslog daemon (no socket file): a transient error, retried later."""
     with pytest.raises(TransientSinkError, match="No such file"):
-        send(make_sink(socket=sockdir / "absent.sock"), EVENT)
+        send_records(syslog_sink(socket=sockdir / "absent.sock"), EVENT_RECORD)
 
 
 def test_stale_socket_is_transient(sockdir: Path) -> None:
@@ -431,7 +383,7 @@ def test_stale_socket_is_transient(sockdir: Path) -> None:
     path = sockdir / "stale.sock"
     socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).bind(str(path))  # closed at once
     with pytest.raises(TransientSinkError, match="refused"):
-        send(make_sink(socket=path), EVENT)
+        send_records(syslog_sink(socket=path), EVENT_RECORD)
 
 
 def test_stream_socket_is_permanent(sockdir: Path) -> None:
@@ -441,31 +393,7 @@ def test_stream_socket_is_permanent(sockdir: Path) -> None:
         listener.bind(str(path))
         listener.listen()
         with pytest.raises(PermanentSinkError, match="not a datagram socket"):
-            send(make_sink(socket=path), EVENT)
-
-
-async def ticking(work: Awaitable[None]) -> tuple[float, int, BaseException | None]:
-    """Run `work` next to a 10 ms ticker: its time, the ticks seen (a blocked event loop
-    ticks no more) and what it raised."""
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    ticker = asyncio.create_task(tick())
-    start = time.monotonic()
-    error: BaseException | None = None
-    try:
-        async with asyncio.timeout(10):
-            await work
-    except Exception as exc:  # noqa: BLE001 - returned for the test to look at
-        error = exc
-    finally:
-        ticker.cancel()
-    return time.monotonic() - start, ticks, error
+            send_records(syslog_sink(socket=path), EVENT_RECORD)
 
 
 def test_stalled_local_reader_never_blocks(sockdir: Path) -> None:
@@ -474,8 +402,8 @@ def test_stalled_local_reader_never_blocks(sockdir: Path) -> None:
     path = sockdir / "stalled.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stalled:
         stalled.bind(str(path))
-        sink = make_sink(socket=path, timeout=0.3)
-        records = [EVENT] * 2000  # more than any receive queue holds (512 under systemd)
+        sink = syslog_sink(socket=path, timeout=0.3)
+        records = [EVENT_RECORD] * 2000  # more than any receive queue holds (512 under systemd)
         elapsed, ticks, error = asyncio.run(ticking(sink.send_records(records)))
     assert isinstance(error, TransientSinkError)
     assert "took nothing for 0.3s" in str(error)
@@ -487,7 +415,7 @@ def test_a_late_reader_is_waited_for(sockdir: Path) -> None:
     """A reader that starts late, after the sink has filled its queue (and its own send
     buffer), still gets every record in order: a full queue is waited for, not an error."""
     path = sockdir / "late.sock"
-    records = [EVENT | {"client_port": str(i)} for i in range(2000)]  # > any queue's room
+    records = [EVENT_RECORD | {"client_port": str(i)} for i in range(2000)]  # > any queue's room
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as late:
         late.bind(str(path))
         late.settimeout(10)
@@ -498,7 +426,7 @@ def test_a_late_reader_is_waited_for(sockdir: Path) -> None:
 
         async def scenario() -> list[bytes]:
             reading = asyncio.create_task(asyncio.to_thread(read_late))
-            await make_sink(socket=path, timeout=5.0).send_records(records)
+            await syslog_sink(socket=path, timeout=5.0).send_records(records)
             return await reading
 
         received = asyncio.run(scenario())
@@ -521,8 +449,8 @@ def test_stalled_tcp_collector_never_blocks() -> None:
 
         server = await asyncio.start_server(never_read, sock=listener)
         port = listener.getsockname()[1]
-        sink = make_sink(address=("127.0.0.1", port), protocol="tcp", timeout=0.5)
-        big = EVENT | {"client": "x" * 250, "server": "y" * 250}
+        sink = syslog_sink(address=("127.0.0.1", port), protocol="tcp", timeout=0.5)
+        big = EVENT_RECORD | {"client": "x" * 250, "server": "y" * 250}
 
         async def flood() -> None:
             for _ in range(100):  # up to ~60 MB: far past any socket buffers
@@ -554,7 +482,7 @@ def test_the_collector_connection_is_closed_when_the_worker_ends() -> None:
 
         server = await asyncio.start_server(collector, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        sink = make_sink(address=("127.0.0.1", port), protocol="tcp", timeout=2.0)
+        sink = syslog_sink(address=("127.0.0.1", port), protocol="tcp", timeout=2.0)
         worker = ForwardWorker(sink, per_second=100.0)
         task = asyncio.create_task(worker.run())
         worker.offer(Event({"daemon": "sshd", "client_addr": "192.0.2.1"}, time.time()))

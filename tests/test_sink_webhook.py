@@ -9,17 +9,21 @@ import re
 import shutil
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Self
 
 import pytest
-from conftest import NO_DIGESTS, free_port, report_through_daemon, require, write_config
+from helpers import (
+    NO_DIGESTS,
+    HttpServer,
+    Reply,
+    free_port,
+    report_through_daemon,
+    require,
+    send_records,
+    write_config,
+)
 
 from wrapalert import config
 from wrapalert.confparse import HttpUrl
@@ -34,96 +38,6 @@ RECORDS: list[dict[str, object]] = [
 ]
 
 
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: Message
-    body: bytes
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    stall: bool = False  # read the request, then never answer
-
-
-class HttpServer:
-    """A real HTTP server (http.server, its own threads) on a free loopback port.
-
-    It keeps every request; faults are injected here, never into the client under
-    test: `replies` are used first, one per request, then `reply`.
-    """
-
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self.requests: list[Request] = []
-        self.replies: list[Reply] = []
-        self.reply = Reply()
-        self.tls = tls
-        self.release = threading.Event()  # ends every stalled answer at teardown
-        self.httpd: ThreadingHTTPServer | None = None
-        self.thread: threading.Thread | None = None
-
-    def __enter__(self) -> Self:
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                self.answer(self.rfile.read(length))
-
-            def do_GET(self) -> None:
-                self.answer(b"")
-
-            def answer(self, body: bytes) -> None:
-                owner.requests.append(Request(self.command, self.path, self.headers, body))
-                reply = owner.replies.pop(0) if owner.replies else owner.reply
-                if reply.stall:
-                    owner.release.wait(30)
-                    return
-                self.send_response(reply.status)
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                if reply.status not in (204, 304):
-                    self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                if reply.status not in (204, 304):
-                    self.wfile.write(reply.body)
-
-            def log_message(self, *_args: object) -> None:
-                pass  # the test reads `requests`; stderr noise helps nobody
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if self.tls is not None:
-            self.httpd.socket = self.tls.wrap_socket(self.httpd.socket, server_side=True)
-        # A short poll: shutdown() waits for it, once per test.
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        assert self.httpd is not None
-        assert self.thread is not None
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(10)
-
-    @property
-    def port(self) -> int:
-        assert self.httpd is not None
-        port: int = self.httpd.server_address[1]
-        return port
-
-    def url(self, path: str = "/hook") -> str:
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://127.0.0.1:{self.port}{path}"
-
-
 @pytest.fixture
 def httpd() -> Iterator[HttpServer]:
     with HttpServer() as server:
@@ -132,8 +46,7 @@ def httpd() -> Iterator[HttpServer]:
 
 def send(url: str, records: list[dict[str, object]] | None = None, **kw: object) -> None:
     cfg = WebhookSinkConfig(url=HttpUrl.parse(url), **kw)  # type: ignore[arg-type]
-    sink = WebhookSink(cfg, host="web1")
-    asyncio.run(sink.send_records(RECORDS if records is None else records))
+    send_records(WebhookSink(cfg, host="web1"), *(RECORDS if records is None else records))
 
 
 def test_posts_version_host_and_records_as_json(httpd: HttpServer) -> None:
@@ -324,6 +237,7 @@ def tls_server(certificate: tuple[Path, Path]) -> HttpServer:
     return HttpServer(tls=context)
 
 
+@pytest.mark.system
 def test_https_to_a_trusted_certificate_delivers(
     certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -334,6 +248,7 @@ def test_https_to_a_trusted_certificate_delivers(
         assert json.loads(server.requests[0].body)["records"] == RECORDS
 
 
+@pytest.mark.system
 def test_https_to_an_untrusted_certificate_is_permanent(certificate: tuple[Path, Path]) -> None:
     """A certificate no CA vouches for will not become trusted by retrying: permanent."""
     with (

@@ -8,10 +8,9 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import SmtpServer, free_port, maildir_messages, one_group
+from helpers import SmtpServer, free_port, maildir_messages, one_group
 
 from wrapalert.mail import Renderer
-from wrapalert.model import Digest
 from wrapalert.sinks import build
 from wrapalert.sinks.base import EventSink, PermanentSinkError, Sink, TransientSinkError
 from wrapalert.sinks.maildir import MaildirSink, MaildirSinkConfig
@@ -25,16 +24,14 @@ def digest_sink(cfg: SmtpSinkConfig | MaildirSinkConfig) -> Sink:
     return sink
 
 
-def sample(events: int = 2) -> Digest:
-    return one_group(events, created=3.0)
-
-
 def test_smtp_delivers_to_qualified_recipients() -> None:
     """The SMTP sink hands the digest to the server, envelope recipients qualified."""
 
     async def scenario() -> SmtpServer:
         async with SmtpServer() as smtp:
-            await digest_sink(smtp.sink(to=("root", "ops@example.com"))).send(sample())
+            await digest_sink(smtp.sink(to=("root", "ops@example.com"))).send(
+                one_group(created=3.0)
+            )
             return smtp
 
     smtp = asyncio.run(scenario())
@@ -61,7 +58,7 @@ def test_smtp_replies_are_classified(reply: str, error: type[Exception]) -> None
         async with SmtpServer() as smtp:
             smtp.handler.reply = reply
             with pytest.raises(error, match=reply[:3]):
-                await digest_sink(smtp.sink()).send(sample())
+                await digest_sink(smtp.sink()).send(one_group(created=3.0))
 
     asyncio.run(scenario())
 
@@ -70,7 +67,7 @@ def test_smtp_connection_refused_is_transient() -> None:
     """No server listening is a transient failure: the MTA may come back."""
     sink = digest_sink(SmtpSinkConfig(host="127.0.0.1", port=free_port(), timeout=2))
     with pytest.raises(TransientSinkError):
-        asyncio.run(sink.send(sample()))
+        asyncio.run(sink.send(one_group(created=3.0)))
 
 
 def test_smtp_timeout_is_transient() -> None:
@@ -82,7 +79,7 @@ def test_smtp_timeout_is_transient() -> None:
         async with server:
             sink = digest_sink(SmtpSinkConfig(host="127.0.0.1", port=port, timeout=0.3))
             with pytest.raises(TransientSinkError):
-                await sink.send(sample())
+                await sink.send(one_group(created=3.0))
 
     asyncio.run(scenario())
 
@@ -90,7 +87,7 @@ def test_smtp_timeout_is_transient() -> None:
 def test_maildir_delivery_is_complete_and_private(tmp_path: Path) -> None:
     """A delivered digest is one complete 0600 file in new/, nothing left in tmp/."""
     maildir = tmp_path / "Maildir"
-    asyncio.run(digest_sink(MaildirSinkConfig(path=maildir)).send(sample(5)))
+    asyncio.run(digest_sink(MaildirSinkConfig(path=maildir)).send(one_group(5, created=3.0)))
     (msg,) = maildir_messages(maildir)
     assert msg["X-Wrapalert-Events"] == "5"
     (path,) = (maildir / "new").iterdir()
@@ -110,7 +107,7 @@ def test_maildir_under_a_file_is_permanent(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     sink = digest_sink(MaildirSinkConfig(path=tmp_path / "file" / "Maildir"))
     with pytest.raises(PermanentSinkError):
-        asyncio.run(sink.send(sample()))
+        asyncio.run(sink.send(one_group(created=3.0)))
 
 
 def test_maildir_unwritable_is_transient(tmp_path: Path) -> None:
@@ -121,7 +118,7 @@ def test_maildir_unwritable_is_transient(tmp_path: Path) -> None:
     maildir.mkdir()
     maildir.chmod(0o500)
     with pytest.raises(TransientSinkError):
-        asyncio.run(digest_sink(MaildirSinkConfig(path=maildir)).send(sample()))
+        asyncio.run(digest_sink(MaildirSinkConfig(path=maildir)).send(one_group(created=3.0)))
 
 
 def test_smtp_a_recipient_refused_among_accepted_ones_is_not_delivered() -> None:
@@ -133,7 +130,7 @@ def test_smtp_a_recipient_refused_among_accepted_ones_is_not_delivered() -> None
             smtp.handler.refuse_rcpt = {"bob@example.org": "451 4.3.0 try later"}
             sink = digest_sink(smtp.sink(to=("root@example.org", "bob@example.org")))
             with pytest.raises(TransientSinkError, match=r"bob@example\.org"):
-                await sink.send(sample())
+                await sink.send(one_group(created=3.0))
 
     asyncio.run(scenario())
 
@@ -145,6 +142,6 @@ def test_smtp_starttls_not_offered_is_permanent() -> None:
     async def scenario() -> None:
         async with SmtpServer() as smtp:
             with pytest.raises(PermanentSinkError, match="STARTTLS"):
-                await digest_sink(smtp.sink(tls="starttls")).send(sample())
+                await digest_sink(smtp.sink(tls="starttls")).send(one_group(created=3.0))
 
     asyncio.run(scenario())

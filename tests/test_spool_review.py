@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, cast
 
 import pytest
-from conftest import require
+from helpers import require
 from timing import ManualClock
 
 from wrapalert import wire
@@ -38,6 +38,7 @@ def test_a_fallback_marker_larger_than_a_datagram_is_counted(tmp_path: Path) -> 
     assert not one.result.rejected
 
 
+@pytest.mark.system
 def test_junk_in_the_shared_spool_cannot_starve_a_trusted_uids_own_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

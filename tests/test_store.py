@@ -6,14 +6,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import one_group
+from helpers import one_group
 
 from wrapalert.daemon.store import DB_NAME, SCHEMA_VERSION, StateError, Store
 from wrapalert.model import Digest
-
-
-def digest(events: int = 2, created: float = 1.0) -> Digest:
-    return one_group(events, created=created)
 
 
 def opened(path: Path) -> Store:
@@ -25,7 +21,7 @@ def opened(path: Path) -> Store:
 def test_staged_changes_come_back_after_reopening(tmp_path: Path) -> None:
     """Groups, counters and outbox rows committed together are all there after a reopen."""
     store = opened(tmp_path)
-    d = digest()
+    d = one_group()
     store.stage_group(("sshd", "192.0.2.1"), {"new": 3})
     store.stage_counters({"received": 3})
     store.stage_enqueue("smtp", d)
@@ -41,7 +37,7 @@ def test_staged_changes_come_back_after_reopening(tmp_path: Path) -> None:
 def test_delivered_digests_leave_the_outbox_for_the_log(tmp_path: Path) -> None:
     """A delivered digest is removed from the outbox and written to the notification log."""
     store = opened(tmp_path)
-    d = digest()
+    d = one_group()
     store.stage_enqueue("smtp", d)
     store.stage_delivered("smtp", d)
     assert store.commit()
@@ -55,7 +51,7 @@ def test_delivered_digests_leave_the_outbox_for_the_log(tmp_path: Path) -> None:
 def test_merged_digests_replace_their_parts(tmp_path: Path) -> None:
     """A merge swaps the parts for the whole in one commit: never both, never neither."""
     store = opened(tmp_path)
-    a, b = digest(1, created=1.0), digest(2, created=2.0)
+    a, b = one_group(1, created=1.0), one_group(2, created=2.0)
     store.stage_enqueue("smtp", a)
     store.stage_enqueue("smtp", b)
     store.commit()
@@ -68,7 +64,7 @@ def test_merged_digests_replace_their_parts(tmp_path: Path) -> None:
 def test_failed_digests_are_marked_and_retried_on_request(tmp_path: Path) -> None:
     """A permanent failure is recorded with its error until a retry clears it."""
     store = opened(tmp_path)
-    d = digest()
+    d = one_group()
     store.stage_enqueue("smtp", d)
     store.stage_failed("smtp", d, "554 no")
     store.commit()

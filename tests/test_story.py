@@ -4,32 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from helpers import group_report
+
 from wrapalert.model import Digest, GroupReport
 from wrapalert.scanrule import ScanRule, ScanSignal
 from wrapalert.story import StoryRule, held_story, stories
 
 T = 1_700_000_000.0
 RULE = ScanRule(600.0, 3, 16)
-
-
-def report(addr: str, daemon: str = "sshd", events: int = 1, **changes: object) -> GroupReport:
-    g = GroupReport(
-        key=(daemon, addr),
-        labels=(("daemon", daemon), ("client_addr", addr)),
-        reason="new group",
-        events=events,
-        total=events,
-        first_seen=T,
-        last_seen=T + 60,
-        group_first_seen=T,
-        trusted=True,
-        uid=0,
-        daemons=((daemon, events),),
-        addrs=((addr, events),),
-        names=(),
-        users=(),
-    )
-    return replace(g, **changes)  # type: ignore[arg-type]
 
 
 def told(*groups: GroupReport, rule: StoryRule | None = None, **digest: int) -> list[str]:
@@ -44,7 +26,9 @@ def signal(kind: str, target: str, sources: int, *daemons: str) -> tuple[str, ..
 
 def test_a_scan_is_what_the_detector_signalled_not_a_count_of_daemons() -> None:
     """Five daemons from one address are a scan only with the detector's signal in a group."""
-    groups = [report("192.0.2.9", d) for d in ("sshd", "ftpd", "telnetd", "rpcbind", "fingerd")]
+    groups = [
+        group_report(d, "192.0.2.9") for d in ("sshd", "ftpd", "telnetd", "rpcbind", "fingerd")
+    ]
     assert told(*groups) == [
         "probes: 1 other new address, 5 refused: fingerd, ftpd, rpcbind, sshd, telnetd"
     ]
@@ -58,9 +42,9 @@ def test_a_scan_is_what_the_detector_signalled_not_a_count_of_daemons() -> None:
 
 def test_a_sweep_claims_every_address_of_its_network() -> None:
     """A sweep signal for a /24 tells its addresses' events; none of them is a probe too."""
-    groups = [report(f"198.51.100.{i}") for i in range(4)]
+    groups = [group_report(addr=f"198.51.100.{i}") for i in range(4)]
     groups[0] = replace(groups[0], scan=(signal("sweep", "198.51.100.0/24", 4, "sshd"),))
-    assert told(*groups, report("192.0.2.1")) == [
+    assert told(*groups, group_report(addr="192.0.2.1")) == [
         "sweep: 198.51.100.0/24: 4 addresses, 4 refused: sshd",
         "probes: 1 other new address, 1 refused: sshd",
     ]
@@ -68,23 +52,27 @@ def test_a_sweep_claims_every_address_of_its_network() -> None:
 
 def test_brute_force_follows_the_threshold() -> None:
     """`brute_force` refusals of one address by one daemon are a brute force; one fewer is not."""
-    assert told(report("203.0.113.5", events=20)) == [
+    assert told(group_report(addr="203.0.113.5", events=20)) == [
         "brute force: 203.0.113.5 on sshd: 20 refused"
     ]
-    assert told(report("203.0.113.5", events=20), rule=StoryRule(brute_force=21)) == [
+    assert told(group_report(addr="203.0.113.5", events=20), rule=StoryRule(brute_force=21)) == [
         "probes: 1 other new address, 20 refused: sshd"
     ]
 
 
 def test_an_address_is_told_once_by_its_most_severe_story() -> None:
     """A scanner that also hammers sshd is told as the scan, not as a brute force or a probe."""
-    hammer = report("192.0.2.9", "sshd", 50, scan=(signal("daemons", "192.0.2.9", 1, "a", "b"),))
-    assert [line.split(":")[0] for line in told(hammer, report("192.0.2.9", "ftpd"))] == ["scan"]
+    hammer = group_report(
+        "sshd", "192.0.2.9", 50, scan=(signal("daemons", "192.0.2.9", 1, "a", "b"),)
+    )
+    assert [line.split(":")[0] for line in told(hammer, group_report("ftpd", "192.0.2.9"))] == [
+        "scan"
+    ]
 
 
 def test_repeat_and_persistent_offenders_follow_the_persistent_age() -> None:
     """A reported group back within `persistent` is a repeat; one known longer, persistent."""
-    back = report("192.0.2.50", reason="new activity", total=9, group_first_seen=T - 600)
+    back = group_report(addr="192.0.2.50", reason="new activity", total=9, group_first_seen=T - 600)
     assert told(back) == ["repeat: 192.0.2.50 repeat, 1 refused: sshd"]
     assert told(back, rule=StoryRule(persistent=300.0)) == [
         "repeat: 192.0.2.50 persistent, 1 refused: sshd"
@@ -93,8 +81,8 @@ def test_repeat_and_persistent_offenders_follow_the_persistent_age() -> None:
 
 def test_untrusted_story_is_counts_and_uids_only() -> None:
     """Untrusted reports make one story of their count and uids: none of their text."""
-    forged = report("10.6.6.6", "CRITICAL:root-compromise", 40, trusted=False, uid=65534)
-    assert told(report("192.0.2.1"), forged) == [
+    forged = group_report("CRITICAL:root-compromise", "10.6.6.6", 40, trusted=False, uid=65534)
+    assert told(group_report(addr="192.0.2.1"), forged) == [
         "probes: 1 other new address, 1 refused: sshd",
         "untrusted: 40 untrusted reports from uid 65534, see below",
     ]
@@ -102,7 +90,7 @@ def test_untrusted_story_is_counts_and_uids_only() -> None:
 
 def test_held_and_silenced_are_stories_last() -> None:
     """What the mail cap held back and what silences kept out close the lead block."""
-    assert told(report("192.0.2.1"), held=7, merged=3, silenced=1)[1:] == [
+    assert told(group_report(addr="192.0.2.1"), held=7, merged=3, silenced=1)[1:] == [
         "held: 7 events held back by the rate limit, sent late (3 digests merged)",
         "silenced: 1 event silenced since the last digest, not listed",
     ]

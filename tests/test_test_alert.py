@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import timing
-from conftest import (
+from helpers import (
     WRAPALERT,
     Running,
     SmtpServer,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import one_group
+from helpers import event, one_group, preview_digest
 
 from wrapalert import config
 from wrapalert.digest_view import context, unverified
@@ -14,16 +14,11 @@ from wrapalert.mail import Renderer
 from wrapalert.model import Digest, Event, digest_from_json, digest_to_json
 from wrapalert.pipeline.aggregate import Aggregator
 from wrapalert.pipeline.forward import Held, event_record
-from wrapalert.preview import build_digest, parse_events
 from wrapalert.sinks import journald, syslog
 from wrapalert.sinks.alertmanager import build_alerts
 
 NOW = 1_700_000_000.0
 MARK = "source address not verified"
-
-
-def digest(lines: str) -> Digest:
-    return build_digest(parse_events(lines), config.Config(), NOW, host="web1")
 
 
 def parts(d: Digest) -> tuple[str, str]:
@@ -57,7 +52,7 @@ def test_groups_count_their_events_by_transport_and_keep_them() -> None:
 def test_the_marker_says_what_was_not_verified() -> None:
     """All udp, all unknown, or a share of them; nothing for vouched rows or for reports
     made before transports were counted."""
-    by = {g.addrs[0][0]: g for g in digest(
+    by = {g.addrs[0][0]: g for g in preview_digest(
         "d=in.tftpd a=203.0.113.66 transport=udp\n"
         "d=sshd a=203.0.113.67 transport=unknown\n"
         "d=sshd a=203.0.113.68 count=3\nd=in.tftpd a=203.0.113.68 transport=udp count=2\n"
@@ -66,7 +61,7 @@ def test_the_marker_says_what_was_not_verified() -> None:
     assert unverified([by["203.0.113.66"]]) == "udp: source address not verified"
     assert unverified([by["203.0.113.67"]]) == "source address not verified"
     mixed = "d=sshd a=203.0.113.68 count=3\nd=in.tftpd a=203.0.113.68 transport=udp count=2"
-    both = list(digest(mixed).groups)  # two groups (daemons), one row
+    both = list(preview_digest(mixed).groups)  # two groups (daemons), one row
     assert unverified(both) == "source address not verified for 2 of 5 (udp 2)"
     assert unverified([by["203.0.113.69"]]) == ""
     assert unverified(list(one_group().groups)) == ""  # made before transports were counted
@@ -75,34 +70,27 @@ def test_the_marker_says_what_was_not_verified() -> None:
 def test_digests_mark_unverified_rows_quietly_in_text_and_html() -> None:
     """A forged-looking row carries one grey line under it, and the footer explains it once;
     a digest of vouched refusals has neither."""
-    text, html = parts(digest("d=in.tftpd a=203.0.113.66 transport=udp\nd=sshd a=203.0.113.9"))
+    text, html = parts(
+        preview_digest("d=in.tftpd a=203.0.113.66 transport=udp\nd=sshd a=203.0.113.9")
+    )
     row = next(i for i, line in enumerate(text.splitlines()) if line.startswith("203.0.113.66"))
     assert text.splitlines()[row + 1].strip() == "udp: source address not verified"
     assert text.count(MARK) == 1
     assert "Not verified = no completed TCP handshake" in text
     assert MARK in html
     assert "not verified</strong> = no completed TCP handshake" in html
-    clean_text, clean_html = parts(digest("d=sshd a=203.0.113.9"))
+    clean_text, clean_html = parts(preview_digest("d=sshd a=203.0.113.9"))
     assert "verified" not in clean_text
     assert "verified" not in clean_html
-    assert not context(digest("d=sshd a=203.0.113.9"))["unverified"]
-
-
-def event(transport: str, *, trusted: bool = True) -> Event:
-    e = Event(
-        {"daemon": "in.tftpd", "client_addr": "203.0.113.66", "verdict": "deny"},
-        NOW,
-        uid=0 if trusted else 1000,
-        trusted=trusted,
-    )
-    e.transport = transport
-    return e
+    assert not context(preview_digest("d=sshd a=203.0.113.9"))["unverified"]
 
 
 def test_records_carry_the_daemons_finding() -> None:
     """jsonl and webhook records, syslog's line (right after who reported it, so a long
     value never cuts it off) and journald's WRAPALERT_TRANSPORT field all say it."""
-    record = event_record(event("udp"))
+    record = event_record(
+        event("in.tftpd", "203.0.113.66", at=NOW, transport="udp", verdict="deny")
+    )
     assert record["transport"] == "udp"
     assert json.loads(json.dumps(record))["transport"] == "udp"
     line = syslog.message_text(record)
@@ -114,7 +102,14 @@ def test_alertmanager_labels_the_transport_and_says_it_in_the_summary() -> None:
     """The refusal alert has a `transport` label; a udp or unknown one's summary says the
     address is not verified, a tcp one's does not."""
     alerts = build_alerts(
-        [event_record(event("udp")), event_record(event("tcp"))],
+        [
+            event_record(
+                event("in.tftpd", "203.0.113.66", at=NOW, transport="udp", verdict="deny")
+            ),
+            event_record(
+                event("in.tftpd", "203.0.113.66", at=NOW, transport="tcp", verdict="deny")
+            ),
+        ],
         host="web1",
         static={},
         resolve_after=900.0,

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     NOTIFY,
     PYTHON,
     Running,
@@ -198,6 +198,7 @@ def test_a_copy_spooled_while_the_daemon_stopped_counts_once(sockdir: Path) -> N
     assert (status["received"], status["duplicates"], status["spooled"]) == (1, 1, 0)
 
 
+@pytest.mark.system
 def test_a_local_user_cannot_suppress_a_trusted_report(sockdir: Path) -> None:
     """uid 65534 sends the identity of root's next refusal first: root's report still
     counts, trusted; only the user's own report is its."""
@@ -226,6 +227,7 @@ exec sleep 5
 """
 
 
+@pytest.mark.system
 def test_a_logger_killed_after_sending_is_counted_once(tmp_path: Path, sockdir: Path) -> None:
     """The race itself, through real libwrap and the real durable line: logger sends, then
     `timeout` kills it, so `||` runs the client, which sends the same refusal again. The

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import WRAPALERT, Running, require, wait_until, write_config
+from helpers import WRAPALERT, Running, require, wait_until, write_config
 
 from wrapalert import config, userns
 from wrapalert.daemon.server import Server
@@ -81,6 +81,7 @@ def unshare_user() -> list[str]:
     return [tool, "--user", "--map-root-user"]
 
 
+@pytest.mark.system
 def test_the_daemon_in_a_namespace_refuses_a_hidden_trusted_uid(sockdir: Path) -> None:
     """`wrapalert run` in a user namespace that maps only root: trusting root it starts and
     takes a report from root as trusted; trusting a uid the namespace hides as well, it
@@ -141,6 +142,7 @@ def test_a_reload_that_trusts_a_hidden_uid_is_refused(
     assert asyncio.run(scenario()) == (False, (me,))
 
 
+@pytest.mark.system
 def test_a_hidden_users_fallback_marker_counts_as_untrusted(sockdir: Path) -> None:
     """Another user's syslog fallback marker, seen from a namespace that hides its owner,
     counts as an untrusted fallback (uid 65534, as its datagrams read), not as a bad

@@ -18,6 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from helpers import free_port
+
 SSHD = "/usr/sbin/sshd"
 INETD = "/usr/sbin/inetd"
 TCPD = "/usr/sbin/tcpd"
@@ -35,13 +37,6 @@ def missing(service: str) -> str | None:
     if os.geteuid() != 0:
         return "mounting a private /etc/hosts.deny needs root"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Wrapped:
