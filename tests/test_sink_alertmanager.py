@@ -322,6 +322,7 @@ def test_every_label_name_we_send_is_a_classic_one() -> None:
     cfg = config.loads(
         '[[sink]]\ntype = "alertmanager"\nurls = ["http://127.0.0.1:9093"]\n'
         'labels = { env = "prod", _team = "ops" }\n'
+        "[digest]\nenabled = false\n"  # a config with no digest sink must say so
     ).sinks[0]
     assert isinstance(cfg, AlertmanagerSinkConfig)
     alerts = build_alerts(records, host="web1", static=dict(cfg.labels), resolve_after=60, now=0)
