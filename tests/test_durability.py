@@ -39,7 +39,8 @@ from conftest import (
 from timing import VirtualClock
 
 from wrapalert import config
-from wrapalert.daemon.server import COMMIT_EVERY, Server
+from wrapalert.daemon.ledger import COMMIT_EVERY
+from wrapalert.daemon.server import Server
 from wrapalert.daemon.store import Store
 from wrapalert.wire import encode
 
@@ -592,7 +593,7 @@ def test_a_sink_removed_by_reload_stops_and_can_come_back(sockdir: Path) -> None
         server = Server(both, clock=VirtualClock())
         async with Running(server):
             server.apply(replace(both, sinks=(a,)))
-            assert sorted(server.sinks.workers) == ["a"]
+            assert sorted(server.runtime.sinks.workers) == ["a"]
             send_events(server, 1, addr="192.0.2.1")
             await wait_for_status(server, lambda s: s["sinks"]["a"]["delivered"] == 1)
             server.apply(both)

@@ -13,6 +13,7 @@ from wrapalert.config import ConfigError, RouteConfig
 from wrapalert.daemon.server import Server
 from wrapalert.model import Event
 from wrapalert.pipeline.route import Router
+from wrapalert.pipeline.stage import Destination
 from wrapalert.wire import encode
 
 
@@ -29,10 +30,10 @@ def test_first_matching_route_wins() -> None:
             RouteConfig(("trust=untrusted",), "info", ("local",)),
         )
     )
-    assert router.route(ev(addr="10.1.1.1")) == ("info", ("jsonl",))
-    assert router.route(ev()) == ("critical", None)
-    assert router.route(ev("ftpd", trusted=False)) == ("info", ("local",))
-    assert router.route(ev("ftpd")) == ("warning", None)
+    assert router.route(ev(addr="10.1.1.1")) == Destination("info", ("jsonl",))
+    assert router.route(ev()) == Destination("critical", None)
+    assert router.route(ev("ftpd", trusted=False)) == Destination("info", ("local",))
+    assert router.route(ev("ftpd")) == Destination("warning", None)
 
 
 @pytest.mark.parametrize(

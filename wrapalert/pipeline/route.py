@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from wrapalert.config import RouteConfig
 from wrapalert.match import DEFAULT_SEVERITY, Selector
 from wrapalert.model import Event
+from wrapalert.pipeline.stage import EVERYWHERE, Destination
 
 __all__ = ["DEFAULT_SEVERITY", "Route", "Router"]
 
@@ -15,8 +16,7 @@ __all__ = ["DEFAULT_SEVERITY", "Route", "Router"]
 @dataclass(frozen=True)
 class Route:
     selector: Selector
-    severity: str
-    sinks: tuple[str, ...] | None
+    to: Destination
 
     def matches(self, event: Event) -> bool:
         return self.selector.matches(event)
@@ -26,10 +26,12 @@ class Router:
     """Severity and sinks for a new group; with no routes, "warning" to every sink."""
 
     def __init__(self, routes: tuple[RouteConfig, ...] = ()) -> None:
-        self.routes = tuple(Route(Selector.parse(r.match), r.severity, r.sinks) for r in routes)
+        self.routes = tuple(
+            Route(Selector.parse(r.match), Destination(r.severity, r.sinks)) for r in routes
+        )
 
-    def route(self, event: Event) -> tuple[str, tuple[str, ...] | None]:
+    def route(self, event: Event) -> Destination:
         for route in self.routes:
             if route.matches(event):
-                return route.severity, route.sinks
-        return DEFAULT_SEVERITY, None
+                return route.to
+        return EVERYWHERE

@@ -56,7 +56,7 @@ from datetime import UTC, datetime
 import structlog
 
 from wrapalert.confparse import Key, KeyDocs, Table, rate, url_problem
-from wrapalert.sinks.base import PermanentSinkError, SinkError, TransientSinkError
+from wrapalert.sinks.base import Capabilities, PermanentSinkError, SinkError, TransientSinkError
 from wrapalert.sinks.http import Target, post
 from wrapalert.sinks.registry import EventSinkType
 
@@ -155,8 +155,6 @@ class Totals:
 
 class AlertmanagerSink:
     """POSTs each batch of records, collapsed into alerts, to every URL at once."""
-
-    takes_scans = True  # the daemon sends it "scan" records (daemon/sinkset.py)
 
     def __init__(
         self,
@@ -453,4 +451,5 @@ SINK = EventSinkType(
     build=AlertmanagerSink,
     build_for_host=lambda cfg, host: AlertmanagerSink(cfg, host=host),
     keys=KEYS,
+    takes=Capabilities(records=True, scans=True),  # a scan is an alert of its own
 )

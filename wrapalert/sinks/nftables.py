@@ -41,7 +41,7 @@ from typing import Any
 from wrapalert.banrule import MODES, BanRule, normalise_allow
 from wrapalert.bantable import Command, KernelTable, Layout
 from wrapalert.confparse import KeyDocs, Table
-from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+from wrapalert.sinks.base import Capabilities, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import EventSinkType
 
 TIMEOUT = 10.0  # seconds one nft run may take (bench: a 100,000-ban re-sync takes ~1.5 s)
@@ -267,4 +267,5 @@ SINK = EventSinkType(
     describe=describe,
     build=NftablesSink,
     keys=KEYS,
+    takes=Capabilities(bans=True),  # no events: the ban stage counts them, the book calls it
 )
