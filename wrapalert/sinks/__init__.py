@@ -6,7 +6,9 @@ To add a sink, write one module here (webhook.py is a short example):
    wrapalert.confparse getters, 3. `describe(cfg)` for `check-config`, 4. the sink
    class (`send(digest)` or `send_records(records)`, errors from sinks.base), and
 5. `SINK = EventSinkType(name="...", config=..., parse=..., describe=..., build=...)`
-   (or `DigestSinkType`, whose `build` also gets the template dir). Nothing else changes.
+   (or `DigestSinkType`, whose `build` also gets the template dir); an event sink that
+   takes scan records too, or ban decisions instead of records, says so in `takes=`
+   (sinks.base.Capabilities): the daemon dispatches on that. Nothing else changes.
 """
 
 from __future__ import annotations
