@@ -75,9 +75,7 @@ def reloader(tmp_path: Path, clock: VirtualClock) -> Reloader:
     store.open()
     ledger = Ledger(store, clock)
     bans = Bans(store, clock, ledger.stats)
-    parts = RuntimeBuilder(
-        clock=clock, ledger=ledger, silences=Silences(store, clock), bans=bans
-    )
+    parts = RuntimeBuilder(clock=clock, ledger=ledger, silences=Silences(store, clock), bans=bans)
     first = parts.build(config.loads(TOML.format(base=tmp_path)))
     return Reloader(parts, first, ledger=ledger, bans=bans)
 

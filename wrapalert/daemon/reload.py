@@ -1,11 +1,11 @@
 """Reloading: the runtime in force, and how a new Config replaces it.
 
 The `Reloader` holds the one runtime in force (daemon/runtime.py); whatever
-needs "the current pipeline" (intake, the control commands) is given the
+needs "the current pipeline" (intake, the metrics file) is given the
 reloader and asks it. `apply` builds the next runtime completely from the new
 Config, then swaps it in whole: the sinks' workers hand over their state, the
 ban book follows the new ban sink, the old digest timer stops, the new
-runtime's tasks start. A build that fails (a template dir a sink cannot read)
+runtime's tasks start. A build that fails (a sink that cannot be built)
 raises before anything changed: the old runtime runs on.
 
 What a running daemon cannot change (`RESTART_ONLY`) is reported and kept, and
