@@ -34,7 +34,7 @@ class Records:
         self.records.extend(records)
 
 
-class Built:
+class Assembled:
     """A pipeline from TOML, with its real ledger and silence book, and forwarders."""
 
     def __init__(
@@ -80,8 +80,8 @@ class Built:
 def test_only_the_stages_the_config_asks_for_are_built(tmp_path: Path) -> None:
     """By default: silences, aggregate and scan; an [ignore] list, routes and forwarding
     sinks add their stages in the chain's order; `[scan]` off leaves the scan stage out."""
-    assert Built(tmp_path).stages == ["MuteStage", "AggregateStage", "ScanStage"]
-    full = Built(
+    assert Assembled(tmp_path).stages == ["MuteStage", "AggregateStage", "ScanStage"]
+    full = Assembled(
         tmp_path,
         '[ignore]\ndaemons = ["in.identd"]\n[[route]]\nmatch = ["daemon=sshd"]\n',
         forwarders=("records",),
@@ -94,13 +94,14 @@ def test_only_the_stages_the_config_asks_for_are_built(tmp_path: Path) -> None:
         "ScanStage",
         "ForwardStage",
     ]
-    assert Built(tmp_path, "[scan]\nenabled = false\n").stages == ["MuteStage", "AggregateStage"]
+    no_scan = Assembled(tmp_path, "[scan]\nenabled = false\n")
+    assert no_scan.stages == ["MuteStage", "AggregateStage"]
 
 
 def test_an_ignored_event_is_ignored_even_when_a_silence_matches(tmp_path: Path) -> None:
     """[ignore] comes before the silences: an event both match counts as ignored; one only
     a silence matches counts as silenced (and for the digest); neither reaches a group."""
-    built = Built(tmp_path, '[ignore]\ndaemons = ["in.identd"]\n')
+    built = Assembled(tmp_path, '[ignore]\ndaemons = ["in.identd"]\n')
     built.silences.add((Matcher.parse("daemon=in.identd"),), 60.0)
     built.silences.add((Matcher.parse("daemon=vsftpd"),), 60.0)
     built.accept("in.identd")
@@ -118,7 +119,7 @@ def test_the_route_decides_the_group_and_which_sinks_are_offered_the_event(
     """A matching route's severity and sinks go to the new group, and only its sinks are
     offered the event; without a match, "warning" and every sink."""
     jsonl = '[[sink]]\ntype = "jsonl"\nname = "{0}"\npath = "/nonexistent/{0}"\n'
-    built = Built(
+    built = Assembled(
         tmp_path,
         jsonl.format("a")
         + jsonl.format("b")
@@ -143,14 +144,14 @@ def test_the_ban_stage_goes_first_and_keeps_its_counts_over_a_reload(tmp_path: P
     def ban_stage() -> BanStage:
         return BanStage(rule, {}, lambda target, _reason, _now: asked.append(target))
 
-    first = Built(tmp_path, ban=ban_stage())
+    first = Assembled(tmp_path, ban=ban_stage())
     assert first.stages[0] == "BanStage"
     first.silences.add((Matcher.parse("daemon=sshd"),), 3600.0)
     fields = {"daemon": "sshd", "client_addr": "203.0.113.7"}
     tcp = Event(fields, first.clock.now(), uid=0, transport="tcp")
     first.pipeline.accept(tcp)
     first.pipeline.accept(tcp)
-    second = Built(tmp_path, ban=ban_stage(), previous=first.pipeline)
+    second = Assembled(tmp_path, ban=ban_stage(), previous=first.pipeline)
     second.pipeline.accept(tcp)
     assert asked == ["203.0.113.7"]
     assert first.pipeline.scan is not None
