@@ -99,7 +99,7 @@ async def round_for(n: int, state: Path) -> dict[str, tuple[float, float]]:
     got["restart"] = await timed(lambda: again.reconcile(want, time.time()))
     got["steady"] = await timed(lambda: again.reconcile(want, time.time()))
     got["check"] = await timed(lambda: again.check(want, time.time()))
-    got["ban"] = await timed(lambda: again.change(sink.apply({"203.0.113.7": 3600.0})))
+    got["ban"] = await timed(lambda: again.add({"203.0.113.7": 3600.0}))
     return got
 
 

@@ -49,6 +49,7 @@ from wrapalert.daemon.stats import Stats  # noqa: E402
 from wrapalert.daemon.store import Store  # noqa: E402
 from wrapalert.daemon.twins import Twins  # noqa: E402
 from wrapalert.daemon.witness import Witness  # noqa: E402
+from wrapalert.model import Event  # noqa: E402
 
 YEAR_2100 = 4102444800
 
@@ -117,14 +118,23 @@ def machine(directory: Path) -> dict[str, object]:
     }
 
 
+class Nowhere:
+    """Where the pass's events go (intake.Target): root trusted, the events dropped."""
+
+    trusted_uids = frozenset({0})
+
+    @staticmethod
+    def accept(_event: Event) -> None:
+        return None
+
+
 def idle_intake(sock: socket.socket) -> Intake:
     """An intake for the pass to hand its files to; the events go nowhere."""
     stats = Stats()
     return Intake(
         sock,
-        trusted_uids=(0,),
+        target=Nowhere(),
         stats=stats,
-        accept=lambda _e: None,
         twins=Twins(),
         witness=Witness(stats, time.time),
     )

@@ -137,6 +137,15 @@ NOW = 1_700_000_000.0  # the tests' fixed wall clock (timing.EPOCH too)
 NO_DIGESTS = "\n[digest]\nenabled = false\n"
 
 
+@dataclass(frozen=True)
+class Into:
+    """Where an Intake hands events in a test (daemon/intake.py's Target): `accept` takes
+    each accepted event, and these uids are trusted."""
+
+    accept: Callable[[Event], None]
+    trusted_uids: frozenset[int]
+
+
 def event(
     daemon: str = "sshd",
     addr: str = "192.0.2.1",

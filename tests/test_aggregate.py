@@ -9,7 +9,6 @@ from helpers import event
 from wrapalert.config import DigestConfig
 from wrapalert.model import MAX_DIGEST_GROUPS, Event, fold_reports
 from wrapalert.pipeline.aggregate import OVERFLOW, Aggregator
-from wrapalert.pipeline.route import Router
 
 CFG = replace(
     DigestConfig(), group_wait=10.0, group_interval=300.0, repeat_interval=3600.0, batch_window=1.0
@@ -134,7 +133,7 @@ def test_exported_groups_restore_with_their_timers_and_counts() -> None:
     agg.add(event(addr="192.0.2.1"), now=1000.0)
     agg.add(event(addr="192.0.2.1"), now=1001.0)
     agg.add(event("ftpd", "2001:db8::1", trusted=False, uid=1000), now=1002.0)
-    saved = [agg.export(key) for key in agg.dirty]
+    saved = [agg.export(key) for key in agg.changes.groups]
     again = Aggregator(CFG, 100)
     again.restore([s for s in saved if s is not None])
     assert again.next_due() == 1010.0
@@ -144,16 +143,16 @@ def test_exported_groups_restore_with_their_timers_and_counts() -> None:
 
 
 def test_changes_are_tracked_for_saving() -> None:
-    """Adding, reporting and forgetting groups mark them dirty or dropped."""
+    """Adding and reporting a group mark it changed; forgetting it marks it gone (None)."""
     agg = Aggregator(CFG, 100)
     agg.add(event(), now=1000.0)
-    assert agg.dirty == {("sshd", "192.0.2.1")}
-    agg.dirty.clear()
+    assert list(agg.changes.groups) == [("sshd", "192.0.2.1")]
+    agg.changes.groups.clear()
     agg.collect(1010.0)
-    assert agg.dirty == {("sshd", "192.0.2.1")}
-    agg.dirty.clear()
+    assert list(agg.changes.groups) == [("sshd", "192.0.2.1")]
+    agg.changes.groups.clear()
     agg.collect(1010.0 + 3600.0)
-    assert (agg.dirty, agg.dropped) == (set(), {("sshd", "192.0.2.1")})
+    assert agg.changes.groups == {("sshd", "192.0.2.1"): None}
 
 
 def test_an_untrusted_uid_gets_one_group_whatever_it_sends() -> None:
@@ -319,13 +318,20 @@ def test_with_the_network_reserve_full_a_known_network_still_takes_its_sources()
     assert ("sshd", "10.3.0.0/24") in restored.groups
 
 
+def reloaded(agg: Aggregator, cfg: DigestConfig) -> Aggregator:
+    """The aggregator a reload to `cfg` makes: a new one, given the old one's groups."""
+    new = Aggregator(cfg, agg.max_groups, agg.untrusted_interval)
+    new.restore(agg.export_all())
+    return new
+
+
 def test_after_group_by_changes_old_groups_tally_what_joins_them() -> None:
     """A group keyed (daemon, client_addr) = (sshd, unknown) skips its address tally; after
     a reload to (daemon, client_name), sshd events with no name land in that same key
     from many addresses: they must be tallied, not reported as one "unknown" source."""
     agg = Aggregator(CFG, 100)
     agg.add(event(addr="unknown"), now=0.0)
-    agg.configure(replace(CFG, group_by=("daemon", "client_name")), 100, 3600.0, Router())
+    agg = reloaded(agg, replace(CFG, group_by=("daemon", "client_name")))
     for i in range(1, 6):
         agg.add(event(addr=f"203.0.113.{i}"), now=1.0)
     (report,) = agg.collect(100.0)
@@ -349,7 +355,7 @@ def test_network_counts_follow_the_groups_labels_across_a_group_by_change() -> N
     agg = Aggregator(CFG, 2)
     swapped = replace(CFG, group_by=("client_addr", "daemon"))
     for cycle in range(10):
-        agg.configure(swapped if cycle % 2 else CFG, 2, 3600.0, Router())
+        agg = reloaded(agg, swapped if cycle % 2 else CFG)
         base = cycle * 1e6
         for i in range(4):
             agg.add(event(addr=f"10.{cycle}.{i}.1"), now=base)
@@ -377,19 +383,19 @@ def test_a_group_forgotten_and_made_anew_in_one_commit_window_is_saved_not_delet
     agg = Aggregator(CFG, 100)
     agg.add(event(), now=1000.0)
     agg.collect(1010.0)
-    list(agg.take_changes())  # committed
+    list(agg.changes.take())  # committed
     (repeat,) = agg.collect(1010.0 + 3600.0)
     assert repeat.reason == "repeat"
     agg.add(event(), now=4700.0)
-    changes = dict(agg.take_changes())
+    changes = dict(agg.changes.take())
     state = changes[("sshd", "192.0.2.1")]
     assert state is not None
     assert state["new"] == 1
 
 
 def test_changes_are_taken_once() -> None:
-    """What take_changes gave is not given again: the next commit stages only news."""
+    """What a take gave is not given again: the next commit stages only news."""
     agg = Aggregator(CFG, 100)
     agg.add(event(), now=1000.0)
-    assert [key for key, _ in agg.take_changes()] == [("sshd", "192.0.2.1")]
-    assert list(agg.take_changes()) == []
+    assert [key for key, _ in agg.changes.take()] == [("sshd", "192.0.2.1")]
+    assert list(agg.changes.take()) == []

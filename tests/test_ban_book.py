@@ -42,13 +42,13 @@ def test_refusals_name_why_and_are_remembered_for_their_time(tmp_path: Path) -> 
     bans.request("203.0.113.7", "3 refusals", now)  # the one ban max_bans allows
     bans.request("203.0.113.8", "3 refusals", now)
     assert bans.stats.bans_refused == {"allowlisted": 1, "session": 1, "cap": 1}
-    assert bans.settled == {
+    assert bans.policy.settled == {
         "192.0.2.10": now + 3600,
         "203.0.113.50": now + 60,
         "203.0.113.7": now + 3600,
         "203.0.113.8": now + 60,
     }
-    refused = {n[1]: n[2] for n in bans.notes if n[0] == "refused"}
+    refused = {n.target: n.reason for n in bans.notes if n.action == "refused"}
     assert refused["203.0.113.50"] == (
         "3 refusals; session (logged in from 203.0.113.50: root via sshd (session c2))"
     )
@@ -72,8 +72,8 @@ def test_bans_the_rule_would_not_make_are_lifted_at_start(tmp_path: Path) -> Non
     store.close()
     bans = book(tmp_path, SystemClock(), allow=normalise_allow(["198.51.100.9"]))
     bans.load()
-    assert sorted(bans.active) == ["2002::/16", "203.0.113.7"]
-    lifted = {n[1]: n[2] for n in bans.notes if n[0] == "lifted"}
+    assert sorted(bans.policy.active) == ["2002::/16", "203.0.113.7"]
+    lifted = {n.target: n.reason for n in bans.notes if n.action == "lifted"}
     assert lifted == {
         "64:ff9b::/64": "a network of NAT64, Teredo or 6to4 addresses",
         "198.51.100.9": "allowlisted",
@@ -121,4 +121,4 @@ def test_a_failing_kernel_is_retried_with_backoff_not_at_once(tmp_path: Path) ->
     assert isinstance(kernel, dict)
     assert kernel["in_sync"] is False
     assert kernel["missing"] == 1
-    assert [n[0] for n in bans.notes].count("unenforced") == 1  # once, not at every retry
+    assert [n.action for n in bans.notes].count("unenforced") == 1  # once, not at every retry

@@ -17,13 +17,13 @@ from wrapalert import config
 from wrapalert.banrule import BanRule, BanTargetError, normalise_allow
 from wrapalert.clock import SystemClock
 from wrapalert.confparse import ConfigError
-from wrapalert.daemon import control
+from wrapalert.daemon import api, control
 from wrapalert.daemon.bans import Bans
 from wrapalert.daemon.stats import Stats
-from wrapalert.daemon.store import SCHEMA_VERSION, Store
+from wrapalert.daemon.store import SCHEMA_VERSION, BanRow, Store
 from wrapalert.digest_view import context
 from wrapalert.mail import Renderer
-from wrapalert.model import digest_from_json, digest_to_json
+from wrapalert.model import BanNote, digest_from_json, digest_to_json
 from wrapalert.pipeline.ban import BanCounter, BanStage
 from wrapalert.pipeline.stage import Flow
 from wrapalert.scanrule import ScanRule
@@ -304,13 +304,13 @@ def test_schema_1_database_gains_the_bans_tables(tmp_path: Path) -> None:
     store.stage_ban("203.0.113.7", "3 refusals", 1.0, 2.0, dry_run=False)
     store.stage_ban_log(1.0, "banned", "203.0.113.7", "3 refusals", 2.0)
     assert store.commit()
-    assert store.bans() == [("203.0.113.7", "3 refusals", 1.0, 2.0, False)]
-    assert store.ban_log()[0][1:3] == ("banned", "203.0.113.7")
+    assert store.bans() == [BanRow("203.0.113.7", "3 refusals", 1.0, 2.0, dry_run=False)]
+    assert (store.ban_log()[0].action, store.ban_log()[0].target) == ("banned", "203.0.113.7")
 
 
 BANNED = (
-    ("banned", "203.0.113.7", "10 refusals", 1_700_000_000.0),
-    ("refused", "198.51.100.9", "10 refusals; allowlisted", 1_700_003_600.0),
+    BanNote("banned", "203.0.113.7", "10 refusals", 1_700_000_000.0),
+    BanNote("refused", "198.51.100.9", "10 refusals; allowlisted", 1_700_003_600.0),
 )
 
 
@@ -348,17 +348,18 @@ def test_a_manual_ban_needs_a_real_duration(tmp_path: Path, seconds: object) -> 
     store.open()
     bans = Bans(store, SystemClock(), Stats())
     bans.configure(NftablesSink(NftablesSinkConfig(nft="/nonexistent/nft")))
+    add = api.BanCommands(bans).add
     with pytest.raises(control.ControlError, match="seconds"):  # not the kernel's error
-        asyncio.run(bans.api_add({"addr": "203.0.113.7", "seconds": seconds}))
-    assert bans.active == {}
+        asyncio.run(add({"addr": "203.0.113.7", "seconds": seconds}))
+    assert bans.policy.active == {}
 
 
 def test_digest_says_when_bans_are_not_enforced_and_when_repaired() -> None:
     """Notes that bans are not in the kernel (with the error) and that the table was
     repaired reach both parts of the digest."""
     notes = (
-        ("unenforced", "2 ban(s)", "nft: Operation not permitted: install the drop-in", 1e9),
-        ("repaired", "wrapalert", "the table was missing; 2 missing", 1e9 + 30),
+        BanNote("unenforced", "2 ban(s)", "nft: Operation not permitted: install the drop-in", 1e9),
+        BanNote("repaired", "wrapalert", "the table was missing; 2 missing", 1e9 + 30),
     )
     digest = replace(one_group(created=1_700_000_000.0), banned=notes, id="")
     msg = Renderer("wrapalert@localhost", ("root",)).render(digest)

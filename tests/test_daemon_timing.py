@@ -20,6 +20,7 @@ from timing import VirtualClock, run
 from wrapalert import config
 from wrapalert.daemon.server import Server
 from wrapalert.model import Digest
+from wrapalert.sinks.base import DIGESTS, Built
 from wrapalert.sinks.jsonl import JsonlSinkConfig
 
 SLACK = 0.05  # virtual seconds: the loop's idle threshold and the commit tick
@@ -45,7 +46,7 @@ def test_first_digest_waits_exactly_group_wait(sockdir: Path) -> None:
 
     async def scenario() -> tuple[float, list[tuple[float, Digest]]]:
         mail = Mailbox(clock)
-        async with Running(Server(cfg, sinks=[mail], clock=clock)):
+        async with Running(Server(cfg, sinks=[Built(mail, DIGESTS)], clock=clock)):
             start = clock.now()
             send_refusals(cfg.daemon.socket)
             await asyncio.sleep(20)
@@ -67,7 +68,7 @@ def test_later_activity_waits_for_group_interval(sockdir: Path) -> None:
 
     async def scenario() -> list[tuple[float, Digest]]:
         mail = Mailbox(clock)
-        async with Running(Server(cfg, sinks=[mail], clock=clock)):
+        async with Running(Server(cfg, sinks=[Built(mail, DIGESTS)], clock=clock)):
             send_refusals(cfg.daemon.socket)
             await mail.wait(1, within=30)
             await asyncio.sleep(1)
@@ -88,12 +89,12 @@ def test_a_quiet_group_is_repeated_once_after_repeat_interval(sockdir: Path) -> 
 
     async def scenario() -> tuple[list[tuple[float, Digest]], int]:
         mail = Mailbox(clock)
-        server = Server(cfg, sinks=[mail], clock=clock)
+        server = Server(cfg, sinks=[Built(mail, DIGESTS)], clock=clock)
         async with Running(server):
             send_refusals(cfg.daemon.socket, count=2)
             await mail.wait(2, within=4000)
             await asyncio.sleep(4 * 3600)  # nothing more comes
-            groups = len(server.pipeline.aggregator.groups)
+            groups = len(server.runtime.aggregator.groups)
         return mail.got, groups
 
     got, groups = run(scenario())
@@ -114,7 +115,7 @@ def test_the_mail_cap_holds_digests_for_the_hour_and_loses_none(sockdir: Path) -
 
     async def scenario() -> list[tuple[float, Digest]]:
         mail = Mailbox(clock)
-        async with Running(Server(cfg, sinks=[mail], clock=clock)):
+        async with Running(Server(cfg, sinks=[Built(mail, DIGESTS)], clock=clock)):
             for i in range(6):  # a new source every ten minutes
                 send_refusals(cfg.daemon.socket, addr=f"192.0.2.{i + 1}")
                 await asyncio.sleep(600)
@@ -137,7 +138,7 @@ def test_transient_failures_are_retried_on_the_backoff(sockdir: Path) -> None:
 
     async def scenario() -> Mailbox:
         mail = Mailbox(clock, failures=3)
-        async with Running(Server(cfg, sinks=[mail], clock=clock)):
+        async with Running(Server(cfg, sinks=[Built(mail, DIGESTS)], clock=clock)):
             send_refusals(cfg.daemon.socket)
             await mail.wait(1, within=60)
         return mail
@@ -168,7 +169,7 @@ def test_reload_hands_groups_and_forwarding_to_the_new_pipeline(sockdir: Path) -
             send_refusals(cfg.daemon.socket, count=2)
             await asyncio.sleep(10)
             server.apply(replace(cfg, limits=replace(cfg.limits, events_per_second=50.0)))
-            assert server.sinks.forwarders["records"].bucket.rate == 50.0
+            assert server.runtime.sinks.forwarders["records"].bucket.rate == 50.0
             send_refusals(cfg.daemon.socket, count=3)
             await asyncio.sleep(25)
         return start

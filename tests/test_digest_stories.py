@@ -29,7 +29,9 @@ from timing import VirtualClock, run
 from wrapalert import config
 from wrapalert.daemon.server import Server
 from wrapalert.mail import Renderer
+from wrapalert.match import Matcher
 from wrapalert.model import Digest
+from wrapalert.sinks.base import DIGESTS, Built
 
 SCREEN = 24  # lines of an 80-column terminal: what root sees before scrolling
 Refusal = tuple[str, str]  # (daemon, client address)
@@ -83,7 +85,7 @@ def through_daemon(
                 await flush_when_ingested(server, len(before))
                 await seen.wait_events(len(before))
             if silence:
-                await server.silences.add({"matchers": list(silence), "seconds": 3600})
+                server.silences.add(tuple(Matcher.parse(m) for m in silence), 3600)
             for daemon, addr in refusals:
                 await asyncio.to_thread(client, f"d={daemon}", f"a={addr}", sock)
             for daemon, addr in untrusted:
@@ -201,7 +203,7 @@ def test_held_story_counts_what_the_mail_cap_held_back(sockdir: Path) -> None:
             got.append(digest)
 
     async def scenario() -> None:
-        async with Running(Server(cfg, sinks=[Mailbox()], clock=clock)):
+        async with Running(Server(cfg, sinks=[Built(Mailbox(), DIGESTS)], clock=clock)):
             for i in range(3):  # a new source every ten minutes
                 send_refusals(cfg.daemon.socket, f"192.0.2.{i + 1}")
                 await asyncio.sleep(600)

@@ -40,7 +40,8 @@ from helpers import (
 from timing import VirtualClock
 
 from wrapalert import config
-from wrapalert.daemon.server import COMMIT_EVERY, Server
+from wrapalert.daemon.ledger import COMMIT_EVERY
+from wrapalert.daemon.server import Server
 from wrapalert.daemon.store import Store
 from wrapalert.sinks.maildir import MaildirSinkConfig
 from wrapalert.wire import encode
@@ -589,7 +590,7 @@ def test_a_sink_removed_by_reload_stops_and_can_come_back(sockdir: Path) -> None
         server = Server(both, clock=VirtualClock())
         async with Running(server):
             server.apply(replace(both, sinks=(a,)))
-            assert sorted(server.sinks.workers) == ["a"]
+            assert sorted(server.runtime.sinks.workers) == ["a"]
             send_refusals(server.cfg.daemon.socket, "192.0.2.1")
             await wait_for_status(server, lambda s: s["sinks"]["a"]["delivered"] == 1)
             server.apply(both)

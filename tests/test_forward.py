@@ -173,7 +173,7 @@ def test_each_forwarding_sink_gets_its_own_events_per_second(sockdir: Path) -> N
         WebhookSinkConfig(url=HttpUrl.parse("http://127.0.0.1:9/hook"), events_per_second=3.0),
     )
     server = Server(cfg)
-    rates = {name: f.bucket.rate for name, f in server.sinks.forwarders.items()}
+    rates = {name: f.bucket.rate for name, f in server.runtime.sinks.forwarders.items()}
     assert rates == {"syslog": 7.0, "journald": cfg.limits.events_per_second, "webhook": 3.0}
 
 
@@ -241,7 +241,7 @@ def test_untrusted_events_per_second_reaches_each_forwarder(sockdir: Path) -> No
         WebhookSinkConfig(url=HttpUrl.parse("http://127.0.0.1:9/"), events_per_second=0.5),
     )
     server = Server(cfg)
-    rates = {n: f.untrusted_bucket.rate for n, f in server.sinks.forwarders.items()}
+    rates = {n: f.untrusted_bucket.rate for n, f in server.runtime.sinks.forwarders.items()}
     assert rates == {"journald": 1.0, "webhook": 0.5}
 
 

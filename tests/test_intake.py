@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import receiver, send_datagrams, send_refusals
+from helpers import Into, receiver, send_datagrams, send_refusals
 
 from wrapalert.daemon.intake import Intake, LogLimit, open_socket
 from wrapalert.daemon.stats import Stats
@@ -56,9 +56,8 @@ def rig_on(sock: socket.socket, path: Path, *, trusted: tuple[int, ...]) -> Rig:
     stats, taken = Stats(), Taken()
     intake = Intake(
         sock,
-        trusted_uids=trusted,
+        target=Into(taken, frozenset(trusted)),
         stats=stats,
-        accept=taken,
         twins=Twins(),
         witness=Witness(stats, lambda: NOW),
         now=lambda: NOW,

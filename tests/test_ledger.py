@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import one_group
+from helpers import event, one_group
 from timing import ManualClock, VirtualClock, run
 
+from wrapalert.config import DigestConfig
 from wrapalert.daemon.ledger import Ledger
 from wrapalert.daemon.store import Snapshot, Store
 from wrapalert.model import Digest
+from wrapalert.pipeline.aggregate import Aggregator
 from wrapalert.scanrule import ScanSignal
 from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
 
 KEY = ("sshd", "192.0.2.1")
-GROUP: dict[str, Any] = {"key": list(KEY), "events": 3}
 REFUSAL = {"daemon": "sshd", "client_addr": "192.0.2.1", "client_port": "40022"}
 
 
@@ -124,12 +124,14 @@ def test_commit_writes_groups_counters_and_twins_together(tmp_path: Path) -> Non
     the refusals seen: all of it is in the database afterwards."""
     clock = ManualClock(5_000.0)
     ledger = ledger_at(tmp_path, clock)
-    ledger.group_changes = lambda: [(KEY, GROUP)]
+    aggregator = Aggregator(DigestConfig(), 100, changes=ledger.groups)  # writes what changed
+    aggregator.add(event("sshd", "192.0.2.1"), 5_000.0)
+    group = aggregator.export(KEY)
     ledger.stats.received = 3
     assert not ledger.twins.copy(0, REFUSAL | {"hook_pid": "4242"}, clock.now(), trusted=True)
     assert ledger.commit()
     snap = saved(tmp_path)
-    assert snap.groups == [GROUP]
+    assert snap.groups == [group]
     assert snap.counters["received"] == 3
     store = Store(tmp_path)
     store.open()
@@ -139,9 +141,11 @@ def test_commit_writes_groups_counters_and_twins_together(tmp_path: Path) -> Non
 def test_a_group_the_pipeline_dropped_leaves_the_database(tmp_path: Path) -> None:
     """A group change of None deletes the group's saved state."""
     ledger = ledger_at(tmp_path, ManualClock())
-    ledger.group_changes = lambda: [(KEY, GROUP)]
+    aggregator = Aggregator(DigestConfig(), 100, changes=ledger.groups)
+    aggregator.add(event("sshd", "192.0.2.1"), 0.0)
     ledger.commit()
-    ledger.group_changes = lambda: [(KEY, None)]
+    assert len(saved(tmp_path).groups) == 1
+    ledger.groups.groups[KEY] = None  # as the aggregator notes a group it forgot
     ledger.commit()
     assert saved(tmp_path).groups == []
 

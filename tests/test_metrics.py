@@ -7,7 +7,7 @@ import asyncio
 import os
 import shutil
 import subprocess
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from wrapalert.config import MetricsConfig
 from wrapalert.confparse import ConfigError
 from wrapalert.daemon import metrics
 from wrapalert.daemon.server import Server
+from wrapalert.sinks.base import RECORDS, Built
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "packaging" / "examples" / "wrapalert.rules.yml"
@@ -53,7 +54,7 @@ def test_the_running_daemon_writes_metrics_promtool_accepts(sockdir: Path) -> No
     clock = VirtualClock()
 
     async def scenario() -> tuple[str, str]:
-        server = Server(cfg, sinks=[Records("am")], clock=clock)
+        server = Server(cfg, sinks=[Built(Records("am"), RECORDS)], clock=clock)
         async with Running(server):
             await asyncio.sleep(1)
             first = prom.read_text()
@@ -172,17 +173,24 @@ def test_the_file_is_0644_under_the_units_umask(tmp_path: Path) -> None:
     assert prom.stat().st_mode & 0o777 == 0o644
 
 
+@dataclass
+class InForce:
+    """The config in force, as the reloader holds it."""
+
+    cfg: config.Config
+
+
 def test_a_moved_textfile_removes_the_old_one(tmp_path: Path) -> None:
     """When a reload points [metrics] textfile elsewhere, the old file goes: a file nobody
     updates would look like a dead daemon."""
     old, new = tmp_path / "old.prom", tmp_path / "new.prom"
-    settings = [MetricsConfig(old, 15.0)]
+    in_force = InForce(replace(config.Config(), metrics=MetricsConfig(old, 15.0)))
 
     async def scenario() -> None:
-        task = asyncio.create_task(metrics.run(lambda: settings[0], dict, VirtualClock()))
+        task = asyncio.create_task(metrics.run(in_force, dict, VirtualClock()))
         await asyncio.sleep(1)
         assert old.exists()
-        settings[0] = MetricsConfig(new, 15.0)
+        in_force.cfg = replace(in_force.cfg, metrics=MetricsConfig(new, 15.0))
         await asyncio.sleep(15)
         task.cancel()
 

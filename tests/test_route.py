@@ -15,6 +15,7 @@ from wrapalert.confparse import ConfigError
 from wrapalert.daemon.server import Server
 from wrapalert.match import Matcher, Selector
 from wrapalert.pipeline.route import Router
+from wrapalert.pipeline.stage import Destination
 from wrapalert.wire import encode
 
 
@@ -27,10 +28,10 @@ def test_first_matching_route_wins() -> None:
             RouteConfig(Selector.parse(["trust=untrusted"]), "info", ("local",)),
         )
     )
-    assert router.route(event(addr="10.1.1.1")) == ("info", ("jsonl",))
-    assert router.route(event()) == ("critical", None)
-    assert router.route(event("ftpd", trusted=False)) == ("info", ("local",))
-    assert router.route(event("ftpd")) == ("warning", None)
+    assert router.route(event(addr="10.1.1.1")) == Destination("info", ("jsonl",))
+    assert router.route(event()) == Destination("critical", None)
+    assert router.route(event("ftpd", trusted=False)) == Destination("info", ("local",))
+    assert router.route(event("ftpd")) == Destination("warning", None)
 
 
 def test_routes_reach_the_router_parsed() -> None:
@@ -44,9 +45,9 @@ def test_routes_reach_the_router_parsed() -> None:
         (Matcher("client_addr", "10.0.0.0/8", ipaddress.IPv4Network("10.0.0.0/8")),), trust=True
     )
     router = Router(cfg.routes)
-    assert router.route(event("sshd", "10.9.9.9")) == ("info", None)
-    assert router.route(event("sshd", "10.9.9.9", trusted=False)) == ("critical", None)
-    assert router.route(event("ftpd")) == ("warning", None)
+    assert router.route(event("sshd", "10.9.9.9")) == Destination("info", None)
+    assert router.route(event("sshd", "10.9.9.9", trusted=False)) == Destination("critical", None)
+    assert router.route(event("ftpd")) == Destination("warning", None)
 
 
 @pytest.mark.parametrize(

@@ -21,10 +21,12 @@ from helpers import (
 from wrapalert.config import DigestConfig, ScanConfig
 from wrapalert.daemon.server import Server
 from wrapalert.mail import Renderer
-from wrapalert.model import Digest, GroupReport, digest_from_json, digest_to_json
+from wrapalert.model import Digest, Event, GroupReport, digest_from_json, digest_to_json
 from wrapalert.pipeline import scan as scan_mod
 from wrapalert.pipeline.aggregate import Aggregator
-from wrapalert.pipeline.scan import ScanDetector
+from wrapalert.pipeline.chain import AggregateStage
+from wrapalert.pipeline.scan import ScanDetector, ScanStage
+from wrapalert.pipeline.stage import Chain, Flow
 from wrapalert.scanrule import ScanRule, ScanSignal, network
 from wrapalert.story import scans
 from wrapalert.wire import encode
@@ -110,9 +112,32 @@ def test_signal_round_trips_as_plain_text_and_damage_is_refused() -> None:
     assert ScanSignal.from_tuple(("sweep", "x", "many", "1.0", "2.0")) is None
 
 
-def aggregator(found: list[ScanSignal]) -> Aggregator:
+class Scanned:
+    """The aggregate and scan stages chained as the daemon chains them, fed at given times."""
+
+    def __init__(
+        self,
+        found: list[ScanSignal],
+        cfg: DigestConfig,
+        max_groups: int = 1000,
+        scans: ScanDetector | None = None,
+    ) -> None:
+        self.aggregator = Aggregator(cfg, max_groups)
+        scan = ScanStage(
+            scans or detector(), self.aggregator, severity="critical", on_found=found.append
+        )
+        self.chain = Chain([AggregateStage(self.aggregator, on_due=lambda: None), scan])
+
+    def add(self, event: Event, now: float) -> None:
+        self.chain(Flow(replace(event, received=now)))
+
+    def collect(self, now: float) -> list[GroupReport]:
+        return self.aggregator.collect(now)
+
+
+def aggregator(found: list[ScanSignal]) -> Scanned:
     cfg = replace(DigestConfig(), group_wait=10.0, group_interval=300.0, batch_window=0.0)
-    return Aggregator(cfg, 1000, scans=detector(), on_scan=found.append)
+    return Scanned(found, cfg)
 
 
 def test_the_group_completing_a_scan_is_marked_and_raised_to_critical() -> None:
@@ -169,11 +194,11 @@ def test_a_group_restored_from_an_older_state_has_no_signal() -> None:
     found: list[ScanSignal] = []
     agg = aggregator(found)
     agg.add(event("sshd", "192.0.2.1"), 0.0)
-    state = agg.export(("sshd", "192.0.2.1"))
+    state = agg.aggregator.export(("sshd", "192.0.2.1"))
     assert state is not None
     del state["scan"]  # saved before the detector existed
     fresh = aggregator(found)
-    fresh.restore([state])
+    fresh.aggregator.restore([state])
     (report,) = fresh.collect(100.0)
     assert isinstance(report, GroupReport)
     assert report.scan == ()
@@ -220,14 +245,14 @@ def test_a_reported_group_waking_up_is_seen_again() -> None:
 def test_sources_rolled_up_by_network_are_left_to_the_roll_up() -> None:
     found: list[ScanSignal] = []
     cfg = replace(DigestConfig(), group_wait=10.0, batch_window=0.0)
-    small = Aggregator(cfg, 4, scans=detector(), on_scan=found.append)
+    small = Scanned(found, cfg, 4)
     for i in range(4):
         small.add(event("sshd", f"192.{i}.2.1"), 0.0)  # the exact groups are all taken
     for i in range(20):
         small.add(event("sshd", f"198.51.100.{i}"), 1.0)
     assert found == []
     assert [r.level for r in small.collect(100.0) if r.events == 20] == ["network"]
-    large = Aggregator(cfg, 1000, scans=detector(), on_scan=found.append)
+    large = Scanned(found, cfg)
     for i in range(20):
         large.add(event("sshd", f"198.51.100.{i}"), 1.0)
     assert [(s.kind, s.target) for s in found] == [("sweep", "198.51.100.0/24")]
@@ -238,9 +263,7 @@ def test_an_event_completing_two_scans_carries_both_into_the_digest() -> None:
     been trimmed from the network's list): the digest lists both, not only the last."""
     found: list[ScanSignal] = []
     cfg = replace(DigestConfig(), group_wait=10.0, group_interval=300.0, batch_window=0.0)
-    agg = Aggregator(
-        cfg, 1000, scans=ScanDetector(WINDOW, daemons=3, sources=2), on_scan=found.append
-    )
+    agg = Scanned(found, cfg, scans=ScanDetector(WINDOW, daemons=3, sources=2))
     x = "203.0.113.100"
     steps = [
         (0, "ssh", "203.0.113.1"),

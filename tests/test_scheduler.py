@@ -16,26 +16,54 @@ from timing import ManualClock, VirtualClock, run
 
 from wrapalert.config import RouteConfig
 from wrapalert.daemon.scheduler import Scheduler
+from wrapalert.daemon.silences import Silences
 from wrapalert.daemon.sinkset import SinkSet
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store
 from wrapalert.match import Selector
-from wrapalert.model import Digest
+from wrapalert.model import BanNote, Digest
 from wrapalert.pipeline import chain
-from wrapalert.pipeline.chain import EventPipeline
+from wrapalert.pipeline.aggregate import Aggregator
+from wrapalert.scanrule import ScanSignal
+from wrapalert.sinks.base import DIGESTS, Built
 
 GROUP_WAIT = 10.0
 SLACK = 0.05  # real seconds that pass while the virtual clock stands
-BanNote = tuple[str, str, str, float]
 
 
 def ignore(*_args: object) -> None:
     """A hook whose calls this test does not look at."""
 
 
+class Counts:
+    """The books the pipeline's stages count into (daemon/ledger.py's Ledger), kept."""
+
+    def __init__(self) -> None:
+        self.mutes: list[str] = []
+        self.scans: list[ScanSignal] = []
+
+    def muted(self, why: str) -> None:
+        self.mutes.append(why)
+
+    def scan_found(self, found: ScanSignal) -> None:
+        self.scans.append(found)
+
+
+class Notes:
+    """The ban book's news for the next digest (daemon/bans.py), given once."""
+
+    def __init__(self, notes: tuple[BanNote, ...]) -> None:
+        self.notes = notes
+
+    def take_notes(self) -> tuple[BanNote, ...]:
+        notes, self.notes = self.notes, ()
+        return notes
+
+
 class Parts:
-    """A scheduler and what it works on, wired as the daemon wires them: the pipeline
-    wakes the scheduler, the scheduler asks for the pipeline and sinks in force."""
+    """A scheduler and what it works on, wired as daemon/runtime.py wires them: the
+    pipeline wakes the scheduler, which collects from the same aggregator for the same
+    sink workers."""
 
     def __init__(
         self,
@@ -56,17 +84,28 @@ class Parts:
             on_result=ignore,
             on_merge=ignore,
             on_forwarded=ignore,
-            built=mailboxes,
+            built=[Built(m, DIGESTS) for m in mailboxes],
         )
-        self.pipeline = chain.build(cfg, forwarders={}, on_due=self.due, on_muted=ignore)
+        self.silences = Silences(self.store, clock)
+        aggregator = Aggregator(cfg.digest, cfg.limits.max_groups)
         self.scheduler = Scheduler(
             host="web1",
             clock=clock,
             stats=self.stats,
             store=self.store,
             commit=self.store.commit,
-            current=self.current,
-            banned=lambda: banned,
+            aggregator=aggregator,
+            workers=self.sinks.workers,
+            silenced=self.silences,
+            bans=Notes(banned),
+        )
+        self.pipeline = chain.build(
+            cfg,
+            aggregator=aggregator,
+            on_due=self.scheduler.wake,
+            silences=self.silences,
+            books=Counts(),
+            forwarders={},
         )
 
     @contextlib.asynccontextmanager
@@ -79,12 +118,6 @@ class Parts:
             yield
             timer.cancel()
             self.sinks.close()
-
-    def due(self) -> None:
-        self.scheduler.wake()
-
-    def current(self) -> tuple[EventPipeline, SinkSet]:
-        return self.pipeline, self.sinks
 
     def queued(self, sink: str) -> list[Digest]:
         """What the scheduler handed `sink`'s worker (a worker that does not run)."""
@@ -217,14 +250,14 @@ def test_a_digest_carries_the_host_the_silenced_count_and_the_ban_notes(tmp_path
     """The digest names the scheduler's host, says how many events silences hid since
     the last one (then counts from zero) and carries the ban notes it is given."""
     clock = ManualClock(1_000.0)
-    notes = (("ban", "203.0.113.7", "scan", 1_000.0),)
+    notes = (BanNote("banned", "203.0.113.7", "scan", 1_000.0),)
     p = Parts(tmp_path, clock, Mailbox(clock), banned=notes)
-    p.pipeline.mute.silenced = 3  # what the mute stage counted since the last digest
+    p.silences.silenced = 3  # what the silence book counted since the last digest
     p.pipeline.accept(event(at=clock.now()))
     p.scheduler.collect(force=True, why="flush")
     (digest,) = p.queued("mail")
     assert (digest.host, digest.silenced, digest.banned) == ("web1", 3, notes)
-    assert p.pipeline.mute.silenced == 0
+    assert p.silences.silenced == 0
 
 
 # -- the outbox first ---------------------------------------------------------------------

@@ -202,7 +202,7 @@ def test_a_registered_sink_is_described_and_rated_by_its_descriptor(
     assert registry.describe(digests) == "a list of digests"
     assert registry.events_per_second(records) == 50.0
     assert registry.events_per_second(digests) is None
-    assert Server(cfg).sinks.forwarders["records"].bucket.rate == 50.0
+    assert Server(cfg).runtime.sinks.forwarders["records"].bucket.rate == 50.0
     assert list_sinks.records == []
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import Into
 from timing import ManualClock
 
 from wrapalert.daemon import spool as spool_mod
@@ -40,9 +41,8 @@ def rig_for(base: Path, store: Store, *, seen: tuple[str, ...] = ()) -> Rig:
     stats, events = Stats(), list[Event]()
     intake = Intake(
         open_socket(base / "notify.sock", 0o666),
-        trusted_uids=(os.getuid(),),
+        target=Into(events.append, frozenset({os.getuid()})),
         stats=stats,
-        accept=events.append,
         twins=Twins(),
         witness=Witness(stats, lambda: 0.0),
     )

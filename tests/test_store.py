@@ -9,7 +9,7 @@ import pytest
 from helpers import one_group
 
 from wrapalert.daemon.store import DB_NAME, SCHEMA_VERSION, StateError, Store
-from wrapalert.model import Digest
+from wrapalert.model import BanNote, Digest
 
 
 def opened(path: Path) -> Store:
@@ -126,11 +126,11 @@ def test_ban_notes_come_back_and_a_damaged_row_costs_only_them(tmp_path: Path) -
     reads as no notes (the bans themselves are in their own table)."""
     store = opened(tmp_path)
     assert store.ban_notes() == ([], 0)
-    store.stage_ban_notes([("banned", "203.0.113.9", "by hand", 1714564800.5)], 2)
+    store.stage_ban_notes([BanNote("banned", "203.0.113.9", "by hand", 1714564800.5)], 2)
     assert store.commit()
     store.close()
     store = opened(tmp_path)
-    assert store.ban_notes() == ([("banned", "203.0.113.9", "by hand", 1714564800.5)], 2)
+    assert store.ban_notes() == ([BanNote("banned", "203.0.113.9", "by hand", 1714564800.5)], 2)
     store.close()
     for damaged in ("{", '{"notes": [["banned", "x"]]}', '{"notes": 5}', "[1]", '{"more": "x"}'):
         with sqlite3.connect(tmp_path / DB_NAME) as db:

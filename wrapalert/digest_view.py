@@ -401,13 +401,13 @@ def banned(digest: Digest) -> list[dict[str, Any]]:
     commands = {"banned": "wrapalert ban del {}", "would ban": "", "refused": ""}
     return [
         {
-            "action": action,
-            "target": target,
-            "reason": reason,
-            "until": until,
-            "command": commands.get(action, "").format(target),
+            "action": note.action,
+            "target": note.target,
+            "reason": note.reason,
+            "until": note.until,
+            "command": commands.get(note.action, "").format(note.target),
         }
-        for action, target, reason, until in digest.banned
+        for note in digest.banned
     ]
 
 

@@ -107,6 +107,29 @@ class GroupReport:
 
 
 @dataclass(frozen=True)
+class BanNote:
+    """One line of a digest's "Banned" section: what happened to a ban (daemon/bans.py)."""
+
+    # One of: banned, would ban (dry-run), refused, expired, lifted, unenforced (the
+    # target says how many bans the kernel does not drop, the reason why), repaired (the
+    # target is the table, the reason what was wrong) or more (the target says how many
+    # notes were left out).
+    action: str
+    target: str
+    reason: str
+    until: float
+
+    def as_tuple(self) -> tuple[str, str, str, float]:
+        return (self.action, self.target, self.reason, self.until)
+
+    @classmethod
+    def from_list(cls, values: list[Any] | tuple[Any, ...]) -> BanNote:
+        """From `as_tuple`'s values as JSON gave them back (ValueError, TypeError if not)."""
+        action, target, reason, until = values
+        return cls(str(action), str(target), str(reason), float(until))
+
+
+@dataclass(frozen=True)
 class Digest:
     """One notification: the reports of the groups that fell due together."""
 
@@ -116,9 +139,7 @@ class Digest:
     held: int = 0  # events in this digest that waited for the rate limit
     silenced: int = 0  # events matched by a silence since the previous digest (not reported)
     merged: int = 1  # how many digests were merged into this one
-    # The nftables sink's news since the previous digest: (action, target, reason, until),
-    # action "banned", "would ban", "refused", "expired", "lifted" or "more" (daemon/bans.py).
-    banned: tuple[tuple[str, str, str, float], ...] = ()
+    banned: tuple[BanNote, ...] = ()  # the nftables sink's news since the previous digest
     id: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -203,7 +224,7 @@ def digest_id(digest: Digest) -> str:
     for g in digest.groups:
         h.update(repr((g.key, g.events, g.first_seen, g.last_seen)).encode())
     if digest.banned:  # only then: the ids of digests without bans stay as they were
-        h.update(repr(digest.banned).encode())
+        h.update(repr(tuple(note.as_tuple() for note in digest.banned)).encode())
     return h.hexdigest()[:32]
 
 
@@ -229,6 +250,7 @@ def digest_to_json(digest: Digest) -> str:
     # the cost of large digests.
     data = {f.name: getattr(digest, f.name) for f in fields(digest)}
     data["groups"] = [{f.name: getattr(g, f.name) for f in fields(g)} for g in digest.groups]
+    data["banned"] = [note.as_tuple() for note in digest.banned]
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -296,7 +318,7 @@ def fold_reports(reports: list[GroupReport], limit: int = MAX_DIGEST_GROUPS) -> 
 def digest_from_json(text: str) -> Digest:
     data = json.loads(text)
     groups = tuple(_report_from_dict(g) for g in data.pop("groups"))
-    data["banned"] = tuple(tuple(b) for b in data.get("banned", ()))
+    data["banned"] = tuple(BanNote.from_list(b) for b in data.get("banned", ()))
     return Digest(groups=groups, **data)
 
 

@@ -28,7 +28,9 @@ from wrapalert.confparse import parse_duration
 from wrapalert.mail import Renderer
 from wrapalert.model import Digest, Event
 from wrapalert.pipeline.aggregate import Aggregator
-from wrapalert.pipeline.scan import ScanDetector
+from wrapalert.pipeline.chain import AggregateStage
+from wrapalert.pipeline.scan import ScanDetector, ScanStage
+from wrapalert.pipeline.stage import Chain, Flow, Stage
 from wrapalert.sinks import registry
 
 MAX_COUNT = 100_000  # per line: a preview is not a load test
@@ -141,12 +143,14 @@ def parse_events(text: str, name: str = "events") -> list[Planned]:
 def build_digest(
     planned: list[Planned], cfg: config.Config, now: float, host: str | None = None
 ) -> Digest:
-    """Feed the events to a real Aggregator (with the `[scan]` detector) in time order and
+    """Feed the events to the daemon's own aggregate and scan stages in time order and
     take everything as one digest."""
-    detector = ScanDetector.for_rule(cfg.scan.rule) if cfg.scan.enabled else None
-    agg = Aggregator(
-        cfg.digest, cfg.limits.max_groups, scans=detector, scan_severity=cfg.scan.severity
-    )
+    agg = Aggregator(cfg.digest, cfg.limits.max_groups)
+    stages: list[Stage] = [AggregateStage(agg, on_due=_unheard)]
+    if cfg.scan.enabled:
+        detector = ScanDetector.for_rule(cfg.scan.rule)
+        stages.append(ScanStage(detector, agg, severity=cfg.scan.severity, on_found=_unheard))
+    feed = Chain(stages)
     trusted_uids = cfg.daemon.trusted_uids
     default_uid = trusted_uids[0] if trusted_uids else None
     for p in sorted(planned, key=lambda p: -p.ago):
@@ -155,7 +159,7 @@ def build_digest(
         trusted = uid in trusted_uids
         event = Event(dict(p.fields), at, uid=uid, trusted=trusted, transport=p.transport)
         for _ in range(p.count):
-            agg.add(event, now=at)
+            feed(Flow(event))
     # force=True takes every group at once, labelled "shutdown flush"; a group of a
     # preview was not reported before unless a line says `before`, so "new group" is
     # what the daemon's timer would say, else "new activity" since that first sight.
@@ -171,6 +175,10 @@ def build_digest(
                 replace(r, reason="new activity", group_first_seen=first, total=r.total + 1)
             )
     return Digest(host=host or cfg.daemon.hostname, created=now, groups=tuple(reports))
+
+
+def _unheard(*_: object) -> None:
+    """What the daemon would be told (a group due, a scan found): a preview needs none."""
 
 
 def _pair(fields: dict[str, str]) -> tuple[str, str]:

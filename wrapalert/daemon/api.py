@@ -1,144 +1,224 @@
 """The control API: what `wrapalert status|flush|test-alert|silence|ban` ask the daemon.
 
-Each request is a JSON object in and out (daemon/control.py carries them).
-The handlers only call the collaborators they are given; silences are owned
-here: durable in the state database, live in the pipeline's mute stage. Bans
-are owned by the ban book (daemon/bans.py), whose `api_*` methods serve `ban`.
+Each request is a JSON object in and out (daemon/control.py carries them). This
+module only decodes a request into a typed command (every value from the
+socket checked for its type here) and calls the domain object that owns the
+rule: the daemon (`Daemon`: status, flush, test-alert), the silence book
+(daemon/silences.py) and the ban book (daemon/bans.py). Their refusals
+(`SilenceError`, `BanRefusedError`) come back as the reply's error.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from wrapalert.clock import Clock
 from wrapalert.daemon import control
+from wrapalert.daemon.banpolicy import BanRefusedError
 from wrapalert.daemon.bans import Bans
-from wrapalert.daemon.store import Store
+from wrapalert.daemon.silences import Silence, SilenceError, Silences
 from wrapalert.match import Matcher, MatcherError
-from wrapalert.pipeline.mute import Mute, Silence
 
 log = structlog.get_logger()
 
-MAX_SILENCE = 366 * 86400.0  # seconds
+Request = dict[str, Any]
 
 
-class Silences:
-    """Silences: added, listed and expired through the control socket."""
+class Daemon(Protocol):
+    """What the API asks the daemon itself (daemon/server.py)."""
 
-    def __init__(self, store: Store, clock: Clock, mute: Callable[[], Mute]) -> None:
-        self.store = store
-        self.clock = clock
-        self.mute = mute  # the mute in force: a reload replaces it, silences carry over
-        self._memory_ids = 0
+    def status(self) -> dict[str, object]: ...
+    def flush(self) -> int: ...
+    async def test_alert(self) -> dict[str, str]: ...
 
-    def load(self) -> list[Silence]:
-        """The silences still active in the state database (at start)."""
-        return [
-            Silence(i, tuple(Matcher.parse(m) for m in ms), c, e, t)
-            for i, ms, c, e, t in self.store.silences(self.clock.now())
-        ]
 
-    async def add(self, req: dict[str, Any]) -> dict[str, Any]:
+# -- the commands, decoded ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SilenceAdd:
+    matchers: tuple[Matcher, ...]
+    seconds: float
+    comment: str
+
+    @classmethod
+    def decode(cls, req: Request) -> SilenceAdd:
         texts, seconds = req.get("matchers"), req.get("seconds")
-        comment = str(req.get("comment", ""))[:500]
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise control.ControlError("a silence needs at least one field=value matcher")
-        if not isinstance(seconds, int | float) or not 0 < seconds <= MAX_SILENCE:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
             raise control.ControlError("a silence needs a duration of up to a year")
         try:
             matchers = tuple(Matcher.parse(t) for t in texts)
         except MatcherError as exc:
             raise control.ControlError(str(exc)) from None
-        now = self.clock.now()
-        canonical = [str(m) for m in matchers]
-        silence_id = self.store.add_silence(canonical, now, now + seconds, comment)
-        durable = silence_id is not None
-        if silence_id is None:  # state unavailable: the silence lives until restart
-            self._memory_ids -= 1
-            silence_id = self._memory_ids
-        self.mute().silences.append(Silence(silence_id, matchers, now, now + seconds, comment))
-        log.info(
-            "silence_added", id=silence_id, matchers=canonical, seconds=seconds, durable=durable
-        )
-        return {
-            "id": silence_id,
-            "matchers": canonical,
-            "expires": now + seconds,
-            "durable": durable,
-        }
+        return cls(matchers, float(seconds), str(req.get("comment", "")))
 
-    async def list(self, _req: dict[str, Any]) -> dict[str, Any]:
-        now = self.clock.now()
-        return {
-            "silences": [
-                {
-                    "id": s.id,
-                    "matchers": [str(m) for m in s.matchers],
-                    "created": s.created,
-                    "expires": s.expires,
-                    "comment": s.comment,
-                }
-                for s in self.mute().silences
-                if s.active(now)
-            ]
-        }
 
-    async def expire(self, req: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SilenceExpire:
+    id: int
+
+    @classmethod
+    def decode(cls, req: Request) -> SilenceExpire:
         silence_id = req.get("id")
-        now = self.clock.now()
-        mute = self.mute()
-        found = [s for s in mute.silences if s.id == silence_id and s.active(now)]
-        if not isinstance(silence_id, int) or not found:
+        if isinstance(silence_id, bool) or not isinstance(silence_id, int):
             raise control.ControlError(f"no active silence with id {silence_id!r}")
-        self.store.expire_silence(silence_id, now)
-        mute.silences = [s for s in mute.silences if s.id != silence_id]
-        log.info("silence_expired", id=silence_id)
-        return {"id": silence_id}
+        return cls(silence_id)
 
 
-def handlers(
-    *,
-    status: Callable[[], dict[str, object]],
-    flush: Callable[[], int],
-    test_alert: Callable[[], Awaitable[dict[str, str]]],
-    silences: Silences,
-    bans: Bans | None = None,
-) -> dict[str, control.Handler]:
-    """The control socket's commands, by name."""
+@dataclass(frozen=True)
+class BanAdd:
+    addr: str
+    seconds: float | None  # None: the rule's ban_for
+    force: bool
 
-    async def on_status(_req: dict[str, Any]) -> dict[str, Any]:
-        if bans is not None:
-            await bans.refresh()  # what the kernel holds now, not at the last reconcile
-        return {"status": status()}
+    @classmethod
+    def decode(cls, req: Request) -> BanAdd:
+        seconds = req.get("seconds")
+        # JSON true is an int to Python: a duration must be a number, never a boolean.
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, int | float)
+        ):
+            raise control.ControlError("a ban's duration is a number of seconds")
+        return cls(_addr(req), seconds, req.get("force", False) is True)
 
-    async def on_flush(_req: dict[str, Any]) -> dict[str, Any]:
-        events = flush()
+
+@dataclass(frozen=True)
+class BanDel:
+    addr: str
+
+    @classmethod
+    def decode(cls, req: Request) -> BanDel:
+        return cls(_addr(req))
+
+
+def _addr(req: Request) -> str:
+    text = req.get("addr")
+    if not isinstance(text, str):
+        raise control.ControlError("name an address, e.g. 203.0.113.7")
+    return text
+
+
+# -- the handlers ----------------------------------------------------------------------------
+
+
+def _silence(s: Silence) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "matchers": [str(m) for m in s.matchers],
+        "created": s.created,
+        "expires": s.expires,
+        "comment": s.comment,
+    }
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """A book's refusal as the reply's error."""
+    try:
+        yield
+    except (SilenceError, BanRefusedError) as exc:
+        raise control.ControlError(str(exc)) from None
+
+
+def commands(daemon: Daemon, silences: Silences, bans: Bans) -> dict[str, control.Handler]:
+    """The control socket's commands by name, as control.serve takes them."""
+    own, silence, ban = DaemonCommands(daemon, bans), SilenceCommands(silences), BanCommands(bans)
+    return {
+        "status": own.status,
+        "flush": own.flush,
+        "test_alert": own.send_test_alert,
+        "silence_add": silence.add,
+        "silence_list": silence.list,
+        "silence_expire": silence.expire,
+        "ban_list": ban.list,
+        "ban_add": ban.add,
+        "ban_del": ban.delete,
+        "ban_flush": ban.flush,
+    }
+
+
+class DaemonCommands:
+    """`status`, `flush` and `test-alert`: the daemon's own."""
+
+    def __init__(self, daemon: Daemon, bans: Bans) -> None:
+        self.daemon = daemon
+        self.bans = bans
+
+    async def status(self, _req: Request) -> Request:
+        await self.bans.refresh()  # what the kernel holds now, not at the last reconcile
+        return {"status": self.daemon.status()}
+
+    async def flush(self, _req: Request) -> Request:
+        events = self.daemon.flush()
         return {"digests": int(events > 0), "events": events}
 
-    async def on_test_alert(_req: dict[str, Any]) -> dict[str, Any]:
-        return {"sinks": await test_alert()}
+    async def send_test_alert(self, _req: Request) -> Request:
+        return {"sinks": await self.daemon.test_alert()}
 
-    table: dict[str, control.Handler] = {
-        "status": on_status,
-        "flush": on_flush,
-        "test_alert": on_test_alert,
-        "silence_add": silences.add,
-        "silence_list": silences.list,
-        "silence_expire": silences.expire,
-    }
-    if bans is not None:
-        table |= {
-            "ban_list": bans.api_list,
-            "ban_add": bans.api_add,
-            "ban_del": bans.api_del,
-            "ban_flush": bans.api_flush,
+
+class SilenceCommands:
+    """`silence add|list|expire`: the silence book's."""
+
+    def __init__(self, silences: Silences) -> None:
+        self.silences = silences
+
+    async def add(self, req: Request) -> Request:
+        cmd = SilenceAdd.decode(req)
+        with _refusals():
+            added = self.silences.add(cmd.matchers, cmd.seconds, cmd.comment)
+        return {
+            "id": added.id,
+            "matchers": [str(m) for m in added.matchers],
+            "expires": added.expires,
+            "durable": added.durable,
         }
-    return table
+
+    async def list(self, _req: Request) -> Request:
+        return {"silences": [_silence(s) for s in self.silences.in_force()]}
+
+    async def expire(self, req: Request) -> Request:
+        cmd = SilenceExpire.decode(req)
+        with _refusals():
+            expired = self.silences.expire(cmd.id)
+        return {"id": expired.id}
+
+
+class BanCommands:
+    """`ban list|add|del|flush`: the ban book's."""
+
+    def __init__(self, bans: Bans) -> None:
+        self.bans = bans
+
+    async def list(self, _req: Request) -> Request:
+        sink = self.bans.sink
+        return {
+            "mode": self.bans.mode,
+            "table": sink.table if sink is not None else None,
+            "bans": [b.as_dict() for b in self.bans.in_force()],
+        }
+
+    async def add(self, req: Request) -> Request:
+        cmd = BanAdd.decode(req)
+        with _refusals():
+            ban = await self.bans.add(cmd.addr, cmd.seconds, force=cmd.force)
+        return ban.as_dict()
+
+    async def delete(self, req: Request) -> Request:
+        cmd = BanDel.decode(req)
+        with _refusals():
+            return {"target": await self.bans.remove(cmd.addr)}
+
+    async def flush(self, _req: Request) -> Request:
+        with _refusals():
+            return {"lifted": await self.bans.flush()}
 
 
 async def serve(path: Path, commands: dict[str, control.Handler]) -> asyncio.Server | None:

@@ -12,9 +12,12 @@ decided, and finds out when it does not:
   logged (`ban_kernel_repaired`); what it finds at start is logged only.
 - `check` compares without repairing: `wrapalert status` and `test-alert`
   ask it, so they say what the kernel holds now, not at the last reconcile.
-- `apply` carries new bans in one transaction without reading first (the fast
-  path: a ban must reach the kernel within milliseconds); a failure there is
-  repaired by the next reconcile.
+- `add`, `delete` and `flush` carry changes in one transaction each, without
+  reading first (the fast path: a ban must reach the kernel within
+  milliseconds); a failure there is repaired by the next reconcile.
+
+This is the only part of the daemon that calls the ban sink: the book and the
+control API reach the kernel through it.
 
 The table's owner: the first rule's comment names the daemon that keeps it
 (pid and the pid's start time, so a reused pid is no owner). At start, a
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import structlog
@@ -223,12 +226,33 @@ class KernelSync:
         if self.store.ban_tables() != [sink.table]:
             self.store.stage_ban_tables([sink.table])
 
-    # -- changes -------------------------------------------------------------------
+    # -- changes: each in order with the others ---------------------------------------
 
-    async def change(self, job: Awaitable[None]) -> None:
-        """One change (`ban add|del|flush`, queued bans) in order with the others."""
+    async def add(self, bans: Mapping[str, float]) -> None:
+        """Put bans (target -> seconds) into the kernel (`ban add`, queued bans)."""
+        sink = self._sink()
         async with self.lock:
-            await job
+            await sink.apply(bans)
+
+    async def delete(self, targets: Iterable[str]) -> None:
+        """Take bans out of the kernel (`ban del`)."""
+        sink = self._sink()
+        async with self.lock:
+            await sink.apply({}, targets)
+
+    async def flush(self) -> None:
+        """Empty the ban sets (`ban flush`)."""
+        sink = self._sink()
+        async with self.lock:
+            await sink.flush()
+
+    async def probe(self) -> None:
+        """Whether the sink can be reached at all (a dry-run `test-alert`: nothing banned)."""
+        await self._sink().send_records([])
+
+    def _sink(self) -> BanSink:
+        assert self.sink is not None  # noqa: S101 - the book calls these with a sink
+        return self.sink
 
     def status(self) -> dict[str, object]:
         """The `kernel` object of `wrapalert status`'s bans."""

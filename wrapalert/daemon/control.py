@@ -22,6 +22,7 @@ log = structlog.get_logger()
 
 MAX_REQUEST = 64 * 1024
 TIMEOUT = 10.0
+TEST_ALERT_BUDGET = 8.0  # seconds `test-alert` waits for the sinks: within TIMEOUT
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 

@@ -53,6 +53,17 @@ class SpoolFileLike(Protocol):
     def reason(self) -> str: ...
 
 
+class Target(Protocol):
+    """Where accepted events go: the pipeline in force and who is trusted, read at each
+    batch, since a reload replaces them (daemon/reload.py's Reloader)."""
+
+    @property
+    def accept(self) -> Callable[[Event], None]: ...
+
+    @property
+    def trusted_uids(self) -> frozenset[int]: ...
+
+
 class LogLimit:
     """Allows `per_minute` log lines per key; suppressed lines are counted and reported."""
 
@@ -122,22 +133,25 @@ class Intake:
         self,
         sock: socket.socket,
         *,
-        trusted_uids: tuple[int, ...],
+        target: Target,
         stats: Stats,
-        accept: Callable[[Event], None],
         twins: Twins,
         witness: Witness,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.sock = sock
-        self.trusted = frozenset(trusted_uids)
+        self.target = target
         self.stats = stats
-        self.accept = accept
         self.twins = twins
         self.witness = witness
         self.now = now
         self.log_limit = LogLimit()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+    @property
+    def trusted(self) -> frozenset[int]:
+        """The trusted uids in force."""
+        return self.target.trusted_uids
 
     def refuse_new(self, bound: Path | None) -> None:
         """At shutdown, on a socket we bound ourselves: from now on a send fails (ENOENT by
@@ -166,7 +180,9 @@ class Intake:
         n = 0
         recvmsg = self.sock.recvmsg
         parse, wire_error = wire.parse, wire.WireError
-        trusted_uids, stats, accept, now = self.trusted, self.stats, self.accept, self.now
+        target = self.target  # read once a batch: a reload between batches replaces them
+        trusted_uids, accept = target.trusted_uids, target.accept
+        stats, now = self.stats, self.now
         copy, check = self.twins.copy, self.witness.check
         self.witness.new_batch()
         while limit is None or n < limit:
@@ -221,7 +237,7 @@ class Intake:
             self.stats.untrusted += 1
         event = Event(fields, received, uid, pid, trusted, origin)
         self.witness.check(event)
-        self.accept(event)
+        self.target.accept(event)
         return True
 
     def reject(self, reason: str, uid: int | None) -> None:

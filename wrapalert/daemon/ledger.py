@@ -1,11 +1,12 @@
 """The daemon's books: its counters, the refusals already counted (daemon/twins.py), and
 every change the state database must learn.
 
-Group changes, counters, outbox entries and delivery results are staged here
-and written in one transaction by `commit`: every `commit_interval` (group
-commit), at once when a digest is queued or delivered, and before a reload
-hands state over. `load` reads back what the last run left, in the shapes
-the parts restore from.
+Group changes (`groups`: every aggregator writes into this one, a reload's too),
+counters, outbox entries and delivery results are staged here and written in
+one transaction by `commit`: every `commit_interval` (group commit), early when
+a flood fills the window (COMMIT_EVERY datagrams: `accepted`), at once when a
+digest is queued or delivered, and before a reload hands state over. `load`
+reads back what the last run left, in the shapes the parts restore from.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import structlog
 
@@ -23,6 +23,7 @@ from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Snapshot, Store
 from wrapalert.daemon.twins import Twins
 from wrapalert.model import Digest
+from wrapalert.pipeline.aggregate import Changes
 from wrapalert.pipeline.deliver import WorkerState
 from wrapalert.scanrule import ScanSignal
 from wrapalert.sinks.base import TransientSinkError
@@ -30,8 +31,8 @@ from wrapalert.sinks.base import TransientSinkError
 log = structlog.get_logger()
 
 DeliveryHook = Callable[[str, Digest, Exception | None], None]
-GroupChanges = Callable[[], Iterable[tuple[tuple[str, ...], dict[str, Any] | None]]]
 HOUR = 3600.0
+COMMIT_EVERY = 10_000  # datagrams: commit early when a flood fills the window faster
 
 
 class Ledger:
@@ -42,7 +43,7 @@ class Ledger:
         self.clock = clock
         self.on_delivery = on_delivery
         self.stats = Stats()
-        self.group_changes: GroupChanges = list  # set by the owner: the pipeline in force
+        self.groups = Changes()  # the groups changed since the last commit, any aggregator's
         self.twins = Twins()  # refusals seen, whose hook's second copy is dropped (intake)
         self.since_commit = 0  # events accepted since: a flood commits early
         self._saved_counters = ""
@@ -70,7 +71,7 @@ class Ledger:
     def commit(self) -> bool:
         """Stage what changed since the last commit and write it in one transaction."""
         store = self.store
-        for key, state in self.group_changes():
+        for key, state in self.groups.take():
             store.stage_group(key, state)
         if self.twins.dirty:  # in the same transaction as the events they belong to
             store.stage_twins(self.twins.saved(self.clock.now()))
@@ -80,6 +81,13 @@ class Ledger:
             self._saved_counters = counters
         self.since_commit = 0
         return store.commit()
+
+    def accepted(self, datagrams: int) -> None:
+        """Datagrams intake read: past COMMIT_EVERY since the last commit, commit now (a
+        flood must not stage more than that between two commits)."""
+        self.since_commit += datagrams
+        if self.since_commit >= COMMIT_EVERY:
+            self.commit()
 
     async def run(self, interval: float) -> None:
         interval = max(interval, 0.01)  # "0" must not spin

@@ -29,11 +29,12 @@ import platform
 from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from wrapalert.clock import Clock
-from wrapalert.config import MetricsConfig
+from wrapalert.config import Config
 
 log = structlog.get_logger()
 
@@ -255,18 +256,21 @@ def remove(path: Path) -> None:
 
 
 # A few kilobytes to a local file, synchronously: as the state database is written.
-async def run(
-    settings: Callable[[], MetricsConfig],
-    status: Callable[[], Status],
-    clock: Clock,
-) -> None:
+class InForce(Protocol):
+    """The config in force (daemon/reload.py's Reloader): a reload may change [metrics]."""
+
+    @property
+    def cfg(self) -> Config: ...
+
+
+async def run(in_force: InForce, status: Callable[[], Status], clock: Clock) -> None:
     """Write the file every interval, for ever (a task of the daemon's TaskGroup)."""
     started = clock.now()
     written: Path | None = None
     failing = False
     build = version()
     while True:
-        cfg = settings()  # the config in force: a reload may change it
+        cfg = in_force.cfg.metrics  # read each time: a reload may change it
         if written is not None and written != cfg.textfile:
             remove(written)  # a file nobody updates would look like a dead daemon
             written = None

@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 
 from wrapalert.daemon.twins import Saved
-from wrapalert.model import Digest, digest_from_json, digest_to_json
+from wrapalert.model import BanNote, Digest, digest_from_json, digest_to_json
 
 log = structlog.get_logger()
 
@@ -80,6 +80,39 @@ class OutboxRow:
     sink: str
     digest: Digest
     failed_error: str | None
+
+
+@dataclass(frozen=True)
+class SilenceRow:
+    """A silence as the database keeps it (daemon/silences.py parses its matchers)."""
+
+    id: int
+    matchers: tuple[str, ...]
+    created: float
+    expires: float
+    comment: str
+
+
+@dataclass(frozen=True)
+class BanRow:
+    """A ban as the database keeps it (daemon/bans.py)."""
+
+    target: str
+    reason: str
+    since: float
+    until: float
+    dry_run: bool
+
+
+@dataclass(frozen=True)
+class BanLogRow:
+    """One line of the ban log: what happened to a target, when."""
+
+    time: float
+    action: str
+    target: str
+    reason: str
+    until: float | None
 
 
 @dataclass
@@ -222,10 +255,11 @@ class Store:
     def stage_counters(self, counters: dict[str, Any]) -> None:
         self._meta["counters"] = json.dumps(counters, sort_keys=True)
 
-    def stage_ban_notes(self, notes: list[tuple[str, str, str, float]], more: int) -> None:
+    def stage_ban_notes(self, notes: list[BanNote], more: int) -> None:
         """What happened to bans since the last digest, for the next one: taken in the
         same commit as the digest that carries them, so a restart loses none."""
-        self._meta["ban_notes"] = json.dumps({"notes": notes, "more": more})
+        saved = [note.as_tuple() for note in notes]
+        self._meta["ban_notes"] = json.dumps({"notes": saved, "more": more})
 
     def stage_twins(self, saved: list[Saved]) -> None:
         """The trusted refusals' identities whose second copy may still come (daemon/
@@ -370,7 +404,7 @@ class Store:
             return None
         return cur.lastrowid
 
-    def silences(self, since: float) -> list[tuple[int, list[str], float, float, str]]:
+    def silences(self, since: float) -> list[SilenceRow]:
         """Silences that expire after `since`, oldest first."""
         if self.db is None:
             return []
@@ -379,7 +413,7 @@ class Store:
             "ORDER BY id",
             (since,),
         )
-        return [(i, json.loads(m), c, e, t) for i, m, c, e, t in rows]
+        return [SilenceRow(i, tuple(json.loads(m)), c, e, t) for i, m, c, e, t in rows]
 
     def expire_silence(self, silence_id: int, now: float) -> bool:
         if self.db is None:
@@ -419,21 +453,21 @@ class Store:
             )
         )
 
-    def bans(self) -> list[tuple[str, str, float, float, bool]]:
-        """Every ban row (target, reason, since, until, dry_run), expired ones too."""
+    def bans(self) -> list[BanRow]:
+        """Every ban, expired ones too."""
         if self.db is None:
             return []
         rows = self.db.execute("SELECT target, reason, since, until, dry_run FROM bans")
-        return [(t, r, s, u, bool(d)) for t, r, s, u, d in rows]
+        return [BanRow(t, r, s, u, bool(d)) for t, r, s, u, d in rows]
 
-    def ban_notes(self) -> tuple[list[tuple[str, str, str, float]], int]:
+    def ban_notes(self) -> tuple[list[BanNote], int]:
         """The ban notes no digest has carried yet (`stage_ban_notes`); none if unreadable."""
         if self.db is None:
             return [], 0
         row = self.db.execute("SELECT value FROM meta WHERE key = 'ban_notes'").fetchone()
         try:
             saved = json.loads(row[0]) if row else {}
-            notes = [(str(a), str(t), str(r), float(u)) for a, t, r, u in saved.get("notes", [])]
+            notes = [BanNote.from_list(values) for values in saved.get("notes", [])]
             return notes, int(saved.get("more", 0))
         except (TypeError, ValueError, AttributeError):
             return [], 0  # a damaged row costs a digest's Banned notes, nothing else
@@ -450,7 +484,7 @@ class Store:
             return []
         return [t for t in tables if isinstance(t, str)] if isinstance(tables, list) else []
 
-    def ban_log(self, limit: int = 100) -> list[tuple[float, str, str, str, float | None]]:
+    def ban_log(self, limit: int = 100) -> list[BanLogRow]:
         """The latest ban_log rows, newest first."""
         if self.db is None:
             return []
@@ -458,7 +492,7 @@ class Store:
             "SELECT time, action, target, reason, until FROM ban_log ORDER BY id DESC LIMIT ?",
             (limit,),
         )
-        return list(rows)
+        return [BanLogRow(*row) for row in rows]
 
     def deliveries_since(self, sink: str, since: float) -> list[float]:
         """When `sink` delivered since `since`, oldest first: seeds the mail cap at start."""

@@ -21,9 +21,14 @@ most once per `untrusted_interval` after its first report.
 
 Time is injected: `add` and `collect` take `now`, so tests run on a fake clock.
 
-Persistence: every changed group's key lands in `dirty` (and forgotten ones
-in `dropped`); the owner takes them with `take_changes()` and saves each.
-`restore` brings saved groups back, timers included.
+Persistence: every changed group lands in `changes` (forgotten ones as None), a
+`Changes` the owner gives (the daemon's one, daemon/ledger.py, which a reload's
+new aggregator writes into too) and takes at each commit. `export`/`restore`
+turn a group into plain data and back, field by field of `Group`: the state
+database saves that, and a reload hands it to the new aggregator.
+
+Scan detection is not here: the scan stage (pipeline/scan.py) comes after, reads
+which exact group an event started or woke (`add` returns it) and escalates it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from wrapalert.config import DigestConfig
@@ -45,39 +50,54 @@ from wrapalert.model import (
     Tally,
 )
 from wrapalert.netaddr import network, packed
-from wrapalert.pipeline.route import Router
-from wrapalert.pipeline.scan import ScanDetector
 from wrapalert.pipeline.sketch import Distinct
+from wrapalert.pipeline.stage import EVERYWHERE, Destination, Key
 from wrapalert.scanrule import ScanSignal
 
 OVERFLOW = "(overflow)"
 UNTRUSTED = "(untrusted)"
 LEVELS = ("exact", "network", "wide network", "overflow")
 _NARROW = {4: 3, 16: 8}  # bytes of the level-1 prefix, by address length
-_PLAIN = (
-    "trusted",
-    "uid",
-    "created",
-    "due",
-    "repeat_due",
-    "total",
-    "new",
-    "first_new",
-    "last_seen",
-    "notified",
-    "level",
-    "severity",
-)
-_TALLIES = ("daemons", "addrs", "names", "users")
 
-Key = tuple[str, ...]
 Labels = tuple[tuple[str, str], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _Codec:
+    """How one `Group` field is saved as plain (JSON) data and read back."""
+
+    save: Callable[[Any], Any]
+    load: Callable[[Any], Any]
+
+
+_STATE = "state"  # the field metadata key holding its _Codec (none: saved as it is)
+_KEY = {_STATE: _Codec(list, lambda v: tuple(map(str, v)))}
+_LABELS = {_STATE: _Codec(lambda v: [list(p) for p in v], lambda v: tuple((a, b) for a, b in v))}
+_TALLY = {_STATE: _Codec(Tally.to_dict, Tally.from_dict)}
+_DISTINCT = {_STATE: _Codec(Distinct.to_dict, Distinct.from_dict)}
+_NAMES = {
+    _STATE: _Codec(
+        lambda v: None if v is None else list(v), lambda v: None if v is None else tuple(v)
+    )
+}
+_TIMELINE = {
+    _STATE: _Codec(
+        lambda v: [[t, n] for t, n in v.items()], lambda v: {float(t): int(n) for t, n in v}
+    )
+}
+_SIGNALS = {
+    _STATE: _Codec(lambda v: [list(s) for s in v], lambda v: tuple(tuple(map(str, s)) for s in v))
+}
+_COUNTS = {_STATE: _Codec(dict, lambda v: {str(k): int(n) for k, n in v.items()})}
+
+
 @dataclass(slots=True)
-class _Group:
-    key: Key
-    labels: Labels
+class Group:
+    """One group's state; `export` saves it field by field (each field's codec, if not
+    plain, in its metadata), so a new field is saved and restored without more code."""
+
+    key: Key = field(metadata=_KEY)
+    labels: Labels = field(metadata=_LABELS)
     trusted: bool
     uid: int | None
     created: float
@@ -90,22 +110,23 @@ class _Group:
     notified: bool = False
     level: int = 0
     severity: str = DEFAULT_SEVERITY
-    sinks: tuple[str, ...] | None = None  # None: every sink
-    daemons: Tally = field(default_factory=Tally)
-    addrs: Tally = field(default_factory=lambda: Tally(MAX_DETAIL * 4))
-    names: Tally = field(default_factory=Tally)
-    users: Tally = field(default_factory=Tally)
-    sources: Distinct = field(default_factory=Distinct)
-    timeline: dict[float, int] = field(default_factory=dict)
+    sinks: tuple[str, ...] | None = field(default=None, metadata=_NAMES)  # None: every sink
+    daemons: Tally = field(default_factory=Tally, metadata=_TALLY)
+    addrs: Tally = field(default_factory=lambda: Tally(MAX_DETAIL * 4), metadata=_TALLY)
+    names: Tally = field(default_factory=Tally, metadata=_TALLY)
+    users: Tally = field(default_factory=Tally, metadata=_TALLY)
+    sources: Distinct = field(default_factory=Distinct, metadata=_DISTINCT)
+    timeline: dict[float, int] = field(default_factory=dict, metadata=_TIMELINE)
     # The daemon and address every event of this group has, when its key fixes them
     # (an exact trusted group keyed by them): their tallies and sketch are then implied,
-    # and a flood from one source skips three updates per event.
+    # and a flood from one source skips three updates per event. Saved too: a restore
+    # under another group_by must count them for real (see `unfix`).
     fixed_daemon: str | None = None
     fixed_addr: str | None = None
     # The scan signals it completed since its last report, each ScanSignal.as_tuple().
-    scan: tuple[tuple[str, ...], ...] = ()
+    scan: tuple[tuple[str, ...], ...] = field(default=(), metadata=_SIGNALS)
     # New events by what the kernel vouched for (Event.transport): tcp, udp, unknown.
-    transports: dict[str, int] = field(default_factory=dict)
+    transports: dict[str, int] = field(default_factory=dict, metadata=_COUNTS)
 
     def escalate(self, signal: ScanSignal, severity: str) -> None:
         self.scan = (*self.scan, signal.as_tuple())
@@ -134,6 +155,50 @@ class _Group:
             self.fixed_addr = None
 
 
+_AS_IS = _Codec(lambda v: v, lambda v: v)
+# (name, save, load) of every Group field, in declaration order.
+_FIELDS = tuple(
+    (f.name, codec.save, codec.load)
+    for f in fields(Group)
+    for codec in (f.metadata.get(_STATE, _AS_IS),)
+)
+
+
+def export(group: Group) -> dict[str, Any]:
+    """One group's whole state as plain data (JSON-ready)."""
+    return {name: save(getattr(group, name)) for name, save, _ in _FIELDS}
+
+
+def _load(state: dict[str, Any]) -> Group:
+    """A group from `export`'s data; a field an older version did not save (none is
+    required but the key, labels, trust, uid and times) takes its default."""
+    return Group(**{name: load(state[name]) for name, _, load in _FIELDS if name in state})
+
+
+class Changes:
+    """Groups changed (or forgotten: None) since the last `take`: what the state database
+    saves at its next commit. One per daemon (the ledger's): each aggregator a reload
+    builds writes into the same one, so nothing changed before a reload is lost.
+
+    Bounded by the groups: a key is in it at most once, whatever the events."""
+
+    __slots__ = ("groups",)
+
+    def __init__(self) -> None:
+        self.groups: dict[Key, Group | None] = {}
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def take(self) -> Iterator[tuple[Key, dict[str, Any] | None]]:
+        """Each changed group's state (None: forgotten), once. One at a time: a flood's
+        ten thousand changed groups never sit in memory as plain data all at once."""
+        taken = list(self.groups.items())
+        self.groups.clear()
+        for key, group in taken:
+            yield key, None if group is None else export(group)
+
+
 class Aggregator:
     """Owns every group; the only place where events become reports."""
 
@@ -142,40 +207,24 @@ class Aggregator:
         cfg: DigestConfig,
         max_groups: int,
         untrusted_interval: float = 3600.0,
-        router: Router | None = None,
         *,
-        scans: ScanDetector | None = None,
-        scan_severity: str = "critical",
-        on_scan: Callable[[ScanSignal], None] | None = None,
+        changes: Changes | None = None,
     ) -> None:
-        self.configure(cfg, max_groups, untrusted_interval, router or Router())
-        self.scans = scans
-        self.scan_severity = scan_severity
-        self.on_scan = on_scan
-        self.groups: dict[Key, _Group] = {}
-        # (due, seq, key): lazily invalidated; an entry counts only while it matches the
-        # group's news timer (`due`, with news) or its repeat timer (`repeat_due`, without).
-        self._heap: list[tuple[float, int, Key]] = []
-        self._seq = 0
-        self.dirty: set[Key] = set()
-        self.dropped: set[Key] = set()
-        self._narrow: Counter[bytes] = Counter()  # level-1 groups per /24 or /64 prefix
-
-    def configure(
-        self, cfg: DigestConfig, max_groups: int, untrusted_interval: float, router: Router
-    ) -> None:
-        """(Re)load the settings; groups and timers stay as they are."""
         self.cfg = cfg
         self.max_groups = max_groups
         self.untrusted_interval = untrusted_interval
-        self.router = router
+        self.changes = changes if changes is not None else Changes()
+        self._changed = self.changes.groups  # the hot path's handle (never replaced)
         # Derived once here, not per event.
         self._group_by = cfg.group_by
         self._unknowns = ("unknown",) * len(cfg.group_by)
         self._addr_at = cfg.group_by.index("client_addr") if "client_addr" in cfg.group_by else -1
-        for group in getattr(self, "groups", {}).values():
-            if tuple(n for n, _ in group.labels) != cfg.group_by:
-                group.unfix()  # made under another group_by: see _Group.fix
+        self.groups: dict[Key, Group] = {}
+        # (due, seq, key): lazily invalidated; an entry counts only while it matches the
+        # group's news timer (`due`, with news) or its repeat timer (`repeat_due`, without).
+        self._heap: list[tuple[float, int, Key]] = []
+        self._seq = 0
+        self._narrow: Counter[bytes] = Counter()  # level-1 groups per /24 or /64 prefix
 
     @property
     def pending_events(self) -> int:
@@ -185,13 +234,11 @@ class Aggregator:
     def reserve(self) -> int:
         return max(16, self.max_groups // 8)
 
-    def add(
-        self, event: Event, now: float, route: tuple[str, tuple[str, ...] | None] | None = None
-    ) -> bool:
-        """Count one event; True when this scheduled a timer (the caller may re-plan).
+    def add(self, event: Event, now: float, route: Destination = EVERYWHERE) -> Group | None:
+        """Count one event; its group when this started or woke it (its first news since a
+        report: its timer was scheduled, the caller may re-plan), else None.
 
-        `route` is the (severity, sinks) a route stage decided for this event; a new
-        group takes it (without one, the aggregator's own router decides)."""
+        `route` is what a route stage decided for this event; a new group takes it."""
         if event.trusted:
             key = tuple(map(event.fields.get, self._group_by, self._unknowns))
         else:
@@ -199,19 +246,14 @@ class Aggregator:
         group = self.groups.get(key)
         if group is None:
             group = self._place(event, key, now, route)
-        self.dirty.add(group.key)
-        woke = False
+        self._changed[group.key] = group
+        woke = None
         if group.new == 0:
-            # A new group, or a reported one waking up: the scan detector sees the pair.
-            # Not for rolled-up groups: past max_groups a flood of new sources is what
-            # the roll-up itself reports, and per event that would cost the most.
-            if self.scans is not None and group.level == 0:
-                self._watch(group, event, now)
             group.first_new = now
             if group.notified:
                 group.due = max(group.due, now)
             self._schedule(group, group.due)
-            woke = True
+            woke = group
         group.new += 1
         group.total += 1
         group.last_seen = now
@@ -234,17 +276,12 @@ class Aggregator:
             _new_bucket(timeline, bucket)
         return woke
 
-    def _watch(self, group: _Group, event: Event, now: float) -> None:
-        if not event.trusted:
-            return  # made-up addresses from any local user must not raise alarms
-        assert self.scans is not None  # noqa: S101 - checked by the caller, on the hot path
-        get = event.fields.get
-        addr, daemon = get("client_addr", "unknown"), get("daemon", "unknown")
-        for signal in self.scans.observe(addr, daemon, now):
-            group.escalate(signal, self.scan_severity)
-            self.dirty.add(group.key)
-            if self.on_scan is not None:
-                self.on_scan(signal)
+    def escalate(self, key: Key, signal: ScanSignal, severity: str) -> None:
+        """Mark a group with a scan signal it completed, and raise it to `severity`."""
+        group = self.groups.get(key)
+        if group is not None:
+            group.escalate(signal, severity)
+            self._changed[key] = group
 
     def next_due(self) -> float | None:
         """When the earliest timer (news or repeat) falls due, if any."""
@@ -296,9 +333,9 @@ class Aggregator:
             return group.due == due
         return group.notified and group.repeat_due == due
 
-    def _report(self, group: _Group, now: float, reason: str) -> GroupReport:
+    def _report(self, group: Group, now: float, reason: str) -> GroupReport:
         report = self._snapshot(group, reason, group.new, group.first_new)
-        self.dirty.add(group.key)
+        self._changed[group.key] = group
         group.new = 0
         group.notified = True
         interval = self.cfg.group_interval
@@ -315,17 +352,16 @@ class Aggregator:
         group.transports = {}
         return report
 
-    def _repeat(self, group: _Group) -> GroupReport:
+    def _repeat(self, group: Group) -> GroupReport:
         """The last word on a quiet group: nothing new since its last report. Then forget it."""
         report = self._snapshot(group, "repeat", 0, group.last_seen)
         del self.groups[group.key]
         if group.level == 1:
             self._count_narrow(group, -1)
-        self.dirty.discard(group.key)
-        self.dropped.add(group.key)
+        self._changed[group.key] = None
         return report
 
-    def _snapshot(self, group: _Group, reason: str, events: int, first: float) -> GroupReport:
+    def _snapshot(self, group: Group, reason: str, events: int, first: float) -> GroupReport:
         new = events
         if group.fixed_daemon is None:
             daemons = group.daemons.top()
@@ -363,9 +399,7 @@ class Aggregator:
             transports=tuple(sorted(group.transports.items())),
         )
 
-    def _place(
-        self, event: Event, key: Key, now: float, route: tuple[str, tuple[str, ...] | None] | None
-    ) -> _Group:
+    def _place(self, event: Event, key: Key, now: float, route: Destination) -> Group:
         """A group for an event of a new key, rolled up as far as the bounds require."""
         groups = self.groups
         level = 0
@@ -373,8 +407,7 @@ class Aggregator:
             key, level, found = self._roll_up(event, key)
             if found is not None:
                 return found
-        severity, sinks = route or self.router.route(event)
-        group = _Group(
+        group = Group(
             key,
             self._labels(event, key, level),
             event.trusted,
@@ -382,8 +415,8 @@ class Aggregator:
             now,
             now + self.cfg.group_wait,
             level=level,
-            severity=severity,
-            sinks=sinks,
+            severity=route.severity,
+            sinks=route.sinks,
         )
         group.fix(self._group_by)
         groups[key] = group
@@ -391,7 +424,7 @@ class Aggregator:
             self._count_narrow(group, 1)
         return group
 
-    def _count_narrow(self, group: _Group, delta: int) -> None:
+    def _count_narrow(self, group: Group, delta: int) -> None:
         """Track which /24 and /64 networks have a group: past the first reserve, a
         new source's network is spelled out only if it might have one."""
         # From the group's own labels: its key may predate a group_by change.
@@ -403,7 +436,7 @@ class Aggregator:
             if self._narrow[prefix] <= 0:
                 del self._narrow[prefix]
 
-    def _roll_up(self, event: Event, key: Key) -> tuple[Key, int, _Group | None]:
+    def _roll_up(self, event: Event, key: Key) -> tuple[Key, int, Group | None]:
         """The key (and level) a new source gets when the exact groups are all taken,
         with its group if that exists: its /24 or /64 within the first reserve, its /16
         or /48 within the second, else the overflow group. Networks are worked out only
@@ -431,62 +464,23 @@ class Aggregator:
         key = (OVERFLOW,) if event.trusted else (OVERFLOW, "untrusted")
         return key, 3, groups.get(key)
 
-    def take_changes(self) -> Iterator[tuple[Key, dict[str, Any] | None]]:
-        """The groups changed (their state) or gone (None) since the last call: what
-        the state store saves at its next commit. One at a time: a flood's ten thousand
-        changed groups never sit in memory as plain data all at once."""
-        dirty, dropped = self.dirty, self.dropped
-        self.dirty, self.dropped = set(), set()
-        for key in dropped - dirty:  # in both: forgotten, then made anew since
-            yield key, None
-        for key in dirty:
-            yield key, self.export(key)
-
     def export_all(self) -> list[dict[str, Any]]:
         """Every group as `restore` takes them: the state a successor starts from."""
-        return [state for key in self.groups if (state := self.export(key)) is not None]
+        return [export(group) for group in self.groups.values()]
 
     def export(self, key: Key) -> dict[str, Any] | None:
         """One group's whole state as plain data (None if it no longer exists)."""
         group = self.groups.get(key)
-        if group is None:
-            return None
-        state = {name: getattr(group, name) for name in _PLAIN}
-        state["key"], state["labels"] = list(group.key), [list(p) for p in group.labels]
-        for name in _TALLIES:
-            state[name] = getattr(group, name).to_dict()
-        state["sources"] = group.sources.to_dict()
-        state["sinks"] = None if group.sinks is None else list(group.sinks)
-        state["timeline"] = [[t, n] for t, n in group.timeline.items()]
-        state["scan"] = [list(signal) for signal in group.scan]
-        state["transports"] = dict(group.transports)
-        if group.fixed_daemon is not None or group.fixed_addr is not None:
-            # Values the tallies imply but do not hold: a restore under another group_by
-            # must count them for real (see _Group.unfix).
-            state["fixed"] = [group.fixed_daemon, group.fixed_addr]
-        return state
+        return None if group is None else export(group)
 
     def restore(self, states: list[dict[str, Any]]) -> None:
         """Bring saved groups back; a group whose timer passed while we were down is due now."""
         for state in states:
-            group = _Group(
-                key=tuple(state["key"]),
-                labels=tuple((a, b) for a, b in state["labels"]),
-                **{name: state[name] for name in _PLAIN},
-            )
-            for name in _TALLIES:
-                setattr(group, name, Tally.from_dict(state[name]))
-            group.sources = Distinct.from_dict(state["sources"])
-            sinks = state.get("sinks")
-            group.sinks = None if sinks is None else tuple(sinks)
-            group.timeline = {float(t): int(n) for t, n in state["timeline"]}
-            group.scan = tuple(tuple(map(str, s)) for s in state.get("scan", ()))  # older: none
-            group.transports = {str(t): int(n) for t, n in state.get("transports", {}).items()}
-            group.fixed_daemon, group.fixed_addr = state.get("fixed") or (None, None)
+            group = _load(state)
             if tuple(n for n, _ in group.labels) == self._group_by:
                 group.fix(self._group_by)
             else:
-                group.unfix()  # made under another group_by: see _Group.fix
+                group.unfix()  # made under another group_by: see Group.fix
             self.groups[group.key] = group
             if group.level == 1:
                 self._count_narrow(group, 1)
@@ -495,7 +489,7 @@ class Aggregator:
             elif group.notified:
                 self._schedule(group, group.repeat_due)
 
-    def _schedule(self, group: _Group, due: float) -> None:
+    def _schedule(self, group: Group, due: float) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, group.key))
         if len(self._heap) > 4 * len(self.groups) + 1024:

@@ -125,6 +125,18 @@ class BanStage:
         self.settled = settled
         self.on_ban = on_ban
 
+    def carry_over(self, previous: BanStage | None) -> None:
+        """Keep `previous`'s counts where they count the same (a reload): the refusals if
+        threshold and window are unchanged, the scans if the scan rule is."""
+        if previous is None:
+            return
+        old = previous.rule
+        if (old.threshold, old.window) == (self.rule.threshold, self.rule.window):
+            self.counter = previous.counter
+        scans = previous.scans
+        if scans is not None and self.scans is not None and scans.rule == self.scans.rule:
+            self.scans = scans
+
     def __call__(self, flow: Flow) -> Flow:
         event = flow.event
         if not event.trusted or event.transport != "tcp":

@@ -1,59 +1,62 @@
-"""The event pipeline, built once from a validated Config: mute -> route -> aggregate
--> forward, each a `Stage` (pipeline/stage.py).
+"""The event pipeline, built once from a validated Config: [ban] -> mute -> route ->
+aggregate -> scan -> forward, each a `Stage` (pipeline/stage.py).
 
-Intake hands every accepted event to `EventPipeline.accept`. A reload builds a
-new pipeline from the new Config and `build(..., previous=old)` hands the state
-over through the same export/restore path the state store uses (groups as
-plain data, silences as records); the scan detector's memory is kept when
-`[scan]` is unchanged. Stages that could do nothing are left out of the chain
-(no routes: no route stage; no forwarding sinks: no forward stage), so the
-per-event cost is what the configuration asks for.
+Intake hands every accepted event to `EventPipeline.accept`. `build` derives the
+stages from the Config around the parts it is given (the aggregator, the silence
+book, the books that count, the forwarders, the ban stage); with `previous` (a
+reload) the scan detector's and the ban stage's memories carry over where they
+count by the same rule. Stages that could do nothing are left out of the chain
+(no routes: no route stage; no ignore lists: no ignore stage; no forwarding
+sinks: no forward stage; `[scan]` off: no scan stage), so the per-event cost is
+what the configuration asks for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from wrapalert.config import Config, ScanConfig
+from wrapalert.config import Config
 from wrapalert.model import Event
 from wrapalert.pipeline.aggregate import Aggregator
+from wrapalert.pipeline.ban import BanStage
 from wrapalert.pipeline.forward import ForwardWorker
-from wrapalert.pipeline.mute import Mute
+from wrapalert.pipeline.mute import Mute, Muter
 from wrapalert.pipeline.route import Router
-from wrapalert.pipeline.scan import ScanDetector
+from wrapalert.pipeline.scan import ScanDetector, ScanStage
 from wrapalert.pipeline.stage import Chain, Flow, Stage
 from wrapalert.scanrule import ScanSignal
 
-MutedHook = Callable[[str], None]  # "ignored" or "silenced"
+
+class Books(Protocol):
+    """Where the stages count what they stop or find (daemon/ledger.py's Ledger)."""
+
+    def muted(self, why: str) -> None:
+        """An event muted: "ignored" ([ignore]) or "silenced" (a silence)."""
+        ...
+
+    def scan_found(self, found: ScanSignal) -> None: ...
 
 
 class MuteStage:
-    """[ignore] lists and silences: a muted event stops here, counted by why."""
+    """One `Muter`: a muted event stops here, counted by why."""
 
-    __slots__ = ("mute", "on_muted", "silenced")
+    __slots__ = ("muter", "on_muted", "why")
 
-    def __init__(self, mute: Mute, on_muted: MutedHook) -> None:
-        self.mute = mute
+    def __init__(self, muter: Muter, why: str, on_muted: Callable[[str], None]) -> None:
+        self.muter = muter
+        self.why = why
         self.on_muted = on_muted
-        self.silenced = 0  # since the last digest, which says how many
 
     def __call__(self, flow: Flow) -> Flow | None:
-        mute = self.mute
-        if not mute.active:  # silences come and go at run time: asked per event, cheaply
+        muter = self.muter
+        if not muter.active:  # silences come and go at run time: asked per event, cheaply
             return flow
-        verdict = mute.classify(flow.event, flow.event.received)
-        if verdict is None:
+        if not muter.mutes(flow.event, flow.event.received):
             return flow
-        if verdict == "silenced":
-            self.silenced += 1
-        self.on_muted(verdict)
+        self.on_muted(self.why)
         return None
-
-    def take_silenced(self) -> int:
-        """Events silenced since the last call (one digest's worth)."""
-        count, self.silenced = self.silenced, 0
-        return count
 
 
 class RouteStage:
@@ -65,13 +68,13 @@ class RouteStage:
         self.route = router.route
 
     def __call__(self, flow: Flow) -> Flow:
-        flow.severity, flow.sinks = self.route(flow.event)
-        flow.routed = True
+        flow.route = self.route(flow.event)
         return flow
 
 
 class AggregateStage:
-    """Counts the event into its group; `on_due` hears when a group's timer may move up."""
+    """Counts the event into its group; `on_due` hears when a group's timer may move up.
+    Marks the flow when the event started or woke an exact group (for the scan stage)."""
 
     __slots__ = ("add", "on_due")
 
@@ -80,9 +83,13 @@ class AggregateStage:
         self.on_due = on_due
 
     def __call__(self, flow: Flow) -> Flow:
-        route = (flow.severity, flow.sinks) if flow.routed else None
-        if self.add(flow.event, flow.event.received, route):
+        group = self.add(flow.event, flow.event.received, flow.route)
+        if group is not None:
             self.on_due()
+            # Not rolled-up groups: past max_groups a flood of new sources is what the
+            # roll-up itself reports, and per event that would cost the most.
+            if group.level == 0:
+                flow.woke = group.key
         return flow
 
 
@@ -95,7 +102,7 @@ class ForwardStage:
         self.forwarders = forwarders
 
     def __call__(self, flow: Flow) -> Flow:
-        sinks = flow.sinks
+        sinks = flow.route.sinks
         for name, forwarder in self.forwarders.items():
             if sinks is None or name in sinks:
                 forwarder.offer(flow.event)
@@ -104,58 +111,56 @@ class ForwardStage:
 
 @dataclass
 class EventPipeline:
-    """The stages and the state they own, as built by `build`."""
+    """The stages, as built by `build`, and the ones a successor takes memory from."""
 
     aggregator: Aggregator
-    mute: MuteStage
     chain: Chain
+    ban: BanStage | None = None
+    scan: ScanStage | None = None
 
     def accept(self, event: Event) -> None:
         self.chain(Flow(event))
 
 
-def detector(cfg: ScanConfig) -> ScanDetector | None:
-    return ScanDetector.for_rule(cfg.rule) if cfg.enabled else None
-
-
 def build(
     cfg: Config,
     *,
-    forwarders: Mapping[str, ForwardWorker],
+    aggregator: Aggregator,
     on_due: Callable[[], None],
-    on_muted: MutedHook,
-    on_scan: Callable[[ScanSignal], None] | None = None,
+    silences: Muter,
+    books: Books,
+    forwarders: Mapping[str, ForwardWorker],
+    scan_takers: Sequence[ForwardWorker] = (),
+    ban: BanStage | None = None,
     previous: EventPipeline | None = None,
-    previous_scan: ScanConfig | None = None,
-    ban: Stage | None = None,
 ) -> EventPipeline:
-    """The pipeline for `cfg`; with `previous`, its groups, silences, silenced count and
-    (for an unchanged [scan]) the scan detector's memory carry over. `ban` (the nftables
-    sink's stage, pipeline/ban.py) goes first: before mute, so a silence hides a source
-    from digests but never shields it from a ban, and before any rate limit."""
+    """The pipeline for `cfg`. `ban` (the nftables sink's stage, pipeline/ban.py) goes
+    first: before mute, so a silence hides a source from digests but never shields it
+    from a ban, and before any rate limit. `scan_takers`: the forwarders that take
+    "scan" records."""
+    stages: list[Stage] = []
+    if ban is not None:
+        ban.carry_over(previous.ban if previous else None)
+        stages.append(ban)
+    ignore = Mute(cfg.ignore.networks, cfg.ignore.daemons)
+    if ignore.active:
+        stages.append(MuteStage(ignore, "ignored", books.muted))
+    stages.append(MuteStage(silences, "silenced", books.muted))
     router = Router(cfg.routes)
-    scans = detector(cfg.scan)
-    if previous is not None and previous_scan == cfg.scan:
-        scans = previous.aggregator.scans  # what it has seen is state, not settings
-    aggregator = Aggregator(
-        cfg.digest,
-        cfg.limits.max_groups,
-        cfg.limits.untrusted_interval,
-        router,
-        scans=scans,
-        scan_severity=cfg.scan.severity,
-        on_scan=on_scan,
-    )
-    mute = Mute(cfg.ignore.networks, cfg.ignore.daemons)
-    mute_stage = MuteStage(mute, on_muted)
-    if previous is not None:
-        aggregator.restore(previous.aggregator.export_all())
-        mute.silences = list(previous.mute.mute.silences)
-        mute_stage.silenced = previous.mute.silenced
-    stages: list[Stage] = [mute_stage] if ban is None else [ban, mute_stage]
     if router.routes:
         stages.append(RouteStage(router))
     stages.append(AggregateStage(aggregator, on_due))
+    scan = None
+    if cfg.scan.enabled:
+        scan = ScanStage(
+            ScanDetector.for_rule(cfg.scan.rule),
+            aggregator,
+            severity=cfg.scan.severity,
+            on_found=books.scan_found,
+            forwarders=scan_takers,
+        )
+        scan.carry_over(previous.scan if previous else None)
+        stages.append(scan)
     if forwarders:
         stages.append(ForwardStage(forwarders))
-    return EventPipeline(aggregator, mute_stage, Chain(stages))
+    return EventPipeline(aggregator, Chain(stages), ban, scan)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from wrapalert.clock import SYSTEM, Clock
-from wrapalert.model import Digest, merge_digests
+from wrapalert.model import Digest, alert_test_report, merge_digests
 from wrapalert.pipeline.retry import Backoff, pause, retry
 from wrapalert.sinks.base import PermanentSinkError, Sink, TransientSinkError
 
@@ -110,6 +110,20 @@ class SinkWorker:
     @property
     def depth(self) -> int:
         return len(self.queue) + (self.inflight is not None)
+
+    def start(self, tg: asyncio.TaskGroup) -> asyncio.Task[None]:
+        return tg.create_task(self.run(), name=f"sink:{self.name}")
+
+    def status(self) -> dict[str, object]:
+        return {
+            "queued": self.depth,
+            "held_failed": len(self.failed),
+            "last_error": self.last_error,
+        }
+
+    async def send_test(self, host: str, now: float) -> None:
+        """A digest of one test report (no events: no count changes), past the cap."""
+        await self.sink.send(Digest(host, now, (alert_test_report(now),)))
 
     def submit(self, digest: Digest) -> None:
         """Queue a digest; never blocks, never drops (merges when full)."""

@@ -27,6 +27,7 @@ Time is injected (a `Clock`) so tests run on a virtual clock.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -84,6 +85,22 @@ def scan_record(found: ScanSignal) -> dict[str, object]:
         "sources": found.sources,
         "first": round(found.first, 6),
         "last": round(found.last, 6),
+    }
+
+
+def alert_test_record(host: str, now: float) -> dict[str, object]:
+    """The record of `wrapalert test-alert`: marked as a test, from no real source."""
+    return {
+        "type": "event",
+        "received": round(now, 6),
+        "daemon": "wrapalert-test",
+        "client_addr": "192.0.2.0",  # TEST-NET-1 (RFC 5737): no real source
+        "client_name": "wrapalert-test-alert",
+        "verdict": "deny",
+        "host": host,
+        "trusted": True,
+        "uid": os.getuid(),
+        "test": True,
     }
 
 
@@ -219,6 +236,22 @@ class ForwardWorker:
     def queued(self) -> int:
         """Records waiting for the sink."""
         return len(self.buffer)
+
+    def start(self, tg: asyncio.TaskGroup) -> asyncio.Task[None]:
+        return tg.create_task(self.run(), name=f"sink:{self.name}")
+
+    def status(self) -> dict[str, object]:
+        return {
+            "queued": self.queued,
+            "held": self.held,
+            "held_untrusted": self.held_untrusted.events,
+            "held_failed": 0,
+            "last_error": self.last_error,
+        }
+
+    async def send_test(self, host: str, now: float) -> None:
+        """The test record, straight to the sink: past the rate limit and the buffer."""
+        await self.sink.send_records([alert_test_record(host, now)])
 
     def offer(self, event: Event) -> None:
         """One event: a record now if the rate and the buffer allow, else held."""

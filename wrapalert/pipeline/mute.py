@@ -1,56 +1,48 @@
-"""Muting: ignore lists from the config and silences with an expiry.
+"""Muting: the `Muter` interface the mute stage asks, and the `[ignore]` lists as one.
 
-An ignored or silenced event is counted (so the totals still add up) and
-never notified. A silence is a list of matchers (the match language of
-wrapalert.match), all of which must match.
+One interface for everything that mutes (Alertmanager's notify.Muter): the
+ignore lists here, the silences in daemon/silences.py (the silence book, which
+the control API changes at run time). A muted event is counted (so the totals
+still add up, daemon/ledger.py) and never notified.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
-from wrapalert.match import IPNetwork, Matcher, in_networks
+from wrapalert.match import IPNetwork, in_networks
 from wrapalert.model import Event
 
 _CACHE_MAX = 4096  # addresses whose network membership is remembered per Mute
 
 
-@dataclass(frozen=True)
-class Silence:
-    id: int
-    matchers: tuple[Matcher, ...]
-    created: float
-    expires: float
-    comment: str = ""
-
-    def active(self, now: float) -> bool:
-        return self.created <= now < self.expires
-
-
-class Mute:
-    """Decides, per event, whether it is ignored, silenced or goes on."""
-
-    def __init__(self, networks: tuple[IPNetwork, ...] = (), daemons: tuple[str, ...] = ()) -> None:
-        self.networks = networks  # [ignore], as config parsed them
-        self.daemons = frozenset(daemons)
-        self.silences: list[Silence] = []
-        self._in_ignored: dict[str, bool] = {}
+class Muter(Protocol):
+    """Whether an event is muted now."""
 
     @property
     def active(self) -> bool:
         """Whether anything could match (the per-event check is skipped otherwise)."""
-        return bool(self.networks or self.daemons or self.silences)
+        ...
 
-    def classify(self, event: Event, now: float) -> str | None:
-        """ "ignored", "silenced" or None (notify)."""
+    def mutes(self, event: Event, now: float) -> bool: ...
+
+
+class Mute:
+    """The `[ignore]` lists: events from these networks or daemons are muted."""
+
+    def __init__(self, networks: tuple[IPNetwork, ...] = (), daemons: tuple[str, ...] = ()) -> None:
+        self.networks = networks  # [ignore], as config parsed them
+        self.daemons = frozenset(daemons)
+        self._in_ignored: dict[str, bool] = {}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.networks or self.daemons)
+
+    def mutes(self, event: Event, _now: float) -> bool:
         if self.daemons and event.get("daemon") in self.daemons:
-            return "ignored"
-        if self.networks and self._ignored_addr(event.get("client_addr")):
-            return "ignored"
-        for silence in self.silences:
-            if silence.active(now) and all(m.matches(event) for m in silence.matchers):
-                return "silenced"
-        return None
+            return True
+        return bool(self.networks) and self._ignored_addr(event.get("client_addr"))
 
     def _ignored_addr(self, addr: str) -> bool:
         known = self._in_ignored.get(addr)

@@ -1,7 +1,9 @@
-"""Scan detection: one source trying several daemons, or one network many sources.
+"""Scan detection, a stage: one source trying several daemons, or one network many sources.
 
-The aggregator shows the detector each (source, daemon) pair when it starts
-or wakes a group: a new group, or the first new event of a reported one.
+The scan stage runs after the aggregate stage and shows the detector each
+(source, daemon) pair whose event started or woke an exact group (the
+aggregate stage marks the Flow): a new group, or the first new event of a
+reported one.
 With the usual `group_by` (daemon and client address) that is every new
 pair, at most once per group interval, so a flood from known sources costs
 nothing here. Only a flood of new sources pays one dictionary update per
@@ -19,10 +21,21 @@ among a flood of new sources can go unnoticed; its events are counted all
 the same). Groups rolled up by network are not watched: past max_groups,
 new sources are what the roll-up reports. Time is injected: `observe`
 takes `now`.
+
+A signal escalates the group that completed it (marked, raised to `[scan]
+severity`), is counted and logged (`on_found`: the ledger), and goes as a
+"scan" record to each forwarding sink whose descriptor takes scans (routes
+do not apply: it is about a source, not an event). Only trusted reports are
+watched: a local user's made-up addresses must not raise alarms.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+from wrapalert.pipeline.aggregate import Aggregator
+from wrapalert.pipeline.forward import ForwardWorker, scan_record
+from wrapalert.pipeline.stage import Flow
 from wrapalert.scanrule import ScanRule, ScanSignal, network
 
 MAX_TRACKED = 4096
@@ -92,6 +105,48 @@ class ScanDetector:
     @property
     def tracked(self) -> int:
         return len(self._addrs) + len(self._nets)
+
+
+class ScanStage:
+    """Shows the detector the pairs the aggregate stage marked; never stops an event."""
+
+    __slots__ = ("aggregator", "detector", "forwarders", "on_found", "severity")
+
+    def __init__(
+        self,
+        detector: ScanDetector,
+        aggregator: Aggregator,
+        *,
+        severity: str,
+        on_found: Callable[[ScanSignal], None],
+        forwarders: Sequence[ForwardWorker] = (),
+    ) -> None:
+        self.detector = detector
+        self.aggregator = aggregator
+        self.severity = severity
+        self.on_found = on_found
+        self.forwarders = tuple(forwarders)  # the sinks that take "scan" records
+
+    def __call__(self, flow: Flow) -> Flow:
+        key = flow.woke
+        if key is None or not flow.event.trusted:
+            return flow
+        event = flow.event
+        get = event.fields.get
+        addr, daemon = get("client_addr", "unknown"), get("daemon", "unknown")
+        for signal in self.detector.observe(addr, daemon, event.received):
+            self.aggregator.escalate(key, signal, self.severity)
+            self.on_found(signal)
+            record = scan_record(signal)
+            for forwarder in self.forwarders:
+                forwarder.offer_record(record)
+        return flow
+
+    def carry_over(self, previous: ScanStage | None) -> None:
+        """Keep what `previous` has seen if it counted by the same rule: its memory is
+        state, not settings (a reload that changes only the severity forgets nothing)."""
+        if previous is not None and previous.detector.rule == self.detector.rule:
+            self.detector = previous.detector
 
 
 class _Recent:

@@ -14,7 +14,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from wrapalert.match import DEFAULT_SEVERITY
 from wrapalert.model import Event
+
+Key = tuple[str, ...]  # a group's key: its group_by field values
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """How loud a group is and where its reports go: a route's decision."""
+
+    severity: str = DEFAULT_SEVERITY
+    sinks: tuple[str, ...] | None = None  # None: every sink
+
+
+EVERYWHERE = Destination()  # without routes (or none matching): "warning", every sink
 
 
 @dataclass(slots=True)
@@ -22,9 +36,11 @@ class Flow:
     """One accepted event on its way through the stages: a typed context, no bag."""
 
     event: Event
-    severity: str = "warning"  # set by the route stage
-    sinks: tuple[str, ...] | None = None  # None: every sink
-    routed: bool = False  # whether a route stage decided severity and sinks
+    route: Destination = EVERYWHERE  # set by the route stage
+    # Set by the aggregate stage: the key of the exact group this event started or woke
+    # (its first news since a report). The scan stage reads it: the detector sees a
+    # source and daemon only then, not at every event of a flood.
+    woke: Key | None = None
 
 
 class Stage(Protocol):

@@ -7,7 +7,9 @@ To add a sink, write one module here (webhook.py is a short example):
    sink class (`send(digest)` or `send_records(records)`, errors from sinks.base), and
 4. `SINK = EventSinkType(name="...", config=..., describe=..., build=...)` (or
    `DigestSinkType`, whose `build` also gets the template dir; `check=` for a rule
-   across keys). Nothing else changes.
+   across keys); an event sink that takes scan records too, or ban decisions instead
+   of records, says so in `takes=` (sinks.base.Capabilities): the daemon dispatches on
+   that. Nothing else changes.
 """
 
 from __future__ import annotations

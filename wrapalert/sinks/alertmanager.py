@@ -65,7 +65,7 @@ from wrapalert.confkeys import (
     sink_rate,
 )
 from wrapalert.confparse import HttpUrl
-from wrapalert.sinks.base import PermanentSinkError, SinkError, TransientSinkError
+from wrapalert.sinks.base import Capabilities, PermanentSinkError, SinkError, TransientSinkError
 from wrapalert.sinks.http import Target, post
 from wrapalert.sinks.registry import EventSinkType
 
@@ -168,8 +168,6 @@ class Totals:
 
 class AlertmanagerSink:
     """POSTs each batch of records, collapsed into alerts, to every URL at once."""
-
-    takes_scans = True  # the daemon sends it "scan" records (daemon/sinkset.py)
 
     def __init__(
         self,
@@ -450,4 +448,5 @@ SINK = EventSinkType(
     describe=describe,
     build=AlertmanagerSink,
     build_for_host=lambda cfg, host: AlertmanagerSink(cfg, host=host),
+    takes=Capabilities(records=True, scans=True),  # a scan is an alert of its own
 )

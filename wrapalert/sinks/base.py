@@ -27,6 +27,29 @@ class DigestLook:
     story: StoryRule = field(default_factory=StoryRule)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What the daemon gives a sink, as its descriptor declares (sinks/registry.py): the
+    sink set (daemon/sinkset.py) dispatches on this, never on the sink's methods."""
+
+    digests: bool = False  # `send(digest)`: a delivery worker, rate-limited per hour
+    records: bool = False  # `send_records(records)`: a forwarder, rate-limited per second
+    bans: bool = False  # a BanSink: the ban book carries out its decisions; no events
+    scans: bool = False  # with `records`: "scan" records too (pipeline/scan.py)
+
+
+DIGESTS = Capabilities(digests=True)
+RECORDS = Capabilities(records=True)
+
+
+@dataclass(frozen=True)
+class Built:
+    """A sink as built, with what its descriptor says it takes."""
+
+    sink: Sink | EventSink | BanSink
+    takes: Capabilities
+
+
 class SinkError(Exception):
     """A delivery failed."""
 

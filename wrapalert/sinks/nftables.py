@@ -51,7 +51,7 @@ from wrapalert.confkeys import (
     setting,
     sink_name,
 )
-from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+from wrapalert.sinks.base import Capabilities, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import EventSinkType
 
 TIMEOUT = 10.0  # seconds one nft run may take (bench: a 100,000-ban re-sync takes ~1.5 s)
@@ -269,4 +269,5 @@ SINK = EventSinkType(
     config=NftablesSinkConfig,
     describe=describe,
     build=NftablesSink,
+    takes=Capabilities(bans=True),  # no events: the ban stage counts them, the book calls it
 )

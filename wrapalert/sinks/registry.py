@@ -3,14 +3,15 @@
 A sink module declares, in one `SINK = DigestSinkType(...)` or
 `SINK = EventSinkType(...)`, its `type = "..."` name, its frozen config
 dataclass (whose fields are its `[[sink]]` keys: wrapalert/confkeys.py), its
-line in `check-config` and how to build it. A look-up imports the module
-named like the type (or the config's own module) and, when that does not
-declare it, every module of this package once; `register` adds a type from
-elsewhere (a test module). So a config naming only smtp imports only the smtp
-sink.
+line in `check-config`, how to build it and what it takes (`takes`: digests;
+records, and "scan" records among them; or ban decisions), which is all the
+daemon dispatches on. A look-up imports the module named like the type (or the
+config's own module) and, when that does not declare it, every module of this
+package once; `register` adds a type from elsewhere (a test module). So a
+config naming only smtp imports only the smtp sink.
 
-config.py asks `get(type name)` while parsing; the daemon asks `build(cfg)`,
-`of(cfg).kind` and `events_per_second(cfg)`; check-config asks `describe(cfg)`
+config.py asks `get(type name)` while parsing; the daemon asks `built(cfg)`
+and `events_per_second(cfg)`; check-config asks `describe(cfg)`
 and preview `of(cfg).mail`.
 
 Nothing here imports a sink module before a look-up, and the sink modules
@@ -27,7 +28,7 @@ from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from wrapalert.confparse import EventSinkConfig, SinkConfig, Table
-from wrapalert.sinks.base import DigestLook
+from wrapalert.sinks.base import DIGESTS, RECORDS, Built, Capabilities, DigestLook
 
 if TYPE_CHECKING:
     from wrapalert.sinks.base import EventSink, Sink
@@ -41,6 +42,7 @@ class DigestSinkType(Generic[C]):
     """A sink that takes digests (mail: few and large), rate-limited by mails_per_hour."""
 
     kind: ClassVar[Literal["digest"]] = "digest"
+    takes: ClassVar[Capabilities] = DIGESTS
     name: str  # the `type = "..."` of its [[sink]] tables
     config: type[C]  # a frozen dataclass with a `name`; its keys are the table's
     describe: Callable[[C], str]  # check-config's text after "sink NAME: "
@@ -68,6 +70,9 @@ class EventSinkType(Generic[E]):
     # host (alert labels, a payload field); None: `build`, which needs no name.
     build_for_host: Callable[[E, str], EventSink] | None = None
     check: Callable[[Table, E], None] | None = None  # as for DigestSinkType
+    # Records (one per event); with `scans`, "scan" records too; or, with `bans` alone,
+    # no events at all: a BanSink (sinks/base.py) the ban book calls.
+    takes: Capabilities = RECORDS
 
     def events_per_second(self, cfg: E) -> float | None:
         """The table's own rate; None means [limits] events_per_second."""
@@ -138,6 +143,11 @@ def build(
             return descriptor.build_for_host(cfg, host)
         return descriptor.build(cfg)
     return descriptor.build(cfg, look or DigestLook())
+
+
+def built(cfg: SinkConfig, look: DigestLook | None = None, *, host: str | None = None) -> Built:
+    """The sink for one `[[sink]]` table, with what its descriptor says it takes."""
+    return Built(build(cfg, look, host=host), of(cfg).takes)
 
 
 def events_per_second(cfg: SinkConfig) -> float | None:
