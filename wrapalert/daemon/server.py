@@ -38,7 +38,6 @@ import structlog
 
 from wrapalert.clock import Clock, SystemClock
 from wrapalert.config import Config
-from wrapalert.confparse import ConfigError
 from wrapalert.daemon import api, metrics, systemd
 from wrapalert.daemon.bans import Bans
 from wrapalert.daemon.intake import Intake, take_socket
