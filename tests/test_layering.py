@@ -248,3 +248,18 @@ def test_each_way_of_reading_a_clock_is_seen(source: str) -> None:
 def test_formatting_a_given_time_is_no_clock_reading(source: str) -> None:
     """Formatting a time the code was given, or sleeping, reads no clock."""
     assert list(clock_reads(source)) == []
+
+
+def test_architecture_names_every_module() -> None:
+    """ARCHITECTURE.md's table names each module (by its path, or by its file name in a
+    row of its package), so a newcomer finds every part's owner there."""
+    table = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
+    missing = [
+        str(path.relative_to(PACKAGE))
+        for module, path in modules().items()
+        if module not in EMPTY
+        and path.name != "__init__.py"
+        and f"`{path.relative_to(PACKAGE)}`" not in table
+        and f"`{path.name}`" not in table
+    ]
+    assert missing == []
