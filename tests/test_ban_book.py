@@ -1,6 +1,6 @@
 """The ban book's policy without a kernel (dry-run, or an nft that fails): refusals for
 the allowlist, this host's addresses, sessions and the cap; the retry pace of a failing
-kernel."""
+kernel; repeat offenders' history across restarts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import contextlib
 from pathlib import Path
 
 from helpers import LOGIND_SESSION
+from timing import ManualClock
 
 from wrapalert.banrule import normalise_allow
 from wrapalert.clock import SystemClock
@@ -122,3 +123,54 @@ def test_a_failing_kernel_is_retried_with_backoff_not_at_once(tmp_path: Path) ->
     assert kernel["in_sync"] is False
     assert kernel["missing"] == 1
     assert [n.action for n in bans.notes].count("unenforced") == 1  # once, not at every retry
+
+
+def started(tmp_path: Path, clock: ManualClock, **cfg: object) -> Bans:
+    """A ban book as a start makes it: a fresh store over the state dir, the sink's rule,
+    then what the state database holds."""
+    store = Store(tmp_path / "state", clock.now)
+    store.open()
+    (tmp_path / "sessions").mkdir(exist_ok=True)
+    shield = Shield(lambda: ("192.0.2.10",), tmp_path / "sessions", tmp_path / "utmp")
+    bans = Bans(store, clock, Stats(), shield=shield)
+    bans.configure(NftablesSink(NftablesSinkConfig(mode="dry-run", **cfg)))  # type: ignore[arg-type]
+    bans.load()
+    return bans
+
+
+def test_a_repeat_offenders_history_outlives_a_restart(tmp_path: Path) -> None:
+    """A source banned (1 h), its ban over, the daemon restarted: its next ban is its 2nd
+    and lasts ban_growth times the first, in the book, the state database and the next
+    digest's note ("2nd ban", its length)."""
+    clock = ManualClock()
+    bans = started(tmp_path, clock, ban_for=3600.0, ban_growth=3.0)
+    bans.request("203.0.113.7", "3 refusals", clock.now())
+    clock.t += 3601.0
+    assert bans.in_force() == []  # expired
+    assert bans.store.commit()
+    bans.store.close()
+    bans = started(tmp_path, clock, ban_for=3600.0, ban_growth=3.0)
+    bans.request("203.0.113.7", "3 refusals", clock.now())
+    (ban,) = bans.in_force()
+    assert (ban.nth, ban.until - ban.since) == (2, 3 * 3600.0)
+    note = bans.take_notes()[-1]
+    assert (note.action, note.nth, note.length) == ("would ban", 2, 3 * 3600.0)
+    assert bans.store.commit()
+    assert [(r.target, r.nth) for r in bans.store.bans()] == [("203.0.113.7", 2)]
+    assert len(bans.store.ban_history()) == 2
+
+
+def test_history_past_ban_memory_is_pruned_at_start(tmp_path: Path) -> None:
+    """A start forgets bans older than ban_memory, in memory and in the state database:
+    the source's next ban is a first again."""
+    clock = ManualClock()
+    bans = started(tmp_path, clock, ban_memory=86400.0)
+    bans.request("203.0.113.7", "3 refusals", clock.now())
+    assert bans.store.commit()
+    bans.store.close()
+    clock.t += 2 * 86400.0
+    bans = started(tmp_path, clock, ban_memory=86400.0)
+    assert bans.store.commit()
+    assert bans.store.ban_history() == []
+    bans.request("203.0.113.7", "3 refusals", clock.now())
+    assert [b.nth for b in bans.in_force()] == [1]

@@ -169,3 +169,112 @@ def test_what_the_kernel_holds_is_adopted_when_the_book_is_lost(tmp_path: Path) 
     adopted = rules.active["198.51.100.7"]
     assert (adopted.reason, adopted.until) == ("found in the kernel", 40.0)
     assert rules.kernel_bans() == {"203.0.113.7": 100.0, "198.51.100.7": 40.0}
+
+
+# -- repeat offenders: how long a ban lasts, and which ban it is ---------------------------
+
+HOUR, DAY = 3600.0, 86400.0
+
+
+def ban_and_expire(rules: BanPolicy, clock: ManualClock, target: str) -> Ban:
+    """An automatic ban of `target` now, then the clock moved past its end."""
+    ban = rules.decide(target, "10 refusals", clock.now())
+    assert isinstance(ban, Ban)
+    clock.t = ban.until + 1
+    assert target in [b.target for b in rules.due(clock.now())]
+    return ban
+
+
+def test_a_repeat_offenders_bans_grow_by_ban_growth_up_to_ban_max(tmp_path: Path) -> None:
+    """Each earlier ban within ban_memory multiplies ban_for by ban_growth: 1 h, 2 h, 4 h,
+    then ban_max (6 h) holds; a neighbour's first ban is still 1 h."""
+    clock = ManualClock()
+    rules = policy(tmp_path, ban_for=HOUR, ban_growth=2.0, ban_max=6 * HOUR)
+    lengths = []
+    for _ in range(5):
+        ban = ban_and_expire(rules, clock, "203.0.113.7")
+        lengths.append((ban.nth, ban.until - ban.since))
+    assert lengths == [(1, HOUR), (2, 2 * HOUR), (3, 4 * HOUR), (4, 6 * HOUR), (5, 6 * HOUR)]
+    neighbour = rules.decide("203.0.113.8", "10 refusals", clock.now())
+    assert isinstance(neighbour, Ban)
+    assert (neighbour.nth, neighbour.until - neighbour.since) == (1, HOUR)
+
+
+def test_bans_older_than_ban_memory_are_forgotten(tmp_path: Path) -> None:
+    """A ban made more than ban_memory ago no longer counts: the next is a first again."""
+    clock = ManualClock()
+    rules = policy(tmp_path, ban_for=HOUR, ban_memory=7 * DAY)
+    ban_and_expire(rules, clock, "203.0.113.7")
+    clock.t += 3 * DAY
+    assert ban_and_expire(rules, clock, "203.0.113.7").nth == 2
+    clock.t += 6 * DAY  # the first ban is now 9 days old, the second 6
+    third = ban_and_expire(rules, clock, "203.0.113.7")
+    assert (third.nth, third.until - third.since) == (2, 2 * HOUR)
+
+
+def test_growth_of_one_and_no_memory_ban_for_ban_for(tmp_path: Path) -> None:
+    """ban_growth 1 keeps every ban at ban_for (still counted); ban_memory 0 counts none."""
+    clock = ManualClock()
+    flat = policy(tmp_path, ban_for=HOUR, ban_growth=1.0)
+    ban_and_expire(flat, clock, "203.0.113.7")
+    again = ban_and_expire(flat, clock, "203.0.113.7")
+    assert (again.nth, again.until - again.since) == (2, HOUR)
+    forgetful = policy(tmp_path, ban_for=HOUR, ban_memory=0.0)
+    ban_and_expire(forgetful, clock, "203.0.113.7")
+    again = ban_and_expire(forgetful, clock, "203.0.113.7")
+    assert (again.nth, again.until - again.since) == (1, HOUR)
+
+
+def test_a_ban_by_hand_lasts_as_given_and_counts(tmp_path: Path) -> None:
+    """`ban add --for 10m` of a repeat offender lasts 10 min (taken as given) and is its
+    2nd ban; without --for it lasts what an automatic ban would; a renewal of a ban in
+    force is the same ban, not one more."""
+    clock = ManualClock()
+    rules = policy(tmp_path, ban_for=HOUR)
+    ban_and_expire(rules, clock, "203.0.113.7")
+    given = rules.by_hand("203.0.113.7", 600.0, clock.now(), force=False)
+    assert (given.nth, given.until - given.since) == (2, 600.0)
+    assert rules.made(given) is True
+    renewed = rules.by_hand("203.0.113.7", None, clock.now() + 60, force=False)
+    assert (renewed.nth, renewed.until - renewed.since) == (2, 2 * HOUR)
+    assert rules.made(renewed) is False
+    assert len(rules.history.times("203.0.113.7")) == 2
+    grown = rules.by_hand("198.51.100.7", None, clock.now(), force=False)
+    assert (grown.nth, grown.until - grown.since) == (1, HOUR)
+
+
+def test_a_fleet_ban_counts_only_for_a_source_this_host_banned_before(tmp_path: Path) -> None:
+    """Origin "fleet": a source never banned here gets the fleet's time and does not
+    count; one this host banned before is a repeat, at least its own next length, and
+    counts (so this host's next ban grows again)."""
+    clock = ManualClock()
+    rules = policy(tmp_path, ban_for=HOUR)
+    stranger = rules.growth("198.51.100.9", clock.now(), origin="fleet", given=900.0)
+    assert (stranger.seconds, stranger.nth, stranger.counts) == (900.0, 0, False)
+    fleet = rules.decide(
+        "198.51.100.9", "fleet", clock.now(), origin="fleet", given=900.0, hosts=("h1",)
+    )
+    assert isinstance(fleet, Ban)
+    assert (fleet.nth, fleet.origin, fleet.hosts) == (0, "fleet", ("h1",))
+    assert rules.history.times("198.51.100.9") == ()
+    ban_and_expire(rules, clock, "203.0.113.7")
+    repeat = rules.growth("203.0.113.7", clock.now(), origin="fleet", given=900.0)
+    assert (repeat.seconds, repeat.nth) == (2 * HOUR, 2)
+    long_fleet = rules.growth("203.0.113.7", clock.now(), origin="fleet", given=5 * HOUR)
+    assert long_fleet.seconds == 5 * HOUR  # the fleet's own time when it is longer
+    followed = rules.decide("203.0.113.7", "fleet", clock.now(), origin="fleet", given=900.0)
+    assert isinstance(followed, Ban)
+    clock.t = followed.until + 1
+    rules.due(clock.now())
+    assert ban_and_expire(rules, clock, "203.0.113.7").nth == 3
+
+
+def test_dry_run_bans_count_and_adopted_ones_do_not(tmp_path: Path) -> None:
+    """A dry-run ban is the ban it would have been (the next is its 2nd); a ban adopted
+    from the kernel (the book lost) says nothing of who made it and does not count."""
+    clock = ManualClock()
+    rules = policy(tmp_path, ban_for=HOUR, mode="dry-run")
+    ban_and_expire(rules, clock, "203.0.113.7")
+    assert ban_and_expire(rules, clock, "203.0.113.7").nth == 2
+    rules.adopt({"198.51.100.7": 60.0}, clock.now())
+    assert rules.history.times("198.51.100.7") == ()

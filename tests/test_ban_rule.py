@@ -27,7 +27,7 @@ from wrapalert.model import BanNote, digest_from_json, digest_to_json
 from wrapalert.pipeline.ban import BanCounter, BanStage
 from wrapalert.pipeline.stage import Flow
 from wrapalert.scanrule import ScanRule
-from wrapalert.sinks.nftables import NftablesSink, NftablesSinkConfig
+from wrapalert.sinks.nftables import NftablesSink, NftablesSinkConfig, describe
 
 
 def test_ipv6_sources_are_banned_by_network() -> None:
@@ -226,7 +226,7 @@ def test_config_reads_the_nftables_sink(tmp_path: Path) -> None:
     path.write_text(
         '[[sink]]\ntype = "nftables"\nthreshold = 5\nwindow = "1m"\nban_for = "2h"\n'
         'ipv6_prefix = 56\nallow = ["10.0.0.0/8"]\nmax_bans = 7\nmode = "dry-run"\n'
-        'table = "wa_test"\n' + NO_DIGESTS
+        'table = "wa_test"\nban_growth = 1.5\nban_memory = "7d"\nban_max = "1d"\n' + NO_DIGESTS
     )
     (sink,) = config.load(path).sinks
     assert sink == NftablesSinkConfig(
@@ -238,6 +238,15 @@ def test_config_reads_the_nftables_sink(tmp_path: Path) -> None:
         max_bans=7,
         mode="dry-run",
         table="wa_test",
+        ban_growth=1.5,
+        ban_memory=7 * 86400.0,
+        ban_max=86400.0,
+    )
+    assert isinstance(sink, NftablesSinkConfig)
+    assert (sink.rule.ban_growth, sink.rule.ban_memory, sink.rule.ban_max) == (
+        1.5,
+        604800.0,
+        86400.0,
     )
 
 
@@ -270,14 +279,33 @@ def test_the_allow_list_reaches_the_rule_parsed(tmp_path: Path) -> None:
         'table = "x; flush ruleset"',
         "threshold = 0",
         "events_per_second = 5",  # no rate limit may stand between the stage and its counts
+        "ban_growth = 0.5",  # a repeat offender is never banned for less
+        'ban_growth = "2"',
+        'ban_max = "30m"',  # written shorter than ban_for (1h)
+        'ban_max = "400d"',
+        'ban_memory = "400d"',
+        'ban_for = "400d"',
     ],
 )
 def test_config_refuses_bad_nftables_keys(tmp_path: Path, line: str) -> None:
-    """A bad mode, allow network, table name or threshold, or a rate, is a config error."""
+    """A bad mode, allow network, table name or threshold, a rate, a growth below 1, a
+    ban_max below ban_for, or a ban or memory longer than a year is a config error."""
     path = tmp_path / "w.toml"
     path.write_text(f'[[sink]]\ntype = "nftables"\n{line}\n{NO_DIGESTS}')
     with pytest.raises(ConfigError):
         config.load(path)
+
+
+def test_an_unwritten_ban_max_follows_a_longer_ban_for(tmp_path: Path) -> None:
+    """ban_for 60d with ban_max left out is no error: no ban is shorter than ban_for, and
+    check-config's line says how repeat offenders grow."""
+    path = tmp_path / "w.toml"
+    path.write_text('[[sink]]\ntype = "nftables"\nban_for = "60d"\n' + NO_DIGESTS)
+    (sink,) = config.load(path).sinks
+    assert isinstance(sink, NftablesSinkConfig)
+    assert sink.rule.length(3) == 60 * 86400.0
+    text = describe(NftablesSinkConfig())
+    assert "repeat offenders x2 a ban within 30d up to 30d" in text
 
 
 def test_config_refuses_a_second_nftables_sink(tmp_path: Path) -> None:
@@ -300,12 +328,31 @@ def test_schema_1_database_gains_the_bans_tables(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.open()
     assert store.db is not None
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     store.stage_ban("203.0.113.7", "3 refusals", 1.0, 2.0, dry_run=False)
     store.stage_ban_log(1.0, "banned", "203.0.113.7", "3 refusals", 2.0)
     assert store.commit()
     assert store.bans() == [BanRow("203.0.113.7", "3 refusals", 1.0, 2.0, dry_run=False)]
     assert (store.ban_log()[0].action, store.ban_log()[0].target) == ("banned", "203.0.113.7")
+
+
+def test_schema_2_database_gains_the_ban_history(tmp_path: Path) -> None:
+    """A state database from before repeat offenders keeps its bans (each counted as a
+    first) and gains the history table."""
+    store = Store(tmp_path)
+    store.open()
+    assert store.db is not None
+    store.db.execute("DROP TABLE ban_history")
+    store.db.execute("ALTER TABLE bans DROP COLUMN nth")
+    store.db.execute("INSERT INTO bans VALUES ('203.0.113.7', '3 refusals', 1.0, 2.0, 0)")
+    store.db.execute("PRAGMA user_version = 2")
+    store.close()
+    store = Store(tmp_path)
+    store.open()
+    assert store.bans() == [BanRow("203.0.113.7", "3 refusals", 1.0, 2.0, dry_run=False, nth=1)]
+    store.stage_ban_history("203.0.113.7", 1.0)
+    assert store.commit()
+    assert store.ban_history() == [("203.0.113.7", 1.0)]
 
 
 BANNED = (
@@ -333,6 +380,31 @@ def test_digest_text_and_html_show_the_banned_section() -> None:
         assert "203.0.113.7" in part
         assert "wrapalert ban del 203.0.113.7" in part
         assert "198.51.100.9" in part
+
+
+def test_a_repeat_offenders_ban_says_which_ban_and_how_long() -> None:
+    """A 3rd ban of 4 hours reads "3rd ban, 4 h" in both parts; a first ban stays as it
+    was (its length is ban_for, the rule's own)."""
+    notes = (
+        BanNote("banned", "203.0.113.7", "10 refusals", 1_700_014_400.0, 3, 4 * 3600.0),
+        BanNote("banned", "198.51.100.7", "10 refusals", 1_700_003_600.0, 1, 3600.0),
+        BanNote("would ban", "2001:db8::/64", "scan of 3 daemons", 1.8e9, 22, 30 * 86400.0),
+    )
+    digest = replace(one_group(created=1_700_000_000.0), banned=notes, id="")
+    msg = Renderer("wrapalert@localhost", ("root",)).render(digest)
+    text, html = body(msg, "plain"), body(msg, "html")
+    assert "203.0.113.7 banned: 10 refusals, 3rd ban, 4 h, until " in text
+    assert "198.51.100.7 banned: 10 refusals, until " in text
+    assert "2001:db8::/64 would ban: scan of 3 daemons, 22nd ban, 30 d, until " in text
+    assert "banned: 10 refusals, 3rd ban, 4 h, until " in html
+    again = digest_from_json(digest_to_json(digest))
+    assert again.banned == notes  # the outbox keeps the count and the length
+
+
+def test_a_ban_note_of_an_earlier_version_still_reads() -> None:
+    """A note saved before repeat offenders (four values) is read as a first ban."""
+    note = BanNote.from_list(["banned", "203.0.113.7", "10 refusals", 1.0])
+    assert (note.nth, note.length) == (0, 0.0)
 
 
 def test_digest_without_bans_has_no_banned_section() -> None:

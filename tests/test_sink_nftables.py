@@ -182,6 +182,30 @@ def test_restart_keeps_bans_and_state_consistent(daemon: Daemons) -> None:
     assert d.status()["bans"]["added"] == 1
 
 
+def test_a_repeat_offenders_ban_grows_in_the_kernel_also_after_a_restart(
+    daemon: Daemons,
+) -> None:
+    """ban_for 2s, ban_growth 2: the source's first ban is 2 s in the kernel, its second 4 s;
+    after a restart (the history in the state database) its third is 8 s, and `ban list`
+    says "3rd ban"."""
+    d = daemon('ban_for = "2s"\nban_growth = 2')
+    timeouts = []
+    for restart in (False, False, True):
+        if restart:
+            assert d.proc.stop() == 0
+            d.start()
+        d.report("203.0.113.22")
+        wait_until(lambda: "203.0.113.22" in elements(d.ns), 10, "the ban")
+        timeouts.append(elements(d.ns)["203.0.113.22"]["timeout"])
+        if len(timeouts) < 3:
+            wait_until(lambda: "203.0.113.22" not in elements(d.ns), 15, "the kernel's expiry")
+            wait_until(lambda: d.status()["bans"]["active"] == 0, 10, "the book's expiry")
+    assert timeouts == [2, 4, 8]
+    listed = d.ban("list").stdout
+    assert "203.0.113.22" in listed
+    assert "(3rd ban, 8 s)" in listed
+
+
 def test_ban_add_list_and_flush_by_hand(daemon: Daemons) -> None:
     """`ban add --for 2h` bans at once with that timeout; `ban flush` empties both sets."""
     d = daemon()

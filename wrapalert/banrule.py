@@ -20,6 +20,10 @@ they change while the daemon runs: shield.py reads them at each decision.
 or a network. Wider than one IPv4 address, wider than `ipv6_prefix`, or any
 network of a shared prefix but a single address, needs `force`.
 
+Repeat offenders are banned longer: a target's ban lasts `ban_for` times
+`ban_growth` for each earlier ban of it within `ban_memory`, at most `ban_max`
+(`length`; which bans count is the ban policy's, daemon/banpolicy.py).
+
 Pure, stdlib only.
 """
 
@@ -125,6 +129,9 @@ class BanRule:
     max_bans: int = 10_000
     mode: str = "enforce"  # or "dry-run": decide and report, touch nothing
     scan: bool = True  # a "daemons" scan signal (one address, many daemons) bans at once
+    ban_growth: float = 2.0  # each earlier ban within ban_memory multiplies ban_for by this
+    ban_memory: float = 30 * 86400.0  # seconds a ban is remembered as an earlier one (0: none)
+    ban_max: float = 30 * 86400.0  # the longest a grown ban lasts
     _nets: tuple[IPNetwork, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -133,6 +140,18 @@ class BanRule:
     @property
     def dry_run(self) -> bool:
         return self.mode == "dry-run"
+
+    def length(self, earlier: int) -> float:
+        """Seconds a ban lasts after `earlier` bans of its target within `ban_memory`:
+        `ban_for` times `ban_growth` for each, at most `ban_max` (never less than
+        `ban_for`)."""
+        longest = max(self.ban_max, self.ban_for)
+        seconds = self.ban_for
+        for _ in range(earlier):  # multiplied step by step: no overflow, stops at the cap
+            seconds *= self.ban_growth
+            if seconds >= longest:
+                return longest
+        return seconds
 
     def target(self, addr: str) -> str | None:
         """The target for a client address: "a.b.c.d", "net/prefix", or "addr/128" in a
@@ -202,3 +221,11 @@ class BanRule:
     def allowed(self, target: str) -> bool:
         """Whether the target overlaps the allowlist (then it is never banned)."""
         return overlapping(target, self._nets) is not None
+
+    def allow_entry(self, target: str) -> tuple[IPNetwork, bool] | None:
+        """The allowlist entry the target overlaps, and whether it is one of `allow`'s
+        (False: always allowed, loopback or link-local); None if it overlaps none."""
+        hit = overlapping(target, self._nets)
+        if hit is None:
+            return None
+        return hit, hit in self.allow

@@ -829,6 +829,7 @@ def cmd_silence(args: argparse.Namespace) -> int:
 
 def cmd_ban(args: argparse.Namespace) -> int:
     from wrapalert.daemon import control
+    from wrapalert.digest_view import ordinal
 
     cfg = config.load(args.config)
     path = cfg.daemon.control_socket
@@ -851,7 +852,9 @@ def cmd_ban(args: argparse.Namespace) -> int:
                 extra["force"] = True
             ban = control.request(path, "ban_add", addr=args.addr, **extra)
             what = "would be banned (dry-run)" if ban["dry_run"] else "banned"
-            print(f"{ban['target']} {what} until {_local(ban['until'])}")
+            nth = ban.get("nth", 0)
+            count = f" (its {ordinal(nth)} ban within ban_memory)" if nth > 1 else ""
+            print(f"{ban['target']} {what} until {_local(ban['until'])}{count}")
         elif args.action == "del":
             reply = control.request(path, "ban_del", addr=args.addr)
             print(f"{reply['target']}: ban lifted")
@@ -871,11 +874,19 @@ def _local(seconds: float) -> str:
 
 
 def format_bans(reply: dict[str, Any]) -> str:
-    """`ban list` for a terminal: one line per ban."""
+    """`ban list` for a terminal: one line per ban, with which of its target's bans it is
+    and how long it lasts ("3rd ban, 4 h")."""
+    from wrapalert.digest_view import duration, ordinal
+
     if reply.get("mode") is None:
         return "no nftables sink is configured"
     lines = [
         f"{b['target']:<24} until {_local(b['until'])}  {printable(str(b['reason']))}"
+        + (
+            f" ({ordinal(b['nth'])} ban, {duration(b['until'] - b['since'])})"
+            if b.get("nth", 0) > 1
+            else ""
+        )
         + ("  (dry-run: not in the kernel)" if b["dry_run"] else "")
         for b in reply["bans"]
     ]

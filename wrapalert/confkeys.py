@@ -137,6 +137,20 @@ class Rate(Kind):
 
 
 @dataclass(frozen=True)
+class Factor(Kind):
+    """A number (whole or not) in minimum..maximum."""
+
+    types: ClassVar[tuple[type, ...]] = (int, float)
+    minimum: float = 1.0
+    maximum: float = 100.0
+
+    def convert(self, value: Any) -> float:
+        if not self.minimum <= value <= self.maximum:  # also rejects nan
+            raise ValueError(f"{value} is out of range {self.minimum:g}..{self.maximum:g}")
+        return float(value)
+
+
+@dataclass(frozen=True)
 class Duration(Kind):
     """Seconds, written "500ms", "10s", "5m", "4h", "1d", "1h30m" or as a number: at least
     `minimum`, or more than it when not `inclusive` (`why` says why)."""

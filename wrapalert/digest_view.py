@@ -75,15 +75,29 @@ def clip(value: object, width: int) -> str:
 
 
 def duration(seconds: float) -> str:
-    """A short human duration: "45 s", "12 min", "3 h 5 min", "2 d 4 h"."""
+    """A short human duration: "45 s", "12 min", "3 h 5 min", "4 h", "2 d 4 h", "30 d"."""
     s = round(seconds)
     if s < 60:
         return f"{s} s"
     if s < 3600:
         return f"{s // 60} min"
     if s < 86400:
-        return f"{s // 3600} h {s % 3600 // 60} min"
-    return f"{s // 86400} d {s % 86400 // 3600} h"
+        minutes = s % 3600 // 60
+        return f"{s // 3600} h {minutes} min" if minutes else f"{s // 3600} h"
+    hours = s % 86400 // 3600
+    return f"{s // 86400} d {hours} h" if hours else f"{s // 86400} d"
+
+
+def ordinal(n: int) -> str:
+    """1 -> "1st", 2 -> "2nd", 3 -> "3rd", 11 -> "11th", 22 -> "22nd"."""
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def repeat_text(nth: int, length: float) -> str:
+    """A repeat offender's ban in a few words ("3rd ban, 4 h"); "" for a first ban (or one
+    that does not count): its length is the rule's own."""
+    return f"{ordinal(nth)} ban, {duration(length)}" if nth > 1 else ""
 
 
 # -- the template context ----------------------------------------------------------------
@@ -396,7 +410,8 @@ def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
 
 def banned(digest: Digest) -> list[dict[str, Any]]:
     """The digest's "Banned" section: each note with the command that undoes it (for a
-    ban still in force). A "more" note's target is the count of notes left out."""
+    ban still in force) and, for a repeat offender's ban, which ban it is and how long
+    ("3rd ban, 4 h"). A "more" note's target is the count of notes left out."""
     commands = {"banned": "wrapalert ban del {}", "would ban": "", "refused": ""}
     return [
         {
@@ -404,6 +419,9 @@ def banned(digest: Digest) -> list[dict[str, Any]]:
             "target": note.target,
             "reason": note.reason,
             "until": note.until,
+            "repeat": repeat_text(note.nth, note.length)
+            if note.action in ("banned", "would ban")
+            else "",
             "command": commands.get(note.action, "").format(note.target),
         }
         for note in digest.banned

@@ -123,15 +123,21 @@ class BanNote:
     target: str
     reason: str
     until: float
+    # banned, would ban: which of the target's bans within ban_memory (0: not counted) and
+    # how long it lasts (a repeat offender's grows, daemon/banpolicy.py).
+    nth: int = 0
+    length: float = 0.0
 
-    def as_tuple(self) -> tuple[str, str, str, float]:
-        return (self.action, self.target, self.reason, self.until)
+    def as_tuple(self) -> tuple[str, str, str, float, int, float]:
+        return (self.action, self.target, self.reason, self.until, self.nth, self.length)
 
     @classmethod
     def from_list(cls, values: list[Any] | tuple[Any, ...]) -> BanNote:
-        """From `as_tuple`'s values as JSON gave them back (ValueError, TypeError if not)."""
-        action, target, reason, until = values
-        return cls(str(action), str(target), str(reason), float(until))
+        """From `as_tuple`'s values as JSON gave them back, or an older note's four
+        (ValueError, TypeError if neither)."""
+        action, target, reason, until, *grown = values
+        nth, length = grown or (0, 0.0)
+        return cls(str(action), str(target), str(reason), float(until), int(nth), float(length))
 
 
 @dataclass(frozen=True)

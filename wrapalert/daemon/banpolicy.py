@@ -6,15 +6,31 @@ side (daemon/bankernel.py) carries the bans out. Decisions, by the rule in force
 (banrule.py, the nftables sink's `[[sink]]`) and the shield (shield.py: this
 host's addresses, logged-in sessions' peers, read at each decision):
 
-- an automatic request (the ban stage: a threshold or a scan) is banned for
-  `ban_for`, or refused: "allowlisted" (the rule's allowlist or this host's
-  address: not looked at again for `ban_for`), "session" (a logged-in peer) or
-  "cap" (`max_bans` reached), both looked at again after a `window`;
+- an automatic request (the ban stage: a threshold or a scan) is banned, for
+  `ban_for` grown by the target's earlier bans (`growth`, below), or refused:
+  "allowlisted" (the rule's allowlist or this host's address: not looked at
+  again for `ban_for`), "session" (a logged-in peer) or "cap" (`max_bans`
+  reached), both looked at again after a `window`;
 - a ban by hand (`wrapalert ban add`) is refused with the reason and what to do
   (`BanRefusedError`), a session's peer only without `force`;
 - bans the rule would not make now are lifted: targets allowlisted since, and
   automatic bans of a network of shared addresses (NAT64, Teredo, 6to4);
 - a ban or a refusal ends at its time.
+
+How long a ban lasts, and which of the target's bans it is (`growth`, the one
+rule every path that makes a ban asks; daemon/banhistory.py remembers):
+
+- automatic (origin "local"): `ban_for` times `ban_growth` for each earlier ban
+  of the target within `ban_memory`, at most `ban_max`;
+- by hand (`ban add --for`): as given, never grown; it counts as a ban;
+- from the fleet (origin "fleet", given the fleet's time left): a target this
+  host banned before (within `ban_memory`) is a repeat, banned at least as long
+  as its own next ban would be, and it counts; a target this host never banned
+  is banned for the fleet's time and does not count (the fleet's word alone
+  does not make this host's next ban longer);
+- dry-run bans count as the bans they would have been; a ban lifted by hand
+  still counts (lifting is not forgiving: `allow` is); bans adopted from the
+  kernel (book lost) never count (nothing says who made them).
 
 Bounded, written down: at most `max_bans` bans; refusals are remembered for at
 most MAX_REFUSED targets, the oldest forgotten first.
@@ -27,10 +43,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from wrapalert.banrule import SHARED_PREFIXES, BanRule, BanTargetError
+from wrapalert.daemon.banhistory import BanHistory
 from wrapalert.shield import Protected
 
 MAX_REFUSED = 16_384
 MAX_MANUAL = 366 * 86400.0  # seconds: `ban add --for` at most a year
+ORIGINS = ("local", "fleet")  # who made a ban: this host, or other hosts (followed)
 
 
 class Guard(Protocol):
@@ -50,6 +68,9 @@ class Ban:
     since: float
     until: float
     dry_run: bool = False
+    nth: int = 1  # which of the target's bans within ban_memory (0: one that does not count)
+    origin: str = "local"  # one of ORIGINS
+    hosts: tuple[str, ...] = ()  # origin "fleet": the hosts that banned it
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -58,7 +79,23 @@ class Ban:
             "since": self.since,
             "until": self.until,
             "dry_run": self.dry_run,
+            "nth": self.nth,
+            "origin": self.origin,
+            "hosts": list(self.hosts),
         }
+
+
+@dataclass(frozen=True)
+class Growth:
+    """How long a new ban lasts, and which of its target's bans it is."""
+
+    seconds: float
+    nth: int  # 1: the first within ban_memory; 0: a ban that does not count (see `counts`)
+
+    @property
+    def counts(self) -> bool:
+        """Whether the ban joins the target's history (makes its next ban longer)."""
+        return self.nth > 0
 
 
 @dataclass(frozen=True)
@@ -79,6 +116,7 @@ class BanPolicy:
     def __init__(self, guard: Guard, rule: BanRule | None = None) -> None:
         self.guard = guard
         self.rule = rule or BanRule()
+        self.history = BanHistory()  # when each target was banned (the book loads it)
         self.active: dict[str, Ban] = {}
         self.refused: dict[str, float] = {}  # target -> until when it is not looked at again
         # target -> until: active bans and remembered refusals. The ban stage reads this
@@ -87,17 +125,73 @@ class BanPolicy:
 
     # -- automatic bans -------------------------------------------------------------
 
-    def decide(self, target: str, reason: str, now: float) -> Ban | Refusal | None:
-        """An automatic request: the ban made (in dry-run: noted only), the refusal, or
-        None when the target is banned already."""
+    def decide(
+        self,
+        target: str,
+        reason: str,
+        now: float,
+        *,
+        origin: str = "local",
+        given: float | None = None,
+        hosts: tuple[str, ...] = (),
+    ) -> Ban | Refusal | None:
+        """A request made by no operator: the ban stage's (origin "local"), or the fleet's
+        (origin "fleet", `given` its seconds left, `hosts` the hosts that banned). The ban
+        made (in dry-run: noted only; its length and count from `growth`), the refusal,
+        or None when the target is banned already."""
         if target in self.active:
             return None
         protected = self._protected(target)
         if protected is not None:
             return self._refuse(target, reason, protected, now)
-        ban = Ban(target, reason, now, now + self.rule.ban_for, self.rule.dry_run)
-        self.record(ban)
+        grown = self.growth(target, now, origin=origin, given=given)
+        ban = Ban(
+            target,
+            reason,
+            now,
+            now + grown.seconds,
+            self.rule.dry_run,
+            nth=grown.nth,
+            origin=origin,
+            hosts=hosts,
+        )
+        self.made(ban)
         return ban
+
+    def growth(
+        self, target: str, now: float, *, origin: str = "local", given: float | None = None
+    ) -> Growth:
+        """How long a new ban of `target` made at `now` lasts and which ban it is: the one
+        rule for every path that makes a ban (this module's docstring). `given`: the
+        seconds asked for (`ban add --for`, or the fleet's time left); None: the rule's."""
+        rule = self.rule
+        earlier = self.history.earlier(target, now, rule.ban_memory) if rule.ban_memory else 0
+        if origin == "fleet":
+            fleet = rule.ban_for if given is None else given
+            if not earlier:
+                return Growth(fleet, 0)  # not this host's offence: it does not count
+            return Growth(max(fleet, rule.length(earlier)), earlier + 1)
+        if given is not None:
+            return Growth(float(given), earlier + 1)  # by hand: as given
+        return Growth(rule.length(earlier), earlier + 1)
+
+    def obstacle(self, target: str) -> Protected | None:
+        """What keeps `target` from an automatic ban now (for `wrapalert explain`), with
+        `why` one of: "allowlisted" (an `allow` entry), "always allowed" (loopback,
+        link-local), "own address", "session", "cap"; None if nothing does."""
+        entry = self.rule.allow_entry(target)
+        if entry is not None:
+            net, configured = entry
+            if configured:
+                return Protected("allowlisted", f"allow entry {net}")
+            return Protected("always allowed", f"{net} (loopback, link-local, unspecified)")
+        protected = self.guard.check(target)
+        if protected is not None:
+            why = "own address" if protected.why == "allowlisted" else protected.why
+            return Protected(why, protected.detail)
+        if len(self.active) >= self.rule.max_bans:
+            return Protected("cap", f"max_bans {self.rule.max_bans} reached")
+        return None
 
     def _protected(self, target: str) -> Protected | None:
         if self.rule.allowed(target):
@@ -125,11 +219,11 @@ class BanPolicy:
     # -- bans by hand ---------------------------------------------------------------
 
     def by_hand(self, text: str, seconds: float | None, now: float, *, force: bool) -> Ban:
-        """The ban `wrapalert ban add` asks for (`seconds` None: the rule's `ban_for`),
-        not yet recorded: the kernel holds it first. BanRefusedError says why not."""
+        """The ban `wrapalert ban add` asks for (`seconds` None: as long as an automatic
+        ban of the target would be; given: as given), not yet recorded: the kernel holds
+        it first. BanRefusedError says why not."""
         target = self.target(text, force=force)
-        seconds = self.rule.ban_for if seconds is None else seconds
-        if not 0 < seconds <= MAX_MANUAL:
+        if seconds is not None and not 0 < seconds <= MAX_MANUAL:
             raise BanRefusedError("a ban lasts more than 0 seconds and at most a year")
         if self.rule.allowed(target):
             raise BanRefusedError(f"{target} is allowlisted: it is never banned")
@@ -143,7 +237,13 @@ class BanPolicy:
             raise BanRefusedError(f"{target} holds {protected.detail}{hint}")
         if target not in self.active and len(self.active) >= self.rule.max_bans:
             raise BanRefusedError(f"max_bans ({self.rule.max_bans}) reached")
-        return Ban(target, "by hand", now, now + float(seconds), self.rule.dry_run)
+        current = self.active.get(target)
+        if current is not None:  # renewed: the same offence, not one more ban
+            length = self.rule.length(max(current.nth - 1, 0))
+            grown = Growth(length if seconds is None else seconds, current.nth)
+        else:
+            grown = self.growth(target, now, given=seconds)
+        return Ban(target, "by hand", now, now + grown.seconds, self.rule.dry_run, nth=grown.nth)
 
     def target(self, text: str, *, force: bool = False) -> str:
         """The target an address or network names (BanRefusedError: none it may ban)."""
@@ -154,7 +254,17 @@ class BanPolicy:
 
     # -- the book's changes --------------------------------------------------------
 
+    def made(self, ban: Ban) -> bool:
+        """A new ban: in force, and (if it counts, and renews none in force) in the
+        target's history; whether it joined the history."""
+        counted = ban.nth > 0 and ban.target not in self.active
+        self.record(ban)
+        if counted:
+            self.history.add(ban.target, ban.since)
+        return counted
+
     def record(self, ban: Ban) -> None:
+        """A ban in force (a new one, or one the state database or the kernel held)."""
         self.active[ban.target] = ban
         self.settled[ban.target] = ban.until
         self.refused.pop(ban.target, None)

@@ -7,8 +7,11 @@ vouches for only, pipeline/ban.py) and from `wrapalert ban add|del|flush`
 decides; the book records what it decided: every ban, refusal, expiry and
 lifting is staged in the state database (tables `bans` and `ban_log`,
 committed with the next group commit), counted in Stats, logged, and noted for
-the next digest's "Banned" section. In dry-run mode a ban is recorded as one
-that would have been made and nothing reaches the kernel.
+the next digest's "Banned" section. Each ban that counts also joins the ban
+history (table `ban_history`: the policy sizes a repeat offender's next ban
+from it, daemon/banhistory.py), loaded at start and pruned past `ban_memory`.
+In dry-run mode a ban is recorded as one that would have been made and nothing
+reaches the kernel.
 
 The kernel side (daemon/bankernel.py, the only part that calls the sink):
 automatic bans are queued and carried out by `run` in one nft transaction per
@@ -22,24 +25,29 @@ book holds are not in the kernel, `status` says so (and `wrapalert status`
 exits 1), `test-alert` fails for the sink, and the next digest says it.
 Without a usable state database the bans the kernel still holds are adopted.
 
-Bounded, written down: the policy's bounds (bans, refusals remembered), and at
-most NOTES_MAX notes wait for a digest, the rest counted in one "more" note.
+Bounded, written down: the policy's bounds (bans, refusals remembered), the
+history's (daemon/banhistory.py; in the state database at most
+MAX_HISTORY_ROWS rows, the newest), and at most NOTES_MAX notes wait for a
+digest, the rest counted in one "more" note.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import Awaitable
+from dataclasses import dataclass
 
 import structlog
 
 from wrapalert.clock import Clock
+from wrapalert.daemon.banhistory import MAX_TARGETS
 from wrapalert.daemon.bankernel import KernelSync
 from wrapalert.daemon.banpolicy import Ban, BanPolicy, BanRefusedError, Guard, Refusal
 from wrapalert.daemon.control import TEST_ALERT_BUDGET
 from wrapalert.daemon.stats import Stats
-from wrapalert.daemon.store import Store
+from wrapalert.daemon.store import BAN_LOG_KEEP, BanLogRow, Store
 from wrapalert.model import BanNote
 from wrapalert.pipeline.retry import Backoff
 from wrapalert.shield import Shield
@@ -47,8 +55,23 @@ from wrapalert.sinks.base import BanSink, SinkError
 
 log = structlog.get_logger()
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 NOTES_MAX = 100
+PRUNE_EVERY = 3600.0  # seconds between two prunings of the ban history
+MAX_HISTORY_ROWS = MAX_TARGETS * 4  # ban_history rows kept at most (the newest)
 STATUS_BUDGET = 2.0  # seconds `status` waits for the kernel's answer, else says the last one
+EXPLAIN_LOG = 20  # ban log lines `wrapalert explain` is given at most, the newest
+
+
+@dataclass(frozen=True)
+class BanFacts:
+    """What the ban book knows of the targets overlapping one network (`about`)."""
+
+    current: list[Ban]  # bans in force, soonest to end first
+    history: dict[str, tuple[float, ...]]  # target -> its bans within ban_memory, oldest first
+    log: list[BanLogRow]  # the newest ban log lines about them, newest first
+    logged: int  # how many ban log lines there are about them in all
 
 
 class Bans:
@@ -74,6 +97,7 @@ class Bans:
         self._to_add: dict[str, float] = {}  # target -> until, queued for the kernel
         self._reconcile_at = 0.0  # clock time of the next reconcile (0: at once)
         self._noted_unenforced = 0  # bans a digest note said the kernel does not drop
+        self._pruned = 0.0  # clock time the ban history was last pruned
         self._wake = asyncio.Event()
 
     @property
@@ -103,13 +127,22 @@ class Bans:
         self.kernel.load()
         now = self.clock.now()
         self.notes, self.more_notes = self.store.ban_notes()
+        self.policy.history.load(self.store.ban_history())
+        self._prune_history(now)
         for row in self.store.bans():
-            ban = Ban(row.target, row.reason, row.since, row.until, row.dry_run)
+            ban = Ban(row.target, row.reason, row.since, row.until, row.dry_run, row.nth)
             if ban.until <= now:
                 self._expired(ban, now, note="expired while wrapalert was stopped")
             else:
                 self.policy.record(ban)
         self._lift_forbidden()
+
+    def _prune_history(self, now: float) -> None:
+        """Forget bans older than `ban_memory` (at start, then every PRUNE_EVERY)."""
+        horizon = now - self.policy.rule.ban_memory
+        self.policy.history.forget_before(horizon)
+        self.store.stage_ban_history_pruned(horizon, MAX_HISTORY_ROWS)
+        self._pruned = now
 
     def _lift_forbidden(self) -> None:
         now = self.clock.now()
@@ -119,15 +152,26 @@ class Bans:
 
     # -- automatic bans -------------------------------------------------------------
 
-    def request(self, target: str, reason: str, now: float) -> None:
-        """An automatic ban (the ban stage's): made, refused, or in dry-run noted."""
+    def request(
+        self,
+        target: str,
+        reason: str,
+        now: float,
+        *,
+        origin: str = "local",
+        given: float | None = None,
+        hosts: tuple[str, ...] = (),
+    ) -> None:
+        """An automatic ban (the ban stage's; or, origin "fleet", one the fleet made,
+        `given` its seconds left): made, refused, or in dry-run noted. Its length and
+        count are the policy's (`BanPolicy.growth`)."""
         if self.sink is None:
             return
-        decision = self.policy.decide(target, reason, now)
+        decision = self.policy.decide(target, reason, now, origin=origin, given=given, hosts=hosts)
         if isinstance(decision, Refusal):
             self._refused(decision, now)
         elif decision is not None:
-            self._recorded(decision, now)
+            self._recorded(decision, now, counted=decision.nth > 0)
             if not decision.dry_run:
                 self._to_add[target] = decision.until
                 self._wake.set()
@@ -149,20 +193,29 @@ class Bans:
             detail=refusal.detail,
         )
 
-    def _recorded(self, ban: Ban, now: float) -> None:
+    def _recorded(self, ban: Ban, now: float, *, counted: bool) -> None:
         action = "would ban" if ban.dry_run else "banned"
         if ban.dry_run:
             self.stats.bans_dry_run += 1
         else:
             self.stats.bans += 1
-        self.store.stage_ban(ban.target, ban.reason, ban.since, ban.until, dry_run=ban.dry_run)
-        self.store.stage_ban_log(now, action, ban.target, ban.reason, ban.until)
-        self._note(BanNote(action, ban.target, ban.reason, ban.until))
+        store = self.store
+        store.stage_ban(
+            ban.target, ban.reason, ban.since, ban.until, dry_run=ban.dry_run, nth=ban.nth
+        )
+        if counted:
+            store.stage_ban_history(ban.target, ban.since)
+        store.stage_ban_log(now, action, ban.target, ban.reason, ban.until)
+        length = ban.until - ban.since
+        self._note(BanNote(action, ban.target, ban.reason, ban.until, ban.nth, length))
         log.warning(
             "ban_added",
             target=ban.target,
             reason=ban.reason,
             until=round(ban.until, 3),
+            nth=ban.nth,
+            seconds=round(length, 3),
+            origin=ban.origin,
             dry_run=ban.dry_run,
         )
 
@@ -202,8 +255,32 @@ class Bans:
         now = self.clock.now()
         for ban in self.policy.due(now):
             self._expired(ban, now)
+        if now - self._pruned >= PRUNE_EVERY:
+            self._prune_history(now)
 
     # -- bans by hand (the control API's) ----------------------------------------------
+
+    def about(self, net: IPNetwork, log_rows: int = EXPLAIN_LOG) -> BanFacts:
+        """What the book knows of the targets overlapping `net` (`wrapalert explain`):
+        bans in force, the history within `ban_memory`, the latest ban log lines."""
+        self._expire_due()
+        self.store.commit()  # the log read below has what just expired
+        now = self.clock.now()
+        rule = self.policy.rule
+        history = self.policy.history
+        horizon = now - rule.ban_memory
+        past = {
+            t: kept
+            for t in history.targets()
+            if _overlaps(t, net) and (kept := tuple(x for x in history.times(t) if x > horizon))
+        }
+        log_lines = [r for r in self.store.ban_log(BAN_LOG_KEEP) if _overlaps(r.target, net)]
+        return BanFacts(
+            current=[b for b in self.in_force() if _overlaps(b.target, net)],
+            history=past,
+            log=log_lines[:log_rows],
+            logged=len(log_lines),
+        )
 
     def in_force(self) -> list[Ban]:
         """The bans in force (dry-run ones too), soonest to end first."""
@@ -217,8 +294,7 @@ class Bans:
         ban = self.policy.by_hand(text, seconds, now, force=force)
         if not ban.dry_run:
             await self._by_hand(self.kernel.add({ban.target: ban.until - ban.since}))
-        self.policy.record(ban)
-        self._recorded(ban, now)
+        self._recorded(ban, now, counted=self.policy.made(ban))
         self.store.commit()
         self._wake.set()  # its expiry may be the soonest
         return ban
@@ -406,3 +482,11 @@ class Bans:
             "last_error": self.last_error,
             "kernel": self.kernel.status() if enforcing else None,
         }
+
+
+def _overlaps(target: str, net: IPNetwork) -> bool:
+    try:
+        other = ipaddress.ip_network(target, strict=False)
+    except ValueError:
+        return False
+    return other.version == net.version and other.overlaps(net)

@@ -2,7 +2,8 @@
 
 Tables: the groups (counts, detail, timers), the outbox of digests per sink,
 the notification log, the spool files already counted, silences, the
-daemon's counters, and the nftables sink's bans with their log. Changes are
+daemon's counters, and the nftables sink's bans with their log and history
+(every ban's time, for repeat offenders). Changes are
 staged in memory and written by `commit` in one transaction, so a group's
 reset and the digest that reported it land together or not at all (group
 commit: the daemon commits every 100 ms, and at once when a digest is made
@@ -40,7 +41,7 @@ from wrapalert.model import BanNote, Digest, digest_from_json, digest_to_json
 log = structlog.get_logger()
 
 DB_NAME = "state.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Index i holds the statements that take a database from version i to i + 1.
 MIGRATIONS: list[list[str]] = [
@@ -66,6 +67,11 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE ban_log (
             id INTEGER PRIMARY KEY, time REAL NOT NULL, action TEXT NOT NULL,
             target TEXT NOT NULL, reason TEXT NOT NULL, until REAL)""",
+    ],
+    [  # 3: repeat offenders: which of its target's bans a ban is, and every ban's time
+        "ALTER TABLE bans ADD COLUMN nth INTEGER NOT NULL DEFAULT 1",
+        "CREATE TABLE ban_history (target TEXT NOT NULL, since REAL NOT NULL)",
+        "CREATE INDEX ban_history_since ON ban_history (since)",
     ],
 ]
 NOTIFICATION_LOG_KEEP = 10000  # rows; older ones are pruned (they only explain the past)
@@ -103,6 +109,7 @@ class BanRow:
     since: float
     until: float
     dry_run: bool
+    nth: int = 1
 
 
 @dataclass(frozen=True)
@@ -282,6 +289,20 @@ class Store:
             return []  # a damaged row costs the copies' recognition after a restart, no more
         return out
 
+    def stage_sightings(self, saved: dict[str, Any]) -> None:
+        """What the daemon saw of recent sources (daemon/sightings.py), at a clean stop."""
+        self._meta["sightings"] = json.dumps(saved, separators=(",", ":"))
+
+    def sightings(self) -> object | None:
+        """What `stage_sightings` saved last, as JSON values; None if nothing or unreadable."""
+        if self.db is None:
+            return None
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'sightings'").fetchone()
+        try:
+            return json.loads(row[0]) if row else None
+        except ValueError:
+            return None
+
     def stage_ban_tables(self, tables: list[str]) -> None:
         """The nftables tables the daemon keeps (an earlier one is removed once a new
         `table` holds the bans, also after a restart)."""
@@ -443,14 +464,41 @@ class Store:
     # -- bans: staged like groups, committed with the next (group) commit ----------------
 
     def stage_ban(
-        self, target: str, reason: str, since: float, until: float, *, dry_run: bool
+        self, target: str, reason: str, since: float, until: float, *, dry_run: bool, nth: int = 1
     ) -> None:
         self._ops.append(
             (
-                "INSERT OR REPLACE INTO bans VALUES (?,?,?,?,?)",
-                (target, reason, since, until, int(dry_run)),
+                (
+                    "INSERT OR REPLACE INTO bans (target, reason, since, until, dry_run, nth) "
+                    "VALUES (?,?,?,?,?,?)"
+                ),
+                (target, reason, since, until, int(dry_run), nth),
             )
         )
+
+    def stage_ban_history(self, target: str, since: float) -> None:
+        """One more ban of `target` (daemon/banhistory.py)."""
+        self._ops.append(("INSERT INTO ban_history VALUES (?,?)", (target, since)))
+
+    def stage_ban_history_pruned(self, horizon: float, keep: int) -> None:
+        """Forget bans made before `horizon`, and all but the newest `keep` rows."""
+        self._ops.append(("DELETE FROM ban_history WHERE since < ?", (horizon,)))
+        self._ops.append(
+            (
+                (
+                    "DELETE FROM ban_history WHERE rowid NOT IN "
+                    "(SELECT rowid FROM ban_history ORDER BY since DESC LIMIT ?)"
+                ),
+                (keep,),
+            )
+        )
+
+    def ban_history(self) -> list[tuple[str, float]]:
+        """Every remembered ban: (target, since)."""
+        if self.db is None:
+            return []
+        rows = self.db.execute("SELECT target, since FROM ban_history")
+        return [(str(t), float(s)) for t, s in rows]
 
     def stage_unban(self, target: str) -> None:
         self._ops.append(("DELETE FROM bans WHERE target = ?", (target,)))
@@ -469,8 +517,8 @@ class Store:
         """Every ban, expired ones too."""
         if self.db is None:
             return []
-        rows = self.db.execute("SELECT target, reason, since, until, dry_run FROM bans")
-        return [BanRow(t, r, s, u, bool(d)) for t, r, s, u, d in rows]
+        rows = self.db.execute("SELECT target, reason, since, until, dry_run, nth FROM bans")
+        return [BanRow(t, r, s, u, bool(d), int(n)) for t, r, s, u, d, n in rows]
 
     def ban_notes(self) -> tuple[list[BanNote], int]:
         """The ban notes no digest has carried yet (`stage_ban_notes`); none if unreadable."""

@@ -44,6 +44,8 @@ from wrapalert.confkeys import (
     POSITIVE,
     Choice,
     Count,
+    Duration,
+    Factor,
     Flag,
     PathValue,
     Strings,
@@ -51,6 +53,7 @@ from wrapalert.confkeys import (
     setting,
     sink_name,
 )
+from wrapalert.confparse import Table, format_duration
 from wrapalert.sinks.base import Capabilities, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import EventSinkType
 
@@ -64,6 +67,7 @@ DROP_IN_SOURCE = "/usr/share/doc/wrapalert/examples/wrapalert-nftables.conf"
 # host's user namespace), or no AF_NETLINK socket (RestrictAddressFamilies).
 NOT_PERMITTED = ("Operation not permitted", "Address family not supported", "Permission denied")
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+YEAR = 366 * 86400.0  # the longest a ban lasts, grown or by hand (banpolicy.MAX_MANUAL)
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,29 @@ class NftablesSinkConfig:
         600.0, "The sliding window in which threshold refusals must fall.", POSITIVE
     )
     ban_for: float = setting(
-        3600.0, "How long a ban lasts; the kernel expires it, so no ban outlives it.", POSITIVE
+        3600.0,
+        "How long a first ban lasts; the kernel expires it, so no ban outlives it.",
+        POSITIVE,
+    )
+    ban_growth: float = setting(
+        2.0,
+        "Repeat offenders are banned longer: ban_for is multiplied by this for each earlier "
+        "ban of the source within ban_memory, up to ban_max (1: every ban lasts ban_for). "
+        "A ban by hand (ban add --for) lasts as given; a fleet ban of a source this host "
+        "banned before counts as a repeat.",
+        Factor(minimum=1.0, maximum=100.0),
+    )
+    ban_memory: float = setting(
+        30 * 86400.0,
+        "How long a ban is remembered as an earlier one (kept in the state database across "
+        'restarts; "0" forgets at once: no growth).',
+        Duration(),
+    )
+    ban_max: float = setting(
+        30 * 86400.0,
+        "The longest a grown ban lasts (at least ban_for, at most a year; unwritten, "
+        "never less than ban_for).",
+        Duration(inclusive=False),
     )
     ipv6_prefix: int = setting(
         64,
@@ -152,17 +178,44 @@ class NftablesSinkConfig:
             max_bans=self.max_bans,
             mode=self.mode,
             scan=self.scan,
+            ban_growth=self.ban_growth,
+            ban_memory=self.ban_memory,
+            ban_max=self.ban_max,
         )
 
 
 def describe(cfg: NftablesSinkConfig) -> str:
     what = "reports what it would ban" if cfg.mode == "dry-run" else "drops new connections of"
     allow = f"; never bans {', '.join(map(str, cfg.allow))}" if cfg.allow else ""
+    repeat = (
+        f", repeat offenders x{cfg.ban_growth:g} a ban within {format_duration(cfg.ban_memory)}"
+        f" up to {format_duration(max(cfg.ban_max, cfg.ban_for))}"
+        if cfg.ban_growth > 1 and cfg.ban_memory > 0
+        else ""
+    )
     return (
         f"nftables table inet {cfg.table}: {what} a source after {cfg.threshold} trusted "
-        f"refusals within {cfg.window:g}s, for {cfg.ban_for:g}s (IPv6 by /{cfg.ipv6_prefix}), "
-        f"at most {cfg.max_bans} bans, checked every {cfg.reconcile:g}s{allow}"
+        f"refusals within {cfg.window:g}s, for {cfg.ban_for:g}s{repeat} "
+        f"(IPv6 by /{cfg.ipv6_prefix}), at most {cfg.max_bans} bans, checked every "
+        f"{cfg.reconcile:g}s{allow}"
     )
+
+
+def _check(t: Table, cfg: NftablesSinkConfig) -> None:
+    """Rules across keys: how long a ban may last."""
+    if cfg.ban_for > YEAR:
+        raise t.error("ban_for", f"{format_duration(cfg.ban_for)} is more than a year")
+    if cfg.ban_max > YEAR:
+        raise t.error("ban_max", f"{format_duration(cfg.ban_max)} is more than a year")
+    # Unwritten, ban_max follows a longer ban_for (BanRule.length never goes below it).
+    if "ban_max" in t.raw and cfg.ban_max < cfg.ban_for:
+        raise t.error(
+            "ban_max",
+            f"{format_duration(cfg.ban_max)} is shorter than ban_for "
+            f"({format_duration(cfg.ban_for)}): a grown ban is never shorter than a first one",
+        )
+    if cfg.ban_memory > YEAR:
+        raise t.error("ban_memory", f"{format_duration(cfg.ban_memory)} is more than a year")
 
 
 class NftablesSink:
@@ -269,5 +322,6 @@ SINK = EventSinkType(
     config=NftablesSinkConfig,
     describe=describe,
     build=NftablesSink,
+    check=_check,
     takes=Capabilities(bans=True),  # no events: the ban stage counts them, the book calls it
 )
