@@ -384,6 +384,22 @@ class Daemon:
             )
         wait_until(lambda: self.status()["received"] >= before + count, 10, "the reports")
 
+    def udp_report(self, addr: str, server: str, port: int, count: int = 1) -> None:
+        """`count` refusals of `addr` by a UDP service bound at server:port in the
+        namespace (its client address is the datagram's word, so the daemon marks them
+        "udp"); waits until all arrived."""
+        before = self.status()["received"]
+        for i in range(count):
+            client(
+                "d=in.tftpd",
+                f"a={addr}",
+                f"A={server}",
+                f"R={port}",
+                f"r={40000 + i}",
+                f"socket={self.base}/notify.sock",
+            )
+        wait_until(lambda: self.status()["received"] >= before + count, 10, "the reports")
+
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`wrapalert ARGS -c CONFIG` (status, test-alert, ban ...)."""
         return subprocess.run(

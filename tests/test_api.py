@@ -55,6 +55,27 @@ def test_ban_and_expire_requests_are_typed_before_they_are_passed_on() -> None:
             api.SilenceExpire.decode({"id": silence_id})
 
 
+@pytest.mark.parametrize(
+    ("addr", "error"),
+    [
+        (["203.0.113.7"], "name an address"),
+        (None, "name an address"),
+        ("203.0.113.7/33", "not an address or a network"),
+        ("sshd", "not an address or a network"),
+        ("203.0.113.7\x1b[2J", "name an address or a network"),
+        ("1" * 200, "name an address or a network"),
+    ],
+)
+def test_an_explain_request_names_an_address_or_a_network(addr: object, error: str) -> None:
+    """`explain` takes an address or a network (operator input, checked again here: the
+    socket is not the command line); anything else is refused naming what to write, and
+    a network is read without its host bits, a mapped address as IPv4."""
+    with pytest.raises(control.ControlError, match=error):
+        api.Explain.decode({"addr": addr})
+    assert str(api.Explain.decode({"addr": "203.0.113.7/24"}).net) == "203.0.113.0/24"
+    assert str(api.Explain.decode({"addr": "::ffff:203.0.113.7"}).net) == "203.0.113.7/32"
+
+
 def serving(tmp_path: Path) -> tuple[Server, Silences, Bans]:
     """A daemon's parts (not running) for the commands to call."""
     cfg = config.loads(f"""
@@ -79,12 +100,12 @@ def ask(path: Path, cmd: str, **args: Any) -> dict[str, Any]:
 def test_commands_reach_their_owners_and_refusals_come_back(tmp_path: Path) -> None:
     """Over the control socket: a silence added, listed and expired in the book; a ban
     without an nftables sink and a silence of no time refused with the book's words;
-    status and flush answered by the daemon."""
+    status and flush answered by the daemon, explain by the explainer."""
     daemon, silences, bans = serving(tmp_path)
     path = tmp_path / "control.sock"
 
     async def scenario() -> list[dict[str, Any]]:
-        server = await control.serve(path, api.commands(daemon, silences, bans))
+        server = await control.serve(path, api.commands(daemon, silences, bans, daemon.explainer))
         try:
             steps: list[tuple[str, dict[str, Any]]] = [
                 ("silence_add", {"matchers": ["daemon=sshd"], "seconds": 60, "comment": "x"}),
@@ -96,14 +117,26 @@ def test_commands_reach_their_owners_and_refusals_come_back(tmp_path: Path) -> N
                 ("ban_list", {}),
                 ("flush", {}),
                 ("status", {}),
+                ("explain", {"addr": "203.0.113.7"}),
+                ("explain", {"addr": "nowhere"}),
             ]
             return [await asyncio.to_thread(ask, path, cmd, **args) for cmd, args in steps]
         finally:
             server.close()
 
-    added, listed, no_time, expired, again, ban, bans_listed, flushed, status = asyncio.run(
-        scenario()
-    )
+    (
+        added,
+        listed,
+        no_time,
+        expired,
+        again,
+        ban,
+        bans_listed,
+        flushed,
+        status,
+        explained,
+        nowhere,
+    ) = asyncio.run(scenario())
     assert (added["id"], added["matchers"], added["durable"]) == (1, ["daemon=sshd"], True)
     assert [s["comment"] for s in listed["silences"]] == ["x"]
     assert no_time["error"] == "a silence needs a duration of up to a year"
@@ -114,6 +147,10 @@ def test_commands_reach_their_owners_and_refusals_come_back(tmp_path: Path) -> N
     assert (bans_listed["mode"], bans_listed["bans"]) == (None, [])
     assert (flushed["digests"], flushed["events"]) == (0, 0)
     assert status["status"]["received"] == 0
+    answer = explained["explanation"]
+    assert (answer["query"], answer["known"]) == ("203.0.113.7", False)
+    assert answer["verdicts"][0]["why"] == "no nftables sink"
+    assert "not an address or a network" in nowhere["error"]
 
 
 def test_a_ban_refused_by_the_policy_is_the_replys_error(tmp_path: Path) -> None:

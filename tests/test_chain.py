@@ -3,6 +3,7 @@ stages, in which order, each doing its one job; with a real ledger and silence b
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
 
 from timing import ManualClock
@@ -62,6 +63,7 @@ class Assembled:
             books=self.ledger,
             forwarders=self.forwarders,
             ban=ban,
+            sighter=self.ledger.sightings,
             previous=previous,
         )
 
@@ -78,15 +80,17 @@ class Assembled:
 
 
 def test_only_the_stages_the_config_asks_for_are_built(tmp_path: Path) -> None:
-    """By default: silences, aggregate and scan; an [ignore] list, routes and forwarding
-    sinks add their stages in the chain's order; `[scan]` off leaves the scan stage out."""
-    assert Assembled(tmp_path).stages == ["MuteStage", "AggregateStage", "ScanStage"]
+    """By default: sightings, silences, aggregate and scan; an [ignore] list, routes and
+    forwarding sinks add their stages in the chain's order; `[scan]` off leaves the scan
+    stage out."""
+    assert Assembled(tmp_path).stages == ["SightStage", "MuteStage", "AggregateStage", "ScanStage"]
     full = Assembled(
         tmp_path,
         '[ignore]\ndaemons = ["in.identd"]\n[[route]]\nmatch = ["daemon=sshd"]\n',
         forwarders=("records",),
     )
     assert full.stages == [
+        "SightStage",
         "MuteStage",
         "MuteStage",
         "RouteStage",
@@ -95,7 +99,7 @@ def test_only_the_stages_the_config_asks_for_are_built(tmp_path: Path) -> None:
         "ForwardStage",
     ]
     no_scan = Assembled(tmp_path, "[scan]\nenabled = false\n")
-    assert no_scan.stages == ["MuteStage", "AggregateStage"]
+    assert no_scan.stages == ["SightStage", "MuteStage", "AggregateStage"]
 
 
 def test_an_ignored_event_is_ignored_even_when_a_silence_matches(tmp_path: Path) -> None:
@@ -111,6 +115,18 @@ def test_an_ignored_event_is_ignored_even_when_a_silence_matches(tmp_path: Path)
     assert (stats.ignored, stats.silenced) == (1, 1)
     assert built.silences.take_silenced() == 1
     assert list(built.pipeline.aggregator.groups) == [("sshd", "192.0.2.1")]
+
+
+def test_muted_events_are_still_remembered_for_explain(tmp_path: Path) -> None:
+    """The sight stage comes before every mute: an ignored or silenced source is still one
+    `wrapalert explain` knows (a silence hides it from digests, not from explain)."""
+    built = Assembled(tmp_path, '[ignore]\ndaemons = ["in.identd"]\n')
+    built.silences.add((Matcher.parse("daemon=vsftpd"),), 60.0)
+    built.accept("in.identd", "203.0.113.7")
+    built.accept("vsftpd", "203.0.113.7")
+    found = built.ledger.sightings.about(ip_network("203.0.113.7"))
+    assert sorted(s.daemon for s in found) == ["in.identd", "vsftpd"]
+    assert built.pipeline.aggregator.groups == {}
 
 
 def test_the_route_decides_the_group_and_which_sinks_are_offered_the_event(
@@ -145,7 +161,7 @@ def test_the_ban_stage_goes_first_and_keeps_its_counts_over_a_reload(tmp_path: P
         return BanStage(rule, {}, lambda target, _reason, _now: asked.append(target))
 
     first = Assembled(tmp_path, ban=ban_stage())
-    assert first.stages[0] == "BanStage"
+    assert first.stages[:2] == ["SightStage", "BanStage"]
     first.silences.add((Matcher.parse("daemon=sshd"),), 3600.0)
     fields = {"daemon": "sshd", "client_addr": "203.0.113.7"}
     tcp = Event(fields, first.clock.now(), uid=0, transport="tcp")

@@ -27,7 +27,7 @@ DOMAIN = frozenset(
         "checkhosts", "hostsaccess", "lockout", "hookinstall", "hostsdeny", "simulate",
     }
 )  # fmt: skip
-COMMANDS = frozenset({"cli", "demo", "preview", "manpage"})  # the command line, on top
+COMMANDS = frozenset({"cli", "demo", "preview", "manpage", "explainview"})  # the command line
 SINK_CORE = frozenset({"sinks", "sinks.base", "sinks.registry"})  # what config asks
 LAYERS = {"leaf": 0, "domain": 1, "sink core": 2, "config": 3, "parts": 4, "daemon": 5, "cli": 6}
 # The package itself and its namespace packages hold nothing to import.

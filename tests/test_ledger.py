@@ -5,6 +5,7 @@ state database in a tmp dir (read back through a second connection)."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -304,3 +305,31 @@ def test_forwarded_records_count_events(
     stats = ledger.stats
     assert (stats.delivered["jsonl"], stats.events_delivered["jsonl"]) == (delivered, delivered)
     assert (stats.failed["jsonl"], stats.events_failed["jsonl"]) == (failed, failed)
+
+
+def test_what_was_seen_of_sources_comes_back_after_a_stop_not_with_each_commit(
+    tmp_path: Path,
+) -> None:
+    """Sightings (explain's memory) and scans go into the state database at close (a
+    clean stop), not with a group commit; the next start's ledger answers as this one did,
+    and a damaged copy starts it empty without stopping the load."""
+    clock = ManualClock()
+    first = ledger_at(tmp_path, clock)
+    first.load(["mail"])
+    first.sightings.saw(event("sshd", "203.0.113.7", at=clock.now(), transport="tcp"))
+    first.scan_found(ScanSignal("daemons", "203.0.113.7", ("ftpd", "sshd"), 1, 1.0, 2.0))
+    first.commit()
+    assert first.store.sightings() is None  # a group commit leaves it out
+    assert first.close()
+    first.store.close()
+    again = ledger_at(tmp_path, clock)
+    again.load(["mail"])
+    net = ipaddress.ip_network("203.0.113.7")
+    assert again.sightings.about(net) == first.sightings.about(net)
+    assert again.sightings.scans_about(net) == first.sightings.scans_about(net)
+    again.store.stage_sightings({"since": "damaged"})
+    assert again.store.commit()
+    again.store.close()
+    third = ledger_at(tmp_path, clock)
+    third.load(["mail"])
+    assert len(third.sightings) == 0

@@ -146,6 +146,24 @@ def _ban_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's private subparse
     _config_arg(ban_flush)
 
 
+def _explain_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's private subparsers type
+    explain = sub.add_parser(
+        "explain",
+        help="everything the running daemon knows of one source or network, and why it is "
+        "banned or not (exit 1 if it never heard of it)",
+        description="Refusals per daemon and trust (and whether the kernel saw a TCP "
+        "handshake), scans, bans in force and past, what keeps it from a ban (allowlist, "
+        "this host, a session, untrusted or unverified reports, the threshold's count) and "
+        "the silences that mute it. A network (203.0.113.0/24, 2001:db8::/64) takes its "
+        "addresses together.",
+    )
+    _config_arg(explain)
+    explain.add_argument(
+        "address", metavar="ADDRESS", help="an address or a network, e.g. 203.0.113.7"
+    )
+    explain.add_argument("--json", action="store_true", help="the whole answer, for scripts")
+
+
 class _Version(argparse.Action):
     """--version, looked up only when asked (the metadata costs an import)."""
 
@@ -229,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     expire.add_argument("id", type=int)
 
     _ban_parser(sub)
+
+    _explain_parser(sub)
 
     status = sub.add_parser("status", help="ask the running daemon for its counters")
     _config_arg(status)
@@ -323,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         "test-alert": cmd_test_alert,
         "silence": cmd_silence,
         "ban": cmd_ban,
+        "explain": cmd_explain,
     }[args.verb]
     try:
         return handler(args)
@@ -865,6 +886,30 @@ def cmd_ban(args: argparse.Namespace) -> int:
         print(f"wrapalert: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
     return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from wrapalert import explainview
+    from wrapalert.daemon import control
+    from wrapalert.netaddr import query_network
+
+    try:
+        net = query_network(args.address)  # the daemon checks again; an error here is usage
+    except ValueError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = config.load(args.config)
+    try:
+        reply = control.request(cfg.daemon.control_socket, "explain", addr=str(net))
+    except control.ControlError as exc:
+        print(f"wrapalert: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    answer = reply["explanation"]
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    else:
+        print(explainview.render(answer))
+    return EXIT_OK if answer["known"] else EXIT_PROBLEM
 
 
 def _local(seconds: float) -> str:

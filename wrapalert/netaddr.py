@@ -7,6 +7,7 @@ view. Addresses are the wire's canonical text.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 _PREFIXES = {4: (24, 16), 6: (64, 48)}  # roll-up prefix per IP version, for levels 1 and 2
@@ -41,3 +42,28 @@ def network(address: bytes, level: int) -> str:
             _NET_TEXT.clear()
         _NET_TEXT[head] = text
     return text
+
+
+MAX_QUERY = 100  # characters: the longest address or network an operator may name
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def query_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """What an operator asks about (`wrapalert explain ADDRESS`): an address or a network
+    in CIDR form (host bits dropped, a zone ignored; `::ffff:a.b.c.d` is the IPv4 address,
+    as the daemon reports it). ValueError saying what to write, for anything else."""
+    if len(text) > MAX_QUERY or not text.isprintable():
+        raise ValueError("name an address or a network, e.g. 203.0.113.7 or 2001:db8::/64")
+    address, slash, prefix = text.strip().partition("/")
+    address = address.partition("%")[0]  # a zone names an interface, not a source
+    try:
+        net = ipaddress.ip_network(f"{address}{slash}{prefix}", strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an address or a network (write 203.0.113.7, 203.0.113.0/24, "
+            "2001:db8::1 or 2001:db8::/64)"
+        ) from None
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
+        low = int(net.network_address) & 0xFFFF_FFFF
+        return ipaddress.IPv4Network((low, net.prefixlen - 96))
+    return net

@@ -1,11 +1,13 @@
-"""The control API: what `wrapalert status|flush|test-alert|silence|ban` ask the daemon.
+"""The control API: what `wrapalert status|flush|test-alert|silence|ban|explain` ask the
+daemon.
 
 Each request is a JSON object in and out (daemon/control.py carries them). This
 module only decodes a request into a typed command (every value from the
 socket checked for its type here) and calls the domain object that owns the
 rule: the daemon (`Daemon`: status, flush, test-alert), the silence book
-(daemon/silences.py) and the ban book (daemon/bans.py). Their refusals
-(`SilenceError`, `BanRefusedError`) come back as the reply's error.
+(daemon/silences.py), the ban book (daemon/bans.py) and the explainer
+(daemon/explain.py). Their refusals (`SilenceError`, `BanRefusedError`) come
+back as the reply's error.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import structlog
 from wrapalert.daemon import control
 from wrapalert.daemon.banpolicy import BanRefusedError
 from wrapalert.daemon.bans import Bans
+from wrapalert.daemon.explain import Explainer, IPNetwork
 from wrapalert.daemon.silences import Silence, SilenceError, Silences
 from wrapalert.match import Matcher, MatcherError
+from wrapalert.netaddr import query_network
 
 log = structlog.get_logger()
 
@@ -99,6 +103,18 @@ class BanDel:
         return cls(_addr(req))
 
 
+@dataclass(frozen=True)
+class Explain:
+    net: IPNetwork  # an address is a network of one
+
+    @classmethod
+    def decode(cls, req: Request) -> Explain:
+        try:
+            return cls(query_network(_addr(req)))
+        except ValueError as exc:
+            raise control.ControlError(str(exc)) from None
+
+
 def _addr(req: Request) -> str:
     text = req.get("addr")
     if not isinstance(text, str):
@@ -128,10 +144,13 @@ def _refusals() -> Iterator[None]:
         raise control.ControlError(str(exc)) from None
 
 
-def commands(daemon: Daemon, silences: Silences, bans: Bans) -> dict[str, control.Handler]:
+def commands(
+    daemon: Daemon, silences: Silences, bans: Bans, explainer: Explainer
+) -> dict[str, control.Handler]:
     """The control socket's commands by name, as control.serve takes them."""
     own, silence, ban = DaemonCommands(daemon, bans), SilenceCommands(silences), BanCommands(bans)
     return {
+        "explain": ExplainCommands(explainer).explain,
         "status": own.status,
         "flush": own.flush,
         "test_alert": own.send_test_alert,
@@ -219,6 +238,17 @@ class BanCommands:
     async def flush(self, _req: Request) -> Request:
         with _refusals():
             return {"lifted": await self.bans.flush()}
+
+
+class ExplainCommands:
+    """`explain ADDRESS`: the explainer's."""
+
+    def __init__(self, explainer: Explainer) -> None:
+        self.explainer = explainer
+
+    async def explain(self, req: Request) -> Request:
+        cmd = Explain.decode(req)
+        return {"explanation": self.explainer.explain(cmd.net)}
 
 
 async def serve(path: Path, commands: dict[str, control.Handler]) -> asyncio.Server | None:

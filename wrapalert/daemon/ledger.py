@@ -1,12 +1,14 @@
-"""The daemon's books: its counters, the refusals already counted (daemon/twins.py), and
-every change the state database must learn.
+"""The daemon's books: its counters, the refusals already counted (daemon/twins.py), what
+it saw of each recent source (daemon/sightings.py, for explain), and every change the
+state database must learn.
 
 Group changes (`groups`: every aggregator writes into this one, a reload's too),
 counters, outbox entries and delivery results are staged here and written in
 one transaction by `commit`: every `commit_interval` (group commit), early when
 a flood fills the window (COMMIT_EVERY datagrams: `accepted`), at once when a
 digest is queued or delivered, and before a reload hands state over. `load`
-reads back what the last run left, in the shapes the parts restore from.
+reads back what the last run left, in the shapes the parts restore from; `close`
+saves the sightings too (a clean stop only: see sightings.py for why).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from wrapalert.clock import Clock
+from wrapalert.daemon.sightings import Sightings
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Snapshot, Store
 from wrapalert.daemon.twins import Twins
@@ -45,6 +48,7 @@ class Ledger:
         self.stats = Stats()
         self.groups = Changes()  # the groups changed since the last commit, any aggregator's
         self.twins = Twins()  # refusals seen, whose hook's second copy is dropped (intake)
+        self.sightings = Sightings(clock.now())  # each recent source, for explain
         self.since_commit = 0  # events accepted since: a flood commits early
         self._saved_counters = ""
         self._scan_log = LogLimit(now=clock.now)
@@ -54,6 +58,9 @@ class Ledger:
         snap = self.store.load()
         self.stats.restore(snap.counters)
         self.twins.restore(self.store.twins(), self.clock.now())
+        saved = self.store.sightings()
+        if saved is not None and not self.sightings.restore(saved):
+            log.warning("sightings_unreadable", note="explain starts with no memory of sources")
         self._saved_counters = json.dumps(self.stats.to_dict(), sort_keys=True)
         states: dict[str, WorkerState] = defaultdict(WorkerState)
         for name in sinks:
@@ -81,6 +88,11 @@ class Ledger:
             self._saved_counters = counters
         self.since_commit = 0
         return store.commit()
+
+    def close(self) -> bool:
+        """The last commit, at a clean stop: what `commit` writes, and the sightings."""
+        self.store.stage_sightings(self.sightings.export())
+        return self.commit()
 
     def accepted(self, datagrams: int) -> None:
         """Datagrams intake read: past COMMIT_EVERY since the last commit, commit now (a
@@ -110,6 +122,7 @@ class Ledger:
 
     def scan_found(self, found: ScanSignal) -> None:
         self.stats.scans += 1
+        self.sightings.scan(found)
         allowed, suppressed = self._scan_log.allow(found.kind)
         if allowed:
             log.warning(

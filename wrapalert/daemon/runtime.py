@@ -124,6 +124,7 @@ class RuntimeBuilder:
             forwarders=sinks.forwarders,
             scan_takers=sinks.scan_takers,
             ban=ban,
+            sighter=ledger.sightings,
             previous=previous.pipeline if previous is not None else None,
         )
         return Runtime(cfg, sinks, pipeline, scheduler)

@@ -1,8 +1,9 @@
 """The daemon: its composition root and its lifecycle shell.
 
 `Server` builds each long-lived part once: the state database, the ledger
-(counters, the refusals already counted, the group changes to commit), the
-silence book, the ban book and the witness; and the first runtime (sinks,
+(counters, the refusals already counted, each recent source for explain, the
+group changes to commit), the silence book, the ban book, the witness and the
+explainer (`wrapalert explain`, daemon/explain.py); and the first runtime (sinks,
 pipeline, scheduler: daemon/runtime.py), which the reloader holds and a reload
 replaces whole (daemon/reload.py).
 
@@ -40,6 +41,7 @@ from wrapalert.clock import Clock, SystemClock
 from wrapalert.config import Config
 from wrapalert.daemon import api, metrics, systemd
 from wrapalert.daemon.bans import Bans
+from wrapalert.daemon.explain import Explainer
 from wrapalert.daemon.intake import Intake, take_socket
 from wrapalert.daemon.ledger import DeliveryHook, Ledger
 from wrapalert.daemon.reload import Reloader, checked
@@ -82,6 +84,13 @@ class Server:
         )
         first = builder.build(cfg, built=sinks)
         self.reloader = Reloader(builder, first, ledger=self.ledger, bans=self.bans)
+        self.explainer = Explainer(
+            sightings=self.ledger.sightings,
+            bans=self.bans,
+            silences=self.silences,
+            runtimes=self.reloader,
+            clock=self.clock,
+        )
         self.intake: Intake | None = None
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -186,7 +195,7 @@ class Server:
             self.bans.load()
             yield snap.spool_seen
         finally:
-            self.ledger.commit()
+            self.ledger.close()
             self.store.close()
 
     @contextlib.contextmanager
@@ -272,7 +281,7 @@ class Server:
     @contextlib.asynccontextmanager
     async def _control(self) -> AsyncIterator[None]:
         path = self.cfg.daemon.control_socket
-        server = await api.serve(path, api.commands(self, self.silences, self.bans))
+        server = await api.serve(path, api.commands(self, self.silences, self.bans, self.explainer))
         try:
             yield
         finally:

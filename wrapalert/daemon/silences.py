@@ -15,13 +15,14 @@ expiry, so the per-event check costs nothing once none is active.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import structlog
 
 from wrapalert.clock import Clock
 from wrapalert.daemon.store import Store
-from wrapalert.match import Matcher, MatcherError
+from wrapalert.match import Fields, IPNetwork, Matcher, MatcherError
 from wrapalert.model import Event
 
 log = structlog.get_logger()
@@ -46,7 +47,7 @@ class Silence:
     def active(self, now: float) -> bool:
         return self.created <= now < self.expires
 
-    def matches(self, event: Event) -> bool:
+    def matches(self, event: Fields) -> bool:
         return all(m.matches(event) for m in self.matchers)
 
 
@@ -120,6 +121,17 @@ class Silences:
         now = self.clock.now()
         return [s for s in self.live if s.active(now)]
 
+    def matching(self, reports: Iterable[Fields], net: IPNetwork) -> list[Silence]:
+        """The silences in force that mute one of `reports` (what `wrapalert explain`
+        remembers of a source), or whose matchers all name client networks overlapping
+        `net` (they mute its next report, whatever it is)."""
+        reports = list(reports)
+        return [
+            s
+            for s in self.in_force()
+            if any(s.matches(r) for r in reports) or _names_only(s.matchers, net)
+        ]
+
     def expire(self, silence_id: int) -> Silence:
         """End an active silence now (SilenceError: no active silence has that id)."""
         now = self.clock.now()
@@ -134,3 +146,9 @@ class Silences:
     def _prune(self, now: float) -> None:
         self.live = [s for s in self.live if s.expires > now]
         self._next_expiry = min((s.expires for s in self.live), default=float("inf"))
+
+
+def _names_only(matchers: Iterable[Matcher], net: IPNetwork) -> bool:
+    """Whether every matcher names a client network, each overlapping `net`."""
+    nets = [m.network for m in matchers]
+    return all(n is not None and n.version == net.version and n.overlaps(net) for n in nets)

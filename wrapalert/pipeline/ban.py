@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from wrapalert.banrule import BanRule
 from wrapalert.pipeline.stage import Flow
@@ -70,6 +71,11 @@ class BanCounter:
         self.young.pop(target, None)
         self.old.pop(target, None)
 
+    def counted(self, target: str, now: float) -> int:
+        """The target's refusals counted within the window ending at `now`."""
+        times = self.young.get(target) or self.old.get(target) or ()
+        return sum(t > now - self.window for t in times)
+
     def __len__(self) -> int:
         return len(self.young) + len(self.old)
 
@@ -101,6 +107,23 @@ class ScanCounter:
             return 0  # so fewer than `daemons` names are kept, each within the window
         del self.young[addr]
         return len(seen)
+
+    def counted(self, addr: str, now: float) -> int:
+        """The daemons that refused `addr` within the window ending at `now`."""
+        seen = self.young.get(addr) or self.old.get(addr) or {}
+        return sum(t >= now - self.rule.window for t in seen.values())
+
+
+@dataclass(frozen=True)
+class BanProgress:
+    """How near a source is to a ban, as the stage counts (for `wrapalert explain`)."""
+
+    refusals: int  # the target's handshake-proven trusted refusals within `window`
+    threshold: int
+    window: float
+    daemons: int  # daemons that refused the address within `scan_window` (scans)
+    scan_daemons: int  # daemons that make a scan ban it at once (0: scans do not ban)
+    scan_window: float
 
 
 class BanStage:
@@ -136,6 +159,18 @@ class BanStage:
         scans = previous.scans
         if scans is not None and self.scans is not None and scans.rule == self.scans.rule:
             self.scans = scans
+
+    def progress(self, target: str, addr: str, now: float) -> BanProgress:
+        """What the stage has counted toward a ban of `target` (and, for scans, of `addr`)."""
+        scans = self.scans
+        return BanProgress(
+            refusals=self.counter.counted(target, now),
+            threshold=self.rule.threshold,
+            window=self.rule.window,
+            daemons=scans.counted(addr, now) if scans is not None else 0,
+            scan_daemons=scans.rule.daemons if scans is not None else 0,
+            scan_window=scans.rule.window if scans is not None else 0.0,
+        )
 
     def __call__(self, flow: Flow) -> Flow:
         event = flow.event

@@ -1,5 +1,5 @@
-"""The event pipeline, built once from a validated Config: [ban] -> mute -> route ->
-aggregate -> scan -> forward, each a `Stage` (pipeline/stage.py).
+"""The event pipeline, built once from a validated Config: sight -> [ban] -> mute ->
+route -> aggregate -> scan -> forward, each a `Stage` (pipeline/stage.py).
 
 Intake hands every accepted event to `EventPipeline.accept`. `build` derives the
 stages from the Config around the parts it is given (the aggregator, the silence
@@ -37,6 +37,25 @@ class Books(Protocol):
         ...
 
     def scan_found(self, found: ScanSignal) -> None: ...
+
+
+class Sighter(Protocol):
+    """What remembers each recent source for `wrapalert explain` (daemon/sightings.py)."""
+
+    def saw(self, event: Event) -> None: ...
+
+
+class SightStage:
+    """Every accepted event, muted ones too, is remembered for explain; none stops here."""
+
+    __slots__ = ("saw",)
+
+    def __init__(self, sighter: Sighter) -> None:
+        self.saw = sighter.saw
+
+    def __call__(self, flow: Flow) -> Flow:
+        self.saw(flow.event)
+        return flow
 
 
 class MuteStage:
@@ -132,13 +151,16 @@ def build(
     forwarders: Mapping[str, ForwardWorker],
     scan_takers: Sequence[ForwardWorker] = (),
     ban: BanStage | None = None,
+    sighter: Sighter | None = None,
     previous: EventPipeline | None = None,
 ) -> EventPipeline:
-    """The pipeline for `cfg`. `ban` (the nftables sink's stage, pipeline/ban.py) goes
-    first: before mute, so a silence hides a source from digests but never shields it
-    from a ban, and before any rate limit. `scan_takers`: the forwarders that take
-    "scan" records."""
+    """The pipeline for `cfg`. `sighter` (explain's memory) sees every event first. `ban`
+    (the nftables sink's stage, pipeline/ban.py) goes next: before mute, so a silence
+    hides a source from digests but never shields it from a ban, and before any rate
+    limit. `scan_takers`: the forwarders that take "scan" records."""
     stages: list[Stage] = []
+    if sighter is not None:
+        stages.append(SightStage(sighter))
     if ban is not None:
         ban.carry_over(previous.ban if previous else None)
         stages.append(ban)
