@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from helpers import Mailbox, Running, make_config, send_refusals
+from helpers import Mailbox, Running, event, make_config, send_refusals
 from timing import VirtualClock, run
 
 from wrapalert import config
@@ -22,6 +22,8 @@ from wrapalert.daemon.server import Server
 from wrapalert.model import Digest
 from wrapalert.sinks.base import DIGESTS, Built
 from wrapalert.sinks.jsonl import JsonlSinkConfig
+from wrapalert.sinks.maildir import MaildirSinkConfig
+from wrapalert.sinks.nftables import NftablesSinkConfig
 
 SLACK = 0.05  # virtual seconds: the loop's idle threshold and the commit tick
 
@@ -180,3 +182,37 @@ def test_reload_hands_groups_and_forwarding_to_the_new_pipeline(sockdir: Path) -
     assert digest.events == 5
     lines = (sockdir / "events.jsonl").read_text().splitlines()
     assert [json.loads(line)["type"] for line in lines] == ["event"] * 5
+
+
+def test_a_repeat_offenders_bans_grow_as_the_running_daemon_expires_them(sockdir: Path) -> None:
+    """On virtual time, the whole daemon (a dry-run nftables sink: no kernel): three
+    verified refusals ban a source for ban_for (1 h); the book's own timer ends it at
+    1 h (also a dry-run ban's: the book once slept past it until something woke it); the
+    next three ban it for 2 h, its 2nd ban, ended at 2 h; then 4 h. Refusals while a ban
+    holds are not counted (the stage's settled targets)."""
+    nft = NftablesSinkConfig(mode="dry-run", threshold=3, ban_for=3600.0)
+    cfg = make_config(sockdir, MaildirSinkConfig(path=sockdir / "Maildir"), nft)
+    clock = VirtualClock()
+
+    async def scenario() -> list[tuple[int, float, int]]:
+        server = Server(cfg, clock=clock)
+        made: list[tuple[int, float, int]] = []
+        async with Running(server):
+            for _ in range(3):
+                start = clock.now()
+                for _ in range(6):  # three count; three more while banned do not
+                    server.reloader.accept(
+                        event(addr="203.0.113.7", at=clock.now(), transport="tcp")
+                    )
+                (ban,) = server.bans.in_force()
+                made.append((ban.nth, ban.until - ban.since, round(ban.since - start)))
+                await asyncio.sleep(ban.until - clock.now() - 1)
+                for _ in range(3):
+                    if not server.bans.policy.active:  # the book's timer, not ours, ends it
+                        break
+                    await asyncio.sleep(1)
+                assert ban.until <= clock.now() <= ban.until + 1 + SLACK
+        return made
+
+    made = run(scenario())
+    assert made == [(1, 3600.0, 0), (2, 7200.0, 0), (3, 14400.0, 0)]

@@ -200,7 +200,7 @@ def _silences(answer: dict[str, Any]) -> list[str]:
     for s in silences[:SILENCE_ROWS]:
         comment = f" ({clean(s['comment'])})" if s["comment"] else ""
         matchers = " ".join(clean(m) for m in s["matchers"])
-        lines.append(f"Silenced by #{s['id']}: {matchers} until {stamp(s['expires'])}{comment}")
+        lines.append(f"Silenced by #{s['id']} until {stamp(s['expires'])}: {matchers}{comment}")
     if len(silences) > SILENCE_ROWS:
         lines.append(f"  ... and {len(silences) - SILENCE_ROWS:,} more silence(s)")
     return lines

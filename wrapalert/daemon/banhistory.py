@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-MAX_PER_TARGET = 32
-MAX_TARGETS = 50_000
+MAX_PER_TARGET = 16
+MAX_TARGETS = 20_000
 
 
 class BanHistory:

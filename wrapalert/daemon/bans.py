@@ -59,7 +59,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 NOTES_MAX = 100
 PRUNE_EVERY = 3600.0  # seconds between two prunings of the ban history
-MAX_HISTORY_ROWS = MAX_TARGETS * 4  # ban_history rows kept at most (the newest)
+MAX_HISTORY_ROWS = MAX_TARGETS * 4  # ban_history rows kept at most, the newest (80,000)
 STATUS_BUDGET = 2.0  # seconds `status` waits for the kernel's answer, else says the last one
 EXPLAIN_LOG = 20  # ban log lines `wrapalert explain` is given at most, the newest
 
@@ -174,7 +174,7 @@ class Bans:
             self._recorded(decision, now, counted=decision.nth > 0)
             if not decision.dry_run:
                 self._to_add[target] = decision.until
-                self._wake.set()
+            self._wake.set()  # its expiry may be the soonest (a dry-run one's too)
 
     # -- what the book records --------------------------------------------------------
 

@@ -237,13 +237,11 @@ def _ban_detail(ban: Ban) -> str:
 
 
 def _progress(p: BanProgress) -> str:
-    """ "7 of 10 verified refusals in the last 10 min" (and the scan's count, if scans ban)."""
+    """ "7 of 10 verified refusals in the last 10 min" (and, if scans ban, "; scan: 1 of 3
+    daemons in 10 min")."""
     text = f"{p.refusals:,} of {p.threshold:,} verified refusals in the last {duration(p.window)}"
     if p.scan_daemons:
-        text += (
-            f"; refused by {p.daemons} of the {p.scan_daemons} daemons a scan needs "
-            f"in {duration(p.scan_window)}"
-        )
+        text += f"; scan: {p.daemons} of {p.scan_daemons} daemons in {duration(p.scan_window)}"
     return text
 
 

@@ -11,8 +11,9 @@ accepted event, muted ones too: a silence hides a source from digests, not
 from explain), and by the scan stage's signals (through the ledger). Built
 once (the ledger's, like the twins): a reload keeps it.
 
-Bounded, written down: three memories of recent sources, each forgetting the
-one seen least recently first:
+Bounded, written down: three memories of recent sources, each of two
+generations (a source not reported again within the last half of its bound's
+new sources is forgotten, with its generation):
 
 * `verified`: trusted reports the kernel vouched for (tcp), MAX_VERIFIED
   sources;
@@ -70,14 +71,27 @@ class Seen:
         self.udp = 0
 
 
-class Source:
-    """One address in one memory: its daemons, and its latest report's other values."""
+class Source(Seen):
+    """One address in one memory: its first daemon's reports (itself: most sources are
+    refused by one daemon, and a flood of new ones then costs one object each), the
+    other daemons' in `more`, and its latest report's other values (LATEST)."""
 
-    __slots__ = ("daemons", "latest")
+    __slots__ = ("daemon", "latest", "more")
 
-    def __init__(self) -> None:
-        self.daemons: dict[str, Seen] = {}
+    def __init__(self, daemon: str, first: float) -> None:
+        self.count = 0
+        self.first = first
+        self.last = first
+        self.tcp = 0
+        self.udp = 0
+        self.daemon = daemon
+        self.more: dict[str, Seen] | None = None
         self.latest: tuple[str, ...] = ()
+
+    def daemons(self) -> Iterator[tuple[str, Seen]]:
+        yield self.daemon, self
+        if self.more:
+            yield from self.more.items()
 
 
 @dataclass(frozen=True)
@@ -109,39 +123,71 @@ class Sighting:
 
 
 class _Memory:
-    """Sources by address, least recently seen first, at most `limit`."""
+    """Sources by address, at most `limit`, in two generations (as the ban stage's counts,
+    pipeline/ban.py): a source seen goes to (or stays in) the young one; when the young
+    one is full it becomes the old one and the old one is forgotten. O(1) a report, no
+    reordering: a source reported again within the last limit/2 new ones is kept, one
+    that was not is forgotten with its generation."""
 
-    __slots__ = ("limit", "sources")
+    __slots__ = ("half", "old", "young")
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.sources: dict[str, Source] = {}
+        self.half = max(1, limit // 2)
+        self.young: dict[str, Source] = {}
+        self.old: dict[str, Source] = {}
 
     def saw(self, addr: str, event: Event) -> None:
-        sources = self.sources
-        source = sources.pop(addr, None)  # re-inserted last: seen most recently
-        if source is None:
-            if len(sources) >= self.limit:
-                del sources[next(iter(sources))]
-            source = Source()
-        sources[addr] = source
         fields = event.fields
-        daemons = source.daemons
-        daemon = fields.get("daemon", "unknown")
-        seen = daemons.get(daemon)
-        if seen is None:
-            if len(daemons) < MAX_DAEMONS - 1:
-                seen = daemons[daemon] = Seen(event.received)
-            elif (seen := daemons.get(OTHER)) is None:  # the last place: every other daemon
-                seen = daemons[OTHER] = Seen(event.received)
+        get = fields.get
+        daemon = get("daemon", "unknown")
+        at = event.received
+        source = self.young.get(addr)
+        if source is None:
+            source = self.old.pop(addr, None) or Source(daemon, at)
+            if len(self.young) >= self.half:
+                self.old, self.young = self.young, {}
+            self.young[addr] = source
+        seen: Seen = source
+        if source.daemon != daemon:
+            more = source.more
+            if more is None:
+                more = source.more = {}
+            found = more.get(daemon)
+            if found is None:
+                if len(more) < MAX_DAEMONS - 2:
+                    found = more[daemon] = Seen(at)
+                elif (found := more.get(OTHER)) is None:  # the last place: every other daemon
+                    found = more[OTHER] = Seen(at)
+            seen = found
         seen.count += 1
-        seen.last = event.received
+        seen.last = at
         transport = event.transport
         if transport == "tcp":
             seen.tcp += 1
         elif transport == "udp":
             seen.udp += 1
-        source.latest = tuple(fields.get(name, "unknown") for name in LATEST)
+        # LATEST's fields, written out: a generator here cost a third of the stage.
+        source.latest = (
+            get("client_name", "unknown"),
+            get("user", "unknown"),
+            get("server", "unknown"),
+            get("host", "unknown"),
+            get("verdict", "unknown"),
+        )
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        """Every source kept, the older generation first."""
+        return self.old | self.young
+
+    def keep(self, addr: str, source: Source) -> None:
+        """A source restored at start (oldest first, as `sources` gave them)."""
+        if len(self.young) >= self.half:
+            self.old, self.young = self.young, {}
+        self.young[addr] = source
+
+    def __len__(self) -> int:
+        return len(self.young) + len(self.old)
 
 
 class Sightings:
@@ -177,16 +223,17 @@ class Sightings:
         found: list[Sighting] = []
         single = net.num_addresses == 1
         for memory, trusted in self._memories():
+            sources = memory.sources
             if single:
                 # An address is stored as the wire normalised it: ipaddress's canonical text.
-                addrs = [a for a in (str(net.network_address),) if a in memory.sources]
-                addrs += [a for a in memory.sources if "%" in a and _inside(a, net)]
+                addrs = [a for a in (str(net.network_address),) if a in sources]
+                addrs += [a for a in sources if "%" in a and _inside(a, net)]
             else:
-                addrs = [a for a in memory.sources if _inside(a, net)]
+                addrs = [a for a in sources if _inside(a, net)]
             for addr in addrs:
-                source = memory.sources[addr]
+                source = sources[addr]
                 latest = tuple(zip(LATEST, source.latest, strict=False))
-                for daemon, seen in source.daemons.items():
+                for daemon, seen in source.daemons():
                     found.append(
                         Sighting(
                             addr,
@@ -216,7 +263,7 @@ class Sightings:
         return found
 
     def __len__(self) -> int:
-        return sum(len(m.sources) for m, _ in self._memories())
+        return sum(len(m) for m, _ in self._memories())
 
     def _memories(self) -> Iterator[tuple[_Memory, bool]]:
         yield self.verified, True
@@ -231,7 +278,7 @@ class Sightings:
         for name in ("verified", "unverified", "untrusted"):
             memory: _Memory = getattr(self, name)
             memories[name] = [
-                [addr, list(source.latest), [_seen(d, s) for d, s in source.daemons.items()]]
+                [addr, list(source.latest), [_seen(d, s) for d, s in source.daemons()]]
                 for addr, source in memory.sources.items()
             ]
         return {
@@ -248,15 +295,20 @@ class Sightings:
             memories = data["memories"]  # type: ignore[index]
             for name in ("verified", "unverified", "untrusted"):
                 memory: _Memory = getattr(restored, name)
-                for addr, latest, daemons in memories.get(name, [])[-memory.limit :]:
-                    source = Source()
-                    source.latest = tuple(str(v) for v in latest)[: len(LATEST)]
+                for addr, latest, daemons in memories.get(name, [])[-2 * memory.half :]:
+                    source: Source | None = None
                     for daemon, count, first, last, tcp, udp in daemons[:MAX_DAEMONS]:
-                        seen = Seen(float(first))
+                        seen: Seen
+                        if source is None:
+                            seen = source = Source(str(daemon), float(first))
+                        else:
+                            seen = Seen(float(first))
+                            source.more = (source.more or {}) | {str(daemon): seen}
                         seen.count, seen.last = int(count), float(last)
                         seen.tcp, seen.udp = int(tcp), int(udp)
-                        source.daemons[str(daemon)] = seen
-                    memory.sources[str(addr)] = source
+                    if source is not None:
+                        source.latest = tuple(str(v) for v in latest)[: len(LATEST)]
+                        memory.keep(str(addr), source)
             for values in data["scans"][-MAX_SCANS:]:  # type: ignore[index]
                 signal = ScanSignal.from_tuple(tuple(str(v) for v in values))
                 if signal is not None:
