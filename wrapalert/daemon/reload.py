@@ -24,9 +24,9 @@ from pathlib import Path
 import structlog
 
 from wrapalert import config as config_mod
-from wrapalert.confparse import ConfigError
 from wrapalert import userns
 from wrapalert.config import Config
+from wrapalert.confparse import ConfigError
 from wrapalert.daemon import systemd
 from wrapalert.daemon.bans import Bans
 from wrapalert.daemon.ledger import Ledger
@@ -128,7 +128,7 @@ class Reloader:
         self.bans.configure(runtime.sinks.banner)  # the new ban stage follows its rule
         if runtime.sinks.take_over(old.sinks):
             self.ledger.store.stage_retry_failed()
-        old.scheduler.retire()
+        old.retire()
         self.runtime = runtime
         self.accept = runtime.pipeline.accept
         self.trusted_uids = frozenset(new.daemon.trusted_uids)

@@ -38,7 +38,6 @@ import structlog
 
 from wrapalert.clock import Clock, SystemClock
 from wrapalert.config import Config
-from wrapalert.confparse import ConfigError
 from wrapalert.daemon import api, metrics, systemd
 from wrapalert.daemon.bans import Bans
 from wrapalert.daemon.intake import Intake, take_socket
@@ -110,13 +109,17 @@ class Server:
 
     def status(self) -> dict[str, object]:
         runtime = self.runtime
-        return self.stats.as_dict(
-            groups=len(runtime.aggregator.groups),
-            pending_events=runtime.aggregator.pending_events,
-            outbox=runtime.sinks.outbox,
-            sinks=runtime.sinks.status(),
-            state=self.store.health(),
-        ) | {"bans": self.bans.status(), "evidence": self.witness.status()}
+        return (
+            self.stats.as_dict(
+                groups=len(runtime.aggregator.groups),
+                pending_events=runtime.aggregator.pending_events,
+                outbox=runtime.sinks.outbox,
+                sinks=runtime.sinks.status(),
+                state=self.store.health(),
+            )
+            | {"bans": self.bans.status(), "evidence": self.witness.status()}
+            | runtime.status()
+        )
 
     def flush(self) -> int:
         """Report every group with news now, whatever its timer says; how many events."""
