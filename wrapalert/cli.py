@@ -488,16 +488,14 @@ def hosts_deny_line(
     logger: str = hostsdeny.LOGGER,
 ) -> str:
     """This installation's line in one of its forms (`client`: the Python client alone)."""
-    socket, spool = cfg.daemon.socket, cfg.daemon.spool_dir
-    client = Path(notify.__file__).resolve()
-    if form == "logger":
-        return hostsdeny.logger_line(logger, socket, daemons=daemons, ident=ident)
-    if form == "durable":
-        return hostsdeny.durable_line(
-            python, client, logger=logger, daemons=daemons, ident=ident, socket=socket, spool=spool
-        )
-    return hostsdeny.spawn_line(
-        python, client, daemons=daemons, ident=ident, socket=socket, spool=spool
+    return hostsdeny.line(
+        form,
+        python,
+        socket=cfg.daemon.socket,
+        spool=cfg.daemon.spool_dir,
+        daemons=daemons,
+        ident=ident,
+        logger=logger,
     )
 
 
@@ -632,15 +630,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.count < 1 or not daemons or not addrs:
         print("wrapalert: simulate needs --count >= 1, a daemon and an address", file=sys.stderr)
         return EXIT_USAGE
-    line = hosts_deny_line(cfg, sys.executable, form=default_form())
+    line = hosts_deny_line(cfg, sys.executable, form=hostsdeny.default_form())
     return simulate(line, daemons, addrs, args.count)
-
-
-def default_form() -> hostsdeny.Form:
-    """The line `hosts-deny-line` prints by default, where this host has logger and
-    timeout; else the Python client alone (it needs neither)."""
-    tools = (hostsdeny.LOGGER, hostsdeny.TIMEOUT)
-    return "durable" if all(Path(t).exists() for t in tools) else "client"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -471,18 +471,18 @@ class _Parser:
 
     def _fleet(self, sinks: tuple[SinkConfig, ...]) -> None:
         """The nftables sink's `fleet` names an alertmanager sink: its peers share bans."""
-        from wrapalert.sinks.alertmanager import AlertmanagerSinkConfig  # noqa: PLC0415 - as above
-        from wrapalert.sinks.nftables import NftablesSinkConfig  # noqa: PLC0415 - as above
+        from wrapalert.sinks import registry  # noqa: PLC0415 - as above
 
         for i, sink in enumerate(sinks):
-            if not isinstance(sink, NftablesSinkConfig) or sink.fleet is None:
+            fleet = getattr(sink, "fleet", None)
+            if fleet is None:
                 continue
-            named = next((s for s in sinks if s.name == sink.fleet), None)
-            if not isinstance(named, AlertmanagerSinkConfig):
-                ours = [s.name for s in sinks if isinstance(s, AlertmanagerSinkConfig)]
+            named = next((s for s in sinks if s.name == fleet), None)
+            if named is None or registry.of(named).name != "alertmanager":
+                ours = [s.name for s in sinks if registry.of(s).name == "alertmanager"]
                 offer = f"alertmanager sinks: {ours}" if ours else "there is no alertmanager sink"
                 problem = "is not an alertmanager sink" if named else "names no sink"
-                raise self.error("sink", i, "fleet", f"{sink.fleet!r} {problem} ({offer})")
+                raise self.error("sink", i, "fleet", f"{fleet!r} {problem} ({offer})")
 
     def _digest_sinks(
         self, sinks: tuple[SinkConfig, ...], digest: DigestConfig, *, explicit: bool

@@ -153,3 +153,31 @@ def durable_line(
         python, client, ident=ident, socket=socket, spool=spool, settings=("wait=0",), hook_id=True
     )
     return _entry(daemons, [*first, "||", *fallback])
+
+
+def line(
+    form: Form,
+    python: str,
+    *,
+    socket: Path,
+    spool: Path,
+    daemons: str = "ALL",
+    ident: bool = False,
+    logger: str = LOGGER,
+) -> str:
+    """The line in one of its forms for the daemon at `socket` with its spool at `spool`
+    (`client`: the Python client alone; the client module is this installation's)."""
+    client = Path(notify.__file__).resolve()
+    if form == "logger":
+        return logger_line(logger, socket, daemons=daemons, ident=ident)
+    if form == "durable":
+        return durable_line(
+            python, client, logger=logger, daemons=daemons, ident=ident, socket=socket, spool=spool
+        )
+    return spawn_line(python, client, daemons=daemons, ident=ident, socket=socket, spool=spool)
+
+
+def default_form() -> Form:
+    """The line `hosts-deny-line` prints by default, where this host has logger and
+    timeout; else the Python client alone (it needs neither)."""
+    return "durable" if all(Path(t).exists() for t in (LOGGER, TIMEOUT)) else "client"

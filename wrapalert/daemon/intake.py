@@ -17,7 +17,6 @@ import contextlib
 import socket
 import stat
 import struct
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -26,10 +25,12 @@ from typing import Protocol
 import structlog
 
 from wrapalert import wire
+from wrapalert.clock import SYSTEM
 from wrapalert.daemon import systemd
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.twins import Twins
 from wrapalert.daemon.witness import Witness
+from wrapalert.logs import LogLimit
 from wrapalert.model import Event
 
 log = structlog.get_logger()
@@ -62,26 +63,6 @@ class Target(Protocol):
 
     @property
     def trusted_uids(self) -> frozenset[int]: ...
-
-
-class LogLimit:
-    """Allows `per_minute` log lines per key; suppressed lines are counted and reported."""
-
-    def __init__(self, per_minute: int = 10, now: Callable[[], float] = time.monotonic) -> None:
-        self.per_minute = per_minute
-        self.now = now
-        self.window: dict[str, tuple[float, int]] = {}
-
-    def allow(self, key: str) -> tuple[bool, int]:
-        """(may log now, lines suppressed since the last one logged)."""
-        now = self.now()
-        start, count = self.window.get(key, (now, 0))
-        if now - start >= 60:
-            start, suppressed = now, max(0, count - self.per_minute)
-            self.window[key] = (start, 1)
-            return True, suppressed
-        self.window[key] = (start, count + 1)
-        return count < self.per_minute, 0
 
 
 def take_socket(path: Path, mode: int) -> tuple[socket.socket, Path | None]:
@@ -137,7 +118,7 @@ class Intake:
         stats: Stats,
         twins: Twins,
         witness: Witness,
-        now: Callable[[], float] = time.time,
+        now: Callable[[], float] = SYSTEM.now,
     ) -> None:
         self.sock = sock
         self.target = target
@@ -145,7 +126,7 @@ class Intake:
         self.twins = twins
         self.witness = witness
         self.now = now
-        self.log_limit = LogLimit()
+        self.log_limit = LogLimit(now=now)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 
     @property

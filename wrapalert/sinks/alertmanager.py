@@ -53,7 +53,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from pathlib import Path
 
 import structlog
 
+from wrapalert.clock import SYSTEM
 from wrapalert.confkeys import (
     POSITIVE,
     TIMEOUT,
@@ -247,7 +247,7 @@ class AlertmanagerSink:
         cfg: AlertmanagerSinkConfig,
         *,
         host: str | None = None,
-        now: Callable[[], float] = time.time,
+        now: Callable[[], float] = SYSTEM.now,
     ) -> None:
         self.name = cfg.name
         self.peers = Peers.connect(cfg.access)  # ConfigError: the password or CA file
