@@ -36,7 +36,7 @@ from wrapalert.banrule import BanRule
 from wrapalert.clock import SystemClock
 from wrapalert.confparse import ConfigError, HttpUrl
 from wrapalert.daemon.bans import Bans
-from wrapalert.daemon.fleet import REPOST, Fleet, FleetSettings
+from wrapalert.daemon.fleet import Fleet, FleetSettings
 from wrapalert.daemon.server import Server
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store

@@ -312,11 +312,7 @@ class Bans:
             return
         self.fleet.forget(view, now)
         self._unfollow(view, now)
-        for addr, fleet_ban in view.wide.items():
-            if not self.fleet.remembered(addr, now):
-                why = "wider than this host bans without --force"
-                reason = fleet_reason(fleet_ban.hosts)
-                self._refused_fleet(Refusal(addr, reason, "wide", why, fleet_ban.until), now)
+        self._refuse_wide(view, now)
         news = 0  # targets not banned here yet: each costs a look at the shield
         for target, fleet_ban in view.bans.items():
             if self.fleet.excepted(target, fleet_ban) or self.fleet.remembered(target, now):
@@ -332,6 +328,14 @@ class Bans:
                 self._followed(decision, now)
         if self._to_add or self._to_delete:
             self._wake.set()
+
+    def _refuse_wide(self, view: View, now: float) -> None:
+        """Networks the fleet banned that this host's rule would not ban unforced."""
+        for addr, fleet_ban in view.wide.items():
+            if not self.fleet.remembered(addr, now):
+                why = "wider than this host bans without --force"
+                reason = fleet_reason(fleet_ban.hosts)
+                self._refused_fleet(Refusal(addr, reason, "wide", why, fleet_ban.until), now)
 
     def _unfollow(self, view: View, now: float) -> None:
         """Lift the fleet bans the fleet no longer holds (resolved, ended, or no longer
