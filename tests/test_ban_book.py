@@ -12,6 +12,7 @@ from helpers import LOGIND_SESSION
 
 from wrapalert.banrule import normalise_allow
 from wrapalert.clock import SystemClock
+from wrapalert.daemon.banpolicy import MAX_MANUAL
 from wrapalert.daemon.bans import Bans
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store
@@ -198,6 +199,22 @@ def test_ban_del_of_a_fleet_ban_keeps_it_lifted_while_the_fleet_keeps_it(tmp_pat
     assert bans.policy.active == {}
     bans.follow(view("203.0.113.7", until=9000.0), 1030.0)
     assert bans.policy.active["203.0.113.7"].until == 9000.0
+    assert bans.fleet.exceptions == {}
+
+
+def test_ban_del_of_a_fleet_ban_past_a_year_keeps_it_lifted(tmp_path: Path) -> None:
+    """A fleet ban ending past the year this host keeps one (a leaked credential's ban for
+    ten years) is held here for a year; `ban del` of it still holds while the fleet keeps
+    it, although the fleet's end lies past the one held here."""
+    bans = book(tmp_path, SystemClock(), follow=True, mode="dry-run")
+    decade = 1000.0 + 10 * 365 * 86400
+    bans.follow(view("203.0.113.7", until=decade), 1000.0)
+    assert bans.policy.active["203.0.113.7"].until == 1000.0 + MAX_MANUAL
+    assert asyncio.run(bans.remove("203.0.113.7")) == "203.0.113.7"
+    for now in (1015.0, 1030.0):
+        bans.follow(view("203.0.113.7", until=decade), now)
+        assert bans.policy.active == {}
+    bans.follow(view(), 1045.0)  # the fleet lifted it: the exception goes too
     assert bans.fleet.exceptions == {}
 
 

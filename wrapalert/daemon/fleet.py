@@ -26,7 +26,7 @@ two loops:
 Bounded, written down: an answer is read up to fleetwire.MAX_REPLY bytes (a longer
 one is that peer's failure, counted and logged); answers are parsed one at a time
 beside the event loop, and so is the view made of them (a full answer, some 17,000
-alerts: ~6x a bare json.loads of it, ~40 MB at its peak; bench/fleet_reply.py); the
+alerts: 6-7x a bare json.loads of it, ~40 MB at its peak; bench/fleet_reply.py); the
 book takes at most FOLLOW_BATCH new fleet bans per look (bans.py). Peer failures
 are logged when a peer's state changes, not at every try; an error in a round (a
 bug) is logged and that round skipped, never the end of the daemon.

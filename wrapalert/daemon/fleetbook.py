@@ -29,9 +29,10 @@ again).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterable
 
-from wrapalert.daemon.banpolicy import Ban, Refusal
+from wrapalert.daemon.banpolicy import MAX_MANUAL, Ban, Refusal
 from wrapalert.daemon.store import Store
 from wrapalert.fleetwire import FleetBan, Notice, View, reason_label
 
@@ -115,9 +116,12 @@ class FleetBook:
         return end is not None and ban.until <= end
 
     def except_(self, ban: Ban) -> None:
-        """`ban del` of a fleet ban: not followed again while that fleet ban lasts."""
+        """`ban del` of a fleet ban: not followed again while that fleet ban lasts. One
+        held here for the year at most (banpolicy.MAX_MANUAL) ends later in the fleet, at
+        a time not kept here: lifted while the fleet holds it at all."""
+        capped = ban.until >= ban.since + MAX_MANUAL
         self.exceptions.pop(ban.target, None)
-        self.exceptions[ban.target] = ban.until
+        self.exceptions[ban.target] = math.inf if capped else ban.until
         while len(self.exceptions) > MAX_REMEMBERED:
             del self.exceptions[next(iter(self.exceptions))]
         self.store.stage_fleet_exceptions(self.exceptions)
