@@ -11,6 +11,7 @@ import pytest
 from wrapalert.banrule import BanRule
 from wrapalert.fleetwire import (
     MAX_ALERTS,
+    MAX_NAMED,
     FleetBan,
     FleetReplyError,
     Notice,
@@ -199,6 +200,20 @@ def test_the_view_takes_other_hosts_bans_as_this_hosts_targets() -> None:
         "64:ff9b::c633:6407/128": FleetBan(("host-a",), NOW + 60),
     }
     assert set(view.wide) == {"203.0.113.0/24", "2001:db8::/32"}
+
+
+def test_a_ban_by_many_hosts_names_a_few_and_counts_the_rest() -> None:
+    """A forged answer naming 5,000 hosts for one address: the ban names MAX_NAMED of them
+    and counts the rest (its reason stays short and reads back those named); every host
+    still counts toward `min_hosts`."""
+    sightings = [Sighting(f"h{i:04}", "203.0.113.7", NOW + 60) for i in range(5000)]
+    view = fleet_view(sightings, BanRule(), me="me", min_hosts=5000)
+    ban = view.bans["203.0.113.7"]
+    assert ban.hosts == tuple(f"h{i:04}" for i in range(MAX_NAMED))
+    assert ban.more == 5000 - MAX_NAMED
+    assert ban.reason.endswith(f"h{MAX_NAMED - 1:04}, and {5000 - MAX_NAMED} more")
+    assert len(ban.reason) < 200
+    assert hosts_of(ban.reason) == ban.hosts
 
 
 def test_the_view_keeps_fleet_hosts_only_and_waits_for_min_hosts() -> None:

@@ -44,6 +44,9 @@ MAX_REPLY = 8 * 1024 * 1024
 MAX_ALERTS = 50_000  # alerts of one answer looked at; the rest counted "too_many"
 MAX_TIME_TEXT = 40  # characters of an RFC 3339 time ("2026-12-06T04:18:56.305123456+00:00")
 FLEET_PREFIX = "fleet: banned on "  # the reason of a ban this host follows
+# Hosts a fleet ban names (in its reason, saved, noted, shown); the rest are counted. A
+# forged answer may name thousands of hosts for one address: no reason grows with it.
+MAX_NAMED = 16
 
 Alert = dict[str, object]
 
@@ -59,9 +62,10 @@ def reason_label(reason: str) -> str:
     return "scan" if reason.startswith("scan") else "threshold"
 
 
-def fleet_reason(hosts: Iterable[str]) -> str:
-    """The reason of a ban this host follows: "fleet: banned on H1, H2"."""
-    return FLEET_PREFIX + ", ".join(hosts)
+def fleet_reason(hosts: Iterable[str], more: int = 0) -> str:
+    """The reason of a ban this host follows: "fleet: banned on H1, H2" (", and 3 more"
+    past MAX_NAMED hosts)."""
+    return FLEET_PREFIX + ", ".join(hosts) + (f", and {more} more" if more else "")
 
 
 def hosts_of(reason: str) -> tuple[str, ...] | None:
@@ -201,8 +205,13 @@ def _moment(value: object) -> float | None:
 class FleetBan:
     """A ban to follow here: the hosts that banned the target, and the latest end."""
 
-    hosts: tuple[str, ...]  # sorted
+    hosts: tuple[str, ...]  # sorted, the first MAX_NAMED
     until: float
+    more: int = 0  # hosts past MAX_NAMED that banned it too
+
+    @property
+    def reason(self) -> str:
+        return fleet_reason(self.hosts, self.more)
 
 
 @dataclass
@@ -246,7 +255,8 @@ def fleet_view(
 
 
 def _ban(by: dict[str, float]) -> FleetBan:
-    return FleetBan(tuple(sorted(by)), max(by.values()))
+    names = sorted(by)
+    return FleetBan(tuple(names[:MAX_NAMED]), max(by.values()), max(0, len(names) - MAX_NAMED))
 
 
 def rfc3339(seconds: float) -> str:

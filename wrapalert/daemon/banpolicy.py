@@ -128,13 +128,14 @@ class BanPolicy:
     # -- the fleet's bans ----------------------------------------------------------
 
     def follow(
-        self, target: str, hosts: tuple[str, ...], until: float, now: float
+        self, target: str, hosts: tuple[str, ...], until: float, now: float, *, more: int = 0
     ) -> Ban | Refusal | None:
-        """A ban other hosts made (`hosts`, ending at `until`), for this host to follow:
+        """A ban other hosts made (`hosts`, and `more` not named; ending at `until`), for
+        this host to follow:
         the ban to record (new, or one in force with other hosts or another end), the
         Refusal this host's rules give (not remembered here), or None when nothing
         changes (the same fleet ban, or a ban of this host's own, which stands)."""
-        reason = fleet_reason(hosts)
+        reason = fleet_reason(hosts, more)
         current = self.active.get(target)
         # A year at most, as a ban by hand: counted from the ban's start, so it holds still.
         until = min(until, (now if current is None else current.since) + MAX_MANUAL)

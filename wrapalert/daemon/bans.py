@@ -51,7 +51,7 @@ from wrapalert.daemon.control import TEST_ALERT_BUDGET
 from wrapalert.daemon.fleetbook import FleetBook
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store
-from wrapalert.fleetwire import View, fleet_reason, hosts_of
+from wrapalert.fleetwire import View, hosts_of
 from wrapalert.model import BanNote
 from wrapalert.pipeline.retry import Backoff
 from wrapalert.shield import Shield
@@ -321,7 +321,9 @@ class Bans:
                 if news >= FOLLOW_BATCH:
                     continue  # the next look takes the rest: the event loop is not held
                 news += 1
-            decision = self.policy.follow(target, fleet_ban.hosts, fleet_ban.until, now)
+            decision = self.policy.follow(
+                target, fleet_ban.hosts, fleet_ban.until, now, more=fleet_ban.more
+            )
             if isinstance(decision, Refusal):
                 self._refused_fleet(decision, now)
             elif decision is not None:
@@ -334,8 +336,8 @@ class Bans:
         for addr, fleet_ban in view.wide.items():
             if not self.fleet.remembered(addr, now):
                 why = "wider than this host bans without --force"
-                reason = fleet_reason(fleet_ban.hosts)
-                self._refused_fleet(Refusal(addr, reason, "wide", why, fleet_ban.until), now)
+                refusal = Refusal(addr, fleet_ban.reason, "wide", why, fleet_ban.until)
+                self._refused_fleet(refusal, now)
 
     def _unfollow(self, view: View, now: float) -> None:
         """Lift the fleet bans the fleet no longer holds (resolved, ended, or no longer
