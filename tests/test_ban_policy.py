@@ -244,26 +244,33 @@ def test_a_ban_by_hand_lasts_as_given_and_counts(tmp_path: Path) -> None:
 
 
 def test_a_fleet_ban_counts_only_for_a_source_this_host_banned_before(tmp_path: Path) -> None:
-    """Origin "fleet": a source never banned here gets the fleet's time and does not
-    count; one this host banned before is a repeat, at least its own next length, and
-    counts (so this host's next ban grows again)."""
+    """Origin "fleet" (`follow`): a source never banned here gets the fleet's time and
+    does not count; one this host banned before is a repeat, at least its own next length
+    (also when the fleet's end moves), and counts (so this host's next ban grows again)."""
     clock = ManualClock()
     rules = policy(tmp_path, ban_for=HOUR)
     stranger = rules.growth("198.51.100.9", clock.now(), origin="fleet", given=900.0)
     assert (stranger.seconds, stranger.nth, stranger.counts) == (900.0, 0, False)
-    fleet = rules.decide(
-        "198.51.100.9", "fleet", clock.now(), origin="fleet", given=900.0, hosts=("h1",)
-    )
+    fleet = rules.follow("198.51.100.9", ("h1",), clock.now() + 900.0, clock.now())
     assert isinstance(fleet, Ban)
-    assert (fleet.nth, fleet.origin, fleet.hosts) == (0, "fleet", ("h1",))
+    assert (fleet.nth, fleet.origin, fleet.hosts, fleet.until - fleet.since) == (
+        0, "fleet", ("h1",), 900.0
+    )  # fmt: skip
+    assert rules.made(fleet) is False
     assert rules.history.times("198.51.100.9") == ()
     ban_and_expire(rules, clock, "203.0.113.7")
     repeat = rules.growth("203.0.113.7", clock.now(), origin="fleet", given=900.0)
     assert (repeat.seconds, repeat.nth) == (2 * HOUR, 2)
     long_fleet = rules.growth("203.0.113.7", clock.now(), origin="fleet", given=5 * HOUR)
     assert long_fleet.seconds == 5 * HOUR  # the fleet's own time when it is longer
-    followed = rules.decide("203.0.113.7", "fleet", clock.now(), origin="fleet", given=900.0)
+    now = clock.now()
+    followed = rules.follow("203.0.113.7", ("h1",), now + 900.0, now)
     assert isinstance(followed, Ban)
+    assert (followed.nth, followed.until - followed.since) == (2, 2 * HOUR)
+    assert rules.made(followed) is True
+    moved = rules.follow("203.0.113.7", ("h1", "h2"), now + 1200.0, now + 60)
+    assert isinstance(moved, Ban)
+    assert (moved.nth, moved.until) == (2, now + 2 * HOUR)  # never below its own length
     clock.t = followed.until + 1
     rules.due(clock.now())
     assert ban_and_expire(rules, clock, "203.0.113.7").nth == 3
@@ -278,3 +285,103 @@ def test_dry_run_bans_count_and_adopted_ones_do_not(tmp_path: Path) -> None:
     assert ban_and_expire(rules, clock, "203.0.113.7").nth == 2
     rules.adopt({"198.51.100.7": 60.0}, clock.now())
     assert rules.history.times("198.51.100.7") == ()
+
+
+# -- the fleet's bans --------------------------------------------------------------------
+
+HOSTS = ("host-a", "host-b")
+
+
+def test_a_fleet_ban_is_followed_with_its_hosts_and_end(tmp_path: Path) -> None:
+    """Another host's ban becomes a ban of origin "fleet", naming its hosts, until the
+    fleet's end; the same fleet ban asked again changes nothing."""
+    now = ManualClock().now()
+    rules = policy(tmp_path, ban_for=60.0)
+    ban = rules.follow("203.0.113.7", HOSTS, now + 900, now)
+    assert ban == Ban(
+        "203.0.113.7", "fleet: banned on host-a, host-b", now, now + 900, False, "fleet", HOSTS, 0
+    )  # nth 0: not a repeat of this host's own ban
+    assert isinstance(ban, Ban)
+    rules.record(ban)
+    assert rules.followed == {"203.0.113.7"}
+    assert rules.follow("203.0.113.7", HOSTS, now + 900, now + 5) is None
+    later = rules.follow("203.0.113.7", ("host-a",), now + 1200, now + 5)
+    assert isinstance(later, Ban)
+    assert (later.since, later.until, later.hosts) == (now, now + 1200, ("host-a",))
+
+
+def test_this_hosts_rules_refuse_a_fleet_ban_and_remember_nothing(tmp_path: Path) -> None:
+    """The allowlist, this host's address and a session's peer refuse a fleet ban as they
+    refuse a local one; the refusal is not put in `settled`, so this host's own ban stage
+    still counts that source's refusals."""
+    now = ManualClock().now()
+    rules = policy(tmp_path, allow=("198.51.100.0/24",))
+    log_in(tmp_path)
+    refusals = [rules.follow(t, HOSTS, now + 900, now) for t in ("198.51.100.9", HOST, PEER)]
+    assert [r.why for r in refusals if isinstance(r, Refusal)] == [
+        "allowlisted",
+        "allowlisted",
+        "session",
+    ]
+    assert rules.settled == {}
+    assert rules.refused == {}
+
+
+def test_fleet_bans_take_at_most_half_of_max_bans(tmp_path: Path) -> None:
+    """With max_bans 4 the fleet gets two; this host's own still get the rest."""
+    now = ManualClock().now()
+    rules = policy(tmp_path, max_bans=4)
+    for i in range(2):
+        ban = rules.follow(f"203.0.113.{i}", HOSTS, now + 900, now)
+        assert isinstance(ban, Ban)
+        rules.record(ban)
+    third = rules.follow("203.0.113.9", HOSTS, now + 900, now)
+    assert isinstance(third, Refusal)
+    assert (third.why, third.detail) == ("cap", "fleet bans take at most half of max_bans 4")
+    assert isinstance(rules.decide("198.51.100.1", "3 refusals", now), Ban)
+    assert isinstance(rules.decide("198.51.100.2", "3 refusals", now), Ban)
+
+
+def test_a_ban_of_this_hosts_own_stands_against_the_fleets(tmp_path: Path) -> None:
+    """A target this host banned itself is not made a fleet ban (nor its end moved); a ban
+    by hand of a followed target makes it this host's own."""
+    now = ManualClock().now()
+    rules = policy(tmp_path)
+    own = rules.decide("203.0.113.7", "3 refusals", now)
+    assert isinstance(own, Ban)
+    assert rules.follow("203.0.113.7", HOSTS, now + 9999, now) is None
+    followed = rules.follow("203.0.113.8", HOSTS, now + 900, now)
+    assert isinstance(followed, Ban)
+    rules.record(followed)
+    mine = rules.by_hand("203.0.113.8", None, now, force=False)
+    rules.record(mine)
+    assert rules.active["203.0.113.8"].origin == "local"
+    assert rules.followed == set()
+
+
+def test_a_fleet_ban_lasts_a_year_at_most(tmp_path: Path) -> None:
+    """An endsAt far away (a broken or hostile peer) is cut to a year from the ban's start,
+    and stays so at later looks."""
+    now = ManualClock().now()
+    rules = policy(tmp_path)
+    ban = rules.follow("203.0.113.7", HOSTS, now + 1e12, now)
+    assert isinstance(ban, Ban)
+    assert ban.until == now + banpolicy.MAX_MANUAL
+    rules.record(ban)
+    assert rules.follow("203.0.113.7", HOSTS, now + 1e12, now + 3600) is None
+
+
+def test_fleet_bans_are_lifted_once_the_rule_no_longer_follows(tmp_path: Path) -> None:
+    """follow = false (a reload): the fleet bans in force are among the forbidden."""
+    now = ManualClock().now()
+    rules = policy(tmp_path, follow=True)
+    ban = rules.follow("203.0.113.7", HOSTS, now + 900, now)
+    assert isinstance(ban, Ban)
+    rules.record(ban)
+    assert rules.forbidden() == []
+    rules.rule = BanRule(follow=False)
+    assert [(b.target, why) for b, why in rules.forbidden()] == [
+        ("203.0.113.7", "the fleet is no longer followed (follow = false)")
+    ]
+    rules.lift("203.0.113.7")
+    assert rules.followed == set()

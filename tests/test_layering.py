@@ -25,6 +25,7 @@ DOMAIN = frozenset(
     {  # rules and texts every part shares, below configuration
         "confkeys", "model", "scanrule", "story", "digest_view", "mail", "logs", "shield",
         "checkhosts", "hostsaccess", "lockout", "hookinstall", "hostsdeny", "simulate",
+        "fleetwire",
     }
 )  # fmt: skip
 COMMANDS = frozenset({"cli", "demo", "preview", "manpage", "explainview"})  # the command line

@@ -132,6 +132,7 @@ class BanRule:
     ban_growth: float = 2.0  # each earlier ban within ban_memory multiplies ban_for by this
     ban_memory: float = 30 * 86400.0  # seconds a ban is remembered as an earlier one (0: none)
     ban_max: float = 30 * 86400.0  # the longest a grown ban lasts
+    follow: bool = False  # bans other hosts made are followed (the fleet, daemon/fleet.py)
     _nets: tuple[IPNetwork, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

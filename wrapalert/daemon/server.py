@@ -118,13 +118,17 @@ class Server:
 
     def status(self) -> dict[str, object]:
         runtime = self.runtime
-        return self.stats.as_dict(
-            groups=len(runtime.aggregator.groups),
-            pending_events=runtime.aggregator.pending_events,
-            outbox=runtime.sinks.outbox,
-            sinks=runtime.sinks.status(),
-            state=self.store.health(),
-        ) | {"bans": self.bans.status(), "evidence": self.witness.status()}
+        return (
+            self.stats.as_dict(
+                groups=len(runtime.aggregator.groups),
+                pending_events=runtime.aggregator.pending_events,
+                outbox=runtime.sinks.outbox,
+                sinks=runtime.sinks.status(),
+                state=self.store.health(),
+            )
+            | {"bans": self.bans.status(), "evidence": self.witness.status()}
+            | runtime.status()
+        )
 
     def flush(self) -> int:
         """Report every group with news now, whatever its timer says; how many events."""
