@@ -264,6 +264,28 @@ def build_parser() -> argparse.ArgumentParser:
     hosts.add_argument("--allow", type=Path, default=HOSTS_ALLOW, metavar="FILE")
     hosts.add_argument("--deny", type=Path, default=HOSTS_DENY, metavar="FILE")
 
+    canary = sub.add_parser(
+        "canary",
+        help="prove the hook path end to end: real libwrap runs each hook rule's spawn for a "
+        "test connection, and the daemon must receive its event (exit 1 naming each rule "
+        "that failed); as root",
+        description="For each rule of hosts.deny (and hosts.allow) that runs wrapalert's hook, "
+        "make real libwrap decide a connection by that rule (sshd or the rule's daemon, from a "
+        "documentation address such as 192.0.2.254 or a client the rule names), so its real "
+        "spawn line runs; the running daemon, told to expect it, counts it apart (never a "
+        "digest, a ban or a scan). Exit 0 when every rule's event arrived within --timeout, "
+        "else 1, naming the rules that failed (and the daemon sends an alarm-off notice). The "
+        "result shows in wrapalert status and the metrics.",
+    )
+    _config_arg(canary)
+    canary.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for the events (default 5, at most 8)",
+    )
+
     sim = sub.add_parser(
         "simulate",
         help="refuse connections through real libwrap with this installation's hosts.deny line",
@@ -292,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="text part (with the subject), HTML part, or the whole message (default text)",
     )
     preview.add_argument(
+        "--notice",
+        choices=("alarm-off", "alarm-on", "quiet"),
+        default=None,
+        help="print a sample notice of this kind instead of a digest (what the hook watch, the "
+        "canary and the quiet watch send)",
+    )
+    preview.add_argument(
         "--events",
         type=Path,
         default=None,
@@ -316,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         "check-config": cmd_check_config,
         "check-hosts": cmd_check_hosts,
         "simulate": cmd_simulate,
+        "canary": cmd_canary,
         "demo": cmd_demo,
         "preview": cmd_preview,
         "status": cmd_status,
@@ -479,17 +509,12 @@ def hosts_deny_line(
     logger: str = hostsdeny.LOGGER,
 ) -> str:
     """This installation's line in one of its forms (`client`: the Python client alone)."""
-    socket, spool = cfg.daemon.socket, cfg.daemon.spool_dir
-    client = Path(notify.__file__).resolve()
-    if form == "logger":
-        return hostsdeny.logger_line(logger, socket, daemons=daemons, ident=ident)
-    if form == "durable":
-        return hostsdeny.durable_line(
-            python, client, logger=logger, daemons=daemons, ident=ident, socket=socket, spool=spool
-        )
-    return hostsdeny.spawn_line(
-        python, client, daemons=daemons, ident=ident, socket=socket, spool=spool
-    )
+    return install(cfg, python).line(daemons, ident, form, logger)
+
+
+def install(cfg: config.Config, python: str) -> hostsdeny.Install:
+    """What this configuration's line names, with `python` as the hook's interpreter."""
+    return hostsdeny.Install.here(python, cfg.daemon.socket, cfg.daemon.spool_dir)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -558,20 +583,8 @@ def cmd_check_hosts(args: argparse.Namespace) -> int:
     from wrapalert import checkhosts
 
     cfg = config.load(args.config)
-
-    def line(daemons: str, ident: bool, form: hostsdeny.Form) -> str:  # noqa: FBT001 - checkhosts' callback shape
-        return hosts_deny_line(cfg, sys.executable, daemons=daemons, ident=ident, form=form)
-
-    command = "wrapalert hosts-deny-line"
-    if args.config is not None:
-        command += f" -c {args.config}"
-    installation = checkhosts.Installation(
-        client=Path(notify.__file__).resolve(),
-        socket=cfg.daemon.socket,
-        spool=cfg.daemon.spool_dir,
-        line=line,
-        command=command,
-    )
+    command = hostsdeny.line_command(args.config)
+    installation = checkhosts.Installation.of(install(cfg, sys.executable), command)
     findings = checkhosts.check_files(args.allow, args.deny, installation)
     edit = command
     if args.allow != HOSTS_ALLOW:
@@ -625,6 +638,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     line = hosts_deny_line(cfg, sys.executable, form=default_form())
     return simulate(line, daemons, addrs, args.count)
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    from wrapalert import canary
+
+    if not 0 < args.timeout <= 8:
+        print("wrapalert: --timeout is more than 0 and at most 8 seconds", file=sys.stderr)
+        return EXIT_USAGE
+    return canary.run(config.load(args.config), args.timeout)
 
 
 def default_form() -> hostsdeny.Form:
@@ -688,9 +710,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def status_exit(status: dict[str, Any]) -> int:
-    """`wrapalert status`'s exit code: 1 when something needs a person (a sink's digests
-    set aside, a state held in memory only, bans the kernel does not hold, banning on but
-    no source verifiable)."""
+    """`wrapalert status`'s exit code: 1 when something needs a person (the alarm is off:
+    refusals no longer reach the daemon; a sink's digests set aside, a state held in memory
+    only, bans the kernel does not hold, banning on but no source verifiable)."""
+    if (status.get("hook") or {}).get("ok") is False:
+        return EXIT_PROBLEM
     state = status.get("state", {})
     failing = any(s.get("held_failed") for s in status.get("sinks", {}).values())
     # Banning is on but no source can be verified (the kernel does not answer): off, in fact.
@@ -728,12 +752,46 @@ def _evidence_lines(evidence: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _hook_lines(hook: dict[str, Any]) -> list[str]:
+    """Whether refusals reach the daemon: ALARM OFF with each problem first (it is why
+    status exits 1), the canary's last run, the quiet daemons."""
+    if not hook:
+        return []
+    lines = []
+    watching = hook.get("watching") or []
+    if hook.get("ok") is False:
+        lines.append("ALARM OFF       refused connections no longer reach wrapalert:")
+        for p in hook.get("problems") or []:
+            where = f"{p['path']} line {p['line']}" if p.get("line") else p["path"]
+            lines.append(f"                {printable(where)}: {printable(str(p['message']))}")
+            lines.append(f"                  fix: {printable(str(p['fix']))}")
+    elif watching:
+        lines.append(f"hook            ok ({', '.join(map(printable, watching))} watched)")
+    else:
+        lines.append("hook            not watched ([hook] watch = false)")
+    canary = hook.get("canary") or {}
+    if canary.get("last_run") is None:
+        lines.append("canary          never run (wrapalert canary)")
+    else:
+        success = canary.get("last_success")
+        last = f"last passed {_local(success)}" if success else "never passed"
+        verdict = "passed" if canary.get("ok") else "FAILED"
+        lines.append(f"canary          {verdict} at {_local(canary['last_run'])} ({last})")
+    for q in hook.get("quiet") or []:
+        lines.append(
+            f"quiet           {printable(str(q['daemon']))}: no refusals since "
+            f"{_local(q['last_seen'])}"
+        )
+    return lines
+
+
 def format_status(status: dict[str, Any]) -> str:
     """The status object as a few aligned lines for a terminal."""
     rejected = status["rejected"]
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) or "none"
     fallbacks = status.get("syslog_fallbacks", {})
     lines = [
+        *_hook_lines(status.get("hook") or {}),
         (
             f"received        {status['received']:>10,}   (untrusted {status['untrusted']:,}, "
             f"from spool {status['spooled']:,})"
@@ -928,6 +986,13 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.config)
     logs.configure("kv", "warning")  # template errors go to stderr, not into the preview
+    if args.notice is not None:
+        if args.events is not None:
+            print("wrapalert: --notice and --events do not go together", file=sys.stderr)
+            return EXIT_USAGE
+        sys.stdout.buffer.write(preview.preview_notice(cfg, args.notice, args.format))
+        sys.stdout.flush()
+        return EXIT_OK
     try:
         out = preview.preview(cfg, args.events, args.format)
     except preview.EventsError as exc:

@@ -54,6 +54,8 @@ def parse_duration(value: object) -> float:
         raise TypeError(f"bad duration {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
+    elif value == "0":  # "off" for the keys where 0 means off: zero needs no unit
+        seconds = 0.0
     elif isinstance(value, str) and value and _DURATION.sub("", value) == "":
         seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(value))
     else:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -153,3 +154,55 @@ def durable_line(
         python, client, ident=ident, socket=socket, spool=spool, settings=("wait=0",), hook_id=True
     )
     return _entry(daemons, [*first, "||", *fallback])
+
+
+@dataclass(frozen=True)
+class Install:
+    """What an installation's line names: the interpreter and client the hook runs, the
+    daemon's socket and spool. `line` prints its entry in any form (`wrapalert
+    hosts-deny-line`); the linter compares a table's line with it (checkhosts)."""
+
+    python: str
+    client: Path
+    socket: Path
+    spool: Path
+
+    @classmethod
+    def here(cls, python: str, socket: Path, spool: Path) -> Install:
+        """This installation's: its own client (notify.py where this package is)."""
+        return cls(python, Path(notify.__file__).resolve(), socket, spool)
+
+    def line(
+        self,
+        daemons: str = "ALL",
+        ident: bool = False,  # noqa: FBT001, FBT002 - checkhosts.Installation's callback shape
+        form: Form = "client",
+        logger: str = LOGGER,
+    ) -> str:
+        """This installation's entry in `form` (`client`: the Python client alone)."""
+        if form == "logger":
+            return logger_line(logger, self.socket, daemons=daemons, ident=ident)
+        if form == "durable":
+            return durable_line(
+                self.python,
+                self.client,
+                logger=logger,
+                daemons=daemons,
+                ident=ident,
+                socket=self.socket,
+                spool=self.spool,
+            )
+        return spawn_line(
+            self.python,
+            self.client,
+            daemons=daemons,
+            ident=ident,
+            socket=self.socket,
+            spool=self.spool,
+        )
+
+
+def line_command(config_path: Path | None) -> str:
+    """`wrapalert hosts-deny-line`, with -c FILE when another config file is in use."""
+    command = "wrapalert hosts-deny-line"
+    return command if config_path is None else f"{command} -c {config_path}"

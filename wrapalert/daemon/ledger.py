@@ -1,5 +1,5 @@
-"""The daemon's books: its counters, the refusals already counted (daemon/twins.py), and
-every change the state database must learn.
+"""The daemon's books: its counters, the refusals already counted (daemon/twins.py), who
+reported them (daemon/activity.py), and every change the state database must learn.
 
 Group changes (`groups`: every aggregator writes into this one, a reload's too),
 counters, outbox entries and delivery results are staged here and written in
@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from wrapalert.clock import Clock
+from wrapalert.daemon.activity import SAVE_EVERY, Activity
 from wrapalert.daemon.intake import LogLimit
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Snapshot, Store
@@ -45,6 +46,8 @@ class Ledger:
         self.stats = Stats()
         self.groups = Changes()  # the groups changed since the last commit, any aggregator's
         self.twins = Twins()  # refusals seen, whose hook's second copy is dropped (intake)
+        self.activity = Activity()  # trusted refusals per daemon and day (intake counts)
+        self._activity_saved = float("-inf")
         self.since_commit = 0  # events accepted since: a flood commits early
         self._saved_counters = ""
         self._scan_log = LogLimit()
@@ -54,6 +57,7 @@ class Ledger:
         snap = self.store.load()
         self.stats.restore(snap.counters)
         self.twins.restore(self.store.twins(), self.clock.now())
+        self.activity.restore(self.store.value("activity"))
         self._saved_counters = json.dumps(self.stats.to_dict(), sort_keys=True)
         states: dict[str, WorkerState] = defaultdict(WorkerState)
         for name in sinks:
@@ -68,13 +72,18 @@ class Ledger:
                 state.last_error = row.failed_error
         return snap, dict(states)
 
-    def commit(self) -> bool:
-        """Stage what changed since the last commit and write it in one transaction."""
+    def commit(self, *, final: bool = False) -> bool:
+        """Stage what changed since the last commit and write it in one transaction
+        (`final`: at shutdown, the activity too, however recently it was saved)."""
         store = self.store
         for key, state in self.groups.take():
             store.stage_group(key, state)
         if self.twins.dirty:  # in the same transaction as the events they belong to
             store.stage_twins(self.twins.saved(self.clock.now()))
+        now = self.clock.now()
+        if self.activity.dirty and (final or now - self._activity_saved >= SAVE_EVERY):
+            store.stage_value("activity", self.activity.save())
+            self._activity_saved = now
         counters = json.dumps(self.stats.to_dict(), sort_keys=True)
         if counters != self._saved_counters:
             store.stage_counters(self.stats.to_dict())
