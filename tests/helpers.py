@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import ctypes.util
 import email
 import email.policy
 import json
@@ -1022,12 +1023,50 @@ UTMPDUMP = """\
 """  # noqa: E501 - utmpdump's own line format
 
 
+class _Utmp(ctypes.Structure):
+    """glibc's struct utmp on Linux (utmp(5)), declared from the manual page."""
+
+    _fields_ = (
+        ("ut_type", ctypes.c_short),
+        ("ut_pid", ctypes.c_int),
+        ("ut_line", ctypes.c_char * 32),
+        ("ut_id", ctypes.c_char * 4),
+        ("ut_user", ctypes.c_char * 32),
+        ("ut_host", ctypes.c_char * 256),
+        ("ut_exit", ctypes.c_short * 2),
+        ("ut_session", ctypes.c_int32),
+        ("ut_tv", ctypes.c_int32 * 2),
+        ("ut_addr_v6", ctypes.c_uint8 * 16),
+        ("unused", ctypes.c_char * 20),
+    )
+
+
 def utmp_file(tmp_path: Path, text: str = UTMPDUMP) -> Path:
-    """A utmp file written by utmpdump -r (util-linux, glibc's struct utmp)."""
-    require(shutil.which("utmpdump") is not None, "utmpdump is missing (util-linux)")
+    """A utmp file written in place by glibc itself (utmpname, pututline) from
+    utmpdump-style lines: an independent writer where util-linux no longer ships
+    utmpdump (Debian 13)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    assert ctypes.sizeof(_Utmp) == 384, "struct utmp is 384 bytes on Linux"
     path = tmp_path / "utmp"
-    with path.open("wb") as out:
-        subprocess.run(["utmpdump", "-r"], input=text.encode(), stdout=out, check=True)
+    path.write_bytes(b"")
+    assert libc.utmpname(os.fsencode(path)) == 0
+    libc.pututline.restype = ctypes.c_void_p
+    libc.setutent()
+    try:
+        for line in text.splitlines():
+            kind, pid, ident, user, tty, host, addr, _when = (
+                f.strip() for f in re.findall(r"\[([^\]]*)\]", line)
+            )
+            record = _Utmp(ut_type=int(kind), ut_pid=int(pid))
+            record.ut_line, record.ut_id = tty.encode(), ident.encode()
+            record.ut_user, record.ut_host = user.encode(), host.encode()
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            packed = socket.inet_pton(family, addr)
+            ctypes.memmove(record.ut_addr_v6, packed, len(packed))
+            assert libc.pututline(ctypes.byref(record)), os.strerror(ctypes.get_errno())
+    finally:
+        libc.endutent()
+        libc.utmpname(b"/var/run/utmp")
     return path
 
 

@@ -66,6 +66,7 @@ def test_what_is_saved_comes_back_and_a_damaged_document_costs_only_counts() -> 
     assert (again.days, again.last) == (activity.days, activity.last)
     again.seen("sshd", T0 + DAY + 1)  # counting goes on into the restored day
     assert again.days[int(T0 // DAY) + 1] == {"sshd": 2}
+    damaged: object
     for damaged in (None, [], {"days": 1}, {"days": {"x": {}}, "last": {"sshd": "soon"}}):
         broken = Activity()
         broken.restore(damaged)

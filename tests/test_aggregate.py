@@ -7,8 +7,8 @@ from dataclasses import replace
 from helpers import event
 
 from wrapalert.config import DigestConfig
-from wrapalert.model import MAX_DIGEST_GROUPS, Event, fold_reports
-from wrapalert.pipeline.aggregate import OVERFLOW, Aggregator
+from wrapalert.model import MAX_DIGEST_GROUPS, OVERFLOW, Event, fold_reports
+from wrapalert.pipeline.aggregate import Aggregator
 
 CFG = replace(
     DigestConfig(), group_wait=10.0, group_interval=300.0, repeat_interval=3600.0, batch_window=1.0

@@ -34,13 +34,17 @@ def make_elf(path: Path, needed: list[str], *, wide: bool = True, order: str = "
     size = dyn_off + len(dynamic)
     ident = b"\x7fELF" + bytes([2 if wide else 1, 1 if order == "<" else 2, 1]) + bytes(9)
     if wide:
-        header = struct.pack(order + "HHIQQQIHHHHHH", 3, 62, 1, 0, head_size, 0, 0, 64, 56, 2, 64, 0, 0)
+        header = struct.pack(
+            order + "HHIQQQIHHHHHH", 3, 62, 1, 0, head_size, 0, 0, 64, 56, 2, 64, 0, 0
+        )
         load = struct.pack(order + "IIQQQQQQ", 1, 5, 0, BASE, BASE, size, size, 0x1000)
         dyn_ph = struct.pack(
             order + "IIQQQQQQ", 2, 6, dyn_off, BASE + dyn_off, 0, len(dynamic), len(dynamic), 8
         )
     else:
-        header = struct.pack(order + "HHIIIIIHHHHHH", 3, 3, 1, 0, head_size, 0, 0, 52, 32, 2, 40, 0, 0)
+        header = struct.pack(
+            order + "HHIIIIIHHHHHH", 3, 3, 1, 0, head_size, 0, 0, 52, 32, 2, 40, 0, 0
+        )
         load = struct.pack(order + "IIIIIIII", 1, 0, BASE, BASE, size, size, 5, 0x1000)
         dyn_ph = struct.pack(
             order + "IIIIIIII", 2, dyn_off, BASE + dyn_off, 0, len(dynamic), len(dynamic), 6, 4
@@ -50,7 +54,11 @@ def make_elf(path: Path, needed: list[str], *, wide: bool = True, order: str = "
 
 
 @pytest.mark.parametrize(("wide", "order"), [(True, "<"), (True, ">"), (False, "<"), (False, ">")])
-def test_needed_reads_every_class_and_byte_order(tmp_path: Path, wide: bool, order: str) -> None:
+def test_needed_reads_every_class_and_byte_order(
+    tmp_path: Path,
+    wide: bool,  # noqa: FBT001 - a parameter
+    order: str,
+) -> None:
     path = make_elf(tmp_path / "prog", ["libwrap.so.0", "libc.so.6"], wide=wide, order=order)
     assert elflink.needed(path) == ["libwrap.so.0", "libc.so.6"]
 
@@ -67,7 +75,9 @@ def test_needed_is_what_readelf_lists(program: str) -> None:
     out = subprocess.run(
         ["readelf", "-d", "-W", program], capture_output=True, text=True, check=True
     ).stdout
-    assert elflink.needed(Path(program)) == re.findall(r"\(NEEDED\)\s+Shared library: \[(.*?)\]", out)
+    assert elflink.needed(Path(program)) == re.findall(
+        r"\(NEEDED\)\s+Shared library: \[(.*?)\]", out
+    )
 
 
 @pytest.mark.system

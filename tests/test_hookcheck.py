@@ -13,6 +13,7 @@ from helpers import PYTHON, libwrap_available, make_config, receiver, require
 from wrapalert import checkhosts, config, hookcheck, hostsdeny, notify
 from wrapalert.cli import hosts_deny_line
 from wrapalert.libwrap import LibWrap
+from wrapalert.notice import Problem
 from wrapalert.wire import parse
 
 ALLOW, DENY = "/etc/hosts.allow", "/etc/hosts.deny"
@@ -37,7 +38,7 @@ def line(cfg: config.Config) -> bytes:
 
 def problems(
     cfg: config.Config, allow: bytes | None, deny: bytes | None, reporters: tuple[str, ...] = ()
-) -> list[hookcheck.Problem]:
+) -> list[Problem]:
     tables = hookcheck.Tables(allow, deny, ALLOW, DENY)
     return hookcheck.problems(tables, installation(cfg), reporters)
 
@@ -70,9 +71,7 @@ def test_the_hook_line_without_its_final_newline_is_a_problem_of_that_line(
     assert problem.fix.startswith("end the file with a newline")
 
 
-def test_a_hook_line_naming_another_socket_is_a_problem(
-    cfg: config.Config, tmp_path: Path
-) -> None:
+def test_a_hook_line_naming_another_socket_is_a_problem(cfg: config.Config, tmp_path: Path) -> None:
     """The line of another configuration: its events go to a socket nobody reads."""
     other = make_config(tmp_path / "other")
     deny = hosts_deny_line(other, PYTHON, form="durable").encode() + b"\n"
@@ -110,9 +109,7 @@ def test_a_hook_line_warning_that_leaves_it_running_is_no_problem(
     assert problems(cfg, b"", other) == []
 
 
-def test_a_second_hook_line_behind_the_first_is_no_problem(
-    cfg: config.Config, line: bytes
-) -> None:
+def test_a_second_hook_line_behind_the_first_is_no_problem(cfg: config.Config, line: bytes) -> None:
     """The first hook line decides and reports: the second never runs, and need not."""
     client = hosts_deny_line(cfg, PYTHON, form="client").encode() + b"\n"
     assert problems(cfg, b"", line + client) == []
@@ -128,7 +125,7 @@ def test_a_second_hook_line_behind_the_first_is_no_problem(
     ],
 )
 def test_a_rule_that_decides_first_for_every_probe_of_a_family_shadows_the_hook(
-    cfg: config.Config, line: bytes, allow: bytes, deny_before: bytes, path: str, line_no: int
+    cfg: config.Config, line: bytes, *, allow: bytes, deny_before: bytes, path: str, line_no: int
 ) -> None:
     """hosts.allow allows (or an earlier hosts.deny rule refuses) every documentation
     address of a family before libwrap reads the hook: it never runs for them."""

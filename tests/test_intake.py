@@ -15,10 +15,11 @@ import pytest
 from helpers import Into, canary_book, receiver, send_datagrams, send_refusals
 
 from wrapalert.daemon.activity import Activity
-from wrapalert.daemon.intake import Intake, LogLimit, open_socket
+from wrapalert.daemon.intake import Intake, open_socket
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.twins import Twins
 from wrapalert.daemon.witness import Witness
+from wrapalert.logs import LogLimit
 from wrapalert.model import Event
 from wrapalert.wire import MAX_DATAGRAM, encode
 

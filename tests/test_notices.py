@@ -29,7 +29,7 @@ def notice(n: int = 0) -> Notice:
 class Refusing(Mailbox):
     """A mail sink that refuses every notice for good."""
 
-    async def send_notice(self, notice: Notice) -> None:
+    async def send_notice(self, _notice: Notice) -> None:
         raise PermanentSinkError("550 no such user")
 
 
@@ -46,7 +46,7 @@ async def until(post: Post, done: object) -> None:
     task = asyncio.create_task(post.run())
     try:
         async with asyncio.timeout(5):
-            while not done():  # type: ignore[operator]
+            while not done():  # type: ignore[operator]  # noqa: ASYNC110 - the post steps
                 await asyncio.sleep(0)
     finally:
         task.cancel()

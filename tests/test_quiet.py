@@ -53,7 +53,7 @@ class Watch:
         self.activity = Activity()
         in_force = replace(config.Config(), hook=hook)  # a Config has the `cfg` it asks for
         self.watch = QuietWatch(
-            _InForce(in_force), self.activity, self.post, self.store, clock, "web1"
+            _InForce(in_force), self.activity, self.post, self.store, clock, host="web1"
         )
         self.watch.load()
 

@@ -63,6 +63,32 @@ def test_silences_survive_a_restart_and_expire_for_good(tmp_path: Path) -> None:
     assert again.mutes(sshd(), clock.now())
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "not json",  # the row's JSON itself
+        '{"daemon": "sshd"}',  # JSON, but not a list of matchers
+        '["daemon=sshd", 7]',  # a list, but not of strings
+        '["no equals sign"]',  # strings no matcher parses
+    ],
+)
+def test_a_damaged_silence_costs_that_silence_not_the_start(tmp_path: Path, damage: str) -> None:
+    """A silence row whose matchers cannot be read is skipped (and said) at load; the other
+    silences load and mute as before, so a damaged database never stops the daemon."""
+    clock = ManualClock()
+    book = Silences(opened(tmp_path), clock)
+    kept = book.add(matchers("daemon=sshd"), 3600.0)
+    broken = book.add(matchers("daemon=vsftpd"), 3600.0)
+    assert book.store.db is not None
+    book.store.db.execute("UPDATE silences SET matchers = ? WHERE id = ?", (damage, broken.id))
+    book.store.db.commit()
+    book.store.close()
+    again = Silences(opened(tmp_path), clock)
+    again.load()
+    assert [s.id for s in again.in_force()] == [kept.id]
+    assert again.mutes(sshd(), clock.now())
+
+
 def test_without_a_state_database_a_silence_lives_in_memory(tmp_path: Path) -> None:
     """With the state unavailable a silence still mutes, under a negative id, not durable."""
     (tmp_path / "file").write_text("")

@@ -181,6 +181,57 @@ parses no options (an expansion may begin with '-'), writes nothing and always e
 """
 
 
+def _preview_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    preview = sub.add_parser(
+        "preview", help="print the digest for sample or given events, without sending it"
+    )
+    _config_arg(preview)
+    preview.add_argument(
+        "--format",
+        choices=("text", "html", "eml"),
+        default="text",
+        help="text part (with the subject), HTML part, or the whole message (default text)",
+    )
+    preview.add_argument(
+        "--notice",
+        choices=("alarm-off", "alarm-on", "quiet"),
+        default=None,
+        help="print a sample notice of this kind instead of a digest (what the hook watch, the "
+        "canary and the quiet watch send)",
+    )
+    preview.add_argument(
+        "--events",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="one event per line, e.g. `d=sshd a=192.0.2.1 n=host.example ago=5m count=3`",
+    )
+
+
+def _canary_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    canary = sub.add_parser(
+        "canary",
+        help="prove the hook path end to end: real libwrap runs each hook rule's spawn for a "
+        "test connection, and the daemon must receive its event (exit 1 naming each rule "
+        "that failed); as root",
+        description="For each rule of hosts.deny (and hosts.allow) that runs wrapalert's hook, "
+        "make real libwrap decide a connection by that rule (sshd or the rule's daemon, from a "
+        "documentation address such as 192.0.2.254 or a client the rule names), so its real "
+        "spawn line runs; the running daemon, told to expect it, counts it apart (never a "
+        "digest, a ban or a scan). Exit 0 when every rule's event arrived within --timeout, "
+        "else 1, naming the rules that failed (and the daemon sends an alarm-off notice). The "
+        "result shows in wrapalert status and the metrics.",
+    )
+    _config_arg(canary)
+    canary.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for the events (default 5, at most 8)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wrapalert",
@@ -264,27 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     hosts.add_argument("--allow", type=Path, default=HOSTS_ALLOW, metavar="FILE")
     hosts.add_argument("--deny", type=Path, default=HOSTS_DENY, metavar="FILE")
 
-    canary = sub.add_parser(
-        "canary",
-        help="prove the hook path end to end: real libwrap runs each hook rule's spawn for a "
-        "test connection, and the daemon must receive its event (exit 1 naming each rule "
-        "that failed); as root",
-        description="For each rule of hosts.deny (and hosts.allow) that runs wrapalert's hook, "
-        "make real libwrap decide a connection by that rule (sshd or the rule's daemon, from a "
-        "documentation address such as 192.0.2.254 or a client the rule names), so its real "
-        "spawn line runs; the running daemon, told to expect it, counts it apart (never a "
-        "digest, a ban or a scan). Exit 0 when every rule's event arrived within --timeout, "
-        "else 1, naming the rules that failed (and the daemon sends an alarm-off notice). The "
-        "result shows in wrapalert status and the metrics.",
-    )
-    _config_arg(canary)
-    canary.add_argument(
-        "--timeout",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="how long to wait for the events (default 5, at most 8)",
-    )
+    _canary_parser(sub)
 
     sim = sub.add_parser(
         "simulate",
@@ -303,30 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-simulate", action="store_true", help="do not send a first burst of simulated refusals"
     )
 
-    preview = sub.add_parser(
-        "preview", help="print the digest for sample or given events, without sending it"
-    )
-    _config_arg(preview)
-    preview.add_argument(
-        "--format",
-        choices=("text", "html", "eml"),
-        default="text",
-        help="text part (with the subject), HTML part, or the whole message (default text)",
-    )
-    preview.add_argument(
-        "--notice",
-        choices=("alarm-off", "alarm-on", "quiet"),
-        default=None,
-        help="print a sample notice of this kind instead of a digest (what the hook watch, the "
-        "canary and the quiet watch send)",
-    )
-    preview.add_argument(
-        "--events",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="one event per line, e.g. `d=sshd a=192.0.2.1 n=host.example ago=5m count=3`",
-    )
+    _preview_parser(sub)
     return parser
 
 
@@ -636,7 +644,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.count < 1 or not daemons or not addrs:
         print("wrapalert: simulate needs --count >= 1, a daemon and an address", file=sys.stderr)
         return EXIT_USAGE
-    line = hosts_deny_line(cfg, sys.executable, form=default_form())
+    line = hosts_deny_line(cfg, sys.executable, form=hostsdeny.default_form())
     return simulate(line, daemons, addrs, args.count)
 
 
@@ -647,13 +655,6 @@ def cmd_canary(args: argparse.Namespace) -> int:
         print("wrapalert: --timeout is more than 0 and at most 8 seconds", file=sys.stderr)
         return EXIT_USAGE
     return canary.run(config.load(args.config), args.timeout)
-
-
-def default_form() -> hostsdeny.Form:
-    """The line `hosts-deny-line` prints by default, where this host has logger and
-    timeout; else the Python client alone (it needs neither)."""
-    tools = (hostsdeny.LOGGER, hostsdeny.TIMEOUT)
-    return "durable" if all(Path(t).exists() for t in tools) else "client"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -777,11 +778,10 @@ def _hook_lines(hook: dict[str, Any]) -> list[str]:
         last = f"last passed {_local(success)}" if success else "never passed"
         verdict = "passed" if canary.get("ok") else "FAILED"
         lines.append(f"canary          {verdict} at {_local(canary['last_run'])} ({last})")
-    for q in hook.get("quiet") or []:
-        lines.append(
-            f"quiet           {printable(str(q['daemon']))}: no refusals since "
-            f"{_local(q['last_seen'])}"
-        )
+    lines.extend(
+        f"quiet           {printable(str(q['daemon']))}: no refusals since {_local(q['last_seen'])}"
+        for q in hook.get("quiet") or []
+    )
     return lines
 
 

@@ -1,9 +1,15 @@
-"""Time, injected: every part of the daemon asks one `Clock` for `now`, `sleep` and
-`timeout`, so timing logic runs on a virtual clock in tests (tests/clock.py).
+"""Time, from here only: every part of the daemon asks one `Clock` for `now`, `sleep`
+and `timeout`, so timing logic runs on a virtual clock in tests (tests/timing.py).
 
 `now` is wall-clock time (it is written into events, digests and the state
 database); `sleep` and `timeout` are the event loop's, which tests replace by
 a loop whose time jumps ahead whenever the loop is idle.
+
+Two readings are the kernel's and never virtual, and live here too so that no
+other module in daemon/, pipeline/ or sinks/ reads a clock of its own (a test,
+tests/test_layering.py, holds them to it): `wall`, for what is compared with the
+kernel's own timestamps (spool files' mtimes, Maildir file names), and
+`monotonic_usec`, which sd_notify's RELOADING message must carry.
 """
 
 from __future__ import annotations
@@ -42,3 +48,13 @@ class SystemClock:
 
 
 SYSTEM = SystemClock()
+
+
+def wall() -> float:
+    """The kernel's wall clock: for what the kernel itself stamps (file times)."""
+    return time.time()
+
+
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in microseconds (sd_notify's MONOTONIC_USEC)."""
+    return time.monotonic_ns() // 1000

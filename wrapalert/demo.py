@@ -12,8 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from wrapalert import config, logs
-from wrapalert.cli import default_form, hosts_deny_line
+from wrapalert import config, hostsdeny, logs
 from wrapalert.daemon.ledger import DeliveryHook
 from wrapalert.daemon.server import Server
 from wrapalert.mail import Renderer
@@ -51,7 +50,12 @@ def run_demo(directory: Path, *, simulate_first: bool = True) -> int:
         cfg_path.write_text(DEMO_CONFIG.format(dir=directory, uid=os.getuid()))
     cfg = config.load(cfg_path)
     logs.configure("kv", "info")
-    line = hosts_deny_line(cfg, sys.executable, form=default_form())
+    line = hostsdeny.line(
+        hostsdeny.default_form(),
+        sys.executable,
+        socket=cfg.daemon.socket,
+        spool=cfg.daemon.spool_dir,
+    )
     wrapalert = shlex.quote(str(Path(sys.executable).with_name("wrapalert")))
     simulate = f"{wrapalert} simulate -c {shlex.quote(str(cfg_path))}"
     print(

@@ -15,8 +15,7 @@ from typing import Any
 
 from wrapalert import story
 from wrapalert.match import highest, severity_rank
-from wrapalert.model import TIMELINE_BUCKET, Digest, GroupReport
-from wrapalert.pipeline.aggregate import OVERFLOW
+from wrapalert.model import OVERFLOW, TIMELINE_BUCKET, Digest, GroupReport
 from wrapalert.scanrule import network
 from wrapalert.story import SILENCE_FOR, Story, StoryRule, silence_command
 

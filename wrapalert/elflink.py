@@ -91,23 +91,7 @@ def needed(path: Path) -> list[str]:
     """The DT_NEEDED names of one ELF file (none for a static one); ElfError, OSError."""
     with path.open("rb") as f:
         layout = _layout(f.read(16))
-        fields = layout.header.unpack(_read(f, 16, layout.header.size))
-        phoff, phentsize, phnum = fields[4], fields[8], fields[9]
-        if phnum > MAX_PHNUM or (phnum and phentsize < layout.program.size):
-            raise ElfError("implausible program headers")
-        loads: list[tuple[int, int, int]] = []  # vaddr, filesz, offset
-        dynamic: tuple[int, int] | None = None  # offset, size
-        for i in range(phnum):
-            raw = _read(f, phoff + i * phentsize, layout.program.size)
-            entry = layout.program.unpack(raw)
-            if layout.wide:
-                kind, _, offset, vaddr, _, filesz = entry[:6]
-            else:
-                kind, offset, vaddr, _, filesz = entry[:5]
-            if kind == _PT_LOAD:
-                loads.append((vaddr, filesz, offset))
-            elif kind == _PT_DYNAMIC:
-                dynamic = (offset, filesz)
+        loads, dynamic = _segments(f, layout)
         if dynamic is None:
             return []  # statically linked: loads nothing
         names, strtab = [], None
@@ -125,6 +109,29 @@ def needed(path: Path) -> list[str]:
         if names and strtab is None:
             raise ElfError("DT_NEEDED without a string table")
         return [_string(f, strtab + n) for n in names] if strtab is not None else []
+
+
+def _segments(
+    f: BinaryIO, layout: _Layout
+) -> tuple[list[tuple[int, int, int]], tuple[int, int] | None]:
+    """The loaded segments (vaddr, filesz, offset) and the dynamic one (offset, size)."""
+    fields = layout.header.unpack(_read(f, 16, layout.header.size))
+    phoff, phentsize, phnum = fields[4], fields[8], fields[9]
+    if phnum > MAX_PHNUM or (phnum and phentsize < layout.program.size):
+        raise ElfError("implausible program headers")
+    loads: list[tuple[int, int, int]] = []
+    dynamic: tuple[int, int] | None = None
+    for i in range(phnum):
+        entry = layout.program.unpack(_read(f, phoff + i * phentsize, layout.program.size))
+        if layout.wide:
+            kind, _, offset, vaddr, _, filesz = entry[:6]
+        else:
+            kind, offset, vaddr, _, filesz = entry[:5]
+        if kind == _PT_LOAD:
+            loads.append((vaddr, filesz, offset))
+        elif kind == _PT_DYNAMIC:
+            dynamic = (offset, filesz)
+    return loads, dynamic
 
 
 def _file_offset(vaddr: int, loads: list[tuple[int, int, int]]) -> int:

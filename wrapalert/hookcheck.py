@@ -290,7 +290,7 @@ def clients(rule: HookRule) -> list[str]:
     return list(dict.fromkeys([*derived, *PROBES_V4, *PROBES_V6]))
 
 
-def address_in(token: str) -> str | None:  # noqa: PLR0911 - one return per pattern kind
+def address_in(token: str) -> str | None:
     """An address the libwrap pattern `token` matches, when it names addresses: `a.b.c.d`,
     `a.b.c.d/mask`, `a.b.c.d/len`, `a.b.`, `[v6]`, `[v6]/len`; None for names and keywords."""
     text, _, length = token.partition("/")

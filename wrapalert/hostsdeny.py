@@ -156,6 +156,36 @@ def durable_line(
     return _entry(daemons, [*first, "||", *fallback])
 
 
+def line(
+    form: Form,
+    python: str,
+    *,
+    socket: Path,
+    spool: Path,
+    daemons: str = "ALL",
+    ident: bool = False,
+    logger: str = LOGGER,
+    client: Path | None = None,
+) -> str:
+    """The line in one of its forms for the daemon at `socket` with its spool at `spool`
+    (`client`: the Python client alone; the client module is this installation's unless
+    `client` names another)."""
+    client = client or Path(notify.__file__).resolve()
+    if form == "logger":
+        return logger_line(logger, socket, daemons=daemons, ident=ident)
+    if form == "durable":
+        return durable_line(
+            python, client, logger=logger, daemons=daemons, ident=ident, socket=socket, spool=spool
+        )
+    return spawn_line(python, client, daemons=daemons, ident=ident, socket=socket, spool=spool)
+
+
+def default_form() -> Form:
+    """The line `hosts-deny-line` prints by default, where this host has logger and
+    timeout; else the Python client alone (it needs neither)."""
+    return "durable" if all(Path(t).exists() for t in (LOGGER, TIMEOUT)) else "client"
+
+
 @dataclass(frozen=True)
 class Install:
     """What an installation's line names: the interpreter and client the hook runs, the
@@ -180,25 +210,15 @@ class Install:
         logger: str = LOGGER,
     ) -> str:
         """This installation's entry in `form` (`client`: the Python client alone)."""
-        if form == "logger":
-            return logger_line(logger, self.socket, daemons=daemons, ident=ident)
-        if form == "durable":
-            return durable_line(
-                self.python,
-                self.client,
-                logger=logger,
-                daemons=daemons,
-                ident=ident,
-                socket=self.socket,
-                spool=self.spool,
-            )
-        return spawn_line(
+        return line(
+            form,
             self.python,
-            self.client,
-            daemons=daemons,
-            ident=ident,
             socket=self.socket,
             spool=self.spool,
+            daemons=daemons,
+            ident=ident,
+            logger=logger,
+            client=self.client,
         )
 
 

@@ -1,4 +1,5 @@
-"""structlog set-up, done once by the entry point.
+"""How the daemon logs: structlog set-up, done once by the entry point, and `LogLimit`,
+which keeps a flood from turning into a flood of log lines.
 
 Under systemd, stderr is a stream to journald, which stores every line at the
 unit's default priority (info) unless the line starts with `<N>`, a syslog
@@ -12,10 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 import structlog
+
+from wrapalert.clock import SYSTEM
 
 # structlog's method names -> syslog priorities (sd-daemon(3)).
 PRIORITY = {
@@ -75,3 +78,23 @@ def configure(fmt: str = "kv", level: str = "info", *, journal: bool | None = No
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+class LogLimit:
+    """Allows `per_minute` log lines per key; suppressed lines are counted and reported."""
+
+    def __init__(self, per_minute: int = 10, now: Callable[[], float] = SYSTEM.now) -> None:
+        self.per_minute = per_minute
+        self.now = now
+        self.window: dict[str, tuple[float, int]] = {}
+
+    def allow(self, key: str) -> tuple[bool, int]:
+        """(may log now, lines suppressed since the last one logged)."""
+        now = self.now()
+        start, count = self.window.get(key, (now, 0))
+        if now - start >= 60:
+            start, suppressed = now, max(0, count - self.per_minute)
+            self.window[key] = (start, 1)
+            return True, suppressed
+        self.window[key] = (start, count + 1)
+        return count < self.per_minute, 0

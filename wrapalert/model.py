@@ -69,6 +69,11 @@ class Tally:
         return tally
 
 
+# The key of the group past every roll-up level (and its untrusted twin): the aggregator
+# makes it, digests tell it apart.
+OVERFLOW = "(overflow)"
+
+
 @dataclass(frozen=True)
 class GroupReport:
     """What one group did since its last notification."""

@@ -145,22 +145,22 @@ class Canaries:
         log.info("canary_started", run=run.id, pid=pid, probes=len(parsed))
         return run
 
-    async def finish(  # noqa: PLR0913 - the request's parts, each checked here
+    async def finish(
         self,
         run_id: object,
         failures: object,
-        timeout: object,
+        seconds: object,
         unprobed: object = (),
         missing: object = None,
     ) -> dict[str, Any]:
-        """Wait (at most `timeout` seconds) for the run's refusals, then record its verdict.
+        """Wait (at most `seconds`) for the run's refusals, then record its verdict.
         `failures`: {probe index: why} the command could not make; `unprobed`: the hook
         rules it found no connection for (path, line, rule, why); `missing`: why it had no
         rule to probe at all."""
         run = self.runs.get(run_id) if isinstance(run_id, int) else None
         if run is None or run.finished is not None:
             raise CanaryError("no such canary run open (it expired, or was finished)")
-        wait = _seconds(timeout)
+        wait = _seconds(seconds)
         if not isinstance(unprobed, list | tuple) or len(unprobed) > MAX_PROBES:
             raise CanaryError(f"a canary run has a list of at most {MAX_PROBES} unprobed rules")
         others = [_rule(r) for r in unprobed]
@@ -310,6 +310,6 @@ def _text(value: object) -> str:
 
 
 def _seconds(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise CanaryError("a canary's timeout is a number of seconds")
     return min(float(value), MAX_WAIT)

@@ -20,7 +20,6 @@ import contextlib
 import socket
 import stat
 import struct
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -29,11 +28,13 @@ from typing import Protocol
 import structlog
 
 from wrapalert import wire
+from wrapalert.clock import SYSTEM
 from wrapalert.daemon import systemd
 from wrapalert.daemon.activity import Activity
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.twins import Twins
 from wrapalert.daemon.witness import Witness
+from wrapalert.logs import LogLimit
 from wrapalert.model import Event
 
 log = structlog.get_logger()
@@ -75,26 +76,6 @@ class Canary(Protocol):
     def expected(self) -> Mapping[tuple[str, str, str], object]: ...
 
     def claims(self, fields: dict[str, str]) -> bool: ...
-
-
-class LogLimit:
-    """Allows `per_minute` log lines per key; suppressed lines are counted and reported."""
-
-    def __init__(self, per_minute: int = 10, now: Callable[[], float] = time.monotonic) -> None:
-        self.per_minute = per_minute
-        self.now = now
-        self.window: dict[str, tuple[float, int]] = {}
-
-    def allow(self, key: str) -> tuple[bool, int]:
-        """(may log now, lines suppressed since the last one logged)."""
-        now = self.now()
-        start, count = self.window.get(key, (now, 0))
-        if now - start >= 60:
-            start, suppressed = now, max(0, count - self.per_minute)
-            self.window[key] = (start, 1)
-            return True, suppressed
-        self.window[key] = (start, count + 1)
-        return count < self.per_minute, 0
 
 
 def take_socket(path: Path, mode: int) -> tuple[socket.socket, Path | None]:
@@ -152,7 +133,7 @@ class Intake:
         witness: Witness,
         canary: Canary,
         activity: Activity,
-        now: Callable[[], float] = time.time,
+        now: Callable[[], float] = SYSTEM.now,
     ) -> None:
         self.sock = sock
         self.target = target
@@ -162,7 +143,7 @@ class Intake:
         self.canary = canary
         self.activity = activity
         self.now = now
-        self.log_limit = LogLimit()
+        self.log_limit = LogLimit(now=now)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 
     @property

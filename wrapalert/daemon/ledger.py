@@ -19,10 +19,10 @@ import structlog
 
 from wrapalert.clock import Clock
 from wrapalert.daemon.activity import SAVE_EVERY, Activity
-from wrapalert.daemon.intake import LogLimit
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Snapshot, Store
 from wrapalert.daemon.twins import Twins
+from wrapalert.logs import LogLimit
 from wrapalert.model import Digest
 from wrapalert.pipeline.aggregate import Changes
 from wrapalert.pipeline.deliver import WorkerState
@@ -50,7 +50,7 @@ class Ledger:
         self._activity_saved = float("-inf")
         self.since_commit = 0  # events accepted since: a flood commits early
         self._saved_counters = ""
-        self._scan_log = LogLimit()
+        self._scan_log = LogLimit(now=clock.now)
 
     def load(self, sinks: Iterable[str]) -> tuple[Snapshot, dict[str, WorkerState]]:
         """The last run's state, and each digest sink's outbox and cap as a WorkerState."""

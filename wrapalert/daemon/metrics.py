@@ -251,7 +251,9 @@ def _hook(hook: object, notices: object, canary_events: object) -> Iterator[str]
     )
     yield f"wrapalert_canary_last_success_timestamp_seconds {_number(success) or 0}\n"
     yield _family(
-        "wrapalert_canary_events_total", "counter", "The canary's refusals: counted apart, here only."
+        "wrapalert_canary_events_total",
+        "counter",
+        "The canary's refusals: counted apart, here only.",
     )
     yield f"wrapalert_canary_events_total {_number(canary_events) or 0}\n"
     quiet = hook.get("quiet")

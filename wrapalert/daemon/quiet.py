@@ -71,6 +71,7 @@ class QuietWatch:
         post: Post,
         store: Store,
         clock: Clock,
+        *,
         host: str,
     ) -> None:
         self.in_force = in_force

@@ -16,7 +16,6 @@ a config whose trusted uids this daemon's user namespace hides is refused
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -24,9 +23,10 @@ from pathlib import Path
 import structlog
 
 from wrapalert import config as config_mod
-from wrapalert.confparse import ConfigError
 from wrapalert import userns
+from wrapalert.clock import monotonic_usec
 from wrapalert.config import Config
+from wrapalert.confparse import ConfigError
 from wrapalert.daemon import systemd
 from wrapalert.daemon.bans import Bans
 from wrapalert.daemon.ledger import Ledger
@@ -111,7 +111,7 @@ class Reloader:
     def reload(self, path: Path | None) -> bool:
         """Re-read the config file at `path` (None: the default path); apply it, or keep
         the old one if it is bad. systemd hears of it (Type=notify-reload)."""
-        systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}")
         keeping = self.runtime.cfg.source
         try:
             new = load(path)

@@ -42,7 +42,6 @@ import structlog
 
 from wrapalert.clock import Clock, SystemClock
 from wrapalert.config import Config
-from wrapalert.confparse import ConfigError
 from wrapalert.daemon import api, metrics, systemd
 from wrapalert.daemon.alarm import Alarm
 from wrapalert.daemon.bans import Bans
@@ -106,7 +105,7 @@ class Server:
             command=line_command(config_path),
         )
         self.quiet = QuietWatch(
-            self.reloader, self.ledger.activity, self.post, self.store, self.clock, host
+            self.reloader, self.ledger.activity, self.post, self.store, self.clock, host=host
         )
         self.intake: Intake | None = None
         self.ready = asyncio.Event()

@@ -21,7 +21,7 @@ import structlog
 
 from wrapalert.clock import Clock
 from wrapalert.daemon.store import Store
-from wrapalert.match import Matcher
+from wrapalert.match import Matcher, MatcherError
 from wrapalert.model import Event
 
 log = structlog.get_logger()
@@ -85,16 +85,14 @@ class Silences:
 
     def load(self) -> None:
         """The silences still active in the state database (at start)."""
-        self.live = [
-            Silence(
-                row.id,
-                tuple(Matcher.parse(m) for m in row.matchers),
-                row.created,
-                row.expires,
-                row.comment,
-            )
-            for row in self.store.silences(self.clock.now())
-        ]
+        self.live = []
+        for row in self.store.silences(self.clock.now()):
+            try:
+                matchers = tuple(Matcher.parse(m) for m in row.matchers)
+            except MatcherError as exc:  # saved by an older version, or damaged
+                log.error("silence_unreadable", id=row.id, error=str(exc))
+                continue
+            self.live.append(Silence(row.id, matchers, row.created, row.expires, row.comment))
         self._next_expiry = min((s.expires for s in self.live), default=float("inf"))
 
     def add(self, matchers: tuple[Matcher, ...], seconds: float, comment: str = "") -> Silence:

@@ -48,7 +48,6 @@ import os
 import re
 import shutil
 import stat
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ from pathlib import Path
 import structlog
 
 from wrapalert import userns, wire
-from wrapalert.clock import Clock
+from wrapalert.clock import Clock, wall
 from wrapalert.daemon.intake import Intake
 from wrapalert.daemon.store import Store
 
@@ -140,7 +139,7 @@ class Spool:
 
     def ingest(self) -> None:
         """One pass, all on the calling thread (at start and at shutdown)."""
-        self.apply(self.scan(time.time(), self.taken | self.stuck))
+        self.apply(self.scan(wall(), self.taken | self.stuck))
         if gone := self.ready_to_remove():
             self.removed(remove_all(self.path, gone))
 
@@ -152,7 +151,7 @@ class Spool:
                 # The file system's part in a thread: a spool full of junk must not
                 # stall intake, timers and deliveries.
                 skip = self.taken | self.stuck
-                self.apply(await asyncio.to_thread(self.scan, time.time(), skip))
+                self.apply(await asyncio.to_thread(self.scan, wall(), skip))
                 if gone := self.ready_to_remove():
                     self.removed(await asyncio.to_thread(remove_all, self.path, gone))
             except Exception:  # a task boundary: hostile spool content must not stop us
@@ -163,7 +162,7 @@ class Spool:
     def scan(self, now: float, skip: set[str]) -> ScanResult:
         """The file-system work of a pass; changes no daemon state (runs in a thread).
 
-        `now` is the kernel's wall clock (time.time), never the daemon's injected one:
+        `now` is the kernel's wall clock (clock.wall), never the daemon's injected one:
         it is compared with file times."""
         trusted = sorted(self.intake.trusted)
         try:

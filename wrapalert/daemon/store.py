@@ -33,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from wrapalert.clock import SYSTEM
 from wrapalert.daemon.twins import Saved
 from wrapalert.model import BanNote, Digest, digest_from_json, digest_to_json
 
@@ -128,7 +129,7 @@ class Snapshot:
 class Store:
     """The one owner of state.db. Not thread-safe: used from the event loop only."""
 
-    def __init__(self, state_dir: Path, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, state_dir: Path, now: Callable[[], float] = SYSTEM.now) -> None:
         self.path = state_dir / DB_NAME
         self.now = now
         self.db: sqlite3.Connection | None = None
@@ -192,7 +193,7 @@ class Store:
             log.info("state_migrated", path=str(self.path), version=step + 1)
 
     def _move_aside(self, exc: Exception) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(self.now()))
         target = self.path.with_name(f"{DB_NAME}.corrupt-{stamp}")
         for suffix in ("", "-wal", "-shm"):
             source = Path(f"{self.path}{suffix}")
@@ -430,7 +431,18 @@ class Store:
             "ORDER BY id",
             (since,),
         )
-        return [SilenceRow(i, tuple(json.loads(m)), c, e, t) for i, m, c, e, t in rows]
+        found = []
+        for i, m, c, e, t in rows:
+            try:
+                matchers = json.loads(m)
+            except (TypeError, ValueError):
+                matchers = None
+            if not (isinstance(matchers, list) and all(isinstance(x, str) for x in matchers)):
+                # A damaged row costs that silence (said, once per start), never the start.
+                log.error("silence_unreadable", id=i, hint="wrapalert silence list; add it again")
+                continue
+            found.append(SilenceRow(i, tuple(matchers), c, e, str(t)))
+        return found
 
     def expire_silence(self, silence_id: int, now: float) -> bool:
         if self.db is None:

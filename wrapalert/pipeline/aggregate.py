@@ -43,6 +43,7 @@ from wrapalert.config import DigestConfig
 from wrapalert.match import DEFAULT_SEVERITY, severity_rank
 from wrapalert.model import (
     MAX_DETAIL,
+    OVERFLOW,
     TIMELINE_BUCKET,
     TIMELINE_MAX,
     Event,
@@ -54,7 +55,6 @@ from wrapalert.pipeline.sketch import Distinct
 from wrapalert.pipeline.stage import EVERYWHERE, Destination, Key
 from wrapalert.scanrule import ScanSignal
 
-OVERFLOW = "(overflow)"
 UNTRUSTED = "(untrusted)"
 LEVELS = ("exact", "network", "wide network", "overflow")
 _NARROW = {4: 3, 16: 8}  # bytes of the level-1 prefix, by address length

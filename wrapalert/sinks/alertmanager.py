@@ -52,7 +52,6 @@ import asyncio
 import json
 import re
 import socket
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -60,6 +59,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from wrapalert.clock import SYSTEM
 from wrapalert.confkeys import (
     POSITIVE,
     TIMEOUT,
@@ -179,7 +179,7 @@ class AlertmanagerSink:
         cfg: AlertmanagerSinkConfig,
         *,
         host: str | None = None,
-        now: Callable[[], float] = time.time,
+        now: Callable[[], float] = SYSTEM.now,
     ) -> None:
         self.name = cfg.name
         self.targets = [Target.of(url.under(API_PATH), timeout=cfg.timeout) for url in cfg.urls]

@@ -6,11 +6,11 @@ import asyncio
 import itertools
 import os
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wrapalert.clock import wall
 from wrapalert.confkeys import PathValue, mail_from, mail_to, setting, sink_name
 from wrapalert.model import Digest
 from wrapalert.notice import Notice
@@ -72,7 +72,7 @@ class MaildirSink:
             raise PermanentSinkError(f"maildir {self.path}: {exc}") from exc
         except OSError as exc:
             raise TransientSinkError(f"maildir {self.path}: {exc}") from exc
-        now = time.time()
+        now = wall()  # Maildir names are the kernel's time, as other deliverers write them
         host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
         # Microseconds zero-padded: within a second, names then sort in delivery order.
         name = f"{int(now)}.M{int(now * 1e6) % 1000000:06d}P{os.getpid()}Q{next(_seq)}.{host}"

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from wrapalert.clock import SYSTEM
 from wrapalert.confkeys import (
     TIMEOUT,
     Choice,
@@ -273,7 +274,7 @@ def record_time(record: dict[str, object]) -> float:
     stamp = record.get("last" if record.get("type") == "held" else "received")
     if isinstance(stamp, int | float) and not isinstance(stamp, bool) and 0 < stamp < 1e11:
         return float(stamp)
-    return time.time()
+    return SYSTEM.now()
 
 
 def rfc3164(record: dict[str, object], facility: int, ident: str, pid: int) -> bytes:
