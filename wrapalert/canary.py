@@ -159,7 +159,7 @@ def _report(result: dict[str, Any]) -> int:
         print(f"canary: FAILED: {_printable(str(result['missing']))}")
     total = len(probes) + len(result.get("unprobed") or [])
     passed = sum(p.get("after") is not None for p in probes)
-    if result.get("ok"):
+    if result.get("passed"):
         print(f"canary: every hook rule reached wrapalert ({passed} of {total})")
         return EXIT_OK
     print(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -185,7 +186,13 @@ def shadowing(
             ]
             if any(decided_by(d, hook) for d in decisions for hook in hooks):
                 continue
-            problem = _shadow(decisions[0], rule, daemon, candidates[0], tables)
+            # Named after the line that decides the most of them (an admin network that
+            # holds one documentation address is not the rule that shadows the rest).
+            votes = Counter((d.table, d.line) for d in decisions)
+            top = max(
+                range(len(decisions)), key=lambda i: votes[decisions[i].table, decisions[i].line]
+            )
+            problem = _shadow(decisions[top], rule, daemon, candidates[top], tables)
             if problem is not None and problem.key not in seen:
                 seen.add(problem.key)
                 yield problem

@@ -185,7 +185,7 @@ class Canaries:
             probes=len(run.probes),
         )
         return {
-            "ok": not problems,
+            "passed": not problems,  # not "ok": the control reply's own
             "probes": [
                 {
                     "where": p.where,
