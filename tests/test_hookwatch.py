@@ -28,7 +28,7 @@ from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store
 from wrapalert.notice import Notice
 
-SSHD = "/usr/sbin/sshd"
+TCPD = "/usr/sbin/tcpd"  # links libwrap on bookworm and trixie (sshd no longer does on trixie)
 
 
 class _InForce:
@@ -202,22 +202,22 @@ def _fake_service(directory: Path, name: str, source: str) -> None:
     shutil.copy(source, directory / name)
 
 
-@pytest.mark.skipif(not Path(SSHD).exists(), reason="sshd is missing (openssh-server)")
+@pytest.mark.skipif(not Path(TCPD).exists(), reason="tcpd is missing (apt-get install tcpd)")
 def test_a_service_that_stops_linking_libwrap_is_a_problem(tmp_path: Path) -> None:
-    """A service that reported links libwrap (a copy of this machine's sshd); then its
+    """A service that reported links libwrap (a copy of tcpd, by another name); then its
     binary is replaced by one that does not (/bin/true): one alarm-off naming it."""
     bins = tmp_path / "bin"
-    _fake_service(bins, "sshd", SSHD)
+    _fake_service(bins, "in.wrapped", TCPD)
     r = Rig(tmp_path, bin_dirs=(str(bins),))
-    r.activity.seen("sshd", r.clock.t)
+    r.activity.seen("in.wrapped", r.clock.t)
     r.poll()
     assert r.alarm.ok
-    assert r.watch.linked == {"sshd": True}
-    shutil.copy("/bin/true", bins / "sshd")
+    assert r.watch.linked == {"in.wrapped": True}
+    shutil.copy("/bin/true", bins / "in.wrapped")
     asyncio.run(r.watch.check_links())
     (notice,) = r.notices
     assert [(p.kind, p.path, p.key) for p in notice.problems] == [
-        ("unlinked", str(bins / "sshd"), "unlinked:sshd")
+        ("unlinked", str(bins / "in.wrapped"), "unlinked:in.wrapped")
     ]
 
 

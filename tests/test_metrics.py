@@ -235,7 +235,7 @@ def test_example_rules_pass_promtool() -> None:
         [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 8 rules found" in done.stdout
+    assert "SUCCESS: 10 rules found" in done.stdout
 
 
 RULE_TESTS = """\
