@@ -3,7 +3,7 @@
 Three watchers report what stops refusals reaching the daemon, each its own
 set of `Problem`s (wrapalert/notice.py), which replaces its last one: the
 hook watch reading the tables (`tables`), its daily link check (`links`,
-daemon/hookwatch.py) and the canary (`canary`, daemon/canary.py). A problem
+daemon/hookwatch.py) and the canary (`canary`, daemon/canaries.py). A problem
 is the same problem while its key is (keys hold no line numbers). From the
 change between two reports:
 

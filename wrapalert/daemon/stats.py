@@ -44,7 +44,7 @@ class Stats:
     # sink, by kind (alarm-off, alarm-on, quiet); and those a sink refused for good.
     notices: Counter[str] = field(default_factory=Counter)
     notices_failed: int = 0
-    canary_events: int = 0  # the canary's refusals (daemon/canary.py): counted apart, only here
+    canary_events: int = 0  # the canary's refusals (daemon/canaries.py): counted apart, only here
     delivered: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
     events_delivered: Counter[str] = field(default_factory=Counter)
