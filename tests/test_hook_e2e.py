@@ -26,13 +26,14 @@ from helpers import (
     PYTHON,
     WRAPALERT,
     DaemonProcess,
+    libwrap_available,
     maildir_messages,
     require,
     wait_until,
     write_config,
 )
 
-from wrapalert import config
+from wrapalert import config, hostsdeny
 from wrapalert.cli import hosts_deny_line
 
 pytestmark = pytest.mark.system
@@ -169,6 +170,7 @@ def test_a_new_bind_mount_over_hosts_deny_is_seen(ns: Namespaced) -> None:
 
 
 def canary(ns: Namespaced, timeout: str = "5") -> subprocess.CompletedProcess[str]:
+    require(libwrap_available(), "libwrap.so.0 is missing (apt-get install libwrap0)")
     return ns.inside(WRAPALERT, "canary", "-c", str(ns.config), "--timeout", timeout)
 
 
@@ -180,6 +182,7 @@ def test_the_canary_passes_and_its_events_never_reach_the_pipeline(
 ) -> None:
     """The durable line, the logger line alone (real logger), and the durable line whose
     logger fails (/bin/false: the client fallback sends it)."""
+    require(Path(hostsdeny.LOGGER).exists(), f"{hostsdeny.LOGGER} is missing (bsdutils)")
     if form == "fallback":
         line = hosts_deny_line(ns.cfg, PYTHON, form="durable", logger="/bin/false")
     else:
