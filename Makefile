@@ -69,6 +69,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/random_datagrams.py
 	$(BIN)/python bench/digest_render.py
+	$(BIN)/python bench/fleet_reply.py
 
 clean:
 	rm -rf $(VENV) $(BOOKWORM) demo dist .pytest_cache .mypy_cache .ruff_cache

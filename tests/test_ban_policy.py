@@ -169,3 +169,103 @@ def test_what_the_kernel_holds_is_adopted_when_the_book_is_lost(tmp_path: Path) 
     adopted = rules.active["198.51.100.7"]
     assert (adopted.reason, adopted.until) == ("found in the kernel", 40.0)
     assert rules.kernel_bans() == {"203.0.113.7": 100.0, "198.51.100.7": 40.0}
+
+
+# -- the fleet's bans --------------------------------------------------------------------
+
+HOSTS = ("host-a", "host-b")
+
+
+def test_a_fleet_ban_is_followed_with_its_hosts_and_end(tmp_path: Path) -> None:
+    """Another host's ban becomes a ban of origin "fleet", naming its hosts, until the
+    fleet's end; the same fleet ban asked again changes nothing."""
+    now = ManualClock().now()
+    rules = policy(tmp_path, ban_for=60.0)
+    ban = rules.follow("203.0.113.7", HOSTS, now + 900, now)
+    assert ban == Ban(
+        "203.0.113.7", "fleet: banned on host-a, host-b", now, now + 900, False, "fleet", HOSTS
+    )
+    assert isinstance(ban, Ban)
+    rules.record(ban)
+    assert rules.followed == {"203.0.113.7"}
+    assert rules.follow("203.0.113.7", HOSTS, now + 900, now + 5) is None
+    later = rules.follow("203.0.113.7", ("host-a",), now + 1200, now + 5)
+    assert isinstance(later, Ban)
+    assert (later.since, later.until, later.hosts) == (now, now + 1200, ("host-a",))
+
+
+def test_this_hosts_rules_refuse_a_fleet_ban_and_remember_nothing(tmp_path: Path) -> None:
+    """The allowlist, this host's address and a session's peer refuse a fleet ban as they
+    refuse a local one; the refusal is not put in `settled`, so this host's own ban stage
+    still counts that source's refusals."""
+    now = ManualClock().now()
+    rules = policy(tmp_path, allow=("198.51.100.0/24",))
+    log_in(tmp_path)
+    refusals = [rules.follow(t, HOSTS, now + 900, now) for t in ("198.51.100.9", HOST, PEER)]
+    assert [r.why for r in refusals if isinstance(r, Refusal)] == [
+        "allowlisted",
+        "allowlisted",
+        "session",
+    ]
+    assert rules.settled == {}
+    assert rules.refused == {}
+
+
+def test_fleet_bans_take_at_most_half_of_max_bans(tmp_path: Path) -> None:
+    """With max_bans 4 the fleet gets two; this host's own still get the rest."""
+    now = ManualClock().now()
+    rules = policy(tmp_path, max_bans=4)
+    for i in range(2):
+        ban = rules.follow(f"203.0.113.{i}", HOSTS, now + 900, now)
+        assert isinstance(ban, Ban)
+        rules.record(ban)
+    third = rules.follow("203.0.113.9", HOSTS, now + 900, now)
+    assert isinstance(third, Refusal)
+    assert (third.why, third.detail) == ("cap", "fleet bans take at most half of max_bans 4")
+    assert isinstance(rules.decide("198.51.100.1", "3 refusals", now), Ban)
+    assert isinstance(rules.decide("198.51.100.2", "3 refusals", now), Ban)
+
+
+def test_a_ban_of_this_hosts_own_stands_against_the_fleets(tmp_path: Path) -> None:
+    """A target this host banned itself is not made a fleet ban (nor its end moved); a ban
+    by hand of a followed target makes it this host's own."""
+    now = ManualClock().now()
+    rules = policy(tmp_path)
+    own = rules.decide("203.0.113.7", "3 refusals", now)
+    assert isinstance(own, Ban)
+    assert rules.follow("203.0.113.7", HOSTS, now + 9999, now) is None
+    followed = rules.follow("203.0.113.8", HOSTS, now + 900, now)
+    assert isinstance(followed, Ban)
+    rules.record(followed)
+    mine = rules.by_hand("203.0.113.8", None, now, force=False)
+    rules.record(mine)
+    assert rules.active["203.0.113.8"].origin == "local"
+    assert rules.followed == set()
+
+
+def test_a_fleet_ban_lasts_a_year_at_most(tmp_path: Path) -> None:
+    """An endsAt far away (a broken or hostile peer) is cut to a year from the ban's start,
+    and stays so at later looks."""
+    now = ManualClock().now()
+    rules = policy(tmp_path)
+    ban = rules.follow("203.0.113.7", HOSTS, now + 1e12, now)
+    assert isinstance(ban, Ban)
+    assert ban.until == now + banpolicy.MAX_MANUAL
+    rules.record(ban)
+    assert rules.follow("203.0.113.7", HOSTS, now + 1e12, now + 3600) is None
+
+
+def test_fleet_bans_are_lifted_once_the_rule_no_longer_follows(tmp_path: Path) -> None:
+    """follow = false (a reload): the fleet bans in force are among the forbidden."""
+    now = ManualClock().now()
+    rules = policy(tmp_path, follow=True)
+    ban = rules.follow("203.0.113.7", HOSTS, now + 900, now)
+    assert isinstance(ban, Ban)
+    rules.record(ban)
+    assert rules.forbidden() == []
+    rules.rule = BanRule(follow=False)
+    assert [(b.target, why) for b, why in rules.forbidden()] == [
+        ("203.0.113.7", "the fleet is no longer followed (follow = false)")
+    ]
+    rules.lift("203.0.113.7")
+    assert rules.followed == set()

@@ -27,7 +27,7 @@ from wrapalert.model import BanNote, digest_from_json, digest_to_json
 from wrapalert.pipeline.ban import BanCounter, BanStage
 from wrapalert.pipeline.stage import Flow
 from wrapalert.scanrule import ScanRule
-from wrapalert.sinks.nftables import NftablesSink, NftablesSinkConfig
+from wrapalert.sinks.nftables import NftablesSink, NftablesSinkConfig, describe
 
 
 def test_ipv6_sources_are_banned_by_network() -> None:
@@ -369,3 +369,95 @@ def test_digest_says_when_bans_are_not_enforced_and_when_repaired() -> None:
     assert "table inet wrapalert repaired at" in text
     assert "not enforced" in html
     assert "table repaired at" in html
+
+
+AM_SINK = '[[sink]]\ntype = "alertmanager"\nname = "am"\n'
+
+
+def test_config_reads_the_fleet_keys(tmp_path: Path) -> None:
+    """fleet names an alertmanager sink; follow, follow_interval, fleet_hosts and
+    fleet_min_hosts are read, and `follow` reaches the rule."""
+    path = tmp_path / "w.toml"
+    path.write_text(
+        '[[sink]]\ntype = "nftables"\nfleet = "am"\nfollow = true\nfollow_interval = "30s"\n'
+        'fleet_hosts = ["web1", "web2"]\nfleet_min_hosts = 2\n' + AM_SINK + NO_DIGESTS
+    )
+    sink = config.load(path).sinks[0]
+    assert isinstance(sink, NftablesSinkConfig)
+    assert (sink.fleet, sink.follow, sink.follow_interval) == ("am", True, 30.0)
+    assert (sink.fleet_hosts, sink.fleet_min_hosts) == (frozenset({"web1", "web2"}), 2)
+    assert sink.rule.follow is True
+    assert "follows theirs every 30s (from web1, web2; 2 host(s) at least)" in describe(sink)
+
+
+@pytest.mark.parametrize(
+    ("keys", "error"),
+    [
+        (
+            'fleet = "mail"',
+            r"fleet: 'mail' is not an alertmanager sink \(alertmanager sinks: \['am'\]\)",
+        ),
+        ('fleet = "nope"', "fleet: 'nope' names no sink"),
+        ("follow = true", "follow: needs fleet"),
+        ('fleet = "am"\nfleet_min_hosts = 2', "fleet_min_hosts: only means something with follow"),
+        (
+            'fleet = "am"\nfollow = true\nfleet_hosts = ["a"]\nfleet_min_hosts = 2',
+            "nothing could ever be followed",
+        ),
+        ('fleet = "am"\nfollow = true\nfleet_hosts = []', "fleet_hosts: empty"),
+        (
+            'fleet = "am"\nfollow = true\nfleet_hosts = ["web 1"]',
+            "fleet_hosts: 'web 1' is not a host name",
+        ),
+        (
+            'fleet = "am"\nfollow = true\nfollow_interval = "500ms"',
+            "follow_interval: must be at least 1s",
+        ),
+    ],
+)
+def test_config_refuses_fleet_keys_that_cannot_work(tmp_path: Path, keys: str, error: str) -> None:
+    """Each with the key, its line and what is wrong."""
+    path = tmp_path / "w.toml"
+    mail = f'[[sink]]\ntype = "maildir"\nname = "mail"\npath = "{tmp_path}/Maildir"\n'
+    path.write_text(f'[[sink]]\ntype = "nftables"\n{keys}\n{AM_SINK}{mail}')
+    with pytest.raises(ConfigError, match=error):
+        config.load(path)
+
+
+FLEET_NOTES = (
+    BanNote("banned", "203.0.113.7", "10 refusals", 1_700_003_600.0),
+    BanNote("banned", "198.51.100.9", "fleet: banned on web1, web2", 1_700_003_600.0),
+    BanNote("refused", "192.0.2.10", "fleet: banned on web1; allowlisted", 1_700_000_000.0),
+    BanNote(
+        "lifted", "198.51.100.8", "fleet: banned on web2; the fleet lifted it", 1_700_000_000.0
+    ),
+)
+
+
+def test_the_digest_shows_fleet_bans_apart_from_this_hosts() -> None:
+    """Bans followed from the fleet have their own section, naming the hosts, how they end
+    and the command that lifts one here; this host's own stay in Banned."""
+    digest = replace(one_group(created=1_700_000_000.0), banned=FLEET_NOTES, id="")
+    view = context(digest)
+    assert [b["target"] for b in view["banned"]] == ["203.0.113.7"]
+    assert [b["target"] for b in view["fleet_banned"]] == [
+        "198.51.100.9",
+        "192.0.2.10",
+        "198.51.100.8",
+    ]
+    msg = Renderer("wrapalert@localhost", ("root",)).render(digest)
+    text = body(msg, "plain")
+    mine, _, theirs = text.partition("Followed from the fleet")
+    assert "203.0.113.7 banned: 10 refusals" in mine
+    assert "198.51.100.9" not in mine
+    assert "198.51.100.9 banned: fleet: banned on web1, web2, until " in theirs
+    assert "to lift it here now: wrapalert ban del 198.51.100.9" in theirs
+    assert "192.0.2.10 not followed: fleet: banned on web1; allowlisted" in theirs
+    assert "198.51.100.8 fleet ban lifted: fleet: banned on web2; the fleet lifted it" in theirs
+    html = body(msg, "html")
+    assert "Followed from the fleet" in html
+    assert (
+        html.index("203.0.113.7")
+        < html.index("Followed from the fleet")
+        < html.index("198.51.100.9")
+    )

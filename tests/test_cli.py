@@ -12,6 +12,7 @@ import pytest
 from helpers import PYTHON, WRAPALERT, libwrap_available, receiver, require, write_config
 
 from wrapalert import hostsdeny, notify, wire
+from wrapalert.cli import format_bans, format_status, status_exit
 from wrapalert.libwrap import LibWrap
 
 
@@ -174,3 +175,70 @@ def test_a_daemon_list_cannot_split_the_line() -> None:
     """A newline in --daemons would make two hosts.deny lines: refused."""
     with pytest.raises(ValueError, match="bad daemon list"):
         hostsdeny.spawn_line("/p", Path("/n.py"), daemons="sshd\n,vsftpd")
+
+
+# -- the fleet in `ban list` and `status` ---------------------------------------------------
+
+FLEET_BANS = {
+    "mode": "enforce",
+    "table": "wrapalert",
+    "bans": [
+        {"target": "203.0.113.7", "reason": "3 refusals", "until": 2e9, "dry_run": False,
+         "origin": "local", "hosts": []},
+        {"target": "198.51.100.9", "reason": "fleet: banned on web1, web2", "until": 2e9,
+         "dry_run": False, "origin": "fleet", "hosts": ["web1", "web2"]},
+    ],
+}  # fmt: skip
+
+
+def test_ban_list_shows_this_hosts_bans_and_the_fleets_apart() -> None:
+    """`ban list` lists this host's own bans and counts the fleet's; `--fleet` the reverse."""
+    mine = format_bans(FLEET_BANS)
+    assert mine.splitlines()[0].startswith("203.0.113.7 ")
+    assert "198.51.100.9" not in mine
+    assert (
+        mine.splitlines()[1] == "and 1 ban(s) followed from the fleet: wrapalert ban list --fleet"
+    )
+    theirs = format_bans(FLEET_BANS, fleet=True)
+    assert theirs.splitlines()[0].startswith("198.51.100.9 ")
+    assert theirs.splitlines()[0].endswith("fleet: banned on web1, web2")
+    assert theirs.splitlines()[1] == "and 1 ban(s) of this host's own: wrapalert ban list"
+    none = format_bans({**FLEET_BANS, "bans": []}, fleet=True)
+    assert none == "no fleet bans (table inet wrapalert, mode enforce)"
+
+
+def fleet_status(*, ok: bool | None, peer_ok: bool | None) -> dict[str, object]:
+    book = {"active": 1, "hosts": ["web1"], "added": 3, "ended": 2, "refused": {"session": 1},
+            "exceptions": 1, "published": 4}  # fmt: skip
+    bans = {"mode": "enforce", "active": 2, "added": 0, "would_ban": 0, "expired": 0,
+            "lifted": 0, "refused": {}, "fleet": book}  # fmt: skip
+    peer = {"ok": peer_ok, "last_error": "post: HTTP 401 \x1b[2J"}
+    fleet = {"sink": "am", "follow": True, "ok": ok, "waiting": 2, "rejected": {"bad_host": 1},
+             "peers": {"https://am1:9093": peer}}  # fmt: skip
+    return {
+        "received": 0, "rejected": {}, "untrusted": 0, "spooled": 0, "groups": 0,
+        "pending_events": 0, "outbox": 0, "digests": 0, "sinks": {},
+        "state": {"ok": True, "path": "/var/lib/wrapalert/state.db"},
+        "bans": bans, "fleet": fleet,
+        "heartbeat": {"am": {"interval": 300.0, "sent": None, "last_error": "no answer"}},
+    }  # fmt: skip
+
+
+def test_status_shows_the_fleet_and_fails_when_no_peer_answers() -> None:
+    """The fleet's bans apart, every peer with its (printable) error, malformed alerts and
+    the heartbeat; exit 1 once no peer answers, 0 while one does or none was asked."""
+    cut_off = fleet_status(ok=False, peer_ok=False)
+    text = format_status(cut_off)
+    assert (
+        "fleet bans               1   (from web1; followed 3, ended 2, refused: session 1" in text
+    )
+    assert (
+        "sink am: 4 ban(s) of this host's published; 2 source(s) wait for fleet_min_hosts" in text
+    )
+    assert "peer https://am1:9093: FAILING: post: HTTP 401 ?[2J" in text
+    assert "malformed alerts skipped: bad_host 1" in text
+    assert "NO PEER ANSWERS" in text
+    assert "heartbeat am: every 300s, not sent yet; FAILING: no answer" in text
+    assert status_exit(cut_off) == 1
+    assert status_exit(fleet_status(ok=True, peer_ok=True)) == 0
+    assert status_exit(fleet_status(ok=None, peer_ok=None)) == 0

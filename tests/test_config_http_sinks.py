@@ -78,7 +78,8 @@ def test_urls_reach_the_sinks_parsed() -> None:
     assert target.display == "https://[2001:db8::7]:8443"  # the path holds the token
     am = sink('type = "alertmanager"\nurls = ["http://am1:9093/prefix/", "http://am2"]')
     assert isinstance(am, AlertmanagerSinkConfig)
-    posts = [(t.url.host, t.url.port, t.url.path) for t in AlertmanagerSink(am).targets]
+    targets = [peer.alerts for peer in AlertmanagerSink(am).peers.peers]
+    posts = [(t.url.host, t.url.port, t.url.path) for t in targets]
     assert posts == [("am1", 9093, "/prefix/api/v2/alerts"), ("am2", 80, "/api/v2/alerts")]
 
 

@@ -237,9 +237,14 @@ def test_configuration_is_a_conffile(control_files: dict[str, str], tree: Path) 
 
 
 def test_fleet_examples_ship_as_documentation(contents: dict[str, str]) -> None:
-    """The Alertmanager configuration, its template and the Prometheus rules are installed
-    as examples."""
-    for name in ("alertmanager.yml", "wrapalert.tmpl", "wrapalert.rules.yml"):
+    """The Alertmanager configuration, its template, the Prometheus rules and the fleet's
+    drop-in are installed as examples."""
+    for name in (
+        "alertmanager.yml",
+        "wrapalert.tmpl",
+        "wrapalert.rules.yml",
+        "wrapalert-fleet.conf",
+    ):
         assert f"/usr/share/doc/wrapalert/examples/{name}" in contents
 
 

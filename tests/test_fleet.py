@@ -1,5 +1,7 @@
 """Fleet correlation: the shipped Alertmanager configuration, checked by amtool and run in a
-real two-peer Alertmanager cluster fed by three wrapalert daemons with different host names."""
+real two-peer Alertmanager cluster fed by three wrapalert daemons with different host names;
+and the fleet's ban sharing part (daemon/fleet.py) alone, against peers of the test's own
+(tests/test_fleet_bans.py runs it end to end)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import json
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +32,22 @@ from helpers import (
 )
 
 from wrapalert import config
+from wrapalert.banrule import BanRule
+from wrapalert.clock import SystemClock
 from wrapalert.confparse import ConfigError, HttpUrl
+from wrapalert.daemon.bans import Bans
+from wrapalert.daemon.fleet import Fleet, FleetSettings
 from wrapalert.daemon.server import Server
+from wrapalert.daemon.stats import Stats
+from wrapalert.daemon.store import Store
+from wrapalert.fleetwire import MAX_REPLY, rfc3339
 from wrapalert.pipeline.forward import _events, scan_record
 from wrapalert.scanrule import ScanSignal
+from wrapalert.shield import Shield
 from wrapalert.sinks.alertmanager import AlertmanagerSink, AlertmanagerSinkConfig, build_alerts
+from wrapalert.sinks.amapi import Access
 from wrapalert.sinks.base import TransientSinkError
+from wrapalert.sinks.nftables import NftablesSink, NftablesSinkConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "packaging" / "examples"
@@ -98,8 +111,9 @@ def cluster_config(base: Path, smtp_port: int, hook_url: str) -> Path:
     text = replace_once(text, "group_wait: 30s", "group_wait: 2s")
     text = replace_once(
         text,
+        "  - name: wrapalert-fleet\n    email_configs:\n",
+        f"  - name: wrapalert-fleet\n    webhook_configs:\n      - url: {hook_url}\n"
         "    email_configs:\n",
-        f"    webhook_configs:\n      - url: {hook_url}\n    email_configs:\n",
     )
     shutil.copy(EXAMPLES / "wrapalert.tmpl", base)
     path = base / "alertmanager.yml"
@@ -351,3 +365,192 @@ def test_digests_name_the_configured_hostname(sockdir: Path) -> None:
     )
     (mail,) = maildir_messages(sockdir / "Maildir")
     assert mail["X-Wrapalert-Host"] == "web-7"
+
+
+# -- daemon/fleet.py alone: posting and looking, against peers of the test's own -----------
+
+SHARE_INTERVAL = 0.2  # seconds: the fleet part's interval in these tests (config: >= 1s)
+
+
+def fleet_book(tmp_path: Path) -> Bans:
+    """A ban book that follows the fleet, this host at 192.0.2.10; its kernel is never
+    asked (its task does not run)."""
+    store = Store(tmp_path / "state")
+    store.open()
+    (tmp_path / "sessions").mkdir(exist_ok=True)
+    shield = Shield(lambda: ("192.0.2.10",), tmp_path / "sessions", tmp_path / "utmp")
+    bans = Bans(store, SystemClock(), Stats(), shield=shield)
+    bans.configure(NftablesSink(NftablesSinkConfig(follow=True)))
+    return bans
+
+
+def share(tmp_path: Path, *peers: HttpServer, follow: bool = True, **kw: Any) -> FleetSettings:
+    """Settings for the fleet part: `peers`, basic auth, SHARE_INTERVAL."""
+    secret = tmp_path / "password"
+    secret.write_text("pw\n")
+    secret.chmod(0o600)
+    access = Access(tuple(HttpUrl.parse(p.url("")) for p in peers), 2.0, "web1", secret, None)
+    values: dict[str, Any] = {
+        "sink": "am",
+        "access": access,
+        "static": (("env", "prod"),),
+        "rule": BanRule(follow=follow),
+        "follow": follow,
+        "interval": SHARE_INTERVAL,
+        "hosts": None,
+        "min_hosts": 1,
+    }
+    return FleetSettings(**(values | kw))
+
+
+async def sharing(fleet: Fleet, done: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    """Run the fleet part until `done()` (polled), then stop it."""
+    async with asyncio.TaskGroup() as tg:
+        fleet.start(tg)
+        await until(done, what, timeout)
+        fleet.retire()
+
+
+async def until(done: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    """Wait (polling, in the loop) until `done()`; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"no {what} within {timeout:g}s"
+        await asyncio.sleep(0.01)
+
+
+def gets(peer: HttpServer) -> int:
+    return sum(r.method == "GET" for r in peer.requests)
+
+
+def posted(peer: HttpServer) -> list[list[dict[str, Any]]]:
+    return [json.loads(r.body) for r in peer.requests if r.method == "POST"]
+
+
+def ban_answer(*alerts: tuple[str, str, float]) -> Reply:
+    """A peer's answer to the look: WrapalertBan alerts (host, address, seconds left)."""
+    now = time.time()
+    body = [
+        {
+            "labels": {"alertname": "WrapalertBan", "host": h, "client_addr": a, "reason": "scan"},
+            "endsAt": rfc3339(now + left),
+            "startsAt": rfc3339(now),
+        }
+        for h, a, left in alerts
+    ]
+    return Reply(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+
+def test_a_ban_of_this_hosts_is_posted_to_every_peer_with_credentials(tmp_path: Path) -> None:
+    """A ban made here reaches both peers as a WrapalertBan alert with the sink's static
+    labels, over basic auth; a whole post follows every few intervals (a peer that lost
+    its alerts gets them back)."""
+    bans = fleet_book(tmp_path)
+    with HttpServer() as one, HttpServer() as two:
+        fleet = Fleet(share(tmp_path, one, two, follow=False), bans=bans, host="web1",
+                      clock=SystemClock(), stats=bans.stats)  # fmt: skip
+
+        async def scenario() -> None:
+            async with asyncio.TaskGroup() as tg:
+                fleet.start(tg)
+                await asyncio.sleep(0.05)
+                bans.request("203.0.113.7", "3 refusals", time.time())
+                await until(lambda: all(len(posted(p)) >= 2 for p in (one, two)), "two posts")
+                fleet.retire()
+
+        asyncio.run(scenario())
+        for peer in (one, two):
+            posts = posted(peer)
+            assert posts[0] == posts[1]  # the change at once, then the whole (same) set
+            (alert,) = posts[0]
+            assert alert["labels"] == {
+                "env": "prod",
+                "alertname": "WrapalertBan",
+                "client_addr": "203.0.113.7",
+                "host": "web1",
+                "reason": "threshold",
+            }
+            assert {r.headers["Authorization"] for r in peer.requests} == {"Basic d2ViMTpwdw=="}
+        assert fleet.status()["ok"] is True
+
+
+def test_a_peer_that_failed_gets_everything_at_its_next_try(tmp_path: Path) -> None:
+    """A post one peer refused is not lost: an interval later that peer gets the whole set
+    (before the next whole post to every peer), while the other took it at once."""
+    bans = fleet_book(tmp_path)
+    with HttpServer() as up, HttpServer() as down:
+        down.replies = [Reply(503)]
+        settings = share(tmp_path, up, down, follow=False, interval=0.5)
+        fleet = Fleet(settings, bans=bans, host="web1", clock=SystemClock(), stats=bans.stats)
+        bans.request("203.0.113.7", "3 refusals", time.time())
+        asyncio.run(sharing(fleet, lambda: len(posted(down)) >= 2, "the second try"))
+        assert [len(p) for p in posted(down)] == [1, 1]
+        assert len(posted(up)) == 1
+        assert fleet.status()["ok"] is True
+
+
+def test_looks_follow_the_union_of_the_peers_answers(tmp_path: Path) -> None:
+    """The look asks every peer for the active WrapalertBan alerts; a ban one peer holds is
+    followed although the other (restarted, empty) holds none; this host's own alerts are
+    not; the GET carries the filter and the credentials."""
+    bans = fleet_book(tmp_path)
+    with HttpServer() as one, HttpServer() as two:
+        one.reply = ban_answer(("host-a", "203.0.113.7", 600), ("web1", "198.51.100.1", 600))
+        two.reply = ban_answer()
+        fleet = Fleet(share(tmp_path, one, two), bans=bans, host="web1", clock=SystemClock(),
+                      stats=bans.stats)  # fmt: skip
+        asyncio.run(sharing(fleet, lambda: bool(bans.policy.active), "a fleet ban"))
+        assert set(bans.policy.active) == {"203.0.113.7"}
+        assert bans.policy.active["203.0.113.7"].reason == "fleet: banned on host-a"
+        look = next(r for r in one.requests if r.method == "GET")
+        assert look.path == "/api/v2/alerts?active=true&filter=alertname%3D%22WrapalertBan%22"
+        assert look.headers["Authorization"] == "Basic d2ViMTpwdw=="
+
+
+def test_when_no_peer_answers_nothing_is_lifted(tmp_path: Path) -> None:
+    """Both peers failing: the fleet bans held stay (to their own end), status says the
+    fleet is cut off; when one answers again without the ban, it is lifted."""
+    bans = fleet_book(tmp_path)
+    with HttpServer() as one, HttpServer() as two:
+        one.reply = two.reply = ban_answer(("host-a", "203.0.113.7", 600))
+        fleet = Fleet(share(tmp_path, one, two), bans=bans, host="web1", clock=SystemClock(),
+                      stats=bans.stats)  # fmt: skip
+        held: list[set[str]] = []
+
+        async def scenario() -> None:
+            async with asyncio.TaskGroup() as tg:
+                fleet.start(tg)
+                await until(lambda: bool(bans.policy.active), "the fleet ban")
+                one.reply = two.reply = Reply(500)
+                asked = gets(one), gets(two)
+                await until(lambda: (gets(one), gets(two)) >= (asked[0] + 2, asked[1] + 2), "looks")
+                held.append(set(bans.policy.active))
+                assert fleet.status()["ok"] is False
+                two.reply = ban_answer()
+                await until(lambda: not bans.policy.active, "the lift")
+                fleet.retire()
+
+        asyncio.run(scenario())
+        assert held == [{"203.0.113.7"}]
+
+
+def test_a_hostile_answer_costs_that_peer_only(tmp_path: Path) -> None:
+    """An answer past MAX_REPLY is not read (that peer failed); malformed alerts in the
+    other's are counted and skipped; its good alert is followed."""
+    bans = fleet_book(tmp_path)
+    with HttpServer() as big, HttpServer() as odd:
+        big.reply = Reply(200, b"[" + b" " * MAX_REPLY + b"]")
+        good = json.loads(ban_answer(("host-a", "203.0.113.7", 600)).body)
+        odd.reply = Reply(200, json.dumps([*good, {"labels": {"host": 7}}, "x"]).encode())
+        fleet = Fleet(share(tmp_path, big, odd), bans=bans, host="web1", clock=SystemClock(),
+                      stats=bans.stats)  # fmt: skip
+
+        def done() -> bool:
+            return bool(bans.policy.active) and fleet.state[big.url("")].ok is False
+
+        asyncio.run(sharing(fleet, done, "the look"))
+        assert set(bans.policy.active) == {"203.0.113.7"}
+        assert bans.stats.fleet_rejected["bad_labels"] % 2 == 0  # two at each look
+        peers = fleet.status()["peers"]
+        assert isinstance(peers, dict)
+        assert "reply larger than" in peers[big.url("")]["last_error"]

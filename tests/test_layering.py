@@ -26,6 +26,7 @@ DOMAIN = frozenset(
         "confkeys", "model", "scanrule", "story", "digest_view", "mail", "logs", "shield",
         "checkhosts", "hostsaccess", "lockout", "hookinstall", "hostsdeny", "simulate",
         "notice", "hookcheck",
+        "fleetwire",
     }
 )  # fmt: skip
 COMMANDS = frozenset({"cli", "demo", "preview", "manpage", "canary"})  # the command line, on top

@@ -172,6 +172,40 @@ def test_the_hook_and_the_canary_are_exported() -> None:
     assert "\nwrapalert_canary_last_success_timestamp_seconds 0\n" in text
 
 
+@pytest.mark.system
+def test_fleet_bans_peers_and_heartbeats_are_exported() -> None:
+    """Bans followed from the fleet apart from this host's own, each peer's state, the
+    peers' malformed alerts and each heartbeat's last send: promtool accepts them; a
+    daemon without a fleet or a heartbeat exports none of them."""
+    book = {"active": 2, "added": 5, "ended": 3, "refused": {"allowlisted": 1}}
+    bans = {"active": 4, "added": 2, "refused": {}, "mode": "enforce", "fleet": book}
+    fleet = {
+        "peers": {"https://am1:9093": {"ok": True}, 'http://am"2': {"ok": False}},
+        "rejected": {"bad_host": 2},
+        "looked": 1.5,
+    }
+    beats = {"am": {"sent": 1.25, "interval": 300.0}, "am2": {"sent": None}}
+    status: dict[str, object] = {"bans": bans, "fleet": fleet, "heartbeat": beats}
+    text = metrics.render(status, now=2.0, started=1.0, build="1.0")
+    done = check_metrics(text)
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = samples(text)
+    assert got["wrapalert_bans_active"] == 4
+    assert got["wrapalert_bans_fleet_active"] == 2
+    assert got["wrapalert_bans_fleet_added_total"] == 5
+    assert got["wrapalert_bans_fleet_ended_total"] == 3
+    assert got['wrapalert_bans_fleet_refused_total{reason="allowlisted"}'] == 1
+    assert got['wrapalert_fleet_peer_up{peer="https://am1:9093"}'] == 1
+    assert got['wrapalert_fleet_peer_up{peer="http://am\\"2"}'] == 0
+    assert got['wrapalert_fleet_alerts_rejected_total{reason="bad_host"}'] == 2
+    assert got["wrapalert_fleet_last_look_timestamp_seconds"] == 1.5
+    assert got['wrapalert_heartbeat_sent_timestamp_seconds{sink="am"}'] == 1.25
+    assert 'sink="am2"' not in text
+    plain = metrics.render({"bans": {**bans, "fleet": None}}, now=2.0, started=1.0, build="1")
+    assert "fleet" not in plain
+    assert "heartbeat" not in plain
+
+
 def test_the_file_is_replaced_atomically_and_readable_by_node_exporter(tmp_path: Path) -> None:
     """Each write is a new file renamed over the old (never rewritten in place), mode 0644,
     with no temporary file left beside it."""
@@ -235,7 +269,7 @@ def test_example_rules_pass_promtool() -> None:
         [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 10 rules found" in done.stdout
+    assert "SUCCESS: 12 rules found" in done.stdout
 
 
 RULE_TESTS = """\
@@ -258,7 +292,42 @@ tests:
         values: 0x9 2x1 0x18 2x30
       - series: wrapalert_bans_kernel_error{{instance="web1"}}
         values: 0x60
+      # Both fleet peers answer for 5 minutes, then neither does.
+      - series: wrapalert_fleet_peer_up{{instance="web1",peer="am1"}}
+        values: 1x5 0x40
+      - series: wrapalert_fleet_peer_up{{instance="web1",peer="am2"}}
+        values: 1x5 0x40
+      # host web2 writes its metrics every minute, but its heartbeat was last sent at 0.
+      - series: wrapalert_metrics_written_timestamp_seconds{{instance="web2"}}
+        values: 0+60x60
+      - series: wrapalert_heartbeat_sent_timestamp_seconds{{instance="web2",sink="am"}}
+        values: 0x60
     alert_rule_test:
+      - eval_time: 14m
+        alertname: WrapalertFleetCutOff
+        exp_alerts: []
+      - eval_time: 16m
+        alertname: WrapalertFleetCutOff
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: web1}}
+            exp_annotations:
+              summary: "wrapalert on web1 reaches no Alertmanager peer of its fleet"
+              description: >-
+                wrapalert status names each peer's error (credentials, CA, address; the unit
+                needs IPAddressAllow= for a remote Alertmanager).
+      - eval_time: 19m
+        alertname: WrapalertHeartbeatNotSent
+        exp_alerts: []
+      - eval_time: 21m
+        alertname: WrapalertHeartbeatNotSent
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: web2, sink: am}}
+            exp_annotations:
+              summary: >-
+                wrapalert on web2 runs, but its heartbeat does not reach Alertmanager (sink am)
+              description: >-
+                wrapalert status shows the heartbeat's error; the dead man's switch behind
+                Alertmanager will page for this host.
       - eval_time: 12m
         alertname: WrapalertBansNotEnforced
         exp_alerts: []
@@ -322,8 +391,9 @@ tests:
 @pytest.mark.system
 def test_example_rules_fire_when_they_should(tmp_path: Path) -> None:
     """promtool's rule unit tests: a daemon that stopped writing, an outbox non-empty for
-    an hour, a sink failing for 15 minutes, bans unenforced for 2 minutes and evidence
-    unavailable for 10 each raise their alert, and not before."""
+    an hour, a sink failing for 15 minutes, bans unenforced for 2 minutes, evidence
+    unavailable for 10, every fleet peer down for 10 and a heartbeat unsent for 15 (the
+    daemon alive) each raise their alert, and not before."""
     tests = tmp_path / "rules_test.yml"
     tests.write_text(RULE_TESTS.format(rules=RULES))
     done = subprocess.run(

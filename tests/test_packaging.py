@@ -195,3 +195,31 @@ def test_nftables_drop_in_adds_exactly_net_admin(tmp_path: Path) -> None:
     assert plain[1] <= with_sink[1]  # the unit's own restrictions all stay
     assert plain[0] <= EXPOSURE_MAX
     assert with_sink[0] <= EXPOSURE_MAX_NFTABLES
+
+
+@pytest.mark.system
+def test_fleet_drop_in_adds_a_credential_and_peers_only(tmp_path: Path) -> None:
+    """The documented fleet drop-in verifies without a word and changes no exposure:
+    LoadCredential= hands the password to the service alone, IPAddressAllow= adds the
+    peers to the loopback the unit allows."""
+    root = unit_root(tmp_path)
+    plain = _exposures(root)
+    drop_ins = root / "etc" / "systemd" / "system" / "wrapalert.service.d"
+    drop_ins.mkdir(parents=True)
+    shutil.copy(ROOT / "packaging" / "examples" / "wrapalert-fleet.conf", drop_ins / "f.conf")
+    assert _exposures(root) == plain
+    text = (drop_ins / "f.conf").read_text()
+    assert "LoadCredential=alertmanager-password:/etc/wrapalert/alertmanager-password" in text
+    (tmp_path / "verify").mkdir()
+    here = units_here(tmp_path / "verify")
+    (here / "wrapalert.service.d").mkdir()
+    shutil.copy(drop_ins / "f.conf", here / "wrapalert.service.d" / "f.conf")
+    result = subprocess.run(
+        [analyze(), "verify", "--man=no", "wrapalert.service"],
+        cwd=here,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")

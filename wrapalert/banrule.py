@@ -125,6 +125,7 @@ class BanRule:
     max_bans: int = 10_000
     mode: str = "enforce"  # or "dry-run": decide and report, touch nothing
     scan: bool = True  # a "daemons" scan signal (one address, many daemons) bans at once
+    follow: bool = False  # bans other hosts made are followed (the fleet, daemon/fleet.py)
     _nets: tuple[IPNetwork, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

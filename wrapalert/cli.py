@@ -121,9 +121,16 @@ def _ban_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's private subparse
         "ban", help="the nftables sink's bans: list, add, del (lift one), flush (lift all)"
     )
     ban_sub = ban.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ban_list = ban_sub.add_parser("list", help="the bans in force, soonest expiry first")
+    ban_list = ban_sub.add_parser(
+        "list", help="this host's bans in force, soonest expiry first (--fleet: the fleet's)"
+    )
     _config_arg(ban_list)
     ban_list.add_argument("--json", action="store_true")
+    ban_list.add_argument(
+        "--fleet",
+        action="store_true",
+        help="the bans followed from other hosts (follow = true), with the hosts that made them",
+    )
     ban_add = ban_sub.add_parser(
         "add", help="ban an address (IPv6: its network) now, e.g. add 203.0.113.7 --for 2h"
     )
@@ -139,7 +146,9 @@ def _ban_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's private subparse
         "NAT64, Teredo or 6to4 addresses (each stands for many clients), or the peer of a "
         "logged-in session",
     )
-    ban_del = ban_sub.add_parser("del", help="lift a ban now")
+    ban_del = ban_sub.add_parser(
+        "del", help="lift a ban now (a fleet ban: not followed again while the fleet keeps it)"
+    )
     _config_arg(ban_del)
     ban_del.add_argument("addr", metavar="ADDR")
     ban_flush = ban_sub.add_parser("flush", help="lift every ban now")
@@ -722,7 +731,9 @@ def status_exit(status: dict[str, Any]) -> int:
     blind = (status.get("bans") or {}).get("mode") == "enforce" and bool(
         (status.get("evidence") or {}).get("error")
     )
-    if failing or blind or not state.get("ok", True) or bans_failing(status):
+    # Sharing bans, but no peer of the fleet took a post or answered a look.
+    cut_off = (status.get("fleet") or {}).get("ok") is False
+    if failing or blind or cut_off or not state.get("ok", True) or bans_failing(status):
         return EXIT_PROBLEM
     return EXIT_OK
 
@@ -821,6 +832,20 @@ def format_status(status: dict[str, Any]) -> str:
         if sink.get("last_error"):
             line += f"; last error: {printable(str(sink['last_error']))}"
         lines.append(line)
+    lines += _ban_lines(status)
+    state = status["state"]
+    if state.get("ok"):
+        lines.append(f"state           {state['path']}")
+    else:
+        lines.append(f"state           IN MEMORY ONLY: {state['error']}")
+    if state.get("moved_aside"):
+        lines.append(f"                a damaged database was moved to {state['moved_aside']}")
+    return "\n".join(lines)
+
+
+def _ban_lines(status: dict[str, Any]) -> list[str]:
+    """The nftables sink's bans, the fleet's and the heartbeats."""
+    lines: list[str] = []
     bans = status.get("bans") or {}
     if bans.get("mode") is not None:
         refused = ", ".join(f"{k} {v}" for k, v in sorted(bans["refused"].items())) or "none"
@@ -844,14 +869,46 @@ def format_status(status: dict[str, Any]) -> str:
             )
         if bans.get("last_error"):
             lines.append(f"                last kernel error: {printable(str(bans['last_error']))}")
-    state = status["state"]
-    if state.get("ok"):
-        lines.append(f"state           {state['path']}")
-    else:
-        lines.append(f"state           IN MEMORY ONLY: {state['error']}")
-    if state.get("moved_aside"):
-        lines.append(f"                a damaged database was moved to {state['moved_aside']}")
-    return "\n".join(lines)
+        lines += _fleet_lines(bans.get("fleet") or {}, status.get("fleet"))
+    for name, beat in sorted((status.get("heartbeat") or {}).items()):
+        sent = f"last sent {_local(beat['sent'])}" if beat.get("sent") else "not sent yet"
+        error = f"; FAILING: {printable(str(beat['last_error']))}" if beat.get("last_error") else ""
+        lines.append(f"heartbeat {name}: every {beat['interval']:g}s, {sent}{error}")
+    return lines
+
+
+def _fleet_lines(book: dict[str, Any], fleet: dict[str, Any] | None) -> list[str]:
+    """The fleet's bans apart from this host's own, and the fleet's peers."""
+    if fleet is None:
+        return []
+    lines = []
+    if fleet.get("follow"):
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(book.get("refused", {}).items()))
+        hosts = ", ".join(book.get("hosts", [])) or "none"
+        lines.append(
+            f"fleet bans      {book.get('active', 0):>10,}   (from {hosts}; followed "
+            f"{book.get('added', 0):,}, ended {book.get('ended', 0):,}, refused: "
+            f"{refused or 'none'}, lifted here by hand {book.get('exceptions', 0):,})"
+        )
+    waiting = fleet.get("waiting", 0) if fleet.get("follow") else 0
+    lines.append(
+        f"fleet           sink {fleet['sink']}: {book.get('published', 0):,} ban(s) of this "
+        "host's published"
+        + (f"; {waiting:,} source(s) wait for fleet_min_hosts" if waiting else "")
+    )
+    for peer, state in sorted(fleet.get("peers", {}).items()):
+        if state.get("ok") is False:
+            how = f"FAILING: {printable(str(state.get('last_error')))}"
+        else:
+            how = "ok" if state.get("ok") else "not asked yet"
+        lines.append(f"                peer {printable(peer)}: {how}")
+    rejected = fleet.get("rejected") or {}
+    if rejected:
+        why = ", ".join(f"{k} {v:,}" for k, v in sorted(rejected.items()))
+        lines.append(f"                malformed alerts skipped: {why}")
+    if fleet.get("ok") is False:
+        lines.append("                NO PEER ANSWERS: bans are neither shared nor followed")
+    return lines
 
 
 def cmd_silence(args: argparse.Namespace) -> int:
@@ -902,10 +959,11 @@ def cmd_ban(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             reply = control.request(path, "ban_list")
+            origin = "fleet" if args.fleet else "local"
             if args.json:
-                print(json.dumps(reply["bans"], indent=2))
+                print(json.dumps([b for b in reply["bans"] if _origin(b) == origin], indent=2))
             else:
-                print(format_bans(reply))
+                print(format_bans(reply, fleet=args.fleet))
         elif args.action == "add":
             extra: dict[str, Any] = {}
             if args.duration is not None:
@@ -937,16 +995,33 @@ def _local(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(seconds))
 
 
-def format_bans(reply: dict[str, Any]) -> str:
-    """`ban list` for a terminal: one line per ban."""
+def _origin(ban: dict[str, Any]) -> str:
+    return "fleet" if ban.get("origin") == "fleet" else "local"
+
+
+def format_bans(reply: dict[str, Any], *, fleet: bool = False) -> str:
+    """`ban list` for a terminal: one line per ban; this host's own, or (`fleet`) those
+    followed from other hosts. Each list says how many the other one holds."""
     if reply.get("mode") is None:
         return "no nftables sink is configured"
+    mine = [b for b in reply["bans"] if _origin(b) == "local"]
+    theirs = [b for b in reply["bans"] if _origin(b) == "fleet"]
+    shown = theirs if fleet else mine
     lines = [
         f"{b['target']:<24} until {_local(b['until'])}  {printable(str(b['reason']))}"
         + ("  (dry-run: not in the kernel)" if b["dry_run"] else "")
-        for b in reply["bans"]
+        for b in shown
     ]
-    return "\n".join(lines) or f"no bans (table inet {reply['table']}, mode {reply['mode']})"
+    if not lines:
+        what = "fleet bans" if fleet else "bans"
+        lines.append(f"no {what} (table inet {reply['table']}, mode {reply['mode']})")
+    if not fleet and theirs:
+        lines.append(
+            f"and {len(theirs):,} ban(s) followed from the fleet: wrapalert ban list --fleet"
+        )
+    elif fleet and mine:
+        lines.append(f"and {len(mine):,} ban(s) of this host's own: wrapalert ban list")
+    return "\n".join(lines)
 
 
 def cmd_flush(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ from wrapalert.confkeys import (
     read,
     setting,
 )
-from wrapalert.confparse import ConfigError, SinkConfig, Table
+from wrapalert.confparse import HOSTNAME, ConfigError, SinkConfig, Table
 from wrapalert.match import (
     DEFAULT_SEVERITY,
     FIELDS,
@@ -48,8 +48,6 @@ from wrapalert.scanrule import ScanRule
 from wrapalert.story import StoryRule
 
 DEFAULT_PATH = Path("/etc/wrapalert/wrapalert.toml")
-# It goes into Message-IDs, mail headers and Alertmanager labels: a plain name.
-HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 
 
 @dataclass(frozen=True)
@@ -510,7 +508,23 @@ class _Parser:
         routes_raw = self._array(data, "route")
         routes = tuple(self._route(raw, i, set(names)) for i, raw in enumerate(routes_raw))
         self._digest_sinks(sinks, tables["digest"], explicit=bool(sinks_raw))
+        self._fleet(sinks)
         return Config(sinks=sinks, routes=routes, source=self.source, **tables)
+
+    def _fleet(self, sinks: tuple[SinkConfig, ...]) -> None:
+        """The nftables sink's `fleet` names an alertmanager sink: its peers share bans."""
+        from wrapalert.sinks import registry  # noqa: PLC0415 - as above
+
+        for i, sink in enumerate(sinks):
+            fleet = getattr(sink, "fleet", None)
+            if fleet is None:
+                continue
+            named = next((s for s in sinks if s.name == fleet), None)
+            if named is None or registry.of(named).name != "alertmanager":
+                ours = [s.name for s in sinks if registry.of(s).name == "alertmanager"]
+                offer = f"alertmanager sinks: {ours}" if ours else "there is no alertmanager sink"
+                problem = "is not an alertmanager sink" if named else "names no sink"
+                raise self.error("sink", i, "fleet", f"{fleet!r} {problem} ({offer})")
 
     def _digest_sinks(
         self, sinks: tuple[SinkConfig, ...], digest: DigestConfig, *, explicit: bool

@@ -22,6 +22,9 @@ MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+(@[A-Za-z0-9.-]+)?")
+# A host's name as wrapalert gives it ([daemon] hostname) and the fleet reads it back
+# (alert labels, fleet_hosts): it goes into Message-IDs, mail headers and labels.
+HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 
 
 class ConfigError(Exception):
@@ -49,12 +52,13 @@ class Locator(Protocol):
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from "500ms", "10s", "5m", "4h", "1d", "1h30m" or a plain number of seconds."""
+    """Seconds from "500ms", "10s", "5m", "4h", "1d", "1h30m", "0" or a plain number of
+    seconds."""
     if isinstance(value, bool):
         raise TypeError(f"bad duration {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
-    elif value == "0":  # "off" for the keys where 0 means off: zero needs no unit
+    elif value == "0":  # zero needs no unit: how a key says "off" (heartbeat, quiet_after)
         seconds = 0.0
     elif isinstance(value, str) and value and _DURATION.sub("", value) == "":
         seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(value))

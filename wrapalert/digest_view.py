@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from wrapalert import story
+from wrapalert.fleetwire import FLEET_PREFIX
 from wrapalert.match import highest, severity_rank
 from wrapalert.model import OVERFLOW, TIMELINE_BUCKET, Digest, GroupReport
 from wrapalert.scanrule import network
@@ -398,13 +399,16 @@ def context(digest: Digest, rule: StoryRule | None = None) -> dict[str, Any]:
         "silence_for": SILENCE_FOR,
         "top_silence": silences[0] if silences else "",
         "banned": banned(digest),  # the nftables sink's section (issue 12)
+        "fleet_banned": banned(digest, fleet=True),  # bans followed from other hosts
         "unverified": any(s.unverified for s in table),
     }
 
 
-def banned(digest: Digest) -> list[dict[str, Any]]:
+def banned(digest: Digest, *, fleet: bool = False) -> list[dict[str, Any]]:
     """The digest's "Banned" section: each note with the command that undoes it (for a
-    ban still in force). A "more" note's target is the count of notes left out."""
+    ban still in force). A "more" note's target is the count of notes left out. This
+    host's own bans, or (`fleet`) those followed from other hosts, whose notes' reasons
+    begin "fleet: banned on" (daemon/bans.py)."""
     commands = {"banned": "wrapalert ban del {}", "would ban": "", "refused": ""}
     return [
         {
@@ -415,6 +419,7 @@ def banned(digest: Digest) -> list[dict[str, Any]]:
             "command": commands.get(note.action, "").format(note.target),
         }
         for note in digest.banned
+        if note.reason.startswith(FLEET_PREFIX) == fleet
     ]
 
 

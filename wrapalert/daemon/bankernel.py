@@ -234,6 +234,12 @@ class KernelSync:
         async with self.lock:
             await sink.apply(bans)
 
+    async def change(self, add: Mapping[str, float], delete: Iterable[str]) -> None:
+        """Bans in (target -> seconds) and out, in one transaction (the queued changes)."""
+        sink = self._sink()
+        async with self.lock:
+            await sink.apply(add, delete)
+
     async def delete(self, targets: Iterable[str]) -> None:
         """Take bans out of the kernel (`ban del`)."""
         sink = self._sink()

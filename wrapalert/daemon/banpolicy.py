@@ -12,8 +12,14 @@ host's addresses, logged-in sessions' peers, read at each decision):
   "cap" (`max_bans` reached), both looked at again after a `window`;
 - a ban by hand (`wrapalert ban add`) is refused with the reason and what to do
   (`BanRefusedError`), a session's peer only without `force`;
-- bans the rule would not make now are lifted: targets allowlisted since, and
-  automatic bans of a network of shared addresses (NAT64, Teredo, 6to4);
+- a ban another host made (the fleet's, daemon/fleet.py) is followed by the
+  same checks (`follow`), as a ban of origin "fleet" naming those hosts; such
+  bans take at most half of `max_bans`, so the fleet never crowds out this
+  host's own, and their refusals are not remembered here (the book does: a
+  fleet refusal must not stop this host's own counting of that source);
+- bans the rule would not make now are lifted: targets allowlisted since,
+  automatic bans of a network of shared addresses (NAT64, Teredo, 6to4), and
+  fleet bans once the rule no longer follows the fleet;
 - a ban or a refusal ends at its time.
 
 Bounded, written down: at most `max_bans` bans; refusals are remembered for at
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from wrapalert.banrule import SHARED_PREFIXES, BanRule, BanTargetError
+from wrapalert.fleetwire import fleet_reason
 from wrapalert.shield import Protected
 
 MAX_REFUSED = 16_384
@@ -50,6 +57,8 @@ class Ban:
     since: float
     until: float
     dry_run: bool = False
+    origin: str = "local"  # "local": this host's proof or admin; "fleet": other hosts'
+    hosts: tuple[str, ...] = ()  # a fleet ban's: the hosts that banned the target
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -58,6 +67,8 @@ class Ban:
             "since": self.since,
             "until": self.until,
             "dry_run": self.dry_run,
+            "origin": self.origin,
+            "hosts": list(self.hosts),
         }
 
 
@@ -84,6 +95,7 @@ class BanPolicy:
         # target -> until: active bans and remembered refusals. The ban stage reads this
         # very dict (never writes it): a settled target is not counted until it expires.
         self.settled: dict[str, float] = {}
+        self.followed: set[str] = set()  # the active bans of origin "fleet"
 
     # -- automatic bans -------------------------------------------------------------
 
@@ -99,7 +111,7 @@ class BanPolicy:
         self.record(ban)
         return ban
 
-    def _protected(self, target: str) -> Protected | None:
+    def _protected(self, target: str, *, fleet: bool = False) -> Protected | None:
         if self.rule.allowed(target):
             return Protected("allowlisted", "")
         protected = self.guard.check(target)
@@ -107,7 +119,34 @@ class BanPolicy:
             return protected
         if len(self.active) >= self.rule.max_bans:
             return Protected("cap", f"max_bans {self.rule.max_bans}")
+        if fleet and len(self.followed) >= max(1, self.rule.max_bans // 2):
+            return Protected(
+                "cap", f"fleet bans take at most half of max_bans {self.rule.max_bans}"
+            )
         return None
+
+    # -- the fleet's bans ----------------------------------------------------------
+
+    def follow(
+        self, target: str, hosts: tuple[str, ...], until: float, now: float, *, more: int = 0
+    ) -> Ban | Refusal | None:
+        """A ban other hosts made (`hosts`, and `more` not named; ending at `until`), for
+        this host to follow:
+        the ban to record (new, or one in force with other hosts or another end), the
+        Refusal this host's rules give (not remembered here), or None when nothing
+        changes (the same fleet ban, or a ban of this host's own, which stands)."""
+        reason = fleet_reason(hosts, more)
+        current = self.active.get(target)
+        # A year at most, as a ban by hand: counted from the ban's start, so it holds still.
+        until = min(until, (now if current is None else current.since) + MAX_MANUAL)
+        if current is not None:
+            if current.origin != "fleet" or (current.hosts, current.until) == (hosts, until):
+                return None
+            return Ban(target, reason, current.since, until, current.dry_run, "fleet", hosts)
+        protected = self._protected(target, fleet=True)
+        if protected is not None:
+            return Refusal(target, reason, protected.why, protected.detail, until)
+        return Ban(target, reason, now, until, self.rule.dry_run, "fleet", hosts)
 
     def _refuse(self, target: str, reason: str, protected: Protected, now: float) -> Refusal:
         why = protected.why
@@ -158,12 +197,17 @@ class BanPolicy:
         self.active[ban.target] = ban
         self.settled[ban.target] = ban.until
         self.refused.pop(ban.target, None)
+        if ban.origin == "fleet":
+            self.followed.add(ban.target)
+        else:
+            self.followed.discard(ban.target)
 
     def lift(self, target: str) -> Ban | None:
         """End a ban now; the ban, or None if there was none."""
         ban = self.active.pop(target, None)
         if ban is not None:
             self.settled.pop(target, None)
+            self.followed.discard(target)
         return ban
 
     def due(self, now: float) -> list[Ban]:
@@ -175,6 +219,7 @@ class BanPolicy:
             del self.settled[target]
             ban = self.active.pop(target, None)
             if ban is not None:
+                self.followed.discard(target)
                 ended.append(ban)
             else:
                 self.refused.pop(target, None)
@@ -190,6 +235,8 @@ class BanPolicy:
                 found.append((ban, "allowlisted"))
             elif ban.reason != "by hand" and _shared_network(ban.target):
                 found.append((ban, "a network of NAT64, Teredo or 6to4 addresses"))
+            elif ban.origin == "fleet" and not self.rule.follow:
+                found.append((ban, "the fleet is no longer followed (follow = false)"))
         return found
 
     def adopt(self, found: dict[str, float], now: float) -> None:

@@ -22,8 +22,18 @@ book holds are not in the kernel, `status` says so (and `wrapalert status`
 exits 1), `test-alert` fails for the sink, and the next digest says it.
 Without a usable state database the bans the kernel still holds are adopted.
 
-Bounded, written down: the policy's bounds (bans, refusals remembered), and at
-most NOTES_MAX notes wait for a digest, the rest counted in one "more" note.
+The fleet (daemon/fleetbook.py keeps its pages): every ban of this host's own
+is noted for the fleet's poster (daemon/fleet.py), its lifting too; `follow`
+takes the fleet's bans as the peers last said them, bans each through the
+policy's checks (origin "fleet", reason "fleet: banned on H1, H2"), and lifts
+the fleet bans the fleet no longer holds. A fleet ban lifted by hand stays
+lifted while that fleet ban lasts. Fleet bans are saved like the others (their
+reason names their hosts) and counted apart (status `bans.fleet`).
+
+Bounded, written down: the policy's bounds (bans, refusals remembered), at
+most NOTES_MAX notes wait for a digest, the rest counted in one "more" note, and
+at most FOLLOW_BATCH fleet bans new to this host are decided per look (the
+shield is read for each: ~0.1 ms), the rest at the next looks.
 """
 
 from __future__ import annotations
@@ -38,8 +48,10 @@ from wrapalert.clock import Clock
 from wrapalert.daemon.bankernel import KernelSync
 from wrapalert.daemon.banpolicy import Ban, BanPolicy, BanRefusedError, Guard, Refusal
 from wrapalert.daemon.control import TEST_ALERT_BUDGET
+from wrapalert.daemon.fleetbook import FleetBook
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Store
+from wrapalert.fleetwire import View, hosts_of
 from wrapalert.model import BanNote
 from wrapalert.pipeline.retry import Backoff
 from wrapalert.shield import Shield
@@ -48,6 +60,7 @@ from wrapalert.sinks.base import BanSink, SinkError
 log = structlog.get_logger()
 
 NOTES_MAX = 100
+FOLLOW_BATCH = 1000  # fleet bans new to this host decided per look (each asks the shield)
 STATUS_BUDGET = 2.0  # seconds `status` waits for the kernel's answer, else says the last one
 
 
@@ -68,10 +81,12 @@ class Bans:
         self.backoff = Backoff(*backoff)
         self.policy = BanPolicy(shield or Shield())
         self.kernel = KernelSync(store, stats)
+        self.fleet = FleetBook(store)
         self.notes: list[BanNote] = []
         self.more_notes = 0
         self.last_error: str | None = None
         self._to_add: dict[str, float] = {}  # target -> until, queued for the kernel
+        self._to_delete: set[str] = set()  # targets queued to leave the kernel
         self._reconcile_at = 0.0  # clock time of the next reconcile (0: at once)
         self._noted_unenforced = 0  # bans a digest note said the kernel does not drop
         self._wake = asyncio.Event()
@@ -93,6 +108,7 @@ class Bans:
         self.kernel.configure(sink)
         if sink is not None:
             self.policy.rule = sink.rule
+            self.fleet.reset_refusals()  # the fleet's bans meet the new rule afresh
             self._lift_forbidden()  # the new allowlist holds for bans in force too
         self._reconcile_at = 0.0  # a new or reloaded sink: compare with the kernel at once
         self._wake.set()
@@ -101,14 +117,20 @@ class Bans:
         """The bans the state database holds (at start, before any event is accepted), the
         notes on them no digest has carried yet, and the tables used before."""
         self.kernel.load()
+        self.fleet.load()
         now = self.clock.now()
         self.notes, self.more_notes = self.store.ban_notes()
         for row in self.store.bans():
-            ban = Ban(row.target, row.reason, row.since, row.until, row.dry_run)
+            hosts = hosts_of(row.reason)  # a fleet ban's reason names its hosts
+            origin = "local" if hosts is None else "fleet"
+            ban = Ban(
+                row.target, row.reason, row.since, row.until, row.dry_run, origin, hosts or ()
+            )
             if ban.until <= now:
                 self._expired(ban, now, note="expired while wrapalert was stopped")
             else:
                 self.policy.record(ban)
+                self.fleet.published(ban)  # the peers hear of it again (a fleet ban: not)
         self._lift_forbidden()
 
     def _lift_forbidden(self) -> None:
@@ -153,29 +175,43 @@ class Bans:
         action = "would ban" if ban.dry_run else "banned"
         if ban.dry_run:
             self.stats.bans_dry_run += 1
+        elif ban.origin == "fleet":
+            self.stats.fleet_bans += 1
         else:
             self.stats.bans += 1
+        self._to_delete.discard(ban.target)
         self.store.stage_ban(ban.target, ban.reason, ban.since, ban.until, dry_run=ban.dry_run)
         self.store.stage_ban_log(now, action, ban.target, ban.reason, ban.until)
         self._note(BanNote(action, ban.target, ban.reason, ban.until))
+        self.fleet.published(ban)
         log.warning(
-            "ban_added",
+            "ban_followed" if ban.origin == "fleet" else "ban_added",
             target=ban.target,
             reason=ban.reason,
             until=round(ban.until, 3),
             dry_run=ban.dry_run,
         )
 
-    def _lifted(self, ban: Ban, now: float, why: str) -> None:
+    def _lifted(self, ban: Ban, now: float, why: str, *, by_hand: bool = False) -> None:
         self._to_add.pop(ban.target, None)
-        self.stats.bans_lifted += 1
+        if ban.origin == "fleet" and not by_hand:
+            self.stats.fleet_ended += 1
+        else:
+            self.stats.bans_lifted += 1
+        self.fleet.lifted(ban, now)
         self.store.stage_unban(ban.target)
         self.store.stage_ban_log(now, "lifted", ban.target, why, None)
-        self._note(BanNote("lifted", ban.target, why, now))
+        # A fleet ban's note names its hosts (and the digest shows it with the fleet's).
+        said = why if ban.origin == "local" else f"{ban.reason}; {why}"
+        self._note(BanNote("lifted", ban.target, said, now))
         log.info("ban_lifted", target=ban.target, why=why)
 
     def _expired(self, ban: Ban, now: float, note: str = "expired") -> None:
-        self.stats.bans_expired += 1
+        if ban.origin == "fleet":
+            self.stats.fleet_ended += 1
+        else:
+            self.stats.bans_expired += 1
+        self.fleet.expired(ban)
         self.store.stage_unban(ban.target)
         self.store.stage_ban_log(now, "expired", ban.target, ban.reason, ban.until)
         self._note(BanNote("expired", ban.target, ban.reason, ban.until))
@@ -233,7 +269,9 @@ class Bans:
         if not ban.dry_run:
             await self._by_hand(self.kernel.delete([target]))
         self.policy.lift(target)
-        self._lifted(ban, self.clock.now(), "by hand (wrapalert ban del)")
+        self._lifted(ban, self.clock.now(), "by hand (wrapalert ban del)", by_hand=True)
+        if ban.origin == "fleet":
+            self.fleet.except_(ban)  # not followed again while that fleet ban lasts
         self.store.commit()
         return target
 
@@ -246,7 +284,9 @@ class Bans:
         lifted = list(self.policy.active.values())
         for ban in lifted:
             self.policy.lift(ban.target)
-            self._lifted(ban, now, "by hand (wrapalert ban flush)")
+            self._lifted(ban, now, "by hand (wrapalert ban flush)", by_hand=True)
+            if ban.origin == "fleet":
+                self.fleet.except_(ban)
         self.store.commit()
         return len(lifted)
 
@@ -261,6 +301,79 @@ class Bans:
             self._reconcile_at = 0.0  # compare and repair at once
             self._wake.set()
             raise BanRefusedError(f"the kernel refused: {exc}") from None
+
+    # -- the fleet's bans (daemon/fleet.py) ---------------------------------------------
+
+    def follow(self, view: View, now: float) -> None:
+        """The fleet's bans as the peers said them just now: each one this host does not
+        hold yet is banned, or refused by this host's rules; fleet bans the fleet no longer
+        holds are lifted. A no-op unless the rule in force follows the fleet."""
+        if self.sink is None or not self.policy.rule.follow:
+            return
+        self.fleet.forget(view, now)
+        self._unfollow(view, now)
+        self._refuse_wide(view, now)
+        news = 0  # targets not banned here yet: each costs a look at the shield
+        for target, fleet_ban in view.bans.items():
+            if self.fleet.excepted(target, fleet_ban) or self.fleet.remembered(target, now):
+                continue
+            if target not in self.policy.active:
+                if news >= FOLLOW_BATCH:
+                    continue  # the next look takes the rest: the event loop is not held
+                news += 1
+            decision = self.policy.follow(
+                target, fleet_ban.hosts, fleet_ban.until, now, more=fleet_ban.more
+            )
+            if isinstance(decision, Refusal):
+                self._refused_fleet(decision, now)
+            elif decision is not None:
+                self._followed(decision, now)
+        if self._to_add or self._to_delete:
+            self._wake.set()
+
+    def _refuse_wide(self, view: View, now: float) -> None:
+        """Networks the fleet banned that this host's rule would not ban unforced."""
+        for addr, fleet_ban in view.wide.items():
+            if not self.fleet.remembered(addr, now):
+                why = "wider than this host bans without --force"
+                refusal = Refusal(addr, fleet_ban.reason, "wide", why, fleet_ban.until)
+                self._refused_fleet(refusal, now)
+
+    def _unfollow(self, view: View, now: float) -> None:
+        """Lift the fleet bans the fleet no longer holds (resolved, ended, or no longer
+        from enough of the hosts this host follows)."""
+        for target in [t for t in self.policy.followed if t not in view.bans]:
+            ban = self.policy.lift(target)
+            if ban is not None:
+                self._lifted(ban, now, "the fleet lifted it")
+                if not ban.dry_run:
+                    self._to_delete.add(target)
+
+    def _followed(self, ban: Ban, now: float) -> None:
+        known = self.policy.active.get(ban.target)
+        self.policy.record(ban)
+        if known is None:
+            self._recorded(ban, now)
+        else:  # the same fleet ban, other hosts or another end: no news for the digest
+            self.store.stage_ban(ban.target, ban.reason, ban.since, ban.until, dry_run=ban.dry_run)
+            log.info("ban_fleet_changed", target=ban.target, hosts=list(ban.hosts))
+        if not ban.dry_run and (known is None or known.until != ban.until):
+            self._to_add[ban.target] = ban.until
+
+    def _refused_fleet(self, refusal: Refusal, now: float) -> None:
+        self.fleet.remember(refusal, self.policy.rule.window, now)
+        self.stats.fleet_refused[refusal.why] += 1
+        self.store.stage_ban_log(
+            now, f"refused: {refusal.why}", refusal.target, refusal.reason, None
+        )
+        self._note(BanNote("refused", refusal.target, f"{refusal.reason}; {refusal.why}", now))
+        log.warning(
+            "ban_fleet_refused",
+            target=refusal.target,
+            reason=refusal.reason,
+            why=refusal.why,
+            detail=refusal.detail,
+        )
 
     # -- the task -------------------------------------------------------------------
 
@@ -325,11 +438,14 @@ class Bans:
             self._note(BanNote("repaired", sink.table, drift.summary(), now))
 
     async def _apply_queued(self) -> None:
-        if not self._to_add:
+        if not self._to_add and not self._to_delete:
             return
         now = self.clock.now()
         batch = dict(self._to_add)
-        await self.kernel.add({t: until - now for t, until in batch.items() if until > now})
+        gone = set(self._to_delete) - set(batch)
+        adds = {t: until - now for t, until in batch.items() if until > now}
+        await self.kernel.change(adds, gone)
+        self._to_delete -= gone
         for target, until in batch.items():
             if self._to_add.get(target) == until:  # not renewed meanwhile
                 del self._to_add[target]
@@ -394,6 +510,13 @@ class Bans:
         stats = self.stats
         active = self.policy.active.values()
         enforcing = self.sink is not None and not self.policy.rule.dry_run
+        followed = [self.policy.active[t] for t in self.policy.followed]
+        fleet = self.fleet.status(followed) | {
+            "added": stats.fleet_bans,
+            "ended": stats.fleet_ended,
+            "refused": dict(stats.fleet_refused),
+            "follow": self.policy.rule.follow,
+        }
         return {
             "active": sum(not b.dry_run for b in active),
             "dry_run_active": sum(b.dry_run for b in active),
@@ -405,4 +528,5 @@ class Bans:
             "mode": self.mode,
             "last_error": self.last_error,
             "kernel": self.kernel.status() if enforcing else None,
+            "fleet": fleet if self.sink is not None else None,
         }

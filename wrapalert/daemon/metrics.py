@@ -156,6 +156,8 @@ def _lines(status: Status, *, now: float, started: float, build: str) -> Iterato
         failing = isinstance(values, Mapping) and values.get("last_error") is not None
         yield f'wrapalert_sink_failing{{sink="{escape(str(sink))}"}} {int(failing)}\n'
     yield from _bans(status.get("bans"))
+    yield from _fleet(status.get("bans"), status.get("fleet"))
+    yield from _heartbeats(status.get("heartbeat"))
     yield from _evidence(status.get("evidence"))
     yield from _hook(status.get("hook"), status.get("notices"), status.get("canary_events"))
     state = status.get("state")
@@ -210,6 +212,71 @@ def _bans(bans: object) -> Iterator[str]:
         "missing, extra, expiry).",
     )
     yield from _by_reason("wrapalert_bans_kernel_repairs_total", kernel.get("repairs"))
+
+
+FLEET_COUNTERS = (
+    ("added", "wrapalert_bans_fleet_added_total", "Bans followed from the fleet (other hosts')."),
+    (
+        "ended",
+        "wrapalert_bans_fleet_ended_total",
+        "Followed bans that ended: the fleet lifted them, or their time ran out.",
+    ),
+)
+
+
+def _fleet(bans: object, fleet: object) -> Iterator[str]:
+    """The bans followed from the fleet, apart from this host's own; the fleet's peers."""
+    book = bans.get("fleet") if isinstance(bans, Mapping) else None
+    if isinstance(book, Mapping):
+        yield _family(
+            "wrapalert_bans_fleet_active", "gauge", "Bans followed from the fleet in force now."
+        )
+        yield f"wrapalert_bans_fleet_active {_number(book.get('active')) or 0}\n"
+        for key, name, text in FLEET_COUNTERS:
+            yield _family(name, "counter", text)
+            yield f"{name} {_number(book.get(key)) or 0}\n"
+        yield _family(
+            "wrapalert_bans_fleet_refused_total",
+            "counter",
+            "Fleet bans this host's rules refused, by why (allowlisted, session, cap, wide).",
+        )
+        yield from _by_reason("wrapalert_bans_fleet_refused_total", book.get("refused"))
+    if not isinstance(fleet, Mapping):
+        return
+    yield _family(
+        "wrapalert_fleet_peer_up",
+        "gauge",
+        "1 while the fleet's Alertmanager peer took the last post or answered the last look.",
+    )
+    peers = fleet.get("peers")
+    for peer, state in sorted(peers.items()) if isinstance(peers, Mapping) else ():
+        up = isinstance(state, Mapping) and state.get("ok") is True
+        yield f'wrapalert_fleet_peer_up{{peer="{escape(str(peer))}"}} {int(up)}\n'
+    yield _family(
+        "wrapalert_fleet_alerts_rejected_total",
+        "counter",
+        "The peers' ban alerts skipped as malformed, by why, counted at each look.",
+    )
+    yield from _by_reason("wrapalert_fleet_alerts_rejected_total", fleet.get("rejected"))
+    if (looked := _number(fleet.get("looked"))) is not None:
+        yield _family(
+            "wrapalert_fleet_last_look_timestamp_seconds",
+            "gauge",
+            "When a peer last answered the look for the fleet's bans (Unix time).",
+        )
+        yield f"wrapalert_fleet_last_look_timestamp_seconds {looked}\n"
+
+
+def _heartbeats(beats: object) -> Iterator[str]:
+    """When each alertmanager sink's WrapalertHeartbeat last reached a peer."""
+    if not isinstance(beats, Mapping):
+        return
+    name = "wrapalert_heartbeat_sent_timestamp_seconds"
+    yield _family(name, "gauge", "When a peer last took the sink's WrapalertHeartbeat (Unix time).")
+    for sink, state in sorted(beats.items()):
+        sent = _number(state.get("sent")) if isinstance(state, Mapping) else None
+        if sent is not None:
+            yield f'{name}{{sink="{escape(str(sink))}"}} {sent}\n'
 
 
 def _evidence(evidence: object) -> Iterator[str]:

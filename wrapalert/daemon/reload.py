@@ -140,7 +140,7 @@ class Reloader:
         self.bans.configure(runtime.sinks.banner)  # the new ban stage follows its rule
         if runtime.sinks.take_over(old.sinks):
             self.ledger.store.stage_retry_failed()
-        old.scheduler.retire()
+        old.retire()
         self.runtime = runtime
         self.accept = runtime.pipeline.accept
         self.trusted_uids = frozenset(new.daemon.trusted_uids)

@@ -1,8 +1,9 @@
 """The runtime: everything one Config builds, and that a reload replaces whole.
 
 A `Runtime` is the sinks (daemon/sinkset.py), the event pipeline with its
-aggregator (pipeline/chain.py) and the digest scheduler (daemon/scheduler.py)
-for one Config. The long-lived parts it reports to (the ledger, the silence
+aggregator (pipeline/chain.py), the digest scheduler (daemon/scheduler.py), the
+fleet's ban sharing (daemon/fleet.py) and the alertmanager sinks' heartbeats
+(daemon/heartbeat.py) for one Config. The long-lived parts it reports to (the ledger, the silence
 book, the ban book, the state database) outlive it: `RuntimeBuilder` is given
 them once and builds each runtime around them. Building reads the previous
 runtime's state (groups as plain data, the ban and scan stages' memories) but
@@ -20,6 +21,8 @@ from typing import Any
 from wrapalert.clock import Clock
 from wrapalert.config import Config
 from wrapalert.daemon.bans import Bans
+from wrapalert.daemon.fleet import Fleet, FleetSettings
+from wrapalert.daemon.heartbeat import Heartbeat
 from wrapalert.daemon.ledger import Ledger
 from wrapalert.daemon.scheduler import Scheduler
 from wrapalert.daemon.silences import Silences
@@ -28,6 +31,7 @@ from wrapalert.pipeline import chain
 from wrapalert.pipeline.aggregate import Aggregator
 from wrapalert.pipeline.ban import BanStage
 from wrapalert.pipeline.deliver import WorkerState
+from wrapalert.sinks.alertmanager import AlertmanagerSinkConfig
 from wrapalert.sinks.base import Built
 
 
@@ -39,6 +43,8 @@ class Runtime:
     sinks: SinkSet
     pipeline: chain.EventPipeline
     scheduler: Scheduler
+    fleet: Fleet | None = None  # with an nftables sink's `fleet`
+    heartbeats: tuple[Heartbeat, ...] = ()  # one per alertmanager sink with `heartbeat`
 
     @property
     def aggregator(self) -> Aggregator:
@@ -50,14 +56,33 @@ class Runtime:
         self.sinks.restore(outbox)
 
     def start(self, tg: asyncio.TaskGroup) -> None:
-        """Run its tasks: every sink's worker and the digest timer."""
+        """Run its tasks: every sink's worker, the digest timer, the fleet, heartbeats."""
         self.sinks.start(tg)
         self.scheduler.start(tg)
+        for part in self._timed():
+            part.start(tg)
+
+    def retire(self) -> None:
+        """Stop its timers (a reload's successor takes over; the workers hand over)."""
+        self.scheduler.retire()
+        for part in self._timed():
+            part.retire()
+
+    def _timed(self) -> tuple[Fleet | Heartbeat, ...]:
+        return (*((self.fleet,) if self.fleet is not None else ()), *self.heartbeats)
+
+    def status(self) -> dict[str, object]:
+        """Status' `fleet` and `heartbeat` objects (None: not configured)."""
+        beats = {h.name: h.status() for h in self.heartbeats}
+        return {
+            "fleet": self.fleet.status() if self.fleet is not None else None,
+            "heartbeat": beats or None,
+        }
 
     async def stop(self, grace: float) -> None:
         """At shutdown: every group with news goes out, then the sinks get `grace`
         seconds (what is still undelivered stays in the outbox)."""
-        self.scheduler.retire()
+        self.retire()
         self.scheduler.collect(force=True, why="shutdown")
         self.sinks.close()
         await self.sinks.wait(grace)
@@ -126,4 +151,16 @@ class RuntimeBuilder:
             ban=ban,
             previous=previous.pipeline if previous is not None else None,
         )
-        return Runtime(cfg, sinks, pipeline, scheduler)
+        host = cfg.daemon.hostname
+        fleet_settings = FleetSettings.of(cfg)
+        fleet = None
+        if fleet_settings is not None:
+            fleet = Fleet(
+                fleet_settings, bans=self.bans, host=host, clock=self.clock, stats=ledger.stats
+            )
+        heartbeats = tuple(
+            Heartbeat(s, host=host, clock=self.clock)
+            for s in cfg.sinks
+            if isinstance(s, AlertmanagerSinkConfig) and s.heartbeat > 0
+        )
+        return Runtime(cfg, sinks, pipeline, scheduler, fleet, heartbeats)

@@ -134,13 +134,18 @@ class Server:
 
     def status(self) -> dict[str, object]:
         runtime = self.runtime
-        return self.stats.as_dict(
-            groups=len(runtime.aggregator.groups),
-            pending_events=runtime.aggregator.pending_events,
-            outbox=runtime.sinks.outbox,
-            sinks=runtime.sinks.status(),
-            state=self.store.health(),
-        ) | {"bans": self.bans.status(), "evidence": self.witness.status(), "hook": self.hook()}
+        return (
+            self.stats.as_dict(
+                groups=len(runtime.aggregator.groups),
+                pending_events=runtime.aggregator.pending_events,
+                outbox=runtime.sinks.outbox,
+                sinks=runtime.sinks.status(),
+                state=self.store.health(),
+            )
+            | {"bans": self.bans.status(), "evidence": self.witness.status()}
+            | runtime.status()
+            | {"hook": self.hook()}
+        )
 
     def hook(self) -> dict[str, object]:
         """`status`'s `hook` object: whether refusals reach the daemon, and who says so."""

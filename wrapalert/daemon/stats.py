@@ -36,6 +36,14 @@ class Stats:
     bans_refused: Counter[str] = field(default_factory=Counter)  # allowlisted, session, cap
     bans_expired: int = 0
     bans_lifted: int = 0  # ended early: `wrapalert ban del` or `flush`
+    # Bans followed from the fleet (daemon/fleet.py), apart from this host's own: made,
+    # ended (the fleet lifted them, their time ran out, or this host's rules since),
+    # refused by this host's rules (allowlisted, session, cap, wide).
+    fleet_bans: int = 0
+    fleet_ended: int = 0
+    fleet_refused: Counter[str] = field(default_factory=Counter)
+    # The fleet's peers: alerts of theirs skipped as malformed, by reason, at each look.
+    fleet_rejected: Counter[str] = field(default_factory=Counter)
     # What the kernel lost under a running daemon and the reconcile put back, by kind:
     # "table" (re-made), "declaration" (sets, chain or rules), elements "missing" (added),
     # "extra" (removed), "expiry" (timeouts set right).

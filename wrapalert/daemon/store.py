@@ -304,6 +304,22 @@ class Store:
         except ValueError:
             return None
 
+    def stage_fleet_exceptions(self, exceptions: dict[str, float]) -> None:
+        """Fleet bans lifted here by hand, each with the end of the fleet ban it lifted
+        (daemon/fleetbook.py): not followed again while that lasts, also after a restart."""
+        self._meta["fleet_exceptions"] = json.dumps(exceptions)
+
+    def fleet_exceptions(self) -> list[tuple[str, float]]:
+        """What `stage_fleet_exceptions` saved last; nothing if the row is not what we wrote."""
+        if self.db is None:
+            return []
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'fleet_exceptions'").fetchone()
+        try:
+            saved = json.loads(row[0]) if row else {}
+            return [(str(target), float(end)) for target, end in saved.items()]
+        except (TypeError, ValueError, AttributeError):
+            return []  # a damaged row: those fleet bans are followed again, no more
+
     def stage_enqueue(self, sink: str, digest: Digest) -> None:
         self._ops.append(
             (

@@ -30,6 +30,13 @@ source that tried several daemons) or network (a swept /24 or /64), with the
 daemons and sources as annotations: an Alertmanager inhibit rule can then
 mute that source's plain refusals (packaging/examples/alertmanager.yml).
 
+With `heartbeat` (default 5 min) the daemon also keeps one `WrapalertHeartbeat`
+alert firing, labelled host and the static labels, refreshed every interval with
+endsAt three intervals ahead (`heartbeat_alert`; daemon/heartbeat.py posts it):
+when the host goes silent it resolves, and a dead man's switch receiver pages
+(packaging/examples/alertmanager.yml). The peers, their basic auth and the CA
+that verifies https ones are sinks/amapi.py's.
+
 "held" records (events the rate limit counted instead of forwarding) become
 one alert `WrapalertHeld` with labels host and the static ones, and the
 held count, time span and top daemons as annotations; untrusted held
@@ -48,7 +55,6 @@ record can break the JSON, add a label or rename one.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import socket
@@ -56,6 +62,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 
@@ -63,20 +70,22 @@ from wrapalert.clock import SYSTEM
 from wrapalert.confkeys import (
     POSITIVE,
     TIMEOUT,
+    Duration,
     Pairs,
+    PathValue,
+    Text,
     Urls,
     setting,
     sink_name,
     sink_rate,
 )
-from wrapalert.confparse import HttpUrl
-from wrapalert.sinks.base import Capabilities, PermanentSinkError, SinkError, TransientSinkError
-from wrapalert.sinks.http import Target, post
+from wrapalert.confparse import HttpUrl, Table
+from wrapalert.sinks.amapi import Access, Peers
+from wrapalert.sinks.base import Capabilities, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import EventSinkType
 
 log = structlog.get_logger()
 
-API_PATH = "/api/v2/alerts"
 MAX_VALUE = 8192  # characters per label or annotation value; a whole datagram is 4096 bytes
 LISTED = 5  # distinct values named in an annotation; the rest are counted
 
@@ -89,6 +98,9 @@ MAX_TOTALS = 10_000  # label sets whose running total is kept
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # The labels this sink sets itself: static labels may not replace them.
 ALERT_LABELS = frozenset({"alertname", "daemon", "client_addr", "host", "trust"})
+HEARTBEAT_AHEAD = 3  # intervals a heartbeat alert stays firing without a refresh
+# RFC 7617: the user id may not hold a colon; control characters could split the header.
+USERNAME = re.compile(r"[^:\x00-\x1f\x7f]{1,256}")
 
 
 def _urls(urls: tuple[HttpUrl, ...]) -> tuple[HttpUrl, ...]:
@@ -116,6 +128,12 @@ def _labels(labels: tuple[tuple[str, object], ...]) -> tuple[tuple[str, str], ..
     return tuple(sorted(checked))
 
 
+def _heartbeat(seconds: float) -> float:
+    if 0 < seconds < 1:
+        raise ValueError("use 0 (off) or at least 1s")
+    return seconds
+
+
 @dataclass(frozen=True)
 class AlertmanagerSinkConfig:
     """A forwarding sink: alerts POSTed to every Alertmanager of a cluster (API v2)."""
@@ -135,10 +153,65 @@ class AlertmanagerSinkConfig:
         (), 'Static labels added to every alert, e.g. { env = "prod" }.', Pairs(), check=_labels
     )
     events_per_second: float | None = sink_rate()
+    username: str | None = setting(
+        None,
+        "HTTP basic auth user name (with password_file), as Alertmanager's "
+        "--web.config.file basic_auth_users checks it.",
+        Text(USERNAME, "no colon and no control characters, at most 256"),
+    )
+    password_file: Path | None = setting(
+        None,
+        "File whose first line is the basic auth password, read at start and at each "
+        "reload; refused if other users may read or write it (give it to owner and group "
+        "wrapalert only, or use systemd's LoadCredential=).",
+        PathValue(),
+    )
+    ca_file: Path | None = setting(
+        None,
+        "PEM file of the CA certificate(s) that verify https:// peers (as Alertmanager's "
+        "tls_server_config serves them); unset: the system's CAs.",
+        PathValue(),
+    )
+    heartbeat: float = setting(
+        300.0,
+        "An always-firing WrapalertHeartbeat alert, refreshed this often with its endsAt "
+        'three intervals ahead, so Alertmanager can page when this host goes silent; "0" off.',
+        Duration(),
+        check=_heartbeat,
+    )
+
+    @property
+    def access(self) -> Access:
+        """The peers and how to reach them (sinks/amapi.py reads the files)."""
+        return Access(self.urls, self.timeout, self.username, self.password_file, self.ca_file)
+
+
+def check(t: Table, cfg: AlertmanagerSinkConfig) -> None:
+    """Rules across the keys: basic auth needs both halves, a CA needs an https peer."""
+    if cfg.username is not None and cfg.password_file is None:
+        raise t.error("password_file", "missing: basic auth needs it beside username")
+    if cfg.password_file is not None and cfg.username is None:
+        raise t.error("username", "missing: basic auth needs it beside password_file")
+    if cfg.ca_file is not None and not any(url.tls for url in cfg.urls):
+        raise t.error("ca_file", "verifies https:// peers, and urls has none")
 
 
 def describe(cfg: AlertmanagerSinkConfig) -> str:
-    return f"alertmanager {', '.join(map(str, cfg.urls))} (forwarding, alerts per label set)"
+    extras = []
+    if cfg.username is not None:
+        plain = [url.text for url in cfg.urls if not url.tls]
+        clear = (
+            f"; over http the password crosses the network readable: {plain[0]}" if plain else ""
+        )
+        extras.append(f"basic auth as {cfg.username!r} (password from {cfg.password_file}){clear}")
+    if cfg.ca_file is not None:
+        extras.append(f"https verified by {cfg.ca_file}")
+    beat = f"heartbeat every {cfg.heartbeat:g}s" if cfg.heartbeat else "no heartbeat"
+    extras.append(beat)
+    return (
+        f"alertmanager {', '.join(map(str, cfg.urls))} (forwarding, alerts per label set; "
+        f"{'; '.join(extras)})"
+    )
 
 
 class Totals:
@@ -182,7 +255,7 @@ class AlertmanagerSink:
         now: Callable[[], float] = SYSTEM.now,
     ) -> None:
         self.name = cfg.name
-        self.targets = [Target.of(url.under(API_PATH), timeout=cfg.timeout) for url in cfg.urls]
+        self.peers = Peers.connect(cfg.access)  # ConfigError: the password or CA file
         self.resolve_after = cfg.resolve_after
         self.labels = dict(cfg.labels)
         self.host = host or socket.gethostname()
@@ -202,10 +275,9 @@ class AlertmanagerSink:
         if not alerts:
             return
         body = json.dumps(alerts, separators=(",", ":")).encode()
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self._post(target, body)) for target in self.targets]
-        errors = [error for task in tasks if (error := task.result()) is not None]
-        if len(errors) < len(tasks):
+        outcomes = await self.peers.post(body)
+        errors = [error for error in outcomes if error is not None]
+        if len(errors) < len(outcomes):
             for error in errors:  # delivered all the same: the cluster shares it
                 log.warning("alertmanager_peer_failed", sink=self.name, error=str(error))
             self.totals.commit()
@@ -215,16 +287,23 @@ class AlertmanagerSink:
             raise PermanentSinkError(message)
         raise TransientSinkError(message)  # a peer may come back and take it
 
-    @staticmethod
-    async def _post(target: Target, body: bytes) -> SinkError | None:
-        """One peer's outcome as a value: a failure must not cancel the other peers."""
-        try:
-            await post(target, body)
-        except SinkError as error:
-            return error
-        except Exception as error:  # noqa: BLE001 - e.g. UnicodeError from the resolver
-            return PermanentSinkError(f"{target.display}: {type(error).__name__}: {error}")
-        return None
+
+def heartbeat_alert(
+    *, host: str, static: dict[str, str], started: float, now: float, interval: float
+) -> Alert:
+    """The WrapalertHeartbeat alert: firing since the daemon started, for HEARTBEAT_AHEAD
+    intervals from `now` (each refresh pushes its end on)."""
+    until = now + HEARTBEAT_AHEAD * interval
+    summary = (
+        f"wrapalert on {host} is running; refreshed every {interval:g}s, so this alert "
+        f"resolves by itself {HEARTBEAT_AHEAD * interval:g}s after the host goes silent"
+    )
+    return {
+        "labels": {**static, "alertname": "WrapalertHeartbeat", "host": host},
+        "annotations": {"summary": _value(summary), "refreshed": _rfc3339(now)},
+        "startsAt": _rfc3339(started),
+        "endsAt": _rfc3339(until),
+    }
 
 
 @dataclass
@@ -487,6 +566,7 @@ SINK = EventSinkType(
     describe=describe,
     build=AlertmanagerSink,
     build_for_host=lambda cfg, host: AlertmanagerSink(cfg, host=host),
+    check=check,
     # A scan is an alert of its own; so is the alarm's own state (WrapalertHookBroken).
     takes=Capabilities(records=True, scans=True, notices=True),
 )

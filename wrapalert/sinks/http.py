@@ -1,4 +1,4 @@
-"""HTTP POST for the forwarding sinks (alertmanager, webhook): a small asyncio HTTP/1.1 client.
+"""HTTP for the forwarding sinks (alertmanager, webhook): a small asyncio HTTP/1.1 client.
 
 Why not `urllib.request` in a thread: its timeout bounds each socket operation,
 not the request, so a server that trickles bytes holds the thread for ever,
@@ -12,10 +12,13 @@ too). Redirects are not followed: the answer is a permanent error naming
 where to point the URL.
 
 The client sends one request per connection (`Connection: close`) and reads
-the status; the body only of a failure, at most `MAX_REPLY` bytes, for the
-message. Errors map onto the sink errors: no connection, a timeout, 408, 429
-or 5xx is transient; 3xx, other 4xx, an untrusted certificate or an answer
-that is not HTTP is permanent (retrying cannot change it).
+the status; the body of a POST only when it failed, at most `MAX_REPLY` bytes,
+for the message. A GET (the fleet's poll of Alertmanager, daemon/fleet.py)
+reads a successful body whole, up to the `limit` it is given: a longer one is
+refused (`ReplyTooLargeError`), never buffered past it. Errors map onto the
+sink errors: no connection, a timeout, 408, 429 or 5xx is transient; 3xx,
+other 4xx, an untrusted certificate or an answer that is not HTTP is
+permanent (retrying cannot change it).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from wrapalert.confparse import HttpUrl
-from wrapalert.sinks.base import PermanentSinkError, TransientSinkError
+from wrapalert.sinks.base import PermanentSinkError, SinkError, TransientSinkError
 
 MAX_REPLY = 4096  # bytes of a failure's body read for its message
 MAX_HEADERS = 100
@@ -57,6 +60,10 @@ class _BadReplyError(Exception):
     """The peer's answer is not HTTP/1.x."""
 
 
+class ReplyTooLargeError(TransientSinkError):
+    """A GET's body is longer than its limit: not read further."""
+
+
 @dataclass(frozen=True)
 class Target:
     """Where to POST (a URL config parsed) and how long to wait; `display` is what
@@ -68,15 +75,32 @@ class Target:
     context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, url: HttpUrl, *, timeout: float, redact: bool = False) -> Target:
-        """`redact` keeps the path and query (often a token) out of messages."""
+    def of(
+        cls,
+        url: HttpUrl,
+        *,
+        timeout: float,
+        redact: bool = False,
+        context: ssl.SSLContext | None = None,
+    ) -> Target:
+        """`redact` keeps the path and query (often a token) out of messages; `context`
+        verifies an https peer (default: the system's CAs)."""
+        if url.tls and context is None:
+            # Made per target, not per module: the CA set is read when the sink is built.
+            context = ssl.create_default_context()
         return cls(
             url=url,
-            display=url.origin if redact else url.origin + url.path,
+            display=url.origin if redact else url.origin + url.path.partition("?")[0],
             timeout=timeout,
-            # Made per target, not per module: the CA set is read when the sink is built.
-            context=ssl.create_default_context() if url.tls else None,
+            context=context if url.tls else None,
         )
+
+
+def tls_context(ca_file: str | os.PathLike[str] | None) -> ssl.SSLContext:
+    """A client context that trusts `ca_file` alone (a private CA, as Alertmanager's own
+    tls_server_config uses), or the system's CAs; OSError or ssl.SSLError if the file
+    cannot be read as PEM certificates."""
+    return ssl.create_default_context(cafile=ca_file)
 
 
 async def post(
@@ -87,11 +111,23 @@ async def post(
     content_type: str = "application/json",
 ) -> None:
     """POST `body`; return on 2xx, else raise TransientSinkError or PermanentSinkError."""
-    request = _request(target, body, headers, content_type)
+    request = _request("POST", target, body, headers, content_type)
+    await _call(target, request, None)
+
+
+async def get(target: Target, *, limit: int, headers: Sequence[tuple[str, str]] = ()) -> bytes:
+    """GET the target; its body on 2xx (at most `limit` bytes, else ReplyTooLargeError),
+    else raise TransientSinkError or PermanentSinkError as `post` does."""
+    request = _request("GET", target, None, headers, None)
+    return await _call(target, request, limit)
+
+
+async def _call(target: Target, request: bytes, limit: int | None) -> bytes:
+    """One exchange; the body of a 2xx reply when `limit` is given (a GET), else b""."""
     timeout = target.timeout
     try:
         async with asyncio.timeout(timeout):
-            status, reason, reply, writer = await _exchange(target, request)
+            status, reason, reply, writer = await _exchange(target, request, limit)
     except TimeoutError:
         raise TransientSinkError(f"{target.display}: no answer within {timeout:g} s") from None
     except ssl.SSLCertVerificationError as exc:  # before OSError: it is one too
@@ -102,6 +138,8 @@ async def post(
         # A plain-HTTP server on the https URL's port: retrying cannot change that.
         problem = "the server does not speak TLS there (an http:// URL?)"
         raise PermanentSinkError(f"{target.display}: {problem}") from exc
+    except ReplyTooLargeError as exc:
+        raise ReplyTooLargeError(f"{target.display}: {exc}") from None
     except (OSError, EOFError) as exc:  # refused, reset, DNS, TLS, closed before replying
         raise TransientSinkError(f"{target.display}: {_describe(exc)}") from exc
     except _BadReplyError as exc:
@@ -109,29 +147,39 @@ async def post(
     # Past the deadline's reach: a slow goodbye must not turn an answer into a timeout.
     await _goodbye(writer)
     if 200 <= status < 300:
-        return
+        return reply
+    raise _failure(target, status, reason, reply)
+
+
+def _failure(target: Target, status: int, reason: str, reply: bytes) -> SinkError:
+    """The error a non-2xx answer is: transient for 408, 429 and 5xx, else permanent."""
     words = _words(reply)
     message = f"{target.display}: HTTP {status} {_clean(reason)}" + (f": {words}" if words else "")
     if status in (408, 429) or status >= 500:
-        raise TransientSinkError(message)
+        return TransientSinkError(message)
     if 300 <= status < 400:
-        raise PermanentSinkError(f"{message} (redirects are not followed: use the final URL)")
-    raise PermanentSinkError(message)
+        return PermanentSinkError(f"{message} (redirects are not followed: use the final URL)")
+    return PermanentSinkError(message)
 
 
 def _request(
-    target: Target, body: bytes, headers: Sequence[tuple[str, str]], content_type: str
+    method: str,
+    target: Target,
+    body: bytes | None,
+    headers: Sequence[tuple[str, str]],
+    content_type: str | None,
 ) -> bytes:
-    framing = {
-        "Host": target.url.host_header,
-        "Content-Length": str(len(body)),
-        "Connection": "close",
-    }
-    defaults = {"User-Agent": USER_AGENT, "Content-Type": content_type}
+    framing = {"Host": target.url.host_header, "Connection": "close"}
+    defaults = {"User-Agent": USER_AGENT}
+    if body is not None:
+        framing["Content-Length"] = str(len(body))
+        defaults["Content-Type"] = content_type or "application/octet-stream"
+    else:
+        defaults["Accept"] = "application/json"
     # The framing is always ours (config refuses those names); the defaults can be replaced.
     extra = [(k, v) for k, v in headers if k.lower() not in FRAMING_HEADERS]
     given = {name.lower() for name, _ in extra}
-    lines = [f"POST {target.url.path} HTTP/1.1"]
+    lines = [f"{method} {target.url.path} HTTP/1.1"]
     lines += [f"{k}: {v}" for k, v in framing.items()]
     lines += [f"{k}: {v}" for k, v in defaults.items() if k.lower() not in given]
     lines += [f"{k}: {v}" for k, v in extra]
@@ -143,11 +191,14 @@ def _request(
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     except UnicodeEncodeError as exc:
         raise PermanentSinkError(f"{target.display}: header is not latin-1: {exc}") from None
-    return head + body
+    return head + (body or b"")
 
 
-async def _exchange(target: Target, request: bytes) -> tuple[int, str, bytes, asyncio.StreamWriter]:
-    """Send the request; the reply's status, reason, failure body, and the open stream."""
+async def _exchange(
+    target: Target, request: bytes, limit: int | None
+) -> tuple[int, str, bytes, asyncio.StreamWriter]:
+    """Send the request; the reply's status, reason, body (a failure's, or with `limit` a
+    success's too), and the open stream."""
     reader, writer = await asyncio.open_connection(
         target.url.host,
         target.url.port,
@@ -159,7 +210,12 @@ async def _exchange(target: Target, request: bytes) -> tuple[int, str, bytes, as
         writer.write(request)
         await writer.drain()
         status, reason, fields = await _head(reader)
-        reply = b"" if 200 <= status < 300 else await _body(reader, fields)
+        if not 200 <= status < 300:
+            reply = await _body(reader, fields)
+        elif limit is not None:
+            reply = await _whole_body(reader, fields, limit)
+        else:
+            reply = b""
         if 300 <= status < 400 and "location" in fields:
             reason = f"{reason} -> {fields['location'][:MESSAGE_CHARS]}"
     except BaseException:
@@ -229,6 +285,40 @@ async def _body(reader: asyncio.StreamReader, fields: dict[str, str]) -> bytes:
                     if not chunk:
                         break
                     out += chunk
+    return bytes(out)
+
+
+async def _whole_body(reader: asyncio.StreamReader, fields: dict[str, str], limit: int) -> bytes:
+    """A successful reply's body, all of it: by Content-Length, chunks, or until the peer
+    closes (we asked for `Connection: close`). More than `limit` bytes: ReplyTooLargeError
+    once the limit is passed, so a peer cannot make us hold more."""
+    out = bytearray()
+
+    def room(size: int) -> int:
+        if len(out) + size > limit:
+            raise ReplyTooLargeError(f"reply larger than {limit:,} bytes")
+        return size
+
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        while True:
+            head = (await _line(reader)).split(b";")[0].strip()
+            try:
+                size = int(head, 16)
+            except ValueError:
+                raise _BadReplyError("bad chunk size") from None
+            if size == 0:
+                break
+            out += await reader.readexactly(room(size))
+            await reader.readexactly(2)  # the chunk's CRLF
+        return bytes(out)
+    length = fields.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise _BadReplyError("bad Content-Length")
+        return await reader.readexactly(room(int(length)))
+    while chunk := await reader.read(65536):
+        room(len(chunk))
+        out += chunk
     return bytes(out)
 
 

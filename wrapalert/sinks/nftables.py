@@ -23,6 +23,11 @@ nftables package the sink needs anyway. A child process also keeps a crash
 or a blocking netlink call of the library out of the event loop, and a
 batch costs one fork+exec (a few ms): bans are rare, and batched.
 
+The fleet (daemon/fleet.py): with `fleet` naming an alertmanager sink, every
+ban this host makes is published to that sink's peers as a WrapalertBan alert;
+with `follow`, the bans other hosts published there are followed here, each
+passing this host's own rules first.
+
 `send_records` makes this an event sink, but the daemon gives it no events
 (the stage counts them), and `wrapalert test-alert` asks the ban book, which
 compares the kernel with its bans.
@@ -44,6 +49,7 @@ from wrapalert.confkeys import (
     POSITIVE,
     Choice,
     Count,
+    Duration,
     Flag,
     PathValue,
     Strings,
@@ -51,6 +57,7 @@ from wrapalert.confkeys import (
     setting,
     sink_name,
 )
+from wrapalert.confparse import HOSTNAME, Table
 from wrapalert.sinks.base import Capabilities, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import EventSinkType
 
@@ -64,6 +71,18 @@ DROP_IN_SOURCE = "/usr/share/doc/wrapalert/examples/wrapalert-nftables.conf"
 # host's user namespace), or no AF_NETLINK socket (RestrictAddressFamilies).
 NOT_PERMITTED = ("Operation not permitted", "Address family not supported", "Permission denied")
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+MAX_FLEET_HOSTS = 10_000
+
+
+def _fleet_hosts(names: tuple[str, ...]) -> frozenset[str] | None:
+    if not names:
+        raise ValueError("empty: name at least one host, or leave it out for every host")
+    if len(names) > MAX_FLEET_HOSTS:
+        raise ValueError(f"more than {MAX_FLEET_HOSTS:,} hosts")
+    for name in names:
+        if not HOSTNAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a host name ([daemon] hostname's letters)")
+    return frozenset(names)
 
 
 @dataclass(frozen=True)
@@ -137,6 +156,39 @@ class NftablesSinkConfig:
     nft: str = setting(
         "/usr/sbin/nft", "The nft program that applies the changes.", PathValue(), check=str
     )
+    fleet: str | None = setting(
+        None,
+        "The alertmanager sink (by name) whose peers share bans: every ban this host makes "
+        "(threshold, scan, by hand) is posted there as a WrapalertBan alert until it ends, "
+        "and resolved when lifted.",
+        Text(),
+    )
+    follow: bool = setting(
+        False,
+        "Whether to ban what other hosts banned (read from fleet's peers), each source "
+        "passing this host's own rules first (allow, own addresses, sessions, ipv6_prefix, "
+        "max_bans: fleet bans take at most half of it); lifted when the fleet lifts it.",
+        Flag(),
+    )
+    follow_interval: float = setting(
+        15.0,
+        "How often the peers are asked for the fleet's bans; this host's bans are posted "
+        "again to every peer every four intervals (a peer that restarted catches up).",
+        Duration(minimum=1.0),
+    )
+    fleet_hosts: frozenset[str] | None = setting(
+        None,
+        "Only bans from these host names ([daemon] hostname of theirs) are followed.",
+        Strings(),
+        check=_fleet_hosts,
+        shown="every host",
+    )
+    fleet_min_hosts: int = setting(
+        1,
+        "A source is followed once this many hosts banned it (2 or more: one host's "
+        "credentials alone cannot ban here).",
+        Count(minimum=1, maximum=MAX_FLEET_HOSTS),
+    )
     # Not a key: no rate limit stands between the ban stage and its counts (pipeline/ban.py);
     # the attribute is what every event sink's config has.
     events_per_second: float | None = None
@@ -152,16 +204,44 @@ class NftablesSinkConfig:
             max_bans=self.max_bans,
             mode=self.mode,
             scan=self.scan,
+            follow=self.follow,
+        )
+
+
+def check(t: Table, cfg: NftablesSinkConfig) -> None:
+    """Rules across the keys: following needs a fleet, the fleet keys need following."""
+    if cfg.follow and cfg.fleet is None:
+        raise t.error("follow", 'needs fleet = "<the alertmanager sink\'s name>" to follow')
+    if not cfg.follow:
+        for key in ("fleet_hosts", "fleet_min_hosts"):
+            if key in t.raw:
+                raise t.error(key, "only means something with follow = true")
+    if cfg.fleet_hosts is not None and cfg.fleet_min_hosts > len(cfg.fleet_hosts):
+        raise t.error(
+            "fleet_min_hosts",
+            f"{cfg.fleet_min_hosts} is more than the {len(cfg.fleet_hosts)} fleet_hosts: "
+            "nothing could ever be followed",
         )
 
 
 def describe(cfg: NftablesSinkConfig) -> str:
     what = "reports what it would ban" if cfg.mode == "dry-run" else "drops new connections of"
     allow = f"; never bans {', '.join(map(str, cfg.allow))}" if cfg.allow else ""
+    fleet = ""
+    if cfg.fleet is not None:
+        fleet = f"; publishes its bans to sink {cfg.fleet}'s peers"
+        if cfg.follow:
+            hosts = (
+                "any other host" if cfg.fleet_hosts is None else ", ".join(sorted(cfg.fleet_hosts))
+            )
+            fleet += (
+                f" and follows theirs every {cfg.follow_interval:g}s (from {hosts}; "
+                f"{cfg.fleet_min_hosts} host(s) at least)"
+            )
     return (
         f"nftables table inet {cfg.table}: {what} a source after {cfg.threshold} trusted "
         f"refusals within {cfg.window:g}s, for {cfg.ban_for:g}s (IPv6 by /{cfg.ipv6_prefix}), "
-        f"at most {cfg.max_bans} bans, checked every {cfg.reconcile:g}s{allow}"
+        f"at most {cfg.max_bans} bans, checked every {cfg.reconcile:g}s{allow}{fleet}"
     )
 
 
@@ -269,5 +349,6 @@ SINK = EventSinkType(
     config=NftablesSinkConfig,
     describe=describe,
     build=NftablesSink,
+    check=check,
     takes=Capabilities(bans=True),  # no events: the ban stage counts them, the book calls it
 )
