@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from wrapalert.clock import SYSTEM  # noqa: E402 - after the path above
 from wrapalert.daemon import spool as spool_mod  # noqa: E402
+from wrapalert.daemon.activity import Activity  # noqa: E402
 from wrapalert.daemon.intake import Intake  # noqa: E402
 from wrapalert.daemon.stats import Stats  # noqa: E402
 from wrapalert.daemon.store import Store  # noqa: E402
@@ -128,6 +129,16 @@ class Nowhere:
         return None
 
 
+class NoCanary:
+    """No canary run open: intake claims nothing for it."""
+
+    expected: dict[tuple[str, str, str], object] = {}  # noqa: RUF012 - never written
+
+    @staticmethod
+    def claims(_fields: dict[str, str]) -> bool:
+        return False
+
+
 def idle_intake(sock: socket.socket) -> Intake:
     """An intake for the pass to hand its files to; the events go nowhere."""
     stats = Stats()
@@ -137,6 +148,8 @@ def idle_intake(sock: socket.socket) -> Intake:
         stats=stats,
         twins=Twins(),
         witness=Witness(stats, time.time),
+        canary=NoCanary(),
+        activity=Activity(),
     )
 
 

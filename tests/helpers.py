@@ -45,11 +45,17 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from wrapalert import config
-from wrapalert.clock import Clock
+from wrapalert.clock import Clock, SystemClock
 from wrapalert.confparse import SinkConfig
 from wrapalert.daemon import control
+from wrapalert.daemon.alarm import Alarm
+from wrapalert.daemon.canaries import Canaries
+from wrapalert.daemon.notices import Post
 from wrapalert.daemon.server import Server
+from wrapalert.daemon.stats import Stats
+from wrapalert.daemon.store import Store
 from wrapalert.model import Digest, Event, GroupReport
+from wrapalert.notice import Notice
 from wrapalert.preview import build_digest, parse_events
 from wrapalert.sinks import EventSink, build
 from wrapalert.sinks.base import TransientSinkError
@@ -222,15 +228,23 @@ def preview_digest(lines: str, cfg: config.Config | None = None, *, host: str = 
     return build_digest(parse_events(lines), cfg or config.Config(), NOW, host=host)
 
 
+# A test's daemon does not watch this machine's /etc/hosts.allow and /etc/hosts.deny: what
+# they hold varies (tests that watch tables give their own paths).
+NO_HOOK_WATCH = config.HookConfig(watch=False)
+
+
 def make_config(
     base: Path,
     *sinks: SinkConfig,
     group_wait: float = 0.5,
     group_interval: float = 2.0,
     batch_window: float = 0.5,
+    hook: config.HookConfig = NO_HOOK_WATCH,
 ) -> config.Config:
-    """A config with every path under `base` and short timers for tests."""
+    """A config with every path under `base` and short timers for tests; `hook`: the hook
+    watch is off (the machine's own /etc/hosts.deny is not the test's business)."""
     return config.Config(
+        hook=hook,
         daemon=replace(
             config.DaemonConfig(),
             socket=base / "notify.sock",
@@ -258,10 +272,12 @@ def write_config(
     extra: str = "",
     sinks: str | None = None,
     digests: bool = True,
+    hook: str = "watch = false",
 ) -> Path:
     """A TOML config under `base` (paths, short timers, a Maildir sink unless `sinks` says
     otherwise) for `wrapalert run` or `Server(config_path=...)`. `digests=False`: `sinks`
-    take none, and the config says that is meant."""
+    take none, and the config says that is meant. `hook`: the [hook] table's keys (by
+    default the watch is off: this machine's /etc/hosts.deny is not the test's business)."""
     if sinks is None:
         sinks = f'[[sink]]\ntype = "maildir"\npath = "{base}/Maildir"\n'
 
@@ -280,6 +296,9 @@ group_wait = "{group_wait}"
 group_interval = "2s"
 batch_window = "500ms"
 {"" if digests else "enabled = false"}
+
+[hook]
+{hook}
 
 {sinks}
 {extra}""")
@@ -657,6 +676,7 @@ class Mailbox:
         self.failures = failures
         self.attempts: list[float] = []
         self.got: list[tuple[float, Digest]] = []
+        self.notices: list[tuple[float, Notice]] = []  # when built to take them (sinks.base.MAIL)
         self.arrived = asyncio.Event()
 
     async def send(self, digest: Digest) -> None:
@@ -667,12 +687,47 @@ class Mailbox:
         self.got.append((self.clock.now(), digest))
         self.arrived.set()
 
+    async def send_notice(self, notice: Notice) -> None:
+        self.attempts.append(self.clock.now())
+        if self.failures:
+            self.failures -= 1
+            raise TransientSinkError("421 try again")
+        self.notices.append((self.clock.now(), notice))
+        self.arrived.set()
+
+    async def wait_notices(self, count: int, within: float) -> None:
+        """Until `count` notices arrived, or `within` (clock) seconds passed (a failure)."""
+        async with asyncio.timeout(within):
+            while len(self.notices) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
     async def wait(self, count: int, within: float) -> None:
         """Until `count` digests arrived, or `within` virtual seconds passed (a failure)."""
         async with asyncio.timeout(within):
             while len(self.got) < count:
                 self.arrived.clear()
                 await self.arrived.wait()
+
+
+@dataclass
+class SinksInForce:
+    """The runtime in force as the post (daemon/notices.py) asks it: the digest sinks that
+    take notices, by name, and the forwarders offered hook records (none unless given)."""
+
+    notice_sinks: dict[str, Any] = field(default_factory=dict)
+    notice_forwarders: list[Any] = field(default_factory=list)
+
+
+def canary_book(
+    stats: Stats, clock: Clock | None = None, sinks: SinksInForce | None = None
+) -> Canaries:
+    """A real canary book, with a real alarm book and post behind it, whose state database
+    is never opened (it keeps what it stages in memory)."""
+    clock = clock or SystemClock()
+    store = Store(Path("/nonexistent/wrapalert-test-state"), clock.now)
+    post = Post(sinks or SinksInForce(), store, clock, stats)
+    return Canaries(store, clock, stats, Alarm(store, clock, post, "test"))
 
 
 class Records:

@@ -105,7 +105,8 @@ def test_commands_reach_their_owners_and_refusals_come_back(tmp_path: Path) -> N
     path = tmp_path / "control.sock"
 
     async def scenario() -> list[dict[str, Any]]:
-        server = await control.serve(path, api.commands(daemon, silences, bans, daemon.explainer))
+        commands = api.commands(daemon, silences, bans, daemon.explainer, daemon.canaries)
+        server = await control.serve(path, commands)
         try:
             steps: list[tuple[str, dict[str, Any]]] = [
                 ("silence_add", {"matchers": ["daemon=sshd"], "seconds": 60, "comment": "x"}),

@@ -182,6 +182,10 @@ def test_units_and_tmpfiles_are_the_checked_ones(contents: dict[str, str], tree:
     shipped = {
         "/usr/lib/systemd/system/wrapalert.socket": ROOT / "packaging/systemd/wrapalert.socket",
         "/usr/lib/systemd/system/wrapalert.service": ROOT / "packaging/systemd/wrapalert.service",
+        "/usr/lib/systemd/system/wrapalert-canary.service": ROOT
+        / "packaging/systemd/wrapalert-canary.service",
+        "/usr/lib/systemd/system/wrapalert-canary.timer": ROOT
+        / "packaging/systemd/wrapalert-canary.timer",
         "/usr/lib/tmpfiles.d/wrapalert.conf": ROOT / "packaging/tmpfiles/wrapalert.conf",
     }
     for path, source in shipped.items():

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import Into, receiver, send_datagrams, send_refusals
+from helpers import Into, canary_book, receiver, send_datagrams, send_refusals
 
+from wrapalert.daemon.activity import Activity
 from wrapalert.daemon.intake import Intake, open_socket
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.twins import Twins
@@ -61,6 +62,8 @@ def rig_on(sock: socket.socket, path: Path, *, trusted: tuple[int, ...]) -> Rig:
         stats=stats,
         twins=Twins(),
         witness=Witness(stats, lambda: NOW),
+        canary=canary_book(stats),
+        activity=Activity(),
         now=lambda: NOW,
     )
     return Rig(intake, path, taken, stats)

@@ -18,17 +18,20 @@ PACKAGE = Path(__file__).resolve().parent.parent / "wrapalert"
 LEAVES = frozenset(
     {  # import nothing of ours: the client, the pure parsers, the host readers
         "notify", "wire", "match", "netaddr", "confparse", "clock", "userns", "sockdiag",
-        "sessions", "hostaddr", "libwrap", "mailroute", "banrule", "bantable",
+        "sessions", "hostaddr", "libwrap", "mailroute", "banrule", "bantable", "elflink",
     }
 )  # fmt: skip
 DOMAIN = frozenset(
     {  # rules and texts every part shares, below configuration
         "confkeys", "model", "scanrule", "story", "digest_view", "mail", "logs", "shield",
         "checkhosts", "hostsaccess", "lockout", "hookinstall", "hostsdeny", "simulate",
+        "notice", "hookcheck",
         "fleetwire",
     }
 )  # fmt: skip
-COMMANDS = frozenset({"cli", "demo", "preview", "manpage", "explainview"})  # the command line
+COMMANDS = frozenset(
+    {"cli", "demo", "preview", "manpage", "canary", "explainview"}
+)  # the command line, on top
 SINK_CORE = frozenset({"sinks", "sinks.base", "sinks.registry"})  # what config asks
 LAYERS = {"leaf": 0, "domain": 1, "sink core": 2, "config": 3, "parts": 4, "daemon": 5, "cli": 6}
 # The package itself and its namespace packages hold nothing to import.

@@ -149,6 +149,29 @@ def test_bans_not_in_the_kernel_and_repairs_are_exported() -> None:
     assert "wrapalert_bans_unenforced" not in dry
 
 
+def test_the_hook_and_the_canary_are_exported() -> None:
+    """wrapalert_hook_ok is 0 while a problem stops refusals arriving, 1 otherwise; the
+    canary's last success is a timestamp (0: never); canary events and notices counted."""
+    broken = {
+        "ok": False,
+        "problems": [{"key": "no_hook:/etc/hosts.deny"}],
+        "canary": {"last_success": 1_700_000_123.5},
+        "quiet": [{"daemon": "sshd", "last_seen": 1.0}],
+    }
+    status = {"hook": broken, "canary_events": 3, "notices": {"alarm-off": 2}}
+    text = metrics.render(status, now=2.0, started=1.0, build="1.0")
+    assert "\nwrapalert_hook_ok 0\n" in text
+    assert "\nwrapalert_hook_problems 1\n" in text
+    assert "\nwrapalert_canary_last_success_timestamp_seconds 1700000123.5\n" in text
+    assert "\nwrapalert_canary_events_total 3\n" in text
+    assert "\nwrapalert_quiet_daemons 1\n" in text
+    assert 'wrapalert_notices_total{kind="alarm-off"} 2\n' in text
+    fine = {"hook": {"ok": True, "problems": [], "canary": {"last_success": None}}}
+    text = metrics.render(fine, now=2.0, started=1.0, build="1.0")
+    assert "\nwrapalert_hook_ok 1\n" in text
+    assert "\nwrapalert_canary_last_success_timestamp_seconds 0\n" in text
+
+
 @pytest.mark.system
 def test_fleet_bans_peers_and_heartbeats_are_exported() -> None:
     """Bans followed from the fleet apart from this host's own, each peer's state, the
@@ -246,7 +269,7 @@ def test_example_rules_pass_promtool() -> None:
         [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 10 rules found" in done.stdout
+    assert "SUCCESS: 12 rules found" in done.stdout
 
 
 RULE_TESTS = """\

@@ -31,11 +31,14 @@ def units_here(tmp_path: Path) -> Path:
 
 @pytest.mark.system
 def test_units_verify_without_a_word(tmp_path: Path) -> None:
-    """systemd-analyze verify says nothing about the socket and service units (it exits 0
-    even on unknown keys, so any output is a failure)."""
+    """systemd-analyze verify says nothing about the socket and service units, nor the
+    canary's service and timer (it exits 0 even on unknown keys, so any output is a
+    failure)."""
     here = units_here(tmp_path)
+    units = ["wrapalert.socket", "wrapalert.service"]
+    units += ["wrapalert-canary.service", "wrapalert-canary.timer"]
     result = subprocess.run(
-        [analyze(), "verify", "--man=no", "wrapalert.socket", "wrapalert.service"],
+        [analyze(), "verify", "--man=no", *units],
         cwd=here,
         capture_output=True,
         text=True,
@@ -60,6 +63,34 @@ def test_service_is_hardened(tmp_path: Path) -> None:
     """The service's exposure, as systemd-analyze security rates it offline, stays low."""
     exposure, _failed = _exposures(unit_root(tmp_path))
     assert exposure <= EXPOSURE_MAX
+
+
+@pytest.mark.system
+def test_the_canary_is_hardened_as_far_as_root_allows(tmp_path: Path) -> None:
+    """The canary runs as root (the hook does), yet with one capability, no network and a
+    read-only system: systemd-analyze security rates it OK (at most 2.0 of 10)."""
+    root = unit_root(tmp_path)
+    name = "wrapalert-canary.service"
+    result = subprocess.run(
+        [analyze(), "security", "--offline=yes", f"--root={root}", "--no-pager", name],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
+    assert found, result.stdout + result.stderr
+    assert float(found.group(1)) <= 2.0, result.stdout
+
+
+def test_the_canary_timer_runs_daily_and_after_boot() -> None:
+    timer = (UNITS / "wrapalert-canary.timer").read_text()
+    service = (UNITS / "wrapalert-canary.service").read_text()
+    assert "OnCalendar=daily" in timer
+    assert re.search(r"^OnBootSec=\d+min$", timer, re.MULTILINE)
+    assert "WantedBy=timers.target" in timer
+    assert "ExecStart=/usr/bin/wrapalert canary" in service
+    assert "Type=oneshot" in service
 
 
 def test_socket_unit_matches_the_platform_facts() -> None:

@@ -407,6 +407,47 @@ def test_records_of_an_unknown_type_make_no_alert_and_no_post() -> None:
         assert fake.requests == []
 
 
+def hook_record(ok: bool, since: float) -> dict[str, object]:  # noqa: FBT001 - the record's
+    """The alarm book's "hook" record (daemon/alarm.py), as the post offers it."""
+    problems = [] if ok else ["/etc/hosts.deny: no rule of /etc/hosts.deny runs wrapalert's hook"]
+    return {"type": "hook", "ok": ok, "problems": problems, "more": 0, "since": since}
+
+
+@pytest.mark.system
+def test_a_broken_hook_fires_wrapalert_hook_broken_until_it_is_fixed(
+    alertmanager: Alertmanager, host: str
+) -> None:
+    """A "hook" record with problems fires WrapalertHookBroken (labelled host, the problem
+    in its summary, lasting three refreshes); the record that says it is fixed resolves it."""
+    t = time.time()
+    am = sink(alertmanager.url, host=host, resolve_after=30)
+    asyncio.run(am.send_records([hook_record(ok=False, since=t - 5) | {"refresh": 60.0}]))
+    (alert,) = alertmanager.alerts(host)
+    assert alert["labels"] == {"alertname": "WrapalertHookBroken", "host": host}
+    assert alert["status"]["state"] == "active"
+    assert "no rule of /etc/hosts.deny runs wrapalert's hook" in alert["annotations"]["summary"]
+    assert moment(alert["startsAt"]) == pytest.approx(t - 5, abs=0.002)
+    assert moment(alert["endsAt"]) >= t + 3 * 60 - 1  # posted every minute while broken
+    asyncio.run(am.send_records([hook_record(ok=True, since=t - 5)]))
+    wait_until(
+        lambda: all(a["status"]["state"] != "active" for a in alertmanager.alerts(host)),
+        timeout=10,
+        what="WrapalertHookBroken resolved",
+    )
+
+
+def test_a_hook_record_is_an_alert_of_its_own_beside_the_events() -> None:
+    """Within one batch: the events' alert and WrapalertHookBroken, neither counting the
+    other."""
+    alerts = build_alerts(
+        [event(), hook_record(ok=False, since=0.0)], host="web1", static={}, resolve_after=60, now=0
+    )
+    assert [a["labels"]["alertname"] for a in alerts] == [  # type: ignore[index]
+        "WrapalertRefused",
+        "WrapalertHookBroken",
+    ]
+
+
 @pytest.mark.system
 def test_daemon_raises_alerts_for_the_events_a_client_sends(
     sockdir: Path, alertmanager: Alertmanager

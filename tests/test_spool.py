@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import Into
+from helpers import Into, canary_book
 from timing import ManualClock
 
 from wrapalert.daemon import spool as spool_mod
+from wrapalert.daemon.activity import Activity
 from wrapalert.daemon.intake import Intake, open_socket
 from wrapalert.daemon.spool import Spool
 from wrapalert.daemon.stats import Stats
@@ -45,6 +46,8 @@ def rig_for(base: Path, store: Store, *, seen: tuple[str, ...] = ()) -> Rig:
         stats=stats,
         twins=Twins(),
         witness=Witness(stats, lambda: 0.0),
+        canary=canary_book(stats),
+        activity=Activity(),
     )
     spool = Spool(
         directory, intake=intake, store=store, commit=store.commit, clock=ManualClock(), seen=seen

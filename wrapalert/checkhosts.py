@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 from wrapalert import notify
+from wrapalert.hostsdeny import Install
 
 Severity = Literal["error", "warning"]
 Table = Literal["allow", "deny"]
@@ -119,6 +120,11 @@ class Installation:
     spool: Path
     line: Callable[[str, bool, Form], str]  # (daemon list, ident, form) -> the full entry
     command: str = "wrapalert hosts-deny-line"  # prints it (with -c FILE if one was given)
+
+    @classmethod
+    def of(cls, install: Install, command: str = "wrapalert hosts-deny-line") -> Installation:
+        """The installation whose line `install` prints."""
+        return cls(install.client, install.socket, install.spool, install.line, command)
 
 
 # --- pure parsing ------------------------------------------------------------
@@ -507,7 +513,7 @@ class _Linter:
     def wrapalert(
         self, line: Line, daemons: str, words: list[str], installation: Installation
     ) -> None:
-        at = next((i for i, w in enumerate(words) if _is_client(w)), None)
+        at = next((i for i, w in enumerate(words) if is_client(w)), None)
         logger_at = next((i for i, w in enumerate(words) if _is_logger(w, words[i:])), None)
         if at is None and logger_at is None:
             return
@@ -626,7 +632,7 @@ def runs_wrapalert(text: str) -> bool:
         if option.keyword != "spawn" or option.value is None:
             continue
         words = shell_words(expand(option.value.strip())) or []
-        if any(_is_client(w) or _is_logger(w, words[i:]) for i, w in enumerate(words)):
+        if any(is_client(w) or _is_logger(w, words[i:]) for i, w in enumerate(words)):
             return True
     return False
 
@@ -659,7 +665,7 @@ def _normal(words: list[str]) -> list[str]:
     out = []
     for word in words:
         name = Path(word).name
-        if _is_client(word):
+        if is_client(word):
             out.append("<client>")
         elif name == "logger":
             out.append("<logger>")
@@ -670,7 +676,8 @@ def _normal(words: list[str]) -> list[str]:
     return out
 
 
-def _is_client(word: str) -> bool:
+def is_client(word: str) -> bool:
+    """Whether a shell word is wrapalert's client (notify.py, or the wrapalert-notify script)."""
     base = Path(word).name
     return base == "wrapalert-notify" or (base == "notify.py" and "wrapalert" in word)
 

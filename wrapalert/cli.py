@@ -208,6 +208,57 @@ parses no options (an expansion may begin with '-'), writes nothing and always e
 """
 
 
+def _preview_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    preview = sub.add_parser(
+        "preview", help="print the digest for sample or given events, without sending it"
+    )
+    _config_arg(preview)
+    preview.add_argument(
+        "--format",
+        choices=("text", "html", "eml"),
+        default="text",
+        help="text part (with the subject), HTML part, or the whole message (default text)",
+    )
+    preview.add_argument(
+        "--notice",
+        choices=("alarm-off", "alarm-on", "quiet"),
+        default=None,
+        help="print a sample notice of this kind instead of a digest (what the hook watch, the "
+        "canary and the quiet watch send)",
+    )
+    preview.add_argument(
+        "--events",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="one event per line, e.g. `d=sshd a=192.0.2.1 n=host.example ago=5m count=3`",
+    )
+
+
+def _canary_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    canary = sub.add_parser(
+        "canary",
+        help="prove the hook path end to end: real libwrap runs each hook rule's spawn for a "
+        "test connection, and the daemon must receive its event (exit 1 naming each rule "
+        "that failed); as root",
+        description="For each rule of hosts.deny (and hosts.allow) that runs wrapalert's hook, "
+        "make real libwrap decide a connection by that rule (sshd or the rule's daemon, from a "
+        "documentation address such as 192.0.2.254 or a client the rule names), so its real "
+        "spawn line runs; the running daemon, told to expect it, counts it apart (never a "
+        "digest, a ban or a scan). Exit 0 when every rule's event arrived within --timeout, "
+        "else 1, naming the rules that failed (and the daemon sends an alarm-off notice). The "
+        "result shows in wrapalert status and the metrics.",
+    )
+    _config_arg(canary)
+    canary.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for the events (default 5, at most 8)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wrapalert",
@@ -293,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     hosts.add_argument("--allow", type=Path, default=HOSTS_ALLOW, metavar="FILE")
     hosts.add_argument("--deny", type=Path, default=HOSTS_DENY, metavar="FILE")
 
+    _canary_parser(sub)
+
     sim = sub.add_parser(
         "simulate",
         help="refuse connections through real libwrap with this installation's hosts.deny line",
@@ -310,23 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-simulate", action="store_true", help="do not send a first burst of simulated refusals"
     )
 
-    preview = sub.add_parser(
-        "preview", help="print the digest for sample or given events, without sending it"
-    )
-    _config_arg(preview)
-    preview.add_argument(
-        "--format",
-        choices=("text", "html", "eml"),
-        default="text",
-        help="text part (with the subject), HTML part, or the whole message (default text)",
-    )
-    preview.add_argument(
-        "--events",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="one event per line, e.g. `d=sshd a=192.0.2.1 n=host.example ago=5m count=3`",
-    )
+    _preview_parser(sub)
     return parser
 
 
@@ -345,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         "check-config": cmd_check_config,
         "check-hosts": cmd_check_hosts,
         "simulate": cmd_simulate,
+        "canary": cmd_canary,
         "demo": cmd_demo,
         "preview": cmd_preview,
         "status": cmd_status,
@@ -509,15 +547,12 @@ def hosts_deny_line(
     logger: str = hostsdeny.LOGGER,
 ) -> str:
     """This installation's line in one of its forms (`client`: the Python client alone)."""
-    return hostsdeny.line(
-        form,
-        python,
-        socket=cfg.daemon.socket,
-        spool=cfg.daemon.spool_dir,
-        daemons=daemons,
-        ident=ident,
-        logger=logger,
-    )
+    return install(cfg, python).line(daemons, ident, form, logger)
+
+
+def install(cfg: config.Config, python: str) -> hostsdeny.Install:
+    """What this configuration's line names, with `python` as the hook's interpreter."""
+    return hostsdeny.Install.here(python, cfg.daemon.socket, cfg.daemon.spool_dir)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -586,20 +621,8 @@ def cmd_check_hosts(args: argparse.Namespace) -> int:
     from wrapalert import checkhosts
 
     cfg = config.load(args.config)
-
-    def line(daemons: str, ident: bool, form: hostsdeny.Form) -> str:  # noqa: FBT001 - checkhosts' callback shape
-        return hosts_deny_line(cfg, sys.executable, daemons=daemons, ident=ident, form=form)
-
-    command = "wrapalert hosts-deny-line"
-    if args.config is not None:
-        command += f" -c {args.config}"
-    installation = checkhosts.Installation(
-        client=Path(notify.__file__).resolve(),
-        socket=cfg.daemon.socket,
-        spool=cfg.daemon.spool_dir,
-        line=line,
-        command=command,
-    )
+    command = hostsdeny.line_command(args.config)
+    installation = checkhosts.Installation.of(install(cfg, sys.executable), command)
     findings = checkhosts.check_files(args.allow, args.deny, installation)
     edit = command
     if args.allow != HOSTS_ALLOW:
@@ -653,6 +676,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     line = hosts_deny_line(cfg, sys.executable, form=hostsdeny.default_form())
     return simulate(line, daemons, addrs, args.count)
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    from wrapalert import canary
+
+    if not 0 < args.timeout <= 8:
+        print("wrapalert: --timeout is more than 0 and at most 8 seconds", file=sys.stderr)
+        return EXIT_USAGE
+    return canary.run(config.load(args.config), args.timeout)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -709,9 +741,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def status_exit(status: dict[str, Any]) -> int:
-    """`wrapalert status`'s exit code: 1 when something needs a person (a sink's digests
-    set aside, a state held in memory only, bans the kernel does not hold, banning on but
-    no source verifiable)."""
+    """`wrapalert status`'s exit code: 1 when something needs a person (the alarm is off:
+    refusals no longer reach the daemon; a sink's digests set aside, a state held in memory
+    only, bans the kernel does not hold, banning on but no source verifiable)."""
+    if (status.get("hook") or {}).get("ok") is False:
+        return EXIT_PROBLEM
     state = status.get("state", {})
     failing = any(s.get("held_failed") for s in status.get("sinks", {}).values())
     # Banning is on but no source can be verified (the kernel does not answer): off, in fact.
@@ -751,12 +785,45 @@ def _evidence_lines(evidence: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _hook_lines(hook: dict[str, Any]) -> list[str]:
+    """Whether refusals reach the daemon: ALARM OFF with each problem first (it is why
+    status exits 1), the canary's last run, the quiet daemons."""
+    if not hook:
+        return []
+    lines = []
+    watching = hook.get("watching") or []
+    if hook.get("ok") is False:
+        lines.append("ALARM OFF       refused connections no longer reach wrapalert:")
+        for p in hook.get("problems") or []:
+            where = f"{p['path']} line {p['line']}" if p.get("line") else p["path"]
+            lines.append(f"                {printable(where)}: {printable(str(p['message']))}")
+            lines.append(f"                  fix: {printable(str(p['fix']))}")
+    elif watching:
+        lines.append(f"hook            ok ({', '.join(map(printable, watching))} watched)")
+    else:
+        lines.append("hook            not watched ([hook] watch = false)")
+    canary = hook.get("canary") or {}
+    if canary.get("last_run") is None:
+        lines.append("canary          never run (wrapalert canary)")
+    else:
+        success = canary.get("last_success")
+        last = f"last passed {_local(success)}" if success else "never passed"
+        verdict = "passed" if canary.get("ok") else "FAILED"
+        lines.append(f"canary          {verdict} at {_local(canary['last_run'])} ({last})")
+    lines.extend(
+        f"quiet           {printable(str(q['daemon']))}: no refusals since {_local(q['last_seen'])}"
+        for q in hook.get("quiet") or []
+    )
+    return lines
+
+
 def format_status(status: dict[str, Any]) -> str:
     """The status object as a few aligned lines for a terminal."""
     rejected = status["rejected"]
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) or "none"
     fallbacks = status.get("syslog_fallbacks", {})
     lines = [
+        *_hook_lines(status.get("hook") or {}),
         (
             f"received        {status['received']:>10,}   (untrusted {status['untrusted']:,}, "
             f"from spool {status['spooled']:,})"
@@ -1050,6 +1117,13 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.config)
     logs.configure("kv", "warning")  # template errors go to stderr, not into the preview
+    if args.notice is not None:
+        if args.events is not None:
+            print("wrapalert: --notice and --events do not go together", file=sys.stderr)
+            return EXIT_USAGE
+        sys.stdout.buffer.write(preview.preview_notice(cfg, args.notice, args.format))
+        sys.stdout.flush()
+        return EXIT_OK
     try:
         out = preview.preview(cfg, args.events, args.format)
     except preview.EventsError as exc:

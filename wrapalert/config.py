@@ -353,6 +353,46 @@ class MetricsConfig:
     interval: float = setting(15.0, "How often the file is written.", Duration(minimum=1.0))
 
 
+@dataclass(frozen=True)
+class HookConfig:
+    """The alarm's watch over itself: the tables libwrap reads, whether the hook in them still
+    reaches the daemon, and which daemons went quiet. Each finding that stops refusals
+    reaching the daemon sends one alarm-off notice to every digest sink (past the mail cap),
+    a WrapalertHookBroken alert to Alertmanager sinks, and makes wrapalert status exit 1;
+    one alarm-on notice says when it is fixed."""
+
+    watch: bool = setting(
+        True,
+        "Whether the daemon reads hosts_allow and hosts_deny at start and within seconds "
+        "of any change (an editor's rename, an append in place, a bind mount's new "
+        "content), with the linter of wrapalert check-hosts, and checks daily that the "
+        "services that reported in the last 30 days still link libwrap.",
+        Flag(),
+    )
+    hosts_allow: Path = setting(
+        Path("/etc/hosts.allow"),
+        "The hosts.allow libwrap reads: the watch and wrapalert canary read it too.",
+        PathValue(),
+    )
+    hosts_deny: Path = setting(
+        Path("/etc/hosts.deny"),
+        "The hosts.deny that holds the hook line: the watch and wrapalert canary read it.",
+        PathValue(),
+    )
+    quiet_after: float = setting(
+        48 * 3600.0,
+        "A daemon that averaged at least quiet_min refusals a day over the 7 days up to its "
+        "last one, and has reported none for this long, gets one quiet notice (again only "
+        'after it reported once more). "0" turns the quiet watch off.',
+        Duration(),
+    )
+    quiet_min: int = setting(
+        10,
+        "Refusals a day, averaged over 7 days, that make a daemon's silence news.",
+        Count(minimum=1),
+    )
+
+
 def _default_sinks() -> tuple[SinkConfig, ...]:
     """One smtp sink with its defaults: what a config without [[sink]] tables gets."""
     from wrapalert.sinks import registry  # noqa: PLC0415 - sinks are imported when first needed
@@ -376,6 +416,7 @@ class Config:
     scan: ScanConfig = field(default_factory=ScanConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     story: StoryConfig = field(default_factory=StoryConfig)
+    hook: HookConfig = field(default_factory=HookConfig)
 
 
 # The file's single tables, by name (each a field of Config of that name), and the
@@ -388,6 +429,7 @@ TABLES: dict[str, type] = {
     "scan": ScanConfig,
     "metrics": MetricsConfig,
     "story": StoryConfig,
+    "hook": HookConfig,
 }
 _CHECKS: dict[str, Callable[[Table, Any], None]] = {"limits": _retry_bounds}
 ARRAYS = ("sink", "route")  # [[sink]] and [[route]]: Config's sinks and routes

@@ -58,7 +58,7 @@ def parse_duration(value: object) -> float:
         raise TypeError(f"bad duration {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
-    elif value == "0":  # zero needs no unit: how a key says "off" (heartbeat = "0")
+    elif value == "0":  # zero needs no unit: how a key says "off" (heartbeat, quiet_after)
         seconds = 0.0
     elif isinstance(value, str) and value and _DURATION.sub("", value) == "":
         seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(value))

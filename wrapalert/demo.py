@@ -37,6 +37,11 @@ repeat_interval = "1h"
 [limits]
 mails_per_hour = 12
 
+# The demo refuses through a private table (wrapalert simulate): whether this host's
+# /etc/hosts.deny runs the hook is not its business (no alarm-off notice about it).
+[hook]
+watch = false
+
 [[sink]]
 type = "maildir"
 path = "{dir}/Maildir"

@@ -7,6 +7,7 @@ every key the templates may use.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
@@ -67,6 +68,13 @@ def tally(pairs: list[tuple[str, int]]) -> list[str]:
 
 def labels_text(labels: tuple[tuple[str, str], ...]) -> str:
     return "  ".join(f"{field}={value}" for field, value in labels)
+
+
+def wrap(value: object, width: int) -> list[str]:
+    """`value` as lines of at most `width` characters, broken at spaces (a longer word, a
+    path, stays whole); the templates print one line each (a newline in a value would be
+    cleaned away as a control character)."""
+    return textwrap.wrap(str(value), width, break_long_words=False, break_on_hyphens=False)
 
 
 def clip(value: object, width: int) -> str:

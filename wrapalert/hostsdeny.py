@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -164,10 +165,12 @@ def line(
     daemons: str = "ALL",
     ident: bool = False,
     logger: str = LOGGER,
+    client: Path | None = None,
 ) -> str:
     """The line in one of its forms for the daemon at `socket` with its spool at `spool`
-    (`client`: the Python client alone; the client module is this installation's)."""
-    client = Path(notify.__file__).resolve()
+    (`client`: the Python client alone; the client module is this installation's unless
+    `client` names another)."""
+    client = client or Path(notify.__file__).resolve()
     if form == "logger":
         return logger_line(logger, socket, daemons=daemons, ident=ident)
     if form == "durable":
@@ -181,3 +184,45 @@ def default_form() -> Form:
     """The line `hosts-deny-line` prints by default, where this host has logger and
     timeout; else the Python client alone (it needs neither)."""
     return "durable" if all(Path(t).exists() for t in (LOGGER, TIMEOUT)) else "client"
+
+
+@dataclass(frozen=True)
+class Install:
+    """What an installation's line names: the interpreter and client the hook runs, the
+    daemon's socket and spool. `line` prints its entry in any form (`wrapalert
+    hosts-deny-line`); the linter compares a table's line with it (checkhosts)."""
+
+    python: str
+    client: Path
+    socket: Path
+    spool: Path
+
+    @classmethod
+    def here(cls, python: str, socket: Path, spool: Path) -> Install:
+        """This installation's: its own client (notify.py where this package is)."""
+        return cls(python, Path(notify.__file__).resolve(), socket, spool)
+
+    def line(
+        self,
+        daemons: str = "ALL",
+        ident: bool = False,  # noqa: FBT001, FBT002 - checkhosts.Installation's callback shape
+        form: Form = "client",
+        logger: str = LOGGER,
+    ) -> str:
+        """This installation's entry in `form` (`client`: the Python client alone)."""
+        return line(
+            form,
+            self.python,
+            socket=self.socket,
+            spool=self.spool,
+            daemons=daemons,
+            ident=ident,
+            logger=logger,
+            client=self.client,
+        )
+
+
+def line_command(config_path: Path | None) -> str:
+    """`wrapalert hosts-deny-line`, with -c FILE when another config file is in use."""
+    command = "wrapalert hosts-deny-line"
+    return command if config_path is None else f"{command} -c {config_path}"

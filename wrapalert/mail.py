@@ -40,8 +40,11 @@ from wrapalert.digest_view import (
     local_time,
     short_time,
     tally,
+    wrap,
 )
 from wrapalert.model import Digest
+from wrapalert.notice import Notice
+from wrapalert.notice import context as notice_context
 from wrapalert.story import StoryRule
 
 log = structlog.get_logger()
@@ -174,6 +177,7 @@ def _environment(loader: jinja2.BaseLoader, *, html: bool) -> SandboxedEnvironme
         tally=tally,
         duration=duration,
         clip=clip,
+        wrap=wrap,
     )
     return env
 
@@ -200,7 +204,13 @@ def _builtin() -> tuple[jinja2.FileSystemLoader, _Templates]:
 
 
 def _bare(name: str, ctx: dict[str, Any]) -> str:
-    """The last resort when even our template fails: the counts, in one line."""
+    """The last resort when even our template fails: the counts (a notice: what it is
+    about), in one line."""
+    if name.startswith("notice"):
+        line = f"wrapalert on {header_text(ctx['host'], 200)}: {ctx['headline']}: {ctx['subject']}"
+        if name == "notice_subject.j2":
+            return f"[wrapalert] {ctx['headline']}: {ctx['subject']}"
+        return f"<p>{escape(line)}</p>" if name.endswith(".html.j2") else line + "\n"
     line = (
         f"wrapalert on {header_text(ctx['host'], 200)}: {ctx['events']:,} refused from "
         f"{ctx['sources']:,} sources (the digest template failed: see wrapalert's log)"
@@ -290,6 +300,29 @@ class Renderer:
         # For filters: the highest route severity, and how many scans the digest found.
         msg["X-Wrapalert-Severity"] = digest.severity
         msg["X-Wrapalert-Scans"] = str(len(ctx["scans"]) + ctx["more_scans"])
+        msg.set_content(text, charset="utf-8", cte=transfer_encoding(text))
+        msg.add_alternative(html, subtype="html", charset="utf-8", cte=transfer_encoding(html))
+        return msg
+
+    def render_notice(self, notice: Notice) -> EmailMessage:
+        """A notice (alarm off, alarm on, a quiet daemon) as a mail of its own: its own
+        templates and subject, `X-Wrapalert-Notice: KIND`, and no events (its
+        X-Wrapalert-Events and -Untrusted say 0, so the counts of all mails still add up)."""
+        ctx = notice_context(notice)
+        subject = header_text(self.part("notice_subject.j2", ctx), SUBJECT_MAX)
+        text = self.part("notice.txt.j2", ctx)
+        html = self.part("notice.html.j2", ctx)
+        msg = EmailMessage(policy=POLICY)
+        msg["Subject"] = subject
+        msg["From"] = Address(addr_spec=self.from_addr)
+        msg["To"] = [Address(addr_spec=a) for a in self.to]
+        msg["Date"] = datetime.fromtimestamp(notice.created, UTC)
+        msg["Message-ID"] = f"<{notice.id}@{msgid_domain(notice.host)}>"
+        msg["Auto-Submitted"] = "auto-generated"
+        msg["X-Wrapalert-Notice"] = notice.kind
+        msg["X-Wrapalert-Events"] = "0"
+        msg["X-Wrapalert-Untrusted"] = "0"
+        msg["X-Wrapalert-Host"] = header_text(notice.host, 200)
         msg.set_content(text, charset="utf-8", cte=transfer_encoding(text))
         msg.add_alternative(html, subtype="html", charset="utf-8", cte=transfer_encoding(html))
         return msg

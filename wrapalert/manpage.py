@@ -49,6 +49,7 @@ def sections() -> list[Section]:
         ("[ignore]", config.IgnoreConfig),
         ("[[route]]", config.RouteConfig),
         ("[metrics]", config.MetricsConfig),
+        ("[hook]", config.HookConfig),
     ]
     out = [Section(heading, _about(cls), keys(cls)) for heading, cls in tables]
     for sink in registry.all_types():

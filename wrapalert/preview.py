@@ -1,4 +1,6 @@
-"""`wrapalert preview`: the digest for sample or given events, rendered, never sent.
+"""`wrapalert preview`: the digest for sample or given events, rendered, never sent; or a
+sample notice (`--notice alarm-off|alarm-on|quiet`: what the hook watch, the canary and
+the quiet watch send).
 
 An events file holds one refused connection per line, written like the
 client's arguments (`d=sshd a=192.0.2.1 n=host.example`; long names such as
@@ -27,6 +29,7 @@ from wrapalert import config, wire
 from wrapalert.confparse import parse_duration
 from wrapalert.mail import Renderer
 from wrapalert.model import Digest, Event
+from wrapalert.notice import Kind, Notice, Problem, Quiet
 from wrapalert.pipeline.aggregate import Aggregator
 from wrapalert.pipeline.chain import AggregateStage
 from wrapalert.pipeline.scan import ScanDetector, ScanStage
@@ -210,6 +213,47 @@ def show(msg: EmailMessage, fmt: str) -> bytes:
     if fmt == "text":
         content = f"Subject: {msg['Subject']}\n\n{content}"
     return content.encode("utf-8")
+
+
+def sample_notice(cfg: config.Config, kind: Kind, now: float | None = None) -> Notice:
+    """A notice of each kind as the daemon would send it: the hook line dropped its final
+    newline (alarm-off, with an older problem still open), both fixed (alarm-on), sshd
+    silent for two days after 310 refusals a day (quiet)."""
+    now = time.time() if now is None else now
+    cmd = "wrapalert hosts-deny-line"
+    deny, allow = str(cfg.hook.hosts_deny), str(cfg.hook.hosts_allow)
+    unterminated = Problem(
+        key=f"hook_line:{deny}:unterminated",
+        kind="hook_line",
+        path=deny,
+        line=21,
+        message="the file ends without a newline; libwrap stops reading hosts.deny here and "
+        "denies EVERY client that reaches it",
+        fix="end the file with a newline (echo >> FILE)",
+        since=now - 3 * 3600,
+    )
+    shadowed = Problem(
+        key=f"shadowed:{allow}:sshd : ALL",
+        kind="shadowed",
+        path=allow,
+        line=12,
+        message="'sshd : ALL' allows sshd connections from clients such as 192.0.2.254 "
+        f"before {deny} line 21 is read: libwrap never runs the hook for them",
+        fix="narrow that rule to the clients that must always get in (your admin networks, "
+        f"e.g. 'sshd : 192.0.2.0/255.255.255.0'), or remove it (then: {cmd} shows the line)",
+        since=now - 26 * 3600,
+    )
+    host = cfg.daemon.hostname
+    if kind == "alarm-off":
+        return Notice("alarm-off", host, now, (unterminated,), (shadowed,))
+    if kind == "alarm-on":
+        return Notice("alarm-on", host, now, (shadowed, unterminated))
+    return Notice("quiet", host, now, quiet=Quiet("sshd", now - 48 * 3600, 310.4))
+
+
+def preview_notice(cfg: config.Config, kind: Kind, fmt: str) -> bytes:
+    """The rendered sample notice of `kind` (see `sample_notice`)."""
+    return show(renderer_for(cfg).render_notice(sample_notice(cfg, kind)), fmt)
 
 
 def preview(cfg: config.Config, events: Path | None, fmt: str) -> bytes:

@@ -5,9 +5,10 @@ Each request is a JSON object in and out (daemon/control.py carries them). This
 module only decodes a request into a typed command (every value from the
 socket checked for its type here) and calls the domain object that owns the
 rule: the daemon (`Daemon`: status, flush, test-alert), the silence book
-(daemon/silences.py), the ban book (daemon/bans.py) and the explainer
-(daemon/explain.py). Their refusals (`SilenceError`, `BanRefusedError`) come
-back as the reply's error.
+(daemon/silences.py), the ban book (daemon/bans.py), the explainer
+(daemon/explain.py) and the canary book (daemon/canaries.py, which checks its own
+requests' values). Their refusals (`SilenceError`, `BanRefusedError`,
+`CanaryError`) come back as the reply's error.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import structlog
 from wrapalert.daemon import control
 from wrapalert.daemon.banpolicy import BanRefusedError
 from wrapalert.daemon.bans import Bans
+from wrapalert.daemon.canaries import Canaries, CanaryError
 from wrapalert.daemon.explain import Explainer, IPNetwork
 from wrapalert.daemon.silences import Silence, SilenceError, Silences
 from wrapalert.match import Matcher, MatcherError
@@ -140,17 +142,20 @@ def _refusals() -> Iterator[None]:
     """A book's refusal as the reply's error."""
     try:
         yield
-    except (SilenceError, BanRefusedError) as exc:
+    except (SilenceError, BanRefusedError, CanaryError) as exc:
         raise control.ControlError(str(exc)) from None
 
 
 def commands(
-    daemon: Daemon, silences: Silences, bans: Bans, explainer: Explainer
+    daemon: Daemon, silences: Silences, bans: Bans, explainer: Explainer, canaries: Canaries
 ) -> dict[str, control.Handler]:
     """The control socket's commands by name, as control.serve takes them."""
     own, silence, ban = DaemonCommands(daemon, bans), SilenceCommands(silences), BanCommands(bans)
+    canary = CanaryCommands(canaries)
     return {
         "explain": ExplainCommands(explainer).explain,
+        "canary_start": canary.start,
+        "canary_finish": canary.finish,
         "status": own.status,
         "flush": own.flush,
         "test_alert": own.send_test_alert,
@@ -249,6 +254,28 @@ class ExplainCommands:
     async def explain(self, req: Request) -> Request:
         cmd = Explain.decode(req)
         return {"explanation": self.explainer.explain(cmd.net)}
+
+
+class CanaryCommands:
+    """`wrapalert canary`: the canary book's (it checks every value it is given)."""
+
+    def __init__(self, canaries: Canaries) -> None:
+        self.canaries = canaries
+
+    async def start(self, req: Request) -> Request:
+        with _refusals():
+            run = self.canaries.start(req.get("pid"), req.get("probes"))
+        return {"run": run.id}
+
+    async def finish(self, req: Request) -> Request:
+        with _refusals():
+            return await self.canaries.finish(
+                req.get("run"),
+                req.get("failures", {}),
+                req.get("timeout"),
+                req.get("unprobed", []),
+                req.get("missing"),
+            )
 
 
 async def serve(path: Path, commands: dict[str, control.Handler]) -> asyncio.Server | None:

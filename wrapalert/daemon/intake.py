@@ -5,10 +5,13 @@ datagrams per wake-up so timers and deliveries keep running under a flood
 (the rest waits in the kernel queue, whose overflow the client spools).
 Credentials come from SO_PASSCRED: pid 0 means none were attached.
 Bad input is counted by reason and logged at a bounded rate; it never
-stops intake. A valid report then meets, in this order: `Twins` (the hook
-line's second copy of one refusal is dropped, daemon/twins.py) and the
-`Witness` (what the kernel says of its source: tcp, udp or unknown,
-daemon/witness.py), each batch of them with its own lookup budget.
+stops intake. A valid report then meets, in this order: the canary book (a
+trusted report of the refusal `wrapalert canary` made is counted there and
+goes no further, daemon/canaries.py), `Twins` (the hook line's second copy of
+one refusal is dropped, daemon/twins.py) and the `Witness` (what the kernel
+says of its source: tcp, udp or unknown, daemon/witness.py), each batch of
+them with its own lookup budget. Trusted refusals passed on are counted per
+daemon and day (daemon/activity.py: what the quiet watch reads).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import socket
 import stat
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +30,7 @@ import structlog
 from wrapalert import wire
 from wrapalert.clock import SYSTEM
 from wrapalert.daemon import systemd
+from wrapalert.daemon.activity import Activity
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.twins import Twins
 from wrapalert.daemon.witness import Witness
@@ -63,6 +67,15 @@ class Target(Protocol):
 
     @property
     def trusted_uids(self) -> frozenset[int]: ...
+
+
+class Canary(Protocol):
+    """The canary book (daemon/canaries.py): the refusals it expects, and its claim."""
+
+    @property
+    def expected(self) -> Mapping[tuple[str, str, str], object]: ...
+
+    def claims(self, fields: dict[str, str]) -> bool: ...
 
 
 def take_socket(path: Path, mode: int) -> tuple[socket.socket, Path | None]:
@@ -118,6 +131,8 @@ class Intake:
         stats: Stats,
         twins: Twins,
         witness: Witness,
+        canary: Canary,
+        activity: Activity,
         now: Callable[[], float] = SYSTEM.now,
     ) -> None:
         self.sock = sock
@@ -125,6 +140,8 @@ class Intake:
         self.stats = stats
         self.twins = twins
         self.witness = witness
+        self.canary = canary
+        self.activity = activity
         self.now = now
         self.log_limit = LogLimit(now=now)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -165,6 +182,7 @@ class Intake:
         trusted_uids, accept = target.trusted_uids, target.accept
         stats, now = self.stats, self.now
         copy, check = self.twins.copy, self.witness.check
+        seen, canary = self.activity.seen, self.canary
         self.witness.new_batch()
         while limit is None or n < limit:
             try:
@@ -186,12 +204,16 @@ class Intake:
                 continue
             trusted = uid in trusted_uids
             received = now()
+            if trusted and canary.expected and canary.claims(fields):
+                continue
             if copy(uid, fields, received, trusted=trusted):
                 stats.duplicates += 1
                 continue
             stats.received += 1
             if not trusted:
                 stats.untrusted += 1
+            elif fields.get("verdict") != "allow":
+                seen(fields["daemon"], received)
             event = Event(fields, received, uid, pid, trusted)
             check(event)
             accept(event)
@@ -199,7 +221,7 @@ class Intake:
 
     def handle(self, data: bytes, *, uid: int | None, pid: int | None, origin: str) -> bool:
         """Validate one datagram's bytes and pass the event on; False if rejected (or a
-        copy of one already passed on).
+        copy of one already passed on, or the canary's).
 
         (The socket's loop in `drain` does the same inline.)
         """
@@ -210,12 +232,16 @@ class Intake:
             return False
         trusted = uid in self.trusted
         received = self.now()
+        if trusted and self.canary.expected and self.canary.claims(fields):
+            return False
         if self.twins.copy(uid, fields, received, trusted=trusted):
             self.stats.duplicates += 1
             return False
         self.stats.received += 1
         if not trusted:
             self.stats.untrusted += 1
+        elif fields.get("verdict") != "allow":
+            self.activity.seen(fields["daemon"], received)
         event = Event(fields, received, uid, pid, trusted, origin)
         self.witness.check(event)
         self.target.accept(event)

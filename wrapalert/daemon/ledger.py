@@ -1,6 +1,6 @@
-"""The daemon's books: its counters, the refusals already counted (daemon/twins.py), what
-it saw of each recent source (daemon/sightings.py, for explain), and every change the
-state database must learn.
+"""The daemon's books: its counters, the refusals already counted (daemon/twins.py), who
+reported them (daemon/activity.py), what it saw of each recent source
+(daemon/sightings.py, for explain), and every change the state database must learn.
 
 Group changes (`groups`: every aggregator writes into this one, a reload's too),
 counters, outbox entries and delivery results are staged here and written in
@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from wrapalert.clock import Clock
+from wrapalert.daemon.activity import SAVE_EVERY, Activity
 from wrapalert.daemon.sightings import Sightings
 from wrapalert.daemon.stats import Stats
 from wrapalert.daemon.store import Snapshot, Store
@@ -49,6 +50,8 @@ class Ledger:
         self.groups = Changes()  # the groups changed since the last commit, any aggregator's
         self.twins = Twins()  # refusals seen, whose hook's second copy is dropped (intake)
         self.sightings = Sightings(clock.now())  # each recent source, for explain
+        self.activity = Activity()  # trusted refusals per daemon and day (intake counts)
+        self._activity_saved = float("-inf")
         self.since_commit = 0  # events accepted since: a flood commits early
         self._saved_counters = ""
         self._scan_log = LogLimit(now=clock.now)
@@ -61,6 +64,7 @@ class Ledger:
         saved = self.store.sightings()
         if saved is not None and not self.sightings.restore(saved):
             log.warning("sightings_unreadable", note="explain starts with no memory of sources")
+        self.activity.restore(self.store.value("activity"))
         self._saved_counters = json.dumps(self.stats.to_dict(), sort_keys=True)
         states: dict[str, WorkerState] = defaultdict(WorkerState)
         for name in sinks:
@@ -75,13 +79,18 @@ class Ledger:
                 state.last_error = row.failed_error
         return snap, dict(states)
 
-    def commit(self) -> bool:
-        """Stage what changed since the last commit and write it in one transaction."""
+    def commit(self, *, final: bool = False) -> bool:
+        """Stage what changed since the last commit and write it in one transaction
+        (`final`: at shutdown, the activity too, however recently it was saved)."""
         store = self.store
         for key, state in self.groups.take():
             store.stage_group(key, state)
         if self.twins.dirty:  # in the same transaction as the events they belong to
             store.stage_twins(self.twins.saved(self.clock.now()))
+        now = self.clock.now()
+        if self.activity.dirty and (final or now - self._activity_saved >= SAVE_EVERY):
+            store.stage_value("activity", self.activity.save())
+            self._activity_saved = now
         counters = json.dumps(self.stats.to_dict(), sort_keys=True)
         if counters != self._saved_counters:
             store.stage_counters(self.stats.to_dict())
@@ -90,9 +99,10 @@ class Ledger:
         return store.commit()
 
     def close(self) -> bool:
-        """The last commit, at a clean stop: what `commit` writes, and the sightings."""
+        """The last commit, at a clean stop: what `commit(final=True)` writes (the activity
+        too), and the sightings."""
         self.store.stage_sightings(self.sightings.export())
-        return self.commit()
+        return self.commit(final=True)
 
     def accepted(self, datagrams: int) -> None:
         """Datagrams intake read: past COMMIT_EVERY since the last commit, commit now (a

@@ -159,6 +159,7 @@ def _lines(status: Status, *, now: float, started: float, build: str) -> Iterato
     yield from _fleet(status.get("bans"), status.get("fleet"))
     yield from _heartbeats(status.get("heartbeat"))
     yield from _evidence(status.get("evidence"))
+    yield from _hook(status.get("hook"), status.get("notices"), status.get("canary_events"))
     state = status.get("state")
     ok = isinstance(state, Mapping) and state.get("ok") is True
     yield _family("wrapalert_state_ok", "gauge", "1 while the state database works, else 0.")
@@ -291,6 +292,47 @@ def _evidence(evidence: object) -> Iterator[str]:
         "wrapalert_evidence_ok", "gauge", "1 while the kernel answers evidence lookups, else 0."
     )
     yield f"wrapalert_evidence_ok {int(evidence.get('error') is None)}\n"
+
+
+def _hook(hook: object, notices: object, canary_events: object) -> Iterator[str]:
+    """Whether refusals reach the daemon (the alarm book), the canary's last success, the
+    quiet daemons and the notices sent (daemon/alarm.py, canaries.py, quiet.py)."""
+    if not isinstance(hook, Mapping):
+        return
+    yield _family(
+        "wrapalert_hook_ok",
+        "gauge",
+        "1 while nothing stops refused connections reaching the daemon (the hook watch, the "
+        "link check, the canary), else 0: the alarm is off.",
+    )
+    yield f"wrapalert_hook_ok {int(hook.get('ok') is not False)}\n"
+    problems = hook.get("problems")
+    yield _family("wrapalert_hook_problems", "gauge", "Open problems that stop refusals arriving.")
+    yield f"wrapalert_hook_problems {len(problems) if isinstance(problems, list) else 0}\n"
+    canary = hook.get("canary")
+    success = canary.get("last_success") if isinstance(canary, Mapping) else None
+    yield _family(
+        "wrapalert_canary_last_success_timestamp_seconds",
+        "gauge",
+        "When wrapalert canary last proved the hook path end to end (Unix time; 0: never).",
+    )
+    yield f"wrapalert_canary_last_success_timestamp_seconds {_number(success) or 0}\n"
+    yield _family(
+        "wrapalert_canary_events_total",
+        "counter",
+        "The canary's refusals: counted apart, here only.",
+    )
+    yield f"wrapalert_canary_events_total {_number(canary_events) or 0}\n"
+    quiet = hook.get("quiet")
+    yield _family(
+        "wrapalert_quiet_daemons",
+        "gauge",
+        "Daemons that used to be refused daily and have reported nothing for [hook] quiet_after.",
+    )
+    yield f"wrapalert_quiet_daemons {len(quiet) if isinstance(quiet, list) else 0}\n"
+    name = "wrapalert_notices_total"
+    yield _family(name, "counter", "Notices delivered (one per sink), by kind.")
+    yield from _by_reason(name, notices, label="kind")
 
 
 def _by_reason(name: str, counts: object, label: str = "reason") -> Iterator[str]:

@@ -16,7 +16,7 @@ a config whose trusted uids this daemon's user namespace hides is refused
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +32,8 @@ from wrapalert.daemon.bans import Bans
 from wrapalert.daemon.ledger import Ledger
 from wrapalert.daemon.runtime import Runtime, RuntimeBuilder
 from wrapalert.model import Event
+from wrapalert.pipeline.forward import ForwardWorker
+from wrapalert.sinks.base import NoticeSink
 
 log = structlog.get_logger()
 
@@ -83,6 +85,16 @@ class Reloader:
     def cfg(self) -> Config:
         """The config in force."""
         return self.runtime.cfg
+
+    @property
+    def notice_sinks(self) -> Mapping[str, NoticeSink]:
+        """The digest sinks in force that take notices (daemon/notices.py)."""
+        return self.runtime.sinks.noticers
+
+    @property
+    def notice_forwarders(self) -> Sequence[ForwardWorker]:
+        """The forwarders in force that take hook records (daemon/notices.py)."""
+        return self.runtime.sinks.notice_forwarders
 
     # -- lifecycle --------------------------------------------------------------------
 

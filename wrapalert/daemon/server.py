@@ -1,11 +1,14 @@
 """The daemon: its composition root and its lifecycle shell.
 
 `Server` builds each long-lived part once: the state database, the ledger
-(counters, the refusals already counted, each recent source for explain, the
-group changes to commit), the silence book, the ban book, the witness and the
-explainer (`wrapalert explain`, daemon/explain.py); and the first runtime (sinks,
-pipeline, scheduler: daemon/runtime.py), which the reloader holds and a reload
-replaces whole (daemon/reload.py).
+(counters, the refusals already counted, who reported them, each recent source
+for explain, the group changes to commit), the silence book, the ban book, the
+witness and the explainer (`wrapalert explain`, daemon/explain.py); and the first
+runtime (sinks, pipeline, scheduler: daemon/runtime.py), which the reloader
+holds and a reload replaces whole (daemon/reload.py); then the alarm's watch
+over itself: the post (notices to the sinks in force, daemon/notices.py), the
+alarm book (daemon/alarm.py), the canary book (daemon/canaries.py), the hook
+watch (daemon/hookwatch.py) and the quiet watch (daemon/quiet.py).
 
 `run` starts the parts in this order on one exit stack, and stops them in the
 reverse order (each step's stop is written beside its start):
@@ -18,8 +21,9 @@ reverse order (each step's stop is written beside its start):
   5. one TaskGroup, and in it: the signal handlers; the committer (group commit
      every `commit_interval`); the runtime's sink workers and digest timer
      (stop: every group with news flushed, `shutdown_grace` for the sinks);
-     the chores: spool scanner, heartbeat, metrics file, ban reconciler (stop:
-     the spool read once more); the socket's reader (stop: the socket closed to
+     the chores: spool scanner, heartbeat, metrics file, ban reconciler, the
+     post, the alarm's refresh, the hook watch, the quiet watch (stop: the
+     spool read once more); the socket's reader (stop: the socket closed to
      new senders, who spool from then on, and what the kernel queued read); the
      control socket (stop: closed first, so no command meets a half-stopped
      daemon).
@@ -40,16 +44,22 @@ import structlog
 from wrapalert.clock import Clock, SystemClock
 from wrapalert.config import Config
 from wrapalert.daemon import api, metrics, systemd
+from wrapalert.daemon.alarm import Alarm
 from wrapalert.daemon.bans import Bans
+from wrapalert.daemon.canaries import Canaries
 from wrapalert.daemon.explain import Explainer
+from wrapalert.daemon.hookwatch import HookWatch
 from wrapalert.daemon.intake import Intake, take_socket
 from wrapalert.daemon.ledger import DeliveryHook, Ledger
+from wrapalert.daemon.notices import Post
+from wrapalert.daemon.quiet import QuietWatch
 from wrapalert.daemon.reload import Reloader, checked
 from wrapalert.daemon.runtime import Runtime, RuntimeBuilder
 from wrapalert.daemon.silences import Silences
 from wrapalert.daemon.spool import Spool
 from wrapalert.daemon.store import Store
 from wrapalert.daemon.witness import Witness
+from wrapalert.hostsdeny import line_command
 from wrapalert.sinks.base import Built
 
 log = structlog.get_logger()
@@ -91,6 +101,21 @@ class Server:
             runtimes=self.reloader,
             clock=self.clock,
         )
+        host = cfg.daemon.hostname  # restart only: notices name the host they are about
+        self.post = Post(self.reloader, self.store, self.clock, self.stats)
+        self.alarm = Alarm(self.store, self.clock, self.post, host)
+        self.canaries = Canaries(self.store, self.clock, self.stats, self.alarm)
+        self.watch = HookWatch(
+            self.reloader,
+            self.alarm,
+            self.ledger.activity,
+            self.store,
+            self.clock,
+            command=line_command(config_path),
+        )
+        self.quiet = QuietWatch(
+            self.reloader, self.ledger.activity, self.post, self.store, self.clock, host=host
+        )
         self.intake: Intake | None = None
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -128,7 +153,18 @@ class Server:
             )
             | {"bans": self.bans.status(), "evidence": self.witness.status()}
             | runtime.status()
+            | {"hook": self.hook()}
         )
+
+    def hook(self) -> dict[str, object]:
+        """`status`'s `hook` object: whether refusals reach the daemon, and who says so."""
+        return {
+            **self.alarm.status(),
+            **self.watch.status(),
+            "canary": self.canaries.status(),
+            "quiet": self.quiet.status(),
+            "notices": self.post.status(),
+        }
 
     def flush(self) -> int:
         """Report every group with news now, whatever its timer says; how many events."""
@@ -197,6 +233,8 @@ class Server:
             self.runtime.restore(snap.groups, outbox)
             self.silences.load()
             self.bans.load()
+            for book in (self.post, self.alarm, self.canaries, self.watch, self.quiet):
+                book.load()
             yield snap.spool_seen
         finally:
             self.ledger.close()
@@ -212,6 +250,8 @@ class Server:
             stats=self.stats,
             twins=self.ledger.twins,
             witness=self.witness,
+            canary=self.canaries,
+            activity=self.ledger.activity,
             now=self.clock.now,
         )
         try:
@@ -257,6 +297,10 @@ class Server:
             tg.create_task(systemd.heartbeat(self.status, self.clock.sleep), name="heartbeat"),
             tg.create_task(metrics.run(self.reloader, self.status, self.clock), name="metrics"),
             tg.create_task(self.bans.run(), name="bans"),
+            tg.create_task(self.post.run(), name="post"),
+            tg.create_task(self.alarm.run(), name="alarm"),
+            tg.create_task(self.watch.run(), name="hook watch"),
+            tg.create_task(self.quiet.run(), name="quiet watch"),
         ]
         try:
             yield
@@ -285,7 +329,8 @@ class Server:
     @contextlib.asynccontextmanager
     async def _control(self) -> AsyncIterator[None]:
         path = self.cfg.daemon.control_socket
-        server = await api.serve(path, api.commands(self, self.silences, self.bans, self.explainer))
+        commands = api.commands(self, self.silences, self.bans, self.explainer, self.canaries)
+        server = await api.serve(path, commands)
         try:
             yield
         finally:

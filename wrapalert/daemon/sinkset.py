@@ -1,5 +1,5 @@
 """The running sinks: one delivery worker per digest sink, one forwarder per record sink,
-and the ban sink the ban book calls.
+the ban sink the ban book calls, and which of them take the daemon's notices.
 
 Built from a validated Config; each sink's descriptor (sinks/registry.py) says
 what it takes, and that alone decides its worker. Every worker follows one
@@ -27,7 +27,7 @@ from wrapalert.pipeline.deliver import MergeHook, ResultHook, SinkWorker, Worker
 from wrapalert.pipeline.forward import ForwardWorker
 from wrapalert.pipeline.worker import Worker
 from wrapalert.sinks import registry as sink_registry
-from wrapalert.sinks.base import BanSink, Built, DigestLook, EventSink, Sink
+from wrapalert.sinks.base import BanSink, Built, DigestLook, EventSink, NoticeSink, Sink
 from wrapalert.story import held_story
 
 log = structlog.get_logger()
@@ -55,6 +55,10 @@ class SinkSet:
         # (daemon/bans.py) calls them. At most one is used.
         self.banners: dict[str, BanSink] = {}
         self.scan_takers: tuple[ForwardWorker, ...] = ()  # forwarders taking "scan" records
+        # Sinks that take the daemon's notices (daemon/notices.py): digest sinks by name,
+        # each sent a notice at once; forwarders, offered "hook" records.
+        self.noticers: dict[str, NoticeSink] = {}
+        self.notice_forwarders: tuple[ForwardWorker, ...] = ()
         backoff = (cfg.limits.retry_min, cfg.limits.retry_max)
         rates = {s.name: sink_registry.events_per_second(s) for s in cfg.sinks}
         if built is None:
@@ -82,6 +86,8 @@ class SinkSet:
                 self.forwarders[name] = forwarder
                 if takes.scans:
                     self.scan_takers = (*self.scan_takers, forwarder)
+                if takes.notices:
+                    self.notice_forwarders = (*self.notice_forwarders, forwarder)
             elif takes.digests:
                 self.workers[name] = SinkWorker(
                     cast("Sink", entry.sink),
@@ -91,6 +97,8 @@ class SinkSet:
                     clock=clock,
                     backoff=backoff,
                 )
+                if takes.notices:
+                    self.noticers[name] = cast("NoticeSink", entry.sink)
         self.tasks: list[asyncio.Task[None]] = []
 
     @property

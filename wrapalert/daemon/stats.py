@@ -48,6 +48,11 @@ class Stats:
     # "table" (re-made), "declaration" (sets, chain or rules), elements "missing" (added),
     # "extra" (removed), "expiry" (timeouts set right).
     ban_repairs: Counter[str] = field(default_factory=Counter)
+    # The daemon's notices about the alarm itself (wrapalert/notice.py) delivered, one per
+    # sink, by kind (alarm-off, alarm-on, quiet); and those a sink refused for good.
+    notices: Counter[str] = field(default_factory=Counter)
+    notices_failed: int = 0
+    canary_events: int = 0  # the canary's refusals (daemon/canaries.py): counted apart, only here
     delivered: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
     events_delivered: Counter[str] = field(default_factory=Counter)
@@ -96,6 +101,8 @@ class Stats:
             "ignored": self.ignored,
             "silenced": self.silenced,
             "scans": self.scans,
+            "canary_events": self.canary_events,
+            "notices": dict(self.notices),
             "groups": groups,
             "pending_events": pending_events,
             "outbox": outbox,

@@ -308,6 +308,23 @@ class Store:
         `table` holds the bans, also after a restart)."""
         self._meta["ban_tables"] = json.dumps(tables)
 
+    def stage_value(self, key: str, data: object) -> None:
+        """A small document of a book of its own (the alarm, the notices not yet delivered,
+        the activity per daemon...), as JSON in `meta` under `key`, at the next commit."""
+        self._meta[key] = json.dumps(data, separators=(",", ":"))
+
+    def value(self, key: str) -> Any:  # noqa: ANN401 - JSON, checked by its owner
+        """What `stage_value` saved under `key` (the staged one first); None when there is
+        none or it is not JSON (its owner checks the shape)."""
+        text = self._meta.get(key)
+        if text is None and self.db is not None:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            text = row[0] if row else None
+        try:
+            return json.loads(text) if text else None
+        except ValueError:
+            return None
+
     def stage_fleet_exceptions(self, exceptions: dict[str, float]) -> None:
         """Fleet bans lifted here by hand, each with the end of the fleet ban it lifted
         (daemon/fleetbook.py): not followed again while that lasts, also after a restart."""

@@ -271,8 +271,9 @@ class ForwardWorker:
         return self.held_trusted.events + self.held_untrusted.events
 
     def offer_record(self, record: dict[str, object]) -> None:
-        """A record that stands for no event (a scan signal): past the rate limit, as the
-        detector bounds them (one per target per window), but never past the buffer."""
+        """A record that stands for no event (a scan signal, a hook record): past the rate
+        limit, as their makers bound them (one per target per window; one a minute), but
+        never past the buffer."""
         if len(self.buffer) < self.buffer_max:
             self.buffer.append(record)
             self._wake.set()
@@ -380,8 +381,10 @@ class ForwardWorker:
 
 
 def _events(record: dict[str, object]) -> int:
-    """How many events a record stands for: 1, a held record's count, or 0 (a scan)."""
-    if record.get("type") == "scan":
-        return 0  # a signal about events their own records count
-    n = record.get("events", 1)
-    return n if isinstance(n, int) else 1
+    """How many events a record stands for: 1, a held record's count, or 0 (a scan signal,
+    a hook record: about events counted by their own records, or about none)."""
+    kind = record.get("type")
+    if kind == "held":
+        n = record.get("events", 1)
+        return n if isinstance(n, int) else 1
+    return 1 if kind == "event" else 0

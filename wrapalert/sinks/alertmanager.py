@@ -42,6 +42,11 @@ one alert `WrapalertHeld` with labels host and the static ones, and the
 held count, time span and top daemons as annotations; untrusted held
 records make a second one, labelled `trust="untrusted"`.
 
+"hook" records (the daemon's alarm book, daemon/alarm.py) become
+`WrapalertHookBroken`, labelled host: firing while refused connections cannot
+reach the daemon (a broken hosts.deny line, a failed canary...), with the
+problems as an annotation, and resolved when they are fixed.
+
 Values are data: they go only into JSON strings built by `json.dumps`, label
 names are ours or checked by the config, lone surrogates become U+FFFD and
 each value is capped at `MAX_VALUE` characters (above any wire value), so no
@@ -333,6 +338,7 @@ def build_alerts(
     """The alerts for one batch: one per label set, in first-seen order; with `totals`,
     each but a scan says its running total (staged there)."""
     groups: dict[tuple[tuple[str, str], ...], _Group] = {}
+    hooks: list[Alert] = []
     for record in records:
         kind = record.get("type")
         if kind == "event":
@@ -347,6 +353,8 @@ def build_alerts(
             _add_scan(groups.setdefault(scan, _Group()), record, now)
         elif kind == "held":
             _add_held(groups, record, host, now)
+        elif kind == "hook":
+            hooks.append(hook_alert(record, host, static, resolve_after, now))
         # Another type is a newer record this sink does not know: nothing to alert on.
     alerts = []
     for labels, group in groups.items():
@@ -358,7 +366,38 @@ def build_alerts(
                 totals.stage(labels, group.events, group.first, until)
             )
         alerts.append(alert)
-    return alerts
+    return alerts + hooks
+
+
+def hook_alert(
+    record: dict[str, object], host: str, static: dict[str, str], resolve_after: float, now: float
+) -> Alert:
+    """`WrapalertHookBroken` from the daemon's "hook" record (daemon/alarm.py): firing while
+    refused connections cannot reach the daemon (posted again every `refresh` seconds, so
+    it lives three of them), resolved (endsAt: now) once every problem is fixed."""
+    since = _time(record.get("since"), now)
+    refresh = record.get("refresh")
+    refresh = refresh if isinstance(refresh, int | float) and refresh > 0 else 60.0
+    problems = record.get("problems")
+    listed = (
+        [_value(p) for p in problems if isinstance(p, str)] if isinstance(problems, list) else []
+    )
+    more = record.get("more")
+    if isinstance(more, int) and more > 0:
+        listed.append(f"and {more} more")
+    ok = record.get("ok") is True
+    summary = (
+        f"the alarm works again on {host}: refused connections reach wrapalert"
+        if ok
+        else f"the alarm is off on {host}: refused connections no longer reach wrapalert"
+        + (f" ({listed[0]})" if listed else "")
+    )
+    return {
+        "labels": {**static, "alertname": "WrapalertHookBroken", "host": host},
+        "annotations": {"summary": _value(summary), "problems": _value("; ".join(listed))},
+        "startsAt": _rfc3339(since),
+        "endsAt": _rfc3339(now if ok else now + max(resolve_after, 3 * float(refresh))),
+    }
 
 
 def _add_held(
@@ -528,5 +567,6 @@ SINK = EventSinkType(
     build=AlertmanagerSink,
     build_for_host=lambda cfg, host: AlertmanagerSink(cfg, host=host),
     check=check,
-    takes=Capabilities(records=True, scans=True),  # a scan is an alert of its own
+    # A scan is an alert of its own; so is the alarm's own state (WrapalertHookBroken).
+    takes=Capabilities(records=True, scans=True, notices=True),
 )

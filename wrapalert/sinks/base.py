@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 from wrapalert.banrule import BanRule
 from wrapalert.bantable import Command, KernelTable, Layout
 from wrapalert.model import Digest
+from wrapalert.notice import Notice
 from wrapalert.story import StoryRule
 
 
@@ -36,9 +37,14 @@ class Capabilities:
     records: bool = False  # `send_records(records)`: a forwarder, rate-limited per second
     bans: bool = False  # a BanSink: the ban book carries out its decisions; no events
     scans: bool = False  # with `records`: "scan" records too (pipeline/scan.py)
+    # The daemon's notices about the alarm itself (wrapalert/notice.py), past the mail cap:
+    # with `digests`, each as a mail of its own (`send_notice`, daemon/notices.py); with
+    # `records`, "hook" records (the alarm off or on: WrapalertHookBroken).
+    notices: bool = False
 
 
 DIGESTS = Capabilities(digests=True)
+MAIL = Capabilities(digests=True, notices=True)  # the mail sinks: digests and notices
 RECORDS = Capabilities(records=True)
 
 
@@ -68,6 +74,14 @@ class Sink(Protocol):
     name: str
 
     async def send(self, digest: Digest) -> None: ...
+
+
+class NoticeSink(Protocol):
+    """A digest sink that also takes notices: each one mail, sent at once."""
+
+    name: str
+
+    async def send_notice(self, notice: Notice) -> None: ...
 
 
 @runtime_checkable

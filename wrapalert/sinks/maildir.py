@@ -1,4 +1,4 @@
-"""Maildir sink: each digest written atomically into a Maildir (tmp/ then new/)."""
+"""Maildir sink: each digest (and notice) written atomically into a Maildir (tmp/ then new/)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from wrapalert.clock import wall
 from wrapalert.confkeys import PathValue, mail_from, mail_to, setting, sink_name
 from wrapalert.model import Digest
-from wrapalert.sinks.base import DigestLook, PermanentSinkError, TransientSinkError
+from wrapalert.notice import Notice
+from wrapalert.sinks.base import MAIL, DigestLook, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import DigestSinkType
 
 if TYPE_CHECKING:  # jinja2 is imported by build(), not by parsing a config
@@ -59,6 +60,9 @@ class MaildirSink:
         # A local disk write: short enough for a thread, too slow for the event loop.
         await asyncio.to_thread(self.deliver, data)
 
+    async def send_notice(self, notice: Notice) -> None:
+        await asyncio.to_thread(self.deliver, bytes(self.renderer.render_notice(notice)))
+
     def deliver(self, data: bytes) -> Path:
         """Write `data` into new/ and return its path (Maildir's tmp-then-rename protocol)."""
         try:
@@ -93,4 +97,5 @@ SINK = DigestSinkType(
     describe=describe,
     build=build,
     mail=lambda cfg: (cfg.from_addr, cfg.to),
+    takes=MAIL,
 )

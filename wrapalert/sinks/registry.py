@@ -42,7 +42,6 @@ class DigestSinkType(Generic[C]):
     """A sink that takes digests (mail: few and large), rate-limited by mails_per_hour."""
 
     kind: ClassVar[Literal["digest"]] = "digest"
-    takes: ClassVar[Capabilities] = DIGESTS
     name: str  # the `type = "..."` of its [[sink]] tables
     config: type[C]  # a frozen dataclass with a `name`; its keys are the table's
     describe: Callable[[C], str]  # check-config's text after "sink NAME: "
@@ -51,6 +50,8 @@ class DigestSinkType(Generic[C]):
     mail: Callable[[C], tuple[str, tuple[str, ...]]] | None = None
     # A check across its table's keys, once each is read (a ConfigError from `t.error`).
     check: Callable[[Table, C], None] | None = None
+    # Digests; with `notices`, the daemon's notices too (`send_notice`: sinks/base.MAIL).
+    takes: Capabilities = DIGESTS
 
     def events_per_second(self, _cfg: C) -> float | None:
         return None  # digests are capped per hour, by [limits] mails_per_hour

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
 from wrapalert.confkeys import TIMEOUT, Strings, mail_from, mail_to, setting, sink_name
 from wrapalert.model import Digest
-from wrapalert.sinks.base import DigestLook, PermanentSinkError, TransientSinkError
+from wrapalert.notice import Notice
+from wrapalert.sinks.base import MAIL, DigestLook, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import DigestSinkType
 
 if TYPE_CHECKING:  # jinja2 is imported by build(), not by parsing a config
@@ -73,7 +75,13 @@ class SendmailSink:
         self.renderer = renderer
 
     async def send(self, digest: Digest) -> None:
-        msg = self.renderer.render(digest)
+        await self.submit(self.renderer.render(digest))
+
+    async def send_notice(self, notice: Notice) -> None:
+        await self.submit(self.renderer.render_notice(notice))
+
+    async def submit(self, msg: EmailMessage) -> None:
+        """Pipe one message to the command; its exit status says what happened."""
         # Local submission: the local newline convention, not SMTP's CRLF.
         data = msg.as_bytes(policy=msg.policy.clone(linesep="\n"))
         try:
@@ -116,4 +124,5 @@ SINK = DigestSinkType(
     describe=describe,
     build=build,
     mail=lambda cfg: (cfg.from_addr, cfg.to),
+    takes=MAIL,
 )

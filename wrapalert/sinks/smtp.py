@@ -1,14 +1,16 @@
-"""SMTP sink: digests as multipart mail through aiosmtplib."""
+"""SMTP sink: digests (and the daemon's notices) as multipart mail through aiosmtplib."""
 
 from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
 from wrapalert.confkeys import TIMEOUT, Choice, Count, Text, mail_from, mail_to, setting, sink_name
 from wrapalert.model import Digest
-from wrapalert.sinks.base import DigestLook, PermanentSinkError, TransientSinkError
+from wrapalert.notice import Notice
+from wrapalert.sinks.base import MAIL, DigestLook, PermanentSinkError, TransientSinkError
 from wrapalert.sinks.registry import DigestSinkType
 
 if TYPE_CHECKING:  # jinja2 is imported by build(), not by parsing a config
@@ -62,9 +64,15 @@ class SmtpSink:
         self.renderer = renderer
 
     async def send(self, digest: Digest) -> None:
+        await self.submit(self.renderer.render(digest))
+
+    async def send_notice(self, notice: Notice) -> None:
+        await self.submit(self.renderer.render_notice(notice))
+
+    async def submit(self, message: EmailMessage) -> None:
+        """One message to the server; errors classified as transient or permanent."""
         import aiosmtplib  # noqa: PLC0415 - parsing a config (check-config) needs no SMTP client
 
-        message = self.renderer.render(digest)
         cfg = self.cfg
         try:
             refused, _ = await aiosmtplib.send(
@@ -113,4 +121,5 @@ SINK = DigestSinkType(
     describe=describe,
     build=build,
     mail=lambda cfg: (cfg.from_addr, cfg.to),
+    takes=MAIL,
 )
