@@ -276,14 +276,20 @@ def test_both_units_are_enabled_and_only_the_socket_started(
 ) -> None:
     """postinst enables and starts wrapalert.socket, and enables the service (it starts at
     boot, so restored state does not wait) without starting it: the socket starts it on
-    the first datagram. After an upgrade it is only restarted if it ran."""
+    the first datagram. After an upgrade it is only restarted if it ran. The canary's
+    timer is enabled and started, and like the socket not stopped for an upgrade."""
     postinst = control_files["postinst"]
     assert "deb-systemd-helper enable 'wrapalert.socket'" in postinst
     assert "deb-systemd-invoke start 'wrapalert.socket'" in postinst
     assert "deb-systemd-helper enable 'wrapalert.service'" in postinst
     assert not re.search(r"deb-systemd-invoke (start|restart) [^\n]*wrapalert\.service", postinst)
     assert "deb-systemd-invoke try-restart 'wrapalert.service'" in postinst
-    # Nothing is stopped before an upgrade: clients keep a socket to write to.
+    # The canary's timer: enabled and started; its service only ever by the timer.
+    assert "deb-systemd-helper enable 'wrapalert-canary.timer'" in postinst
+    assert "deb-systemd-invoke start 'wrapalert-canary.timer'" in postinst
+    assert "wrapalert-canary.service'" not in postinst
+    # Nothing is stopped before an upgrade: clients keep a socket to write to, and the
+    # timer keeps its schedule.
     assert "deb-systemd-invoke stop" not in control_files.get("preinst", "")
 
 
