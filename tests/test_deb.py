@@ -641,6 +641,12 @@ while time.time() < deadline:
 EOF
 date +%s > /wa-result/mailed-at
 wrapalert status --json > /wa-result/first-hour.json
+# The daily canary as its timer runs it: the packaged, hardened unit, through the line just
+# installed; the daemon counts its refusal apart (never in a digest).
+systemctl start wrapalert-canary.service; echo "$?" > /wa-result/canary
+systemctl is-enabled wrapalert-canary.timer >> /wa-result/canary
+journalctl -b --no-pager -u wrapalert-canary.service > /wa-result/canary-journal
+wrapalert status --json > /wa-result/canary-status.json
 journalctl -b --no-pager -u ssh.service > /wa-result/ssh-journal
 cp /var/mail/alice /wa-result/alice || true
 cp /etc/hosts.allow /etc/hosts.deny /wa-result/
@@ -721,7 +727,7 @@ def assert_first_hour(
     package's note on root's mail, --install refusing to lock the admin out and then
     installing with the admin's entry, the admin still let in, a client elsewhere refused,
     and that refusal's digest in the mailbox of the person /etc/aliases names, within a
-    minute."""
+    minute; then the packaged canary unit, as its timer starts it, proves the line."""
     assert "/var/mail/mail" in installed, installed[-3000:]  # postinst: where root's mail goes
     assert "hosts-deny-line --install --allow" in installed, installed[-3000:]
     ssh = dict(line.split() for line in result("ssh").splitlines())
@@ -742,6 +748,11 @@ def assert_first_hour(
     assert not any("127.0.0.5" in body for body in bodies), bodies  # the admin's ssh passed
     waited = int(result("mailed-at")) - int(result("refused-at"))
     assert waited <= 60, waited
+    # The packaged canary unit (root, one capability, no network) passed through the line.
+    assert result("canary").split() == ["0", "enabled"], result("canary-journal")
+    canary = json.loads(result("canary-status.json") or "{}").get("canary", {})
+    assert canary.get("ok") is True, (canary, result("canary-journal"))
+    assert canary.get("events", 0) >= 1, canary
 
 
 def assert_purged(result: Callable[[str], str]) -> None:
