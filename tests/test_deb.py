@@ -750,7 +750,9 @@ def assert_first_hour(
     assert waited <= 60, waited
     # The packaged canary unit (root, one capability, no network) passed through the line.
     assert result("canary").split() == ["0", "enabled"], result("canary-journal")
-    canary = json.loads(result("canary-status.json") or "{}").get("canary", {})
+    hook = json.loads(result("canary-status.json") or "{}").get("hook", {})
+    assert hook.get("ok") is True, hook  # the line installed: the alarm is on again
+    canary = hook.get("canary", {})
     assert canary.get("ok") is True, (canary, result("canary-journal"))
     assert canary.get("events", 0) >= 1, canary
 
