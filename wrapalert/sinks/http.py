@@ -227,10 +227,17 @@ async def _exchange(
 async def _goodbye(writer: asyncio.StreamWriter) -> None:
     """Close politely (TLS close_notify), briefly; then for good, whatever the peer does."""
     writer.close()
+    closed = False
     with contextlib.suppress(OSError, TimeoutError):
         async with asyncio.timeout(BODY_GRACE):
             await writer.wait_closed()
-    writer.transport.abort()
+            closed = True
+    if closed:
+        return
+    # Debian 12's python3 (3.11.2) raises AttributeError from a TLS transport's abort()
+    # once its connection is lost (fixed in later 3.11 releases): the socket is gone then.
+    with contextlib.suppress(AttributeError):
+        writer.transport.abort()
 
 
 async def _line(reader: asyncio.StreamReader) -> bytes:
